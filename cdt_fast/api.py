@@ -1,0 +1,112 @@
+"""Entry points: build a CDT from a preset, a config or a checkpoint file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from .checkpoint import load_into, read_state_dict, save_state_dict
+from .config import CDTConfig
+from .reference import CDT
+
+__all__ = ["load", "load_cdt", "save", "config_from_file"]
+
+CONFIG_METADATA_KEY = "cdt_fast.config"
+PathLike = Union[str, os.PathLike]
+
+# Upstream `load_cdt*` keyword arguments -> CDTConfig fields.
+_UPSTREAM_KWARGS = {"enc_frames": "encode_frames", "dec_frames": "decode_frames",
+                    "diffusion_step": "num_timesteps", "sampling_step": "sample_steps"}
+
+
+def config_from_file(path: PathLike) -> Optional[CDTConfig]:
+    """The CDTConfig stored in a ``.safetensors`` file written by :func:`save`, or None."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if CONFIG_METADATA_KEY not in meta:
+        return None
+    return CDTConfig.from_dict(json.loads(meta[CONFIG_METADATA_KEY]))
+
+
+def _resolve_config(preset_or_config) -> tuple:
+    if isinstance(preset_or_config, CDTConfig):
+        return preset_or_config, None
+    if isinstance(preset_or_config, str) and preset_or_config in ("base", "small"):
+        return CDTConfig.preset(preset_or_config), None
+    if isinstance(preset_or_config, (str, os.PathLike)):
+        config = config_from_file(preset_or_config)
+        if config is None:
+            raise ValueError(
+                f"preset_or_config must be 'base', 'small', a CDTConfig, or a .safetensors file "
+                f"saved by cdt_fast.save (with its config); got {str(preset_or_config)!r}")
+        return config, preset_or_config
+    raise TypeError(f"preset_or_config must be 'base', 'small', a CDTConfig or a path, "
+                    f"got {type(preset_or_config).__name__}")
+
+
+def load(preset_or_config: Union[str, CDTConfig, PathLike] = "base",
+         ckpt: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu",
+         dtype: torch.dtype = torch.float32, strict: bool = True, weights_only: bool = True,
+         eval: bool = True) -> CDT:
+    """Build a CDT and load weights.
+
+    preset_or_config: "base", "small", a :class:`CDTConfig`, or a ``.safetensors`` file written by
+    :func:`save` (config and weights in one file). ckpt: upstream ``.ckpt``/``.pt`` (nesting under
+    ``state_dict`` / ``module`` is unwrapped) or ``.safetensors``; None keeps the model's fresh
+    initialisation. strict: refuse any missing, unexpected or mis-shaped key (nothing is loaded).
+    """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    config, own_file = _resolve_config(preset_or_config)
+    ckpt = ckpt if ckpt is not None else own_file
+    model = CDT(config)
+    if ckpt is not None:
+        state = read_state_dict(ckpt, weights_only=weights_only)
+        load_into(model, state, strict=strict, source=str(ckpt))
+    model = model.to(device=device, dtype=dtype)
+    return model.eval() if eval else model
+
+
+def save(model: CDT, path: PathLike) -> Path:
+    """Write the model's upstream-format state dict; ``.safetensors`` also stores its config so
+    that ``cdt_fast.load(path)`` rebuilds it. The write is atomic."""
+    metadata = {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
+    return save_state_dict(model.state_dict(), path, metadata=metadata)
+
+
+def load_cdt(version: str = "base", dtype: torch.dtype = torch.float16,
+             ckpt: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu",
+             sampling_step: int = 1, eval: bool = True, strict: bool = True,
+             weights_only: bool = True, **kwargs: Any) -> CDT:
+    """Upstream's ``load_cdt`` entry point: ``from cdt_fast import load_cdt`` replaces
+    ``from model.cdt import load_cdt``.
+
+    Without ``ckpt`` it reads ``./pretrained/cdt_{version}.ckpt`` as upstream does. Upstream
+    keywords (``enc_frames``, ``dec_frames``, ``sample_gamma``, ``latent_dim``, ``diffusion_step``,
+    ``condition_times``) and any CDTConfig field are accepted.
+    """
+    if version not in ("base", "small"):
+        raise ValueError(f"version must be 'base' or 'small', got {version!r}")
+    overrides: Dict[str, Any] = {"sample_steps": sampling_step}
+    for key, value in kwargs.items():
+        overrides[_UPSTREAM_KWARGS.get(key, key)] = value
+    try:
+        config = CDTConfig.preset(version, **overrides)
+    except TypeError as err:
+        raise TypeError(f"load_cdt got an unknown keyword ({err})") from None
+    if ckpt is None:
+        ckpt = Path("pretrained") / f"cdt_{version}.ckpt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(
+                f"no checkpoint given and the upstream default {ckpt} does not exist; download "
+                f"cdt_{version}.ckpt from the CDT release and pass ckpt=PATH")
+    return load(config, ckpt, device=device, dtype=dtype, strict=strict,
+                weights_only=weights_only, eval=eval)

@@ -1,0 +1,177 @@
+"""CDT: the tokenizer's public face, encode/decode chunk loops over the two networks."""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .. import chunking
+from ..cache import FeatureCache
+from ..config import CDTConfig
+from ..validation import (check_chunk_frames, check_generator, check_latent, check_noise,
+                          check_steps, check_video)
+from .context import ContextModel
+from .diffusion import DDIMSchedule
+from .posterior import DiagonalGaussian
+from .unet import DenoisingUNet
+
+__all__ = ["CDT", "CDTNetworks"]
+
+
+class CDTNetworks(nn.Module):
+    """Holds the two networks under upstream's names (``context_fn``, ``denoise_fn``), so that the
+    state dict of :class:`CDT` reads ``model.context_fn.…`` / ``model.denoise_fn.…``."""
+
+    def __init__(self, config: CDTConfig):
+        super().__init__()
+        self.context_fn = ContextModel(config)
+        self.denoise_fn = DenoisingUNet(config)
+
+
+class CDT(nn.Module):
+    """Conditioned Diffusion-based video Tokenizer, reference implementation.
+
+    ``encode``: [B, 3, 1+4k, H, W] video in [-1, 1] -> [B, latent_dim, 1+k, H/8, W/8] latents.
+    ``decode``: latents -> video, by a conditional causal diffusion model (DDIM, x-prediction,
+    ``steps`` steps, 1 by default) starting from ``sample_gamma * noise``.
+    Both run in chunks of frames with an explicit :class:`~cdt_fast.cache.FeatureCache`; any chunk
+    plan gives the whole-clip result.
+    """
+
+    def __init__(self, config: Optional[CDTConfig] = None):
+        super().__init__()
+        self.config = config if config is not None else CDTConfig.base()
+        if not isinstance(self.config, CDTConfig):
+            raise TypeError(f"config must be a CDTConfig, got {type(self.config).__name__}")
+        self.model = CDTNetworks(self.config)
+        self.latent_scale = self.config.latent_scale
+        self.sample_steps = self.config.sample_steps
+
+    # -- conveniences ------------------------------------------------------------------------
+    @property
+    def context_model(self) -> ContextModel:
+        return self.model.context_fn
+
+    @property
+    def unet(self) -> DenoisingUNet:
+        return self.model.denoise_fn
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.context_model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.final_conv[1].weight.device
+
+    @property
+    def z_dim(self) -> int:  # upstream's name
+        return self.config.latent_dim
+
+    def extra_repr(self) -> str:
+        return f"config={self.config}"
+
+    # -- encode ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, return_posterior: bool = False,
+               chunk_frames: Optional[int] = None, scale_factor: float = 1.0, **_upstream_kwargs
+               ) -> Union[torch.Tensor, Tuple[torch.Tensor, DiagonalGaussian]]:
+        """Video [B, 3, 1+4k, H, W] in [-1, 1] -> posterior mode [B, latent_dim, 1+k, H/8, W/8].
+
+        ``chunk_frames``: video frames per chunk after the first frame (a multiple of 4); None uses
+        upstream's resolution-based default. ``scale_factor`` multiplies the latent (upstream API).
+        With ``return_posterior=True`` returns ``(z, posterior)``.
+        """
+        check_video(x, "x", self.config.space_factor)
+        chunk = check_chunk_frames(chunk_frames, self.config.time_factor)
+        params = torch.cat(list(self.encode_chunks(x, chunk)), dim=2)
+        posterior = DiagonalGaussian(params)
+        z = posterior.mode() * scale_factor
+        return (z, posterior) if return_posterior else z
+
+    def encode_chunks(self, x: torch.Tensor, chunk_frames: Optional[int] = None
+                      ) -> Iterator[torch.Tensor]:
+        """Posterior parameters chunk by chunk (fp32, on the model's device). No input checks."""
+        _, _, frames, height, width = x.shape
+        chunk = chunk_frames or self.config.encode_chunk_frames(height, width)
+        cache = FeatureCache()
+        for start, stop in chunking.encode_plan(frames, chunk, self.config.time_factor):
+            yield self.context_model.encode(x[:, :, start:stop].to(self.device), cache)
+
+    # -- decode ------------------------------------------------------------------------------
+    def output_shape(self, z_shape) -> Tuple[int, int, int, int, int]:
+        b, _, t, h, w = z_shape
+        s = self.config.space_factor
+        return (b, self.config.channels, chunking.video_frames(t, self.config.time_factor), h * s, w * s)
+
+    def initial_noise(self, z: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Standard normal noise of the decode's output shape, drawn as upstream draws it
+        (``time_factor`` frames per latent frame, the first ``time_factor - 1`` dropped)."""
+        b, c, t, h, w = self.output_shape(z.shape)
+        tf = self.config.time_factor
+        full = torch.randn((b, c, t + tf - 1, h, w), generator=generator, dtype=z.dtype,
+                           device=generator.device if generator is not None else z.device)
+        return full[:, :, tf - 1:].to(z.device)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, steps: Optional[int] = None,
+               noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+               chunk_frames: Optional[int] = None, scale_factor: float = 1.0, **_upstream_kwargs
+               ) -> torch.Tensor:
+        """Latent [B, latent_dim, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] (fp32).
+
+        ``steps``: DDIM steps (default ``self.sample_steps``, 1). ``noise``: standard normal of the
+        output shape; None draws it from ``generator`` (or the global RNG). ``chunk_frames``: latent
+        frames per chunk; None uses upstream's resolution-based default.
+        """
+        return torch.cat(list(self.decode_stream(z, steps, noise, generator, chunk_frames,
+                                                 scale_factor)), dim=2)
+
+    def decode_stream(self, z: torch.Tensor, steps: Optional[int] = None,
+                      noise: Optional[torch.Tensor] = None,
+                      generator: Optional[torch.Generator] = None,
+                      chunk_frames: Optional[int] = None, scale_factor: float = 1.0
+                      ) -> Iterator[torch.Tensor]:
+        """Like :meth:`decode`, but yields each chunk's frames as soon as they are done."""
+        check_latent(z, self.config.latent_dim, "z")
+        steps = check_steps(self.sample_steps if steps is None else steps)
+        check_noise(noise, self.output_shape(z.shape))
+        check_generator(generator)
+        chunk = check_chunk_frames(chunk_frames)
+        return self._decode_stream(z / scale_factor, steps, noise, generator, chunk)
+
+    @torch.no_grad()
+    def _decode_stream(self, z, steps, noise, generator, chunk) -> Iterator[torch.Tensor]:
+        cfg = self.config
+        _, _, frames, height, width = z.shape
+        chunk = chunk or cfg.decode_chunk_frames(height, width)
+        if noise is None:
+            noise = self.initial_noise(z, generator)
+        schedule = DDIMSchedule.create(cfg.num_timesteps, steps)
+        context_cache = FeatureCache()
+        # One U-Net cache per sampling step: chunk i at step s needs step s of chunks < i only, so
+        # looping chunks outside steps is upstream's steps-outside-chunks loop reordered.
+        unet_caches = [FeatureCache() for _ in range(steps)]
+        for start, stop in chunking.decode_plan(frames, chunk):
+            context = self.context_model.decode(z[:, :, start:stop].to(self.device), context_cache)
+            a, b = chunking.video_span(start, stop, cfg.time_factor)
+            x = (cfg.sample_gamma * noise[:, :, a:b]).float().to(self.device)
+            for step in reversed(range(steps)):
+                time = schedule.time_input(step, x.shape[0], x.device)
+                x0 = self.unet(x, time, context, unet_caches[step]).float()
+                x = schedule.step(x, x0, step)
+            yield x
+
+    # -- round trip --------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Reconstruct a video: decode(encode(x)). Keyword arguments go to ``decode``."""
+        return self.decode(self.encode(x), **kwargs)
+
+    @torch.no_grad()
+    def forward_with_info(self, x: torch.Tensor, **kwargs):
+        """Upstream's ``forward_with_info``: (reconstruction, mu, logvar, std of mu)."""
+        z, posterior = self.encode(x, return_posterior=True)
+        return self.decode(z, **kwargs), posterior.mean, posterior.logvar, posterior.mean.std()
