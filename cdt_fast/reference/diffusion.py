@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..functional import ddim_update
+
 __all__ = ["cosine_alphas_cumprod", "DDIMSchedule", "q_sample"]
 
 
@@ -82,6 +84,4 @@ class DDIMSchedule:
 
     def step(self, x_t: torch.Tensor, x0: torch.Tensor, step: int) -> torch.Tensor:
         """One deterministic DDIM update from ``x_t`` given the predicted clean sample ``x0``."""
-        a, b, c, d = (v.to(x_t.device) for v in self.coefficients(step))
-        eps = (a * x_t - x0) / b
-        return c * x0 + d * eps
+        return ddim_update(x_t, x0, self.coefficients(step))

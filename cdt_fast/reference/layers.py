@@ -19,18 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import functional as CF
 from ..cache import FeatureCache
+from ..functional import PAD_MODES, cast_like
 
 __all__ = [
     "CausalConv3d", "ChannelLayerNorm", "Block", "ResnetBlock", "LinearAttention", "PreNorm",
     "Residual", "Downsample", "Upsample", "TimeDownsample", "TimeUpsample", "Identity", "Linear",
     "PAD_MODES",
 ]
-
-PAD_MODES = {"zeros": "constant", "replicate": "replicate"}
-# Convs whose input holds more elements than this are run one output frame at a time (upstream's
-# guard against 32-bit indexing limits in the conv kernels).
-_MAX_CONV_INPUT_NUMEL = 2 ** 31
 
 Triple = Union[int, Sequence[int]]
 
@@ -42,12 +39,6 @@ def _triple(value: Triple) -> Tuple[int, int, int]:
     if len(value) != 3:
         raise ValueError(f"expected an int or 3 ints, got {value!r}")
     return value
-
-
-def cast_like(param: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
-    if param is None or param.dtype == x.dtype:
-        return param
-    return param.to(x.dtype)
 
 
 class Identity(nn.Identity):
@@ -87,27 +78,13 @@ class CausalConv3d(nn.Conv3d):
                 f"space_padding={self.space_padding}, pad_mode={self.pad_mode}")
 
     def forward(self, x: torch.Tensor, cache: Optional[FeatureCache] = None) -> torch.Tensor:
-        front = self.history
-        if front and cache is not None:
+        past = None
+        if self.history and cache is not None:
             past = cache.get(self)
-            if past is not None:
-                x = torch.cat([past, x], dim=2)
-                front -= past.shape[2]
-            # The next chunk needs this chunk's last frames; clone so the chunk itself can be freed.
-            cache.put(self, x[:, :, -self.history:].clone())
-        ph, pw = self.space_padding
-        if front or ph or pw:
-            x = F.pad(x, (pw, pw, ph, ph, front, 0), mode=PAD_MODES[self.pad_mode])
-        return self._conv(x)
-
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = cast_like(self.weight, x), cast_like(self.bias, x)
-        if x.numel() <= _MAX_CONV_INPUT_NUMEL:
-            return F.conv3d(x, weight, bias, self.stride)
-        kt = self.kernel_size[0]
-        frames = [F.conv3d(x[:, :, t:t + kt], weight, bias, self.stride)
-                  for t in range(max(1, x.shape[2] - kt + 1))]
-        return torch.cat(frames, dim=2)
+            cache.put(self, CF.causal_conv3d_history(x, past, self.history))
+        return CF.causal_conv3d(x, self.weight, self.bias, past=past, history=self.history,
+                                space_padding=self.space_padding, stride=self.stride,
+                                pad_mode=self.pad_mode)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -120,9 +97,7 @@ class ChannelLayerNorm(nn.Module):
         self.b = nn.Parameter(torch.zeros(1, dim, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var = torch.var(x, dim=1, unbiased=False, keepdim=True)
-        mean = torch.mean(x, dim=1, keepdim=True)
-        return (x - mean) / (var + self.eps).sqrt() * cast_like(self.g, x) + cast_like(self.b, x)
+        return CF.channel_norm(x, self.g, self.b, self.eps)
 
 
 class Block(nn.Module):
@@ -138,8 +113,8 @@ class Block(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor, cache: Optional[FeatureCache] = None) -> torch.Tensor:
-        conv, norm, act = self.block
-        return act(norm(conv(x, cache)))
+        conv, norm, _ = self.block
+        return CF.channel_norm(conv(x, cache), norm.g, norm.b, norm.eps, relu=True)
 
 
 class ResnetBlock(nn.Module):
@@ -182,19 +157,8 @@ class LinearAttention(nn.Module):
         self.to_out = CausalConv3d(hidden, dim, 1)
 
     def forward(self, x: torch.Tensor, cache: Optional[FeatureCache] = None) -> torch.Tensor:
-        b, _, t, h, w = x.shape
-        heads, d = self.heads, self.dim_head
-
-        def per_frame(u: torch.Tensor) -> torch.Tensor:  # [b, heads*d, t, h, w] -> [b*t, heads, d, h*w]
-            return u.reshape(b, heads, d, t, h * w).permute(0, 3, 1, 2, 4).reshape(b * t, heads, d, h * w)
-
-        q, k, v = map(per_frame, self.to_qkv(x).chunk(3, dim=1))
-        q = q.softmax(dim=-2) * self.scale
-        k = k.softmax(dim=-1)
-        context = torch.einsum("bhdn,bhen->bhde", k, v)
-        out = torch.einsum("bhde,bhdn->bhen", context, q)
-        out = out.reshape(b, t, heads * d, h, w).transpose(1, 2)
-        return self.to_out(out)
+        return CF.linear_attention(x, self.to_qkv.weight, self.to_out.weight, self.to_out.bias,
+                                   heads=self.heads, scale=self.scale)
 
 
 class PreNorm(nn.Module):
@@ -251,12 +215,8 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Optional[FeatureCache] = None) -> torch.Tensor:
         if self.new_upsample:
-            # Upstream upsamples in fp32 (no bf16 nearest kernel once); copying values is exact.
-            x = F.interpolate(x.float(), scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact").type_as(x)
-            return self.conv(x)
-        conv = self.conv
-        return F.conv_transpose3d(x, cast_like(conv.weight, x), cast_like(conv.bias, x),
-                                  conv.stride, conv.padding, conv.output_padding)
+            return self.conv(CF.upsample_nearest2x(x))
+        return CF.conv_transpose_up2x(x, self.conv.weight, self.conv.bias)
 
 
 class TimeDownsample(nn.Module):
@@ -281,12 +241,8 @@ class TimeDownsample(nn.Module):
         past = cache.get(self) if cache is not None else None
         if cache is not None:
             cache.put(self, x[:, :, -1:].clone())
-        if past is not None:
-            x = torch.cat([past, x], dim=2)
-        else:
-            x = F.pad(x, (0, 0, 0, 0, 2, 0), mode=PAD_MODES[self.pad_mode])
-        weight = cast_like(self.conv.weight, x)[..., None, None]
-        return F.conv3d(x, weight, cast_like(self.conv.bias, x), stride=(2, 1, 1))
+        return CF.time_downsample(x, self.conv.weight, self.conv.bias, past=past,
+                                  pad_mode=self.pad_mode)
 
 
 class TimeUpsample(nn.Module):
@@ -310,7 +266,4 @@ class TimeUpsample(nn.Module):
         first_chunk = cache is None or not cache.started(self)
         if cache is not None:
             cache.put(self, None)
-        b, c, t, h, w = x.shape
-        out = F.conv3d(x, cast_like(self.conv.weight, x)[..., None, None], cast_like(self.conv.bias, x))
-        out = out.reshape(b, c, 2, t, h, w).transpose(2, 3).reshape(b, c, 2 * t, h, w)
-        return out[:, :, 1:] if first_chunk else out
+        return CF.time_upsample(x, self.conv.weight, self.conv.bias, drop_first=first_chunk)

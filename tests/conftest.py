@@ -1,0 +1,53 @@
+"""Shared fixtures: the tiny upstream-parity configurations and their weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cdt_fast import CDT, CDTConfig
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PRESETS = ("base", "small")
+
+
+def tiny_config(preset: str, **overrides) -> CDTConfig:
+    """The configurations the upstream fixtures were computed with (tests/fixtures/README.md)."""
+    width = json.loads((FIXTURES / "meta.json").read_text())["dim"]
+    out_channels = {"base": width, "small": 3}[preset]
+    values = dict(context_dim=width, unet_dim=width, latent_dim=width, out_channels=out_channels)
+    values.update(overrides)
+    return CDTConfig.preset(preset, **values)
+
+
+@pytest.fixture(scope="session")
+def upstream_io():
+    from safetensors.torch import load_file
+    return load_file(str(FIXTURES / "io.safetensors"))
+
+
+def upstream_state_dict(preset: str):
+    from safetensors.torch import load_file
+    return load_file(str(FIXTURES / f"{preset}_state_dict.safetensors"))
+
+
+@pytest.fixture(scope="session", params=PRESETS)
+def preset(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def upstream_model(preset) -> CDT:
+    """A tiny CDT holding the fixture's upstream weights (read-only: do not mutate in tests)."""
+    model = CDT(tiny_config(preset))
+    model.load_state_dict(upstream_state_dict(preset), strict=True)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
