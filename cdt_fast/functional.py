@@ -37,14 +37,19 @@ def cast_like(param: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.
 def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                   past: Optional[torch.Tensor] = None, history: int = 0,
                   space_padding: Tuple[int, int] = (0, 0), stride: Sequence[int] = (1, 1, 1),
-                  pad_mode: str = "zeros") -> torch.Tensor:
+                  pad_mode: str = "zeros", upsample2x: bool = False) -> torch.Tensor:
     """Conv3d over ``[pad | past | x]`` along time, with no padding after the chunk.
 
     ``history`` frames precede every output's window (``kt - 1`` for a causal conv, 0 for kt=1).
     ``past`` holds up to ``history`` frames from earlier chunks of the stream; the frames it lacks
     are padding (zeros, or copies of the first available frame for ``pad_mode="replicate"``).
     ``space_padding=(ph, pw)`` pads both spatial sides with the same mode.
+    ``upsample2x``: the conv reads ``x`` (and ``past``) nearest-exact upsampled 2x in space, as
+    CDT-base's ``Upsample`` (a fast backend folds this into its loads).
     """
+    if upsample2x:
+        x = upsample_nearest2x(x)
+        past = upsample_nearest2x(past) if past is not None else None
     front = history
     if past is not None and history:
         x = torch.cat([past, x], dim=2)
