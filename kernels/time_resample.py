@@ -1,0 +1,254 @@
+"""Causal temporal resampling in Triton: the stride-2 downsample and the 2x pixel-shuffle upsample.
+
+Both are GEMMs over pixels (rows: ``b, t, h, w``; reduction: input channels, times 3 taps for the
+downsample) that upstream runs through ``rearrange(...).contiguous()`` round trips. Here one
+kernel reads the frames where they lie -- the chunk, the cached past frame or the padding -- and
+writes the output frames in place, so nothing is copied. Channels-last inputs (the engine's
+layout) give coalesced loads along channels; any strides are accepted.
+
+Semantics are exactly :func:`cdt_fast.functional.time_downsample` /
+:func:`cdt_fast.functional.time_upsample`; accumulation is fp32, results are rounded once to the
+input dtype. fp32 inputs use IEEE fp32 products (no TF32).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from cdt_fast.functional import PAD_MODES, cast_like
+
+from ._channels_last import check_out, empty_like_layout, use_autotune
+
+__all__ = ["time_downsample", "time_upsample"]
+
+_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+    for bm, bn, bk, w, s in [(128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 64, 4, 3),
+                             (128, 128, 32, 4, 4), (64, 64, 64, 4, 4), (128, 256, 64, 8, 3)]
+]
+# The interpreter runs one small config: tl.dot needs every block dimension >= 16.
+# Channel counts are constexpr: loop bounds must be compile-time constants for the Triton 3.6
+# interpreter under NumPy >= 2.4 (it cannot turn a runtime scalar into a Python int), and a
+# network has only a handful of widths to specialise for.
+_INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+
+
+@triton.jit
+def _accumulate_frame(acc, frame_ptr, row_off, s_c, w_ptr, s_wo, s_wi, tap_off, offs_n, mask_m,
+                      mask_n, C_IN: tl.constexpr, IEEE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc[m, n] += sum_c frame[row m, c] * w[n, c, tap] over all input channels."""
+    offs_k = tl.arange(0, BLOCK_K)
+    for c0 in range(0, C_IN, BLOCK_K):
+        ck = c0 + offs_k
+        mask_k = ck < C_IN
+        a = tl.load(frame_ptr + row_off[:, None] + ck[None, :] * s_c,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        w = tl.load(w_ptr + offs_n[None, :] * s_wo + ck[:, None] * s_wi + tap_off,
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        if IEEE:
+            acc = tl.dot(a, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
+def _time_downsample_kernel(
+        x_ptr, past_ptr, w_ptr, b_ptr, out_ptr,
+        T_OUT, HW, WIDTH, FRONT,
+        s_xb, s_xc, s_xt, s_xh, s_xw,
+        s_pb, s_pc, s_pt, s_ph, s_pw,
+        s_wo, s_wi, s_wk,
+        s_ob, s_oc, s_ot, s_oh, s_ow,
+        C_IN: tl.constexpr, C_OUT: tl.constexpr,
+        HAS_PAST: tl.constexpr, HAS_BIAS: tl.constexpr, REPLICATE: tl.constexpr,
+        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Output frame `to` reads frames 2*to + k (k = 0, 1, 2) of [front | x], where front is the
+    # cached past (FRONT = its frame count) or, on a stream's first chunk, 2 padding frames.
+    pid_m = tl.program_id(0)
+    pid_bt = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    b = pid_bt // T_OUT
+    to = pid_bt % T_OUT
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < HW
+    mask_n = offs_n < C_OUT
+    hh = offs_m // WIDTH
+    ww = offs_m % WIDTH
+    row_x = hh * s_xh + ww * s_xw
+    x_b = x_ptr + b * s_xb
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in tl.static_range(3):
+        j = 2 * to + k
+        if j >= FRONT:
+            acc = _accumulate_frame(acc, x_b + (j - FRONT) * s_xt, row_x, s_xc, w_ptr, s_wo, s_wi,
+                                    k * s_wk, offs_n, mask_m, mask_n, C_IN, IEEE, BLOCK_K)
+        elif HAS_PAST:
+            acc = _accumulate_frame(acc, past_ptr + b * s_pb + j * s_pt, hh * s_ph + ww * s_pw,
+                                    s_pc, w_ptr, s_wo, s_wi, k * s_wk, offs_n, mask_m, mask_n,
+                                    C_IN, IEEE, BLOCK_K)
+        elif REPLICATE:  # padding frames are copies of the chunk's first frame
+            acc = _accumulate_frame(acc, x_b, row_x, s_xc, w_ptr, s_wo, s_wi, k * s_wk, offs_n,
+                                    mask_m, mask_n, C_IN, IEEE, BLOCK_K)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out = out_ptr + b * s_ob + to * s_ot + (hh * s_oh + ww * s_ow)[:, None] + offs_n[None, :] * s_oc
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _time_upsample_kernel(
+        x_ptr, w_ptr, b_ptr, out_ptr,
+        T_IN, HW, WIDTH, DROP,
+        s_xb, s_xc, s_xt, s_xh, s_xw,
+        s_wo, s_wi,
+        s_ob, s_oc, s_ot, s_oh, s_ow,
+        C: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Conv output channel 2c+p is output frame 2t+p (minus DROP) of channel c: one x tile feeds
+    # both phases, each written straight to its frame.
+    pid_m = tl.program_id(0)
+    pid_bt = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    b = pid_bt // T_IN
+    t = pid_bt % T_IN
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < HW
+    mask_n = offs_n < C
+    hh = offs_m // WIDTH
+    ww = offs_m % WIDTH
+    x_rows = x_ptr + b * s_xb + t * s_xt + hh * s_xh + ww * s_xw
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_K):
+        ck = c0 + offs_k
+        mask_k = ck < C
+        a = tl.load(x_rows[:, None] + ck[None, :] * s_xc, mask=mask_m[:, None] & mask_k[None, :],
+                    other=0.0)
+        w_off = ck[:, None] * s_wi + (2 * offs_n)[None, :] * s_wo
+        w_mask = mask_k[:, None] & mask_n[None, :]
+        w0 = tl.load(w_ptr + w_off, mask=w_mask, other=0.0)
+        w1 = tl.load(w_ptr + w_off + s_wo, mask=w_mask, other=0.0)
+        if IEEE:
+            acc0 = tl.dot(a, w0, acc0, input_precision="ieee")
+            acc1 = tl.dot(a, w1, acc1, input_precision="ieee")
+        else:
+            acc0 = tl.dot(a, w0, acc0)
+            acc1 = tl.dot(a, w1, acc1)
+    if HAS_BIAS:
+        acc0 += tl.load(b_ptr + 2 * offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        acc1 += tl.load(b_ptr + 2 * offs_n + 1, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out = out_ptr + b * s_ob + (hh * s_oh + ww * s_ow)[:, None] + offs_n[None, :] * s_oc
+    mask = mask_m[:, None] & mask_n[None, :]
+    t0 = 2 * t - DROP
+    if t0 >= 0:
+        tl.store(out + t0 * s_ot, acc0.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out + (t0 + 1) * s_ot, acc1.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+_time_downsample_tuned = triton.autotune(_CONFIGS, key=["C_IN", "C_OUT", "HW"])(_time_downsample_kernel)
+_time_upsample_tuned = triton.autotune(_CONFIGS, key=["C", "HW"])(_time_upsample_kernel)
+
+
+def _check_video(x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
+    if x.dim() != 5:
+        raise ValueError(f"{name} must have rank 5 [B, C, T, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+    return x
+
+
+def _check_weight(weight, shape, name: str = "weight") -> None:
+    if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != tuple(shape):
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{name} must be a tensor of shape {list(shape)}, got {got}")
+
+
+def _check_bias(bias, channels: int) -> None:
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.numel() != channels):
+        raise ValueError(f"bias must be None or a tensor of {channels} elements, got "
+                         f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else bias!r}")
+
+
+def _launch(kernel, tuned, x, grid_frames, hw, args, meta):
+    if use_autotune(x):
+        grid = lambda m: (triton.cdiv(hw, m["BLOCK_M"]), grid_frames, triton.cdiv(args["n"], m["BLOCK_N"]))  # noqa: E731
+        tuned[grid](*args["tensors"], *args["scalars"], **meta)
+    else:
+        m = _INTERPRET_META
+        grid = (triton.cdiv(hw, m["BLOCK_M"]), grid_frames, triton.cdiv(args["n"], m["BLOCK_N"]))
+        kernel[grid](*args["tensors"], *args["scalars"], **meta, **m)
+
+
+def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
+                    past: Optional[torch.Tensor] = None, pad_mode: str = "zeros",
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Triton :func:`cdt_fast.functional.time_downsample`: kernel 3, stride 2 along time over
+    ``[past | x]`` (or ``[2 padding frames | x]`` on a stream's first chunk). ``weight`` is
+    [C_out, C_in, 3]; ``out`` an optional [B, C_out, T_out, H, W] buffer of x's dtype."""
+    _check_video(x, "x")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
+    bsz, c_in, t_in, h, w = x.shape
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
+        raise ValueError("weight must be a [C_out, C_in, 3] tensor (upstream's Conv1d weight)")
+    c_out = weight.shape[0]
+    _check_weight(weight, (c_out, c_in, 3))
+    _check_bias(bias, c_out)
+    if past is not None:
+        _check_video(past, "past")
+        if past.shape[:2] != x.shape[:2] or past.shape[3:] != x.shape[3:] or past.shape[2] < 1:
+            raise ValueError(f"past must be [B, C, P>=1, H, W] matching x {list(x.shape)}, "
+                             f"got {list(past.shape)}")
+        past = past.to(x.dtype)
+    front = past.shape[2] if past is not None else 2
+    t_out = (front + t_in - 3) // 2 + 1
+    if t_out < 1:
+        raise ValueError(f"x has too few frames ({t_in}) for a stride-2 kernel-3 step after "
+                         f"{front} {'past' if past is not None else 'padding'} frames")
+    weight, bias = cast_like(weight, x), cast_like(bias, x)
+    shape = (bsz, c_out, t_out, h, w)
+    out = empty_like_layout(x, shape) if out is None else check_out(out, shape, x.dtype, x.device)
+    p = past if past is not None else x
+    args = {"n": c_out,
+            "tensors": (x, p, weight, bias if bias is not None else weight, out),
+            "scalars": (t_out, h * w, w, front, *x.stride(), *p.stride(),
+                        *weight.stride(), *out.stride())}
+    meta = dict(C_IN=c_in, C_OUT=c_out, HAS_PAST=past is not None, HAS_BIAS=bias is not None,
+                REPLICATE=pad_mode == "replicate", IEEE=x.dtype == torch.float32)
+    _launch(_time_downsample_kernel, _time_downsample_tuned, x, bsz * t_out, h * w, args, meta)
+    return out
+
+
+def time_upsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
+                  drop_first: bool, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Triton :func:`cdt_fast.functional.time_upsample`: pointwise conv to 2C channels, channel
+    2c+p written as frame 2t+p of channel c, frame 0 dropped when ``drop_first``. ``weight`` is
+    [2C, C, 1]; ``out`` an optional [B, C, 2T - drop_first, H, W] buffer of x's dtype."""
+    _check_video(x, "x")
+    bsz, c, t_in, h, w = x.shape
+    _check_weight(weight, (2 * c, c, 1))
+    _check_bias(bias, 2 * c)
+    if not isinstance(drop_first, bool):
+        raise TypeError(f"drop_first must be a bool, got {type(drop_first).__name__}")
+    weight, bias = cast_like(weight, x), cast_like(bias, x)
+    shape = (bsz, c, 2 * t_in - int(drop_first), h, w)
+    out = empty_like_layout(x, shape) if out is None else check_out(out, shape, x.dtype, x.device)
+    if out.numel() == 0:
+        return out
+    args = {"n": c,
+            "tensors": (x, weight, bias if bias is not None else weight, out),
+            "scalars": (t_in, h * w, w, int(drop_first), *x.stride(), weight.stride(0),
+                        weight.stride(1), *out.stride())}
+    meta = dict(C=c, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32)
+    _launch(_time_upsample_kernel, _time_upsample_tuned, x, bsz * t_in, h * w, args, meta)
+    return out

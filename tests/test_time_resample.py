@@ -1,0 +1,144 @@
+"""Parity of the Triton temporal down/upsampling with cdt_fast.functional and the reference layers."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # must precede the first `import triton` in the process
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from cdt_fast import FeatureCache  # noqa: E402
+from cdt_fast import functional as CF  # noqa: E402
+from cdt_fast.reference.layers import TimeDownsample, TimeUpsample  # noqa: E402
+
+triton = pytest.importorskip("triton")
+from cdt_fast.kernels.time_resample import time_downsample, time_upsample  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
+
+
+def _video(b, c, t, h, w, dtype=torch.float32, channels_last=True):
+    x = torch.randn(b, c, t, h, w, device=DEVICE).to(dtype)
+    return x.to(memory_format=torch.channels_last_3d) if channels_last else x
+
+
+def _check(actual, expected, dtype):
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual.float(), expected.float(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
+@pytest.mark.parametrize("frames", [1, 4])
+def test_time_downsample_first_chunk(dtype, pad_mode, frames):
+    x = _video(2, 5, frames, 3, 7, dtype)
+    w, b = torch.randn(6, 5, 3, device=DEVICE), torch.randn(6, device=DEVICE)
+    out = time_downsample(x, w, b, pad_mode=pad_mode)
+    # fp16 against the fp32 reference of the same inputs: the kernel accumulates in fp32.
+    _check(out, CF.time_downsample(x.float(), w, b, pad_mode=pad_mode), dtype)
+    assert out.dtype == dtype
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_time_downsample_later_chunk_with_past(channels_last):
+    x = _video(2, 5, 2, 3, 7, channels_last=channels_last)
+    past = _video(2, 5, 1, 3, 7, channels_last=not channels_last)
+    w, b = torch.randn(5, 5, 3, device=DEVICE), torch.randn(5, device=DEVICE)
+    _check(time_downsample(x, w, b, past=past), CF.time_downsample(x, w, b, past=past),
+           torch.float32)
+    assert time_downsample(x, w, None, past=past).shape == (2, 5, 1, 3, 7)
+
+
+@pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
+def test_time_downsample_stream_equals_reference_layer(pad_mode):
+    layer = TimeDownsample(6, 5, pad_mode=pad_mode).to(DEVICE)
+    with torch.no_grad():
+        layer.conv.weight.normal_()
+        layer.conv.bias.normal_()
+    x = _video(2, 6, 5, 3, 5)
+    whole = layer(x)
+    cache, past, pieces = FeatureCache(), None, []
+    for start, stop in [(0, 1), (1, 3), (3, 5)]:  # a 1-frame first chunk, then even chunks
+        chunk = x[:, :, start:stop]
+        ref = layer(chunk, cache)
+        got = time_downsample(chunk, layer.conv.weight, layer.conv.bias, past=past,
+                              pad_mode=pad_mode)
+        _check(got, ref, torch.float32)
+        past = chunk[:, :, -1:]
+        pieces.append(got)
+    _check(torch.cat(pieces, dim=2), whole, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("drop_first", [True, False])
+def test_time_upsample(dtype, drop_first):
+    x = _video(2, 5, 3, 5, 3, dtype)
+    w, b = torch.randn(10, 5, 1, device=DEVICE), torch.randn(10, device=DEVICE)
+    out = time_upsample(x, w, b, drop_first=drop_first)
+    _check(out, CF.time_upsample(x.float(), w, b, drop_first=drop_first), dtype)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_time_upsample_stream_equals_reference_layer():
+    layer = TimeUpsample(6).to(DEVICE)
+    with torch.no_grad():
+        layer.conv.weight.normal_()
+        layer.conv.bias.normal_()
+    x = _video(1, 6, 3, 3, 5, channels_last=False)
+    whole = layer(x)
+    cache, pieces = FeatureCache(), []
+    for t in range(3):  # 1-frame chunks: only the stream's first drops its first frame
+        ref = layer(x[:, :, t:t + 1], cache)
+        got = time_upsample(x[:, :, t:t + 1], layer.conv.weight, layer.conv.bias,
+                            drop_first=t == 0)
+        _check(got, ref, torch.float32)
+        pieces.append(got)
+    _check(torch.cat(pieces, dim=2), whole, torch.float32)
+
+
+def test_out_buffers_are_written_in_place():
+    x = _video(1, 3, 2, 2, 3)
+    w, b = torch.randn(6, 3, 1, device=DEVICE), torch.randn(6, device=DEVICE)
+    out = torch.full((1, 3, 4, 2, 3), float("nan"), device=DEVICE)
+    assert time_upsample(x, w, b, drop_first=False, out=out) is out
+    _check(out, CF.time_upsample(x, w, b, drop_first=False), torch.float32)
+    wd = torch.randn(4, 3, 3, device=DEVICE)
+    out = torch.full((1, 4, 1, 2, 3), float("nan"), device=DEVICE)
+    assert time_downsample(x, wd, None, out=out) is out
+    _check(out, CF.time_downsample(x, wd, None), torch.float32)
+
+
+def test_bad_arguments_are_named():
+    x = _video(1, 3, 2, 2, 3)
+    w = torch.randn(4, 3, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="pad_mode"):
+        time_downsample(x, w, None, pad_mode="reflect")
+    with pytest.raises(ValueError, match="weight"):
+        time_downsample(x, torch.randn(4, 2, 3), None)
+    with pytest.raises(ValueError, match="past"):
+        time_downsample(x, w, None, past=_video(1, 3, 1, 2, 2))
+    with pytest.raises(ValueError, match="bias"):
+        time_upsample(x, torch.randn(6, 3, 1), torch.randn(5), drop_first=True)
+    with pytest.raises(ValueError, match="out"):
+        time_upsample(x, torch.randn(6, 3, 1), None, drop_first=True, out=torch.empty(1, 3, 4, 2, 3))
+    with pytest.raises(TypeError, match="x"):
+        time_upsample(x.long(), torch.randn(6, 3, 1), None, drop_first=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_gpu_parity_at_engine_shapes(dtype):
+    x = _video(1, 192, 4, 45, 37, dtype)
+    w, b = torch.randn(192, 192, 3, device=DEVICE) / 24, torch.randn(192, device=DEVICE)
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype != torch.float32 else dict(atol=1e-4, rtol=1e-4)
+    wu, bu = torch.randn(384, 192, 1, device=DEVICE) / 14, torch.randn(384, device=DEVICE)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # an exact fp32 oracle
+        ref_down = CF.time_downsample(x.float(), w, b)
+        ref_up = CF.time_upsample(x.float(), wu, bu, drop_first=True)
+    torch.testing.assert_close(time_downsample(x, w, b).float(), ref_down, **tol)
+    torch.testing.assert_close(time_upsample(x, wu, bu, drop_first=True).float(), ref_up, **tol)
