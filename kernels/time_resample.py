@@ -72,7 +72,7 @@ def _time_downsample_kernel(
     pid_m = tl.program_id(0)
     pid_bt = tl.program_id(1)
     pid_n = tl.program_id(2)
-    b = pid_bt // T_OUT
+    b = (pid_bt // T_OUT).to(tl.int64)  # batch strides can pass 2**31 elements
     to = pid_bt % T_OUT
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -115,7 +115,7 @@ def _time_upsample_kernel(
     pid_m = tl.program_id(0)
     pid_bt = tl.program_id(1)
     pid_n = tl.program_id(2)
-    b = pid_bt // T_IN
+    b = (pid_bt // T_IN).to(tl.int64)
     t = pid_bt % T_IN
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
