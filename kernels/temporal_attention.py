@@ -14,6 +14,7 @@ xformers, when installed; then this kernel on CUDA; then ``scaled_dot_product_at
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import warnings
@@ -94,9 +95,10 @@ def temporal_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 # library backends
 # --------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _import_optional(name: str):
-    """The module, or None when not installed; a broken install warns (once per call site) and
-    counts as absent, never crashes."""
+    """The module, or None when not installed; a broken install warns and counts as absent, never
+    crashes. Cached: a failed import searches the file system every time, far too slow per call."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError:
@@ -116,14 +118,14 @@ def _in_batches(fn, q, k, v):
 
 
 def _flash(q, k, v, causal, scale):
-    flash_attn = _import_optional("flash_attn")
+    flash_attn = importlib.import_module("flash_attn")
     # flash-attn >= 2.1 aligns a causal mask bottom-right, as we do.
     return _in_batches(lambda a, b, c: flash_attn.flash_attn_func(
         a, b, c, dropout_p=0.0, softmax_scale=scale, causal=causal), q, k, v)
 
 
 def _xformers(q, k, v, causal, scale):
-    xops = _import_optional("xformers.ops")
+    xops = importlib.import_module("xformers.ops")
     bias = xops.fmha.attn_bias.LowerTriangularFromBottomRightMask() if causal else None
     return _in_batches(lambda a, b, c: xops.memory_efficient_attention(
         a, b, c, attn_bias=bias, scale=scale), q, k, v)
@@ -155,8 +157,8 @@ def attention_backends(device: torch.device = None, dtype: torch.dtype = None) -
 
 
 def _auto_backend(q: torch.Tensor) -> str:
-    available = attention_backends(q.device, q.dtype)
     if q.device.type == "cuda":
+        available = attention_backends(q.device, q.dtype)
         for name in ("flash", "xformers", "triton"):
             if available[name][0]:
                 return name
