@@ -10,7 +10,6 @@ runs the pytest-benchmark version. Needs CUDA (skips cleanly without it).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -70,19 +69,8 @@ def run_summary() -> List[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
-    args = parser.parse_args(argv)
-    if not CUDA:
-        print("bench_denoise: needs CUDA, skipped")
-        return 0
-    from cdt_fast.kernels._bench_support import markdown, save_rows
-
-    rows = run_summary()
-    print(markdown(rows))
-    if not args.no_save:
-        print("wrote", save_rows(rows, RESULTS, "denoise"))
-    return 0
+    from cdt_fast.kernels._bench_support import bench_main
+    return bench_main("denoise", __doc__.splitlines()[0], run_summary, RESULTS, argv)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -90,9 +78,8 @@ def main(argv=None) -> int:
 @pytest.mark.parametrize("op", ["denoise_final", "initial_noise"])
 def test_denoise(benchmark, op, impl):
     fn = (final_stage_impls() if op == "denoise_final" else noise_impls())[0][impl]
-    fn()
-    torch.cuda.synchronize()
-    benchmark(lambda: (fn(), torch.cuda.synchronize()))
+    from cdt_fast.kernels._bench_support import run_benchmark
+    run_benchmark(benchmark, fn)
 
 
 if __name__ == "__main__":

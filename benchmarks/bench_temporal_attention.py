@@ -11,7 +11,6 @@ version. Needs CUDA (skips cleanly without it).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -57,28 +56,16 @@ def run_summary() -> List[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
-    args = parser.parse_args(argv)
-    if not CUDA:
-        print("bench_temporal_attention: needs CUDA, skipped")
-        return 0
-    from cdt_fast.kernels._bench_support import markdown, save_rows
-
-    rows = run_summary()
-    print(markdown(rows))
-    if not args.no_save:
-        print("wrote", save_rows(rows, RESULTS, "temporal_attention"))
-    return 0
+    from cdt_fast.kernels._bench_support import bench_main
+    return bench_main("temporal_attention", __doc__.splitlines()[0], run_summary, RESULTS, argv)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("impl", ["triton", "sdpa", "eager", "torch.compile"])
 def test_temporal_attention(benchmark, impl):
     fn = attention_impls(*CASES[1][1:])[0][impl]
-    fn()
-    torch.cuda.synchronize()
-    benchmark(lambda: (fn(), torch.cuda.synchronize()))
+    from cdt_fast.kernels._bench_support import run_benchmark
+    run_benchmark(benchmark, fn)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ benchmarks/bench_time_resample.py`` prints a markdown table and writes
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -79,19 +78,8 @@ def run_summary() -> List[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
-    args = parser.parse_args(argv)
-    if not CUDA:
-        print("bench_time_resample: needs CUDA, skipped")
-        return 0
-    from cdt_fast.kernels._bench_support import markdown, save_rows
-
-    rows = run_summary()
-    print(markdown(rows))
-    if not args.no_save:
-        print("wrote", save_rows(rows, RESULTS, "time_resample"))
-    return 0
+    from cdt_fast.kernels._bench_support import bench_main
+    return bench_main("time_resample", __doc__.splitlines()[0], run_summary, RESULTS, argv)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -100,9 +88,8 @@ def main(argv=None) -> int:
 def test_time_resample(benchmark, op, impl):
     setup, case = (down_impls, DOWN_CASES[0]) if op == "down" else (up_impls, UP_CASES[1])
     fn = setup(*case[1:])[0][impl]
-    fn()
-    torch.cuda.synchronize()
-    benchmark(lambda: (fn(), torch.cuda.synchronize()))
+    from cdt_fast.kernels._bench_support import run_benchmark
+    run_benchmark(benchmark, fn)
 
 
 if __name__ == "__main__":

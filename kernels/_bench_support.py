@@ -10,8 +10,8 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-__all__ = ["PEAK_BANDWIDTH_TBPS", "peak_bandwidth_tbps", "time_ms", "row", "compiled", "measure",
-           "markdown", "save_rows"]
+__all__ = ["PEAK_BANDWIDTH_TBPS", "peak_bandwidth_tbps", "time_ms", "row", "measure",
+           "markdown", "save_rows", "bench_main", "run_benchmark"]
 
 # HBM bandwidth from the vendors' data sheets, TB/s, keyed by torch.cuda.get_device_name().
 PEAK_BANDWIDTH_TBPS: Dict[str, float] = {
@@ -65,11 +65,6 @@ def row(op: str, case: str, impl: str, ms: Optional[float], nbytes: int,
     }
 
 
-def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn)`` (the baseline the issue asks to beat)."""
-    return torch.compile(fn, dynamic=False)
-
-
 def measure(op: str, case: str, impls: Dict[str, Callable[[], object]], nbytes: int,
             flops: Optional[int] = None) -> List[Dict[str, object]]:
     """Times every implementation; one that fails (e.g. torch.compile on an odd setup) gives a
@@ -107,3 +102,28 @@ def save_rows(rows: List[Dict[str, object]], results_dir: Path, name: str) -> Pa
                "rows": rows}
     path = Path(results_dir) / f"{name}-{slug}.json"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
+
+
+def bench_main(name: str, description: str, run_summary: Callable[[], List[dict]],
+               results_dir: Path, argv=None) -> int:
+    """The ``main(argv)`` of a ``bench_<name>.py``: table to stdout, JSON under ``results_dir``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--no-save", action="store_true", help="do not write the results file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"bench_{name}: needs CUDA, skipped")
+        return 0
+    rows = run_summary()
+    print(markdown(rows))
+    if not args.no_save:
+        print("wrote", save_rows(rows, results_dir, name))
+    return 0
+
+
+def run_benchmark(benchmark, fn: Callable[[], object]) -> None:
+    """pytest-benchmark of a CUDA callable: warmed up (compiles, autotunes), synchronised."""
+    fn()
+    torch.cuda.synchronize()
+    benchmark(lambda: (fn(), torch.cuda.synchronize()))

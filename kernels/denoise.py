@@ -27,6 +27,7 @@ from cdt_fast import functional as CF
 from cdt_fast.functional import PAD_MODES, cast_like
 
 from ._channels_last import check_out, empty_like_layout, use_autotune
+from ._gemm_rows import accumulate_rows
 
 __all__ = ["initial_noise", "initial_noise_reference", "time_embeddings", "time_biases",
            "denoise_final", "denoise_final_reference", "pack_final_conv_weight"]
@@ -205,41 +206,31 @@ def _channel_norm_kernel(x_ptr, g_ptr, b_ptr, out_ptr, NVOX, T, HW, W, eps,
 
 
 @triton.jit
+def _tap_index(pos, offset, size, ok, REPLICATE: tl.constexpr):
+    """Input coordinate ``pos + offset`` of a spatial tap and whether it is inside the image:
+    zero padding masks it out, replicate padding clamps it to the edge."""
+    idx = pos + offset
+    if REPLICATE:
+        return tl.minimum(tl.maximum(idx, 0), size - 1), ok
+    return idx, ok & (idx >= 0) & (idx < size)
+
+
+@triton.jit
 def _conv_frame(acc, frame_ptr, s_c, s_h, s_w, hh, ww, mask_m, w_ptr, H, W,
                 C: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr,
                 PW: tl.constexpr, REPLICATE: tl.constexpr, NP: tl.constexpr,
                 BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
     """acc[m, :] += the (KH, KW) spatial taps of one input frame for output pixels m;
     ``w_ptr`` points at this frame's [KH, KW, C, NP] weights."""
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_n = tl.arange(0, NP)
+    cols = tl.arange(0, NP)
+    all_cols = cols < NP
     for kh in range(KH):
-        ih = hh + (kh - PH)
-        if REPLICATE:
-            ok_h = mask_m
-            ih = tl.minimum(tl.maximum(ih, 0), H - 1)
-        else:
-            ok_h = mask_m & (ih >= 0) & (ih < H)
+        ih, ok_h = _tap_index(hh, kh - PH, H, mask_m, REPLICATE)
         for kw in range(KW):
-            iw = ww + (kw - PW)
-            if REPLICATE:
-                ok = ok_h
-                iw = tl.minimum(tl.maximum(iw, 0), W - 1)
-            else:
-                ok = ok_h & (iw >= 0) & (iw < W)
-            rows = frame_ptr + ih * s_h + iw * s_w
-            w_tap = w_ptr + (kh * KW + kw) * C * NP
-            for c0 in range(0, C, BLOCK_K):
-                ck = c0 + offs_k
-                mask_k = ck < C
-                a = tl.load(rows[:, None] + ck[None, :] * s_c, mask=ok[:, None] & mask_k[None, :],
-                            other=0.0)
-                wt = tl.load(w_tap + ck[:, None] * NP + offs_n[None, :], mask=mask_k[:, None],
-                             other=0.0)
-                if IEEE:
-                    acc = tl.dot(a, wt, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, wt, acc)
+            iw, ok = _tap_index(ww, kw - PW, W, ok_h, REPLICATE)
+            acc = accumulate_rows(acc, frame_ptr + ih * s_h + iw * s_w, s_c, ok,
+                                  w_ptr + (kh * KW + kw) * C * NP, NP, cols, all_cols, C, IEEE,
+                                  BLOCK_K)
     return acc
 
 

@@ -22,6 +22,7 @@ import triton.language as tl
 from cdt_fast.functional import PAD_MODES, cast_like
 
 from ._channels_last import check_out, empty_like_layout, use_autotune
+from ._gemm_rows import accumulate_rows
 
 __all__ = ["time_downsample", "time_upsample"]
 
@@ -35,25 +36,6 @@ _CONFIGS = [
 # interpreter under NumPy >= 2.4 (it cannot turn a runtime scalar into a Python int), and a
 # network has only a handful of widths to specialise for.
 _INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
-
-
-@triton.jit
-def _accumulate_frame(acc, frame_ptr, row_off, s_c, w_ptr, s_wo, s_wi, tap_off, offs_n, mask_m,
-                      mask_n, C_IN: tl.constexpr, IEEE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc[m, n] += sum_c frame[row m, c] * w[n, c, tap] over all input channels."""
-    offs_k = tl.arange(0, BLOCK_K)
-    for c0 in range(0, C_IN, BLOCK_K):
-        ck = c0 + offs_k
-        mask_k = ck < C_IN
-        a = tl.load(frame_ptr + row_off[:, None] + ck[None, :] * s_c,
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        w = tl.load(w_ptr + offs_n[None, :] * s_wo + ck[:, None] * s_wi + tap_off,
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        if IEEE:
-            acc = tl.dot(a, w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, w, acc)
-    return acc
 
 
 @triton.jit
@@ -80,21 +62,20 @@ def _time_downsample_kernel(
     mask_n = offs_n < C_OUT
     hh = offs_m // WIDTH
     ww = offs_m % WIDTH
-    row_x = hh * s_xh + ww * s_xw
-    x_b = x_ptr + b * s_xb
+    x_rows = x_ptr + b * s_xb + hh * s_xh + ww * s_xw
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in tl.static_range(3):
         j = 2 * to + k
+        w_cols = offs_n * s_wo + k * s_wk
         if j >= FRONT:
-            acc = _accumulate_frame(acc, x_b + (j - FRONT) * s_xt, row_x, s_xc, w_ptr, s_wo, s_wi,
-                                    k * s_wk, offs_n, mask_m, mask_n, C_IN, IEEE, BLOCK_K)
+            acc = accumulate_rows(acc, x_rows + (j - FRONT) * s_xt, s_xc, mask_m, w_ptr, s_wi,
+                                  w_cols, mask_n, C_IN, IEEE, BLOCK_K)
         elif HAS_PAST:
-            acc = _accumulate_frame(acc, past_ptr + b * s_pb + j * s_pt, hh * s_ph + ww * s_pw,
-                                    s_pc, w_ptr, s_wo, s_wi, k * s_wk, offs_n, mask_m, mask_n,
-                                    C_IN, IEEE, BLOCK_K)
+            acc = accumulate_rows(acc, past_ptr + b * s_pb + j * s_pt + hh * s_ph + ww * s_pw,
+                                  s_pc, mask_m, w_ptr, s_wi, w_cols, mask_n, C_IN, IEEE, BLOCK_K)
         elif REPLICATE:  # padding frames are copies of the chunk's first frame
-            acc = _accumulate_frame(acc, x_b, row_x, s_xc, w_ptr, s_wo, s_wi, k * s_wk, offs_n,
-                                    mask_m, mask_n, C_IN, IEEE, BLOCK_K)
+            acc = accumulate_rows(acc, x_rows, s_xc, mask_m, w_ptr, s_wi, w_cols, mask_n, C_IN,
+                                  IEEE, BLOCK_K)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + b * s_ob + to * s_ot + (hh * s_oh + ww * s_ow)[:, None] + offs_n[None, :] * s_oc

@@ -36,6 +36,10 @@ def test_noise_matches_the_documented_philox_stream():
     torch.testing.assert_close(big.cpu(), initial_noise_reference((1, 3, 1, 4, 4), 2 ** 40 + 7),
                                atol=1e-5, rtol=1e-5)
     assert not torch.allclose(big, initial_noise((1, 3, 1, 4, 4), 7, device=DEVICE))
+    # Global indices past 2**32 (a long video) use the counter's high word.
+    far = initial_noise((1, 3, 2, 4, 4), 5, 2 ** 27, device=DEVICE)
+    torch.testing.assert_close(far.cpu(), initial_noise_reference((1, 3, 2, 4, 4), 5, 2 ** 27),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_noise_is_deterministic_and_chunk_invariant():
