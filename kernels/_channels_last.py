@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["empty_like_layout", "check_out", "use_autotune"]
+__all__ = ["empty_like_layout", "check_out", "use_autotune", "exact_fp32"]
 
 
 def empty_like_layout(x: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None) -> torch.Tensor:
@@ -33,3 +33,11 @@ def use_autotune(x: torch.Tensor) -> bool:
     """Autotuning times configs on the device; under the Triton interpreter (CPU tensors) the
     launchers run one fixed small config instead."""
     return x.device.type == "cuda"
+
+
+def exact_fp32(x: torch.Tensor) -> bool:
+    """Whether a conv-like kernel on fp32 ``x`` must use IEEE fp32 products: yes unless torch lets
+    its own cuDNN convs use TF32 (``torch.backends.cudnn.allow_tf32``, on by default), in which
+    case the kernel does as the reference does."""
+    return x.dtype == torch.float32 and not (x.device.type == "cuda"
+                                             and torch.backends.cudnn.allow_tf32)

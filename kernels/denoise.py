@@ -26,7 +26,7 @@ import triton.language as tl
 from cdt_fast import functional as CF
 from cdt_fast.functional import PAD_MODES, cast_like
 
-from ._channels_last import check_out, empty_like_layout, use_autotune
+from ._channels_last import check_out, empty_like_layout, exact_fp32, use_autotune
 from ._gemm_rows import accumulate_rows
 
 __all__ = ["initial_noise", "initial_noise_reference", "time_embeddings", "time_biases",
@@ -296,7 +296,7 @@ def _final_conv_ddim_kernel(
 
 
 _channel_norm_tuned = triton.autotune(_NORM_CONFIGS, key=["C"])(_channel_norm_kernel)
-_final_conv_ddim_tuned = triton.autotune(_CONV_CONFIGS, key=["C", "KT", "KH", "KW"])(
+_final_conv_ddim_tuned = triton.autotune(_CONV_CONFIGS, key=["C", "KT", "KH", "KW", "IEEE"])(
     _final_conv_ddim_kernel)
 
 
@@ -403,7 +403,7 @@ def denoise_final(h: torch.Tensor, norm_g: torch.Tensor, norm_b: torch.Tensor,
     meta = dict(C=c, N_OUT=n, NP=_N_PAD, KT=kt, KH=kh, KW=kw, PH=space_padding[0],
                 PW=space_padding[1], HISTORY=history, REPLICATE=pad_mode == "replicate",
                 HAS_BIAS=bias is not None, CLAMP=bool(clamp), UINT8=bool(uint8),
-                IEEE=h.dtype == torch.float32)
+                IEEE=exact_fp32(h))
     if use_autotune(h):
         grid = lambda m: (triton.cdiv(hgt * wid, m["BLOCK_M"]), bsz * t_out)  # noqa: E731
         _final_conv_ddim_tuned[grid](*args, **meta)

@@ -8,7 +8,8 @@ layout) give coalesced loads along channels; any strides are accepted.
 
 Semantics are exactly :func:`cdt_fast.functional.time_downsample` /
 :func:`cdt_fast.functional.time_upsample`; accumulation is fp32, results are rounded once to the
-input dtype. fp32 inputs use IEEE fp32 products (no TF32).
+input dtype. fp32 inputs use IEEE fp32 products unless torch allows TF32 for its cuDNN convs
+(``torch.backends.cudnn.allow_tf32``), as the reference conv then does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import triton.language as tl
 
 from cdt_fast.functional import PAD_MODES, cast_like
 
-from ._channels_last import check_out, empty_like_layout, use_autotune
+from ._channels_last import check_out, empty_like_layout, exact_fp32, use_autotune
 from ._gemm_rows import accumulate_rows
 
 __all__ = ["time_downsample", "time_upsample"]
@@ -134,10 +135,23 @@ def _time_upsample_kernel(
     tl.store(out + (t0 + 1) * s_ot, acc1.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-_time_downsample_tuned = triton.autotune(_CONFIGS, key=["C_IN", "C_OUT", "HW"])(_time_downsample_kernel)
+def _prune_ieee(configs, named_args, **kwargs):
+    """IEEE fp32 dots unroll into FMAs: big tiles take minutes to compile, so fp32 without TF32
+    tunes over the small ones only."""
+    if not kwargs.get("IEEE"):
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
+
+
+_IEEE_CONFIGS = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4,
+                               num_stages=2)]
+_time_downsample_tuned = triton.autotune(
+    _CONFIGS + _IEEE_CONFIGS, key=["C_IN", "C_OUT", "HW", "IEEE"],
+    prune_configs_by={"early_config_prune": _prune_ieee})(_time_downsample_kernel)
 # Two accumulators (one per output phase): keep tiles at most 128x128.
-_time_upsample_tuned = triton.autotune([c for c in _CONFIGS if c.kwargs["BLOCK_N"] <= 128],
-                                       key=["C", "HW"])(_time_upsample_kernel)
+_time_upsample_tuned = triton.autotune(
+    [c for c in _CONFIGS if c.kwargs["BLOCK_N"] <= 128] + _IEEE_CONFIGS, key=["C", "HW", "IEEE"],
+    prune_configs_by={"early_config_prune": _prune_ieee})(_time_upsample_kernel)
 
 
 def _check_video(x, name: str) -> torch.Tensor:
@@ -207,7 +221,7 @@ def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
             "scalars": (t_out, h * w, w, front, *x.stride(), *p.stride(),
                         *weight.stride(), *out.stride())}
     meta = dict(C_IN=c_in, C_OUT=c_out, HAS_PAST=past is not None, HAS_BIAS=bias is not None,
-                REPLICATE=pad_mode == "replicate", IEEE=x.dtype == torch.float32)
+                REPLICATE=pad_mode == "replicate", IEEE=exact_fp32(x))
     _launch(_time_downsample_kernel, _time_downsample_tuned, x, bsz * t_out, h * w, args, meta)
     return out
 
@@ -232,6 +246,6 @@ def time_upsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
             "tensors": (x, weight, bias if bias is not None else weight, out),
             "scalars": (t_in, h * w, w, int(drop_first), *x.stride(), weight.stride(0),
                         weight.stride(1), *out.stride())}
-    meta = dict(C=c, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32)
+    meta = dict(C=c, HAS_BIAS=bias is not None, IEEE=exact_fp32(x))
     _launch(_time_upsample_kernel, _time_upsample_tuned, x, bsz * t_in, h * w, args, meta)
     return out

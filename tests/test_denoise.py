@@ -211,9 +211,9 @@ def test_gpu_denoise_final_at_cdt_width(dtype):
     hidden, g, b, weight, bias, x_t = _stage(64, 3, 67, 45, k=(3, 7, 7), dtype=dtype)
     past = torch.randn(1, 64, 2, 67, 45, device=DEVICE).to(dtype)
     coef = SCHEDULE.coefficients(0)
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32, both sides
         ref = denoise_final_reference(hidden.float(), g, b, weight, bias, x_t, coef,
                                       past=past.float(), uint8=True)
-    got = denoise_final(hidden, g, b, weight, bias, x_t, coef, past=past, uint8=True)
+        got = denoise_final(hidden, g, b, weight, bias, x_t, coef, past=past, uint8=True)
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     _assert_stage_close(got, ref, tol)

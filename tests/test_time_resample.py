@@ -137,8 +137,8 @@ def test_gpu_parity_at_engine_shapes(dtype):
     w, b = torch.randn(192, 192, 3, device=DEVICE) / 24, torch.randn(192, device=DEVICE)
     tol = dict(atol=2e-2, rtol=2e-2) if dtype != torch.float32 else dict(atol=1e-4, rtol=1e-4)
     wu, bu = torch.randn(384, 192, 1, device=DEVICE) / 14, torch.randn(384, device=DEVICE)
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # an exact fp32 oracle
-        ref_down = CF.time_downsample(x.float(), w, b)
-        ref_up = CF.time_upsample(x.float(), wu, bu, drop_first=True)
-    torch.testing.assert_close(time_downsample(x, w, b).float(), ref_down, **tol)
-    torch.testing.assert_close(time_upsample(x, wu, bu, drop_first=True).float(), ref_up, **tol)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32, both sides
+        torch.testing.assert_close(time_downsample(x, w, b).float(),
+                                   CF.time_downsample(x.float(), w, b), **tol)
+        torch.testing.assert_close(time_upsample(x, wu, bu, drop_first=True).float(),
+                                   CF.time_upsample(x.float(), wu, bu, drop_first=True), **tol)
