@@ -7,7 +7,8 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["empty_like_layout", "check_out", "use_autotune", "exact_fp32"]
+__all__ = ["empty_like_layout", "check_out", "use_autotune", "exact_fp32", "interpreted",
+           "check_device"]
 
 
 def empty_like_layout(x: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None) -> torch.Tensor:
@@ -41,3 +42,16 @@ def exact_fp32(x: torch.Tensor) -> bool:
     case the kernel does as the reference does."""
     return x.dtype == torch.float32 and not (x.device.type == "cuda"
                                              and torch.backends.cudnn.allow_tf32)
+
+
+def interpreted(kernel) -> bool:
+    """Whether ``kernel`` was decorated under ``TRITON_INTERPRET=1`` (then it runs on CPU tensors)."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+def check_device(x: torch.Tensor, kernel, op: str, instead: str) -> None:
+    """A clear error instead of Triton's when a compiled kernel is handed a CPU tensor."""
+    if x.device.type != "cuda" and not interpreted(kernel):
+        raise RuntimeError(
+            f"{op}: the Triton kernel needs CUDA tensors (CPU tensors only under TRITON_INTERPRET=1, "
+            f"set before triton is imported); got a tensor on {x.device}. On CPU use {instead}.")

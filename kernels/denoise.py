@@ -26,7 +26,8 @@ import triton.language as tl
 from cdt_fast import functional as CF
 from cdt_fast.functional import PAD_MODES, cast_like
 
-from ._channels_last import check_out, empty_like_layout, exact_fp32, use_autotune
+from ._channels_last import (check_device, check_out, empty_like_layout, exact_fp32, interpreted,
+                             use_autotune)
 from ._gemm_rows import accumulate_rows
 
 __all__ = ["initial_noise", "initial_noise_reference", "time_embeddings", "time_biases",
@@ -82,15 +83,19 @@ def initial_noise(shape: Sequence[int], seed: int, offset: int = 0, *, gamma: fl
     ``initial_noise((B, C, T1 + T2, H, W), s)`` equals the concatenation along time of
     ``initial_noise((B, C, T1, H, W), s, 0)`` and ``initial_noise((B, C, T2, H, W), s, T1)``.
     The values equal :func:`initial_noise_reference` up to the float rounding of log/cos/sqrt
-    on the device; they are not ``torch.randn``'s stream.
+    on the device; they are not ``torch.randn``'s stream. CPU tensors (without the Triton
+    interpreter) are drawn by :func:`initial_noise_reference`.
     """
     shape = _check_noise_args(shape, seed, offset, gamma)
     device = torch.device(device) if device is not None else (
         out.device if out is not None else torch.device("cpu"))
+    if out is not None:
+        check_out(out, shape, dtype, device)
+    if device.type != "cuda" and not interpreted(_initial_noise_kernel):
+        noise = initial_noise_reference(shape, seed, offset, gamma=gamma, device=device, dtype=dtype)
+        return noise if out is None else out.copy_(noise)
     if out is None:
         out = torch.empty(shape, dtype=dtype, device=device)
-    else:
-        check_out(out, shape, dtype, device)
     b, c, t, h, w = shape
     grid = (triton.cdiv(out.numel(), _NOISE_BLOCK),)
     _initial_noise_kernel[grid](out, seed, offset, float(gamma), out.numel(), b, c, t, h * w, w,
@@ -384,6 +389,7 @@ def denoise_final(h: torch.Tensor, norm_g: torch.Tensor, norm_b: torch.Tensor,
     """
     out_shape = _check_final_args(h, norm_g, norm_b, weight, bias, x_t, coefficients, past,
                                   history, space_padding, pad_mode)
+    check_device(h, _final_conv_ddim_kernel, "denoise_final", "denoise_final_reference")
     bsz, n, t_out, hgt, wid = out_shape
     c, kt, kh, kw = weight.shape[1:]
     hn = _channel_norm(h, norm_g, norm_b, eps)

@@ -142,3 +142,16 @@ def test_gpu_parity_at_engine_shapes(dtype):
                                    CF.time_downsample(x.float(), w, b), **tol)
         torch.testing.assert_close(time_upsample(x, wu, bu, drop_first=True).float(),
                                    CF.time_upsample(x.float(), wu, bu, drop_first=True), **tol)
+
+
+def test_compiled_kernels_refuse_cpu_tensors_clearly():
+    from cdt_fast.kernels._channels_last import check_device
+
+    def compiled_kernel():  # stands in for a JITFunction (not the interpreter's)
+        pass
+
+    with pytest.raises(RuntimeError, match="cdt_fast.functional.time_upsample"):
+        check_device(torch.zeros(1), compiled_kernel, "time_upsample",
+                     "cdt_fast.functional.time_upsample")
+    check_device(torch.zeros(1, device=DEVICE), time_upsample.__globals__["_time_upsample_kernel"],
+                 "time_upsample", "-")  # interpreted on CPU, compiled on CUDA: both run
