@@ -77,6 +77,15 @@ def test_noise_bad_arguments():
         initial_noise((1, 3, 1, 4, 4), 0, 1.5)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_noise_matches_the_torch_twin_on_the_same_device():
+    shape = (2, 3, 5, 64, 48)
+    torch.testing.assert_close(initial_noise(shape, 11, 3, device="cuda"),
+                               initial_noise_reference(shape, 11, 3, device="cuda"),
+                               atol=1e-5, rtol=1e-5)
+
+
 # -- time biases -----------------------------------------------------------------------------
 
 def test_time_biases_equal_the_per_call_reference():
