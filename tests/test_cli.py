@@ -321,10 +321,14 @@ def test_encode_dataset_two_processes_equal_one_and_resume(capsys, work, dataset
     assert partial["counts"] == {"ok": 2, "error": 1, "pending": 2}
     done = {p: p.stat().st_mtime_ns for p in two.rglob("*.safetensors")}
     assert len(done) == 2
+    # a rank killed mid-write leaves a temporary beside the latent it was writing
+    stale = two / "sub" / ".b.webm.safetensors.1234.tmp"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"partial")
     second = _launch([dataset, "-o", two, "--model", work["small"], "-q"], 2)
     assert [r[0] for r in second] == [1, 1], second
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished ones skipped
-    assert not list(two.glob(".*"))  # no temporaries or partial manifests left
+    assert not [p for p in two.rglob(".*")]  # no temporaries or partial manifests left
 
     assert json.loads((two / "manifest.json").read_text())["items"] == manifest["items"]
     a, b2 = _latents(one), _latents(two)

@@ -50,7 +50,11 @@ def add_video_args(parser: argparse.ArgumentParser) -> None:
                         help="frame rate of an image-sequence input (default 24)")
 
 
-def add_decode_args(parser: argparse.ArgumentParser) -> None:
+def add_video_output_args(parser: argparse.ArgumentParser) -> None:
+    """OUT and the options of everything that decodes to video."""
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="output video (" + ", ".join(sorted(video_io.VIDEO_SUFFIXES)) +
+                             ") or a directory for PNG frames")
     parser.add_argument("--steps", type=int, metavar="N",
                         help="DDIM sampling steps (default: the model's, 1)")
     parser.add_argument("--seed", type=int, default=0,

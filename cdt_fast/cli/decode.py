@@ -34,10 +34,7 @@ def register(sub) -> None:
                                    "video with its original frame count, size and fps. Refuses a "
                                    "latent of another model architecture.")
     p.add_argument("input", metavar="LATENT", help="latent .safetensors from cdt-fast encode")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output video (.mp4, .webm, .gif, .mkv, .mov, .avi) or a directory "
-                        "for PNG frames")
-    _common.add_decode_args(p)
+    _common.add_video_output_args(p)
     _common.add_model_args(p)
     _common.add_quiet_arg(p)
     p.set_defaults(func=_decode)

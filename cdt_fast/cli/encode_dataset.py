@@ -77,6 +77,13 @@ def _encode_one(model, src: Path, dst: Path, args, chunk_frames: Optional[int]) 
     latents.save_latent(dst, z, model.config, _common.video_metadata(info, clip))
 
 
+def _remove_stale_temporaries(dst: Path) -> None:
+    """A run killed mid-write (no chance to clean up) leaves ``.<name>.*.tmp`` beside ``dst``."""
+    if dst.parent.is_dir():
+        for tmp in dst.parent.glob(f".{dst.name}.*.tmp"):
+            tmp.unlink()
+
+
 def _finished(dst: Path, arch_hash: str) -> Optional[latents.LatentFile]:
     """The metadata of an existing output, None if there is none; refuses another model's."""
     if not dst.is_file():
@@ -88,39 +95,45 @@ def _finished(dst: Path, arch_hash: str) -> Optional[latents.LatentFile]:
     return info
 
 
-def _work(args, items: List[Tuple[int, str]], rank: int):
-    """Encode this rank's items; returns (manifest entries, the model's config)."""
+def _item(model, source: str, args, chunk_frames: Optional[int], may_encode: bool
+          ) -> Tuple[dict, bool]:
+    """One video's manifest entry, encoding it unless it is done or ``may_encode`` is False.
+    Returns (entry, whether it was encoded now)."""
+    latent_rel = source + ".safetensors"
+    dst = Path(args.output) / latent_rel
+    info = _finished(dst, model.config.architecture_hash())
+    if info is not None:
+        return _entry(source, latent_rel, info), False
+    if not may_encode:
+        return {"source": source, "latent": latent_rel, "status": "pending"}, False
+    _remove_stale_temporaries(dst)
+    try:
+        _encode_one(model, Path(args.input) / source, dst, args, chunk_frames)
+    except (ValueError, FileNotFoundError) as err:  # a bad video: recorded, the rest go on
+        print(f"cdt-fast encode-dataset: skipped {source}: {err}", file=sys.stderr)
+        return {"source": source, "latent": latent_rel, "status": "error", "error": str(err)}, \
+            False
+    return _entry(source, latent_rel, latents.read_latent_metadata(dst)), True
+
+
+def _work(args, sources: List[str], rank: int):
+    """Encode this rank's videos; returns (manifest entries, the model's config)."""
     chunk_frames = _common.check_chunk_frames(args.chunk_frames)
     model, _, description = _common.load_model(args)
-    arch_hash = model.config.architecture_hash()
-    root, out = Path(args.input), Path(args.output)
     entries, encoded = [], 0
-    with _common.progress(len(items), f"rank {rank}", args.quiet or rank != 0, unit="video") \
-            as bar:
-        for _, source in items:
-            latent_rel = source + ".safetensors"
-            dst = out / latent_rel
-            info = _finished(dst, arch_hash)
-            if info is None and args.max_items is not None and encoded >= args.max_items:
-                entries.append({"source": source, "latent": latent_rel, "status": "pending"})
-                bar.update(1)
-                continue
-            if info is None:
-                try:
-                    _encode_one(model, root / source, dst, args, chunk_frames)
-                except (ValueError, FileNotFoundError) as err:
-                    print(f"cdt-fast encode-dataset: skipped {source}: {err}", file=sys.stderr)
-                    entries.append({"source": source, "latent": latent_rel, "status": "error",
-                                    "error": str(err)})
-                    bar.update(1)
-                    continue
-                encoded += 1
-                info = latents.read_latent_metadata(dst)
-            entries.append(_entry(source, latent_rel, info))
+    with _common.progress(len(sources), f"rank {rank}", args.quiet or rank != 0,
+                          unit="video") as bar:
+        for source in sources:
+            may_encode = args.max_items is None or encoded < args.max_items
+            entry, new = _item(model, source, args, chunk_frames, may_encode)
+            entries.append(entry)
+            encoded += new
             bar.update(1)
     if not args.quiet:
-        print(f"rank {rank}: {encoded} encoded, {len(items) - encoded} skipped or pending, "
-              f"with {description}", file=sys.stderr)
+        status = [e["status"] for e in entries]
+        print(f"rank {rank}: {encoded} encoded, {status.count('ok') - encoded} already done, "
+              f"{status.count('error')} failed, {status.count('pending')} pending, with "
+              f"{description}", file=sys.stderr)
     return entries, model.config
 
 
@@ -158,8 +171,7 @@ def _encode_dataset(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     distributed = _init_group(world, args.timeout_hours)
     try:
-        mine = [(i, v) for i, v in enumerate(videos) if i % world == rank]
-        entries, config = _work(args, mine, rank)
+        entries, config = _work(args, videos[rank::world], rank)
         _write_json(out / f".manifest.rank{rank}-of-{world}.json", {"rank": rank, "items": entries})
         if distributed:
             import torch.distributed as dist

@@ -57,11 +57,8 @@ def register(sub) -> None:
                                    "reconstruction and prints PSNR/SSIM against the input and the "
                                    "time taken. Frame count, size and fps are kept.")
     p.add_argument("input", metavar="IN", help="video file, image directory or glob")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output video (.mp4, .webm, .gif, .mkv, .mov, .avi) or a directory "
-                        "for PNG frames")
     _common.add_video_args(p)
-    _common.add_decode_args(p)
+    _common.add_video_output_args(p)
     _common.add_model_args(p)
     _common.add_quiet_arg(p)
     p.set_defaults(func=_reconstruct)
