@@ -345,3 +345,39 @@ def test_encode_dataset_refuses_mixing_models(capsys, work, dataset, tmp_path):
     rc, _, err = run(capsys, "encode-dataset", tmp_path / "none", "-o", out, "--model",
                      work["small"])
     assert_clean_failure(rc, err, "not found")
+
+
+class _FakeEngine(torch.nn.Module):
+    """Stands in for cdt_fast.accelerate's module: the reference API without encode_chunks or
+    config, so the CLI's fallbacks run."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.calls = model, []
+
+    def encode(self, x, chunk_frames=None):
+        self.calls.append(("encode", tuple(x.shape)))
+        return self.inner.encode(x, chunk_frames=chunk_frames)
+
+    def decode_stream(self, z, **kwargs):
+        self.calls.append(("decode_stream", tuple(z.shape)))
+        return self.inner.decode_stream(z, **kwargs)
+
+
+def test_uses_the_engine_when_it_exists(capsys, work, tmp_path, monkeypatch):
+    engines = []
+
+    def accelerate(model):
+        engines.append(_FakeEngine(model))
+        return engines[-1]
+
+    monkeypatch.setattr(cdt_fast, "accelerate", accelerate, raising=False)
+    args = ["--model", work["small"], "--seed", "5"]
+    rc, out, _ = run(capsys, "reconstruct", work["pngs"], "-o", tmp_path / "eng", *args)
+    assert rc == 0 and "(engine, cpu float32)" in out
+    assert [c[0] for c in engines[0].calls] == ["encode", "decode_stream"]
+    assert engines[0].calls[0][1] == (1, 3, 9, 24, 32)  # the padded clip, read whole
+    rc, out, _ = run(capsys, "reconstruct", work["pngs"], "-o", tmp_path / "ref", *args,
+                     "--reference")
+    assert rc == 0 and "(reference, cpu float32)" in out and len(engines) == 1
+    np.testing.assert_array_equal(read_pngs(tmp_path / "eng"), read_pngs(tmp_path / "ref"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -127,9 +128,19 @@ def _load_weights(args: argparse.Namespace, device: torch.device, dtype: torch.d
     return cdt_fast.load(args.preset, ckpt=path, device=device, dtype=dtype)
 
 
-def load_model(args: argparse.Namespace):
-    """The model the options name, accelerated when the engine exists (unless --reference).
-    Returns (model, device, description)."""
+@dataclasses.dataclass
+class Loaded:
+    """A model ready to run: ``model`` (the engine or the reference), the :class:`CDTConfig` of its
+    weights, the device, and a one-line description for reports."""
+
+    model: object
+    config: object
+    device: torch.device
+    description: str
+
+
+def load_model(args: argparse.Namespace) -> Loaded:
+    """The model the options name, accelerated when the engine exists (unless --reference)."""
     import cdt_fast
 
     device = resolve_device(args.device)
@@ -140,11 +151,11 @@ def load_model(args: argparse.Namespace):
         raise ValueError(f"{str(err).splitlines()[0]} ({len(err.missing)} missing, "
                          f"{len(err.unexpected)} unexpected, {len(err.mismatched)} mis-shaped "
                          "keys; wrong --preset?)") from None
-    engine = "reference"
+    config, engine = model.config, "reference"
     if hasattr(cdt_fast, "accelerate") and not args.reference:
         model, engine = cdt_fast.accelerate(model), "engine"
-    name = model.config.name
-    return model, device, f"CDT {name} ({engine}, {device} {str(dtype).replace('torch.', '')})"
+    dtype_name = str(dtype).replace("torch.", "")
+    return Loaded(model, config, device, f"CDT {config.name} ({engine}, {device} {dtype_name})")
 
 
 def check_chunk_frames(chunk_frames: Optional[int]) -> Optional[int]:
@@ -154,16 +165,16 @@ def check_chunk_frames(chunk_frames: Optional[int]) -> Optional[int]:
 
 
 # -- pipelines -------------------------------------------------------------------------------------
-def open_clip(source: str, model, size: Optional[str], fps: Optional[Fraction],
+def open_clip(source: str, config, size: Optional[str], fps: Optional[Fraction],
               on_frames: Optional[Callable[[int], None]] = None):
-    """Probe ``source`` and wrap it as a :class:`~cdt_fast.video_io.PaddedClip` for ``model``.
+    """Probe ``source`` and wrap it as a :class:`~cdt_fast.video_io.PaddedClip` for ``config``.
     Returns (clip, info, (height, width) after --size)."""
     info = video_io.probe(source, fps)
     height, width = video_io.parse_size(size, info.height, info.width)
     resize = None if (height, width) == (info.height, info.width) else (height, width)
     frames = video_io.iter_frames(source, resize, expected=info.frames)
-    clip = video_io.PaddedClip(frames, info.frames, height, width, model.config.space_factor,
-                               model.config.time_factor, on_frames)
+    clip = video_io.PaddedClip(frames, info.frames, height, width, config.space_factor,
+                               config.time_factor, on_frames)
     return clip, info, (height, width)
 
 
@@ -187,16 +198,16 @@ def video_metadata(info: "video_io.VideoInfo", clip: "video_io.PaddedClip") -> d
             "padding": clip.padding, "source": os.path.basename(str(info.path).rstrip(os.sep))}
 
 
-def decode_frames(model, device: torch.device, z: torch.Tensor, frames: int, height: int, width: int,
+def decode_frames(loaded: Loaded, z: torch.Tensor, frames: int, height: int, width: int,
                   steps: Optional[int], seed: int, chunk_frames: Optional[int],
                   on_frames: Optional[Callable[[int], None]] = None) -> Iterator[np.ndarray]:
     """Decode ``z`` chunk by chunk into uint8 [N, height, width, 3] frames: the padding frames at
     the end are dropped and the padded rows/columns cropped. Noise comes from a CPU generator
     seeded with ``seed``, so a decode repeats whatever the device."""
     generator = torch.Generator().manual_seed(seed)
-    latent_chunk = None if chunk_frames is None else chunk_frames // model.config.time_factor
+    latent_chunk = None if chunk_frames is None else chunk_frames // loaded.config.time_factor
     left = frames
-    for chunk in model.decode_stream(z.to(device), steps=steps, generator=generator,
+    for chunk in loaded.model.decode_stream(z.to(loaded.device), steps=steps, generator=generator,
                                      chunk_frames=latent_chunk):
         if left <= 0:
             continue

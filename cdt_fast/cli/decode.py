@@ -12,18 +12,18 @@ def _decode(args: argparse.Namespace) -> int:
     chunk_frames = _common.check_chunk_frames(args.chunk_frames)
     video_io.check_output_path(args.output)
     info = latents.read_latent(args.input)
-    model, device, description = _common.load_model(args)
-    latents.check_compatible(info, model.config)
+    loaded = _common.load_model(args)
+    latents.check_compatible(info, loaded.config)
     video = info.video
     times: dict = {}
     with _common.progress(video["frames"], "decode", args.quiet) as bar:
-        with _common.timed(times, "decode", device):
-            frames = _common.decode_frames(model, device, info.latent, video["frames"],
+        with _common.timed(times, "decode", loaded.device):
+            frames = _common.decode_frames(loaded, info.latent, video["frames"],
                                            video["height"], video["width"], args.steps, args.seed,
                                            chunk_frames, bar.update)
             written = video_io.write_video(args.output, frames, info.fps, args.crf)
     print(f"{args.input}: latent {list(info.shape)} -> {args.output} ({written} frames of "
-          f"{video['width']}x{video['height']} at {info.fps} fps) with {description} in "
+          f"{video['width']}x{video['height']} at {info.fps} fps) with {loaded.description} in "
           f"{times['decode']:.2f} s")
     return 0
 

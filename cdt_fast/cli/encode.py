@@ -12,16 +12,16 @@ def _encode(args: argparse.Namespace) -> int:
     chunk_frames = _common.check_chunk_frames(args.chunk_frames)
     if not str(args.output).endswith(".safetensors"):
         raise ValueError(f"-o must end in .safetensors, got {args.output}")
-    model, device, description = _common.load_model(args)
+    loaded = _common.load_model(args)
     times: dict = {}
     with _common.progress(0, "encode", args.quiet) as bar:
-        clip, info, _ = _common.open_clip(args.input, model, args.size, args.fps, bar.update)
+        clip, info, _ = _common.open_clip(args.input, loaded.config, args.size, args.fps, bar.update)
         bar.reset(total=info.frames)
-        with _common.timed(times, "encode", device):
-            z = _common.encode_clip(model, clip, chunk_frames)
-    latents.save_latent(args.output, z, model.config, _common.video_metadata(info, clip))
+        with _common.timed(times, "encode", loaded.device):
+            z = _common.encode_clip(loaded.model, clip, chunk_frames)
+    latents.save_latent(args.output, z, loaded.config, _common.video_metadata(info, clip))
     print(f"{args.input}: {info.describe()} -> {args.output} latent {list(z.shape)} "
-          f"with {description} in {times['encode']:.2f} s")
+          f"with {loaded.description} in {times['encode']:.2f} s")
     return 0
 
 

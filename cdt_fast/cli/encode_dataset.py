@@ -71,10 +71,10 @@ def _entry(source: str, latent_rel: str, info: latents.LatentFile) -> dict:
             "height": video["height"], "width": video["width"]}
 
 
-def _encode_one(model, src: Path, dst: Path, args, chunk_frames: Optional[int]) -> None:
-    clip, info, _ = _common.open_clip(str(src), model, args.size, None)
-    z = _common.encode_clip(model, clip, chunk_frames)
-    latents.save_latent(dst, z, model.config, _common.video_metadata(info, clip))
+def _encode_one(loaded, src: Path, dst: Path, args, chunk_frames: Optional[int]) -> None:
+    clip, info, _ = _common.open_clip(str(src), loaded.config, args.size, None)
+    z = _common.encode_clip(loaded.model, clip, chunk_frames)
+    latents.save_latent(dst, z, loaded.config, _common.video_metadata(info, clip))
 
 
 def _remove_stale_temporaries(dst: Path) -> None:
@@ -95,20 +95,20 @@ def _finished(dst: Path, arch_hash: str) -> Optional[latents.LatentFile]:
     return info
 
 
-def _item(model, source: str, args, chunk_frames: Optional[int], may_encode: bool
+def _item(loaded, source: str, args, chunk_frames: Optional[int], may_encode: bool
           ) -> Tuple[dict, bool]:
     """One video's manifest entry, encoding it unless it is done or ``may_encode`` is False.
     Returns (entry, whether it was encoded now)."""
     latent_rel = source + ".safetensors"
     dst = Path(args.output) / latent_rel
-    info = _finished(dst, model.config.architecture_hash())
+    info = _finished(dst, loaded.config.architecture_hash())
     if info is not None:
         return _entry(source, latent_rel, info), False
     if not may_encode:
         return {"source": source, "latent": latent_rel, "status": "pending"}, False
     _remove_stale_temporaries(dst)
     try:
-        _encode_one(model, Path(args.input) / source, dst, args, chunk_frames)
+        _encode_one(loaded, Path(args.input) / source, dst, args, chunk_frames)
     except (ValueError, FileNotFoundError) as err:  # a bad video: recorded, the rest go on
         print(f"cdt-fast encode-dataset: skipped {source}: {err}", file=sys.stderr)
         return {"source": source, "latent": latent_rel, "status": "error", "error": str(err)}, \
@@ -119,13 +119,13 @@ def _item(model, source: str, args, chunk_frames: Optional[int], may_encode: boo
 def _work(args, sources: List[str], rank: int):
     """Encode this rank's videos; returns (manifest entries, the model's config)."""
     chunk_frames = _common.check_chunk_frames(args.chunk_frames)
-    model, _, description = _common.load_model(args)
+    loaded = _common.load_model(args)
     entries, encoded = [], 0
     with _common.progress(len(sources), f"rank {rank}", args.quiet or rank != 0,
                           unit="video") as bar:
         for source in sources:
             may_encode = args.max_items is None or encoded < args.max_items
-            entry, new = _item(model, source, args, chunk_frames, may_encode)
+            entry, new = _item(loaded, source, args, chunk_frames, may_encode)
             entries.append(entry)
             encoded += new
             bar.update(1)
@@ -133,8 +133,8 @@ def _work(args, sources: List[str], rank: int):
         status = [e["status"] for e in entries]
         print(f"rank {rank}: {encoded} encoded, {status.count('ok') - encoded} already done, "
               f"{status.count('error')} failed, {status.count('pending')} pending, with "
-              f"{description}", file=sys.stderr)
-    return entries, model.config
+              f"{loaded.description}", file=sys.stderr)
+    return entries, loaded.config
 
 
 def _write_json(path: Path, data: dict) -> None:

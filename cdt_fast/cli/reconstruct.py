@@ -15,14 +15,14 @@ from . import _common, _metrics
 def _reconstruct(args: argparse.Namespace) -> int:
     chunk_frames = _common.check_chunk_frames(args.chunk_frames)
     video_io.check_output_path(args.output)
-    model, device, description = _common.load_model(args)
+    loaded = _common.load_model(args)
     times: dict = {}
     with _common.progress(0, "encode", args.quiet) as bar:
-        clip, info, (height, width) = _common.open_clip(args.input, model, args.size, args.fps,
+        clip, info, (height, width) = _common.open_clip(args.input, loaded.config, args.size, args.fps,
                                                         bar.update)
         bar.reset(total=info.frames)
-        with _common.timed(times, "encode", device):
-            z = _common.encode_clip(model, clip, chunk_frames)
+        with _common.timed(times, "encode", loaded.device):
+            z = _common.encode_clip(loaded.model, clip, chunk_frames)
 
     # The input is read a second time, in step with the decoded chunks, so that quality is
     # measured without holding either video whole.
@@ -38,13 +38,13 @@ def _reconstruct(args: argparse.Namespace) -> int:
             yield out
 
     with _common.progress(info.frames, "decode", args.quiet) as bar:
-        with _common.timed(times, "decode", device):
-            frames = _common.decode_frames(model, device, z, info.frames, height, width,
+        with _common.timed(times, "decode", loaded.device):
+            frames = _common.decode_frames(loaded, z, info.frames, height, width,
                                            args.steps, args.seed, chunk_frames, bar.update)
             written = video_io.write_video(args.output, scored(frames), info.fps, args.crf)
     total = times["encode"] + times["decode"]
     print(f"{args.input}: {info.describe()} -> {args.output} ({written} frames of "
-          f"{width}x{height}, latent {list(z.shape)}) with {description}")
+          f"{width}x{height}, latent {list(z.shape)}) with {loaded.description}")
     print(f"PSNR {np.mean(psnr):.2f} dB  SSIM {np.mean(ssim):.4f}  (per frame, averaged)")
     print(f"time: encode {times['encode']:.2f} s (incl. reading), decode {times['decode']:.2f} s "
           f"(incl. writing), {written / total:.1f} frames/s")
