@@ -207,13 +207,16 @@ def iter_frames(source: PathLike, size: Optional[Tuple[int, int]] = None,
             count += 1
             yield image
     else:
+        # Resolved before the first yield: a generator closed at interpreter exit can no longer
+        # import anything.
+        errors = _ffmpeg_errors()
         container, stream = _open_video(source)
         try:
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 count += 1
                 yield _to_rgb(frame, size)
-        except _ffmpeg_errors() as err:
+        except errors as err:
             raise VideoError(f"{source}: decoding failed after {count} frames "
                              f"({_one_line(err)})") from None
         finally:

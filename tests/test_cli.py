@@ -381,3 +381,30 @@ def test_uses_the_engine_when_it_exists(capsys, work, tmp_path, monkeypatch):
                      "--reference")
     assert rc == 0 and "(reference, cpu float32)" in out and len(engines) == 1
     np.testing.assert_array_equal(read_pngs(tmp_path / "eng"), read_pngs(tmp_path / "ref"))
+
+
+def test_encode_streams_the_clip_without_autograd(work):
+    """Frames are decoded chunk by chunk as the encoder walks the clip, and no autograd graph
+    chains the chunks together (it would make memory grow with the video's length)."""
+    from cdt_fast.cli import _common
+
+    model = cdt_fast.load(work["small"])
+    frames = pattern(21, 16, 16)
+    consumed = []
+
+    def source():
+        for i, frame in enumerate(frames):
+            consumed.append(i)
+            yield frame
+
+    clip = video_io.PaddedClip(source(), 21, 16, 16)
+    chunks = model.encode_chunks(clip, 4)
+    next(chunks)
+    assert len(consumed) == 1  # the first chunk holds frame 0 only: (21 - 1) % 4 == 0
+    next(chunks)
+    assert len(consumed) == 5
+    with torch.enable_grad():
+        z = _common.encode_clip(model, video_io.PaddedClip(iter(frames), 21, 16, 16), 4)
+    assert z.grad_fn is None and not z.requires_grad
+    torch.testing.assert_close(z, model.encode(video_io.frames_to_tensor(frames, 16, 16)),
+                               rtol=1e-5, atol=1e-5)

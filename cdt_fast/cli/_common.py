@@ -183,11 +183,15 @@ def encode_clip(model, clip: "video_io.PaddedClip", chunk_frames: Optional[int])
     when the model offers ``encode_chunks`` (else the whole padded clip at once)."""
     from .. import DiagonalGaussian
 
-    if hasattr(model, "encode_chunks"):
-        params = torch.cat([p.float().cpu() for p in model.encode_chunks(clip, chunk_frames)], 2)
-        z = DiagonalGaussian(params).mode()
-    else:
-        z = model.encode(clip.read_all(), chunk_frames=chunk_frames).float().cpu()
+    # no_grad: encode_chunks is a plain generator, and with autograd on, the feature cache would
+    # chain every chunk's graph to the next (memory growing with the video's length).
+    with torch.no_grad():
+        if hasattr(model, "encode_chunks"):
+            params = torch.cat([p.float().cpu() for p in model.encode_chunks(clip, chunk_frames)],
+                               2)
+            z = DiagonalGaussian(params).mode()
+        else:
+            z = model.encode(clip.read_all(), chunk_frames=chunk_frames).float().cpu()
     clip.finish()
     return z
 
