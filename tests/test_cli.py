@@ -408,3 +408,12 @@ def test_encode_streams_the_clip_without_autograd(work):
     assert z.grad_fn is None and not z.requires_grad
     torch.testing.assert_close(z, model.encode(video_io.frames_to_tensor(frames, 16, 16)),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_preset_name_needs_the_release_checkpoint(capsys, work, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, "encode", work["clip"], "-o", "z.safetensors", "--model", "small")
+    assert_clean_failure(rc, err, "pretrained/cdt_small.ckpt")
+    rc, _, err = run(capsys, "encode", work["clip"], "-o", "z.safetensors", "--model", "small",
+                     "--preset", "base")
+    assert_clean_failure(rc, err, "disagree")

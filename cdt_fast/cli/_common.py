@@ -113,7 +113,12 @@ def _load_weights(args: argparse.Namespace, device: torch.device, dtype: torch.d
     if spec in ("base", "small"):
         if args.preset not in (None, spec):
             raise ValueError(f"--model {spec} and --preset {args.preset} disagree")
-        return cdt_fast.load_cdt(spec, dtype=dtype, device=device)
+        ckpt = Path("pretrained") / f"cdt_{spec}.ckpt"  # where upstream's load_cdt looks
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--model {spec} reads upstream's release checkpoint {ckpt}, "
+                                    f"which does not exist; download it, or pass --model PATH "
+                                    f"--preset {spec}")
+        return cdt_fast.load_cdt(spec, dtype=dtype, device=device, ckpt=ckpt)
     path = default_model_path() if spec is None else Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path} (--model takes base, small or a file)")
