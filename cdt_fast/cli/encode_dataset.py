@@ -162,9 +162,9 @@ def _encode_dataset(args: argparse.Namespace) -> int:
     if args.max_items is not None and args.max_items < 0:
         raise ValueError(f"--max-items must be >= 0, got {args.max_items}")
     rank, world, local = _ranks()
-    if args.device == "auto" and world > 1:
+    if args.device in ("auto", "cuda") and world > 1:
         import torch
-        if torch.cuda.is_available():
+        if torch.cuda.is_available():  # one GPU per local rank
             args.device = f"cuda:{local % torch.cuda.device_count()}"
     videos = _find_videos(Path(args.input))
     out = Path(args.output)
