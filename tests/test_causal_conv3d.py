@@ -366,3 +366,25 @@ def test_kernel_compiles_for_sm90_with_pipelined_loads():
         pytest.skip(f"no Triton CUDA toolchain here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["True", "True"], proc.stdout
+
+
+def test_benchmark_harness_paths_agree():
+    """The benchmark's arrangements compute the same conv (so its timings compare like with like)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_causal_conv3d.py"
+    spec = importlib.util.spec_from_file_location("bench_causal_conv3d", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert bench.bf16_peak("NVIDIA H100 80GB HBM3") == 989.0
+    assert bench.bf16_peak("NVIDIA H100 PCIe") == 756.0
+    shape = bench.ConvShape(5, 6, (3, 3, 3), (1, 1, 1), (1, 1), 2, "replicate", False, 2, 2, 4, 5)
+    assert shape.out_size() == (2, 4, 5)
+    assert shape.flops() == 2 * 2 * 4 * 5 * 6 * 5 * 27
+    assert shape.bytes_moved("upstream", 2) > shape.bytes_moved("cudnn_cl", 2)
+    runs = bench.ConvBench(shape, torch.float32, DEVICE).runs
+    ref = runs["upstream"]()
+    for path in ("cudnn_cl", "triton"):  # first call: same past as upstream's
+        assert_close_conv(runs[path](), ref, 135, torch.float32)
