@@ -331,7 +331,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="only the N most expensive shapes per preset and resolution")
     parser.add_argument("--out", help="write the results as JSON (atomically)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if torch.cuda.is_available():
         result = run_table(args.presets, args.resolutions, getattr(torch, args.dtype), "cuda",
                            args.frames, max_shapes=args.max_shapes)

@@ -77,6 +77,7 @@ def _autotune_configs(with_block_n: bool):
             (128, 128, 32, 3, 8), (128, 128, 64, 3, 8), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
             (128, 64, 64, 3, 4), (64, 64, 32, 4, 4), (256, 128, 32, 3, 8), (128, 256, 32, 3, 8),
             (64, 32, 16, 4, 2), (128, 32, 16, 4, 4), (64, 64, 16, 4, 4),
+            (128, 256, 64, 3, 8), (256, 128, 64, 3, 8),
         ]
     configs = []
     seen = set()
@@ -92,12 +93,13 @@ def _autotune_configs(with_block_n: bool):
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop tiles far wider than the problem (Cin=3 or Cout=16 layers)."""
-    cin, n = named_args["CIN"], named_args["N"]
-    max_k = max(16, triton.next_power_of_2(cin))
-    max_n = max(16, triton.next_power_of_2(n))
+    """Drop tiles far wider than the problem (Cin=3 or Cout=16 layers). The autotuner passes the
+    positional arguments in ``named_args`` and the keyword ones (constexprs) in ``kwargs``."""
+    args = {**named_args, **kwargs}
+    max_k = max(16, triton.next_power_of_2(args["CIN"]))
+    max_n = max(16, triton.next_power_of_2(args["N"]))
     kept = [c for c in configs
-            if c.kwargs["BLOCK_K"] <= max_k and c.kwargs.get("BLOCK_N", kwargs.get("BLOCK_N", 0)) <= max_n]
+            if c.kwargs["BLOCK_K"] <= max_k and c.kwargs.get("BLOCK_N", 0) <= max_n]
     return kept or configs[:1]
 
 

@@ -390,3 +390,14 @@ def test_benchmark_harness_paths_agree():
     ref = runs["upstream"]()
     for path in ("cudnn_cl", "triton"):  # first call: same past as upstream's
         assert_close_conv(runs[path](), ref, 135, torch.float32)
+
+
+def test_autotune_prune_reads_constexpr_kwargs():
+    """On GPU the autotuner prunes with positional args in ``named_args`` and constexprs (CIN) in
+    kwargs; the interpreter's single config never prunes, so call it as the autotuner does."""
+    import triton
+    configs = [triton.Config(dict(BLOCK_M=64, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8))
+               for bn in (16, 128) for bk in (16, 64)]
+    kept = kernels._prune_configs(configs, {"M": 1000, "N": 3}, CIN=3, KT=3)
+    assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept] == [(16, 16)]
+    assert len(kernels._prune_configs(configs, {"M": 1000, "N": 128}, CIN=64)) == 4
