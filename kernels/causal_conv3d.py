@@ -165,12 +165,13 @@ def _causal_conv3d_kernel(
     m_ok = rm < M
     n_ok = rn < N
 
-    # Output voxel of each row; 64-bit from here on so huge activations index safely.
-    rm64 = tl.where(m_ok, rm, 0).to(tl.int64)
-    wo = rm64 % W_OUT
-    ho = (rm64 // W_OUT) % H_OUT
-    to = (rm64 // (W_OUT * H_OUT)) % T_OUT
-    b = rm64 // (W_OUT * H_OUT * T_OUT)
+    # Output voxel of each row (32-bit division: M < 2**31), then 64-bit so that offsets into
+    # huge activations cannot overflow.
+    rm_safe = tl.where(m_ok, rm, 0)
+    wo = (rm_safe % W_OUT).to(tl.int64)
+    ho = ((rm_safe // W_OUT) % H_OUT).to(tl.int64)
+    to = ((rm_safe // (W_OUT * H_OUT)) % T_OUT).to(tl.int64)
+    b = (rm_safe // (W_OUT * H_OUT * T_OUT)).to(tl.int64)
     t_base = to * ST - FRONT          # index into [past | x]; negative = temporal padding
     h_base = ho * SH - PAD_H          # index into the (upsampled) frame; outside = spatial padding
     w_base = wo * SW - PAD_W
@@ -405,6 +406,9 @@ def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     m = shape[0] * shape[2] * shape[3] * shape[4]
     if m == 0 or cout == 0:
         return out
+    if m >= 2 ** 31:
+        raise ValueError(f"causal_conv3d: {m} output voxels exceed the kernel's 32-bit row index; "
+                         "split the batch or the chunk")
     p = past if past is not None else x
     r = res if res is not None else out
     precision = ("tf32" if x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32

@@ -169,6 +169,24 @@ def test_cache_stream_equals_whole_clip(stream, pad_mode, backend):
     assert_close_conv(torch.cat(outs, dim=2), whole, k_len, torch.float32)
 
 
+@pytest.mark.parametrize("backend", ["triton", "cudnn"])
+@pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
+def test_cache_upsample2x_stream(pad_mode, backend):
+    """Upsample-folded convs over the buffer: CDT-base's (1,5,5), and a causal (3,3,3) whose
+    history is kept at the source resolution."""
+    for kernel, padding, history in (((1, 5, 5), (2, 2), 0), ((3, 3, 3), (1, 1), 2)):
+        weight, bias = torch.randn(6, 5, *kernel, device=DEVICE), torch.randn(6, device=DEVICE)
+        cache = CausalConvCache(weight, bias, history=history, space_padding=padding,
+                                pad_mode=pad_mode, upsample2x=True, selector=ConvSelector(backend))
+        past = None
+        for n in (1, 2):
+            x = rand(1, 5, n, 2, 3)
+            ref = CF.causal_conv3d(x, weight, bias, past=past, history=history,
+                                   space_padding=padding, pad_mode=pad_mode, upsample2x=True)
+            past = CF.causal_conv3d_history(x, past, history) if history else None
+            assert_close_conv(cache(x), ref, 5 * kernel[0] * kernel[1] * kernel[2], torch.float32)
+
+
 def test_cache_producer_writes_into_input_view():
     """The previous conv writes its output straight into the next conv's buffer (``out=``)."""
     first = CausalConv3d(3, 5, (3, 3, 3), padding=(1, 1, 1)).to(DEVICE)

@@ -61,11 +61,13 @@ class CausalConvCache:
         self._weights = {}  # dtype -> (packed weight, cuDNN weight, bias), prepared once
 
     @classmethod
-    def from_layer(cls, layer, selector: Optional[ConvSelector] = None) -> "CausalConvCache":
-        """From a :class:`cdt_fast.reference.layers.CausalConv3d` (its weights are shared)."""
+    def from_layer(cls, layer, selector: Optional[ConvSelector] = None, *,
+                   upsample2x: bool = False) -> "CausalConvCache":
+        """From a :class:`cdt_fast.reference.layers.CausalConv3d` (its weights are shared);
+        ``upsample2x`` for the conv of CDT-base's ``Upsample``, fed the un-upsampled frames."""
         return cls(layer.weight, layer.bias, history=layer.history,
                    space_padding=layer.space_padding, stride=layer.stride,
-                   pad_mode=layer.pad_mode, selector=selector)
+                   pad_mode=layer.pad_mode, upsample2x=upsample2x, selector=selector)
 
     # -- state -----------------------------------------------------------------------------
     @property
