@@ -356,8 +356,9 @@ def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         if past.shape[:2] != x.shape[:2] or past.shape[3:] != x.shape[3:]:
             raise ValueError(f"past must match x in batch, channels and frame size: past "
                              f"{tuple(past.shape)} vs x {tuple(x.shape)}")
-        if not 0 <= past_offset and past_offset + past_frames <= past.shape[2]:
-            raise ValueError("past_offset/past_frames exceed past's frames")
+        if past_offset < 0 or past_frames < 0 or past_offset + past_frames > past.shape[2]:
+            raise ValueError(f"past_offset={past_offset}, past_frames={past_frames} do not fit "
+                             f"past's {past.shape[2]} frames")
         past = past.to(x.dtype)
         if past_frames == 0:
             past = None

@@ -296,6 +296,9 @@ def test_bad_input_raises_clear_errors(monkeypatch):
         conv(x, weight, bias[:2], **kw)
     with pytest.raises(ValueError, match="past must match"):
         conv(x, weight, bias, **dict(kw, past=rand(2, 5, 1, 4, 7)))
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.causal_conv3d_frames(x, weight, bias, front=0, past=rand(2, 5, 1, 5, 7),
+                                     past_offset=1, past_frames=1, space_padding=(1, 1))
     y = conv(x, weight, bias, **kw)
     with pytest.raises(ValueError, match="out must be"):
         conv(x, weight, bias, out=y[:, :2], **kw)
