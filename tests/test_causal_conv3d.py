@@ -228,6 +228,14 @@ def test_cache_reserve_and_reset():
 
 # -- selection and the other ops --------------------------------------------------------------
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_cudnn_launcher_matches_reference(name):
+    """The functional-signature cuDNN path (channels-last, zero padding given to the conv)."""
+    x, weight, bias, kw, k_len = _case(name, torch.float32)
+    y = causal_conv3d(x, weight, bias, backend="cudnn", **kw)
+    assert_close_conv(y, CF.causal_conv3d(x, weight, bias, **kw), k_len, torch.float32)
+
+
 def test_selector_override_and_auto(monkeypatch):
     x, weight, bias, kw, _ = _case("333-zeros-first1", torch.float32)
     ref = CF.causal_conv3d(x, weight, bias, **kw)
