@@ -6,9 +6,20 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Dict, Tuple
 
 __all__ = ["CDTConfig"]
+
+# Upstream `load_cdt_base` / `load_cdt_small` arguments (everything else is a CDTConfig default).
+_PRESETS = MappingProxyType({
+    "base": MappingProxyType(dict(context_dim=128, unet_dim=64, latent_dim=16, out_channels=16,
+                                  space_down=(0, 1, 1, 1), time_down=(0, 0, 1, 1),
+                                  new_upsample=True)),
+    "small": MappingProxyType(dict(context_dim=64, unet_dim=64, latent_dim=16, out_channels=3,
+                                   space_down=(1, 1, 1, 0), time_down=(0, 0, 1, 1),
+                                   new_upsample=False)),
+})
 
 
 def _as_tuple(value, name: str) -> Tuple[int, ...]:
@@ -83,27 +94,18 @@ class CDTConfig:
     @classmethod
     def base(cls, **overrides: Any) -> "CDTConfig":
         """CDT-base, as upstream ``load_cdt_base``."""
-        values: Dict[str, Any] = dict(name="base", context_dim=128, unet_dim=64, latent_dim=16,
-                                      out_channels=16, space_down=(0, 1, 1, 1),
-                                      time_down=(0, 0, 1, 1), new_upsample=True)
-        values.update(overrides)
-        return cls(**values)
+        return cls.preset("base", **overrides)
 
     @classmethod
     def small(cls, **overrides: Any) -> "CDTConfig":
         """CDT-small, as upstream ``load_cdt_small``."""
-        values: Dict[str, Any] = dict(name="small", context_dim=64, unet_dim=64, latent_dim=16,
-                                      out_channels=3, space_down=(1, 1, 1, 0),
-                                      time_down=(0, 0, 1, 1), new_upsample=False)
-        values.update(overrides)
-        return cls(**values)
+        return cls.preset("small", **overrides)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "CDTConfig":
-        presets = {"base": cls.base, "small": cls.small}
-        if name not in presets:
-            raise ValueError(f"preset must be one of {sorted(presets)}, got {name!r}")
-        return presets[name](**overrides)
+        if name not in _PRESETS:
+            raise ValueError(f"preset must be one of {sorted(_PRESETS)}, got {name!r}")
+        return cls(**{"name": name, **_PRESETS[name], **overrides})
 
     # -- derived ---------------------------------------------------------------------------
     @property

@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 # Command modules of this package, in the order --help lists them.
-COMMANDS = ["demo"]
+COMMANDS = ["demo", "reconstruct", "encode", "decode", "encode_dataset", "info"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:
         print(f"cdt-fast {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,237 @@
+"""What the video commands share: model options and loading, progress bars, and the streamed
+encode and decode loops between video files and latents."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .. import video_io
+from ..checkpoint import CheckpointMismatchError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEMO_MODEL = Path("assets") / "demo.safetensors"
+
+
+# -- options ---------------------------------------------------------------------------------------
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", metavar="base|small|PATH",
+                       help="'base'/'small' read ./pretrained/cdt_{base,small}.ckpt (upstream's "
+                            "release); PATH is a .safetensors saved by cdt_fast.save, or an "
+                            "upstream .ckpt/.safetensors state dict with --preset. Default: the "
+                            "bundled demo model")
+    group.add_argument("--preset", choices=["base", "small"],
+                       help="architecture of a --model PATH that holds no config")
+    group.add_argument("--device", default="auto",
+                       help="cpu, cuda, cuda:N; auto = cuda when available (default)")
+    group.add_argument("--dtype", default="auto", choices=["auto"] + sorted(DTYPES),
+                       help="weights' dtype; auto = bf16 on CUDA, fp32 on CPU (default)")
+    group.add_argument("--chunk-frames", type=int, metavar="N",
+                       help="video frames per chunk, a multiple of 4 (latent chunks are N/4); "
+                            "default: upstream's resolution-based choice")
+    group.add_argument("--reference", action="store_true",
+                       help="run the reference model even when the accelerated engine exists")
+
+
+def add_video_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", metavar="S|HxW",
+                        help="resize frames first: S scales the shorter side to S, HxW is exact")
+    parser.add_argument("--fps", type=Fraction, metavar="FPS",
+                        help="frame rate of an image-sequence input (default 24)")
+
+
+def add_video_output_args(parser: argparse.ArgumentParser) -> None:
+    """OUT and the options of everything that decodes to video."""
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="output video (" + ", ".join(sorted(video_io.VIDEO_SUFFIXES)) +
+                             ") or a directory for PNG frames")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help="DDIM sampling steps (default: the model's, 1)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the decoder's starting noise (default 0)")
+    parser.add_argument("--crf", type=int, help="video quality for mp4/webm output "
+                                                "(lower is better; default 17 for H.264)")
+
+
+def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def progress(total: int, desc: str, quiet: bool, unit: str = "frame"):
+    """A tqdm bar on stderr, silent with --quiet or when stderr is not a terminal."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
+                disable=quiet or not sys.stderr.isatty())
+
+
+# -- model -----------------------------------------------------------------------------------------
+def default_model_path(root: Optional[Path] = None) -> Path:
+    """The bundled demo model (``cdt_fast/assets/demo.safetensors``); one clear error if absent."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    path = root / DEMO_MODEL
+    if not path.is_file():
+        raise FileNotFoundError(f"no --model given and the bundled demo model ({path}) is not "
+                                "installed; pass --model base|small|PATH")
+    return path
+
+
+def resolve_device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(text: str, device: torch.device) -> torch.dtype:
+    if text == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[text]
+
+
+def _load_weights(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    import cdt_fast
+    from ..api import config_from_file
+    from ..latents import is_latent_file
+
+    spec = args.model
+    if spec in ("base", "small"):
+        if args.preset not in (None, spec):
+            raise ValueError(f"--model {spec} and --preset {args.preset} disagree")
+        ckpt = Path("pretrained") / f"cdt_{spec}.ckpt"  # where upstream's load_cdt looks
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--model {spec} reads upstream's release checkpoint {ckpt}, "
+                                    f"which does not exist; download it, or pass --model PATH "
+                                    f"--preset {spec}")
+        return cdt_fast.load_cdt(spec, dtype=dtype, device=device, ckpt=ckpt)
+    path = default_model_path() if spec is None else Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path} (--model takes base, small or a file)")
+    if is_latent_file(path):
+        raise ValueError(f"{path} is a latent file, not a model")
+    if config_from_file(path) is not None:
+        if args.preset is not None:
+            raise ValueError(f"{path} holds its own config; drop --preset")
+        return cdt_fast.load(path, device=device, dtype=dtype)
+    if args.preset is None:
+        raise ValueError(f"{path} holds no model config; pass --preset base|small")
+    return cdt_fast.load(args.preset, ckpt=path, device=device, dtype=dtype)
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A model ready to run: ``model`` (the engine or the reference), the :class:`CDTConfig` of its
+    weights, the device, and a one-line description for reports."""
+
+    model: object
+    config: object
+    device: torch.device
+    description: str
+
+
+def load_model(args: argparse.Namespace) -> Loaded:
+    """The model the options name, accelerated when the engine exists (unless --reference)."""
+    import cdt_fast
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    try:
+        model = _load_weights(args, device, dtype)
+    except CheckpointMismatchError as err:
+        raise ValueError(f"{str(err).splitlines()[0]} ({len(err.missing)} missing, "
+                         f"{len(err.unexpected)} unexpected, {len(err.mismatched)} mis-shaped "
+                         "keys; wrong --preset?)") from None
+    config, engine = model.config, "reference"
+    if hasattr(cdt_fast, "accelerate") and not args.reference:
+        model, engine = cdt_fast.accelerate(model), "engine"
+    dtype_name = str(dtype).replace("torch.", "")
+    return Loaded(model, config, device, f"CDT {config.name} ({engine}, {device} {dtype_name})")
+
+
+def check_chunk_frames(chunk_frames: Optional[int]) -> Optional[int]:
+    if chunk_frames is not None and (chunk_frames < 4 or chunk_frames % 4):
+        raise ValueError(f"--chunk-frames must be a positive multiple of 4, got {chunk_frames}")
+    return chunk_frames
+
+
+# -- pipelines -------------------------------------------------------------------------------------
+def open_clip(source: str, config, size: Optional[str], fps: Optional[Fraction],
+              on_frames: Optional[Callable[[int], None]] = None):
+    """Probe ``source`` and wrap it as a :class:`~cdt_fast.video_io.PaddedClip` for ``config``.
+    Returns (clip, info, (height, width) after --size)."""
+    info = video_io.probe(source, fps)
+    height, width = video_io.parse_size(size, info.height, info.width)
+    resize = None if (height, width) == (info.height, info.width) else (height, width)
+    frames = video_io.iter_frames(source, resize, expected=info.frames)
+    clip = video_io.PaddedClip(frames, info.frames, height, width, config.space_factor,
+                               config.time_factor, on_frames)
+    return clip, info, (height, width)
+
+
+def encode_clip(model, clip: "video_io.PaddedClip", chunk_frames: Optional[int]) -> torch.Tensor:
+    """The posterior mode of a clip, as ``model.encode`` computes it, reading frames chunk by chunk
+    when the model offers ``encode_chunks`` (else the whole padded clip at once)."""
+    from .. import DiagonalGaussian
+
+    # no_grad: encode_chunks is a plain generator, and with autograd on, the feature cache would
+    # chain every chunk's graph to the next (memory growing with the video's length).
+    with torch.no_grad():
+        if hasattr(model, "encode_chunks"):
+            params = torch.cat([p.float().cpu() for p in model.encode_chunks(clip, chunk_frames)],
+                               2)
+            z = DiagonalGaussian(params).mode()
+        else:
+            z = model.encode(clip.read_all(), chunk_frames=chunk_frames).float().cpu()
+    clip.finish()
+    return z
+
+
+def video_metadata(info: "video_io.VideoInfo", clip: "video_io.PaddedClip") -> dict:
+    return {"fps": str(info.fps), "frames": clip.frames, "height": clip.height,
+            "width": clip.width, "source_height": info.height, "source_width": info.width,
+            "padding": clip.padding, "source": os.path.basename(str(info.path).rstrip(os.sep))}
+
+
+def decode_frames(loaded: Loaded, z: torch.Tensor, frames: int, height: int, width: int,
+                  steps: Optional[int], seed: int, chunk_frames: Optional[int],
+                  on_frames: Optional[Callable[[int], None]] = None) -> Iterator[np.ndarray]:
+    """Decode ``z`` chunk by chunk into uint8 [N, height, width, 3] frames: the padding frames at
+    the end are dropped and the padded rows/columns cropped. Noise comes from a CPU generator
+    seeded with ``seed``, so a decode repeats whatever the device."""
+    generator = torch.Generator().manual_seed(seed)
+    latent_chunk = None if chunk_frames is None else chunk_frames // loaded.config.time_factor
+    left = frames
+    for chunk in loaded.model.decode_stream(z.to(loaded.device), steps=steps, generator=generator,
+                                     chunk_frames=latent_chunk):
+        if left <= 0:
+            continue
+        out = video_io.tensor_to_frames(chunk[:, :, :left], height, width)
+        left -= out.shape[0]
+        if on_frames is not None:
+            on_frames(out.shape[0])
+        yield out
+
+
+@contextlib.contextmanager
+def timed(times: dict, name: str, device: torch.device):
+    """Add the wall time of the block to ``times[name]``; waits for CUDA so the time is real."""
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times[name] = times.get(name, 0.0) + time.perf_counter() - start

@@ -1,0 +1,51 @@
+"""fp16/bf16 models run, keep upstream's fp32 islands, and stay close to fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cdt_fast import CDT
+
+from .conftest import tiny_config, upstream_state_dict
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 0.05), (torch.bfloat16, 0.25)])
+def test_half_precision_close_to_fp32(preset, upstream_io, dtype, tol):
+    model = CDT(tiny_config(preset))
+    model.load_state_dict(upstream_state_dict(preset))
+    model = model.eval().to(dtype)
+    assert model.dtype == dtype
+    x = upstream_io[f"{preset}.x"]
+    z, posterior = model.encode(x, return_posterior=True)
+    assert z.dtype == torch.float32 and posterior.parameters.dtype == torch.float32  # as upstream
+    scale = upstream_io[f"{preset}.z"].abs().max()
+    assert (z - upstream_io[f"{preset}.z"]).abs().max() / scale < tol
+    y = model.decode(upstream_io[f"{preset}.z"], noise=upstream_io[f"{preset}.s1.noise"])
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    ref = upstream_io[f"{preset}.s1.y"]
+    assert (y - ref).abs().max() / ref.abs().max() < tol
+
+
+def test_fp32_islands_compute_in_fp32():
+    """Upstream runs quant/post-quant convs and the time MLP in fp32 even in a half model."""
+    model = CDT(tiny_config("small")).half().eval()
+    seen = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            seen[name] = output.dtype
+        return record
+
+    ctx = model.context_model
+    ctx.quant_conv.register_forward_hook(hook("quant_conv"))
+    ctx.post_quant_conv.register_forward_hook(hook("post_quant_conv"))
+    ctx.quant_conv_res[0].register_forward_hook(hook("quant_conv_res"))
+    model.unet.time_mlp.register_forward_hook(hook("time_mlp"))
+    ctx.enc[0][0].register_forward_hook(hook("encoder"))
+    model.unet.final_conv[1].register_forward_hook(hook("unet"))
+    z = model.encode(torch.zeros(1, 3, 5, 16, 16))
+    model.decode(z)
+    assert seen == {"quant_conv": torch.float32, "post_quant_conv": torch.float32,
+                    "quant_conv_res": torch.float32, "time_mlp": torch.float32,
+                    "encoder": torch.float16, "unet": torch.float16}
