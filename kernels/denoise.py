@@ -415,7 +415,7 @@ def denoise_final(h: torch.Tensor, norm_g: torch.Tensor, norm_b: torch.Tensor,
         _final_conv_ddim_tuned[grid](*args, **meta)
     else:
         # The interpreter's cost is per program and per tap: few, large programs.
-        block_m = max(16, min(64, triton.next_power_of_2(hgt * wid)))
+        block_m = max(16, min(256, triton.next_power_of_2(hgt * wid)))
         block_k = max(16, min(64, triton.next_power_of_2(c)))
         _final_conv_ddim_kernel[(triton.cdiv(hgt * wid, block_m), bsz * t_out)](
             *args, **meta, BLOCK_M=block_m, BLOCK_K=block_k)

@@ -226,3 +226,33 @@ def test_gpu_denoise_final_at_cdt_width(dtype):
         got = denoise_final(hidden, g, b, weight, bias, x_t, coef, past=past, uint8=True)
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     _assert_stage_close(got, ref, tol)
+
+
+def test_decode_recipe_with_noise_offsets_and_per_step_past_equals_reference_decode():
+    """The engine's recipe (notes/fusedB.md): per chunk, noise drawn at its first video frame, then
+    per step the fused last stage with that step's cached frames, equals the reference decode."""
+    model = randomize_(CDT(tiny_config("base")), seed=2).eval()
+    unet, steps = model.unet, 2
+    norm, conv = unet.final_conv
+    z = torch.randn(1, model.config.latent_dim, 2, 2, 2)
+    noise = initial_noise(model.output_shape(z.shape), 5, gamma=1.0)
+    hidden = []  # the final LayerNorm's input, per (chunk, step) in the order the reference runs
+    hook = norm.register_forward_pre_hook(lambda module, args: hidden.append(args[0]))
+    try:
+        expected = list(model.decode_stream(z, steps=steps, noise=noise, chunk_frames=1))
+    finally:
+        hook.remove()
+    schedule = DDIMSchedule.create(model.config.num_timesteps, steps)
+    past = [None] * steps
+    for index, (start, stop) in enumerate([(0, 1), (1, 2)]):
+        a, b = (0, 1) if start == 0 else (1, 5)  # chunking.video_span
+        x = initial_noise((1, 3, b - a, 16, 16), 5, a, gamma=model.config.sample_gamma)
+        assert torch.equal(x, model.config.sample_gamma * noise[:, :, a:b])
+        for step in reversed(range(steps)):
+            x, frames, past[step] = denoise_final(
+                hidden.pop(0), norm.g, norm.b, conv.weight, conv.bias, x,
+                schedule.coefficients(step), past=past[step], history=conv.history,
+                space_padding=conv.space_padding, pad_mode=conv.pad_mode, uint8=step == 0,
+                eps=norm.eps)
+        torch.testing.assert_close(x, expected[index], atol=1e-5, rtol=1e-5)
+        assert (frames.int() - CF.to_uint8_frames(expected[index]).int()).abs().max() <= 1
