@@ -28,7 +28,6 @@ from cdt_fast.functional import PAD_MODES, cast_like
 
 from ._channels_last import (check_device, check_out, empty_like_layout, exact_fp32, interpreted,
                              use_autotune)
-from ._gemm_rows import accumulate_rows
 
 __all__ = ["initial_noise", "initial_noise_reference", "time_embeddings", "time_biases",
            "denoise_final", "denoise_final_reference", "pack_final_conv_weight"]
@@ -226,16 +225,25 @@ def _conv_frame(acc, frame_ptr, s_c, s_h, s_w, hh, ww, mask_m, w_ptr, H, W,
                 PW: tl.constexpr, REPLICATE: tl.constexpr, NP: tl.constexpr,
                 BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
     """acc[m, :] += the (KH, KW) spatial taps of one input frame for output pixels m;
-    ``w_ptr`` points at this frame's [KH, KW, C, NP] weights."""
+    ``w_ptr`` points at this frame's [KH, KW, C, NP] weights. Taps and channel blocks run as one
+    flat loop so the compiler can pipeline the loads across taps (a tap is one block at C=64)."""
+    K_BLOCKS: tl.constexpr = (C + BLOCK_K - 1) // BLOCK_K
+    offs_k = tl.arange(0, BLOCK_K)
     cols = tl.arange(0, NP)
-    all_cols = cols < NP
-    for kh in range(KH):
-        ih, ok_h = _tap_index(hh, kh - PH, H, mask_m, REPLICATE)
-        for kw in range(KW):
-            iw, ok = _tap_index(ww, kw - PW, W, ok_h, REPLICATE)
-            acc = accumulate_rows(acc, frame_ptr + ih * s_h + iw * s_w, s_c, ok,
-                                  w_ptr + (kh * KW + kw) * C * NP, NP, cols, all_cols, C, IEEE,
-                                  BLOCK_K)
+    for it in range(KH * KW * K_BLOCKS):
+        tap = it // K_BLOCKS
+        ih, ok_h = _tap_index(hh, tap // KW - PH, H, mask_m, REPLICATE)
+        iw, ok = _tap_index(ww, tap % KW - PW, W, ok_h, REPLICATE)
+        ck = (it % K_BLOCKS) * BLOCK_K + offs_k
+        ok_k = ck < C
+        a = tl.load(frame_ptr + (ih * s_h + iw * s_w)[:, None] + ck[None, :] * s_c,
+                    mask=ok[:, None] & ok_k[None, :], other=0.0)
+        wt = tl.load(w_ptr + (tap * C + ck)[:, None] * NP + cols[None, :], mask=ok_k[:, None],
+                     other=0.0)
+        if IEEE:
+            acc = tl.dot(a, wt, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, wt, acc)
     return acc
 
 
