@@ -1,4 +1,4 @@
-"""A Triton building block shared by the conv-like kernels: accumulate one tap of a GEMM whose
+"""A Triton building block of the temporal resampling kernels: accumulate one tap of a GEMM whose
 rows are pixels read through a pointer per row (so padding, cached frames and strided layouts
 need no copies)."""
 
