@@ -1,0 +1,407 @@
+"""AcceleratedCDT: the reference CDT's API over compiled plans, CUDA graphs and streamed chunks."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Iterable, Iterator, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .. import chunking
+from ..config import CDTConfig
+from ..reference import CDT, DDIMSchedule, DiagonalGaussian
+from ..validation import (check_chunk_frames, check_generator, check_latent, check_noise,
+                          check_steps, check_video)
+from .convert import as_cdt
+from .dispatch import Measurements, OpTable
+from .graphs import ChunkGraphs
+from .memory import MemoryModel, halve
+from .plan import ContextDecoderPlan, EncoderPlan, Run, UNetPlan
+from .state import StreamState
+from .streams import FrameQueue
+
+__all__ = ["AcceleratedCDT", "accelerate"]
+
+Frames = Union[torch.Tensor, Iterable[torch.Tensor]]
+_SESSIONS_KEPT = 4
+
+
+class _Session:
+    """The preallocated state of one stream shape: stream states, CUDA graphs and (decode) the
+    constants of the sampling schedule. Reused by later streams of the same shape."""
+
+    def __init__(self, device: torch.device, cuda_graphs: bool, states):
+        self.states = states
+        self.graphs = ChunkGraphs(device, cuda_graphs)
+        self.busy = False
+
+    @property
+    def steady(self) -> bool:
+        return all(s.steady for s in self.states)
+
+    def run(self, *args):
+        try:
+            return self.graphs(self.step, args, self.steady)
+        except BaseException:
+            for s in self.states:
+                s.rollback()
+            raise
+
+    def reset(self) -> None:
+        for s in self.states:
+            s.reset()
+
+    def commit(self) -> None:
+        for s in self.states:
+            s.commit()
+
+
+class _EncodeSession(_Session):
+    def __init__(self, engine: "AcceleratedCDT"):
+        super().__init__(engine.device, engine.cuda_graphs, [StreamState()])
+        self.plan = engine.encoder_plan
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        params = self.plan(x, Run(self.states[0]))
+        self.commit()
+        return params
+
+
+class _DecodeSession(_Session):
+    def __init__(self, engine: "AcceleratedCDT", batch: int, steps: int):
+        super().__init__(engine.device, engine.cuda_graphs,
+                         [StreamState() for _ in range(steps + 1)])
+        cfg, device = engine.config, engine.device
+        schedule = DDIMSchedule.create(cfg.num_timesteps, steps)
+        self.steps = steps
+        self.context_plan, self.unet_plan, self.ops = engine.context_plan, engine.unet_plan, engine.ops
+        # Constant for the whole decode: per-step DDIM coefficients (on the device, so the chunk
+        # step does no host transfer) and every ResnetBlock's mlp(time_emb).
+        self.coefficients = [tuple(torch.as_tensor(c, dtype=torch.float32, device=device)
+                                   for c in schedule.coefficients(s)) for s in range(steps)]
+        self.time_biases = [self.unet_plan.time_biases(schedule.time_input(s, batch, device))
+                            for s in range(steps)]
+
+    def step(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        context = self.context_plan(z, Run(self.states[0]))
+        for s in reversed(range(self.steps)):
+            x0 = self.unet_plan(x, context, Run(self.states[s + 1], self.time_biases[s])).float()
+            x = self.ops("ddim_update", x, x0, self.coefficients[s])
+        self.commit()
+        return x
+
+
+class _FramewiseNoise:
+    """Noise for a stream of unknown length: one draw of [B, C, time_factor, H, W] per latent
+    frame (the first frame keeps its last video frame), kept until consumed so that a retried
+    chunk sees the same values."""
+
+    def __init__(self, shape, time_factor: int, generator, device):
+        self.shape, self.tf, self.generator = shape, time_factor, generator
+        self.device = generator.device if generator is not None else device
+        self.frames = {}
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        for i in range(start, stop):
+            if i not in self.frames:
+                draw = torch.randn(self.shape, generator=self.generator, device=self.device)
+                self.frames[i] = draw[:, :, self.tf - 1:] if i == 0 else draw
+        return torch.cat([self.frames[i] for i in range(start, stop)], dim=2)
+
+    def release(self, stop: int) -> None:
+        for i in [i for i in self.frames if i < stop]:
+            del self.frames[i]
+
+
+class AcceleratedCDT(nn.Module):
+    """A CDT with the reference's API (``encode``, ``decode``, ``decode_stream``, ``forward``) that
+    runs through the engine: packed weights, per-op backends, preallocated stream state, CUDA
+    graphs, streaming and out-of-memory fallback. Build it with :func:`accelerate`.
+
+    Its ``state_dict()`` is the upstream-format state dict of its (converted) weights. Moving it
+    with ``.to()`` is not supported: accelerate the model again for another device or dtype.
+    """
+
+    def __init__(self, cdt: CDT, backend: str = "auto", dtype: Optional[torch.dtype] = None,
+                 device=None, measure: Optional[bool] = None, cuda_graphs: bool = True,
+                 measurements: Optional[Measurements] = None, env=None):
+        super().__init__()
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+        device = torch.device(device) if device is not None else cdt.device
+        dtype = dtype or cdt.dtype
+        cdt = cdt.to(device=device, dtype=dtype).to(memory_format=torch.channels_last_3d).eval()
+        self.model = cdt.model  # upstream's state-dict names
+        object.__setattr__(self, "reference", cdt)  # shares ``model``; not a second submodule
+        self.config: CDTConfig = cdt.config
+        self.latent_scale = cdt.latent_scale
+        self.sample_steps = cdt.sample_steps
+        self.cuda_graphs = cuda_graphs
+        self.ops = OpTable(backend, device, measure=measure, measurements=measurements, env=env)
+        self.encoder_plan = EncoderPlan(cdt.context_model, self.ops)
+        self.context_plan = ContextDecoderPlan(cdt.context_model, self.ops)
+        self.unet_plan = UNetPlan(cdt.unet, self.ops)
+        self.memory = MemoryModel(self.config)
+        self._sessions: "OrderedDict[tuple, _Session]" = OrderedDict()
+
+    # -- properties of the reference ---------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.reference.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.reference.device
+
+    @property
+    def z_dim(self) -> int:
+        return self.config.latent_dim
+
+    def output_shape(self, z_shape):
+        return self.reference.output_shape(z_shape)
+
+    def initial_noise(self, z: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """The reference's noise draw for a whole latent ``z`` (same RNG use, same values)."""
+        return self.reference.initial_noise(z, generator)
+
+    def extra_repr(self) -> str:
+        return f"config={self.config}, dtype={self.dtype}, device={self.device}, ops={self.ops!r}"
+
+    def backend_report(self) -> dict:
+        """Which backend runs each op and why, plus auto's measured winners and the CUDA graph
+        state of each live session."""
+        return {"ops": self.ops.report(), "measured": dict(self.ops.measurements.winner),
+                "rejected": dict(self.ops.measurements.rejected),
+                "graphs": {k: (s.graphs.reason or "enabled", s.graphs.captures, s.graphs.replays)
+                           for k, s in self._sessions.items()}}
+
+    # -- sessions ------------------------------------------------------------------------------
+    def _session(self, key: tuple, make: Callable[[], _Session]) -> _Session:
+        session = self._sessions.get(key)
+        if session is not None and not session.busy:
+            self._sessions.move_to_end(key)
+        else:  # none yet, or in use by another live stream: state must never be shared
+            session = make()
+            if key not in self._sessions:
+                self._sessions[key] = session
+                while len(self._sessions) > _SESSIONS_KEPT:
+                    self._sessions.popitem(last=False)
+        session.reset()
+        return session
+
+    def _after_oom(self, session: _Session) -> None:
+        session.graphs.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- encode --------------------------------------------------------------------------------
+    def _check_piece(self, piece, name: str) -> None:
+        if isinstance(piece, torch.Tensor) and piece.dim() == 5 and piece.shape[2] > 0:
+            check_video(piece[:, :, :1], name, self.config.space_factor)
+            if not bool(torch.isfinite(piece).all()):
+                raise ValueError(f"{name} contains NaN or infinite values")
+        else:
+            check_video(piece, name, self.config.space_factor)
+
+    @torch.no_grad()
+    def encode_params(self, x: Frames, chunk_frames: Optional[int] = None) -> Iterator[torch.Tensor]:
+        """Posterior parameters (fp32) chunk by chunk, from a video tensor or an iterable of frame
+        chunks [B, 3, t, H, W] of any lengths (1+4k frames in all)."""
+        tf = self.config.time_factor
+        chunk = check_chunk_frames(chunk_frames, tf)
+        if isinstance(x, torch.Tensor):
+            check_video(x, "x", self.config.space_factor)
+            queue = FrameQueue(x, lambda *_: None, "x")
+        else:
+            queue = FrameQueue(x, self._check_piece, "x")
+        return self._encode_chunks(queue, chunk)
+
+    def _encode_chunks(self, queue: FrameQueue, chunk: Optional[int]) -> Iterator[torch.Tensor]:
+        tf = self.config.time_factor
+        if queue.empty:
+            raise ValueError("x holds no frames")
+        b, _, _, height, width = queue.peek(1).shape
+        chunk = chunk or self.memory.encode_chunk(b, height, width, self.dtype, self.device)
+        session = self._session(("encode", b, height, width), lambda: _EncodeSession(self))
+        # upstream's plan when the length is known (first chunk 1 + remainder), else 1 frame first
+        first = 1 + (queue.total - 1) % chunk if queue.total else 1
+        pos = 0
+        session.busy = True
+        try:
+            while True:
+                want = first if pos == 0 else chunk
+                n = queue.available(want)
+                if n == 0:
+                    break
+                if (n - (1 if pos == 0 else 0)) % tf:
+                    raise ValueError(f"x must hold 1+{tf}k frames in all; it ended "
+                                     f"{pos + n} frames in")
+                try:
+                    params = session.run(queue.peek(n).to(self.device))
+                except torch.OutOfMemoryError:
+                    smaller = halve(chunk, tf)
+                    if pos == 0 and first > 1:
+                        first, chunk = 1, smaller or chunk
+                    elif smaller is None:
+                        raise
+                    else:
+                        chunk = smaller
+                    self._after_oom(session)
+                    continue
+                queue.drop(n)
+                pos += n
+                yield params.clone()
+        finally:
+            session.busy = False
+
+    @torch.no_grad()
+    def encode(self, x: Frames, return_posterior: bool = False, chunk_frames: Optional[int] = None,
+               scale_factor: float = 1.0, **_upstream_kwargs):
+        """As :meth:`cdt_fast.CDT.encode`; ``x`` may also be an iterable of frame chunks."""
+        params = torch.cat(list(self.encode_params(x, chunk_frames)), dim=2)
+        posterior = DiagonalGaussian(params)
+        z = posterior.mode() * scale_factor
+        return (z, posterior) if return_posterior else z
+
+    @torch.no_grad()
+    def encode_stream(self, x: Frames, chunk_frames: Optional[int] = None,
+                      scale_factor: float = 1.0) -> Iterator[torch.Tensor]:
+        """Latent chunks (posterior mode) as each encode chunk finishes; feeds :meth:`decode_stream`."""
+        for params in self.encode_params(x, chunk_frames):
+            yield DiagonalGaussian(params).mode() * scale_factor
+
+    # -- decode --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, z: Frames, steps: Optional[int] = None, noise: Optional[torch.Tensor] = None,
+               generator: Optional[torch.Generator] = None, chunk_frames: Optional[int] = None,
+               scale_factor: float = 1.0, **_upstream_kwargs) -> torch.Tensor:
+        """As :meth:`cdt_fast.CDT.decode` (same noise draw for a latent tensor, so the same RNG
+        state gives the same video); ``z`` may also be an iterable of latent chunks."""
+        chunks = self._decode_chunks(z, steps, noise, generator, chunk_frames, scale_factor)
+        if not isinstance(z, torch.Tensor):
+            return torch.cat([x.clone() for _, _, x in chunks], dim=2)
+        out = torch.empty(self.output_shape(z.shape), dtype=torch.float32, device=self.device)
+        for a, b, x in chunks:
+            out[:, :, a:b].copy_(x)
+        return out
+
+    def decode_stream(self, z: Frames, steps: Optional[int] = None,
+                      noise: Optional[torch.Tensor] = None,
+                      generator: Optional[torch.Generator] = None,
+                      chunk_frames: Optional[int] = None, scale_factor: float = 1.0,
+                      uint8: bool = False) -> Iterator[torch.Tensor]:
+        """Like :meth:`decode`, but yields each chunk's frames ([B, 3, t, H, W] fp32, or with
+        ``uint8=True`` [B, t, H, W, 3] uint8 for video writers) as soon as they are done.
+
+        ``z`` may be an iterable of latent chunks [B, C, t, h, w] (any lengths): then memory stays
+        constant however long the stream, and without ``noise`` each latent frame's noise is drawn
+        separately (same distribution as the reference's one-shot draw, not the same values).
+        """
+        chunks = self._decode_chunks(z, steps, noise, generator, chunk_frames, scale_factor)
+        for _, _, x in chunks:
+            yield self.ops("to_uint8_frames", x) if uint8 else x.clone(memory_format=torch.contiguous_format)
+
+    def _decode_chunks(self, z, steps, noise, generator, chunk_frames, scale_factor):
+        steps = check_steps(self.sample_steps if steps is None else steps)
+        check_generator(generator)
+        chunk = check_chunk_frames(chunk_frames)
+        if isinstance(z, torch.Tensor):
+            check_latent(z, self.config.latent_dim, "z")
+            check_noise(noise, self.output_shape(z.shape))
+            if noise is None:
+                noise = self.initial_noise(z, generator)
+            queue = FrameQueue(z, lambda *_: None, "z")
+        else:
+            if noise is not None and not isinstance(noise, torch.Tensor):
+                raise TypeError(f"noise must be a torch.Tensor or None, got {type(noise).__name__}")
+            queue = FrameQueue(z, lambda p, n: check_latent(p, self.config.latent_dim, n), "z")
+        return self._decode_loop(queue, steps, noise, generator, chunk, scale_factor)
+
+    @torch.no_grad()
+    def _decode_loop(self, queue: FrameQueue, steps: int, noise, generator, chunk, scale_factor
+                     ) -> Iterator[Tuple[int, int, torch.Tensor]]:
+        cfg, tf = self.config, self.config.time_factor
+        if queue.empty:
+            raise ValueError("z holds no frames")
+        b, _, _, h, w = queue.peek(1).shape
+        s = cfg.space_factor
+        chunk = chunk or self.memory.decode_chunk(b, h * s, w * s, self.dtype, self.device)
+        if noise is None:
+            noise_of = _FramewiseNoise((b, cfg.channels, tf, h * s, w * s), tf, generator, self.device)
+        else:
+            noise_of = _NoiseSlices(noise, tf)
+        session = self._session(("decode", b, h, w, steps), lambda: _DecodeSession(self, b, steps))
+        pos = 0
+        session.busy = True
+        try:
+            while True:
+                n = queue.available(chunk)
+                if n == 0:
+                    break
+                a, stop = chunking.video_span(pos, pos + n, tf)
+                z_chunk = (queue.peek(n) / scale_factor).to(self.device)
+                x = (cfg.sample_gamma * noise_of(pos, pos + n)).float().to(self.device)
+                try:
+                    out = session.run(z_chunk, x)
+                except torch.OutOfMemoryError:
+                    chunk = halve(chunk)
+                    if chunk is None:
+                        raise
+                    self._after_oom(session)
+                    continue
+                queue.drop(n)
+                noise_of.release(pos + n)
+                pos += n
+                yield a, stop, out
+        finally:
+            session.busy = False
+
+    # -- round trip ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Reconstruct a video: decode(encode(x)). Keyword arguments go to ``decode``."""
+        return self.decode(self.encode(x), **kwargs)
+
+    @torch.no_grad()
+    def forward_with_info(self, x: torch.Tensor, **kwargs):
+        """Upstream's ``forward_with_info``: (reconstruction, mu, logvar, std of mu)."""
+        z, posterior = self.encode(x, return_posterior=True)
+        return self.decode(z, **kwargs), posterior.mean, posterior.logvar, posterior.mean.std()
+
+
+class _NoiseSlices:
+    """A given noise tensor, sliced per chunk of latent frames."""
+
+    def __init__(self, noise: torch.Tensor, time_factor: int):
+        self.noise, self.tf = noise, time_factor
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        a, b = chunking.video_span(start, stop, self.tf)
+        if b > self.noise.shape[2]:
+            raise ValueError(f"noise has {self.noise.shape[2]} frames but the latent stream needs "
+                             f"at least {b}")
+        return self.noise[:, :, a:b]
+
+    def release(self, stop: int) -> None:
+        pass
+
+
+def accelerate(model, backend: str = "auto", dtype: Optional[torch.dtype] = None, *,
+               config: Optional[CDTConfig] = None, device=None, measure: Optional[bool] = None,
+               cuda_graphs: bool = True, measurements: Optional[Measurements] = None
+               ) -> AcceleratedCDT:
+    """A drop-in accelerated CDT.
+
+    ``model``: a :class:`cdt_fast.CDT`, a module with an upstream-format state dict (e.g.
+    upstream's ``ConditionedDiffusionTokenizer``) or such a state dict; without ``config`` the
+    architecture is inferred from the weights' shapes (see :func:`cdt_fast.engine.infer_config`).
+    The given model is not modified. ``backend``: "auto" (per op, fastest measured on CUDA,
+    preference order elsewhere), "triton", "cuda", "cpp" or "torch", or a spec such as
+    "auto,causal_conv3d=torch"; the ``CDT_FAST_BACKEND`` environment variable overrides it.
+    ``dtype``: compute dtype (default: the model's). ``device``: default the model's.
+    ``measure``: time backends per call shape (default: on CUDA only). ``cuda_graphs``: capture
+    steady-state chunks on CUDA.
+    """
+    return AcceleratedCDT(as_cdt(model, config), backend=backend, dtype=dtype, device=device,
+                          measure=measure, cuda_graphs=cuda_graphs, measurements=measurements)
