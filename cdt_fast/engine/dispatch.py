@@ -55,12 +55,14 @@ def _module_of(backend: str, op: str) -> str:
     return _CPP_MODULE
 
 
-def backend_status(backend: str, device: torch.device) -> Tuple[bool, str]:
+def backend_status(backend: str, device: torch.device,
+                   env: Optional[Mapping[str, str]] = None) -> Tuple[bool, str]:
     """Whether ``backend`` can run on ``device`` at all, and why (not) -- before any op lookup."""
+    env = os.environ if env is None else env
     if backend == "torch":
         return True, "reference ops (cdt_fast.functional), always available"
     if backend == "triton":
-        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        interpreted = env.get("TRITON_INTERPRET") == "1"
         if device.type != "cuda" and not interpreted:
             return False, "Triton needs a CUDA device (or TRITON_INTERPRET=1 on CPU)"
         if importlib.util.find_spec("triton") is None:
@@ -71,20 +73,34 @@ def backend_status(backend: str, device: torch.device) -> Tuple[bool, str]:
     if backend == "cpp" and device.type != "cpu":
         return False, "the C++ extension runs on CPU tensors only"
     if backend in ("cuda", "cpp"):
+        declared = _declared_status(backend)
+        if declared is not None and not declared[0]:
+            return False, declared[1]
         return True, f"{_CPP_MODULE} ({backend})"
     raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {backend!r}")
 
 
-def resolve(backend: str, op: str, device: torch.device) -> Tuple[Optional[Callable], str]:
+def _declared_status(backend: str) -> Optional[Tuple[bool, str]]:
+    """What ``cdt_fast.backends()`` (the extension's own report, when present) says."""
+    try:
+        report = importlib.import_module("cdt_fast.backends").backends()
+        info = report[backend]
+        return bool(info.available), str(info.reason)
+    except Exception:  # noqa: BLE001 - no report (yet) means: find out by importing the ops
+        return None
+
+
+def resolve(backend: str, op: str, device: torch.device,
+            env: Optional[Mapping[str, str]] = None) -> Tuple[Optional[Callable], str]:
     """The function implementing ``op`` in ``backend`` on ``device``, or None and the reason."""
-    ok, reason = backend_status(backend, device)
+    ok, reason = backend_status(backend, device, env)
     if not ok:
         return None, reason
     name = _module_of(backend, op)
     try:
         module = importlib.import_module(name)
-    except ImportError as err:  # a backend that is not built/merged yet is not an error
-        return None, f"{name} is not importable ({err})"
+    except Exception as err:  # noqa: BLE001 - a backend not built/merged yet is not an error
+        return None, f"{name} is not importable ({type(err).__name__}: {err})"
     fn = getattr(module, op, None)
     if not callable(fn):
         return None, f"{name} has no function {op!r}"
@@ -208,7 +224,7 @@ class OpTable:
                  env: Optional[Mapping[str, str]] = None):
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-        env = os.environ if env is None else env
+        self.env = env = os.environ if env is None else env
         self.device = torch.device(device)
         self.requested = env.get(ENV_VAR) or backend
         self.source = ENV_VAR if env.get(ENV_VAR) else "argument"
@@ -221,19 +237,19 @@ class OpTable:
             self._fill(op, per_op.get(op, default))
 
     def _fill(self, op: str, wanted: str) -> None:
-        torch_fn, torch_reason = resolve("torch", op, self.device)
+        torch_fn, torch_reason = resolve("torch", op, self.device, self.env)
         torch_choice = OpChoice(op, "torch", torch_fn, torch_reason)
         if wanted == "torch":
             self.table[op] = torch_choice
             return
         if wanted != "auto":
-            fn, reason = resolve(wanted, op, self.device)
+            fn, reason = resolve(wanted, op, self.device, self.env)
             self.table[op] = (OpChoice(op, wanted, fn, reason) if fn is not None else
                               OpChoice(op, "torch", torch_fn, f"fallback from {wanted}: {reason}"))
             return
         found, missing = [], []
         for name in preference(self.device):
-            fn, reason = (torch_fn, torch_reason) if name == "torch" else resolve(name, op, self.device)
+            fn, reason = (torch_fn, torch_reason) if name == "torch" else resolve(name, op, self.device, self.env)
             if fn is None:
                 missing.append(f"{name}: {reason}")
             else:
@@ -251,9 +267,12 @@ class OpTable:
 
     def choice(self, op: str, args=(), kwargs=None) -> OpChoice:
         candidates = self.candidates.get(op)
-        if not candidates or _capturing(self.device):
+        if not candidates:
             return self.table[op]
-        return self.measurements.pick(call_key(op, args, kwargs or {}), candidates, args, kwargs or {})
+        key = call_key(op, args, kwargs or {})
+        if key not in self.measurements.winner and _capturing(self.device):
+            return self.table[op]
+        return self.measurements.pick(key, candidates, args, kwargs or {})
 
     def report(self) -> Dict[str, Tuple[str, str]]:
         """op -> (backend, reason) of the static table (auto's measured winners are in

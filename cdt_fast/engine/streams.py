@@ -27,6 +27,7 @@ class FrameQueue:
         self._pieces: deque = deque()
         self._buffered = 0
         self._count = 0
+        self._shape = None
         if isinstance(source, torch.Tensor):
             self.total: Optional[int] = source.shape[2]
             self._source: Iterator[torch.Tensor] = iter((source,))
@@ -46,9 +47,12 @@ class FrameQueue:
             return False
         label = self.name if self.total is not None else f"{self.name}[piece {self._count}]"
         self._check(piece, label)
-        if self._pieces and piece.shape[:2] + piece.shape[3:] != self._pieces[0].shape[:2] + self._pieces[0].shape[3:]:
+        outside_time = piece.shape[:2] + piece.shape[3:]
+        if self._shape is None:
+            self._shape = outside_time
+        elif outside_time != self._shape:
             raise ValueError(f"{label} has shape {tuple(piece.shape)}, which differs from earlier "
-                             f"pieces {tuple(self._pieces[0].shape)} outside dim 2 (frames)")
+                             f"pieces outside dim 2 (frames): {tuple(self._shape)}")
         self._count += 1
         if piece.shape[2]:
             self._pieces.append(piece)
