@@ -19,7 +19,7 @@ from cdt_fast import CDT, functional as CF  # noqa: E402
 from cdt_fast.engine import AcceleratedCDT, Measurements, OpTable, accelerate, infer_config  # noqa: E402
 from cdt_fast.engine.dispatch import OPS, OpChoice  # noqa: E402
 from cdt_fast.engine.memory import MemoryModel, halve  # noqa: E402
-from cdt_fast.engine.plan import EncoderPlan, UNetPlan  # noqa: E402
+from cdt_fast.engine.plan import TimeDownsample, UNetPlan  # noqa: E402
 from cdt_fast.reference import randomize_  # noqa: E402
 
 from .conftest import tiny_config, upstream_state_dict  # noqa: E402
@@ -226,14 +226,14 @@ def test_encode_iterator_bad_input(engines, upstream_io):
 
 
 # -- out of memory ---------------------------------------------------------------------------------
-def _oom_when(monkeypatch, plan_cls, too_many_frames: int):
-    """Make ``plan_cls`` raise CUDA OOM on inputs with more frames than allowed, after the
-    layers before it already ran (so the rollback of half-updated state is exercised too)."""
+def _oom_when(monkeypatch, plan_cls, bad_frames):
+    """Make ``plan_cls`` raise CUDA OOM on inputs with ``bad_frames(n)`` frames, after the layers
+    before it already ran and mid-stream (so the state of the failed chunk must not leak)."""
     original = plan_cls.__call__
     faults = []
 
     def faulty(self, x, *args):
-        if x.shape[2] > too_many_frames:
+        if bad_frames(x.shape[2]):
             faults.append(x.shape[2])
             raise torch.OutOfMemoryError("simulated CUDA out of memory")
         return original(self, x, *args)
@@ -242,30 +242,32 @@ def _oom_when(monkeypatch, plan_cls, too_many_frames: int):
     return faults
 
 
-def test_decode_oom_halves_chunk_with_identical_output(engines, upstream_io, monkeypatch):
-    _, eng = engines["base"]
-    z, noise = upstream_io["base.z"], upstream_io["base.s1.noise"]
-    expected = eng.decode(z, noise=noise, chunk_frames=1)
-    faults = _oom_when(monkeypatch, UNetPlan, 4)  # the context decoder has run: state rolls back
-    y = eng.decode(z, noise=noise, chunk_frames=3)
-    assert faults, "the simulated fault never fired"
-    assert torch.equal(y, expected)
-    torch.testing.assert_close(y, upstream_io["base.s1.y"], rtol=0, atol=TOL)
+def test_decode_oom_halves_chunk_with_identical_output(engines, monkeypatch):
+    ref, eng = engines["base"]
+    z = _latent(eng, t=5)
+    noise = torch.randn(eng.output_shape(z.shape))
+    expected = ref.decode(z, noise=noise, chunk_frames=1)
+    # chunks of 2 latent frames: video chunks 5, 8, 4 frames; the second runs out of memory
+    faults = _oom_when(monkeypatch, UNetPlan, lambda n: n == 8)
+    y = eng.decode(z, noise=noise, chunk_frames=2)
+    assert faults == [8], "the simulated fault never fired"
+    torch.testing.assert_close(y, expected, rtol=0, atol=TOL)
 
 
-def test_encode_oom_halves_chunk_with_identical_output(engines, upstream_io, monkeypatch):
+def test_encode_oom_halves_chunk_with_identical_output(engines, monkeypatch):
     _, eng = engines["small"]
-    x = upstream_io["small.x"]
+    x = _video(t=17)
     expected = eng.encode(x, chunk_frames=4)
-    faults = _oom_when(monkeypatch, EncoderPlan, 4)
-    z = eng.encode(x, chunk_frames=8)  # first chunk 1 frame, then 8 -> OOM -> 4 + 4
+    # the first temporal downsample sees the 8 frames after two encoder levels already ran
+    faults = _oom_when(monkeypatch, TimeDownsample, lambda n: n == 8)
+    z = eng.encode(x, chunk_frames=8)  # first chunk 1 frame, then 8 -> OOM -> 4 + 4 + 4 + 4
     assert faults == [8]
     assert torch.equal(z, expected)
 
 
 def test_oom_at_smallest_chunk_raises(engines, upstream_io, monkeypatch):
     _, eng = engines["small"]
-    _oom_when(monkeypatch, UNetPlan, 0)
+    _oom_when(monkeypatch, UNetPlan, lambda n: True)
     with pytest.raises(torch.OutOfMemoryError):
         eng.decode(upstream_io["small.z"], chunk_frames=2)
     monkeypatch.undo()  # the engine still works after the failed stream

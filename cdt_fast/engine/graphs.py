@@ -34,8 +34,9 @@ class ChunkGraphs:
     The step's output of a replay lives in the graph's static memory: copy it before the next call.
     """
 
-    def __init__(self, device: torch.device, enabled: bool = True):
+    def __init__(self, device: torch.device, enabled: bool = True, max_graphs: int = 2):
         self.device = torch.device(device)
+        self.max_graphs = max_graphs  # each graph keeps its chunk's activations in its own pool
         self.graphs: Dict[tuple, _Captured] = {}
         self.warm: set = set()
         self.reason: Optional[str] = None
@@ -66,11 +67,15 @@ class ChunkGraphs:
         return captured.replay(args)
 
     def _capture(self, step: Callable, args, key) -> Optional[_Captured]:
+        while len(self.graphs) >= self.max_graphs:
+            self.graphs.pop(next(iter(self.graphs)))
         inputs = tuple(a.clone() for a in args)
         graph = torch.cuda.CUDAGraph()
         try:  # a capture that fails turns graphs off for this step, it does not fail the decode
             with torch.cuda.graph(graph):
                 output = step(*inputs)
+        except torch.OutOfMemoryError:
+            raise  # the caller halves the chunk; graphs stay on
         except Exception as err:  # noqa: BLE001
             self.reason = f"capture failed ({type(err).__name__}: {err}); running eagerly"
             self.graphs.clear()
