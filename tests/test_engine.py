@@ -414,6 +414,10 @@ def test_accelerate_plain_state_dict_and_upstream_like_module(engines, upstream_
         assert isinstance(other, AcceleratedCDT)
         torch.testing.assert_close(other.decode(z, noise=noise), expected, rtol=0, atol=0)
     assert set(eng.state_dict()) == set(upstream_state_dict("base"))
+    # packing shares the converted model's storage (no second copy of the weights) ...
+    assert eng.unet_plan.final_conv.weight.data_ptr() == eng.model.denoise_fn.final_conv[1].weight.data_ptr()
+    with pytest.raises(RuntimeError, match="accelerate"):  # ... so moving it alone is refused
+        eng.to(torch.float16)
     with pytest.raises(TypeError, match="model must be"):
         accelerate(42)
     with pytest.raises(ValueError, match="upstream's format"):

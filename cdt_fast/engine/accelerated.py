@@ -145,6 +145,12 @@ class AcceleratedCDT(nn.Module):
         self.memory = MemoryModel(self.config)
         self._sessions: "OrderedDict[tuple, _Session]" = OrderedDict()
 
+    def _apply(self, fn, *args, **kwargs):
+        # The plans hold packed copies (fp32 islands) and sessions hold device buffers: moving
+        # or casting the parameters alone would leave them behind.
+        raise RuntimeError("an AcceleratedCDT cannot be moved or cast; call "
+                           "cdt_fast.accelerate(model, dtype=..., device=...) again")
+
     # -- properties of the reference ---------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
@@ -357,17 +363,9 @@ class AcceleratedCDT(nn.Module):
         finally:
             session.busy = False
 
-    # -- round trip ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Reconstruct a video: decode(encode(x)). Keyword arguments go to ``decode``."""
-        return self.decode(self.encode(x), **kwargs)
-
-    @torch.no_grad()
-    def forward_with_info(self, x: torch.Tensor, **kwargs):
-        """Upstream's ``forward_with_info``: (reconstruction, mu, logvar, std of mu)."""
-        z, posterior = self.encode(x, return_posterior=True)
-        return self.decode(z, **kwargs), posterior.mean, posterior.logvar, posterior.mean.std()
+    # -- round trip: the reference's own methods, over this class's encode/decode --------------
+    forward = CDT.forward
+    forward_with_info = CDT.forward_with_info
 
 
 class _NoiseSlices:
