@@ -84,6 +84,7 @@ class StreamState:
         self.histories: Dict[object, History] = {}
         self.started: Set[object] = set()
         self._pending: Set[object] = set()
+        self.chunks = 0
 
     def history(self, layer: object, frames: int) -> History:
         hist = self.histories.get(layer)
@@ -100,6 +101,7 @@ class StreamState:
             hist.commit()
         self.started |= self._pending
         self._pending.clear()
+        self.chunks += 1
 
     def rollback(self) -> None:
         for hist in self.histories.values():
@@ -112,11 +114,12 @@ class StreamState:
             hist.reset()
         self.started.clear()
         self._pending.clear()
+        self.chunks = 0
 
     @property
     def steady(self) -> bool:
         """Every history is full: the next chunk runs the same code as every later one."""
-        return bool(self.started) and all(h.full for h in self.histories.values())
+        return self.chunks > 0 and all(h.full for h in self.histories.values())
 
     def nbytes(self) -> int:
         return sum(h.nbytes() for h in self.histories.values())
