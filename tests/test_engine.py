@@ -337,10 +337,18 @@ def test_auto_prefers_available_extension_and_records_fallbacks(engines, upstrea
     assert report["channel_norm"][0] == "cpp"
     assert report["causal_conv3d"][0] == "torch" and "has no function 'causal_conv3d'" in report["causal_conv3d"][1]
     ref, _ = engines["small"]
-    eng = AcceleratedCDT(ref, backend="cpp,ddim_update=torch", env={})
     z, noise = upstream_io["small.z"], upstream_io["small.s1.noise"]
+    vetted = AcceleratedCDT(ref, backend="auto", measure=False, env={})
+    torch.testing.assert_close(vetted.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL)
+    m = vetted.ops.measurements
+    assert {m.winner[k] for k in m.winner if k[0] == "ddim_update"} == {"torch"}
+    assert {m.winner[k] for k in m.winner if k[0] == "channel_norm"} == {"cpp"}
+    assert not any(m.timings.values())  # vetted in preference order, not timed
+    eng = AcceleratedCDT(ref, backend="cpp,ddim_update=torch", env={})
     torch.testing.assert_close(eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL)
     assert fake_cpp, "the cpp backend was never called"
+    wrong = AcceleratedCDT(ref, backend="cpp", env={})  # named explicitly: no vetting
+    assert not torch.allclose(wrong.decode(z, noise=noise), upstream_io["small.s1.y"], atol=0.5)
 
 
 def test_auto_measures_and_rejects_wrong_backends(engines, upstream_io, fake_cpp):
@@ -374,17 +382,18 @@ def test_measurements_pick_fastest_and_skip_raising():
 
 def test_triton_backend_under_interpreter_matches_reference():
     """backend='triton' on CPU: the kernels run under TRITON_INTERPRET=1 where merged, the rest
-    falls back to torch with a reason; results match the reference either way."""
+    falls back to torch with a reason; results match the reference either way (kernels sum in
+    another order, hence a tolerance a few times the torch backend's)."""
     ref = randomize_(CDT(tiny_config("small")), seed=4).eval()
     eng = AcceleratedCDT(ref, backend="triton", env={"TRITON_INTERPRET": "1"})
     for backend, reason in eng.ops.report().values():
         assert backend == "triton" or reason.startswith("fallback from triton")
     x = _video(t=1, h=16, w=16)
     z = eng.encode(x)
-    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=TOL)
+    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=5 * TOL)
     noise = torch.randn(ref.output_shape(z.shape))
     torch.testing.assert_close(eng.decode(z, noise=noise), ref.decode(z, noise=noise),
-                               rtol=0, atol=TOL)
+                               rtol=0, atol=5 * TOL)
 
 
 # -- construction ----------------------------------------------------------------------------------

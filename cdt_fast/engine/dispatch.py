@@ -7,7 +7,9 @@ never wrapped in try/except: the table is decided before the first call.
 
 ``auto`` picks, per op, the fastest backend from timings measured on the real call shapes and kept
 in an explicit :class:`Measurements` object (or, when measuring is off, the first available backend
-in a fixed preference order). ``CDT_FAST_BACKEND`` overrides the requested backend, e.g.
+in a fixed preference order). Either way a non-torch candidate is vetted once per call signature
+(it must run and agree with torch), so a kernel lacking a case falls back for that case only. An
+explicitly named backend is not vetted: asking for it means wanting its errors. ``CDT_FAST_BACKEND`` overrides the requested backend, e.g.
 ``CDT_FAST_BACKEND=torch`` or ``CDT_FAST_BACKEND=auto,causal_conv3d=triton``.
 """
 
@@ -157,27 +159,35 @@ class Measurements:
         self.winner: Dict[tuple, str] = {}
         self.rejected: Dict[tuple, Dict[str, str]] = {}
 
-    def pick(self, key: tuple, candidates: List[OpChoice], args, kwargs) -> OpChoice:
+    def pick(self, key: tuple, candidates: List[OpChoice], args, kwargs,
+             timed: bool = True) -> OpChoice:
+        """The winner for ``key``: fastest of the candidates that agree with torch (``timed``), or
+        the first one that agrees, in the candidates' (preference) order."""
         if key not in self.winner:
-            self._measure(key, candidates, args, kwargs)
+            self._select(key, candidates, args, kwargs, timed)
         name = self.winner[key]
         return next(c for c in candidates if c.backend == name)
 
-    def _measure(self, key, candidates: List[OpChoice], args, kwargs) -> None:
+    def _select(self, key, candidates: List[OpChoice], args, kwargs, timed: bool) -> None:
         torch_choice = next(c for c in candidates if c.backend == "torch")
         expected = torch_choice.fn(*args, **kwargs)
-        times, rejected = {}, {}
+        times, rejected, first_ok = {}, {}, None
         for choice in candidates:
-            try:  # vetting a candidate once per shape, not guarding calls
-                out = choice.fn(*args, **kwargs)
+            if choice.backend != "torch":
+                try:  # vetting a candidate once per call signature, not guarding calls
+                    out = choice.fn(*args, **kwargs)
+                except Exception as err:  # noqa: BLE001 - any failure disqualifies it
+                    rejected[choice.backend] = f"{type(err).__name__}: {err}"
+                    continue
                 if not _close(out, expected):
                     rejected[choice.backend] = "result differs from torch beyond tolerance"
                     continue
-                times[choice.backend] = self._time(choice.fn, args, kwargs)
-            except Exception as err:  # noqa: BLE001 - any failure disqualifies the candidate
-                rejected[choice.backend] = f"{type(err).__name__}: {err}"
+            if not timed:
+                first_ok = choice.backend
+                break
+            times[choice.backend] = self._time(choice.fn, args, kwargs)
         self.timings[key], self.rejected[key] = times, rejected
-        self.winner[key] = min(times, key=times.get)
+        self.winner[key] = first_ok if not timed else min(times, key=times.get)
 
     def _time(self, fn, args, kwargs) -> float:
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
@@ -258,7 +268,7 @@ class OpTable:
         why = "auto, first available in preference order" + (
             f" ({'; '.join(missing)})" if missing else "")
         self.table[op] = OpChoice(op, first.backend, first.fn, why)
-        if self.measure and len(found) > 1:
+        if len(found) > 1:  # vetted (and, if measuring, timed) per call signature
             self.candidates[op] = found
 
     def __call__(self, op: str, *args, **kwargs):
@@ -272,7 +282,7 @@ class OpTable:
         key = call_key(op, args, kwargs or {})
         if key not in self.measurements.winner and _capturing(self.device):
             return self.table[op]
-        return self.measurements.pick(key, candidates, args, kwargs or {})
+        return self.measurements.pick(key, candidates, args, kwargs or {}, timed=self.measure)
 
     def report(self) -> Dict[str, Tuple[str, str]]:
         """op -> (backend, reason) of the static table (auto's measured winners are in
