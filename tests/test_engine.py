@@ -223,6 +223,10 @@ def test_encode_iterator_bad_input(engines, upstream_io):
         eng.encode(iter([]))
     with pytest.raises(ValueError, match="latent_dim"):
         eng.decode(torch.zeros(1, 5, 1, 4, 4))
+    with pytest.raises(ValueError, match="steps"):  # checked at the call, not at first next()
+        eng.decode_stream(torch.zeros(1, 4, 1, 4, 4), steps=0)
+    with pytest.raises(ValueError, match="1, 5, 9"):
+        eng.encode_stream(x[:, :, :4])
 
 
 # -- out of memory ---------------------------------------------------------------------------------

@@ -92,6 +92,16 @@ class _DecodeSession(_Session):
         return x
 
 
+def _run_or_none_on_oom(session: _Session, *args):
+    """The chunk's result, or None when it ran out of memory. Returning (rather than handling the
+    error in an ``except`` block) drops the traceback, and with it the failed chunk's tensors,
+    before the caller empties the allocator cache."""
+    try:
+        return session.run(*args)
+    except torch.OutOfMemoryError:
+        return None
+
+
 class _FramewiseNoise:
     """Noise for a stream of unknown length: one draw of [B, C, time_factor, H, W] per latent
     frame (the first frame keeps its last video frame), kept until consumed so that a retried
@@ -243,21 +253,21 @@ class AcceleratedCDT(nn.Module):
                 if (n - (1 if pos == 0 else 0)) % tf:
                     raise ValueError(f"x must hold 1+{tf}k frames in all; it ended "
                                      f"{pos + n} frames in")
-                try:
-                    params = session.run(queue.peek(n).to(self.device))
-                except torch.OutOfMemoryError:
+                params = _run_or_none_on_oom(session, queue.peek(n).to(self.device))
+                if params is None:  # out of memory: smaller chunks from the same position
                     smaller = halve(chunk, tf)
                     if pos == 0 and first > 1:
                         first, chunk = 1, smaller or chunk
                     elif smaller is None:
-                        raise
+                        raise torch.OutOfMemoryError(
+                            f"CUDA out of memory encoding {n} frames at the smallest chunk")
                     else:
                         chunk = smaller
                     self._after_oom(session)
                     continue
                 queue.drop(n)
                 pos += n
-                yield params.clone()
+                yield params.clone(memory_format=torch.contiguous_format)
         finally:
             session.busy = False
 
@@ -274,8 +284,8 @@ class AcceleratedCDT(nn.Module):
     def encode_stream(self, x: Frames, chunk_frames: Optional[int] = None,
                       scale_factor: float = 1.0) -> Iterator[torch.Tensor]:
         """Latent chunks (posterior mode) as each encode chunk finishes; feeds :meth:`decode_stream`."""
-        for params in self.encode_params(x, chunk_frames):
-            yield DiagonalGaussian(params).mode() * scale_factor
+        params = self.encode_params(x, chunk_frames)  # validates now, runs lazily
+        return (DiagonalGaussian(p).mode() * scale_factor for p in params)
 
     # -- decode --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -286,7 +296,7 @@ class AcceleratedCDT(nn.Module):
         state gives the same video); ``z`` may also be an iterable of latent chunks."""
         chunks = self._decode_chunks(z, steps, noise, generator, chunk_frames, scale_factor)
         if not isinstance(z, torch.Tensor):
-            return torch.cat([x.clone() for _, _, x in chunks], dim=2)
+            return torch.cat([x.clone() for _, _, x in chunks], dim=2)  # clones: x is reused
         out = torch.empty(self.output_shape(z.shape), dtype=torch.float32, device=self.device)
         for a, b, x in chunks:
             out[:, :, a:b].copy_(x)
@@ -305,8 +315,9 @@ class AcceleratedCDT(nn.Module):
         separately (same distribution as the reference's one-shot draw, not the same values).
         """
         chunks = self._decode_chunks(z, steps, noise, generator, chunk_frames, scale_factor)
-        for _, _, x in chunks:
-            yield self.ops("to_uint8_frames", x) if uint8 else x.clone(memory_format=torch.contiguous_format)
+        if uint8:
+            return (self.ops("to_uint8_frames", x) for _, _, x in chunks)
+        return (x.clone(memory_format=torch.contiguous_format) for _, _, x in chunks)
 
     def _decode_chunks(self, z, steps, noise, generator, chunk_frames, scale_factor):
         steps = check_steps(self.sample_steps if steps is None else steps)
@@ -348,12 +359,13 @@ class AcceleratedCDT(nn.Module):
                 a, stop = chunking.video_span(pos, pos + n, tf)
                 z_chunk = (queue.peek(n) / scale_factor).to(self.device)
                 x = (cfg.sample_gamma * noise_of(pos, pos + n)).float().to(self.device)
-                try:
-                    out = session.run(z_chunk, x)
-                except torch.OutOfMemoryError:
+                out = _run_or_none_on_oom(session, z_chunk, x)
+                if out is None:  # out of memory: smaller chunks from the same position
                     chunk = halve(chunk)
                     if chunk is None:
-                        raise
+                        raise torch.OutOfMemoryError(
+                            f"CUDA out of memory decoding {n} latent frame(s) at the smallest chunk")
+                    del z_chunk, x
                     self._after_oom(session)
                     continue
                 queue.drop(n)
