@@ -66,7 +66,9 @@ def test_encode_matches_reference(engines, upstream_io, preset, chunk):
     z, post = eng.encode(x, return_posterior=True, chunk_frames=chunk)
     torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=TOL)
     torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=TOL)
-    torch.testing.assert_close(post.parameters, upstream_io[f"{preset}.posterior"], rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        post.parameters, upstream_io[f"{preset}.posterior"], rtol=0, atol=TOL
+    )
 
 
 @pytest.mark.parametrize("preset", ["base", "small"])
@@ -97,8 +99,9 @@ def test_awkward_shapes_batch2_odd_latent(preset):
     z = eng.encode(x, chunk_frames=4)
     torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=TOL)
     noise = torch.randn(ref.output_shape(z.shape))
-    torch.testing.assert_close(eng.decode(z, noise=noise, chunk_frames=1),
-                               ref.decode(z, noise=noise), rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise, chunk_frames=1), ref.decode(z, noise=noise), rtol=0, atol=TOL
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -156,8 +159,9 @@ def test_iterator_without_noise_is_chunk_plan_invariant(engines):
     _, eng = engines["small"]
     z = _latent(eng, t=4)
     a = eng.decode(iter([z]), generator=torch.Generator().manual_seed(3), chunk_frames=4)
-    b = eng.decode(iter(z.split(1, dim=2)), generator=torch.Generator().manual_seed(3),
-                   chunk_frames=3)
+    b = eng.decode(
+        iter(z.split(1, dim=2)), generator=torch.Generator().manual_seed(3), chunk_frames=3
+    )
     assert a.shape == eng.output_shape(z.shape)
     torch.testing.assert_close(a, b, rtol=0, atol=TOL)
 
@@ -276,16 +280,23 @@ def test_oom_at_smallest_chunk_raises(engines, upstream_io, monkeypatch):
         eng.decode(upstream_io["small.z"], chunk_frames=2)
     monkeypatch.undo()  # the engine still works after the failed stream
     noise = upstream_io["small.s1.noise"]
-    torch.testing.assert_close(eng.decode(upstream_io["small.z"], noise=noise),
-                               upstream_io["small.s1.y"], rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        eng.decode(upstream_io["small.z"], noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+    )
 
 
 def test_memory_model():
     cfg = tiny_config("base")
     mm = MemoryModel(cfg)
-    assert mm.decode_chunk(1, 256, 256, torch.float32, torch.device("cpu")) == cfg.decode_chunk_frames(32, 32)
-    assert mm.encode_chunk(1, 256, 256, torch.float32, torch.device("cpu")) == cfg.encode_chunk_frames(256, 256)
-    per = MemoryModel(cdt_fast.CDTConfig.base()).decode_bytes_per_latent_frame(1, 720, 720, torch.bfloat16)
+    assert mm.decode_chunk(
+        1, 256, 256, torch.float32, torch.device("cpu")
+    ) == cfg.decode_chunk_frames(32, 32)
+    assert mm.encode_chunk(
+        1, 256, 256, torch.float32, torch.device("cpu")
+    ) == cfg.encode_chunk_frames(256, 256)
+    per = MemoryModel(cdt_fast.CDTConfig.base()).decode_bytes_per_latent_frame(
+        1, 720, 720, torch.bfloat16
+    )
     assert 1e9 < per < 1e10  # CDT-base at 720p: a few GB per latent frame under the model
     assert halve(3) == 1 and halve(1) is None and halve(8, 4) == 4 and halve(4, 4) is None
 
@@ -308,8 +319,10 @@ def test_env_override_and_specs():
     assert table.requested == "torch" and table.source == "CDT_FAST_BACKEND"
     assert all(b == "torch" for b, _ in table.report().values())
     spec = OpTable("auto,channel_norm=cpp", env={})
-    assert spec.report()["channel_norm"][1].startswith("fallback from cpp") or \
-        spec.report()["channel_norm"][0] == "cpp"
+    assert (
+        spec.report()["channel_norm"][1].startswith("fallback from cpp")
+        or spec.report()["channel_norm"][0] == "cpp"
+    )
     for bad in ("fast", "auto,conv=torch", "auto,channel_norm=auto"):
         with pytest.raises(ValueError, match="backend|op"):
             OpTable(bad, env={})
@@ -339,17 +352,24 @@ def test_auto_prefers_available_extension_and_records_fallbacks(engines, upstrea
     table = OpTable("auto", env={}, measure=False)
     report = table.report()
     assert report["channel_norm"][0] == "cpp"
-    assert report["causal_conv3d"][0] == "torch" and "has no function 'causal_conv3d'" in report["causal_conv3d"][1]
+    assert (
+        report["causal_conv3d"][0] == "torch"
+        and "has no function 'causal_conv3d'" in report["causal_conv3d"][1]
+    )
     ref, _ = engines["small"]
     z, noise = upstream_io["small.z"], upstream_io["small.s1.noise"]
     vetted = AcceleratedCDT(ref, backend="auto", measure=False, env={})
-    torch.testing.assert_close(vetted.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        vetted.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+    )
     m = vetted.ops.measurements
     assert {m.winner[k] for k in m.winner if k[0] == "ddim_update"} == {"torch"}
     assert {m.winner[k] for k in m.winner if k[0] == "channel_norm"} == {"cpp"}
     assert not any(m.timings.values())  # vetted in preference order, not timed
     eng = AcceleratedCDT(ref, backend="cpp,ddim_update=torch", env={})
-    torch.testing.assert_close(eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+    )
     assert fake_cpp, "the cpp backend was never called"
     wrong = AcceleratedCDT(ref, backend="cpp", env={})  # named explicitly: no vetting
     assert not torch.allclose(wrong.decode(z, noise=noise), upstream_io["small.s1.y"], atol=0.5)
@@ -359,7 +379,9 @@ def test_auto_measures_and_rejects_wrong_backends(engines, upstream_io, fake_cpp
     ref, _ = engines["small"]
     eng = AcceleratedCDT(ref, backend="auto", measure=True, env={})
     z, noise = upstream_io["small.z"], upstream_io["small.s1.noise"]
-    torch.testing.assert_close(eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+    )
     m = eng.ops.measurements
     ddim_keys = [k for k in m.winner if k[0] == "ddim_update"]
     assert ddim_keys and all(m.winner[k] == "torch" for k in ddim_keys)
@@ -377,8 +399,11 @@ def test_measurements_pick_fastest_and_skip_raising():
         raise RuntimeError("kernel not built for this shape")
 
     m = Measurements(repeats=2)
-    cands = [OpChoice("ddim_update", "torch", slow, ""), OpChoice("ddim_update", "cpp", lambda x: x.clone(), ""),
-             OpChoice("ddim_update", "cuda", broken, "")]
+    cands = [
+        OpChoice("ddim_update", "torch", slow, ""),
+        OpChoice("ddim_update", "cpp", lambda x: x.clone(), ""),
+        OpChoice("ddim_update", "cuda", broken, ""),
+    ]
     x = torch.ones(64)
     assert m.pick(("k",), cands, (x,), {}).backend == "cpp"
     assert "RuntimeError" in m.rejected[("k",)]["cuda"]
@@ -396,8 +421,9 @@ def test_triton_backend_under_interpreter_matches_reference():
     z = eng.encode(x)
     torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=5 * TOL)
     noise = torch.randn(ref.output_shape(z.shape))
-    torch.testing.assert_close(eng.decode(z, noise=noise), ref.decode(z, noise=noise),
-                               rtol=0, atol=5 * TOL)
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise), ref.decode(z, noise=noise), rtol=0, atol=5 * TOL
+    )
 
 
 # -- construction ----------------------------------------------------------------------------------
@@ -421,14 +447,19 @@ def test_accelerate_plain_state_dict_and_upstream_like_module(engines, upstream_
             self.model = CDT(tiny_config("base")).model
 
     upstream = UpstreamLike()
-    upstream.model.load_state_dict({k[len("model."):]: v for k, v in upstream_state_dict("base").items()})
+    upstream.model.load_state_dict(
+        {k[len("model.") :]: v for k, v in upstream_state_dict("base").items()}
+    )
     for source in (upstream_state_dict("base"), upstream):
         other = accelerate(source, backend="torch")
         assert isinstance(other, AcceleratedCDT)
         torch.testing.assert_close(other.decode(z, noise=noise), expected, rtol=0, atol=0)
     assert set(eng.state_dict()) == set(upstream_state_dict("base"))
     # packing shares the converted model's storage (no second copy of the weights) ...
-    assert eng.unet_plan.final_conv.weight.data_ptr() == eng.model.denoise_fn.final_conv[1].weight.data_ptr()
+    assert (
+        eng.unet_plan.final_conv.weight.data_ptr()
+        == eng.model.denoise_fn.final_conv[1].weight.data_ptr()
+    )
     with pytest.raises(RuntimeError, match="accelerate"):  # ... so moving it alone is refused
         eng.to(torch.float16)
     with pytest.raises(TypeError, match="model must be"):
@@ -442,11 +473,19 @@ def test_accelerate_plain_state_dict_and_upstream_like_module(engines, upstream_
 def test_load_cdt_accelerate(tmp_path):
     path = tmp_path / "cdt_small.safetensors"
     from safetensors.torch import save_file
+
     save_file(upstream_state_dict("small"), str(path))
     cfg = tiny_config("small")
-    model = cdt_fast.load_cdt("small", dtype=torch.float32, ckpt=path, accelerate=True,
-                              context_dim=cfg.context_dim, unet_dim=cfg.unet_dim,
-                              latent_dim=cfg.latent_dim, out_channels=cfg.out_channels)
+    model = cdt_fast.load_cdt(
+        "small",
+        dtype=torch.float32,
+        ckpt=path,
+        accelerate=True,
+        context_dim=cfg.context_dim,
+        unet_dim=cfg.unet_dim,
+        latent_dim=cfg.latent_dim,
+        out_channels=cfg.out_channels,
+    )
     assert isinstance(model, AcceleratedCDT) and model.dtype == torch.float32
 
 
@@ -507,11 +546,14 @@ def test_graph_capture_and_replay_path(engines, cpu_graphs):
     # 3: capture + replay, 4 and 5: replay
     assert (graphs.captures, graphs.replays) == (1, 3)
     torch.testing.assert_close(torch.cat(parts, 2), expected, rtol=0, atol=TOL)
-    torch.testing.assert_close(eng.decode(z, noise=noise, chunk_frames=1), expected, rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise, chunk_frames=1), expected, rtol=0, atol=TOL
+    )
     assert graphs.captures == 1  # the next stream of the same shape reuses the graph
     x = _video(t=17)
-    torch.testing.assert_close(eng.encode(x, chunk_frames=4), ref.encode(x, chunk_frames=4),
-                               rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        eng.encode(x, chunk_frames=4), ref.encode(x, chunk_frames=4), rtol=0, atol=TOL
+    )
     assert eng._sessions[("encode", 1, 32, 32)].graphs.replays == 2
 
 
@@ -538,7 +580,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("preset", ["base", "small"])
 def test_gpu_bf16_psnr_and_graph_replay(preset):
     ref = randomize_(CDT(cdt_fast.CDTConfig.preset(preset)), seed=0).cuda().eval()
-    x = (torch.rand(1, 3, 9, 256, 256, device="cuda") * 2 - 1)
+    x = torch.rand(1, 3, 9, 256, 256, device="cuda") * 2 - 1
     z = ref.encode(x)
     noise = torch.randn(ref.output_shape(z.shape), device="cuda")
     y32 = ref.decode(z, noise=noise)

@@ -12,5 +12,13 @@ from .convert import infer_config
 from .dispatch import ENV_VAR, OPS, Measurements, OpTable
 from .memory import MemoryModel
 
-__all__ = ["AcceleratedCDT", "accelerate", "infer_config", "ENV_VAR", "OPS", "Measurements",
-           "OpTable", "MemoryModel"]
+__all__ = [
+    "AcceleratedCDT",
+    "accelerate",
+    "infer_config",
+    "ENV_VAR",
+    "OPS",
+    "Measurements",
+    "OpTable",
+    "MemoryModel",
+]

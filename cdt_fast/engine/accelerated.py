@@ -11,8 +11,14 @@ from torch import nn
 from .. import chunking
 from ..config import CDTConfig
 from ..reference import CDT, DDIMSchedule, DiagonalGaussian
-from ..validation import (check_chunk_frames, check_generator, check_latent, check_noise,
-                          check_steps, check_video)
+from ..validation import (
+    check_chunk_frames,
+    check_generator,
+    check_latent,
+    check_noise,
+    check_steps,
+    check_video,
+)
 from .convert import as_cdt
 from .dispatch import Measurements, OpTable
 from .graphs import ChunkGraphs
@@ -70,18 +76,29 @@ class _EncodeSession(_Session):
 
 class _DecodeSession(_Session):
     def __init__(self, engine: "AcceleratedCDT", batch: int, steps: int):
-        super().__init__(engine.device, engine.cuda_graphs,
-                         [StreamState() for _ in range(steps + 1)])
+        super().__init__(
+            engine.device, engine.cuda_graphs, [StreamState() for _ in range(steps + 1)]
+        )
         cfg, device = engine.config, engine.device
         schedule = DDIMSchedule.create(cfg.num_timesteps, steps)
         self.steps = steps
-        self.context_plan, self.unet_plan, self.ops = engine.context_plan, engine.unet_plan, engine.ops
+        self.context_plan, self.unet_plan, self.ops = (
+            engine.context_plan,
+            engine.unet_plan,
+            engine.ops,
+        )
         # Constant for the whole decode: per-step DDIM coefficients (on the device, so the chunk
         # step does no host transfer) and every ResnetBlock's mlp(time_emb).
-        self.coefficients = [tuple(torch.as_tensor(c, dtype=torch.float32, device=device)
-                                   for c in schedule.coefficients(s)) for s in range(steps)]
-        self.time_biases = [self.unet_plan.time_biases(schedule.time_input(s, batch, device))
-                            for s in range(steps)]
+        self.coefficients = [
+            tuple(
+                torch.as_tensor(c, dtype=torch.float32, device=device)
+                for c in schedule.coefficients(s)
+            )
+            for s in range(steps)
+        ]
+        self.time_biases = [
+            self.unet_plan.time_biases(schedule.time_input(s, batch, device)) for s in range(steps)
+        ]
 
     def step(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         context = self.context_plan(z, Run(self.states[0]))
@@ -116,7 +133,7 @@ class _FramewiseNoise:
         for i in range(start, stop):
             if i not in self.frames:
                 draw = torch.randn(self.shape, generator=self.generator, device=self.device)
-                self.frames[i] = draw[:, :, self.tf - 1:] if i == 0 else draw
+                self.frames[i] = draw[:, :, self.tf - 1 :] if i == 0 else draw
         return torch.cat([self.frames[i] for i in range(start, stop)], dim=2)
 
     def release(self, stop: int) -> None:
@@ -133,11 +150,21 @@ class AcceleratedCDT(nn.Module):
     with ``.to()`` is not supported: accelerate the model again for another device or dtype.
     """
 
-    def __init__(self, cdt: CDT, backend: str = "auto", dtype: Optional[torch.dtype] = None,
-                 device=None, measure: Optional[bool] = None, cuda_graphs: bool = True,
-                 measurements: Optional[Measurements] = None, env=None):
+    def __init__(
+        self,
+        cdt: CDT,
+        backend: str = "auto",
+        dtype: Optional[torch.dtype] = None,
+        device=None,
+        measure: Optional[bool] = None,
+        cuda_graphs: bool = True,
+        measurements: Optional[Measurements] = None,
+        env=None,
+    ):
         super().__init__()
-        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+        ):
             raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         device = torch.device(device) if device is not None else cdt.device
         dtype = dtype or cdt.dtype
@@ -158,8 +185,10 @@ class AcceleratedCDT(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # The plans hold packed copies (fp32 islands) and sessions hold device buffers: moving
         # or casting the parameters alone would leave them behind.
-        raise RuntimeError("an AcceleratedCDT cannot be moved or cast; call "
-                           "cdt_fast.accelerate(model, dtype=..., device=...) again")
+        raise RuntimeError(
+            "an AcceleratedCDT cannot be moved or cast; call "
+            "cdt_fast.accelerate(model, dtype=..., device=...) again"
+        )
 
     # -- properties of the reference ---------------------------------------------------------
     @property
@@ -187,10 +216,15 @@ class AcceleratedCDT(nn.Module):
     def backend_report(self) -> dict:
         """Which backend runs each op and why, plus auto's measured winners and the CUDA graph
         state of each live session."""
-        return {"ops": self.ops.report(), "measured": dict(self.ops.measurements.winner),
-                "rejected": dict(self.ops.measurements.rejected),
-                "graphs": {k: (s.graphs.reason or "enabled", s.graphs.captures, s.graphs.replays)
-                           for k, s in self._sessions.items()}}
+        return {
+            "ops": self.ops.report(),
+            "measured": dict(self.ops.measurements.winner),
+            "rejected": dict(self.ops.measurements.rejected),
+            "graphs": {
+                k: (s.graphs.reason or "enabled", s.graphs.captures, s.graphs.replays)
+                for k, s in self._sessions.items()
+            },
+        }
 
     # -- sessions ------------------------------------------------------------------------------
     def _session(self, key: tuple, make: Callable[[], _Session]) -> _Session:
@@ -221,7 +255,9 @@ class AcceleratedCDT(nn.Module):
             check_video(piece, name, self.config.space_factor)
 
     @torch.no_grad()
-    def encode_params(self, x: Frames, chunk_frames: Optional[int] = None) -> Iterator[torch.Tensor]:
+    def encode_params(
+        self, x: Frames, chunk_frames: Optional[int] = None
+    ) -> Iterator[torch.Tensor]:
         """Posterior parameters (fp32) chunk by chunk, from a video tensor or an iterable of frame
         chunks [B, 3, t, H, W] of any lengths (1+4k frames in all)."""
         tf = self.config.time_factor
@@ -251,8 +287,9 @@ class AcceleratedCDT(nn.Module):
                 if n == 0:
                     break
                 if (n - (1 if pos == 0 else 0)) % tf:
-                    raise ValueError(f"x must hold 1+{tf}k frames in all; it ended "
-                                     f"{pos + n} frames in")
+                    raise ValueError(
+                        f"x must hold 1+{tf}k frames in all; it ended {pos + n} frames in"
+                    )
                 params = _run_or_none_on_oom(session, queue.peek(n).to(self.device))
                 if params is None:  # out of memory: smaller chunks from the same position
                     smaller = halve(chunk, tf)
@@ -260,7 +297,8 @@ class AcceleratedCDT(nn.Module):
                         first, chunk = 1, smaller or chunk
                     elif smaller is None:
                         raise torch.OutOfMemoryError(
-                            f"CUDA out of memory encoding {n} frames at the smallest chunk")
+                            f"CUDA out of memory encoding {n} frames at the smallest chunk"
+                        )
                     else:
                         chunk = smaller
                     self._after_oom(session)
@@ -272,8 +310,14 @@ class AcceleratedCDT(nn.Module):
             session.busy = False
 
     @torch.no_grad()
-    def encode(self, x: Frames, return_posterior: bool = False, chunk_frames: Optional[int] = None,
-               scale_factor: float = 1.0, **_upstream_kwargs):
+    def encode(
+        self,
+        x: Frames,
+        return_posterior: bool = False,
+        chunk_frames: Optional[int] = None,
+        scale_factor: float = 1.0,
+        **_upstream_kwargs,
+    ):
         """As :meth:`cdt_fast.CDT.encode`; ``x`` may also be an iterable of frame chunks."""
         params = torch.cat(list(self.encode_params(x, chunk_frames)), dim=2)
         posterior = DiagonalGaussian(params)
@@ -281,17 +325,26 @@ class AcceleratedCDT(nn.Module):
         return (z, posterior) if return_posterior else z
 
     @torch.no_grad()
-    def encode_stream(self, x: Frames, chunk_frames: Optional[int] = None,
-                      scale_factor: float = 1.0) -> Iterator[torch.Tensor]:
-        """Latent chunks (posterior mode) as each encode chunk finishes; feeds :meth:`decode_stream`."""
+    def encode_stream(
+        self, x: Frames, chunk_frames: Optional[int] = None, scale_factor: float = 1.0
+    ) -> Iterator[torch.Tensor]:
+        """Latent chunks (posterior mode) as each encode chunk finishes; they can feed
+        :meth:`decode_stream` directly."""
         params = self.encode_params(x, chunk_frames)  # validates now, runs lazily
         return (DiagonalGaussian(p).mode() * scale_factor for p in params)
 
     # -- decode --------------------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, z: Frames, steps: Optional[int] = None, noise: Optional[torch.Tensor] = None,
-               generator: Optional[torch.Generator] = None, chunk_frames: Optional[int] = None,
-               scale_factor: float = 1.0, **_upstream_kwargs) -> torch.Tensor:
+    def decode(
+        self,
+        z: Frames,
+        steps: Optional[int] = None,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        chunk_frames: Optional[int] = None,
+        scale_factor: float = 1.0,
+        **_upstream_kwargs,
+    ) -> torch.Tensor:
         """As :meth:`cdt_fast.CDT.decode` (same noise draw for a latent tensor, so the same RNG
         state gives the same video); ``z`` may also be an iterable of latent chunks."""
         chunks = self._decode_chunks(z, steps, noise, generator, chunk_frames, scale_factor)
@@ -302,11 +355,16 @@ class AcceleratedCDT(nn.Module):
             out[:, :, a:b].copy_(x)
         return out
 
-    def decode_stream(self, z: Frames, steps: Optional[int] = None,
-                      noise: Optional[torch.Tensor] = None,
-                      generator: Optional[torch.Generator] = None,
-                      chunk_frames: Optional[int] = None, scale_factor: float = 1.0,
-                      uint8: bool = False) -> Iterator[torch.Tensor]:
+    def decode_stream(
+        self,
+        z: Frames,
+        steps: Optional[int] = None,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        chunk_frames: Optional[int] = None,
+        scale_factor: float = 1.0,
+        uint8: bool = False,
+    ) -> Iterator[torch.Tensor]:
         """Like :meth:`decode`, but yields each chunk's frames ([B, 3, t, H, W] fp32, or with
         ``uint8=True`` [B, t, H, W, 3] uint8 for video writers) as soon as they are done.
 
@@ -336,8 +394,9 @@ class AcceleratedCDT(nn.Module):
         return self._decode_loop(queue, steps, noise, generator, chunk, scale_factor)
 
     @torch.no_grad()
-    def _decode_loop(self, queue: FrameQueue, steps: int, noise, generator, chunk, scale_factor
-                     ) -> Iterator[Tuple[int, int, torch.Tensor]]:
+    def _decode_loop(
+        self, queue: FrameQueue, steps: int, noise, generator, chunk, scale_factor
+    ) -> Iterator[Tuple[int, int, torch.Tensor]]:
         cfg, tf = self.config, self.config.time_factor
         if queue.empty:
             raise ValueError("z holds no frames")
@@ -345,7 +404,9 @@ class AcceleratedCDT(nn.Module):
         s = cfg.space_factor
         chunk = chunk or self.memory.decode_chunk(b, h * s, w * s, self.dtype, self.device)
         if noise is None:
-            noise_of = _FramewiseNoise((b, cfg.channels, tf, h * s, w * s), tf, generator, self.device)
+            noise_of = _FramewiseNoise(
+                (b, cfg.channels, tf, h * s, w * s), tf, generator, self.device
+            )
         else:
             noise_of = _NoiseSlices(noise, tf)
         session = self._session(("decode", b, h, w, steps), lambda: _DecodeSession(self, b, steps))
@@ -364,7 +425,8 @@ class AcceleratedCDT(nn.Module):
                     chunk = halve(chunk)
                     if chunk is None:
                         raise torch.OutOfMemoryError(
-                            f"CUDA out of memory decoding {n} latent frame(s) at the smallest chunk")
+                            f"CUDA out of memory decoding {n} latent frame(s) at the smallest chunk"
+                        )
                     del z_chunk, x
                     self._after_oom(session)
                     continue
@@ -389,18 +451,26 @@ class _NoiseSlices:
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         a, b = chunking.video_span(start, stop, self.tf)
         if b > self.noise.shape[2]:
-            raise ValueError(f"noise has {self.noise.shape[2]} frames but the latent stream needs "
-                             f"at least {b}")
+            raise ValueError(
+                f"noise has {self.noise.shape[2]} frames but the latent stream needs at least {b}"
+            )
         return self.noise[:, :, a:b]
 
     def release(self, stop: int) -> None:
         pass
 
 
-def accelerate(model, backend: str = "auto", dtype: Optional[torch.dtype] = None, *,
-               config: Optional[CDTConfig] = None, device=None, measure: Optional[bool] = None,
-               cuda_graphs: bool = True, measurements: Optional[Measurements] = None
-               ) -> AcceleratedCDT:
+def accelerate(
+    model,
+    backend: str = "auto",
+    dtype: Optional[torch.dtype] = None,
+    *,
+    config: Optional[CDTConfig] = None,
+    device=None,
+    measure: Optional[bool] = None,
+    cuda_graphs: bool = True,
+    measurements: Optional[Measurements] = None,
+) -> AcceleratedCDT:
     """A drop-in accelerated CDT.
 
     ``model``: a :class:`cdt_fast.CDT`, a module with an upstream-format state dict (e.g.
@@ -413,5 +483,12 @@ def accelerate(model, backend: str = "auto", dtype: Optional[torch.dtype] = None
     ``measure``: time backends per call shape (default: on CUDA only). ``cuda_graphs``: capture
     steady-state chunks on CUDA.
     """
-    return AcceleratedCDT(as_cdt(model, config), backend=backend, dtype=dtype, device=device,
-                          measure=measure, cuda_graphs=cuda_graphs, measurements=measurements)
+    return AcceleratedCDT(
+        as_cdt(model, config),
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        measure=measure,
+        cuda_graphs=cuda_graphs,
+        measurements=measurements,
+    )

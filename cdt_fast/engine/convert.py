@@ -40,12 +40,16 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> CD
     """A :class:`CDTConfig` whose networks have exactly the state dict's keys and shapes."""
     sd = state_dict
     if f"{_CTX}quant_conv.weight" not in sd or f"{_UNET}final_conv.1.weight" not in sd:
-        raise ValueError("cannot infer a CDT config: the state dict is not in upstream's format "
-                         f"(no '{_CTX}quant_conv.weight' / '{_UNET}final_conv.1.weight' keys)")
+        raise ValueError(
+            "cannot infer a CDT config: the state dict is not in upstream's format "
+            f"(no '{_CTX}quant_conv.weight' / '{_UNET}final_conv.1.weight' keys)"
+        )
     enc_levels = _levels(sd, f"{_CTX}enc.")
     unet_levels = _levels(sd, f"{_UNET}downs.")
     enc_out = [sd[f"{_CTX}enc.{i}.0.block1.block.0.weight"].shape[0] for i in range(enc_levels)]
-    unet_out = [sd[f"{_UNET}downs.{i}.0.block1.block.0.weight"].shape[0] for i in range(unet_levels)]
+    unet_out = [
+        sd[f"{_UNET}downs.{i}.0.block1.block.0.weight"].shape[0] for i in range(unet_levels)
+    ]
     context_dim, unet_dim = enc_out[0], unet_out[0]
     space_down = tuple(int(f"{_CTX}enc.{i}.1.conv.weight" in sd) for i in range(enc_levels))
     time_down = tuple(int(f"{_CTX}enc.{i}.2.conv.weight" in sd) for i in range(enc_levels))
@@ -54,17 +58,25 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> CD
     out_channels = sd[f"{_UNET}downs.0.0.block1.block.0.weight"].shape[1] - channels
     unet_in = [channels] + unet_out
     context_dims = [out_channels] + enc_out
-    condition_times = sum(1 for i in range(min(unet_levels - 1, enc_levels + 1))
-                          if sd[f"{_UNET}downs.{i}.0.block1.block.0.weight"].shape[1]
-                          == unet_in[i] + context_dims[i])
+    condition_times = sum(
+        1
+        for i in range(min(unet_levels - 1, enc_levels + 1))
+        if sd[f"{_UNET}downs.{i}.0.block1.block.0.weight"].shape[1] == unet_in[i] + context_dims[i]
+    )
     if out_channels <= 0 or condition_times == 0:
         raise ValueError("cannot infer out_channels from an unconditioned U-Net; pass config=")
     values: Dict[str, Any] = dict(
-        context_dim=context_dim, context_dim_mults=tuple(c // context_dim for c in enc_out),
-        unet_dim=unet_dim, unet_dim_mults=tuple(c // unet_dim for c in unet_out),
-        latent_dim=sd[f"{_CTX}quant_conv.weight"].shape[0] // 2, out_channels=out_channels,
-        space_down=space_down, time_down=time_down, condition_times=condition_times,
-        channels=channels)
+        context_dim=context_dim,
+        context_dim_mults=tuple(c // context_dim for c in enc_out),
+        unet_dim=unet_dim,
+        unet_dim_mults=tuple(c // unet_dim for c in unet_out),
+        latent_dim=sd[f"{_CTX}quant_conv.weight"].shape[0] // 2,
+        out_channels=out_channels,
+        space_down=space_down,
+        time_down=time_down,
+        condition_times=condition_times,
+        channels=channels,
+    )
     presets = {CDTConfig.base().space_down: "base", CDTConfig.small().space_down: "small"}
     name = presets.get(space_down)
     if name is None and "new_upsample" not in overrides:
@@ -78,11 +90,16 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> CD
 def _check_shapes(config: CDTConfig, sd: Mapping[str, torch.Tensor]) -> None:
     with torch.device("meta"):
         own = CDT(config).state_dict()
-    bad = sorted(k for k in set(own) | set(sd) if k not in own or k not in sd
-                 or tuple(own[k].shape) != tuple(sd[k].shape))
+    bad = sorted(
+        k
+        for k in set(own) | set(sd)
+        if k not in own or k not in sd or tuple(own[k].shape) != tuple(sd[k].shape)
+    )
     if bad:
-        raise ValueError(f"inferred {config} does not fit the state dict ({len(bad)} keys differ, "
-                         f"e.g. {bad[:3]}); pass config= explicitly")
+        raise ValueError(
+            f"inferred {config} does not fit the state dict ({len(bad)} keys differ, "
+            f"e.g. {bad[:3]}); pass config= explicitly"
+        )
 
 
 def _state_dict_of(model) -> Optional[Mapping[str, torch.Tensor]]:
@@ -98,17 +115,23 @@ def as_cdt(model, config: Optional[CDTConfig] = None) -> CDT:
     copy to its dtype/device/layout; the caller's model stays as it was)."""
     if isinstance(model, CDT):
         if config is not None and config != model.config:
-            raise ValueError("config differs from the given CDT's own config; pass one or the other")
+            raise ValueError(
+                "config differs from the given CDT's own config; pass one or the other"
+            )
         return copy.deepcopy(model)
     sd = _state_dict_of(model)
     if sd is None:
-        raise TypeError("model must be a cdt_fast.CDT, a module with an upstream-format state "
-                        f"dict, or such a state dict; got {type(model).__name__}")
+        raise TypeError(
+            "model must be a cdt_fast.CDT, a module with an upstream-format state "
+            f"dict, or such a state dict; got {type(model).__name__}"
+        )
     if config is not None and not isinstance(config, CDTConfig):
         raise TypeError(f"config must be a CDTConfig or None, got {type(config).__name__}")
     config = config if config is not None else infer_config(sd)
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     first = next(iter(tensors.values()))
-    cdt = CDT(config).to(device=first.device, dtype=first.dtype if first.is_floating_point() else None)
+    cdt = CDT(config).to(
+        device=first.device, dtype=first.dtype if first.is_floating_point() else None
+    )
     load_into(cdt, tensors, strict=True, source=type(model).__name__)
     return cdt.eval()

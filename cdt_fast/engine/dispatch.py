@@ -9,7 +9,8 @@ never wrapped in try/except: the table is decided before the first call.
 in an explicit :class:`Measurements` object (or, when measuring is off, the first available backend
 in a fixed preference order). Either way a non-torch candidate is vetted once per call signature
 (it must run and agree with torch), so a kernel lacking a case falls back for that case only. An
-explicitly named backend is not vetted: asking for it means wanting its errors. ``CDT_FAST_BACKEND`` overrides the requested backend, e.g.
+explicitly named backend is not vetted: asking for it means wanting its errors.
+``CDT_FAST_BACKEND`` overrides the requested backend, e.g.
 ``CDT_FAST_BACKEND=torch`` or ``CDT_FAST_BACKEND=auto,causal_conv3d=triton``.
 """
 
@@ -24,12 +25,30 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-__all__ = ["OPS", "BACKENDS", "ENV_VAR", "OpChoice", "OpTable", "Measurements", "backend_status",
-           "resolve", "parse_backend_spec"]
+__all__ = [
+    "OPS",
+    "BACKENDS",
+    "ENV_VAR",
+    "OpChoice",
+    "OpTable",
+    "Measurements",
+    "backend_status",
+    "resolve",
+    "parse_backend_spec",
+]
 
-OPS = ("causal_conv3d", "causal_conv3d_history", "channel_norm", "linear_attention",
-       "time_downsample", "time_upsample", "upsample_nearest2x", "conv_transpose_up2x",
-       "ddim_update", "to_uint8_frames")
+OPS = (
+    "causal_conv3d",
+    "causal_conv3d_history",
+    "channel_norm",
+    "linear_attention",
+    "time_downsample",
+    "time_upsample",
+    "upsample_nearest2x",
+    "conv_transpose_up2x",
+    "ddim_update",
+    "to_uint8_frames",
+)
 BACKENDS = ("torch", "triton", "cuda", "cpp")
 ENV_VAR = "CDT_FAST_BACKEND"
 
@@ -57,8 +76,9 @@ def _module_of(backend: str, op: str) -> str:
     return _CPP_MODULE
 
 
-def backend_status(backend: str, device: torch.device,
-                   env: Optional[Mapping[str, str]] = None) -> Tuple[bool, str]:
+def backend_status(
+    backend: str, device: torch.device, env: Optional[Mapping[str, str]] = None
+) -> Tuple[bool, str]:
     """Whether ``backend`` can run on ``device`` at all, and why (not) -- before any op lookup."""
     env = os.environ if env is None else env
     if backend == "torch":
@@ -92,8 +112,9 @@ def _declared_status(backend: str) -> Optional[Tuple[bool, str]]:
         return None
 
 
-def resolve(backend: str, op: str, device: torch.device,
-            env: Optional[Mapping[str, str]] = None) -> Tuple[Optional[Callable], str]:
+def resolve(
+    backend: str, op: str, device: torch.device, env: Optional[Mapping[str, str]] = None
+) -> Tuple[Optional[Callable], str]:
     """The function implementing ``op`` in ``backend`` on ``device``, or None and the reason."""
     ok, reason = backend_status(backend, device, env)
     if not ok:
@@ -159,8 +180,9 @@ class Measurements:
         self.winner: Dict[tuple, str] = {}
         self.rejected: Dict[tuple, Dict[str, str]] = {}
 
-    def pick(self, key: tuple, candidates: List[OpChoice], args, kwargs,
-             timed: bool = True) -> OpChoice:
+    def pick(
+        self, key: tuple, candidates: List[OpChoice], args, kwargs, timed: bool = True
+    ) -> OpChoice:
         """The winner for ``key``: fastest of the candidates that agree with torch (``timed``), or
         the first one that agrees, in the candidates' (preference) order."""
         if key not in self.winner:
@@ -191,7 +213,11 @@ class Measurements:
 
     def _time(self, fn, args, kwargs) -> float:
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
-        sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+        sync = (
+            torch.cuda.synchronize
+            if device is not None and device.type == "cuda"
+            else (lambda: None)
+        )
         fn(*args, **kwargs)
         sync()
         start = time.perf_counter()
@@ -229,9 +255,14 @@ class OpTable:
     ``measure``: None measures on CUDA only; True/False force it.
     """
 
-    def __init__(self, backend: str = "auto", device="cpu", measure: Optional[bool] = None,
-                 measurements: Optional[Measurements] = None,
-                 env: Optional[Mapping[str, str]] = None):
+    def __init__(
+        self,
+        backend: str = "auto",
+        device="cpu",
+        measure: Optional[bool] = None,
+        measurements: Optional[Measurements] = None,
+        env: Optional[Mapping[str, str]] = None,
+    ):
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         self.env = env = os.environ if env is None else env
@@ -254,19 +285,27 @@ class OpTable:
             return
         if wanted != "auto":
             fn, reason = resolve(wanted, op, self.device, self.env)
-            self.table[op] = (OpChoice(op, wanted, fn, reason) if fn is not None else
-                              OpChoice(op, "torch", torch_fn, f"fallback from {wanted}: {reason}"))
+            self.table[op] = (
+                OpChoice(op, wanted, fn, reason)
+                if fn is not None
+                else OpChoice(op, "torch", torch_fn, f"fallback from {wanted}: {reason}")
+            )
             return
         found, missing = [], []
         for name in preference(self.device):
-            fn, reason = (torch_fn, torch_reason) if name == "torch" else resolve(name, op, self.device, self.env)
+            fn, reason = (
+                (torch_fn, torch_reason)
+                if name == "torch"
+                else resolve(name, op, self.device, self.env)
+            )
             if fn is None:
                 missing.append(f"{name}: {reason}")
             else:
                 found.append(OpChoice(op, name, fn, reason))
         first = found[0]
         why = "auto, first available in preference order" + (
-            f" ({'; '.join(missing)})" if missing else "")
+            f" ({'; '.join(missing)})" if missing else ""
+        )
         self.table[op] = OpChoice(op, first.backend, first.fn, why)
         if len(found) > 1:  # vetted (and, if measuring, timed) per call signature
             self.candidates[op] = found

@@ -44,26 +44,30 @@ def halve(chunk: int, multiple: int = 1) -> Optional[int]:
 class MemoryModel:
     config: CDTConfig
     budget_fraction: float = 0.7
-    max_latent_frames: int = 16      # beyond this, bigger chunks stop paying for themselves
+    max_latent_frames: int = 16  # beyond this, bigger chunks stop paying for themselves
     max_video_frames: int = 64
 
-    def decode_bytes_per_latent_frame(self, batch: int, height: int, width: int,
-                                      dtype: torch.dtype) -> int:
+    def decode_bytes_per_latent_frame(
+        self, batch: int, height: int, width: int, dtype: torch.dtype
+    ) -> int:
         """Peak bytes one latent frame adds to a decode chunk at video size ``height``x``width``."""
         c = self.config
         elements = 1.5 * (10 * c.unet_dim + 2 * (c.channels + c.out_channels))
         per_pixel = elements * _itemsize(dtype) + 36
         return int(batch * c.time_factor * height * width * per_pixel)
 
-    def encode_bytes_per_frame(self, batch: int, height: int, width: int, dtype: torch.dtype) -> int:
+    def encode_bytes_per_frame(
+        self, batch: int, height: int, width: int, dtype: torch.dtype
+    ) -> int:
         c = self.config
         scale = 0.25 if c.space_down[0] else 1.0
         per_pixel = 1.5 * 10 * c.context_dim * scale * _itemsize(dtype) + 12
         return int(batch * height * width * per_pixel)
 
-    def decode_chunk(self, batch: int, height: int, width: int, dtype: torch.dtype,
-                     device: torch.device) -> int:
-        """Latent frames per decode chunk: from free memory on CUDA, upstream's default elsewhere."""
+    def decode_chunk(
+        self, batch: int, height: int, width: int, dtype: torch.dtype, device: torch.device
+    ) -> int:
+        """Latent frames per decode chunk: from free CUDA memory, else upstream's default."""
         free = free_memory(device)
         if free is None:
             s = self.config.space_factor
@@ -71,8 +75,9 @@ class MemoryModel:
         per = self.decode_bytes_per_latent_frame(batch, height, width, dtype)
         return max(1, min(self.max_latent_frames, int(free * self.budget_fraction) // max(per, 1)))
 
-    def encode_chunk(self, batch: int, height: int, width: int, dtype: torch.dtype,
-                     device: torch.device) -> int:
+    def encode_chunk(
+        self, batch: int, height: int, width: int, dtype: torch.dtype, device: torch.device
+    ) -> int:
         """Video frames per encode chunk after the first (a multiple of the time factor)."""
         tf = self.config.time_factor
         free = free_memory(device)

@@ -53,9 +53,13 @@ class Conv:
     def __init__(self, module: L.CausalConv3d, dtype: torch.dtype, ops, upsample2x: bool = False):
         self.ops = ops
         self.weight, self.bias = pack(module.weight, dtype), pack(module.bias, dtype)
-        self.kwargs = dict(history=module.history, space_padding=module.space_padding,
-                           stride=tuple(module.stride), pad_mode=module.pad_mode,
-                           upsample2x=upsample2x)
+        self.kwargs = dict(
+            history=module.history,
+            space_padding=module.space_padding,
+            stride=tuple(module.stride),
+            pad_mode=module.pad_mode,
+            upsample2x=upsample2x,
+        )
         self.history = module.history
 
     def __call__(self, x: torch.Tensor, run: Run) -> torch.Tensor:
@@ -74,8 +78,16 @@ class Norm:
         self.g, self.b = pack(module.g, dtype), pack(module.b, dtype)
 
     def __call__(self, x: torch.Tensor, relu: bool = False, time_bias=None, residual=None):
-        return self.ops("channel_norm", x, self.g, self.b, self.eps, relu=relu,
-                        time_bias=time_bias, residual=residual)
+        return self.ops(
+            "channel_norm",
+            x,
+            self.g,
+            self.b,
+            self.eps,
+            relu=relu,
+            time_bias=time_bias,
+            residual=residual,
+        )
 
 
 class Resnet:
@@ -87,7 +99,11 @@ class Resnet:
         self.norm1 = Norm(module.block1.block[1], dtype, ops)
         self.conv2 = Conv(module.block2.block[0], dtype, ops)
         self.norm2 = Norm(module.block2.block[1], dtype, ops)
-        self.shortcut = Conv(module.res_conv, dtype, ops) if isinstance(module.res_conv, L.CausalConv3d) else None
+        self.shortcut = (
+            Conv(module.res_conv, dtype, ops)
+            if isinstance(module.res_conv, L.CausalConv3d)
+            else None
+        )
         self.timed = module.mlp is not None
 
     def __call__(self, x: torch.Tensor, run: Run) -> torch.Tensor:
@@ -110,8 +126,15 @@ class Attention:
         self.heads, self.scale = attn.heads, attn.scale
 
     def __call__(self, x: torch.Tensor, run: Run) -> torch.Tensor:
-        out = self.ops("linear_attention", self.norm(x), self.w_qkv, self.w_out, self.b_out,
-                       heads=self.heads, scale=self.scale)
+        out = self.ops(
+            "linear_attention",
+            self.norm(x),
+            self.w_qkv,
+            self.w_out,
+            self.b_out,
+            heads=self.heads,
+            scale=self.scale,
+        )
         return out + x
 
 
@@ -138,7 +161,9 @@ class TimeDownsample:
     def __call__(self, x: torch.Tensor, run: Run) -> torch.Tensor:
         hist = run.state.history(self, 1)
         past = hist.past(x)
-        y = self.ops("time_downsample", x, self.weight, self.bias, past=past, pad_mode=self.pad_mode)
+        y = self.ops(
+            "time_downsample", x, self.weight, self.bias, past=past, pad_mode=self.pad_mode
+        )
         hist.advance(x, past, self.ops)
         return y
 
@@ -149,13 +174,19 @@ class TimeUpsample:
         self.weight, self.bias = pack(module.conv.weight, dtype), pack(module.conv.bias, dtype)
 
     def __call__(self, x: torch.Tensor, run: Run) -> torch.Tensor:
-        return self.ops("time_upsample", x, self.weight, self.bias,
-                        drop_first=run.state.first_call(self))
+        return self.ops(
+            "time_upsample", x, self.weight, self.bias, drop_first=run.state.first_call(self)
+        )
 
 
-_NODES = [(L.ResnetBlock, Resnet), (L.Residual, Attention), (L.Upsample, Upsample),
-          (L.TimeDownsample, TimeDownsample), (L.TimeUpsample, TimeUpsample),
-          (L.CausalConv3d, Conv)]
+_NODES = [
+    (L.ResnetBlock, Resnet),
+    (L.Residual, Attention),
+    (L.Upsample, Upsample),
+    (L.TimeDownsample, TimeDownsample),
+    (L.TimeUpsample, TimeUpsample),
+    (L.CausalConv3d, Conv),
+]
 
 
 def node(module, dtype: torch.dtype, ops):
@@ -231,14 +262,20 @@ class UNetPlan:
         self.ups = [_level(level, dtype, ops) for level in model.ups]
         self.final_norm = Norm(model.final_conv[0], dtype, ops)
         self.final_conv = Conv(model.final_conv[1], dtype, ops)
-        self.timed = [n for level in self.downs + [self.mid] + self.ups for n in level
-                      if isinstance(n, Resnet) and n.timed]
+        self.timed = [
+            n
+            for level in self.downs + [self.mid] + self.ups
+            for n in level
+            if isinstance(n, Resnet) and n.timed
+        ]
 
     @torch.no_grad()
     def time_biases(self, time: torch.Tensor) -> Dict[object, torch.Tensor]:
         """Every ResnetBlock's ``mlp(time_emb)`` for one sampling step, by the reference modules."""
         emb = self.model.time_embedding(time)
-        return {n: n.module.time_bias(emb).reshape(emb.shape[0], -1).contiguous() for n in self.timed}
+        return {
+            n: n.module.time_bias(emb).reshape(emb.shape[0], -1).contiguous() for n in self.timed
+        }
 
     def __call__(self, x: torch.Tensor, context: List[torch.Tensor], run: Run) -> torch.Tensor:
         h = to_activation(x, self.dtype)

@@ -38,23 +38,25 @@ class History:
         if self.cur is None:
             b, c, _, h, w = x.shape
             shape = (b, c, self.frames, h, w)
-            self.cur = torch.zeros(shape, dtype=x.dtype, device=x.device).contiguous(memory_format=_CL3D)
+            self.cur = torch.zeros(shape, dtype=x.dtype, device=x.device).contiguous(
+                memory_format=_CL3D
+            )
             self.nxt = torch.zeros_like(self.cur)
         if self.valid == 0:
             return None
-        return self.cur[:, :, self.frames - self.valid:]
+        return self.cur[:, :, self.frames - self.valid :]
 
     def advance(self, x: torch.Tensor, past: Optional[torch.Tensor], ops) -> None:
         """Write the history the next chunk needs, the last frames of ``[past | x]``, into nxt."""
         h, t = self.frames, x.shape[2]
         if t >= h:
-            self.nxt.copy_(x[:, :, t - h:])
+            self.nxt.copy_(x[:, :, t - h :])
         elif self.valid == h:  # steady state with a short chunk: shift, then append
-            self.nxt[:, :, :h - t].copy_(self.cur[:, :, t:])
-            self.nxt[:, :, h - t:].copy_(x)
+            self.nxt[:, :, : h - t].copy_(self.cur[:, :, t:])
+            self.nxt[:, :, h - t :].copy_(x)
         else:  # the stream's first frames: rare, goes through the op contract
             new = ops("causal_conv3d_history", x, past, h)
-            self.nxt[:, :, h - new.shape[2]:].copy_(new)
+            self.nxt[:, :, h - new.shape[2] :].copy_(new)
         self.next_valid = min(h, self.valid + t)
 
     def commit(self) -> None:

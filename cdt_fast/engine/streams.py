@@ -35,8 +35,10 @@ class FrameQueue:
             try:
                 self._source = iter(source)
             except TypeError:
-                raise TypeError(f"{name} must be a torch.Tensor or an iterable of tensors, got "
-                                f"{type(source).__name__}") from None
+                raise TypeError(
+                    f"{name} must be a torch.Tensor or an iterable of tensors, got "
+                    f"{type(source).__name__}"
+                ) from None
             self.total = None
         self.exhausted = False
 
@@ -51,8 +53,10 @@ class FrameQueue:
         if self._shape is None:
             self._shape = outside_time
         elif outside_time != self._shape:
-            raise ValueError(f"{label} has shape {tuple(piece.shape)}, which differs from earlier "
-                             f"pieces outside dim 2 (frames): {tuple(self._shape)}")
+            raise ValueError(
+                f"{label} has shape {tuple(piece.shape)}, which differs from earlier "
+                f"pieces outside dim 2 (frames): {tuple(self._shape)}"
+            )
         self._count += 1
         if piece.shape[2]:
             self._pieces.append(piece)
@@ -60,7 +64,7 @@ class FrameQueue:
         return True
 
     def available(self, wanted: int) -> int:
-        """Buffer up to ``wanted`` frames (fewer only at the end of the source); return the count."""
+        """Buffer up to ``wanted`` frames (fewer only at the source's end); return the count."""
         while self._buffered < wanted and not self.exhausted:
             self._pull()
         return min(wanted, self._buffered)
