@@ -355,16 +355,11 @@ class AcceleratedCDT(nn.Module):
             out[:, :, a:b].copy_(x)
         return out
 
-    def decode_stream(
-        self,
-        z: Frames,
-        steps: Optional[int] = None,
-        noise: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-        chunk_frames: Optional[int] = None,
-        scale_factor: float = 1.0,
-        uint8: bool = False,
-    ) -> Iterator[torch.Tensor]:
+    def decode_stream(self, z: Frames, steps: Optional[int] = None,
+                      noise: Optional[torch.Tensor] = None,
+                      generator: Optional[torch.Generator] = None,
+                      chunk_frames: Optional[int] = None, scale_factor: float = 1.0,
+                      uint8: bool = False) -> Iterator[torch.Tensor]:
         """Like :meth:`decode`, but yields each chunk's frames ([B, 3, t, H, W] fp32, or with
         ``uint8=True`` [B, t, H, W, 3] uint8 for video writers) as soon as they are done.
 
