@@ -301,6 +301,24 @@ def test_memory_model():
     assert halve(3) == 1 and halve(1) is None and halve(8, 4) == 4 and halve(4, 4) is None
 
 
+def test_memory_model_uses_free_device_memory(monkeypatch):
+    from cdt_fast.engine import memory
+
+    mm = MemoryModel(cdt_fast.CDTConfig.base())
+    cuda = torch.device("cuda")
+    per = mm.decode_bytes_per_latent_frame(1, 720, 720, torch.bfloat16)
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(5.5 * per / 0.7))
+    assert mm.decode_chunk(1, 720, 720, torch.bfloat16, cuda) == 5
+    per_frame = mm.encode_bytes_per_frame(1, 720, 720, torch.bfloat16)
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(9.5 * per_frame / 0.7))
+    assert mm.encode_chunk(1, 720, 720, torch.bfloat16, cuda) == 8  # a multiple of 4
+    monkeypatch.setattr(memory, "free_memory", lambda device: 10**15)
+    assert mm.decode_chunk(1, 720, 720, torch.bfloat16, cuda) == mm.max_latent_frames
+    monkeypatch.setattr(memory, "free_memory", lambda device: 0)
+    assert mm.decode_chunk(1, 720, 720, torch.bfloat16, cuda) == 1
+    assert mm.encode_chunk(1, 720, 720, torch.bfloat16, cuda) == 4
+
+
 # -- backends --------------------------------------------------------------------------------------
 def test_backend_table_reasons():
     table = OpTable("torch", env={})
@@ -462,6 +480,8 @@ def test_accelerate_plain_state_dict_and_upstream_like_module(engines, upstream_
     )
     with pytest.raises(RuntimeError, match="accelerate"):  # ... so moving it alone is refused
         eng.to(torch.float16)
+    again = accelerate(eng, dtype=torch.float16)  # re-accelerating keeps the config
+    assert again.config == eng.config and again.dtype == torch.float16 and eng.dtype == torch.float32
     with pytest.raises(TypeError, match="model must be"):
         accelerate(42)
     with pytest.raises(ValueError, match="upstream's format"):

@@ -113,6 +113,7 @@ def _state_dict_of(model) -> Optional[Mapping[str, torch.Tensor]]:
 def as_cdt(model, config: Optional[CDTConfig] = None) -> CDT:
     """A reference CDT with ``model``'s weights, never ``model`` itself (the engine converts its
     copy to its dtype/device/layout; the caller's model stays as it was)."""
+    model = getattr(model, "reference", model)  # an AcceleratedCDT: its reference CDT
     if isinstance(model, CDT):
         if config is not None and config != model.config:
             raise ValueError(

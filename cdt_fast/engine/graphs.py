@@ -72,7 +72,7 @@ class ChunkGraphs:
         inputs = tuple(a.clone() for a in args)
         graph = torch.cuda.CUDAGraph()
         try:  # a capture that fails turns graphs off for this step, it does not fail the decode
-            with torch.cuda.graph(graph):
+            with torch.cuda.device(self.device), torch.cuda.graph(graph):
                 output = step(*inputs)
         except torch.OutOfMemoryError:
             raise  # the caller halves the chunk; graphs stay on
