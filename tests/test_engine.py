@@ -600,7 +600,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("preset", ["base", "small"])
 def test_gpu_bf16_psnr_and_graph_replay(preset):
     ref = randomize_(CDT(cdt_fast.CDTConfig.preset(preset)), seed=0).cuda().eval()
-    x = torch.rand(1, 3, 9, 256, 256, device="cuda") * 2 - 1
+    x = torch.rand(1, 3, 17, 256, 256, device="cuda") * 2 - 1  # 5 latent frames: graphs replay
     z = ref.encode(x)
     noise = torch.randn(ref.output_shape(z.shape), device="cuda")
     y32 = ref.decode(z, noise=noise)
@@ -614,3 +614,20 @@ def test_gpu_bf16_psnr_and_graph_replay(preset):
     assert session.graphs.replays >= 1, eng.backend_report()["graphs"]
     y2 = eng.decode(z, noise=noise, chunk_frames=1)  # replayed graphs give the eager result
     torch.testing.assert_close(y2, y, rtol=0, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_stream_peak_memory_does_not_grow_with_length():
+    ref = randomize_(CDT(cdt_fast.CDTConfig.small()), seed=0).cuda().eval()
+    eng = accelerate(ref, dtype=torch.bfloat16)
+    peaks = []
+    for frames in (4, 12):
+        z = torch.randn(1, 16, frames, 32, 32, device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in eng.decode_stream(iter(z.split(1, dim=2)), chunk_frames=1):
+            pass
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated())
+    assert peaks[1] <= 1.05 * peaks[0], peaks
