@@ -380,6 +380,8 @@ def test_auto_prefers_available_extension_and_records_fallbacks(engines, upstrea
     torch.testing.assert_close(
         vetted.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
     )
+    assert vetted.memory_format == torch.channels_last_3d  # a kernel serves ops: NDHWC
+    assert engines["small"][1].memory_format == torch.contiguous_format  # torch on CPU: NCDHW
     m = vetted.ops.measurements
     assert {m.winner[k] for k in m.winner if k[0] == "ddim_update"} == {"torch"}
     assert {m.winner[k] for k in m.winner if k[0] == "channel_norm"} == {"cpp"}

@@ -22,20 +22,21 @@ from .state import StreamState
 
 __all__ = ["Run", "EncoderPlan", "ContextDecoderPlan", "UNetPlan", "pack"]
 
-_CL3D = torch.channels_last_3d
-
 
 def pack(param: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """A parameter as the kernels want it: ``dtype``, channels-last when 5-D. Shares storage with
-    the module's parameter when nothing changes (the engine converts its model up front)."""
-    if param is None:
-        return None
-    p = param.detach().to(dtype)
-    return p.contiguous(memory_format=_CL3D) if p.dim() == 5 else p.contiguous()
+    """A parameter as the ops want it: ``dtype``, in the memory format the engine converted the
+    model to (kept by ``.to``). Shares storage with the module's parameter when the dtype is the
+    model's, so the plans add no second copy of the weights."""
+    return None if param is None else param.detach().to(dtype)
 
 
-def to_activation(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x.to(dtype).contiguous(memory_format=_CL3D)
+def layout(memory_format: torch.memory_format):
+    """The function that brings a network input to the engine's dtype and activation layout."""
+
+    def to_activation(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return x.to(dtype).contiguous(memory_format=memory_format)
+
+    return to_activation
 
 
 class Run:
@@ -215,7 +216,8 @@ def _chain(nodes, h: torch.Tensor, run: Run) -> torch.Tensor:
 class EncoderPlan:
     """ContextModel.encode: video chunk -> fp32 posterior parameters."""
 
-    def __init__(self, model: ContextModel, ops):
+    def __init__(self, model: ContextModel, ops, memory_format=torch.channels_last_3d):
+        self.to_activation = layout(memory_format)
         self.dtype = dtype = model.dtype
         self.levels = [_level(level, dtype, ops) for level in model.enc]
         # upstream's fp32 island: quant path computes in fp32 from the model-dtype weights
@@ -223,7 +225,7 @@ class EncoderPlan:
         self.quant_res = _level(model.quant_conv_res, torch.float32, ops)
 
     def __call__(self, x: torch.Tensor, run: Run) -> torch.Tensor:
-        h = to_activation(x, self.dtype)
+        h = self.to_activation(x, self.dtype)
         for level in self.levels:
             h = _chain(level, h, run)
         h = h.float()
@@ -233,14 +235,15 @@ class EncoderPlan:
 class ContextDecoderPlan:
     """ContextModel.decode: latent chunk -> conditioning pyramid, finest first."""
 
-    def __init__(self, model: ContextModel, ops):
+    def __init__(self, model: ContextModel, ops, memory_format=torch.channels_last_3d):
+        self.to_activation = layout(memory_format)
         self.dtype = dtype = model.dtype
         self.post_quant = Conv(model.post_quant_conv, torch.float32, ops)
         self.post_quant_res = _level(model.post_quant_conv_res, torch.float32, ops)
         self.levels = [_level(level, dtype, ops) for level in model.dec]
 
     def __call__(self, z: torch.Tensor, run: Run) -> List[torch.Tensor]:
-        h = to_activation(z, torch.float32)
+        h = self.to_activation(z, torch.float32)
         h = (self.post_quant(h, run) + _chain(self.post_quant_res, h, run)).to(self.dtype)
         features = []
         for level in self.levels:
@@ -252,7 +255,8 @@ class ContextDecoderPlan:
 class UNetPlan:
     """DenoisingUNet.forward with the time biases supplied by the caller (constants per step)."""
 
-    def __init__(self, model: DenoisingUNet, ops):
+    def __init__(self, model: DenoisingUNet, ops, memory_format=torch.channels_last_3d):
+        self.to_activation = layout(memory_format)
         self.model = model
         self.dtype = dtype = model.dtype
         self.ops = ops
@@ -278,7 +282,7 @@ class UNetPlan:
         }
 
     def __call__(self, x: torch.Tensor, context: List[torch.Tensor], run: Run) -> torch.Tensor:
-        h = to_activation(x, self.dtype)
+        h = self.to_activation(x, self.dtype)
         skips = []
         for ind, (block1, block2, attn, down, time_down) in enumerate(self.downs):
             if ind < self.condition_times:

@@ -21,6 +21,11 @@ __all__ = ["History", "StreamState"]
 _CL3D = torch.channels_last_3d
 
 
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    cl = x.is_contiguous(memory_format=_CL3D) and not x.is_contiguous()
+    return _CL3D if cl else torch.contiguous_format
+
+
 class History:
     """The last ``frames`` input frames of one causal layer (fewer at the start of a stream)."""
 
@@ -39,7 +44,7 @@ class History:
             b, c, _, h, w = x.shape
             shape = (b, c, self.frames, h, w)
             self.cur = torch.zeros(shape, dtype=x.dtype, device=x.device).contiguous(
-                memory_format=_CL3D
+                memory_format=_format_of(x)
             )
             self.nxt = torch.zeros_like(self.cur)
         if self.valid == 0:
