@@ -212,6 +212,15 @@ def test_encode_from_frame_iterator(engines, upstream_io, pieces, chunk):
     torch.testing.assert_close(streamed, z, rtol=0, atol=TOL)
 
 
+def test_encode_stream_feeds_decode_stream(engines, upstream_io):
+    """Frames in, frames out, chunk by chunk: the pipeline a long video runs through."""
+    _, eng = engines["base"]
+    x, noise = upstream_io["base.x"], upstream_io["base.s1.noise"]
+    latents = eng.encode_stream(iter(x.split([1, 4, 4], dim=2)), chunk_frames=4)
+    frames = torch.cat(list(eng.decode_stream(latents, noise=noise, chunk_frames=1)), dim=2)
+    torch.testing.assert_close(frames, eng(x, noise=noise), rtol=0, atol=TOL)
+
+
 def test_encode_iterator_bad_input(engines, upstream_io):
     _, eng = engines["base"]
     x = upstream_io["base.x"]
