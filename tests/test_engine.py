@@ -221,6 +221,37 @@ def test_encode_stream_feeds_decode_stream(engines, upstream_io):
     torch.testing.assert_close(frames, eng(x, noise=noise), rtol=0, atol=TOL)
 
 
+class _SlicedClip:
+    """Like the CLI's PaddedClip: a shape, and ``[:, :, a:b]`` reads front to back only."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.next = x, tuple(x.shape), 0
+
+    def __getitem__(self, index):
+        start, stop, _ = index[2].indices(self.shape[2])
+        assert start == self.next, "read out of order"
+        self.next = stop
+        return self.x[:, :, start:stop]
+
+
+def test_encode_chunks_reads_a_sliced_clip_front_to_back(engines, upstream_io):
+    _, eng = engines["small"]
+    x = upstream_io["small.x"]
+    params = torch.cat(list(eng.encode_chunks(_SlicedClip(x), 4)), dim=2)
+    torch.testing.assert_close(params, upstream_io["small.posterior"], rtol=0, atol=TOL)
+    assert eng.encode(_SlicedClip(x)).shape == upstream_io["small.z"].shape
+    with pytest.raises(ValueError, match="1\\+4k"):
+        eng.encode(_SlicedClip(x[:, :, :8]))
+
+
+def test_streams_build_no_autograd_graph(engines):
+    _, eng = engines["small"]
+    with torch.enable_grad():
+        chunks = list(eng.decode_stream(iter(_latent(eng).split(1, dim=2))))
+        latents = list(eng.encode_stream(iter(_video(t=5).split(1, dim=2))))
+    assert not any(t.requires_grad for t in chunks + latents)
+
+
 def test_encode_iterator_bad_input(engines, upstream_io):
     _, eng = engines["base"]
     x = upstream_io["base.x"]

@@ -182,6 +182,7 @@ class AcceleratedCDT(nn.Module):
         self.ops = OpTable(backend, device, measure=measure, measurements=measurements, env=env)
         self.memory_format = activation_layout(device, self.ops)
         cdt = cdt.to(device=device, dtype=dtype).to(memory_format=self.memory_format).eval()
+        cdt.requires_grad_(False)  # inference only: no autograd graph may chain chunks
         self.model = cdt.model  # upstream's state-dict names
         object.__setattr__(self, "reference", cdt)  # shares ``model``; not a second submodule
         self.config: CDTConfig = cdt.config
@@ -267,12 +268,12 @@ class AcceleratedCDT(nn.Module):
         else:
             check_video(piece, name, self.config.space_factor)
 
-    @torch.no_grad()
     def encode_params(
         self, x: Frames, chunk_frames: Optional[int] = None
     ) -> Iterator[torch.Tensor]:
-        """Posterior parameters (fp32) chunk by chunk, from a video tensor or an iterable of frame
-        chunks [B, 3, t, H, W] of any lengths (1+4k frames in all)."""
+        """Posterior parameters (fp32) chunk by chunk, from a video tensor, a lazily sliced clip
+        (``shape`` + ``x[:, :, a:b]``, read front to back) or an iterable of frame chunks
+        [B, 3, t, H, W] of any lengths (1+4k frames in all)."""
         tf = self.config.time_factor
         chunk = check_chunk_frames(chunk_frames, tf)
         if isinstance(x, torch.Tensor):
@@ -280,8 +281,14 @@ class AcceleratedCDT(nn.Module):
             queue = FrameQueue(x, lambda *_: None, "x")
         else:
             queue = FrameQueue(x, self._check_piece, "x")
+            if queue.total is not None and (queue.total - 1) % tf:
+                raise ValueError(f"x must have T = 1+{tf}k frames, got T={queue.total}")
         return self._encode_chunks(queue, chunk)
 
+    # the reference's name for the same thing (the CLI streams clips through it)
+    encode_chunks = encode_params
+
+    @torch.no_grad()  # on the generator itself: it runs after encode_params has returned
     def _encode_chunks(self, queue: FrameQueue, chunk: Optional[int]) -> Iterator[torch.Tensor]:
         tf = self.config.time_factor
         if queue.empty:

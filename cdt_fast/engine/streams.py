@@ -4,21 +4,23 @@ and leave in the chunk sizes the networks need."""
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import torch
 
 __all__ = ["FrameQueue"]
 
-Source = Union[torch.Tensor, Iterable[torch.Tensor]]
+Source = Union[torch.Tensor, Iterable[torch.Tensor], Any]
 
 
 class FrameQueue:
     """A queue of frames (dim 2 of 5-D tensors) read lazily from ``source``.
 
-    ``check(piece, name)`` validates each piece as it arrives. ``total`` is the number of frames
-    when the source is one tensor, else None (known only at the end). Taking frames slices views;
-    a chunk that spans pieces is concatenated once.
+    ``source``: a tensor; a lazily sliced clip (anything with ``shape`` whose ``[:, :, a:b]``
+    returns a tensor, read front to back, e.g. the CLI's ``PaddedClip``); or an iterable of tensor
+    pieces of any lengths. ``check(piece, name)`` validates each piece as it arrives. ``total`` is
+    the number of frames when the source has a shape, else None (known only at the end). Taking
+    frames slices views; a chunk that spans pieces is concatenated once.
     """
 
     def __init__(self, source: Source, check: Callable[[torch.Tensor, str], object], name: str):
@@ -28,9 +30,12 @@ class FrameQueue:
         self._buffered = 0
         self._count = 0
         self._shape = None
+        self._sliced = None
         if isinstance(source, torch.Tensor):
             self.total: Optional[int] = source.shape[2]
             self._source: Iterator[torch.Tensor] = iter((source,))
+        elif hasattr(source, "shape") and hasattr(source, "__getitem__"):
+            self.total, self._sliced, self._read = source.shape[2], source, 0
         else:
             try:
                 self._source = iter(source)
@@ -42,8 +47,13 @@ class FrameQueue:
             self.total = None
         self.exhausted = False
 
-    def _pull(self) -> bool:
-        piece = next(self._source, None)
+    def _pull(self, need: int) -> bool:
+        if self._sliced is not None:  # read exactly what is needed, in order
+            stop = min(self.total, self._read + need)
+            piece = self._sliced[:, :, self._read:stop] if stop > self._read else None
+            self._read = stop
+        else:
+            piece = next(self._source, None)
         if piece is None:
             self.exhausted = True
             return False
@@ -66,7 +76,7 @@ class FrameQueue:
     def available(self, wanted: int) -> int:
         """Buffer up to ``wanted`` frames (fewer only at the source's end); return the count."""
         while self._buffered < wanted and not self.exhausted:
-            self._pull()
+            self._pull(wanted - self._buffered)
         return min(wanted, self._buffered)
 
     def peek(self, n: int) -> torch.Tensor:
