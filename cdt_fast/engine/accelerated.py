@@ -224,6 +224,13 @@ class AcceleratedCDT(nn.Module):
         """The reference's noise draw for a whole latent ``z`` (same RNG use, same values)."""
         return self.reference.initial_noise(z, generator)
 
+    def _reference_noise(self, z: torch.Tensor, generator: Optional[torch.Generator]):
+        """The reference's draw, left on the device it was drawn on (a CPU generator's noise
+        stays in host memory; chunks move to the device one at a time)."""
+        drawn_on = generator.device if generator is not None else z.device
+        stand_in = torch.zeros((), dtype=z.dtype, device=drawn_on).expand(z.shape)
+        return self.reference.initial_noise(stand_in, generator)
+
     def extra_repr(self) -> str:
         return f"config={self.config}, dtype={self.dtype}, device={self.device}, ops={self.ops!r}"
 
@@ -400,7 +407,7 @@ class AcceleratedCDT(nn.Module):
             check_latent(z, self.config.latent_dim, "z")
             check_noise(noise, self.output_shape(z.shape))
             if noise is None:
-                noise = self.initial_noise(z, generator)
+                noise = self._reference_noise(z, generator)
             queue = FrameQueue(z, lambda *_: None, "z")
         else:
             if noise is not None and not isinstance(noise, torch.Tensor):
