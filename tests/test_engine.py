@@ -388,6 +388,18 @@ def test_env_override_and_specs():
         OpTable(1, env={})
 
 
+def test_env_var_overrides_accelerate_argument(engines, monkeypatch):
+    ref, _ = engines["small"]
+    monkeypatch.setenv("CDT_FAST_BACKEND", "auto,channel_norm=cuda")
+    eng = accelerate(ref, backend="torch")
+    backend, reason = eng.backend_report()["ops"]["channel_norm"]
+    assert eng.ops.source == "CDT_FAST_BACKEND" and backend == "torch"
+    assert reason.startswith("fallback from cuda")
+    monkeypatch.setenv("CDT_FAST_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        accelerate(ref)
+
+
 @pytest.fixture
 def fake_cpp(monkeypatch):
     """A stand-in ``cdt_fast._cpp_lib`` with two ops: the others must fall back with reasons."""
