@@ -66,10 +66,10 @@ class _Session:
 class _EncodeSession(_Session):
     def __init__(self, engine: "AcceleratedCDT"):
         super().__init__(engine.device, engine.cuda_graphs, [StreamState()])
-        self.plan = engine.encoder_plan
+        self.plan, self.device = engine.encoder_plan, engine.device
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        params = self.plan(x, Run(self.states[0]))
+        params = self.plan(x.to(self.device), Run(self.states[0]))
         self.commit()
         return params
 
@@ -81,7 +81,7 @@ class _DecodeSession(_Session):
         )
         cfg, device = engine.config, engine.device
         schedule = DDIMSchedule.create(cfg.num_timesteps, steps)
-        self.steps = steps
+        self.steps, self.device, self.sample_gamma = steps, device, cfg.sample_gamma
         self.context_plan, self.unet_plan, self.ops = (
             engine.context_plan,
             engine.unet_plan,
@@ -100,8 +100,11 @@ class _DecodeSession(_Session):
             self.unet_plan.time_biases(schedule.time_input(s, batch, device)) for s in range(steps)
         ]
 
-    def step(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        context = self.context_plan(z, Run(self.states[0]))
+    def step(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        # The initial sample is formed here, inside the captured step, from the raw noise chunk
+        # (the reference's arithmetic: gamma * noise in the noise's dtype, then fp32).
+        x = (self.sample_gamma * noise.to(self.device)).float()
+        context = self.context_plan(z.to(self.device), Run(self.states[0]))
         for s in reversed(range(self.steps)):
             x0 = self.unet_plan(x, context, Run(self.states[s + 1], self.time_biases[s])).float()
             x = self.ops("ddim_update", x, x0, self.coefficients[s])
@@ -317,7 +320,7 @@ class AcceleratedCDT(nn.Module):
                     raise ValueError(
                         f"x must hold 1+{tf}k frames in all; it ended {pos + n} frames in"
                     )
-                params = _run_or_none_on_oom(session, queue.peek(n).to(self.device))
+                params = _run_or_none_on_oom(session, queue.peek(n))
                 if params is None:  # out of memory: smaller chunks from the same position
                     smaller = halve(chunk, tf)
                     if pos == 0 and first > 1:
@@ -440,8 +443,9 @@ class AcceleratedCDT(nn.Module):
                 if n == 0:
                     break
                 a, stop = chunking.video_span(pos, pos + n, tf)
-                z_chunk = (queue.peek(n) / scale_factor).to(self.device)
-                x = (cfg.sample_gamma * noise_of(pos, pos + n)).float().to(self.device)
+                # raw chunks: a replayed graph copies them straight into its static inputs
+                z_chunk = queue.peek(n) / scale_factor
+                x = noise_of(pos, pos + n)
                 out = _run_or_none_on_oom(session, z_chunk, x)
                 if out is None:  # out of memory: smaller chunks from the same position
                     chunk = halve(chunk)

@@ -69,7 +69,8 @@ class ChunkGraphs:
     def _capture(self, step: Callable, args, key) -> Optional[_Captured]:
         while len(self.graphs) >= self.max_graphs:
             self.graphs.pop(next(iter(self.graphs)))
-        inputs = tuple(a.clone() for a in args)
+        # static inputs live on the device; a replay copies host chunks into them directly
+        inputs = tuple(a.to(self.device, copy=True) for a in args)
         graph = torch.cuda.CUDAGraph()
         try:  # a capture that fails turns graphs off for this step, it does not fail the decode
             with torch.cuda.device(self.device), torch.cuda.graph(graph):
