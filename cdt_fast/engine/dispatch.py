@@ -113,17 +113,29 @@ def _declared_status(backend: str) -> Optional[Tuple[bool, str]]:
 
 
 def resolve(
-    backend: str, op: str, device: torch.device, env: Optional[Mapping[str, str]] = None
+    backend: str,
+    op: str,
+    device: torch.device,
+    env: Optional[Mapping[str, str]] = None,
+    memo: Optional[Dict[str, tuple]] = None,
 ) -> Tuple[Optional[Callable], str]:
-    """The function implementing ``op`` in ``backend`` on ``device``, or None and the reason."""
-    ok, reason = backend_status(backend, device, env)
+    """The function implementing ``op`` in ``backend`` on ``device``, or None and the reason.
+    ``memo`` (a dict owned by the caller) keeps statuses and imports for the ops that follow."""
+    memo = {} if memo is None else memo
+    if backend not in memo:
+        memo[backend] = backend_status(backend, device, env)
+    ok, reason = memo[backend]
     if not ok:
         return None, reason
     name = _module_of(backend, op)
-    try:
-        module = importlib.import_module(name)
-    except Exception as err:  # noqa: BLE001 - a backend not built/merged yet is not an error
-        return None, f"{name} is not importable ({type(err).__name__}: {err})"
+    if name not in memo:
+        try:
+            memo[name] = (importlib.import_module(name), None)
+        except Exception as err:  # noqa: BLE001 - a backend not built/merged yet is not an error
+            memo[name] = (None, f"{name} is not importable ({type(err).__name__}: {err})")
+    module, error = memo[name]
+    if module is None:
+        return None, error
     fn = getattr(module, op, None)
     if not callable(fn):
         return None, f"{name} has no function {op!r}"
@@ -272,19 +284,20 @@ class OpTable:
         default, per_op = parse_backend_spec(self.requested)
         self.measure = (self.device.type == "cuda") if measure is None else bool(measure)
         self.measurements = measurements if measurements is not None else Measurements()
+        self._memo: Dict[str, tuple] = {}  # backend statuses and module imports, this build
         self.table: Dict[str, OpChoice] = {}
         self.candidates: Dict[str, List[OpChoice]] = {}
         for op in OPS:
             self._fill(op, per_op.get(op, default))
 
     def _fill(self, op: str, wanted: str) -> None:
-        torch_fn, torch_reason = resolve("torch", op, self.device, self.env)
+        torch_fn, torch_reason = resolve("torch", op, self.device, self.env, self._memo)
         torch_choice = OpChoice(op, "torch", torch_fn, torch_reason)
         if wanted == "torch":
             self.table[op] = torch_choice
             return
         if wanted != "auto":
-            fn, reason = resolve(wanted, op, self.device, self.env)
+            fn, reason = resolve(wanted, op, self.device, self.env, self._memo)
             self.table[op] = (
                 OpChoice(op, wanted, fn, reason)
                 if fn is not None
@@ -296,7 +309,7 @@ class OpTable:
             fn, reason = (
                 (torch_fn, torch_reason)
                 if name == "torch"
-                else resolve(name, op, self.device, self.env)
+                else resolve(name, op, self.device, self.env, self._memo)
             )
             if fn is None:
                 missing.append(f"{name}: {reason}")
