@@ -21,6 +21,7 @@ import importlib.util
 import os
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -53,7 +54,7 @@ BACKENDS = ("torch", "triton", "cuda", "cpp")
 ENV_VAR = "CDT_FAST_BACKEND"
 
 # Where each backend keeps each op. Triton: one module per op family (issue 3 / issue 4 kernels).
-_TRITON_MODULES = {
+_TRITON_MODULES = MappingProxyType({
     "causal_conv3d": "cdt_fast.kernels.causal_conv3d",
     "causal_conv3d_history": "cdt_fast.kernels.causal_conv3d",
     "channel_norm": "cdt_fast.kernels.channel_norm",
@@ -64,16 +65,19 @@ _TRITON_MODULES = {
     "conv_transpose_up2x": "cdt_fast.kernels.time_resample",
     "ddim_update": "cdt_fast.kernels.denoise",
     "to_uint8_frames": "cdt_fast.kernels.denoise",
-}
+})
 _CPP_MODULE = "cdt_fast._cpp_lib"
 
 
-def _module_of(backend: str, op: str) -> str:
+def _modules_of(backend: str, op: str) -> Tuple[str, ...]:
+    """Where to look ``op`` up, in order: for Triton the op's own module first, then the other
+    kernel modules (a kernel may live beside a sibling op, e.g. the transposed conv)."""
     if backend == "torch":
-        return "cdt_fast.functional"
+        return ("cdt_fast.functional",)
     if backend == "triton":
-        return _TRITON_MODULES[op]
-    return _CPP_MODULE
+        own = _TRITON_MODULES[op]
+        return (own,) + tuple(sorted(set(_TRITON_MODULES.values()) - {own}))
+    return (_CPP_MODULE,)
 
 
 def backend_status(
@@ -127,19 +131,19 @@ def resolve(
     ok, reason = memo[backend]
     if not ok:
         return None, reason
-    name = _module_of(backend, op)
-    if name not in memo:
-        try:
-            memo[name] = (importlib.import_module(name), None)
-        except Exception as err:  # noqa: BLE001 - a backend not built/merged yet is not an error
-            memo[name] = (None, f"{name} is not importable ({type(err).__name__}: {err})")
-    module, error = memo[name]
-    if module is None:
-        return None, error
-    fn = getattr(module, op, None)
-    if not callable(fn):
-        return None, f"{name} has no function {op!r}"
-    return fn, reason
+    missing = []
+    for name in _modules_of(backend, op):
+        if name not in memo:
+            try:
+                memo[name] = (importlib.import_module(name), None)
+            except Exception as err:  # noqa: BLE001 - a backend not built/merged yet is fine
+                memo[name] = (None, f"{name} is not importable ({type(err).__name__}: {err})")
+        module, error = memo[name]
+        fn = getattr(module, op, None) if module is not None else None
+        if callable(fn):
+            return fn, reason
+        missing.append(error or f"{name} has no function {op!r}")
+    return None, "; ".join(missing)
 
 
 def parse_backend_spec(spec: str) -> Tuple[str, Dict[str, str]]:
