@@ -8,9 +8,10 @@ from .api import load, load_cdt, save
 from .cache import FeatureCache
 from .checkpoint import CheckpointMismatchError
 from .config import CDTConfig
+from .engine import AcceleratedCDT, accelerate
 from .reference import CDT, DiagonalGaussian, randomize_
 
 __version__ = "0.1.0"
 
 __all__ = ["CDT", "CDTConfig", "CheckpointMismatchError", "DiagonalGaussian", "FeatureCache",
-           "load", "load_cdt", "randomize_", "save", "__version__"]
+           "load", "load_cdt", "randomize_", "save", "__version__", "AcceleratedCDT", "accelerate"]

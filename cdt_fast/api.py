@@ -85,13 +85,14 @@ def save(model: CDT, path: PathLike) -> Path:
 def load_cdt(version: str = "base", dtype: torch.dtype = torch.float16,
              ckpt: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu",
              sampling_step: int = 1, eval: bool = True, strict: bool = True,
-             weights_only: bool = True, **kwargs: Any) -> CDT:
+             weights_only: bool = True, accelerate: bool = False, **kwargs: Any) -> CDT:
     """Upstream's ``load_cdt`` entry point: ``from cdt_fast import load_cdt`` replaces
     ``from model.cdt import load_cdt``.
 
     Without ``ckpt`` it reads ``./pretrained/cdt_{version}.ckpt`` as upstream does. Upstream
     keywords (``enc_frames``, ``dec_frames``, ``sample_gamma``, ``latent_dim``, ``diffusion_step``,
-    ``condition_times``) and any CDTConfig field are accepted.
+    ``condition_times``) and any CDTConfig field are accepted. ``accelerate=True`` returns
+    ``cdt_fast.accelerate(model)`` (the engine, same API).
     """
     if version not in ("base", "small"):
         raise ValueError(f"version must be 'base' or 'small', got {version!r}")
@@ -108,5 +109,9 @@ def load_cdt(version: str = "base", dtype: torch.dtype = torch.float16,
             raise FileNotFoundError(
                 f"no checkpoint given and the upstream default {ckpt} does not exist; download "
                 f"cdt_{version}.ckpt from the CDT release and pass ckpt=PATH")
-    return load(config, ckpt, device=device, dtype=dtype, strict=strict,
-                weights_only=weights_only, eval=eval)
+    model = load(config, ckpt, device=device, dtype=dtype, strict=strict,
+                 weights_only=weights_only, eval=eval)
+    if accelerate:
+        from .engine import accelerate as accelerate_model
+        return accelerate_model(model)
+    return model

@@ -142,3 +142,9 @@ def test_models_with_different_pad_modes_coexist():
     small = randomize_(CDT(tiny_config("small")), seed=1).eval()
     small.encode(x)
     assert torch.equal(base.encode(x), before)
+
+
+def test_encode_chunks_builds_no_autograd_graph(model):
+    with torch.enable_grad():
+        for params in model.encode_chunks(_video(b=1, t=9), 4):
+            assert not params.requires_grad

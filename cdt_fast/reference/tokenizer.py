@@ -91,9 +91,11 @@ class CDT(nn.Module):
         z = posterior.mode() * scale_factor
         return (z, posterior) if return_posterior else z
 
+    @torch.no_grad()
     def encode_chunks(self, x: torch.Tensor, chunk_frames: Optional[int] = None
                       ) -> Iterator[torch.Tensor]:
-        """Posterior parameters chunk by chunk (fp32, on the model's device). No input checks."""
+        """Posterior parameters chunk by chunk (fp32, on the model's device). No input checks.
+        Without gradients, like ``encode`` (training calls ``context_model.encode`` directly)."""
         _, _, frames, height, width = x.shape
         chunk = chunk_frames or self.config.encode_chunk_frames(height, width)
         cache = FeatureCache()

@@ -1,0 +1,520 @@
+"""AcceleratedCDT: the reference CDT's API over compiled plans, CUDA graphs and streamed chunks."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Iterable, Iterator, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .. import chunking
+from ..config import CDTConfig
+from ..reference import CDT, DDIMSchedule, DiagonalGaussian
+from ..validation import (
+    check_chunk_frames,
+    check_generator,
+    check_latent,
+    check_noise,
+    check_steps,
+    check_video,
+)
+from .convert import as_cdt
+from .dispatch import Measurements, OpTable
+from .graphs import ChunkGraphs
+from .memory import MemoryModel, halve
+from .plan import ContextDecoderPlan, EncoderPlan, Run, UNetPlan
+from .state import StreamState
+from .streams import FrameQueue
+
+__all__ = ["AcceleratedCDT", "accelerate"]
+
+Frames = Union[torch.Tensor, Iterable[torch.Tensor]]
+_SESSIONS_KEPT = 4
+
+
+class _Session:
+    """The preallocated state of one stream shape: stream states, CUDA graphs and (decode) the
+    constants of the sampling schedule. Reused by later streams of the same shape."""
+
+    def __init__(self, device: torch.device, cuda_graphs: bool, states):
+        self.states = states
+        self.graphs = ChunkGraphs(device, cuda_graphs)
+        self.busy = False
+
+    @property
+    def steady(self) -> bool:
+        return all(s.steady for s in self.states)
+
+    def run(self, *args):
+        try:
+            return self.graphs(self.step, args, self.steady)
+        except BaseException:
+            for s in self.states:
+                s.rollback()
+            raise
+
+    def reset(self) -> None:
+        for s in self.states:
+            s.reset()
+
+    def commit(self) -> None:
+        for s in self.states:
+            s.commit()
+
+
+class _EncodeSession(_Session):
+    def __init__(self, engine: "AcceleratedCDT"):
+        super().__init__(engine.device, engine.cuda_graphs, [StreamState()])
+        self.plan, self.device = engine.encoder_plan, engine.device
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        params = self.plan(x.to(self.device), Run(self.states[0]))
+        self.commit()
+        return params
+
+
+class _DecodeSession(_Session):
+    def __init__(self, engine: "AcceleratedCDT", batch: int, steps: int):
+        super().__init__(
+            engine.device, engine.cuda_graphs, [StreamState() for _ in range(steps + 1)]
+        )
+        cfg, device = engine.config, engine.device
+        schedule = DDIMSchedule.create(cfg.num_timesteps, steps)
+        self.steps, self.device, self.sample_gamma = steps, device, cfg.sample_gamma
+        self.context_plan, self.unet_plan, self.ops = (
+            engine.context_plan,
+            engine.unet_plan,
+            engine.ops,
+        )
+        # Constant for the whole decode: per-step DDIM coefficients (on the device, so the chunk
+        # step does no host transfer) and every ResnetBlock's mlp(time_emb).
+        self.coefficients = [
+            tuple(
+                torch.as_tensor(c, dtype=torch.float32, device=device)
+                for c in schedule.coefficients(s)
+            )
+            for s in range(steps)
+        ]
+        self.time_biases = [
+            self.unet_plan.time_biases(schedule.time_input(s, batch, device)) for s in range(steps)
+        ]
+
+    def step(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        # The initial sample is formed here, inside the captured step, from the raw noise chunk
+        # (the reference's arithmetic: gamma * noise in the noise's dtype, then fp32).
+        x = (self.sample_gamma * noise.to(self.device)).float()
+        context = self.context_plan(z.to(self.device), Run(self.states[0]))
+        for s in reversed(range(self.steps)):
+            x0 = self.unet_plan(x, context, Run(self.states[s + 1], self.time_biases[s])).float()
+            x = self.ops("ddim_update", x, x0, self.coefficients[s])
+        self.commit()
+        return x
+
+
+def _run_or_none_on_oom(session: _Session, *args):
+    """The chunk's result, or None when it ran out of memory. Returning (rather than handling the
+    error in an ``except`` block) drops the traceback, and with it the failed chunk's tensors,
+    before the caller empties the allocator cache."""
+    try:
+        return session.run(*args)
+    except torch.OutOfMemoryError:
+        return None
+
+
+def activation_layout(device: torch.device, ops: OpTable) -> torch.memory_format:
+    """channels_last_3d (NDHWC) where it pays: on CUDA (cuDNN's fast 3D convs) and whenever a
+    kernel backend serves an op (the kernels are written for NDHWC). Pure torch on CPU keeps
+    NCDHW: torch's CPU conv3d is NCDHW-native and copies channels-last inputs around every call
+    (measured here: ~17% of CPU decode time went to those copies)."""
+    kernels = ops.candidates or any(c.backend != "torch" for c in ops.table.values())
+    if torch.device(device).type == "cuda" or kernels:
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+class _FramewiseNoise:
+    """Noise for a stream of unknown length: one draw of [B, C, time_factor, H, W] per latent
+    frame (the first frame keeps its last video frame), kept until consumed so that a retried
+    chunk sees the same values."""
+
+    def __init__(self, shape, time_factor: int, generator, device):
+        self.shape, self.tf, self.generator = shape, time_factor, generator
+        self.device = generator.device if generator is not None else device
+        self.frames = {}
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        for i in range(start, stop):
+            if i not in self.frames:
+                draw = torch.randn(self.shape, generator=self.generator, device=self.device)
+                self.frames[i] = draw[:, :, self.tf - 1 :] if i == 0 else draw
+        return torch.cat([self.frames[i] for i in range(start, stop)], dim=2)
+
+    def release(self, stop: int) -> None:
+        for i in [i for i in self.frames if i < stop]:
+            del self.frames[i]
+
+
+class AcceleratedCDT(nn.Module):
+    """A CDT with the reference's API (``encode``, ``decode``, ``decode_stream``, ``forward``) that
+    runs through the engine: packed weights, per-op backends, preallocated stream state, CUDA
+    graphs, streaming and out-of-memory fallback. Build it with :func:`accelerate`.
+
+    Its ``state_dict()`` is the upstream-format state dict of its (converted) weights. Moving it
+    with ``.to()`` is not supported: accelerate the model again for another device or dtype.
+    """
+
+    def __init__(
+        self,
+        cdt: CDT,
+        backend: str = "auto",
+        dtype: Optional[torch.dtype] = None,
+        device=None,
+        measure: Optional[bool] = None,
+        cuda_graphs: bool = True,
+        measurements: Optional[Measurements] = None,
+        env=None,
+    ):
+        super().__init__()
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+        ):
+            raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+        device = torch.device(device) if device is not None else cdt.device
+        dtype = dtype or cdt.dtype
+        self.ops = OpTable(backend, device, measure=measure, measurements=measurements, env=env)
+        self.memory_format = activation_layout(device, self.ops)
+        cdt = cdt.to(device=device, dtype=dtype).to(memory_format=self.memory_format).eval()
+        cdt.requires_grad_(False)  # inference only: no autograd graph may chain chunks
+        self.model = cdt.model  # upstream's state-dict names
+        object.__setattr__(self, "reference", cdt)  # shares ``model``; not a second submodule
+        self.config: CDTConfig = cdt.config
+        self.latent_scale = cdt.latent_scale
+        self.sample_steps = cdt.sample_steps
+        self.cuda_graphs = cuda_graphs
+        fmt = self.memory_format
+        self.encoder_plan = EncoderPlan(cdt.context_model, self.ops, fmt)
+        self.context_plan = ContextDecoderPlan(cdt.context_model, self.ops, fmt)
+        self.unet_plan = UNetPlan(cdt.unet, self.ops, fmt)
+        self.memory = MemoryModel(self.config)
+        self._sessions: "OrderedDict[tuple, _Session]" = OrderedDict()
+
+    def _apply(self, fn, *args, **kwargs):
+        # The plans hold packed copies (fp32 islands) and sessions hold device buffers: moving
+        # or casting the parameters alone would leave them behind.
+        raise RuntimeError(
+            "an AcceleratedCDT cannot be moved or cast; call "
+            "cdt_fast.accelerate(model, dtype=..., device=...) again"
+        )
+
+    # -- properties of the reference ---------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.reference.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.reference.device
+
+    @property
+    def z_dim(self) -> int:
+        return self.config.latent_dim
+
+    def output_shape(self, z_shape):
+        return self.reference.output_shape(z_shape)
+
+    def initial_noise(self, z: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """The reference's noise draw for a whole latent ``z`` (same RNG use, same values)."""
+        return self.reference.initial_noise(z, generator)
+
+    def _reference_noise(self, z: torch.Tensor, generator: Optional[torch.Generator]):
+        """The reference's draw, left on the device it was drawn on (a CPU generator's noise
+        stays in host memory; chunks move to the device one at a time)."""
+        drawn_on = generator.device if generator is not None else z.device
+        stand_in = torch.zeros((), dtype=z.dtype, device=drawn_on).expand(z.shape)
+        return self.reference.initial_noise(stand_in, generator)
+
+    def extra_repr(self) -> str:
+        return f"config={self.config}, dtype={self.dtype}, device={self.device}, ops={self.ops!r}"
+
+    def backend_report(self) -> dict:
+        """Which backend runs each op and why, plus auto's measured winners and the CUDA graph
+        state of each live session."""
+        return {
+            "ops": self.ops.report(),
+            "measured": dict(self.ops.measurements.winner),
+            "rejected": dict(self.ops.measurements.rejected),
+            "graphs": {
+                k: (s.graphs.reason or "enabled", s.graphs.captures, s.graphs.replays)
+                for k, s in self._sessions.items()
+            },
+        }
+
+    # -- sessions ------------------------------------------------------------------------------
+    def _session(self, key: tuple, make: Callable[[], _Session]) -> _Session:
+        session = self._sessions.get(key)
+        if session is not None and not session.busy:
+            self._sessions.move_to_end(key)
+        else:  # none yet, or in use by another live stream: state must never be shared
+            session = make()
+            if key not in self._sessions:
+                self._sessions[key] = session
+                while len(self._sessions) > _SESSIONS_KEPT:
+                    self._sessions.popitem(last=False)
+        session.reset()
+        return session
+
+    def _after_oom(self, session: _Session) -> None:
+        session.graphs.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- encode --------------------------------------------------------------------------------
+    def _check_piece(self, piece, name: str) -> None:
+        if isinstance(piece, torch.Tensor) and piece.dim() == 5 and piece.shape[2] > 0:
+            check_video(piece[:, :, :1], name, self.config.space_factor)
+            if not bool(torch.isfinite(piece).all()):
+                raise ValueError(f"{name} contains NaN or infinite values")
+        else:
+            check_video(piece, name, self.config.space_factor)
+
+    def encode_params(
+        self, x: Frames, chunk_frames: Optional[int] = None
+    ) -> Iterator[torch.Tensor]:
+        """Posterior parameters (fp32) chunk by chunk, from a video tensor, a lazily sliced clip
+        (``shape`` + ``x[:, :, a:b]``, read front to back) or an iterable of frame chunks
+        [B, 3, t, H, W] of any lengths (1+4k frames in all)."""
+        tf = self.config.time_factor
+        chunk = check_chunk_frames(chunk_frames, tf)
+        if isinstance(x, torch.Tensor):
+            check_video(x, "x", self.config.space_factor)
+            queue = FrameQueue(x, lambda *_: None, "x")
+        else:
+            queue = FrameQueue(x, self._check_piece, "x")
+            if queue.total is not None and (queue.total - 1) % tf:
+                raise ValueError(f"x must have T = 1+{tf}k frames, got T={queue.total}")
+        return self._encode_chunks(queue, chunk)
+
+    # the reference's name for the same thing (the CLI streams clips through it)
+    encode_chunks = encode_params
+
+    @torch.no_grad()  # on the generator itself: it runs after encode_params has returned
+    def _encode_chunks(self, queue: FrameQueue, chunk: Optional[int]) -> Iterator[torch.Tensor]:
+        tf = self.config.time_factor
+        if queue.empty:
+            raise ValueError("x holds no frames")
+        b, _, _, height, width = queue.peek(1).shape
+        chunk = chunk or self.memory.encode_chunk(b, height, width, self.dtype, self.device)
+        session = self._session(("encode", b, height, width), lambda: _EncodeSession(self))
+        # upstream's plan when the length is known (first chunk 1 + remainder), else 1 frame first
+        first = 1 + (queue.total - 1) % chunk if queue.total else 1
+        pos = 0
+        session.busy = True
+        try:
+            while True:
+                want = first if pos == 0 else chunk
+                n = queue.available(want)
+                if n == 0:
+                    break
+                if (n - (1 if pos == 0 else 0)) % tf:
+                    raise ValueError(
+                        f"x must hold 1+{tf}k frames in all; it ended {pos + n} frames in"
+                    )
+                params = _run_or_none_on_oom(session, queue.peek(n))
+                if params is None:  # out of memory: smaller chunks from the same position
+                    smaller = halve(chunk, tf)
+                    if pos == 0 and first > 1:
+                        first, chunk = 1, smaller or chunk
+                    elif smaller is None:
+                        raise torch.OutOfMemoryError(
+                            f"CUDA out of memory encoding {n} frames at the smallest chunk"
+                        )
+                    else:
+                        chunk = smaller
+                    self._after_oom(session)
+                    continue
+                queue.drop(n)
+                pos += n
+                yield params.clone(memory_format=torch.contiguous_format)
+        finally:
+            session.busy = False
+
+    @torch.no_grad()
+    def encode(
+        self,
+        x: Frames,
+        return_posterior: bool = False,
+        chunk_frames: Optional[int] = None,
+        scale_factor: float = 1.0,
+        **_upstream_kwargs,
+    ):
+        """As :meth:`cdt_fast.CDT.encode`; ``x`` may also be an iterable of frame chunks."""
+        params = torch.cat(list(self.encode_params(x, chunk_frames)), dim=2)
+        posterior = DiagonalGaussian(params)
+        z = posterior.mode() * scale_factor
+        return (z, posterior) if return_posterior else z
+
+    @torch.no_grad()
+    def encode_stream(
+        self, x: Frames, chunk_frames: Optional[int] = None, scale_factor: float = 1.0
+    ) -> Iterator[torch.Tensor]:
+        """Latent chunks (posterior mode) as each encode chunk finishes; they can feed
+        :meth:`decode_stream` directly."""
+        params = self.encode_params(x, chunk_frames)  # validates now, runs lazily
+        return (DiagonalGaussian(p).mode() * scale_factor for p in params)
+
+    # -- decode --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(
+        self,
+        z: Frames,
+        steps: Optional[int] = None,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        chunk_frames: Optional[int] = None,
+        scale_factor: float = 1.0,
+        **_upstream_kwargs,
+    ) -> torch.Tensor:
+        """As :meth:`cdt_fast.CDT.decode` (same noise draw for a latent tensor, so the same RNG
+        state gives the same video); ``z`` may also be an iterable of latent chunks."""
+        chunks = self._decode_chunks(z, steps, noise, generator, chunk_frames, scale_factor)
+        if not isinstance(z, torch.Tensor):
+            return torch.cat([x.clone() for _, _, x in chunks], dim=2)  # clones: x is reused
+        out = torch.empty(self.output_shape(z.shape), dtype=torch.float32, device=self.device)
+        for a, b, x in chunks:
+            out[:, :, a:b].copy_(x)
+        return out
+
+    def decode_stream(self, z: Frames, steps: Optional[int] = None,
+                      noise: Optional[torch.Tensor] = None,
+                      generator: Optional[torch.Generator] = None,
+                      chunk_frames: Optional[int] = None, scale_factor: float = 1.0,
+                      uint8: bool = False) -> Iterator[torch.Tensor]:
+        """Like :meth:`decode`, but yields each chunk's frames ([B, 3, t, H, W] fp32, or with
+        ``uint8=True`` [B, t, H, W, 3] uint8 for video writers) as soon as they are done.
+
+        ``z`` may be an iterable of latent chunks [B, C, t, h, w] (any lengths): then memory stays
+        constant however long the stream, and without ``noise`` each latent frame's noise is drawn
+        separately (same distribution as the reference's one-shot draw, not the same values).
+        """
+        chunks = self._decode_chunks(z, steps, noise, generator, chunk_frames, scale_factor)
+        if uint8:
+            return (self.ops("to_uint8_frames", x) for _, _, x in chunks)
+        return (x.clone(memory_format=torch.contiguous_format) for _, _, x in chunks)
+
+    def _decode_chunks(self, z, steps, noise, generator, chunk_frames, scale_factor):
+        steps = check_steps(self.sample_steps if steps is None else steps)
+        check_generator(generator)
+        chunk = check_chunk_frames(chunk_frames)
+        if isinstance(z, torch.Tensor):
+            check_latent(z, self.config.latent_dim, "z")
+            check_noise(noise, self.output_shape(z.shape))
+            if noise is None:
+                noise = self._reference_noise(z, generator)
+            queue = FrameQueue(z, lambda *_: None, "z")
+        else:
+            if noise is not None and not isinstance(noise, torch.Tensor):
+                raise TypeError(f"noise must be a torch.Tensor or None, got {type(noise).__name__}")
+            queue = FrameQueue(z, lambda p, n: check_latent(p, self.config.latent_dim, n), "z")
+        return self._decode_loop(queue, steps, noise, generator, chunk, scale_factor)
+
+    @torch.no_grad()
+    def _decode_loop(
+        self, queue: FrameQueue, steps: int, noise, generator, chunk, scale_factor
+    ) -> Iterator[Tuple[int, int, torch.Tensor]]:
+        cfg, tf = self.config, self.config.time_factor
+        if queue.empty:
+            raise ValueError("z holds no frames")
+        b, _, _, h, w = queue.peek(1).shape
+        s = cfg.space_factor
+        chunk = chunk or self.memory.decode_chunk(b, h * s, w * s, self.dtype, self.device)
+        if noise is None:
+            noise_of = _FramewiseNoise(
+                (b, cfg.channels, tf, h * s, w * s), tf, generator, self.device
+            )
+        else:
+            noise_of = _NoiseSlices(noise, tf)
+        session = self._session(("decode", b, h, w, steps), lambda: _DecodeSession(self, b, steps))
+        pos = 0
+        session.busy = True
+        try:
+            while True:
+                n = queue.available(chunk)
+                if n == 0:
+                    break
+                a, stop = chunking.video_span(pos, pos + n, tf)
+                # raw chunks: a replayed graph copies them straight into its static inputs
+                z_chunk = queue.peek(n) / scale_factor
+                x = noise_of(pos, pos + n)
+                out = _run_or_none_on_oom(session, z_chunk, x)
+                if out is None:  # out of memory: smaller chunks from the same position
+                    chunk = halve(chunk)
+                    if chunk is None:
+                        raise torch.OutOfMemoryError(
+                            f"CUDA out of memory decoding {n} latent frame(s) at the smallest chunk"
+                        )
+                    del z_chunk, x
+                    self._after_oom(session)
+                    continue
+                queue.drop(n)
+                noise_of.release(pos + n)
+                pos += n
+                yield a, stop, out
+        finally:
+            session.busy = False
+
+    # -- round trip: the reference's own methods, over this class's encode/decode --------------
+    forward = CDT.forward
+    forward_with_info = CDT.forward_with_info
+
+
+class _NoiseSlices:
+    """A given noise tensor, sliced per chunk of latent frames."""
+
+    def __init__(self, noise: torch.Tensor, time_factor: int):
+        self.noise, self.tf = noise, time_factor
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        a, b = chunking.video_span(start, stop, self.tf)
+        if b > self.noise.shape[2]:
+            raise ValueError(
+                f"noise has {self.noise.shape[2]} frames but the latent stream needs at least {b}"
+            )
+        return self.noise[:, :, a:b]
+
+    def release(self, stop: int) -> None:
+        pass
+
+
+def accelerate(
+    model,
+    backend: str = "auto",
+    dtype: Optional[torch.dtype] = None,
+    *,
+    config: Optional[CDTConfig] = None,
+    device=None,
+    measure: Optional[bool] = None,
+    cuda_graphs: bool = True,
+    measurements: Optional[Measurements] = None,
+) -> AcceleratedCDT:
+    """A drop-in accelerated CDT.
+
+    ``model``: a :class:`cdt_fast.CDT`, a module with an upstream-format state dict (e.g.
+    upstream's ``ConditionedDiffusionTokenizer``) or such a state dict; without ``config`` the
+    architecture is inferred from the weights' shapes (see :func:`cdt_fast.engine.infer_config`).
+    The given model is not modified. ``backend``: "auto" (per op, fastest measured on CUDA,
+    preference order elsewhere), "triton", "cuda", "cpp" or "torch", or a spec such as
+    "auto,causal_conv3d=torch"; the ``CDT_FAST_BACKEND`` environment variable overrides it.
+    ``dtype``: compute dtype (default: the model's). ``device``: default the model's.
+    ``measure``: time backends per call shape (default: on CUDA only). ``cuda_graphs``: capture
+    steady-state chunks on CUDA.
+    """
+    return AcceleratedCDT(
+        as_cdt(model, config),
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        measure=measure,
+        cuda_graphs=cuda_graphs,
+        measurements=measurements,
+    )

@@ -1,0 +1,92 @@
+"""How many frames fit in one chunk: a per-frame memory model, and halving on out-of-memory.
+
+Memory model (a documented estimate, not a measurement): a chunk's peak is dominated by the
+activations at full resolution. Per video pixel of a chunk, the decode holds about
+``1.5 * (10 * unet_dim + 2 * (3 + out_channels))`` activation elements of the model dtype -- the
+U-Net's widest full-resolution live set (concatenated input, block outputs, norm temporaries,
+the skip kept for the up path, conv workspace) with a half more for the coarser levels -- plus
+36 bytes of fp32 sample, noise and output. The encode holds ``1.5 * 10 * context_dim * s``
+elements per input pixel, with ``s`` = 1 when the first encoder level keeps full resolution and
+1/4 when it halves it. The default chunk uses 70 % of the free device memory under this model.
+
+Every chunk plan gives the same result (chunk invariance), so when a chunk runs out of memory
+the engine halves the chunk and retries from the same position; see :func:`halve`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..config import CDTConfig
+
+__all__ = ["MemoryModel", "free_memory", "halve"]
+
+
+def free_memory(device: torch.device) -> Optional[int]:
+    """Free bytes on a CUDA device (None elsewhere: host memory is not modelled)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def halve(chunk: int, multiple: int = 1) -> Optional[int]:
+    """The next smaller chunk after an out-of-memory error (None when it cannot shrink)."""
+    smaller = (chunk // 2) // multiple * multiple
+    return smaller if smaller >= multiple and smaller < chunk else None
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    config: CDTConfig
+    budget_fraction: float = 0.7
+    max_latent_frames: int = 16  # beyond this, bigger chunks stop paying for themselves
+    max_video_frames: int = 64
+
+    def decode_bytes_per_latent_frame(
+        self, batch: int, height: int, width: int, dtype: torch.dtype
+    ) -> int:
+        """Peak bytes one latent frame adds to a decode chunk at video size ``height``x``width``."""
+        c = self.config
+        elements = 1.5 * (10 * c.unet_dim + 2 * (c.channels + c.out_channels))
+        per_pixel = elements * _itemsize(dtype) + 36
+        return int(batch * c.time_factor * height * width * per_pixel)
+
+    def encode_bytes_per_frame(
+        self, batch: int, height: int, width: int, dtype: torch.dtype
+    ) -> int:
+        c = self.config
+        scale = 0.25 if c.space_down[0] else 1.0
+        per_pixel = 1.5 * 10 * c.context_dim * scale * _itemsize(dtype) + 12
+        return int(batch * height * width * per_pixel)
+
+    def decode_chunk(
+        self, batch: int, height: int, width: int, dtype: torch.dtype, device: torch.device
+    ) -> int:
+        """Latent frames per decode chunk: from free CUDA memory, else upstream's default."""
+        free = free_memory(device)
+        if free is None:
+            s = self.config.space_factor
+            return self.config.decode_chunk_frames(height // s, width // s)
+        per = self.decode_bytes_per_latent_frame(batch, height, width, dtype)
+        return max(1, min(self.max_latent_frames, int(free * self.budget_fraction) // max(per, 1)))
+
+    def encode_chunk(
+        self, batch: int, height: int, width: int, dtype: torch.dtype, device: torch.device
+    ) -> int:
+        """Video frames per encode chunk after the first (a multiple of the time factor)."""
+        tf = self.config.time_factor
+        free = free_memory(device)
+        if free is None:
+            return self.config.encode_chunk_frames(height, width)
+        per = self.encode_bytes_per_frame(batch, height, width, dtype)
+        frames = min(self.max_video_frames, int(free * self.budget_fraction) // max(per, 1))
+        return max(tf, frames // tf * tf)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,701 @@
+"""The engine (cdt_fast.accelerate) against the reference: parity, streaming, rebuffering,
+out-of-memory fallback, backend selection, accelerating plain state dicts."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels run under the interpreter on CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import cdt_fast  # noqa: E402
+from cdt_fast import CDT, functional as CF  # noqa: E402
+from cdt_fast.engine import AcceleratedCDT, Measurements, OpTable, accelerate, infer_config  # noqa: E402
+from cdt_fast.engine.dispatch import OPS, OpChoice  # noqa: E402
+from cdt_fast.engine.memory import MemoryModel, halve  # noqa: E402
+from cdt_fast.engine.plan import TimeDownsample, UNetPlan  # noqa: E402
+from cdt_fast.reference import randomize_  # noqa: E402
+
+from .conftest import tiny_config, upstream_state_dict  # noqa: E402
+
+TOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes gain nothing from intra-op threads, and lose a lot on a busy 2-core runner."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """Reference and fp32 torch-backend engine per preset (shared, read-only)."""
+    out = {}
+    for preset in ("base", "small"):
+        ref = CDT(tiny_config(preset))
+        ref.load_state_dict(upstream_state_dict(preset))
+        out[preset] = (ref.eval(), accelerate(ref, backend="torch"))
+    return out
+
+
+def _video(b=1, t=9, h=32, w=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((b, 3, t, h, w), generator=g) * 2 - 1
+
+
+def _latent(model, b=1, t=3, h=4, w=4, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((b, model.config.latent_dim, t, h, w), generator=g)
+
+
+# -- parity ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["base", "small"])
+@pytest.mark.parametrize("chunk", [None, 4, 8])
+def test_encode_matches_reference(engines, upstream_io, preset, chunk):
+    ref, eng = engines[preset]
+    x = upstream_io[f"{preset}.x"]
+    z, post = eng.encode(x, return_posterior=True, chunk_frames=chunk)
+    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=TOL)
+    torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        post.parameters, upstream_io[f"{preset}.posterior"], rtol=0, atol=TOL
+    )
+
+
+@pytest.mark.parametrize("preset", ["base", "small"])
+@pytest.mark.parametrize("steps,chunk", [(1, None), (1, 1), (1, 2), (3, 1), (3, None)])
+def test_decode_matches_reference_and_upstream(engines, upstream_io, preset, steps, chunk):
+    ref, eng = engines[preset]
+    z, noise = upstream_io[f"{preset}.z"], upstream_io[f"{preset}.s{steps}.noise"]
+    y = eng.decode(z, steps=steps, noise=noise, chunk_frames=chunk)
+    assert y.shape == noise.shape and y.dtype == torch.float32 and y.is_contiguous()
+    torch.testing.assert_close(y, ref.decode(z, steps=steps, noise=noise), rtol=0, atol=TOL)
+    torch.testing.assert_close(y, upstream_io[f"{preset}.s{steps}.y"], rtol=0, atol=TOL)
+
+
+def test_same_rng_gives_same_video_as_reference(engines):
+    ref, eng = engines["small"]
+    z = _latent(ref)
+    y_ref = ref.decode(z, generator=torch.Generator().manual_seed(5))
+    y = eng.decode(z, generator=torch.Generator().manual_seed(5), chunk_frames=1)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("preset", ["base", "small"])
+def test_awkward_shapes_batch2_odd_latent(preset):
+    """Batch 2 and 24x40 video (3x5 latent: the U-Net crops odd levels), random weights."""
+    ref = randomize_(CDT(tiny_config(preset)), seed=3).eval()
+    eng = accelerate(ref, backend="torch")
+    x = _video(b=2, t=5, h=24, w=40)
+    z = eng.encode(x, chunk_frames=4)
+    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=TOL)
+    noise = torch.randn(ref.output_shape(z.shape))
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise, chunk_frames=1), ref.decode(z, noise=noise), rtol=0, atol=TOL
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_error_at_most_that_of_reference(engines, upstream_io, dtype):
+    """flash-attention's oracle: our low-precision error vs fp32 is at most (about) that of the
+    reference run in the same precision."""
+    ref, _ = engines["small"]
+    eng = accelerate(ref, backend="torch", dtype=dtype)
+    assert eng.dtype == dtype and ref.dtype == torch.float32  # the given model is untouched
+    ref_low = CDT(ref.config).to(dtype)
+    ref_low.load_state_dict(ref.state_dict())
+    z, noise = upstream_io["small.z"], upstream_io["small.s1.noise"]
+    y32 = ref.decode(z, noise=noise)
+    err = (eng.decode(z, noise=noise, chunk_frames=1) - y32).abs().max().item()
+    err_ref = (ref_low.decode(z, noise=noise) - y32).abs().max().item()
+    assert err <= 2 * err_ref + 1e-3, (err, err_ref)
+    x = upstream_io["small.x"]
+    zerr = (eng.encode(x) - ref.encode(x)).abs().max().item()
+    zerr_ref = (ref_low.encode(x) - ref.encode(x)).abs().max().item()
+    assert zerr <= 2 * zerr_ref + 1e-3, (zerr, zerr_ref)
+
+
+def test_forward_and_forward_with_info(engines, upstream_io):
+    ref, eng = engines["base"]
+    x = upstream_io["base.x"]
+    noise = upstream_io["base.s1.noise"]
+    torch.testing.assert_close(eng(x, noise=noise), ref(x, noise=noise), rtol=0, atol=TOL)
+    y, mu, logvar, std = eng.forward_with_info(x, noise=noise)
+    torch.testing.assert_close(mu, upstream_io["base.z"], rtol=0, atol=TOL)
+    assert eng.latent_scale == ref.latent_scale and eng.config == ref.config
+
+
+# -- streaming -------------------------------------------------------------------------------------
+def test_decode_stream_equals_one_shot(engines):
+    _, eng = engines["base"]
+    z = _latent(eng, t=4)
+    one = eng.decode(z, generator=torch.Generator().manual_seed(7), chunk_frames=2)
+    parts = list(eng.decode_stream(z, generator=torch.Generator().manual_seed(7), chunk_frames=1))
+    assert [p.shape[2] for p in parts] == [1, 4, 4, 4]
+    torch.testing.assert_close(torch.cat(parts, dim=2), one, rtol=0, atol=TOL)
+
+
+def test_decode_from_latent_iterator(engines):
+    _, eng = engines["base"]
+    z = _latent(eng, t=5)
+    noise = torch.randn(eng.output_shape(z.shape))
+    whole = eng.decode(z, noise=noise, chunk_frames=5)
+    pieces = iter([z[:, :, :2], z[:, :, 2:3], z[:, :, 3:]])
+    streamed = torch.cat(list(eng.decode_stream(pieces, noise=noise, chunk_frames=2)), dim=2)
+    torch.testing.assert_close(streamed, whole, rtol=0, atol=TOL)
+
+
+def test_iterator_without_noise_is_chunk_plan_invariant(engines):
+    """Frame-wise noise draws: the same generator seed gives the same video for any split."""
+    _, eng = engines["small"]
+    z = _latent(eng, t=4)
+    a = eng.decode(iter([z]), generator=torch.Generator().manual_seed(3), chunk_frames=4)
+    b = eng.decode(
+        iter(z.split(1, dim=2)), generator=torch.Generator().manual_seed(3), chunk_frames=3
+    )
+    assert a.shape == eng.output_shape(z.shape)
+    torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+
+
+def test_stream_state_does_not_grow_with_length(engines):
+    _, eng = engines["small"]
+    z = _latent(eng, t=6)
+    sizes = []
+    for t in (3, 6):
+        for _ in eng.decode_stream(iter(z[:, :, :t].split(1, dim=2)), chunk_frames=1):
+            pass
+        session = eng._sessions[("decode", 1, 4, 4, 1)]
+        sizes.append(sum(s.nbytes() for s in session.states))
+    assert sizes[0] == sizes[1] > 0
+
+
+def test_uint8_frames(engines):
+    _, eng = engines["small"]
+    z = _latent(eng, t=2)
+    noise = torch.randn(eng.output_shape(z.shape))
+    frames = torch.cat(list(eng.decode_stream(z, noise=noise, uint8=True)), dim=1)
+    assert frames.dtype == torch.uint8 and frames.shape == (1, 5, 32, 32, 3)
+    assert torch.equal(frames, CF.to_uint8_frames(eng.decode(z, noise=noise)))
+
+
+def test_two_streams_interleaved(engines):
+    _, eng = engines["small"]
+    z1, z2 = _latent(eng, t=3, seed=1), _latent(eng, t=3, seed=2)
+    n1, n2 = (torch.randn(eng.output_shape(z1.shape)) for _ in range(2))
+    s1 = eng.decode_stream(z1, noise=n1, chunk_frames=1)
+    s2 = eng.decode_stream(z2, noise=n2, chunk_frames=1)
+    got1, got2 = [], []
+    for a, b in zip(s1, s2):
+        got1.append(a)
+        got2.append(b)
+    torch.testing.assert_close(torch.cat(got1, 2), eng.decode(z1, noise=n1), rtol=0, atol=TOL)
+    torch.testing.assert_close(torch.cat(got2, 2), eng.decode(z2, noise=n2), rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("pieces", [[9], [2, 3, 4], [1, 4, 4], [5, 1, 1, 1, 1]])
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_encode_from_frame_iterator(engines, upstream_io, pieces, chunk):
+    _, eng = engines["base"]
+    x = upstream_io["base.x"]
+    z = eng.encode(iter(x.split(pieces, dim=2)), chunk_frames=chunk)
+    torch.testing.assert_close(z, eng.encode(x), rtol=0, atol=TOL)
+    streamed = torch.cat(list(eng.encode_stream(iter(x.split(pieces, dim=2)))), dim=2)
+    torch.testing.assert_close(streamed, z, rtol=0, atol=TOL)
+
+
+def test_encode_stream_feeds_decode_stream(engines, upstream_io):
+    """Frames in, frames out, chunk by chunk: the pipeline a long video runs through."""
+    _, eng = engines["base"]
+    x, noise = upstream_io["base.x"], upstream_io["base.s1.noise"]
+    latents = eng.encode_stream(iter(x.split([1, 4, 4], dim=2)), chunk_frames=4)
+    frames = torch.cat(list(eng.decode_stream(latents, noise=noise, chunk_frames=1)), dim=2)
+    torch.testing.assert_close(frames, eng(x, noise=noise), rtol=0, atol=TOL)
+
+
+class _SlicedClip:
+    """Like the CLI's PaddedClip: a shape, and ``[:, :, a:b]`` reads front to back only."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.next = x, tuple(x.shape), 0
+
+    def __getitem__(self, index):
+        start, stop, _ = index[2].indices(self.shape[2])
+        assert start == self.next, "read out of order"
+        self.next = stop
+        return self.x[:, :, start:stop]
+
+
+def test_encode_chunks_reads_a_sliced_clip_front_to_back(engines, upstream_io):
+    _, eng = engines["small"]
+    x = upstream_io["small.x"]
+    params = torch.cat(list(eng.encode_chunks(_SlicedClip(x), 4)), dim=2)
+    torch.testing.assert_close(params, upstream_io["small.posterior"], rtol=0, atol=TOL)
+    assert eng.encode(_SlicedClip(x)).shape == upstream_io["small.z"].shape
+    with pytest.raises(ValueError, match="1\\+4k"):
+        eng.encode(_SlicedClip(x[:, :, :8]))
+
+
+def test_streams_build_no_autograd_graph(engines):
+    _, eng = engines["small"]
+    with torch.enable_grad():
+        chunks = list(eng.decode_stream(iter(_latent(eng).split(1, dim=2))))
+        latents = list(eng.encode_stream(iter(_video(t=5).split(1, dim=2))))
+    assert not any(t.requires_grad for t in chunks + latents)
+
+
+def test_encode_iterator_bad_input(engines, upstream_io):
+    _, eng = engines["base"]
+    x = upstream_io["base.x"]
+    with pytest.raises(ValueError, match="1\\+4k"):
+        eng.encode(iter([x[:, :, :7]]))
+    with pytest.raises(ValueError, match="piece 1"):
+        eng.encode(iter([x[:, :, :1], x[:, :2, 1:5]]))
+    with pytest.raises(ValueError, match="differs from earlier pieces"):
+        eng.encode(iter([x[:, :, :1], x[:, :, 1:5, :16, :16]]))
+    with pytest.raises(TypeError, match="iterable"):
+        eng.encode(42)
+    with pytest.raises(ValueError, match="no frames"):
+        eng.encode(iter([]))
+    with pytest.raises(ValueError, match="latent_dim"):
+        eng.decode(torch.zeros(1, 5, 1, 4, 4))
+    with pytest.raises(ValueError, match="steps"):  # checked at the call, not at first next()
+        eng.decode_stream(torch.zeros(1, 4, 1, 4, 4), steps=0)
+    with pytest.raises(ValueError, match="1, 5, 9"):
+        eng.encode_stream(x[:, :, :4])
+
+
+# -- out of memory ---------------------------------------------------------------------------------
+def _oom_when(monkeypatch, plan_cls, bad_frames):
+    """Make ``plan_cls`` raise CUDA OOM on inputs with ``bad_frames(n)`` frames, after the layers
+    before it already ran and mid-stream (so the state of the failed chunk must not leak)."""
+    original = plan_cls.__call__
+    faults = []
+
+    def faulty(self, x, *args):
+        if bad_frames(x.shape[2]):
+            faults.append(x.shape[2])
+            raise torch.OutOfMemoryError("simulated CUDA out of memory")
+        return original(self, x, *args)
+
+    monkeypatch.setattr(plan_cls, "__call__", faulty)
+    return faults
+
+
+def test_decode_oom_halves_chunk_with_identical_output(engines, monkeypatch):
+    ref, eng = engines["base"]
+    z = _latent(eng, t=5)
+    noise = torch.randn(eng.output_shape(z.shape))
+    expected = ref.decode(z, noise=noise, chunk_frames=1)
+    # chunks of 2 latent frames: video chunks 5, 8, 4 frames; the second runs out of memory
+    faults = _oom_when(monkeypatch, UNetPlan, lambda n: n == 8)
+    y = eng.decode(z, noise=noise, chunk_frames=2)
+    assert faults == [8], "the simulated fault never fired"
+    torch.testing.assert_close(y, expected, rtol=0, atol=TOL)
+
+
+def test_encode_oom_halves_chunk_with_identical_output(engines, monkeypatch):
+    _, eng = engines["small"]
+    x = _video(t=17)
+    expected = eng.encode(x, chunk_frames=4)
+    # the first temporal downsample sees the 8 frames after two encoder levels already ran
+    faults = _oom_when(monkeypatch, TimeDownsample, lambda n: n == 8)
+    z = eng.encode(x, chunk_frames=8)  # first chunk 1 frame, then 8 -> OOM -> 4 + 4 + 4 + 4
+    assert faults == [8]
+    assert torch.equal(z, expected)
+
+
+def test_oom_at_smallest_chunk_raises(engines, upstream_io, monkeypatch):
+    _, eng = engines["small"]
+    _oom_when(monkeypatch, UNetPlan, lambda n: True)
+    with pytest.raises(torch.OutOfMemoryError):
+        eng.decode(upstream_io["small.z"], chunk_frames=2)
+    monkeypatch.undo()  # the engine still works after the failed stream
+    noise = upstream_io["small.s1.noise"]
+    torch.testing.assert_close(
+        eng.decode(upstream_io["small.z"], noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+    )
+
+
+def test_memory_model():
+    cfg = tiny_config("base")
+    mm = MemoryModel(cfg)
+    assert mm.decode_chunk(
+        1, 256, 256, torch.float32, torch.device("cpu")
+    ) == cfg.decode_chunk_frames(32, 32)
+    assert mm.encode_chunk(
+        1, 256, 256, torch.float32, torch.device("cpu")
+    ) == cfg.encode_chunk_frames(256, 256)
+    per = MemoryModel(cdt_fast.CDTConfig.base()).decode_bytes_per_latent_frame(
+        1, 720, 720, torch.bfloat16
+    )
+    assert 1e9 < per < 1e10  # CDT-base at 720p: a few GB per latent frame under the model
+    assert halve(3) == 1 and halve(1) is None and halve(8, 4) == 4 and halve(4, 4) is None
+
+
+def test_memory_model_uses_free_device_memory(monkeypatch):
+    from cdt_fast.engine import memory
+
+    mm = MemoryModel(cdt_fast.CDTConfig.base())
+    cuda = torch.device("cuda")
+    per = mm.decode_bytes_per_latent_frame(1, 720, 720, torch.bfloat16)
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(5.5 * per / 0.7))
+    assert mm.decode_chunk(1, 720, 720, torch.bfloat16, cuda) == 5
+    per_frame = mm.encode_bytes_per_frame(1, 720, 720, torch.bfloat16)
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(9.5 * per_frame / 0.7))
+    assert mm.encode_chunk(1, 720, 720, torch.bfloat16, cuda) == 8  # a multiple of 4
+    monkeypatch.setattr(memory, "free_memory", lambda device: 10**15)
+    assert mm.decode_chunk(1, 720, 720, torch.bfloat16, cuda) == mm.max_latent_frames
+    monkeypatch.setattr(memory, "free_memory", lambda device: 0)
+    assert mm.decode_chunk(1, 720, 720, torch.bfloat16, cuda) == 1
+    assert mm.encode_chunk(1, 720, 720, torch.bfloat16, cuda) == 4
+
+
+# -- backends --------------------------------------------------------------------------------------
+def test_backend_table_reasons():
+    table = OpTable("torch", env={})
+    assert set(table.report()) == set(OPS)
+    assert all(b == "torch" for b, _ in table.report().values())
+    triton = OpTable("triton", env={}).report()["causal_conv3d"]
+    assert triton[0] == "torch" and "CUDA device" in triton[1]
+    cuda = OpTable("cuda", env={}).report()["channel_norm"]
+    assert cuda[0] == "torch" and "CUDA" in cuda[1]
+    auto = OpTable("auto", env={}).report()["channel_norm"]
+    assert auto[0] in ("cpp", "torch") and auto[1].startswith("auto")
+
+
+def test_env_override_and_specs():
+    table = OpTable("triton", env={"CDT_FAST_BACKEND": "torch"})
+    assert table.requested == "torch" and table.source == "CDT_FAST_BACKEND"
+    assert all(b == "torch" for b, _ in table.report().values())
+    spec = OpTable("auto,channel_norm=cpp", env={})
+    assert (
+        spec.report()["channel_norm"][1].startswith("fallback from cpp")
+        or spec.report()["channel_norm"][0] == "cpp"
+    )
+    for bad in ("fast", "auto,conv=torch", "auto,channel_norm=auto"):
+        with pytest.raises(ValueError, match="backend|op"):
+            OpTable(bad, env={})
+    with pytest.raises(TypeError):
+        OpTable(1, env={})
+
+
+def test_env_var_overrides_accelerate_argument(engines, monkeypatch):
+    ref, _ = engines["small"]
+    monkeypatch.setenv("CDT_FAST_BACKEND", "auto,channel_norm=cuda")
+    eng = accelerate(ref, backend="torch")
+    backend, reason = eng.backend_report()["ops"]["channel_norm"]
+    assert eng.ops.source == "CDT_FAST_BACKEND" and backend == "torch"
+    assert reason.startswith("fallback from cuda")
+    monkeypatch.setenv("CDT_FAST_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        accelerate(ref)
+
+
+@pytest.fixture
+def fake_cpp(monkeypatch):
+    """A stand-in ``cdt_fast._cpp_lib`` with two ops: the others must fall back with reasons."""
+    calls = []
+    lib = types.ModuleType("cdt_fast._cpp_lib")
+
+    def channel_norm(*args, **kwargs):
+        calls.append("channel_norm")
+        return CF.channel_norm(*args, **kwargs)
+
+    def ddim_update(x_t, x0, coefficients, *, clamp=False):  # wrong on purpose
+        return CF.ddim_update(x_t, x0, coefficients, clamp=clamp) + 1.0
+
+    lib.channel_norm, lib.ddim_update = channel_norm, ddim_update
+    monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", lib)
+    return calls
+
+
+def test_triton_ops_found_in_any_kernel_module(monkeypatch):
+    """A kernel may live beside a sibling op (here the transposed conv in the conv's module)."""
+    conv = types.ModuleType("cdt_fast.kernels.causal_conv3d")
+    conv.causal_conv3d, conv.conv_transpose_up2x = CF.causal_conv3d, CF.conv_transpose_up2x
+    monkeypatch.setitem(sys.modules, "cdt_fast.kernels.causal_conv3d", conv)
+    report = OpTable("triton", env={"TRITON_INTERPRET": "1"}).report()
+    assert report["causal_conv3d"][0] == "triton" and report["conv_transpose_up2x"][0] == "triton"
+    assert report["channel_norm"][0] == "torch"
+    assert "causal_conv3d has no function 'channel_norm'" in report["channel_norm"][1]
+
+
+def test_auto_prefers_available_extension_and_records_fallbacks(engines, upstream_io, fake_cpp):
+    table = OpTable("auto", env={}, measure=False)
+    report = table.report()
+    assert report["channel_norm"][0] == "cpp"
+    assert (
+        report["causal_conv3d"][0] == "torch"
+        and "has no function 'causal_conv3d'" in report["causal_conv3d"][1]
+    )
+    ref, _ = engines["small"]
+    z, noise = upstream_io["small.z"], upstream_io["small.s1.noise"]
+    vetted = AcceleratedCDT(ref, backend="auto", measure=False, env={})
+    torch.testing.assert_close(
+        vetted.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+    )
+    assert vetted.memory_format == torch.channels_last_3d  # a kernel serves ops: NDHWC
+    assert engines["small"][1].memory_format == torch.contiguous_format  # torch on CPU: NCDHW
+    m = vetted.ops.measurements
+    assert {m.winner[k] for k in m.winner if k[0] == "ddim_update"} == {"torch"}
+    assert {m.winner[k] for k in m.winner if k[0] == "channel_norm"} == {"cpp"}
+    assert not any(m.timings.values())  # vetted in preference order, not timed
+    eng = AcceleratedCDT(ref, backend="cpp,ddim_update=torch", env={})
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+    )
+    assert fake_cpp, "the cpp backend was never called"
+    wrong = AcceleratedCDT(ref, backend="cpp", env={})  # named explicitly: no vetting
+    assert not torch.allclose(wrong.decode(z, noise=noise), upstream_io["small.s1.y"], atol=0.5)
+
+
+def test_auto_measures_and_rejects_wrong_backends(engines, upstream_io, fake_cpp):
+    ref, _ = engines["small"]
+    eng = AcceleratedCDT(ref, backend="auto", measure=True, env={})
+    z, noise = upstream_io["small.z"], upstream_io["small.s1.noise"]
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+    )
+    m = eng.ops.measurements
+    ddim_keys = [k for k in m.winner if k[0] == "ddim_update"]
+    assert ddim_keys and all(m.winner[k] == "torch" for k in ddim_keys)
+    assert all("differs from torch" in m.rejected[k]["cpp"] for k in ddim_keys)
+    norm_keys = [k for k in m.timings if k[0] == "channel_norm"]
+    assert norm_keys and all(set(m.timings[k]) == {"torch", "cpp"} for k in norm_keys)
+
+
+def test_measurements_pick_fastest_and_skip_raising():
+    def slow(x):
+        torch.cuda.synchronize() if torch.cuda.is_available() else None
+        return sum(x * 1.0 for _ in range(200)) / 200
+
+    def broken(x):
+        raise RuntimeError("kernel not built for this shape")
+
+    m = Measurements(repeats=2)
+    cands = [
+        OpChoice("ddim_update", "torch", slow, ""),
+        OpChoice("ddim_update", "cpp", lambda x: x.clone(), ""),
+        OpChoice("ddim_update", "cuda", broken, ""),
+    ]
+    x = torch.ones(64)
+    assert m.pick(("k",), cands, (x,), {}).backend == "cpp"
+    assert "RuntimeError" in m.rejected[("k",)]["cuda"]
+
+
+def test_triton_backend_under_interpreter_matches_reference():
+    """backend='triton' (on CPU under TRITON_INTERPRET=1, on the GPU when there is one): merged
+    kernels run, the rest falls back to torch with a reason; results match the reference either
+    way (kernels sum in another order, hence a tolerance a few times the torch backend's)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ref = randomize_(CDT(tiny_config("small")), seed=4).eval().to(device)
+    env = {} if device == "cuda" else {"TRITON_INTERPRET": "1"}
+    eng = AcceleratedCDT(ref, backend="triton", env=env)
+    for backend, reason in eng.ops.report().values():
+        assert backend == "triton" or reason.startswith("fallback from triton")
+    x = _video(t=1, h=16, w=16).to(device)
+    z = eng.encode(x)
+    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=5 * TOL)
+    noise = torch.randn(ref.output_shape(z.shape), device=device)
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise), ref.decode(z, noise=noise), rtol=0, atol=5 * TOL
+    )
+
+
+# -- construction ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["base", "small"])
+def test_infer_config_from_state_dict(preset):
+    sd = upstream_state_dict(preset)
+    assert infer_config(sd).architecture_hash() == tiny_config(preset).architecture_hash()
+    with torch.device("meta"):  # the real preset's widths too (on meta: no memory)
+        full = CDT(cdt_fast.CDTConfig.preset(preset))
+    assert infer_config(full.state_dict()) == cdt_fast.CDTConfig.preset(preset)
+
+
+def test_accelerate_plain_state_dict_and_upstream_like_module(engines, upstream_io):
+    _, eng = engines["base"]
+    z, noise = upstream_io["base.z"], upstream_io["base.s1.noise"]
+    expected = eng.decode(z, noise=noise)
+
+    class UpstreamLike(torch.nn.Module):  # only its state dict's format matters
+        def __init__(self):
+            super().__init__()
+            self.model = CDT(tiny_config("base")).model
+
+    upstream = UpstreamLike()
+    upstream.model.load_state_dict(
+        {k[len("model.") :]: v for k, v in upstream_state_dict("base").items()}
+    )
+    for source in (upstream_state_dict("base"), upstream):
+        other = accelerate(source, backend="torch")
+        assert isinstance(other, AcceleratedCDT)
+        torch.testing.assert_close(other.decode(z, noise=noise), expected, rtol=0, atol=0)
+    assert set(eng.state_dict()) == set(upstream_state_dict("base"))
+    # packing shares the converted model's storage (no second copy of the weights) ...
+    assert (
+        eng.unet_plan.final_conv.weight.data_ptr()
+        == eng.model.denoise_fn.final_conv[1].weight.data_ptr()
+    )
+    with pytest.raises(RuntimeError, match="accelerate"):  # ... so moving it alone is refused
+        eng.to(torch.float16)
+    again = accelerate(eng, dtype=torch.float16)  # re-accelerating keeps the config
+    assert again.config == eng.config and again.dtype == torch.float16
+    assert eng.dtype == torch.float32
+    with pytest.raises(TypeError, match="model must be"):
+        accelerate(42)
+    with pytest.raises(ValueError, match="upstream's format"):
+        accelerate({"weight": torch.zeros(1)})
+    with pytest.raises(TypeError, match="dtype"):
+        accelerate(upstream, dtype=torch.int8)
+
+
+def test_load_cdt_accelerate(tmp_path):
+    path = tmp_path / "cdt_small.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(upstream_state_dict("small"), str(path))
+    cfg = tiny_config("small")
+    model = cdt_fast.load_cdt(
+        "small",
+        dtype=torch.float32,
+        ckpt=path,
+        accelerate=True,
+        context_dim=cfg.context_dim,
+        unet_dim=cfg.unet_dim,
+        latent_dim=cfg.latent_dim,
+        out_channels=cfg.out_channels,
+    )
+    assert isinstance(model, AcceleratedCDT) and model.dtype == torch.float32
+
+
+def test_cuda_graphs_fall_back_on_cpu(engines):
+    _, eng = engines["small"]
+    z = _latent(eng, t=4)
+    for _ in eng.decode_stream(z, chunk_frames=1):
+        pass
+    session = eng._sessions[("decode", 1, 4, 4, 1)]
+    assert session.steady and session.graphs.reason == "no CUDA graphs on cpu"
+    assert session.graphs.captures == 0
+    report = eng.backend_report()
+    assert report["graphs"][("decode", 1, 4, 4, 1)][0] == "no CUDA graphs on cpu"
+
+
+@pytest.fixture
+def cpu_graphs(monkeypatch):
+    """Run the CUDA-graph state machine on CPU: a 'capture' records the step, a 'replay' copies
+    the inputs into static tensors, runs the step on them and returns one static output tensor
+    that every replay overwrites -- the aliasing a real graph has."""
+    from cdt_fast.engine import graphs
+
+    original_init = graphs.ChunkGraphs.__init__
+
+    def init(self, device, enabled=True, max_graphs=2):
+        original_init(self, device, enabled, max_graphs)
+        self.reason = None
+
+    class FakeGraph:
+        def __init__(self, step, inputs):
+            self.step, self.inputs, self.output = step, inputs, None
+
+        def replay(self, args):
+            for static, value in zip(self.inputs, args):
+                static.copy_(value)
+            out = self.step(*self.inputs)
+            self.output = out.clone() if self.output is None else self.output.copy_(out)
+            return self.output
+
+    def capture(self, step, args, key):
+        self.captures += 1
+        self.graphs[key] = FakeGraph(step, tuple(a.clone() for a in args))
+        return self.graphs[key]
+
+    monkeypatch.setattr(graphs.ChunkGraphs, "__init__", init)
+    monkeypatch.setattr(graphs.ChunkGraphs, "_capture", capture)
+
+
+def test_graph_capture_and_replay_path(engines, cpu_graphs):
+    ref, _ = engines["base"]
+    eng = accelerate(ref, backend="torch")
+    z = _latent(eng, t=6)
+    noise = torch.randn(eng.output_shape(z.shape))
+    expected = ref.decode(z, noise=noise, chunk_frames=1)
+    parts = list(eng.decode_stream(z, noise=noise, chunk_frames=1))
+    graphs = eng._sessions[("decode", 1, 4, 4, 1)].graphs
+    # chunk 0: first (eager), 1: histories fill up (eager), 2: steady warm-up (eager),
+    # 3: capture + replay, 4 and 5: replay
+    assert (graphs.captures, graphs.replays) == (1, 3)
+    torch.testing.assert_close(torch.cat(parts, 2), expected, rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise, chunk_frames=1), expected, rtol=0, atol=TOL
+    )
+    assert graphs.captures == 1  # the next stream of the same shape reuses the graph
+    x = _video(t=17)
+    torch.testing.assert_close(
+        eng.encode(x, chunk_frames=4), ref.encode(x, chunk_frames=4), rtol=0, atol=TOL
+    )
+    assert eng._sessions[("encode", 1, 32, 32)].graphs.replays == 2
+
+
+def test_history_buffers_are_reused_across_chunks(engines):
+    _, eng = engines["small"]
+    z = _latent(eng, t=4)
+    stream = eng.decode_stream(z, chunk_frames=1)
+    next(stream)
+    session = eng._sessions[("decode", 1, 4, 4, 1)]
+    ptrs = {id(k): h.cur.data_ptr() for s in session.states for k, h in s.histories.items()}
+    for _ in stream:
+        pass
+    assert ptrs == {id(k): h.cur.data_ptr() for s in session.states for k, h in s.histories.items()}
+
+
+# -- GPU -------------------------------------------------------------------------------------------
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.float() - b.float()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(4.0 / mse)).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("preset", ["base", "small"])
+def test_gpu_bf16_psnr_and_graph_replay(preset):
+    ref = randomize_(CDT(cdt_fast.CDTConfig.preset(preset)), seed=0).cuda().eval()
+    x = torch.rand(1, 3, 17, 256, 256, device="cuda") * 2 - 1  # 5 latent frames: graphs replay
+    z = ref.encode(x)
+    noise = torch.randn(ref.output_shape(z.shape), device="cuda")
+    y32 = ref.decode(z, noise=noise)
+    eng = accelerate(ref, dtype=torch.bfloat16)
+    y = eng.decode(z, noise=noise, chunk_frames=1)
+    ref_bf16 = CDT(ref.config).cuda().to(torch.bfloat16)
+    ref_bf16.load_state_dict(ref.state_dict())
+    y_ref16 = ref_bf16.decode(z, noise=noise)
+    assert _psnr(y, y32) >= 50 and _psnr(y, y32) >= _psnr(y_ref16, y32) - 0.5
+    session = eng._sessions[("decode", 1, 32, 32, 1)]
+    assert session.graphs.replays >= 1, eng.backend_report()["graphs"]
+    y2 = eng.decode(z, noise=noise, chunk_frames=1)  # replayed graphs give the eager result
+    torch.testing.assert_close(y2, y, rtol=0, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_stream_peak_memory_does_not_grow_with_length():
+    ref = randomize_(CDT(cdt_fast.CDTConfig.small()), seed=0).cuda().eval()
+    eng = accelerate(ref, dtype=torch.bfloat16)
+    peaks = []
+    for frames in (4, 12):
+        z = torch.randn(1, 16, frames, 32, 32, device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in eng.decode_stream(iter(z.split(1, dim=2)), chunk_frames=1):
+            pass
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated())
+    assert peaks[1] <= 1.05 * peaks[0], peaks
