@@ -30,11 +30,12 @@ from ._channels_last import (check_device, check_out, empty_like_layout, exact_f
                              use_autotune)
 
 __all__ = ["initial_noise", "initial_noise_reference", "time_embeddings", "time_biases",
-           "denoise_final", "denoise_final_reference", "pack_final_conv_weight"]
+           "denoise_final", "denoise_final_reference", "pack_final_conv_weight", "ddim_update",
+           "to_uint8_frames"]
 
 # Conv output channels are padded to the smallest N tl.dot accepts.
 _N_PAD = 16
-_NOISE_BLOCK = 1024
+_NOISE_BLOCK = 1024  # elements per program of the elementwise kernels
 
 # --------------------------------------------------------------------------------------------
 # initial noise
@@ -248,9 +249,69 @@ def _conv_frame(acc, frame_ptr, s_c, s_h, s_w, hh, ww, mask_m, w_ptr, H, W,
 
 
 @triton.jit
+def _ddim_step(x_t, x0, coef_ptr, CLAMP: tl.constexpr):
+    """The deterministic DDIM x-prediction update in fp32, in the reference's order of operations;
+    (a, b, c, d) are read from device memory (no host sync, CUDA-graph friendly)."""
+    a = tl.load(coef_ptr)
+    b = tl.load(coef_ptr + 1)
+    c = tl.load(coef_ptr + 2)
+    d = tl.load(coef_ptr + 3)
+    if CLAMP:
+        x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
+    return c * x0 + d * ((a * x_t - x0) / b)
+
+
+@triton.jit
+def _uint8_levels(x):
+    """``round((clamp(x, -1, 1) + 1) / 2 * 255)`` as uint8, rounding half to even as torch."""
+    y = (tl.minimum(tl.maximum(x, -1.0), 1.0) + 1.0) / 2 * 255
+    f = tl.floor(y)
+    frac = y - f
+    y = tl.where(frac > 0.5, f + 1.0, tl.where(frac < 0.5, f, f + (f - 2.0 * tl.floor(f * 0.5))))
+    return y.to(tl.uint8)
+
+
+@triton.jit
+def _coords5(n, C, T, H, W):
+    """(b, c, t, h, w) of the logical row-major index ``n`` of a [B, C, T, H, W] tensor."""
+    w = n % W
+    h = (n // W) % H
+    t = (n // (W * H)) % T
+    c = (n // (W * H * T)) % C
+    return n // (W * H * T * C), c, t, h, w
+
+
+@triton.jit
+def _ddim_update_kernel(xt_ptr, x0_ptr, out_ptr, coef_ptr, NUMEL, C, T, H, W,
+                        s_xb, s_xc, s_xt, s_xh, s_xw, s_0b, s_0c, s_0t, s_0h, s_0w,
+                        s_ob, s_oc, s_ot, s_oh, s_ow, CLAMP: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < NUMEL
+    b, c, t, h, w = _coords5(n, C, T, H, W)
+    x_t = tl.load(xt_ptr + b * s_xb + c * s_xc + t * s_xt + h * s_xh + w * s_xw, mask=mask)
+    x0 = tl.load(x0_ptr + b * s_0b + c * s_0c + t * s_0t + h * s_0h + w * s_0w, mask=mask)
+    x_next = _ddim_step(x_t.to(tl.float32), x0.to(tl.float32), coef_ptr, CLAMP)
+    tl.store(out_ptr + b * s_ob + c * s_oc + t * s_ot + h * s_oh + w * s_ow, x_next, mask=mask)
+
+
+@triton.jit
+def _to_uint8_frames_kernel(x_ptr, out_ptr, NUMEL, C, T, H, W, s_b, s_c, s_t, s_h, s_w,
+                            BLOCK: tl.constexpr):
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # index into [B, T, H, W, C]
+    mask = o < NUMEL
+    c = o % C
+    w = (o // C) % W
+    h = (o // (C * W)) % H
+    t = (o // (C * W * H)) % T
+    b = o // (C * W * H * T)
+    x = tl.load(x_ptr + b * s_b + c * s_c + t * s_t + h * s_h + w * s_w, mask=mask)
+    tl.store(out_ptr + o, _uint8_levels(x.to(tl.float32)), mask=mask)
+
+
+@triton.jit
 def _final_conv_ddim_kernel(
         h_ptr, past_ptr, w_ptr, bias_ptr, xt_ptr, out_ptr, u8_ptr,
-        T, H, W, P, coef_a, coef_b, coef_c, coef_d,
+        T, H, W, P, coef_ptr,
         s_hb, s_hc, s_ht, s_hh, s_hw,
         s_pb, s_pc, s_pt, s_ph, s_pw,
         s_xb, s_xc, s_xt, s_xh, s_xw,
@@ -290,22 +351,16 @@ def _final_conv_ddim_kernel(
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     # The reference conv returns the model dtype; the sampler then works in fp32.
     x0 = acc.to(h_ptr.dtype.element_ty).to(tl.float32)
-    if CLAMP:
-        x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
     mask = mask_m[:, None] & mask_n[None, :]
     pix = (hh * s_xh + ww * s_xw)[:, None] + offs_n[None, :] * s_xc
     x_t = tl.load(xt_ptr + b * s_xb + t * s_xt + pix, mask=mask, other=0.0).to(tl.float32)
-    x_next = coef_c * x0 + coef_d * ((coef_a * x_t - x0) / coef_b)
+    x_next = _ddim_step(x_t, x0, coef_ptr, CLAMP)
     tl.store(out_ptr + b * s_ob + t * s_ot + (hh * s_oh + ww * s_ow)[:, None]
              + offs_n[None, :] * s_oc, x_next, mask=mask)
     if UINT8:
-        y = (tl.minimum(tl.maximum(x_next, -1.0), 1.0) + 1.0) / 2 * 255
-        f = tl.floor(y)
-        frac = y - f
-        # round half to even, as torch.round
-        y = tl.where(frac > 0.5, f + 1.0, tl.where(frac < 0.5, f, f + (f - 2.0 * tl.floor(f * 0.5))))
         frame = u8_ptr + (b * T + t).to(tl.int64) * HW * N_OUT
-        tl.store(frame + offs_m[:, None] * N_OUT + offs_n[None, :], y.to(tl.uint8), mask=mask)
+        tl.store(frame + offs_m[:, None] * N_OUT + offs_n[None, :], _uint8_levels(x_next),
+                 mask=mask)
 
 
 _channel_norm_tuned = triton.autotune(_NORM_CONFIGS, key=["C"])(_channel_norm_kernel)
@@ -368,8 +423,6 @@ def _check_final_args(h, norm_g, norm_b, weight, bias, x_t, coefficients, past, 
                          f"{list(x_t.shape)}")
     if out_shape[3:] != (hgt, wid):
         raise ValueError("space_padding must keep H and W ('same' conv), as CDT's final conv")
-    if len(coefficients) != 4:
-        raise ValueError("coefficients must be (a, b, c, d) from DDIMSchedule.coefficients")
     if past is not None:
         if (not isinstance(past, torch.Tensor) or past.dim() != 5
                 or past.shape[:2] != h.shape[:2] or past.shape[3:] != h.shape[3:]
@@ -400,6 +453,7 @@ def denoise_final(h: torch.Tensor, norm_g: torch.Tensor, norm_b: torch.Tensor,
     check_device(h, _final_conv_ddim_kernel, "denoise_final", "denoise_final_reference")
     bsz, n, t_out, hgt, wid = out_shape
     c, kt, kh, kw = weight.shape[1:]
+    coef = _coefficients(coefficients, h.device)
     hn = _channel_norm(h, norm_g, norm_b, eps)
     new_past = CF.causal_conv3d_history(hn, past, history)
     w_packed = pack_final_conv_weight(weight, h.dtype)
@@ -409,10 +463,9 @@ def denoise_final(h: torch.Tensor, norm_g: torch.Tensor, norm_b: torch.Tensor,
         else check_out(out, out_shape, torch.float32, h.device)
     frames = torch.empty((bsz, t_out, hgt, wid, n), dtype=torch.uint8, device=h.device) \
         if uint8 else None
-    coef = [float(v) for v in coefficients]
     args = (hn, past_t, w_packed, bias if bias is not None else w_packed, x_t, x_next,
             frames if frames is not None else x_next,
-            t_out, hgt, wid, past.shape[2] if past is not None else 0, *coef,
+            t_out, hgt, wid, past.shape[2] if past is not None else 0, coef,
             *hn.stride(), *past_t.stride(), *x_t.stride(), *x_next.stride())
     meta = dict(C=c, N_OUT=n, NP=_N_PAD, KT=kt, KH=kh, KW=kw, PH=space_padding[0],
                 PW=space_padding[1], HISTORY=history, REPLICATE=pad_mode == "replicate",
@@ -428,6 +481,56 @@ def denoise_final(h: torch.Tensor, norm_g: torch.Tensor, norm_b: torch.Tensor,
         _final_conv_ddim_kernel[(triton.cdiv(hgt * wid, block_m), bsz * t_out)](
             *args, **meta, BLOCK_M=block_m, BLOCK_K=block_k)
     return x_next, frames, new_past
+
+
+def _coefficients(coefficients: Sequence, device: torch.device) -> torch.Tensor:
+    """(a, b, c, d) as a 4-element fp32 tensor on ``device``: one stack of device tensors (what
+    an engine keeps for a decode) or one host-to-device copy of Python floats."""
+    if len(coefficients) != 4:
+        raise ValueError("coefficients must be (a, b, c, d) from DDIMSchedule.coefficients")
+    if all(isinstance(v, torch.Tensor) and v.device == device and v.numel() == 1
+           for v in coefficients):
+        return torch.stack([v.reshape(()).to(torch.float32) for v in coefficients])
+    return torch.tensor([float(v) for v in coefficients], dtype=torch.float32, device=device)
+
+
+def ddim_update(x_t: torch.Tensor, x0: torch.Tensor, coefficients: Sequence, *,
+                clamp: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Triton :func:`cdt_fast.functional.ddim_update` (fp32 result in x_t's memory format);
+    ``coefficients`` may be device tensors (no host sync) or floats."""
+    for name, t in (("x_t", x_t), ("x0", x0)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 5 or not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point [B, C, T, H, W] tensor")
+    if x0.shape != x_t.shape:
+        raise ValueError(f"x0 must have x_t's shape {list(x_t.shape)}, got {list(x0.shape)}")
+    check_device(x_t, _ddim_update_kernel, "ddim_update", "cdt_fast.functional.ddim_update")
+    coef = _coefficients(coefficients, x_t.device)
+    out = empty_like_layout(x_t, x_t.shape, torch.float32) if out is None \
+        else check_out(out, x_t.shape, torch.float32, x_t.device)
+    b, c, t, h, w = x_t.shape
+    grid = (triton.cdiv(out.numel(), _NOISE_BLOCK),)
+    _ddim_update_kernel[grid](x_t, x0, out, coef, out.numel(), c, t, h, w, *x_t.stride(),
+                              *x0.stride(), *out.stride(), CLAMP=bool(clamp), BLOCK=_NOISE_BLOCK)
+    return out
+
+
+def to_uint8_frames(x: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Triton :func:`cdt_fast.functional.to_uint8_frames`: [B, C, T, H, W] in [-1, 1] ->
+    contiguous [B, T, H, W, C] uint8, ``round((clamp(x) + 1) / 2 * 255)``."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 5 or not x.is_floating_point():
+        raise ValueError("x must be a floating-point [B, C, T, H, W] tensor")
+    check_device(x, _to_uint8_frames_kernel, "to_uint8_frames", "cdt_fast.functional.to_uint8_frames")
+    b, c, t, h, w = x.shape
+    shape = (b, t, h, w, c)
+    if out is None:
+        out = torch.empty(shape, dtype=torch.uint8, device=x.device)
+    elif not out.is_contiguous():
+        raise ValueError("out must be a contiguous [B, T, H, W, C] uint8 tensor")
+    else:
+        check_out(out, shape, torch.uint8, x.device)
+    grid = (triton.cdiv(out.numel(), _NOISE_BLOCK),)
+    _to_uint8_frames_kernel[grid](x, out, out.numel(), c, t, h, w, *x.stride(), BLOCK=_NOISE_BLOCK)
+    return out
 
 
 def denoise_final_reference(h, norm_g, norm_b, weight, bias, x_t, coefficients, *, past=None,

@@ -22,8 +22,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 def compile_kernel(label, fn, pointer_types, constexprs, num_warps=4):
     scalar_types = {"eps": "fp32", "gamma": "fp32", "qk_scale": "fp32", "seed": "i64",
-                    "offset": "i64", "NUMEL": "i64", "coef_a": "fp32", "coef_b": "fp32",
-                    "coef_c": "fp32", "coef_d": "fp32"}
+                    "offset": "i64", "NUMEL": "i64"}
     signature = {name: "constexpr" if name in constexprs
                  else pointer_types.get(name, scalar_types.get(name, "i32"))
                  for name in fn.arg_names}
@@ -50,7 +49,7 @@ def main(dtypes=("bf16", "fp16")):
             compile_kernel(f"final_conv_ddim {dt} replicate={replicate}", dn._final_conv_ddim_kernel,
                            {"h_ptr": f"*{dt}", "past_ptr": f"*{dt}", "w_ptr": f"*{dt}",
                             "bias_ptr": f"*{dt}", "xt_ptr": "*fp32", "out_ptr": "*fp32",
-                            "u8_ptr": "*u8"},
+                            "u8_ptr": "*u8", "coef_ptr": "*fp32"},
                            dict(C=64, N_OUT=3, NP=16, KT=3, KH=7, KW=7, PH=3, PW=3, HISTORY=2,
                                 REPLICATE=replicate, HAS_BIAS=True, CLAMP=True, UINT8=True,
                                 IEEE=False, BLOCK_M=128, BLOCK_K=64))
@@ -63,6 +62,11 @@ def main(dtypes=("bf16", "fp16")):
                                     BLOCK_M=64, BLOCK_N=64, BLOCK_D=64))
     compile_kernel("initial_noise fp32", dn._initial_noise_kernel, {"out_ptr": "*fp32"},
                    dict(BLOCK=1024))
+    compile_kernel("ddim_update", dn._ddim_update_kernel,
+                   {"xt_ptr": "*fp32", "x0_ptr": "*bf16", "out_ptr": "*fp32", "coef_ptr": "*fp32"},
+                   dict(CLAMP=True, BLOCK=1024))
+    compile_kernel("to_uint8_frames", dn._to_uint8_frames_kernel,
+                   {"x_ptr": "*fp32", "out_ptr": "*u8"}, dict(BLOCK=1024))
 
 
 if __name__ == "__main__":

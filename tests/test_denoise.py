@@ -17,9 +17,10 @@ from cdt_fast.reference.layers import ResnetBlock  # noqa: E402
 from .conftest import tiny_config  # noqa: E402
 
 triton = pytest.importorskip("triton")
-from cdt_fast.kernels.denoise import (denoise_final, denoise_final_reference,  # noqa: E402
-                                      initial_noise, initial_noise_reference, time_biases,
-                                      time_embeddings)
+from cdt_fast.kernels.denoise import (ddim_update, denoise_final,  # noqa: E402
+                                      denoise_final_reference, initial_noise,
+                                      initial_noise_reference, time_biases, time_embeddings,
+                                      to_uint8_frames)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEDULE = DDIMSchedule.create(8192, 4)
@@ -195,6 +196,31 @@ def test_epilogue_clamp_and_uint8_rounding_are_exact():
         expected = CF.ddim_update(x_t, torch.full_like(x_t, 2.0), (1.0, 1.0, 0.0, 1.0), clamp=clamp)
         assert torch.equal(x_next, expected)
         assert torch.equal(frames, CF.to_uint8_frames(expected))
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_ddim_update_matches_functional(clamp):
+    x_t = torch.randn(2, 3, 2, 5, 7, device=DEVICE).to(memory_format=torch.channels_last_3d)
+    x0 = (1.5 * torch.randn(2, 3, 2, 5, 7, device=DEVICE)).half()  # a half-precision model's x0
+    for step in (0, 2):
+        floats = [float(v) for v in SCHEDULE.coefficients(step)]
+        on_device = tuple(v.to(DEVICE) for v in SCHEDULE.coefficients(step))
+        ref = CF.ddim_update(x_t, x0, floats, clamp=clamp)
+        for coef in (floats, on_device):
+            got = ddim_update(x_t, x0, coef, clamp=clamp)
+            assert got.dtype == torch.float32
+            assert got.is_contiguous(memory_format=torch.channels_last_3d)
+            torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_to_uint8_frames_matches_functional_exactly(dtype):
+    x = torch.cat([torch.linspace(-1.3, 1.3, 105, device=DEVICE),
+                   2 * (torch.arange(105, device=DEVICE) + 0.5) / 255 - 1])  # ties, clamping
+    x = x.reshape(1, 3, 2, 5, 7).to(dtype).transpose(3, 4)  # strided input
+    assert torch.equal(to_uint8_frames(x), CF.to_uint8_frames(x))
+    out = torch.empty(1, 2, 7, 5, 3, dtype=torch.uint8, device=DEVICE)
+    assert to_uint8_frames(x, out=out) is out
 
 
 def test_denoise_final_bad_arguments():
