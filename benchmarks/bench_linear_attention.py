@@ -1,0 +1,126 @@
+"""Benchmark: the fused linear-attention block (kernels/linear_attention.py) against the eager
+reference ``x + linear_attention(channel_norm(x))`` (:mod:`cdt_fast.functional`) and
+``torch.compile`` of the same function, at the CDT-base U-Net's 720x720 decode shapes (a chunk of
+8 video frames, one attention block per level), in GB/s and % of the device's memory bandwidth.
+
+Rows: ``block`` counts the compulsory traffic of the whole block (read x, write y) for every
+implementation, so its GB/s compare like for like; ``triton core`` times only the fused attention
+kernels (context pass + combine + apply) and counts their traffic (read q, k, v; write the output).
+
+    python benchmarks/bench_linear_attention.py [--dtype bf16] [--json benchmarks/results/x.json]
+    python -m pytest benchmarks/bench_linear_attention.py        # pytest-benchmark, CUDA only
+    python benchmarks/bench_linear_attention.py --smoke          # CPU: checks the harness only
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Dict, List
+
+import pytest
+import torch
+
+from cdt_fast import functional as CF
+
+try:  # the shared harness (benchmarks/ may or may not be a package)
+    from .bench_channel_norm import (CDT_BASE_720, Measurement, compiled, peak_bandwidth,
+                                     run_main, time_ms)
+except ImportError:
+    from bench_channel_norm import (CDT_BASE_720, Measurement, compiled, peak_bandwidth,
+                                    run_main, time_ms)
+
+
+def reference_block(x, g, b, w_qkv, w_out, b_out):
+    return x + CF.linear_attention(CF.channel_norm(x, g, b), w_qkv, w_out, b_out)
+
+
+def make_inputs(c: int, t: int, side: int, dtype: torch.dtype, device: str, batch: int = 1):
+    """An attention_block(c)'s input and weights (heads=1, dim_head=c, as CDT)."""
+    x = torch.randn(batch, c, t, side, side, device=device, dtype=dtype).contiguous(
+        memory_format=torch.channels_last_3d)
+    params = dict(g=torch.randn(c, device=device, dtype=dtype),
+                  b=torch.randn(c, device=device, dtype=dtype),
+                  w_qkv=(torch.randn(3 * c, c, 1, 1, 1, device=device) * c ** -0.5).to(dtype),
+                  w_out=(torch.randn(c, c, 1, 1, 1, device=device) * c ** -0.5).to(dtype),
+                  b_out=torch.randn(c, device=device, dtype=dtype))
+    return x, params
+
+
+def block_implementations(device: str, with_compile: bool, params) -> Dict[str, Callable]:
+    impls = {"eager": lambda x: reference_block(x, **params)}
+    if device == "cuda":
+        from cdt_fast.kernels.linear_attention import LinearAttentionWeights
+        packed = LinearAttentionWeights.pack(params["w_qkv"], params["w_out"], params["b_out"],
+                                             norm_g=params["g"], norm_b=params["b"])
+        impls["triton"] = lambda x: packed(x, residual=True)
+        if with_compile:
+            ref = compiled(reference_block)
+            impls["torch.compile"] = lambda x: ref(x, **params)
+    return impls
+
+
+def core_case(x, params):
+    """(callable running only the fused attention kernels, bytes they must move)."""
+    from cdt_fast.kernels.linear_attention import attend_rows
+    b, c, t, h, w = x.shape
+    rows = x.permute(0, 2, 3, 4, 1).reshape(-1, c)
+    qkv = torch.mm(rows, params["w_qkv"].reshape(3 * c, c).t())
+    fn = lambda: attend_rows(qkv, b * t, h * w, 1, c ** -0.5, bias_column=True)  # noqa: E731
+    width = fn().shape[1]
+    return fn, qkv.numel() * qkv.element_size() + rows.shape[0] * width * qkv.element_size()
+
+
+def measure(levels=CDT_BASE_720, dtype=torch.bfloat16, device="cuda", with_compile=True,
+            timer=time_ms) -> List[Measurement]:
+    rows = []
+    for name, c, t, side in levels:
+        x, params = make_inputs(c, t, side, dtype, device)
+        case = f"{name} C={c} {t}x{side}x{side}"
+        gbytes = 2 * x.numel() * x.element_size()
+        for impl, fn in block_implementations(device, with_compile, params).items():
+            rows.append(Measurement(f"{case} block", impl, timer(lambda: fn(x)), gbytes))
+        if device == "cuda":
+            fn, core_bytes = core_case(x, params)
+            rows.append(Measurement(f"{case} core", "triton core", timer(fn), core_bytes))
+        del x, params
+    return rows
+
+
+def main(argv=None) -> int:
+    return run_main(__doc__, argv, measure, "linear_attention_block")
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need CUDA")
+
+
+@needs_cuda
+@pytest.mark.parametrize("impl", ["triton", "eager", "torch.compile"])
+@pytest.mark.parametrize("level", CDT_BASE_720, ids=[lv[0] for lv in CDT_BASE_720])
+def test_linear_attention_block_720p(benchmark, level, impl):
+    _, c, t, side = level
+    x, params = make_inputs(c, t, side, torch.bfloat16, "cuda")
+    fn = block_implementations("cuda", impl == "torch.compile", params)[impl]
+    fn(x)  # compile / autotune outside the timing
+
+    def run():
+        fn(x)
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(run, rounds=20, warmup_rounds=3)
+    gbytes = 2 * x.numel() * x.element_size()
+    seconds = benchmark.stats.stats.median
+    benchmark.extra_info["GB/s (x in, y out)"] = gbytes / seconds / 1e9
+    peak = peak_bandwidth(torch.cuda.get_device_name())
+    if peak:
+        benchmark.extra_info["% peak bandwidth"] = 100 * gbytes / seconds / peak
+
+
+def test_harness_smoke_cpu():
+    """Runs the table code on CPU with a tiny shape (no timing claim)."""
+    rows = measure([("tiny", 12, 1, 5)], torch.float32, "cpu", with_compile=False,
+                   timer=lambda fn: (fn(), 1.0)[1])
+    assert [r.impl for r in rows] == ["eager"] and rows[0].gbytes == 2 * 12 * 25 * 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())
