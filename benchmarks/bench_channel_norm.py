@@ -139,6 +139,26 @@ def run_main(doc: str, argv, measure: Callable, op: str) -> int:
     return 0
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need CUDA")
+
+
+def run_benchmark(benchmark, fn: Callable[[], object], gbytes: float) -> None:
+    """pytest-benchmark one CUDA call (after a first, untimed one: compile, autotune) and record
+    its bandwidth."""
+    fn()
+
+    def run():
+        fn()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(run, rounds=20, warmup_rounds=3)
+    seconds = benchmark.stats.stats.median
+    benchmark.extra_info["GB/s"] = gbytes / seconds / 1e9
+    peak = peak_bandwidth(torch.cuda.get_device_name())
+    if peak:
+        benchmark.extra_info["% peak bandwidth"] = 100 * gbytes / seconds / peak
+
+
 # ---- channel norm -----------------------------------------------------------------------------
 
 VARIANTS = {  # what each CDT call site fuses: name -> (relu, time bias, residual)
@@ -200,9 +220,6 @@ def main(argv=None) -> int:
 
 # ---- pytest-benchmark -------------------------------------------------------------------------
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need CUDA")
-
-
 @needs_cuda
 @pytest.mark.parametrize("impl", ["triton", "eager", "torch.compile"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -211,18 +228,7 @@ def test_channel_norm_720p(benchmark, level, variant, impl):
     _, c, t, side = level
     x, g, b, kwargs, gbytes = make_inputs(c, t, side, torch.bfloat16, "cuda", variant)
     fn = implementations("cuda", with_compile=impl == "torch.compile")[impl]
-    fn(x, g, b, **kwargs)  # compile / autotune outside the timing
-
-    def run():
-        fn(x, g, b, **kwargs)
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(run, rounds=20, warmup_rounds=3)
-    seconds = benchmark.stats.stats.median
-    benchmark.extra_info["GB/s"] = gbytes / seconds / 1e9
-    peak = peak_bandwidth(torch.cuda.get_device_name())
-    if peak:
-        benchmark.extra_info["% peak bandwidth"] = 100 * gbytes / seconds / peak
+    run_benchmark(benchmark, lambda: fn(x, g, b, **kwargs), gbytes)
 
 
 def test_harness_smoke_cpu():

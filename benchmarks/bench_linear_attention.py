@@ -23,11 +23,11 @@ import torch
 from cdt_fast import functional as CF
 
 try:  # the shared harness (benchmarks/ may or may not be a package)
-    from .bench_channel_norm import (CDT_BASE_720, Measurement, compiled, peak_bandwidth,
-                                     run_main, time_ms)
+    from .bench_channel_norm import (CDT_BASE_720, Measurement, compiled, needs_cuda,
+                                     run_benchmark, run_main, time_ms)
 except ImportError:
-    from bench_channel_norm import (CDT_BASE_720, Measurement, compiled, peak_bandwidth,
-                                    run_main, time_ms)
+    from bench_channel_norm import (CDT_BASE_720, Measurement, compiled, needs_cuda,
+                                    run_benchmark, run_main, time_ms)
 
 
 def reference_block(x, g, b, w_qkv, w_out, b_out):
@@ -90,9 +90,6 @@ def main(argv=None) -> int:
     return run_main(__doc__, argv, measure, "linear_attention_block")
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need CUDA")
-
-
 @needs_cuda
 @pytest.mark.parametrize("impl", ["triton", "eager", "torch.compile"])
 @pytest.mark.parametrize("level", CDT_BASE_720, ids=[lv[0] for lv in CDT_BASE_720])
@@ -100,19 +97,7 @@ def test_linear_attention_block_720p(benchmark, level, impl):
     _, c, t, side = level
     x, params = make_inputs(c, t, side, torch.bfloat16, "cuda")
     fn = block_implementations("cuda", impl == "torch.compile", params)[impl]
-    fn(x)  # compile / autotune outside the timing
-
-    def run():
-        fn(x)
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(run, rounds=20, warmup_rounds=3)
-    gbytes = 2 * x.numel() * x.element_size()
-    seconds = benchmark.stats.stats.median
-    benchmark.extra_info["GB/s (x in, y out)"] = gbytes / seconds / 1e9
-    peak = peak_bandwidth(torch.cuda.get_device_name())
-    if peak:
-        benchmark.extra_info["% peak bandwidth"] = 100 * gbytes / seconds / peak
+    run_benchmark(benchmark, lambda: fn(x), 2 * x.numel() * x.element_size())  # x in, y out
 
 
 def test_harness_smoke_cpu():

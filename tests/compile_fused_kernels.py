@@ -7,14 +7,11 @@ CI has no GPU and runs the kernels in the interpreter, which accepts code the co
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 ARCHS = (80, 90)
 # fp16 takes the bf16 code paths (16-bit loads, tensor-core dots); fp32 the "ieee" dots.
@@ -22,6 +19,10 @@ DTYPES = ("bf16", "fp32")
 
 
 def _build(fn, types, constexprs, arch, num_warps=4, num_stages=3):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     signature = {name: "constexpr" if name in constexprs else types.get(name, "i32")
                  for name in fn.arg_names}
     kernel = triton.compile(ASTSource(fn, signature, constexprs),
@@ -78,8 +79,12 @@ def compile_in_subprocess(op: str) -> subprocess.CompletedProcess:
 
 
 def has_cuda_toolchain() -> bool:
-    nvidia = Path(triton.__file__).parent / "backends" / "nvidia"
-    return (nvidia / "bin" / "ptxas").exists()
+    """Triton is installed with its NVIDIA backend and bundled ptxas (checked without importing
+    triton, so the caller's TRITON_INTERPRET setting is not fixed here)."""
+    spec = importlib.util.find_spec("triton")
+    if spec is None or not spec.origin:
+        return False
+    return (Path(spec.origin).parent / "backends" / "nvidia" / "bin" / "ptxas").exists()
 
 
 if __name__ == "__main__":
