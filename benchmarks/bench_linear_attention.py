@@ -60,14 +60,20 @@ def block_implementations(device: str, with_compile: bool, params) -> Dict[str, 
 
 
 def core_case(x, params):
-    """(callable running only the fused attention kernels, bytes they must move)."""
-    from cdt_fast.kernels.linear_attention import attend_rows
+    """(callable running only the fused attention kernels -- context pass, combine, mix, apply
+    with bias and residual -- and the bytes they must move: read q, k, v and x, write y)."""
+    from cdt_fast.kernels.linear_attention import LinearAttentionWeights
     b, c, t, h, w = x.shape
-    rows = x.permute(0, 2, 3, 4, 1).reshape(-1, c)
-    qkv = torch.mm(rows, params["w_qkv"].reshape(3 * c, c).t())
-    fn = lambda: attend_rows(qkv, b * t, h * w, 1, c ** -0.5, bias_column=True)  # noqa: E731
-    width = fn().shape[1]
-    return fn, qkv.numel() * qkv.element_size() + rows.shape[0] * width * qkv.element_size()
+    packed = LinearAttentionWeights.pack(params["w_qkv"], params["w_out"], params["b_out"])
+    qkv = torch.mm(x.permute(0, 2, 3, 4, 1).reshape(-1, c), packed.qkv_t)
+    y = torch.empty_like(x)
+
+    def fn():
+        from cdt_fast.kernels.linear_attention import apply_attention, attention_context
+        ctx = attention_context(qkv, b * t, h * w, packed.heads, packed.scale)
+        apply_attention(qkv, torch.matmul(ctx, packed.out_heads), packed.bias, x, y, h * w)
+
+    return fn, qkv.numel() * qkv.element_size() + 2 * x.numel() * x.element_size()
 
 
 def measure(levels=CDT_BASE_720, dtype=torch.bfloat16, device="cuda", with_compile=True,

@@ -2,8 +2,8 @@
 
 CDT's attention (:func:`cdt_fast.functional.linear_attention`) takes, for every frame and head, a
 softmax of ``q`` over channels (times ``scale``), a softmax of ``k`` over the frame's positions,
-``context = k v^T`` ([d, d]) and ``out = context^T q``. Here, on channels-last rows
-(``[B*T*H*W, C]``, one row per voxel):
+``context = k v^T`` ([d, d]), ``out = context^T q`` and a 1x1 output projection ``W`` plus bias.
+Here, on channels-last rows (``[B*T*H*W, C]``, one row per voxel):
 
 1. channel LayerNorm: :func:`cdt_fast.kernels.channel_norm.channel_norm` (fp32 statistics);
 2. qkv projection: one GEMM (a 1x1 conv is a GEMM on channels-last rows; cuBLAS does it best);
@@ -12,16 +12,19 @@ softmax of ``q`` over channels (times ``scale``), a softmax of ``k`` over the fr
    ``k`` is ever written. Slices of positions run in parallel (a frame alone would leave most of
    the GPU idle at the bottom of the U-Net and at 16 frames);
 4. :func:`_context_combine_kernel`: merges the slices' (max, sum, accumulator) triples into the
-   normalised context, with ``scale`` folded in;
-5. :func:`_context_apply_kernel`: ``out = context^T softmax(q)``, the softmax of ``q`` over
-   channels done online over channel blocks (as flash attention does over keys), so any head width
-   fits; it also writes a column of ones after the ``hidden`` output channels;
-6. output projection: one GEMM against ``[w_out | b_out]`` (the ones column turns the bias into a
-   GEMM term) with the residual ``x`` as the GEMM's accumulator input (``addmm``), so bias and
-   residual cost no pass of their own.
+   normalised context, with ``scale`` folded in; then ``mix = context @ W_head^T`` ([d, C_out] per
+   frame and head, a tiny batched matmul): the output projection is linear, so
+   ``W (context^T softmax(q)) = mix^T softmax(q)`` and the projection never touches a voxel;
+5. :func:`_attention_apply_kernel`: ``y = sum_heads softmax(q)^T mix + bias (+ x)``, the softmax
+   of ``q`` over channels done online over channel blocks (as flash attention does over keys), so
+   any head width fits; bias and residual are its epilogue. It writes the block's output directly.
+
+Per voxel of a C-channel block (heads * d = C, as CDT) the traffic is: LayerNorm 2C, the qkv GEMM
+4C, the context pass 2C, the apply pass 3C (q, x in; y out).
 
 Results are channels-last ``[B, C, T, H, W]`` tensors in x's dtype.
 """
+
 
 from __future__ import annotations
 
@@ -32,14 +35,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fused_common import check_launchable, interpreting, loop_arg
+from ._fused_common import check_launchable, interpreting, loop_arg, voxel_rows
 from .channel_norm import channel_norm
 
 __all__ = ["LinearAttentionWeights", "linear_attention", "linear_attention_block"]
 
-# The row stride of the attention output is padded to a multiple of this many elements (16-byte
-# aligned rows for the GEMM); the padding holds the bias column.
-_ROW_ALIGN = 8
 # Programs wanted per context pass (a few waves on an H100's 132 SMs) when choosing the slices.
 _TARGET_PROGRAMS = 528
 
@@ -47,6 +47,8 @@ _PARTIAL_CONFIGS = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
                     for n in (32, 64, 128) for w in (4, 8) for s in (2, 3)]
 _APPLY_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_D": d}, num_warps=w, num_stages=s)
                   for n in (32, 64, 128) for d in (32, 64) for w in (4, 8) for s in (2, 3)]
+# Output channels per apply program (each recomputes the softmax of its q rows).
+_MAX_BLOCK_C = 128
 
 
 @triton.jit
@@ -133,61 +135,62 @@ def _context_combine_kernel(m_ptr, l_ptr, acc_ptr, ctx_ptr, DH, NUM_SPLITS, scal
 
 
 @triton.jit
-def _context_apply_kernel(qkv_ptr, ctx_ptr, out_ptr, N, HEADS, HIDDEN, DH, stride_row,
-                          stride_out, EXTRA,
-                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
-                          EXTRA_BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """out[n, e] = sum_d context[d, e] softmax_d(q[n, :])[d]; the (head 0, block 0) programs also
-    write the EXTRA columns after ``HIDDEN``: a one then zeros (the bias column and padding)."""
-    pid_fh = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_e = tl.program_id(2)
-    frame = pid_fh // HEADS
-    head = pid_fh % HEADS
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+def _attention_apply_kernel(qkv_ptr, mix_ptr, bias_ptr, res_ptr, out_ptr, N, S, HEADS, HIDDEN, DH,
+                            C_OUT, stride_row, sr_b, sr_s, sr_c, so_b, so_s, so_c,
+                            HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+                            DOT_PRECISION: tl.constexpr):
+    """y[n, c] = sum_h sum_d softmax_d(q_h[n, :])[d] mix_h[d, c] (+ bias[c]) (+ residual[n, c])
+    for one frame's block of positions and block of output channels."""
+    frame = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_n = offs_n < N
-    mask_e = offs_e < DH
+    mask_c = offs_c < C_OUT
     rows = frame.to(tl.int64) * N + offs_n.to(tl.int64)
-    ctx_base = ctx_ptr + pid_fh.to(tl.int64) * DH * DH
 
-    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    l = tl.zeros([BLOCK_N], tl.float32)
-    acc = tl.zeros([BLOCK_N, BLOCK_E], tl.float32)
-    for d0 in range(0, DH, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < DH
-        q = tl.load(qkv_ptr + rows[:, None] * stride_row + (head * DH + offs_d)[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        dot_dtype = q.dtype
-        q = tl.where(mask_d[None, :], q.to(tl.float32), float("-inf"))
-        m_new = tl.maximum(m, tl.max(q, axis=1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(q - m_new[:, None])
-        l = l * alpha + tl.sum(p, axis=1)
-        ctx = tl.load(ctx_base + offs_d[:, None] * DH + offs_e[None, :],
-                      mask=mask_d[:, None] & mask_e[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(dot_dtype), ctx.to(dot_dtype),
-                                            input_precision=DOT_PRECISION)
-        m = m_new
+    y = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
+    for head in range(0, HEADS):
+        mix_base = mix_ptr + (frame * HEADS + head).to(tl.int64) * DH * C_OUT
+        m = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        l = tl.zeros([BLOCK_N], tl.float32)
+        acc = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
+        for d0 in range(0, DH, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask_d = offs_d < DH
+            q = tl.load(qkv_ptr + rows[:, None] * stride_row + (offs_d + head * DH)[None, :],
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            dot_dtype = q.dtype
+            q = tl.where(mask_d[None, :], q.to(tl.float32), float("-inf"))
+            m_new = tl.maximum(m, tl.max(q, axis=1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(q - m_new[:, None])
+            l = l * alpha + tl.sum(p, axis=1)
+            mix = tl.load(mix_base + offs_d[:, None] * C_OUT + offs_c[None, :],
+                          mask=mask_d[:, None] & mask_c[None, :], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(dot_dtype), mix.to(dot_dtype),
+                                                input_precision=DOT_PRECISION)
+            m = m_new
+        y += acc / l[:, None]
 
-    out = acc / l[:, None]
-    tl.store(out_ptr + rows[:, None] * stride_out + (head * DH + offs_e)[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_e[None, :])
-    if EXTRA_BLOCK > 0:
-        extra = tl.arange(0, EXTRA_BLOCK)
-        writer = (head == 0) & (pid_e == 0)
-        ones = tl.where(extra == 0, 1.0, 0.0)
-        tl.store(out_ptr + rows[:, None] * stride_out + (HIDDEN + extra)[None, :],
-                 tl.broadcast_to(ones[None, :], [BLOCK_N, EXTRA_BLOCK]).to(out_ptr.dtype.element_ty),
-                 mask=mask_n[:, None] & (extra < EXTRA)[None, :] & writer)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    sample = rows // S
+    voxel = rows % S
+    mask = mask_n[:, None] & mask_c[None, :]
+    if HAS_RESIDUAL:
+        y += tl.load(res_ptr + (sample * sr_b + voxel * sr_s)[:, None] + offs_c[None, :] * sr_c,
+                     mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + (sample * so_b + voxel * so_s)[:, None] + offs_c[None, :] * so_c,
+             y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 _context_partial_tuned = triton.autotune(
     _PARTIAL_CONFIGS, key=["DH", "HIDDEN", "BLOCK_D", "BLOCK_E", "DOT_PRECISION"])(
     _context_partial_kernel)
-_context_apply_tuned = triton.autotune(
-    _APPLY_CONFIGS, key=["DH", "HIDDEN", "BLOCK_E", "DOT_PRECISION"])(_context_apply_kernel)
+_attention_apply_tuned = triton.autotune(
+    _APPLY_CONFIGS, key=["DH", "HEADS", "C_OUT", "BLOCK_C", "HAS_BIAS", "HAS_RESIDUAL",
+                         "DOT_PRECISION"])(_attention_apply_kernel)
 
 
 def _block_width(dh: int, cap: int) -> int:
@@ -203,58 +206,68 @@ def _slices(positions: int, programs: int, block: int, wanted: Optional[int]):
     return triton.cdiv(positions, length), length
 
 
-def attend_rows(qkv: torch.Tensor, frames: int, positions: int, heads: int, scale: float, *,
-                bias_column: bool, splits: Optional[int] = None) -> torch.Tensor:
-    """The attention part on ``qkv`` rows [frames*positions, 3*hidden] (row = frame*positions + n).
-
-    Returns [rows, hidden_padded] in qkv's dtype: the attention output in the first ``hidden``
-    columns, then (``bias_column``) a column of ones and zero padding to a multiple of 8.
+def attention_context(qkv: torch.Tensor, frames: int, positions: int, heads: int, scale: float,
+                      splits: Optional[int] = None) -> torch.Tensor:
+    """``scale * softmax_n(k) v^T`` of every frame and head from ``qkv`` rows
+    [frames*positions, 3*hidden] (row = frame*positions + n): fp32 [frames, heads, d, d].
     ``splits`` forces the number of position slices of the context pass (tests)."""
-    rows, width = qkv.shape
+    width = qkv.shape[1]
     hidden = width // 3
     dh = hidden // heads
     fh = frames * heads
     device = qkv.device
-    precision = "ieee" if qkv.dtype == torch.float32 else "tf32"
-    extra = (triton.cdiv(hidden + 1, _ROW_ALIGN) * _ROW_ALIGN - hidden) if bias_column else 0
-    out = torch.empty(rows, hidden + extra, device=device, dtype=qkv.dtype)
-
     block_d = _block_width(dh, 64)
     block_e = _block_width(dh, 128 if not interpreting() else 64)
     blocks = triton.cdiv(dh, block_d) * triton.cdiv(dh, block_e)
     tuned = not interpreting()
-    partial_block_n = 128 if tuned else 16  # the largest tuned BLOCK_N: slices must hold whole blocks
+    partial_block_n = 128 if tuned else 16  # the largest tuned BLOCK_N: slices hold whole blocks
     num_splits, split_len = _slices(positions, fh * blocks, partial_block_n, splits)
 
     m = torch.empty(fh * num_splits * dh, device=device, dtype=torch.float32)
     l = torch.empty_like(m)
     acc = torch.empty(fh * num_splits * dh * dh, device=device, dtype=torch.float32)
-    ctx = torch.empty(fh * dh * dh, device=device, dtype=torch.float32)
-    partial_args = (qkv, m, l, acc, positions, heads, hidden, dh, loop_arg(split_len),
-                    qkv.stride(0), num_splits)
-    partial_grid = (fh, num_splits, blocks)
+    ctx = torch.empty(frames, heads, dh, dh, device=device, dtype=torch.float32)
+    args = (qkv, m, l, acc, positions, heads, hidden, dh, loop_arg(split_len), qkv.stride(0),
+            num_splits)
+    meta = dict(BLOCK_D=block_d, BLOCK_E=block_e, DOT_PRECISION=_dot_precision(qkv.dtype))
     if tuned:
-        _context_partial_tuned[partial_grid](*partial_args, BLOCK_D=block_d, BLOCK_E=block_e,
-                                             DOT_PRECISION=precision)
+        _context_partial_tuned[(fh, num_splits, blocks)](*args, **meta)
     else:
-        _context_partial_kernel[partial_grid](*partial_args, BLOCK_N=partial_block_n,
-                                              BLOCK_D=block_d, BLOCK_E=block_e,
-                                              DOT_PRECISION=precision)
+        _context_partial_kernel[(fh, num_splits, blocks)](*args, BLOCK_N=partial_block_n, **meta)
     _context_combine_kernel[(fh, triton.cdiv(dh, block_d))](
         m, l, acc, ctx, loop_arg(dh), loop_arg(num_splits), float(scale),
         BLOCK_D=block_d, BLOCK_E=block_e)
-    apply_args = (qkv, ctx, out, positions, heads, hidden, loop_arg(dh), qkv.stride(0),
-                  out.stride(0), extra)
-    extra_block = triton.next_power_of_2(extra) if extra else 0
-    if tuned:
-        _context_apply_tuned[lambda meta: (fh, triton.cdiv(positions, meta["BLOCK_N"]),
-                                           triton.cdiv(dh, block_e))](
-            *apply_args, BLOCK_E=block_e, EXTRA_BLOCK=extra_block, DOT_PRECISION=precision)
+    return ctx
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 activations keep fp32 products (the reference's); 16-bit ones use the tensor cores.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def apply_attention(qkv: torch.Tensor, mix: torch.Tensor, bias: Optional[torch.Tensor],
+                    residual: Optional[torch.Tensor], out: torch.Tensor, positions: int) -> None:
+    """``out = sum_heads softmax(q)^T mix (+ bias) (+ residual)``; ``mix`` fp32
+    [frames, heads, d, C_out]; ``out``/``residual`` [B, C_out, T, H, W] (any voxel-row layout)."""
+    frames, heads, dh, c_out = mix.shape
+    hidden = heads * dh
+    out_rows, so_b, so_s, so_c = voxel_rows(out)
+    assert out_rows is out, "out must be addressable as voxel rows"
+    res, sr_b, sr_s, sr_c = voxel_rows(residual) if residual is not None else (out, 0, 0, 0)
+    voxels = out.shape[2] * out.shape[3] * out.shape[4]
+    block_c = _block_width(c_out, _MAX_BLOCK_C if not interpreting() else 64)
+    args = (qkv, mix, bias if bias is not None else mix, res, out, positions, voxels,
+            loop_arg(heads), hidden, loop_arg(dh), c_out, qkv.stride(0), sr_b, sr_s, sr_c,
+            so_b, so_s, so_c)
+    meta = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, BLOCK_C=block_c,
+                DOT_PRECISION=_dot_precision(qkv.dtype))
+    blocks_c = triton.cdiv(c_out, block_c)
+    if not interpreting():
+        _attention_apply_tuned[lambda cfg: (frames, triton.cdiv(positions, cfg["BLOCK_N"]),
+                                            blocks_c)](*args, **meta)
     else:
-        _context_apply_kernel[(fh, triton.cdiv(positions, 16), triton.cdiv(dh, block_e))](
-            *apply_args, BLOCK_N=16, BLOCK_D=block_d, BLOCK_E=block_e, EXTRA_BLOCK=extra_block,
-            DOT_PRECISION=precision)
-    return out
+        _attention_apply_kernel[(frames, triton.cdiv(positions, 16), blocks_c)](
+            *args, BLOCK_N=16, BLOCK_D=_block_width(dh, 64), **meta)
 
 
 def _matrix(w: torch.Tensor, rows: int, name: str, expected: str) -> torch.Tensor:
@@ -268,17 +281,17 @@ def _matrix(w: torch.Tensor, rows: int, name: str, expected: str) -> torch.Tenso
 @dataclass(frozen=True)
 class LinearAttentionWeights:
     """A linear-attention layer's weights packed once for the kernels (the engine keeps one per
-    layer): transposed GEMM operands in the activation dtype, the bias as an extra row of the
-    output projection, the norm's affine (``norm_g``/``norm_b`` None: no PreNorm)."""
+    layer): the qkv GEMM operand transposed in the activation dtype, the output projection split
+    by head as fp32 [heads, d, C_out] (from the activation-dtype weight, as the reference rounds
+    it), the bias, and the norm's affine (``norm_g``/``norm_b`` None: no PreNorm)."""
 
     qkv_t: torch.Tensor            # [C, 3*hidden]
-    out_t: torch.Tensor            # [hidden (+ bias row + zero rows), C_out]
+    out_heads: torch.Tensor        # [heads, d, C_out], fp32
+    bias: Optional[torch.Tensor]   # [C_out]
     norm_g: Optional[torch.Tensor]
     norm_b: Optional[torch.Tensor]
-    heads: int
     scale: float
     eps: float
-    has_bias: bool
 
     @classmethod
     def pack(cls, w_qkv: torch.Tensor, w_out: torch.Tensor, b_out: Optional[torch.Tensor], *,
@@ -298,48 +311,44 @@ class LinearAttentionWeights:
             raise ValueError(f"w_out must be [C_out, heads*d = {hidden}(, 1, 1, 1)], got "
                              f"{tuple(getattr(w_out, 'shape', ()))}")
         out = _matrix(w_out, w_out.shape[0], "w_out", f"[C_out, {hidden}(, 1, 1, 1)]")
+        c_out = out.shape[0]
+        if b_out is not None and b_out.numel() != c_out:
+            raise ValueError(f"b_out must hold C_out={c_out} elements, got shape "
+                             f"{tuple(b_out.shape)}")
         dtype = dtype or qkv.dtype
-        has_bias = b_out is not None
-        if has_bias:
-            if b_out.numel() != out.shape[0]:
-                raise ValueError(f"b_out must hold C_out={out.shape[0]} elements, "
-                                 f"got shape {tuple(b_out.shape)}")
-            extra = triton.cdiv(hidden + 1, _ROW_ALIGN) * _ROW_ALIGN - hidden
-            pad = out.new_zeros(out.shape[0], extra)
-            pad[:, 0] = b_out.reshape(-1).to(out.dtype)
-            out = torch.cat([out, pad], dim=1)
         d = hidden // heads
-        return cls(qkv_t=qkv.to(dtype).t().contiguous(), out_t=out.to(dtype).t().contiguous(),
-                   norm_g=norm_g, norm_b=norm_b, heads=heads,
-                   scale=float(d ** -0.5 if scale is None else scale), eps=float(eps),
-                   has_bias=has_bias)
+        out_heads = out.to(dtype).float().reshape(c_out, heads, d).permute(1, 2, 0).contiguous()
+        return cls(qkv_t=qkv.to(dtype).t().contiguous(), out_heads=out_heads,
+                   bias=None if b_out is None else b_out.reshape(c_out).to(dtype).contiguous(),
+                   norm_g=norm_g, norm_b=norm_b,
+                   scale=float(d ** -0.5 if scale is None else scale), eps=float(eps))
+
+    @property
+    def heads(self) -> int:
+        return self.out_heads.shape[0]
 
     def __call__(self, x: torch.Tensor, *, residual: bool = False,
                  splits: Optional[int] = None) -> torch.Tensor:
-        """attn(LN(x)) (LN only when packed with a norm), plus x when ``residual``."""
+        """attn(LN(x)) (LN only when packed with a norm), plus x when ``residual``; a
+        channels-last result. ``splits``: see :func:`attention_context`."""
         _check_activation(x, self.qkv_t.shape[0])
         check_launchable(x, "linear_attention")
         b, c, t, h, w = x.shape
-        frames, positions = b * t, h * w
+        c_out = self.out_heads.shape[2]
+        if residual and c_out != c:
+            raise ValueError(f"the residual needs C_out == C, got C_out={c_out}, C={c}")
         if self.norm_g is not None:
             normed = torch.empty(b, t, h, w, c, device=x.device, dtype=x.dtype)
             channel_norm(x, self.norm_g, self.norm_b, self.eps, out=normed.permute(0, 4, 1, 2, 3))
             rows_in = normed.view(-1, c)
         else:
-            rows_in = _rows(x)
+            rows_in = x.permute(0, 2, 3, 4, 1).reshape(-1, c)  # a view when x is channels-last
         qkv = torch.mm(rows_in, self.qkv_t.to(x.dtype))
-        attended = attend_rows(qkv, frames, positions, self.heads, self.scale,
-                               bias_column=self.has_bias, splits=splits)
-        c_out = self.out_t.shape[1]
-        y = torch.empty(b, t, h, w, c_out, device=x.device, dtype=x.dtype)
-        out_t = self.out_t.to(x.dtype)
-        if residual:
-            if c_out != c:
-                raise ValueError(f"the residual needs C_out == C, got C_out={c_out}, C={c}")
-            torch.addmm(_rows(x), attended, out_t, out=y.view(-1, c_out))
-        else:
-            torch.mm(attended, out_t, out=y.view(-1, c_out))
-        return y.permute(0, 4, 1, 2, 3)
+        ctx = attention_context(qkv, b * t, h * w, self.heads, self.scale, splits)
+        mix = torch.matmul(ctx, self.out_heads)  # [frames, heads, d, C_out]: tiny
+        y = torch.empty(b, t, h, w, c_out, device=x.device, dtype=x.dtype).permute(0, 4, 1, 2, 3)
+        apply_attention(qkv, mix, self.bias, x if residual else None, y, h * w)
+        return y
 
 
 def _check_activation(x: torch.Tensor, c: int) -> None:
@@ -349,11 +358,6 @@ def _check_activation(x: torch.Tensor, c: int) -> None:
         raise ValueError(f"x must be [B, C={c}, T, H, W], got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be float32/float16/bfloat16, got {x.dtype}")
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, T, H, W] -> [B*T*H*W, C] (a view when x is channels-last)."""
-    return x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1])
 
 
 def linear_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,

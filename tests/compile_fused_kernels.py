@@ -51,10 +51,11 @@ def linear_attention(arch):
                dict(qkv_ptr=f"*{dt}", m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32"),
                dict(BLOCK_N=128, BLOCK_D=64, BLOCK_E=128, DOT_PRECISION=precision), arch,
                num_warps=8)
-        _build(op._context_apply_kernel,
-               dict(qkv_ptr=f"*{dt}", ctx_ptr="*fp32", out_ptr=f"*{dt}"),
-               dict(BLOCK_N=64, BLOCK_D=32, BLOCK_E=64, EXTRA_BLOCK=8, DOT_PRECISION=precision),
-               arch)
+        _build(op._attention_apply_kernel,
+               dict(qkv_ptr=f"*{dt}", mix_ptr="*fp32", bias_ptr=f"*{dt}", res_ptr=f"*{dt}",
+                    out_ptr=f"*{dt}"),
+               dict(HAS_BIAS=True, HAS_RESIDUAL=True, BLOCK_N=64, BLOCK_D=32, BLOCK_C=128,
+                    DOT_PRECISION=precision), arch)
     _build(op._context_combine_kernel,
            dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", ctx_ptr="*fp32", scale="fp32"),
            dict(BLOCK_D=64, BLOCK_E=128), arch)
