@@ -220,3 +220,12 @@ def test_gpu_dtypes(dtype, shape):
     ref = _reference(x.double(), g.double(), b.double(), relu=True, time_bias=tb.double(),
                      residual=res.double())
     torch.testing.assert_close(y.float(), ref.float(), rtol=rtol, atol=atol)
+
+
+def test_autotune_pruning_keeps_tiles_in_range():
+    from cdt_fast.kernels.channel_norm import _CONFIGS, _prune_configs
+    for block_c in (16, 64, 512, 4096):
+        kept = _prune_configs(_CONFIGS, {}, BLOCK_C=block_c)
+        assert kept, block_c
+        tiles = {c.kwargs["BLOCK_M"] * block_c for c in kept}
+        assert all(1024 <= t <= 16384 for t in tiles) or len(kept) == 1

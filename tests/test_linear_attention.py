@@ -156,3 +156,13 @@ def test_gpu_block_dtypes(dtype, shape):
                                     b_out.to(dtype).double())
     tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
     torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("positions,programs,block,wanted", [
+    (518400, 8, 128, None), (2025, 18 * 16, 128, None), (35, 4, 16, None), (35, 4, 16, 3),
+    (35, 1, 16, 100), (1, 1, 16, None)])
+def test_position_slices_cover_every_position_once(positions, programs, block, wanted):
+    from cdt_fast.kernels.linear_attention import _slices
+    count, length = _slices(positions, programs, block, wanted)
+    assert length % block == 0 and count >= 1
+    assert (count - 1) * length < positions <= count * length  # no empty slice, none missing
