@@ -4,8 +4,10 @@ reference ``x + linear_attention(channel_norm(x))`` (:mod:`cdt_fast.functional`)
 8 video frames, one attention block per level), in GB/s and % of the device's memory bandwidth.
 
 Rows: ``block`` counts the compulsory traffic of the whole block (read x, write y) for every
-implementation, so its GB/s compare like for like; ``triton core`` times only the fused attention
-kernels (context pass + combine + apply) and counts their traffic (read q, k, v; write the output).
+implementation, so its GB/s compare like for like; ``core`` times only the fused attention kernels
+(context pass + combine + mix + apply with bias and residual) and counts their traffic (read q, k,
+v and x; write y); ``norm+qkv`` times the fused LayerNorm + qkv projection against the unfused
+pair (norm kernel, then cuBLAS) with the same byte count (read x, write q, k, v).
 
     python benchmarks/bench_linear_attention.py [--dtype bf16] [--json benchmarks/results/x.json]
     python -m pytest benchmarks/bench_linear_attention.py        # pytest-benchmark, CUDA only
@@ -76,6 +78,25 @@ def core_case(x, params):
     return fn, qkv.numel() * qkv.element_size() + 2 * x.numel() * x.element_size()
 
 
+def projection_cases(x, params):
+    """LayerNorm + qkv projection: the fused kernel, and channel_norm followed by cuBLAS."""
+    from cdt_fast.kernels.channel_norm import channel_norm
+    from cdt_fast.kernels.linear_attention import LinearAttentionWeights, project_qkv
+    b, c, t, h, w = x.shape
+    packed = LinearAttentionWeights.pack(params["w_qkv"], params["w_out"], params["b_out"],
+                                         norm_g=params["g"], norm_b=params["b"])
+    normed = torch.empty_like(x)
+    nbytes = 4 * x.numel() * x.element_size()
+
+    def unfused():
+        channel_norm(x, packed.norm_g, packed.norm_b, out=normed)
+        return torch.mm(normed.permute(0, 2, 3, 4, 1).reshape(-1, c), packed.qkv_t)
+
+    return {"triton": (lambda: project_qkv(x, packed.qkv_t, packed.norm_g, packed.norm_b, 1e-5),
+                       nbytes),
+            "norm + cuBLAS": (unfused, nbytes)}
+
+
 def measure(levels=CDT_BASE_720, dtype=torch.bfloat16, device="cuda", with_compile=True,
             timer=time_ms) -> List[Measurement]:
     rows = []
@@ -87,7 +108,9 @@ def measure(levels=CDT_BASE_720, dtype=torch.bfloat16, device="cuda", with_compi
             rows.append(Measurement(f"{case} block", impl, timer(lambda: fn(x)), gbytes))
         if device == "cuda":
             fn, core_bytes = core_case(x, params)
-            rows.append(Measurement(f"{case} core", "triton core", timer(fn), core_bytes))
+            rows.append(Measurement(f"{case} core", "triton", timer(fn), core_bytes))
+            for impl, (fn, proj_bytes) in projection_cases(x, params).items():
+                rows.append(Measurement(f"{case} norm+qkv", impl, timer(fn), proj_bytes))
         del x, params
     return rows
 

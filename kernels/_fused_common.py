@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["voxel_rows", "check_launchable", "interpreting", "loop_arg"]
+__all__ = ["voxel_rows", "check_launchable", "interpreting", "loop_arg", "param_vector"]
 
 
 def _collapsed_voxel_stride(t: torch.Tensor):
@@ -64,3 +64,13 @@ def loop_arg(value: int):
     recompilation per value). Kernels must use such arguments after a tensor operand in arithmetic
     (``pid * N``, not ``N * pid``): a constexpr on the left would wrap the tensor."""
     return tl.constexpr(value) if interpreting() else value
+
+
+def param_vector(p: torch.Tensor, c: int, name: str) -> torch.Tensor:
+    """A per-channel parameter ([C] or [1, C, 1, 1, 1]) as a contiguous [C] vector."""
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of {c} elements, got {type(p).__name__}")
+    if p.numel() != c:
+        raise ValueError(f"{name} must hold C={c} elements ([C] or [1, C, 1, 1, 1]), "
+                         f"got shape {tuple(p.shape)}")
+    return p.reshape(c).contiguous()

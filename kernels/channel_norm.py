@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fused_common import check_launchable, interpreting, voxel_rows
+from ._fused_common import check_launchable, interpreting, param_vector, voxel_rows
 
 __all__ = ["channel_norm", "channel_norm_tile"]
 
@@ -104,15 +104,6 @@ _channel_norm_tuned = triton.autotune(
     prune_configs_by={"early_config_prune": _prune_configs})(_channel_norm_kernel)
 
 
-def _param_vector(p: torch.Tensor, c: int, name: str) -> torch.Tensor:
-    if not isinstance(p, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of {c} elements, got {type(p).__name__}")
-    if p.numel() != c:
-        raise ValueError(f"{name} must hold C={c} elements ([C] or [1, C, 1, 1, 1]), "
-                         f"got shape {tuple(p.shape)}")
-    return p.reshape(c).contiguous()
-
-
 def _check_input(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
@@ -142,7 +133,7 @@ def channel_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float =
     _check_input(x)
     check_launchable(x, "channel_norm")
     bsz, c = x.shape[:2]
-    g, b = _param_vector(g, c, "g"), _param_vector(b, c, "b")
+    g, b = param_vector(g, c, "g"), param_vector(b, c, "b")
     dtype = x.dtype
     if residual is not None:
         if tuple(residual.shape) != tuple(x.shape):

@@ -5,26 +5,28 @@ softmax of ``q`` over channels (times ``scale``), a softmax of ``k`` over the fr
 ``context = k v^T`` ([d, d]), ``out = context^T q`` and a 1x1 output projection ``W`` plus bias.
 Here, on channels-last rows (``[B*T*H*W, C]``, one row per voxel):
 
-1. channel LayerNorm: :func:`cdt_fast.kernels.channel_norm.channel_norm` (fp32 statistics);
-2. qkv projection: one GEMM (a 1x1 conv is a GEMM on channels-last rows; cuBLAS does it best);
-3. :func:`_context_partial_kernel`: per frame, head and slice of positions, an online softmax of
+1. :func:`_norm_project_kernel`: channel LayerNorm (fp32 statistics, the norm block's
+   :func:`~cdt_fast.kernels.channel_norm.channel_norm_tile`) and the qkv projection (a 1x1 conv is
+   a GEMM on voxel rows) in one pass: each program normalises its voxels in registers and
+   multiplies them by every weight column, so the normalised activation is never stored;
+2. :func:`_context_partial_kernel`: per frame, head and slice of positions, an online softmax of
    ``k`` over positions fused with the accumulation of ``exp(k - max) v^T`` in fp32: no softmaxed
    ``k`` is ever written. Slices of positions run in parallel (a frame alone would leave most of
    the GPU idle at the bottom of the U-Net and at 16 frames);
-4. :func:`_context_combine_kernel`: merges the slices' (max, sum, accumulator) triples into the
+3. :func:`_context_combine_kernel`: merges the slices' (max, sum, accumulator) triples into the
    normalised context, with ``scale`` folded in; then ``mix = context @ W_head^T`` ([d, C_out] per
    frame and head, a tiny batched matmul): the output projection is linear, so
    ``W (context^T softmax(q)) = mix^T softmax(q)`` and the projection never touches a voxel;
-5. :func:`_attention_apply_kernel`: ``y = sum_heads softmax(q)^T mix + bias (+ x)``, the softmax
+4. :func:`_attention_apply_kernel`: ``y = sum_heads softmax(q)^T mix + bias (+ x)``, the softmax
    of ``q`` over channels done online over channel blocks (as flash attention does over keys), so
    any head width fits; bias and residual are its epilogue. It writes the block's output directly.
 
-Per voxel of a C-channel block (heads * d = C, as CDT) the traffic is: LayerNorm 2C, the qkv GEMM
-4C, the context pass 2C, the apply pass 3C (q, x in; y out).
+Per voxel of a C-channel block (heads * d = C, as CDT) the traffic is: norm + projection 4C (x
+in, q k v out), the context pass 2C (k, v), the apply pass 3C (q, x in; y out): 9C in all, against
+the 2C floor of reading x and writing y.
 
 Results are channels-last ``[B, C, T, H, W]`` tensors in x's dtype.
 """
-
 
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fused_common import check_launchable, interpreting, loop_arg, voxel_rows
-from .channel_norm import channel_norm
+from ._fused_common import check_launchable, interpreting, loop_arg, param_vector, voxel_rows
+from .channel_norm import channel_norm_tile
 
 __all__ = ["LinearAttentionWeights", "linear_attention", "linear_attention_block"]
 
@@ -47,8 +49,44 @@ _PARTIAL_CONFIGS = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
                     for n in (32, 64, 128) for w in (4, 8) for s in (2, 3)]
 _APPLY_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_D": d}, num_warps=w, num_stages=s)
                   for n in (32, 64, 128) for d in (32, 64) for w in (4, 8) for s in (2, 3)]
+_PROJECT_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                    for m in (16, 32, 64, 128) for n in (32, 64, 128, 256) for w in (4, 8)
+                    for s in (1, 2, 3)]
+# Shared-memory budgets (bytes) of the resident activation tile and the pipelined weight tiles.
+_X_TILE_BYTES = 64 * 1024
+_W_TILE_BYTES = 128 * 1024
 # Output channels per apply program (each recomputes the softmax of its q rows).
 _MAX_BLOCK_C = 128
+
+
+@triton.jit
+def _norm_project_kernel(x_ptr, g_ptr, b_ptr, w_ptr, out_ptr, M, S, C, N_OUT, eps,
+                         sx_b, sx_s, sx_c, stride_out,
+                         NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                         BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """qkv rows = LayerNorm(x rows) @ w ([C, N_OUT]); each program reads its voxels once and
+    loops over the output columns, so the normalised activation never goes to memory."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = rows < M
+    rows = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_K)
+    mask_k = cols < C
+    x = tl.load(x_ptr + ((rows // S) * sx_b + (rows % S) * sx_s)[:, None] + cols[None, :] * sx_c,
+                mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    if NORM:
+        g = tl.load(g_ptr + cols, mask=mask_k, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=mask_k, other=0.0).to(tl.float32)
+        x = channel_norm_tile(x, g, b, 0.0, 0.0, mask_k, C, eps, False, False, False)
+    # Rounded to the activation dtype before the product, as the reference's separate norm.
+    x = x.to(w_ptr.dtype.element_ty)
+    for n0 in range(0, N_OUT, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N_OUT
+        w = tl.load(w_ptr + cols[:, None] * N_OUT + offs_n[None, :],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(x, w, input_precision=DOT_PRECISION)
+        tl.store(out_ptr + rows[:, None] * stride_out + offs_n[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -185,6 +223,21 @@ def _attention_apply_kernel(qkv_ptr, mix_ptr, bias_ptr, res_ptr, out_ptr, N, S, 
              y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def _prune_project_configs(configs, named_args, **kwargs):
+    block_k = kwargs.get("BLOCK_K", named_args.get("BLOCK_K"))
+    size = named_args["w_ptr"].element_size()
+    widest = max(32, triton.next_power_of_2(int(named_args["N_OUT"])))
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_M"] * block_k * size <= _X_TILE_BYTES
+            and c.kwargs["BLOCK_N"] * block_k * size * c.num_stages <= _W_TILE_BYTES
+            and c.kwargs["BLOCK_N"] <= widest]
+    return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"],
+                                                c.num_stages))]
+
+
+_norm_project_tuned = triton.autotune(
+    _PROJECT_CONFIGS, key=["C", "N_OUT", "NORM", "BLOCK_K", "DOT_PRECISION"],
+    prune_configs_by={"early_config_prune": _prune_project_configs})(_norm_project_kernel)
 _context_partial_tuned = triton.autotune(
     _PARTIAL_CONFIGS, key=["DH", "HIDDEN", "BLOCK_D", "BLOCK_E", "DOT_PRECISION"])(
     _context_partial_kernel)
@@ -204,6 +257,30 @@ def _slices(positions: int, programs: int, block: int, wanted: Optional[int]):
     wanted = max(1, min(int(wanted), triton.cdiv(positions, block)))
     length = triton.cdiv(triton.cdiv(positions, wanted), block) * block
     return triton.cdiv(positions, length), length
+
+
+def project_qkv(x: torch.Tensor, w_t: torch.Tensor, norm_g: Optional[torch.Tensor],
+                norm_b: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    """``[rows, N_OUT]`` = (LayerNorm of, when ``norm_g`` is given) x's voxel rows @ ``w_t``
+    ([C, N_OUT], x's dtype), rows ordered (sample, t, h, w)."""
+    b, c = x.shape[:2]
+    voxels = x.shape[2] * x.shape[3] * x.shape[4]
+    x_rows, sx_b, sx_s, sx_c = voxel_rows(x)
+    n_out = w_t.shape[1]
+    out = torch.empty(b * voxels, n_out, device=x.device, dtype=x.dtype)
+    norm = norm_g is not None
+    g = param_vector(norm_g, c, "norm_g") if norm else w_t
+    beta = param_vector(norm_b, c, "norm_b") if norm else w_t
+    block_k = _block_width(c, 1 << 30)
+    args = (x_rows, g, beta, w_t, out, b * voxels, voxels, c, loop_arg(n_out), float(eps),
+            sx_b, sx_s, sx_c, out.stride(0))
+    meta = dict(NORM=norm, BLOCK_K=block_k, DOT_PRECISION=_dot_precision(x.dtype))
+    rows = b * voxels
+    if interpreting():
+        _norm_project_kernel[(triton.cdiv(rows, 16),)](*args, BLOCK_M=16, BLOCK_N=32, **meta)
+    else:
+        _norm_project_tuned[lambda cfg: (triton.cdiv(rows, cfg["BLOCK_M"]),)](*args, **meta)
+    return out
 
 
 def attention_context(qkv: torch.Tensor, frames: int, positions: int, heads: int, scale: float,
@@ -337,13 +414,7 @@ class LinearAttentionWeights:
         c_out = self.out_heads.shape[2]
         if residual and c_out != c:
             raise ValueError(f"the residual needs C_out == C, got C_out={c_out}, C={c}")
-        if self.norm_g is not None:
-            normed = torch.empty(b, t, h, w, c, device=x.device, dtype=x.dtype)
-            channel_norm(x, self.norm_g, self.norm_b, self.eps, out=normed.permute(0, 4, 1, 2, 3))
-            rows_in = normed.view(-1, c)
-        else:
-            rows_in = x.permute(0, 2, 3, 4, 1).reshape(-1, c)  # a view when x is channels-last
-        qkv = torch.mm(rows_in, self.qkv_t.to(x.dtype))
+        qkv = project_qkv(x, self.qkv_t.to(x.dtype), self.norm_g, self.norm_b, self.eps)
         ctx = attention_context(qkv, b * t, h * w, self.heads, self.scale, splits)
         mix = torch.matmul(ctx, self.out_heads)  # [frames, heads, d, C_out]: tiny
         y = torch.empty(b, t, h, w, c_out, device=x.device, dtype=x.dtype).permute(0, 4, 1, 2, 3)

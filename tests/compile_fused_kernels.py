@@ -47,6 +47,11 @@ def linear_attention(arch):
     from cdt_fast.kernels import linear_attention as op
     for dt in DTYPES:
         precision = "ieee" if dt == "fp32" else "tf32"
+        _build(op._norm_project_kernel,
+               dict(x_ptr=f"*{dt}", g_ptr="*fp32", b_ptr="*fp32", w_ptr=f"*{dt}",
+                    out_ptr=f"*{dt}", eps="fp32"),
+               dict(NORM=True, BLOCK_M=64, BLOCK_K=128, BLOCK_N=128, DOT_PRECISION=precision),
+               arch, num_warps=8)
         _build(op._context_partial_kernel,
                dict(qkv_ptr=f"*{dt}", m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32"),
                dict(BLOCK_N=128, BLOCK_D=64, BLOCK_E=128, DOT_PRECISION=precision), arch,

@@ -166,3 +166,18 @@ def test_position_slices_cover_every_position_once(positions, programs, block, w
     count, length = _slices(positions, programs, block, wanted)
     assert length % block == 0 and count >= 1
     assert (count - 1) * length < positions <= count * length  # no empty slice, none missing
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("c", [3, 64, 384])
+def test_projection_autotune_pruning_fits_shared_memory(dtype, c):
+    from cdt_fast.kernels import linear_attention as op
+    w = torch.empty(c, 3 * c, dtype=dtype)
+    block_k = op._block_width(c, 1 << 30)
+    kept = op._prune_project_configs(op._PROJECT_CONFIGS, {"w_ptr": w, "N_OUT": 3 * c},
+                                     BLOCK_K=block_k)
+    size = w.element_size()
+    assert kept and all(
+        cfg.kwargs["BLOCK_M"] * block_k * size <= op._X_TILE_BYTES
+        and cfg.kwargs["BLOCK_N"] * block_k * size * cfg.num_stages <= op._W_TILE_BYTES
+        for cfg in kept)
