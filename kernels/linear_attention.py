@@ -329,7 +329,9 @@ def apply_attention(qkv: torch.Tensor, mix: torch.Tensor, bias: Optional[torch.T
     frames, heads, dh, c_out = mix.shape
     hidden = heads * dh
     out_rows, so_b, so_s, so_c = voxel_rows(out)
-    assert out_rows is out, "out must be addressable as voxel rows"
+    if out_rows is not out:
+        raise ValueError("out: its T, H, W dims must collapse into one stride (channels-last or "
+                         f"contiguous), got strides {out.stride()}")
     res, sr_b, sr_s, sr_c = voxel_rows(residual) if residual is not None else (out, 0, 0, 0)
     voxels = out.shape[2] * out.shape[3] * out.shape[4]
     block_c = _block_width(c_out, _MAX_BLOCK_C if not interpreting() else 64)
