@@ -407,9 +407,11 @@ class LinearAttentionWeights:
         return self.out_heads.shape[0]
 
     def __call__(self, x: torch.Tensor, *, residual: bool = False,
-                 splits: Optional[int] = None) -> torch.Tensor:
-        """attn(LN(x)) (LN only when packed with a norm), plus x when ``residual``; a
-        channels-last result. ``splits``: see :func:`attention_context`."""
+                 out: Optional[torch.Tensor] = None, splits: Optional[int] = None) -> torch.Tensor:
+        """attn(LN(x)) (LN only when packed with a norm), plus x when ``residual``. Written into
+        ``out`` when given ([B, C_out, T, H, W], x's dtype, channels-last or contiguous; it may
+        be x itself), else into a new channels-last tensor. ``splits``: see
+        :func:`attention_context`."""
         _check_activation(x, self.qkv_t.shape[0])
         check_launchable(x, "linear_attention")
         b, c, t, h, w = x.shape
@@ -419,9 +421,15 @@ class LinearAttentionWeights:
         qkv = project_qkv(x, self.qkv_t.to(x.dtype), self.norm_g, self.norm_b, self.eps)
         ctx = attention_context(qkv, b * t, h * w, self.heads, self.scale, splits)
         mix = torch.matmul(ctx, self.out_heads)  # [frames, heads, d, C_out]: tiny
-        y = torch.empty(b, t, h, w, c_out, device=x.device, dtype=x.dtype).permute(0, 4, 1, 2, 3)
-        apply_attention(qkv, mix, self.bias, x if residual else None, y, h * w)
-        return y
+        shape = (b, c_out, t, h, w)
+        if out is None:
+            out = torch.empty(b, t, h, w, c_out, device=x.device, dtype=x.dtype).permute(
+                0, 4, 1, 2, 3)
+        elif tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
+            raise ValueError(f"out must be a {x.dtype} tensor of shape {shape} on {x.device}, "
+                             f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+        apply_attention(qkv, mix, self.bias, x if residual else None, out, h * w)
+        return out
 
 
 def _check_activation(x: torch.Tensor, c: int) -> None:
@@ -435,21 +443,23 @@ def _check_activation(x: torch.Tensor, c: int) -> None:
 
 def linear_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
                      b_out: Optional[torch.Tensor], *, heads: int = 1,
-                     scale: Optional[float] = None) -> torch.Tensor:
+                     scale: Optional[float] = None,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`cdt_fast.functional.linear_attention` on the fused kernels (no norm, no residual);
-    the result is channels-last."""
+    the result is channels-last unless ``out`` is given."""
     weights = LinearAttentionWeights.pack(w_qkv, w_out, b_out, heads=heads, scale=scale,
                                           dtype=getattr(x, "dtype", None))
-    return weights(x)
+    return weights(x, out=out)
 
 
 def linear_attention_block(x: torch.Tensor, norm_g: torch.Tensor, norm_b: torch.Tensor,
                            w_qkv: torch.Tensor, w_out: torch.Tensor, b_out: Optional[torch.Tensor],
                            *, heads: int = 1, scale: Optional[float] = None,
-                           eps: float = 1e-5) -> torch.Tensor:
+                           eps: float = 1e-5, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x + linear_attention(channel_norm(x, norm_g, norm_b, eps), ...)``: CDT's
-    ``Residual(PreNorm(LinearAttention))`` block (``attention_block``); channels-last result."""
+    ``Residual(PreNorm(LinearAttention))`` block (``attention_block``); the result is
+    channels-last unless ``out`` is given (it may be ``x``: the block then runs in place)."""
     weights = LinearAttentionWeights.pack(w_qkv, w_out, b_out, heads=heads, scale=scale,
                                           norm_g=norm_g, norm_b=norm_b, eps=eps,
                                           dtype=getattr(x, "dtype", None))
-    return weights(x, residual=True)
+    return weights(x, residual=True, out=out)

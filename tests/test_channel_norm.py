@@ -98,11 +98,11 @@ def test_constant_voxels_normalise_to_bias():
 
 
 def test_non_collapsible_layouts():
-    base = _activation((2, 12, 3, 5, 14), channels_last=False)
-    x = base[..., ::2]  # W stride 2: T, H, W do not collapse into one stride
+    # T, H, W that do not collapse into one stride: H cropped (x, out), W strided (residual).
     g, b = _affine(12)
-    res = _activation((2, 12, 3, 5, 7))
-    out = torch.empty(2, 12, 3, 5, 14, device=DEVICE)[..., 1::2]
+    x = _activation((2, 12, 3, 6, 7), channels_last=False)[:, :, :, :5]
+    res = _activation((2, 12, 3, 5, 14))[..., ::2]
+    out = torch.empty(2, 12, 3, 6, 7, device=DEVICE)[:, :, :, 1:]
     y = channel_norm(x, g, b, relu=True, residual=res, out=out)
     assert y is out
     torch.testing.assert_close(y, CF.channel_norm(x, g, b, relu=True, residual=res),

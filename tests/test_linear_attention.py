@@ -119,6 +119,24 @@ def test_packed_weights_are_reusable_and_match_the_one_shot_launchers():
                                rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_out_buffer_and_in_place_block(channels_last):
+    x = _activation((2, 12, 2, 5, 7), channels_last=channels_last)
+    w_qkv, w_out, b_out = _weights(12)
+    g, b = torch.randn(12, device=DEVICE), torch.randn(12, device=DEVICE)
+    expected = x + CF.linear_attention(CF.channel_norm(x, g, b), w_qkv, w_out, b_out)
+    out = torch.empty_like(x)
+    assert linear_attention_block(x, g, b, w_qkv, w_out, b_out, out=out) is out
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=2e-5)
+    assert linear_attention_block(x, g, b, w_qkv, w_out, b_out, out=x) is x  # in place
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="out must be"):
+        linear_attention(x, w_qkv, w_out, b_out, out=out[:, :, :1])
+    with pytest.raises(ValueError, match="collapse"):
+        linear_attention(x, w_qkv, w_out, b_out,
+                         out=torch.empty(2, 12, 2, 6, 7, device=DEVICE)[:, :, :, :5])
+
+
 def test_bad_arguments_are_named():
     x = _activation((1, 12, 1, 5, 7))
     w_qkv, w_out, b_out = _weights(12)
