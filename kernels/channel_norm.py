@@ -99,9 +99,11 @@ def _channel_norm_kernel(x_ptr, g_ptr, b_ptr, tb_ptr, res_ptr, out_ptr,
              y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# restore_value: tuning reruns the kernel, and ``out`` may be ``x`` or ``residual`` (in place).
 _channel_norm_tuned = triton.autotune(
     _CONFIGS, key=["C", "RELU", "HAS_TIME_BIAS", "HAS_RESIDUAL", "BLOCK_C"],
-    prune_configs_by={"early_config_prune": _prune_configs})(_channel_norm_kernel)
+    prune_configs_by={"early_config_prune": _prune_configs},
+    restore_value=["out_ptr"])(_channel_norm_kernel)
 
 
 def _check_input(x: torch.Tensor) -> None:

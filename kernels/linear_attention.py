@@ -241,9 +241,10 @@ _norm_project_tuned = triton.autotune(
 _context_partial_tuned = triton.autotune(
     _PARTIAL_CONFIGS, key=["DH", "HIDDEN", "BLOCK_D", "BLOCK_E", "DOT_PRECISION"])(
     _context_partial_kernel)
+# restore_value: tuning reruns the kernel, and ``out`` may be the residual ``x`` (in place).
 _attention_apply_tuned = triton.autotune(
     _APPLY_CONFIGS, key=["DH", "HEADS", "C_OUT", "BLOCK_C", "HAS_BIAS", "HAS_RESIDUAL",
-                         "DOT_PRECISION"])(_attention_apply_kernel)
+                         "DOT_PRECISION"], restore_value=["out_ptr"])(_attention_apply_kernel)
 
 
 def _block_width(dh: int, cap: int) -> int:

@@ -229,3 +229,17 @@ def test_autotune_pruning_keeps_tiles_in_range():
         assert kept, block_c
         tiles = {c.kwargs["BLOCK_M"] * block_c for c in kept}
         assert all(1024 <= t <= 16384 for t in tiles) or len(kept) == 1
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="the interpreter stand-in for GPU autotuning")
+def test_autotuned_path_in_place(monkeypatch):
+    from cdt_fast.kernels import channel_norm as op
+    from .fused_autotune_on_cpu import tune_on_cpu
+    tune_on_cpu(monkeypatch, op, op._channel_norm_tuned)
+    x = _activation((2, 20, 2, 5, 7))
+    res = _activation((2, 20, 2, 5, 7))
+    g, b = _affine(20)
+    expected = CF.channel_norm(x, g, b, relu=True, residual=res)
+    assert channel_norm(x, g, b, relu=True, residual=res, out=x) is x
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
+    assert op._channel_norm_tuned.cache  # the tuned branch ran and chose a config

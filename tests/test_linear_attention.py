@@ -199,3 +199,18 @@ def test_projection_autotune_pruning_fits_shared_memory(dtype, c):
         cfg.kwargs["BLOCK_M"] * block_k * size <= op._X_TILE_BYTES
         and cfg.kwargs["BLOCK_N"] * block_k * size * cfg.num_stages <= op._W_TILE_BYTES
         for cfg in kept)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter stand-in for GPU autotuning")
+def test_autotuned_path_in_place(monkeypatch):
+    from cdt_fast.kernels import linear_attention as op
+    from .fused_autotune_on_cpu import tune_on_cpu
+    for tuned in (op._norm_project_tuned, op._context_partial_tuned, op._attention_apply_tuned):
+        tune_on_cpu(monkeypatch, op, tuned, configs=2)
+    x = _activation((1, 20, 2, 5, 7))
+    w_qkv, w_out, b_out = _weights(20)
+    g, b = torch.randn(20, device=DEVICE), torch.randn(20, device=DEVICE)
+    expected = x + CF.linear_attention(CF.channel_norm(x, g, b), w_qkv, w_out, b_out)
+    assert linear_attention_block(x, g, b, w_qkv, w_out, b_out, out=x) is x
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=2e-5)
+    assert op._attention_apply_tuned.cache and op._norm_project_tuned.cache
