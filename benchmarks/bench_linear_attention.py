@@ -71,9 +71,11 @@ def core_case(x, params):
     y = torch.empty_like(x)
 
     def fn():
-        from cdt_fast.kernels.linear_attention import apply_attention, attention_context
+        from cdt_fast.kernels.linear_attention import (apply_attention, attention_context,
+                                                       projected_context)
         ctx = attention_context(qkv, b * t, h * w, packed.heads, packed.scale)
-        apply_attention(qkv, torch.matmul(ctx, packed.out_heads), packed.bias, x, y, h * w)
+        mix = projected_context(ctx, packed.out_heads, x.dtype)
+        apply_attention(qkv, mix, packed.bias, x, y, h * w)
 
     return fn, qkv.numel() * qkv.element_size() + 2 * x.numel() * x.element_size()
 

@@ -318,6 +318,14 @@ def attention_context(qkv: torch.Tensor, frames: int, positions: int, heads: int
     return ctx
 
 
+def projected_context(ctx: torch.Tensor, out_heads: torch.Tensor,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """``mix = context @ W_head^T`` ([frames, heads, d, C_out], tiny), computed in fp32 and stored
+    in the dtype the apply kernel's product takes (it would round it there anyway; half the
+    bytes every apply program reads)."""
+    return torch.matmul(ctx, out_heads).to(dtype)
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     # fp32 activations keep fp32 products (the reference's); 16-bit ones use the tensor cores.
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -325,8 +333,9 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 def apply_attention(qkv: torch.Tensor, mix: torch.Tensor, bias: Optional[torch.Tensor],
                     residual: Optional[torch.Tensor], out: torch.Tensor, positions: int) -> None:
-    """``out = sum_heads softmax(q)^T mix (+ bias) (+ residual)``; ``mix`` fp32
-    [frames, heads, d, C_out]; ``out``/``residual`` [B, C_out, T, H, W] (any voxel-row layout)."""
+    """``out = sum_heads softmax(q)^T mix (+ bias) (+ residual)``; ``mix`` [frames, heads, d,
+    C_out] (:func:`projected_context`); ``out``/``residual`` [B, C_out, T, H, W] (``out``:
+    channels-last or contiguous; ``residual``: any layout)."""
     frames, heads, dh, c_out = mix.shape
     hidden = heads * dh
     out_rows, so_b, so_s, so_c = voxel_rows(out)
@@ -421,7 +430,7 @@ class LinearAttentionWeights:
             raise ValueError(f"the residual needs C_out == C, got C_out={c_out}, C={c}")
         qkv = project_qkv(x, self.qkv_t.to(x.dtype), self.norm_g, self.norm_b, self.eps)
         ctx = attention_context(qkv, b * t, h * w, self.heads, self.scale, splits)
-        mix = torch.matmul(ctx, self.out_heads)  # [frames, heads, d, C_out]: tiny
+        mix = projected_context(ctx, self.out_heads, x.dtype)
         shape = (b, c_out, t, h, w)
         if out is None:
             out = torch.empty(b, t, h, w, c_out, device=x.device, dtype=x.dtype).permute(

@@ -57,7 +57,7 @@ def linear_attention(arch):
                dict(BLOCK_N=128, BLOCK_D=64, BLOCK_E=128, DOT_PRECISION=precision), arch,
                num_warps=8)
         _build(op._attention_apply_kernel,
-               dict(qkv_ptr=f"*{dt}", mix_ptr="*fp32", bias_ptr=f"*{dt}", res_ptr=f"*{dt}",
+               dict(qkv_ptr=f"*{dt}", mix_ptr=f"*{dt}", bias_ptr=f"*{dt}", res_ptr=f"*{dt}",
                     out_ptr=f"*{dt}"),
                dict(HAS_BIAS=True, HAS_RESIDUAL=True, BLOCK_N=64, BLOCK_D=32, BLOCK_C=128,
                     DOT_PRECISION=precision), arch)
