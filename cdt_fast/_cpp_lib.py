@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # Must equal cdt_fast::kAbiVersion (csrc/include/cdt_fast/ops.h) of the loaded build.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.uint8: 3}
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -87,6 +87,10 @@ def _cuda() -> BackendStatus:
     if not torch.cuda.is_available():
         return BackendStatus("cuda", False, "no CUDA device visible to torch (a CPU build of torch, "
                                             "or no GPU)")
+    runtime = lib.cuda_runtime_status()
+    if runtime:
+        return BackendStatus("cuda", False, f"cdt_fast._C's CUDA runtime (static, from the nvcc "
+                                            f"that built it) cannot use the GPU: {runtime}")
     major, minor = torch.cuda.get_device_capability()
     if not _arch_runs(lib.CUDA_ARCHS, major, minor):
         return BackendStatus("cuda", False, f"cdt_fast._C holds code for sm_{lib.CUDA_ARCHS}, not "

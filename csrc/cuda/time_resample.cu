@@ -42,7 +42,13 @@ __global__ void upsample_kernel(const T* __restrict__ y, const float* __restrict
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t g = i % groups, v = i / groups;  // v = (b * frames + t) * positions + p
     const std::int64_t p = v % positions, bt = v / positions, t = bt % frames, b = bt / frames;
-    Vec<T, 2 * K> in = *reinterpret_cast<const Vec<T, 2 * K>*>(y + v * 2 * C + g * 2 * K);
+    Vec<T, 2 * K> in;
+    if constexpr (K == 1) {  // the unaligned fallback: element loads only
+      in.v[0] = y[v * 2 * C + 2 * g];
+      in.v[1] = y[v * 2 * C + 2 * g + 1];
+    } else {
+      in = *reinterpret_cast<const Vec<T, 2 * K>*>(y + v * 2 * C + g * 2 * K);
+    }
 #pragma unroll
     for (int parity = 0; parity < 2; ++parity) {
       const std::int64_t f = 2 * t + parity - (drop_first ? 1 : 0);
@@ -54,7 +60,12 @@ __global__ void upsample_kernel(const T* __restrict__ y, const float* __restrict
         if (bias) val += bias[g * 2 * K + 2 * j + parity];
         o.v[j] = detail::from_float<T>(val);
       }
-      *reinterpret_cast<Vec<T, K>*>(out + ((b * out_frames + f) * positions + p) * C + g * K) = o;
+      T* dst = out + ((b * out_frames + f) * positions + p) * C + g * K;
+      if constexpr (K == 1) {
+        *dst = o.v[0];
+      } else {
+        *reinterpret_cast<Vec<T, K>*>(dst) = o;
+      }
     }
   }
 }

@@ -14,6 +14,8 @@
 
 #include "cdt_fast/ops.h"
 #if defined(CDT_FAST_WITH_CUDA)
+#include <cuda_runtime_api.h>
+
 #include "cdt_fast/ops_cuda.h"
 #endif
 
@@ -299,6 +301,18 @@ void to_uint8(py::object x_, py::object frames_, std::uintptr_t stream, int thre
                cuda::to_uint8(x.ptr, x.dtype, x.numel(), out, device, as_stream(stream)));
 }
 
+// "" when this module's (static) CUDA runtime sees a device, else why not (an old driver, say).
+std::string cuda_runtime_status() {
+#if defined(CDT_FAST_WITH_CUDA)
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  return count > 0 ? "" : "no CUDA device";
+#else
+  return "built without CUDA";
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -321,6 +335,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_attention", &linear_attention, py::arg("qkv"), py::arg("out"), py::arg("heads"),
         py::arg("scale"), py::arg("workspace").none(true), py::arg("stream") = 0,
         py::arg("threads") = 0);
+  m.def("cuda_runtime_status", &cuda_runtime_status);
   m.def("linear_attention_workspace_floats", &linear_attention_workspace_floats);
   m.def("time_downsample_frames", &time_downsample_frames);
   m.def("time_downsample_gather", &time_downsample_gather, py::arg("x"),

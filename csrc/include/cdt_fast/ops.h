@@ -17,7 +17,7 @@ namespace cdt_fast {
 
 // Bumped whenever a signature or semantic of this header or of the Python module changes; the
 // Python loader refuses a module built with another number.
-constexpr int kAbiVersion = 1;
+constexpr int kAbiVersion = 2;
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kUInt8 = 3 };
 enum class PadMode : int { kZeros = 0, kReplicate = 1 };
