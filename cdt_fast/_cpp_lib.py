@@ -111,6 +111,9 @@ def _invoke(op: str, on: torch.Tensor, *args):
         exec_args = {"stream": torch.cuda.current_stream(on.device).cuda_stream, "threads": 0}
     else:
         exec_args = {"stream": 0, "threads": torch.get_num_threads()}
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        raise RuntimeError(f"cdt_fast C++/CUDA op {op} is inference-only (no autograd): call it "
+                           "under torch.no_grad() or torch.inference_mode()")
     descs = [_desc(a) if a is None or isinstance(a, (torch.Tensor, _Flat)) else a for a in args]
     return getattr(library(), op)(*descs, **exec_args)
 

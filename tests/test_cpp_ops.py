@@ -288,6 +288,14 @@ def test_bad_input_is_named():
         L.ddim_update(x, x[:, :, :1], COEFFS)
 
 
+def test_autograd_is_refused_not_silently_dropped():
+    x = rand(1, 4, 2, 3, 3).requires_grad_()
+    with pytest.raises(RuntimeError, match="inference-only"):
+        L.channel_norm(x, torch.ones(4), torch.zeros(4))
+    with torch.no_grad():
+        L.channel_norm(x, torch.ones(4), torch.zeros(4))
+
+
 def test_extension_rejects_non_dense_descriptors():
     """The C++ side re-checks the layout promise: a strided buffer is a ValueError, not garbage."""
     lib = L.library()
