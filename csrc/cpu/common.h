@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cdt_fast/detail/dispatch.h"
 #include "cdt_fast/ops.h"
 
 namespace cdt_fast {
@@ -64,14 +65,7 @@ template <> inline Half from_float<Half>(float f) {
 
 template <typename F>
 void dispatch_float(DType dtype, const char* op, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: f(float{}); return;
-    case DType::kFloat16: f(Half{}); return;
-    case DType::kBFloat16: f(BFloat16{}); return;
-    default:
-      throw std::invalid_argument(std::string(op) + ": dtype must be float32, float16 or "
-                                  "bfloat16, got " + dtype_name(dtype));
-  }
+  cdt_fast::detail::dispatch_float<float, Half, BFloat16>(dtype, op, static_cast<F&&>(f));
 }
 
 inline void require(bool ok, const std::string& message) {

@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cdt_fast/detail/dispatch.h"
 #include "cdt_fast/ops.h"
 
 namespace cdt_fast {
@@ -81,14 +82,7 @@ inline unsigned grid_for(std::int64_t n, int block) {
 
 template <typename F>
 void dispatch_float(DType dtype, const char* op, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: f(float{}); return;
-    case DType::kFloat16: f(__half{}); return;
-    case DType::kBFloat16: f(__nv_bfloat16{}); return;
-    default:
-      throw std::invalid_argument(std::string(op) + ": dtype must be float32, float16 or "
-                                  "bfloat16, got " + dtype_name(dtype));
-  }
+  cdt_fast::detail::dispatch_float<float, __half, __nv_bfloat16>(dtype, op, static_cast<F&&>(f));
 }
 
 // dst row r (row_units units of U) = *src_of(r), or zeros where src_of returns null.
