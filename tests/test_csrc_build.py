@@ -55,3 +55,35 @@ def test_cmake_library_and_ctest(tmp_path):
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, (cmd, result.stdout[-3000:], result.stderr[-3000:])
     assert "100% tests passed" in result.stdout
+
+
+def _build(tmp_path, **env):
+    """setup.py build_ext into tmp_path with extra environment; returns (rc, log, module or None)."""
+    import importlib.util
+    import sys
+
+    out, temp = tmp_path / "lib", tmp_path / "temp"
+    result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "-b", str(out), "-t", str(temp)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, **env})
+    built = sorted((out / "cdt_fast").glob("_C*"))
+    module = None
+    if built:
+        spec = importlib.util.spec_from_file_location("cdt_fast._C", built[0])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return result.returncode, result.stdout + result.stderr, module
+
+
+@pytest.mark.slow
+def test_build_switches(tmp_path):
+    """CPU-only on request; a failing compiler warns and installs pure Python unless forced."""
+    rc, log, module = _build(tmp_path / "cpu", CDT_FAST_SKIP_CUDA_BUILD="1")
+    assert rc == 0 and module is not None and module.WITH_CUDA is False, log
+    rc, log, module = _build(tmp_path / "broken", CDT_FAST_SKIP_CUDA_BUILD="1", CXX="false")
+    assert rc == 0 and module is None and "the C++ extension was not built" in log
+    rc, log, module = _build(tmp_path / "forced", CDT_FAST_SKIP_CUDA_BUILD="1", CXX="false",
+                             CDT_FAST_FORCE_BUILD="1")
+    assert rc != 0 and module is None
+    rc, log, module = _build(tmp_path / "none", CDT_FAST_SKIP_CPP_BUILD="1")
+    assert rc == 0 and module is None
