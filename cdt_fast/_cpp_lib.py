@@ -331,9 +331,33 @@ def _frames(x: torch.Tensor) -> torch.Tensor:
     return _rows(x).reshape(b, t, h * w * c)
 
 
-def causal_conv3d_history(x: torch.Tensor, past: Optional[torch.Tensor], history: int) -> torch.Tensor:
+def _out_rows(out: Optional[torch.Tensor], shape, like: torch.Tensor,
+              *inputs: Optional[torch.Tensor]) -> torch.Tensor:
+    """The [B, T, H, W, C] rows of a caller's preallocated ``out`` (logical [B, C, T, H, W],
+    channels-last, like's dtype and device, overlapping no input), or fresh ones."""
+    b, c, t, h, w = shape
+    if out is None:
+        return _empty_rows(b, t, h, w, c, like)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape) \
+            or out.dtype != like.dtype or out.device != like.device \
+            or not out.is_contiguous(memory_format=_CL):
+        raise ValueError(f"out must be a channels-last {like.dtype} tensor of shape {tuple(shape)} "
+                         f"on {like.device}, got "
+                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    lo, hi = out.data_ptr(), out.data_ptr() + out.numel() * out.element_size()
+    for t_in in inputs:
+        if t_in is not None and t_in.numel():
+            a = t_in.data_ptr()
+            if a < hi and lo < a + t_in.numel() * t_in.element_size():
+                raise ValueError("out must not overlap the inputs (the copy is not in place)")
+    return out.permute(0, 2, 3, 4, 1)
+
+
+def causal_conv3d_history(x: torch.Tensor, past: Optional[torch.Tensor], history: int, *,
+                          out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`cdt_fast.functional.causal_conv3d_history`: the last ``history`` frames of
-    ``[past | x]``, copied by the extension."""
+    ``[past | x]``, copied by the extension (into ``out`` when given: a preallocated
+    channels-last cache buffer of the result's shape)."""
     _check_5d(x, "x")
     _check_past(x, past)
     history = int(history)
@@ -344,17 +368,18 @@ def causal_conv3d_history(x: torch.Tensor, past: Optional[torch.Tensor], history
         history = t
     used = past if past is not None and t < history else None
     n = min(history, t + (used.shape[2] if used is not None else 0))
-    out = _empty_rows(b, n, h, w, c, x)
+    rows = _out_rows(out, (b, c, n, h, w), x, x, used)
     _invoke("causal_history", x, _frames(x), _frames(used) if used is not None else None,
-            out.view(b, n, -1), history)
-    return _logical(out)
+            rows.reshape(b, n, -1), history)
+    return _logical(rows)
 
 
 def causal_conv3d_input(x: torch.Tensor, past: Optional[torch.Tensor], history: int,
-                        pad_mode: str = "zeros") -> torch.Tensor:
+                        pad_mode: str = "zeros", *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The time axis of a causal conv's input: ``[pad | past | x]`` with ``history`` frames before
     x (those ``past`` lacks are zeros, or copies of the first frame for ``replicate``), as
-    :func:`cdt_fast.functional.causal_conv3d` builds it before its spatial padding."""
+    :func:`cdt_fast.functional.causal_conv3d` builds it before its spatial padding. ``out``: a
+    preallocated channels-last [B, C, history + T, H, W] buffer to fill (the engine's)."""
     _check_5d(x, "x")
     _check_past(x, past)
     mode = _pad_code(pad_mode)
@@ -364,10 +389,10 @@ def causal_conv3d_input(x: torch.Tensor, past: Optional[torch.Tensor], history: 
     if past is not None and past.shape[2] == 0:
         past = None
     b, c, t, h, w = x.shape
-    out = _empty_rows(b, history + t, h, w, c, x)
+    rows = _out_rows(out, (b, c, history + t, h, w), x, x, past)
     _invoke("causal_padded_input", x, _frames(x), _frames(past) if past is not None else None,
-            out.view(b, history + t, -1), history, mode)
-    return _logical(out)
+            rows.reshape(b, history + t, -1), history, mode)
+    return _logical(rows)
 
 
 def _coefficients(coefficients: Sequence) -> Tuple[float, float, float, float]:

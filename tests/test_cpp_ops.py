@@ -216,6 +216,21 @@ def test_causal_conv3d_input(pad_mode, past_frames, frames):
                                                       space_padding=(1, 1), pad_mode=pad_mode))
 
 
+def test_cache_assembly_into_preallocated_buffers():
+    x, past = rand(2, 4, 3, 5, 3), rand(2, 4, 2, 5, 3)
+    buf = torch.empty(2, 4, 5, 5, 3).contiguous(memory_format=CL)
+    out = L.causal_conv3d_input(x, past, 2, "replicate", out=buf)
+    assert out.data_ptr() == buf.data_ptr() and torch.equal(buf, torch.cat([past, x], dim=2))
+    cache = torch.empty(2, 4, 2, 5, 3).contiguous(memory_format=CL)
+    out = L.causal_conv3d_history(x, past, 2, out=cache)
+    assert out.data_ptr() == cache.data_ptr() and torch.equal(cache, x[:, :, -2:])
+    past = past.contiguous(memory_format=CL)
+    with pytest.raises(ValueError, match="overlap"):  # [past | x] would shift within past
+        L.causal_conv3d_history(x[:, :, :1], past, 2, out=past)
+    with pytest.raises(ValueError, match="channels-last"):
+        L.causal_conv3d_history(x, past, 2, out=torch.empty(2, 4, 2, 5, 3))
+
+
 # ---- the denoise epilogue ----------------------------------------------------------------------
 
 COEFFS = (torch.tensor(1.0000305), torch.tensor(0.0078125), torch.tensor(0.9999), torch.tensor(0.0141))
