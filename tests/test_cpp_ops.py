@@ -17,6 +17,18 @@ pytestmark = pytest.mark.skipif(
     not L.is_available(),
     reason=f"cdt_fast._C not usable: {L.unavailable_reason()} (build: pip install -e .)")
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Parity does not depend on threads (test_thread_count_does_not_change_results checks that);
+    one thread keeps these tiny ops from waiting on OpenMP barriers on a busy 2-core runner."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (atol, rtol) of a stage's output against the fp32 contract: fp32 is reduction-order noise; the
 # half types are the rounding of the output plus that of the (tiny) reductions' inputs.
@@ -276,6 +288,22 @@ def test_fused_ddim_to_uint8_frames(clamp):
     assert torch.equal(frames, CF.to_uint8_frames(ref))
     none, frames_only = L.ddim_to_uint8_frames(x_t, x0, COEFFS, clamp=clamp, keep_x_next=False)
     assert none is None and torch.equal(frames_only, frames)
+
+
+def test_thread_count_does_not_change_results():
+    """Work is split by rows/frames, never inside a reduction: any thread count, same bits."""
+    x = rand(2, 6, 3, 17, 23)
+    g, b, tb = rand(6), rand(6), rand(2, 6)
+    qkv = rand(6, 17 * 23, 3 * 8)  # the attention core alone: torch's GEMMs may vary with threads
+    results = []
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        core = torch.empty(6, 17 * 23, 8)
+        L._invoke("linear_attention", qkv, qkv, core, 2, 0.5, None)
+        results.append((L.channel_norm(x, g, b, relu=True, time_bias=tb), core))
+    torch.set_num_threads(1)
+    for one, many in zip(*results):
+        assert torch.equal(one, many)
 
 
 # ---- bad input ---------------------------------------------------------------------------------
