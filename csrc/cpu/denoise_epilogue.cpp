@@ -10,21 +10,41 @@ namespace cpu {
 namespace {
 
 inline std::uint8_t frame_value(float v) {
-  v = v < -1.f ? -1.f : (v > 1.f ? 1.f : v);
-  // nearbyint rounds half to even under the default rounding mode, as torch.round.
-  return static_cast<std::uint8_t>(std::nearbyint((v + 1.f) / 2.f * 255.f));
+  v = cdt_fast::detail::clamp_unit(v);
+  // Adding and removing 2^23 rounds a value in [0, 255] to an integer, half to even (the default
+  // rounding mode), as torch.round; unlike libm's nearbyint it inlines and vectorises.
+  const float magic = 8388608.0f;
+  return static_cast<std::uint8_t>(static_cast<std::int32_t>(((v + 1.f) / 2.f * 255.f + magic) - magic));
+}
+
+// One branch-free loop per output combination, so each vectorises.
+template <typename T, bool kNext, bool kFrames, bool kClamp>
+void ddim_loop(const DdimArgs& a, int threads) {
+  const T* xt = static_cast<const T*>(a.x_t);
+  const T* x0 = static_cast<const T*>(a.x0);
+  float* next = a.x_next;
+  std::uint8_t* frames = a.frames;
+  const float ca = a.a, cb = a.b, cc = a.c, cd = a.d;
+#pragma omp parallel for schedule(static) num_threads(detail::omp_threads(threads))
+  for (std::int64_t i = 0; i < a.numel; ++i) {
+    const float v = cdt_fast::detail::ddim_value(detail::to_float(xt[i]), detail::to_float(x0[i]),
+                                                 ca, cb, cc, cd, kClamp);
+    if (kNext) next[i] = v;
+    if (kFrames) frames[i] = frame_value(v);
+  }
 }
 
 template <typename T>
 void ddim_impl(const DdimArgs& a, int threads) {
-  const T* xt = static_cast<const T*>(a.x_t);
-  const T* x0 = static_cast<const T*>(a.x0);
-#pragma omp parallel for schedule(static) num_threads(detail::omp_threads(threads))
-  for (std::int64_t i = 0; i < a.numel; ++i) {
-    const float v = cdt_fast::detail::ddim_value(detail::to_float(xt[i]), detail::to_float(x0[i]),
-                                                 a.a, a.b, a.c, a.d, a.clamp);
-    if (a.x_next) a.x_next[i] = v;
-    if (a.frames) a.frames[i] = frame_value(v);
+  const bool next = a.x_next != nullptr, frames = a.frames != nullptr;
+  if (a.clamp) {
+    if (next && frames) ddim_loop<T, true, true, true>(a, threads);
+    else if (next) ddim_loop<T, true, false, true>(a, threads);
+    else ddim_loop<T, false, true, true>(a, threads);
+  } else {
+    if (next && frames) ddim_loop<T, true, true, false>(a, threads);
+    else if (next) ddim_loop<T, true, false, false>(a, threads);
+    else ddim_loop<T, false, true, false>(a, threads);
   }
 }
 

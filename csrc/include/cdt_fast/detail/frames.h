@@ -2,6 +2,7 @@
 // loops and the CUDA kernels (and so by construction identical on both).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cdt_fast/ops.h"
@@ -62,9 +63,18 @@ CDT_HD FrameSource downsample_source(std::int64_t j, int k, bool has_past, PadMo
   return FrameSource{Source::kX, f - 2};
 }
 
-// The DDIM update with upstream's order of operations, and the uint8 frame conversion.
+// Clamp to [-1, 1] without branches (minss/maxss on CPU: vectorises; NaN stays NaN there).
+CDT_HD float clamp_unit(float x) {
+#if defined(__CUDA_ARCH__)
+  return fminf(fmaxf(x, -1.f), 1.f);
+#else
+  return std::min(std::max(x, -1.f), 1.f);
+#endif
+}
+
+// The DDIM update with upstream's order of operations.
 CDT_HD float ddim_value(float x_t, float x0, float a, float b, float c, float d, bool clamp) {
-  if (clamp) x0 = x0 < -1.f ? -1.f : (x0 > 1.f ? 1.f : x0);
+  if (clamp) x0 = clamp_unit(x0);
   const float inner = (a * x_t - x0) / b;
   return c * x0 + d * inner;
 }
