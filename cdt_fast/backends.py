@@ -71,7 +71,7 @@ def _cpp() -> BackendStatus:
 
 def _arch_runs(archs: str, major: int, minor: int) -> bool:
     """SASS for sm_XY runs on X.Z >= Y of the same major; PTX of the newest arch JITs upward."""
-    built = sorted(int(a) for a in archs.split(";") if a.strip().isdigit())
+    built = sorted(int(a) for a in archs.replace(",", ";").split(";") if a.strip().isdigit())
     cap = 10 * major + minor
     return any(a // 10 == major and a <= cap for a in built) or (bool(built) and cap >= built[-1])
 

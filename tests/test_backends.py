@@ -48,7 +48,8 @@ def test_triton_is_recomputed_on_call(monkeypatch):
 @pytest.mark.parametrize("archs,cap,runs", [
     ("80;90", (8, 0), True), ("80;90", (8, 6), True), ("80;90", (8, 9), True),
     ("80;90", (9, 0), True), ("80;90", (12, 0), True),  # PTX of sm_90 JITs forward
-    ("80;90", (7, 5), False), ("90", (8, 0), False), ("86", (8, 0), False)])
+    ("80;90", (7, 5), False), ("90", (8, 0), False), ("86", (8, 0), False),
+    ("80,90", (9, 0), True)])  # CMake builds separate with commas
 def test_arch_compatibility(archs, cap, runs):
     assert _arch_runs(archs, *cap) is runs
 
