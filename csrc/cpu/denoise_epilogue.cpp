@@ -1,0 +1,76 @@
+// The single-step denoise epilogue: DDIM x-prediction update, optional clamp of x0, and uint8
+// frames, in one elementwise pass (fp32 arithmetic in upstream's order).
+#include <cmath>
+
+#include "cdt_fast/detail/frames.h"
+#include "common.h"
+
+namespace cdt_fast {
+namespace cpu {
+namespace {
+
+inline std::uint8_t frame_value(float v) {
+  v = cdt_fast::detail::clamp_unit(v);
+  // Adding and removing 2^23 rounds a value in [0, 255] to an integer, half to even (the default
+  // rounding mode), as torch.round; unlike libm's nearbyint it inlines and vectorises.
+  const float magic = 8388608.0f;
+  return static_cast<std::uint8_t>(static_cast<std::int32_t>(((v + 1.f) / 2.f * 255.f + magic) - magic));
+}
+
+// One branch-free loop per output combination, so each vectorises.
+template <typename T, bool kNext, bool kFrames, bool kClamp>
+void ddim_loop(const DdimArgs& a, int threads) {
+  const T* xt = static_cast<const T*>(a.x_t);
+  const T* x0 = static_cast<const T*>(a.x0);
+  float* next = a.x_next;
+  std::uint8_t* frames = a.frames;
+  const float ca = a.a, cb = a.b, cc = a.c, cd = a.d;
+#pragma omp parallel for schedule(static) num_threads(detail::omp_threads(threads))
+  for (std::int64_t i = 0; i < a.numel; ++i) {
+    const float v = cdt_fast::detail::ddim_value(detail::to_float(xt[i]), detail::to_float(x0[i]),
+                                                 ca, cb, cc, cd, kClamp);
+    if (kNext) next[i] = v;
+    if (kFrames) frames[i] = frame_value(v);
+  }
+}
+
+template <typename T>
+void ddim_impl(const DdimArgs& a, int threads) {
+  const bool next = a.x_next != nullptr, frames = a.frames != nullptr;
+  if (a.clamp) {
+    if (next && frames) ddim_loop<T, true, true, true>(a, threads);
+    else if (next) ddim_loop<T, true, false, true>(a, threads);
+    else ddim_loop<T, false, true, true>(a, threads);
+  } else {
+    if (next && frames) ddim_loop<T, true, true, false>(a, threads);
+    else if (next) ddim_loop<T, true, false, false>(a, threads);
+    else ddim_loop<T, false, true, false>(a, threads);
+  }
+}
+
+template <typename T>
+void uint8_impl(const T* x, std::int64_t n, std::uint8_t* frames, int threads) {
+#pragma omp parallel for schedule(static) num_threads(detail::omp_threads(threads))
+  for (std::int64_t i = 0; i < n; ++i) frames[i] = frame_value(detail::to_float(x[i]));
+}
+
+}  // namespace
+
+void ddim_update(const DdimArgs& args, int threads) {
+  detail::require(args.x_t && args.x0, "ddim_update: x_t and x0 must be non-null");
+  detail::require(args.x_next || args.frames, "ddim_update: give x_next and/or frames");
+  detail::dispatch_float(args.dtype, "ddim_update", [&](auto tag) {
+    ddim_impl<decltype(tag)>(args, threads);
+  });
+}
+
+void to_uint8(const void* x, DType dtype, std::int64_t numel, std::uint8_t* frames, int threads) {
+  detail::require(x && frames, "to_uint8: x and frames must be non-null");
+  detail::dispatch_float(dtype, "to_uint8", [&](auto tag) {
+    using T = decltype(tag);
+    uint8_impl<T>(static_cast<const T*>(x), numel, frames, threads);
+  });
+}
+
+}  // namespace cpu
+}  // namespace cdt_fast
