@@ -1,7 +1,8 @@
 """cdt_fast: a fast, faithful engine for CDT, the Conditioned Diffusion-based video Tokenizer.
 
 Public API: :class:`CDTConfig`, :class:`CDT` (the reference model), :func:`load`, :func:`load_cdt`
-(upstream's entry point), :func:`save`, :class:`FeatureCache`.
+(upstream's entry point), :func:`save`, :func:`accelerate` (the engine), :func:`backends`,
+:class:`FeatureCache`.
 """
 
 from .api import load, load_cdt, save
@@ -14,5 +15,6 @@ from .reference import CDT, DiagonalGaussian, randomize_
 
 __version__ = "0.1.0"
 
-__all__ = ["CDT", "CDTConfig", "CheckpointMismatchError", "DiagonalGaussian", "FeatureCache",
-           "load", "load_cdt", "randomize_", "save", "__version__", "AcceleratedCDT", "accelerate"]
+__all__ = ["AcceleratedCDT", "CDT", "CDTConfig", "CheckpointMismatchError", "DiagonalGaussian",
+           "FeatureCache", "accelerate", "backends", "load", "load_cdt", "randomize_", "save",
+           "__version__"]
