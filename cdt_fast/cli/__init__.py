@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 # Command modules of this package, in the order --help lists them.
-COMMANDS = ["demo"]
+COMMANDS = ["demo", "train", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:
