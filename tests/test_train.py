@@ -119,10 +119,13 @@ def test_resume_continues_bit_for_bit(tmp_path):
         "latest", "step_0000003", "step_0000006"]
 
 
-def test_resume_without_checkpoint_is_an_error(tmp_path):
+def test_resume_needs_a_checkpoint_and_a_fresh_run_an_empty_folder(tmp_path):
+    config, data = tiny_train_config(steps=1), SyntheticVideos(length=1, frames=5, size=16)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        Trainer(tiny_train_config(), SyntheticVideos(length=1, frames=5, size=16), tmp_path,
-                resume=True, progress=False, dist_info=Dist())
+        Trainer(config, data, tmp_path, resume=True, progress=False, dist_info=Dist())
+    Trainer(config, data, tmp_path, progress=False, dist_info=Dist()).fit()
+    with pytest.raises(ValueError, match="already holds"):
+        Trainer(config, data, tmp_path, progress=False, dist_info=Dist())
 
 
 def test_train_config_checks_and_presets():

@@ -18,7 +18,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ..data import VideoFolder
+    from ..data import SyntheticVideos, VideoFolder
     from ..metrics import LPIPS, VideoMetrics
 
     if args.threads:
@@ -30,7 +30,11 @@ def _eval(args: argparse.Namespace) -> int:
         lpips = LPIPS.from_pretrained(args.lpips_backbone, args.lpips_heads, net=args.lpips_net)
         lpips = lpips.to(device)
     model = _load_model(args.model, args.ckpt, device, dtype)
-    data = VideoFolder(args.video_dir, frames=args.frames, size=args.size, stride=args.stride)
+    if args.video_dir == "synthetic":  # held-out clips: the demo trains on seed 0
+        data = SyntheticVideos(length=args.limit or 16, frames=args.frames, size=args.size,
+                               seed=args.synthetic_seed)
+    else:
+        data = VideoFolder(args.video_dir, frames=args.frames, size=args.size, stride=args.stride)
     count = len(data) if args.limit is None else min(args.limit, len(data))
     metrics = VideoMetrics(lpips)
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -55,7 +59,8 @@ def register(sub) -> None:
         description="Reconstruct the first --frames frames of every video in VIDEO_DIR (resized "
                     "to cover --size and centre-cropped, as upstream's evaluation) and print "
                     "PSNR, SSIM and LPIPS (frames in [0, 1], per frame, averaged).")
-    p.add_argument("video_dir", metavar="VIDEO_DIR")
+    p.add_argument("video_dir", metavar="VIDEO_DIR",
+                   help="a folder of videos, or 'synthetic' for held-out synthetic clips")
     p.add_argument("--model", default="demo",
                    help="demo (bundled) | base | small (with --ckpt) | a .safetensors from cdt_fast.save")
     p.add_argument("--ckpt", help="upstream checkpoint for --model base/small")
@@ -63,7 +68,9 @@ def register(sub) -> None:
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--stride", type=int, default=1, help="frame sampling stride")
     p.add_argument("--steps", type=int, default=1, help="DDIM steps")
-    p.add_argument("--limit", type=int, help="evaluate only the first N videos")
+    p.add_argument("--limit", type=int, help="evaluate only the first N videos (synthetic: 16)")
+    p.add_argument("--synthetic-seed", type=int, default=1000,
+                   help="seed of the synthetic clips (training uses seed 0)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", help="cpu | cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the decoder's noise")

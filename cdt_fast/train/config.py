@@ -86,10 +86,11 @@ class TrainConfig:
 
 
 def _tiny() -> TrainConfig:
-    # The bundled demo model: narrow CDT-small widths that train in minutes on a CPU. LPIPS is off
-    # because it needs VGG16 weights that the package cannot ship.
+    # The bundled demo model: narrow CDT-small widths that train in minutes on a CPU, on small
+    # clips (the networks are convolutional: the model runs at any size). LPIPS is off because it
+    # needs VGG16 weights that the package cannot ship.
     model = CDTConfig.small(name="tiny", context_dim=8, unet_dim=8, latent_dim=8)
-    return TrainConfig(model=model, frames=9, size=64, batch_size=2, steps=2000, lr=2e-3,
+    return TrainConfig(model=model, frames=5, size=32, batch_size=4, steps=1000, lr=2e-3,
                        warmup_steps=50, ema_decay=0.99, loss=LossWeights(lpips=0.0),
                        log_every=10, ckpt_every=250)
 

@@ -80,7 +80,11 @@ class Trainer:
         self.step = 0
         if resume:
             self._resume()
-        elif self.dist.is_main:
+            return
+        if self.latest_checkpoint() is not None:
+            raise ValueError(f"{self.out} already holds a run's checkpoints: pass resume=True "
+                             "(--resume) to continue it, or choose another output folder")
+        if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             config_text = json.dumps(cfg.to_dict(), indent=2)
             atomic_write(self.out / "train_config.json", lambda tmp: Path(tmp).write_text(config_text))
