@@ -165,3 +165,20 @@ def test_ddp_two_gloo_processes_agree(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
     state = torch.load(out / "checkpoints" / "step_0000003" / "trainer_state.pt", weights_only=False)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
+
+
+def test_t_range_limits_the_drawn_timesteps():
+    torch.manual_seed(0)
+    model = CDT(TINY_MODEL)
+    seen = []
+    model.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[1].flatten()))
+    x = torch.rand(4, 3, 1, 16, 16) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        CDTLoss(model, LossWeights(lpips=0.0), t_range=(0.75, 1.0))(x, g)
+        CDTLoss(model, LossWeights(lpips=0.0))(x, g)
+    high, full = seen
+    assert (high >= 0.75).all() and (high < 1).all()
+    assert (full >= 0).all() and (full < 1).all() and (full < 0.75).any()
+    with pytest.raises(ValueError, match="t_range"):
+        CDTLoss(model, LossWeights(lpips=0.0), t_range=(0.5, 0.5))

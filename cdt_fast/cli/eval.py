@@ -8,6 +8,8 @@ import argparse
 
 def _load_model(spec: str, ckpt, device: str, dtype):
     from .. import load
+    if spec in ("base", "small") and ckpt is None:
+        raise ValueError(f"--model {spec} needs its upstream weights: pass --ckpt cdt_{spec}.ckpt")
     if spec == "demo":
         from ..train import demo_model_path
         spec = str(demo_model_path())

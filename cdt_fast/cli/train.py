@@ -19,7 +19,8 @@ def _train(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, frames=args.frames,
         size=args.size, stride=args.stride, seed=args.seed, log_every=args.log_every,
         ckpt_every=args.ckpt_every, warmup_steps=args.warmup_steps, num_workers=args.workers,
-        kl=args.kl_weight, lpips=args.lpips_weight).items() if v is not None}
+        kl=args.kl_weight, lpips=args.lpips_weight,
+        t_range=tuple(args.t_range) if args.t_range else None).items() if v is not None}
     config = config.replace(**overrides)
     lpips = None
     if config.loss.lpips > 0:
@@ -69,6 +70,9 @@ def register(sub) -> None:
     p.add_argument("--lpips-backbone", help="torchvision vgg16 state dict (e.g. vgg16-397923af.pth)")
     p.add_argument("--lpips-heads", help="LPIPS v0.1 vgg.pth heads (default: from the installed "
                    "lpips package)")
+    p.add_argument("--t-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="draw t uniformly from [LO, HI) x num_timesteps (default 0 1: the paper's "
+                   "uniform t)")
     p.add_argument("--log-every", type=int)
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--workers", type=int, help="data loader processes")

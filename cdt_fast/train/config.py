@@ -34,6 +34,7 @@ class TrainConfig:
     grad_clip: float = 1.0      # max global grad norm; 0 disables clipping
     ema_decay: float = 0.999
     loss: LossWeights = field(default_factory=LossWeights)
+    t_range: Tuple[float, float] = (0.0, 1.0)  # fractions of the schedule t is drawn from
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 1000
@@ -46,6 +47,7 @@ class TrainConfig:
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", LossWeights(**self.loss))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "t_range", tuple(float(b) for b in self.t_range))
         for name in ("frames", "size", "stride", "batch_size", "steps", "log_every",
                      "ckpt_every", "keep_checkpoints"):
             value = getattr(self, name)
@@ -74,6 +76,7 @@ class TrainConfig:
         out["model"] = self.model.to_dict()
         out["loss"] = dataclasses.asdict(self.loss)
         out["betas"] = list(self.betas)
+        out["t_range"] = list(self.t_range)
         return out
 
     @classmethod

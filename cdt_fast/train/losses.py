@@ -12,7 +12,7 @@ documented in :class:`LossWeights`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +59,11 @@ class CDTLoss(nn.Module):
     """
 
     def __init__(self, model: CDT, weights: LossWeights = LossWeights(),
-                 lpips: Optional[nn.Module] = None):
+                 lpips: Optional[nn.Module] = None, t_range: Tuple[float, float] = (0.0, 1.0)):
         super().__init__()
+        lo, hi = (float(v) for v in t_range)
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"t_range must be (lo, hi) with 0 <= lo < hi <= 1, got {t_range!r}")
         if weights.lpips > 0 and lpips is None:
             raise ValueError("LossWeights.lpips > 0 needs an LPIPS network (cdt_fast.metrics.LPIPS "
                              "with VGG16 weights); pass lpips=... or set the LPIPS weight to 0")
@@ -70,6 +73,10 @@ class CDTLoss(nn.Module):
         if lpips is not None:
             lpips.requires_grad_(False).eval()
         self.num_timesteps = model.config.num_timesteps
+        # t is drawn uniformly from [t_lo, t_hi): the whole schedule by default (the paper's
+        # recipe); a range near the end trains the one-step decode harder (our option).
+        self.t_lo = int(lo * self.num_timesteps)
+        self.t_hi = max(self.t_lo + 1, int(round(hi * self.num_timesteps)))
         self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(self.num_timesteps),
                              persistent=False)
 
@@ -90,7 +97,7 @@ class CDTLoss(nn.Module):
 
         device = x0.device
         gen_device = generator.device if generator is not None else torch.device("cpu")
-        t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=gen_device)
+        t = torch.randint(self.t_lo, self.t_hi, (b,), generator=generator, device=gen_device)
         noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=torch.float32)
         t, noise = t.to(device), noise.to(device)
         x_t = q_sample(x0.float(), t, noise, self.alphas_cumprod)

@@ -65,7 +65,8 @@ class Trainer:
         if init_weights is not None:
             load_into(self.model, read_state_dict(init_weights), strict=True, source=str(init_weights))
         self.model.to(dev)
-        self.loss_fn = CDTLoss(self.model, cfg.loss, lpips.to(dev) if lpips is not None else None)
+        self.loss_fn = CDTLoss(self.model, cfg.loss, lpips.to(dev) if lpips is not None else None,
+                               cfg.t_range)
         self.loss_fn.to(dev)
         self.ddp = (DistributedDataParallel(self.loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None)
                     if self.dist.enabled else self.loss_fn)
