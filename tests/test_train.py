@@ -28,11 +28,21 @@ def tiny_train_config(**overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared, oversubscribed CPU the
+    threads' barriers can stall each step; restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def read_metrics(out: Path):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_loss_falls_on_tiny_data():
+def test_loss_falls_on_tiny_data(one_thread):
     torch.manual_seed(0)
     model = CDT(TINY_MODEL).train()
     loss_fn = CDTLoss(model, LossWeights(lpips=0.0))
@@ -88,7 +98,7 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
 
 
-def test_resume_continues_bit_for_bit(tmp_path):
+def test_resume_continues_bit_for_bit(tmp_path, one_thread):
     data = SyntheticVideos(length=3, frames=5, size=16)
     config = tiny_train_config()
     one_go = Trainer(config, data, tmp_path / "a", progress=False, dist_info=Dist())
@@ -182,3 +192,19 @@ def test_t_range_limits_the_drawn_timesteps():
     assert (full >= 0).all() and (full < 1).all() and (full < 0.75).any()
     with pytest.raises(ValueError, match="t_range"):
         CDTLoss(model, LossWeights(lpips=0.0), t_range=(0.5, 0.5))
+
+
+def test_bundled_demo_model_reconstructs_held_out_clips():
+    from cdt_fast.metrics import psnr, to_unit_frames
+    from cdt_fast.train import demo_model_path
+    path = demo_model_path()
+    assert path.stat().st_size < 10 * 2 ** 20
+    model = load(path)
+    assert model.config.name == "tiny"
+    data = SyntheticVideos(length=2, frames=5, size=32, seed=1000)  # training used seeds 0-2
+    x = torch.stack([data.clip(0), data.clip(1)])
+    recon = model(x, generator=torch.Generator().manual_seed(0))
+    value = psnr(to_unit_frames(x), to_unit_frames(recon))
+    untrained = CDT(model.config).eval()
+    baseline = psnr(to_unit_frames(x), to_unit_frames(untrained(x, generator=torch.Generator().manual_seed(0))))
+    assert value > baseline + 3, (value, baseline)

@@ -19,6 +19,7 @@ def _train(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, frames=args.frames,
         size=args.size, stride=args.stride, seed=args.seed, log_every=args.log_every,
         ckpt_every=args.ckpt_every, warmup_steps=args.warmup_steps, num_workers=args.workers,
+        ema_decay=args.ema_decay,
         kl=args.kl_weight, lpips=args.lpips_weight,
         t_range=tuple(args.t_range) if args.t_range else None).items() if v is not None}
     config = config.replace(**overrides)
@@ -64,6 +65,7 @@ def register(sub) -> None:
     p.add_argument("--frames", type=int, help="frames per clip, 1+4k")
     p.add_argument("--size", type=int, help="square crop side, a multiple of 8")
     p.add_argument("--stride", type=int, help="take every n-th video frame")
+    p.add_argument("--ema-decay", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--kl-weight", type=float)
     p.add_argument("--lpips-weight", type=float, help="0 trains without LPIPS (no VGG16 weights needed)")
