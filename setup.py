@@ -208,7 +208,7 @@ packages = find_packages(include=["cdt_fast", "cdt_fast.*"]) + ["cdt_fast.kernel
 setup(
     packages=packages,
     package_dir={"": ".", "cdt_fast.kernels": "kernels"},
-    package_data={"cdt_fast": ["py.typed"]},
+    package_data={"cdt_fast": ["py.typed", "assets/*.safetensors"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildCsrc},
 )

@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 # Command modules of this package, in the order --help lists them.
-COMMANDS = ["demo", "reconstruct", "encode", "decode", "encode_dataset", "info"]
+COMMANDS = ["demo", "reconstruct", "encode", "decode", "encode_dataset", "info", "train", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:
