@@ -84,19 +84,21 @@ def test_reconstruct_keeps_frames_size_fps(capsys, work, tmp_path, suffix):
 
 
 def test_reconstruct_scores_a_perfect_copy_high():
-    from cdt_fast.cli import _metrics
+    from cdt_fast.cli.reconstruct import _score
+    from cdt_fast.metrics.quality import frame_psnr, frame_ssim
     a = pattern(3, 20, 24)
     b = a.copy()
     b[0, 0, 0, 0] ^= 1
-    assert _metrics.psnr_per_frame(a, a).min() == pytest.approx(100.0)
-    assert _metrics.ssim_per_frame(a, a) == pytest.approx(1.0)
-    assert 60 < _metrics.psnr_per_frame(a, b)[0] < 100
+    assert _score(frame_psnr, a, a).min() == pytest.approx(100.0)
+    assert _score(frame_ssim, a, a) == pytest.approx(1.0)
+    assert 60 < _score(frame_psnr, a, b)[0] < 100
     noise = np.random.default_rng(0).integers(0, 256, a.shape, dtype=np.uint8)
-    assert _metrics.ssim_per_frame(a, noise).max() < 0.2
+    assert _score(frame_ssim, a, noise).max() < 0.2
+    assert np.isnan(_score(frame_ssim, a[:, :8, :8], a[:, :8, :8])).all()
     # PSNR by hand: one frame off by 10 levels everywhere
     c = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
     mse = ((c.astype(float) - a) / 255) ** 2
-    np.testing.assert_allclose(_metrics.psnr_per_frame(a, c),
+    np.testing.assert_allclose(_score(frame_psnr, a, c),
                                10 * np.log10(1 / mse.reshape(3, -1).mean(1)))
 
 
@@ -114,14 +116,16 @@ def test_encode_decode_equals_reconstruct_and_the_model(capsys, work, tmp_path, 
     assert decoded.shape == (6, 21, 27, 3)
     np.testing.assert_array_equal(decoded, reconstructed)
 
-    # the same through the Python API on the replicate-padded clip
-    model = cdt_fast.load(model_file)
+    # the same through the Python API (the engine, which the CLI runs) on the replicate-padded clip
+    reference = cdt_fast.load(model_file)
+    model = cdt_fast.accelerate(reference)
     frames = read_pngs(src)
     padded = np.concatenate([frames, np.repeat(frames[-1:], 3, 0)])  # 6 -> 9 frames
     x = video_io.frames_to_tensor(padded, 24, 32)
     z = model.encode(x)
     info = latents.read_latent(latent)
     torch.testing.assert_close(info.latent, z, rtol=0, atol=0)
+    torch.testing.assert_close(reference.encode(x), z, rtol=0, atol=1e-4)
     y = model.decode(z, generator=torch.Generator().manual_seed(3))
     np.testing.assert_array_equal(video_io.tensor_to_frames(y[:, :, :6], 21, 27), decoded)
 

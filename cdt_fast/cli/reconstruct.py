@@ -7,9 +7,21 @@ import argparse
 from typing import Iterator
 
 import numpy as np
+import torch
 
 from .. import video_io
-from . import _common, _metrics
+from ..metrics.quality import frame_psnr, frame_ssim
+from . import _common
+
+
+def _score(metric, reference: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Per-frame metric of uint8 [N, H, W, 3] frames, in [0, 1] as upstream evaluates; NaN where
+    a frame is too small for the metric (SSIM's 11x11 window)."""
+    def unit(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).double() / 255.0
+    if metric is frame_ssim and min(frames.shape[1:3]) < 11:
+        return np.full(frames.shape[0], np.nan)
+    return metric(unit(reference), unit(frames)).numpy()
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
@@ -33,8 +45,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
     def scored(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         for out in chunks:
             ref = np.stack([next(originals) for _ in range(out.shape[0])])
-            psnr.extend(_metrics.psnr_per_frame(ref, out))
-            ssim.extend(_metrics.ssim_per_frame(ref, out))
+            psnr.extend(_score(frame_psnr, ref, out))
+            ssim.extend(_score(frame_ssim, ref, out))
             yield out
 
     with _common.progress(info.frames, "decode", args.quiet) as bar:
@@ -45,7 +57,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     total = times["encode"] + times["decode"]
     print(f"{args.input}: {info.describe()} -> {args.output} ({written} frames of "
           f"{width}x{height}, latent {list(z.shape)}) with {loaded.description}")
-    print(f"PSNR {np.mean(psnr):.2f} dB  SSIM {np.mean(ssim):.4f}  (per frame, averaged)")
+    print(f"PSNR {np.mean(psnr):.2f} dB  SSIM {np.mean(ssim):.4f}  (per frame, averaged; SSIM nan below 11x11)")
     print(f"time: encode {times['encode']:.2f} s (incl. reading), decode {times['decode']:.2f} s "
           f"(incl. writing), {written / total:.1f} frames/s")
     return 0
