@@ -102,10 +102,11 @@ class CDTConfig:
         return cls.preset("small", **overrides)
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "CDTConfig":
-        if name not in _PRESETS:
-            raise ValueError(f"preset must be one of {sorted(_PRESETS)}, got {name!r}")
-        return cls(**{"name": name, **_PRESETS[name], **overrides})
+    def preset(cls, preset: str, /, **overrides: Any) -> "CDTConfig":
+        """A released preset with ``overrides`` (which may rename it with ``name=``)."""
+        if preset not in _PRESETS:
+            raise ValueError(f"preset must be one of {sorted(_PRESETS)}, got {preset!r}")
+        return cls(**{"name": preset, **_PRESETS[preset], **overrides})
 
     # -- derived ---------------------------------------------------------------------------
     @property

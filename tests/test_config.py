@@ -52,6 +52,11 @@ def test_bad_config(overrides, match):
         CDTConfig.base(**overrides)
 
 
+def test_preset_can_be_renamed():
+    assert CDTConfig.small(name="tiny", context_dim=8).name == "tiny"
+    assert CDTConfig.preset("base", name="mine").new_upsample
+
+
 def test_unknown_fields():
     with pytest.raises(TypeError):
         CDTConfig.base(colour=3)
