@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 import torch
 
 __all__ = ["REPO_ROOT", "cpu_model", "describe", "device_key", "git_revision", "load_average",
-           "torch_settings"]
+           "slug", "torch_settings"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,7 +107,7 @@ def _cpu_count() -> Optional[int]:
         return os.cpu_count()
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
 
 
@@ -115,4 +115,4 @@ def device_key(info: Dict[str, Any]) -> str:
     """File-name key of a results file: the GPU name, or ``cpu-<model>``, plus the torch version,
     e.g. ``nvidia-h100-80gb-hbm3-torch2.13.0`` or ``cpu-amd-epyc-torch2.13.0-cpu``."""
     name = info.get("gpu_name") or f"cpu-{info.get('cpu_model', 'unknown')}"
-    return f"{_slug(name)}-torch{_slug(info['torch'])}"
+    return f"{slug(name)}-torch{slug(info['torch'])}"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["compute_ratios", "render_markdown", "readme_table", "write_plot", "fmt_bytes",
-           "ENGINE_PREFIX"]
+__all__ = ["compute_ratios", "merge_results", "render_markdown", "readme_table", "write_plot",
+           "fmt_bytes", "ENGINE_PREFIX"]
 
 ENGINE_PREFIX = "engine-"
 Row = Dict[str, Any]
@@ -228,6 +229,21 @@ def _one_line(value: Any, limit: int = 120) -> str:
         text = " ".join(str(value).split())
     text = text.replace("|", "/")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def merge_results(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Several results files of one device (e.g. one per ``--models`` run) as one: the first
+    header, all rows, notes and skips (deduplicated), ratios recomputed over all rows."""
+    if not parts:
+        raise ValueError("merge_results needs at least one results dict")
+    if len(parts) == 1:
+        return parts[0]
+    rows = [r for p in parts for r in p["rows"]]
+    notes = list(dict.fromkeys(n for p in parts for n in p.get("notes", [])))
+    skipped = list({json.dumps(s, sort_keys=True): s
+                    for p in parts for s in p.get("skipped", [])}.values())
+    return {**parts[0], "rows": rows, "notes": notes, "skipped": skipped,
+            "ratios": compute_ratios(rows)}
 
 
 # -- README table --------------------------------------------------------------------------------

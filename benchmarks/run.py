@@ -9,8 +9,8 @@
 Defaults. CUDA: the paper's settings, 17 frames at 256x256 and 720x720, bf16, every
 implementation, plus a decode memory-vs-length series at 720x720 (65 and 129 frames; 257 with
 --full). CPU: reduced sizes so that the run ends in a few minutes on 2 cores: 9 frames at 64x64,
-fp32, the real preset widths, a decode series at 17 and 33 frames; ``reference-compiled`` only
-with --full (compiling the preset networks takes minutes on a few cores). Every row says whether
+fp32, the real preset widths, a decode series at 17 and 33 frames (one call each: it is about
+memory); ``reference-compiled`` only with --full (compiling the preset networks takes minutes on a few cores). Every row says whether
 its setting is reduced.
 
 In one process all implementations get the same seeded random weights (or ``--ckpt``), the same
@@ -172,8 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run and summarise benchmarks/bench_*.py kernel microbenchmarks")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--readme-table", type=Path, metavar="RESULTS_JSON",
-                   help="print the README performance table of a results JSON and exit")
+    p.add_argument("--tag", default=None,
+                   help="suffix of the results file names (e.g. one per --models run)")
+    p.add_argument("--readme-table", type=Path, nargs="+", metavar="RESULTS_JSON",
+                   help="print the README performance table of results JSON files and exit")
     return p
 
 
@@ -246,7 +248,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         warmup=args.warmup if args.warmup is not None else (3 if cuda else 1),
         repeats=args.repeats if args.repeats is not None else (full_repeats if args.full else
                                                                 (10 if cuda else 3)),
-        max_time_s=args.max_time_s if args.max_time_s is not None else (60.0 if cuda else 8.0),
+        max_time_s=args.max_time_s if args.max_time_s is not None else (60.0 if cuda else 6.0),
         tiny=args.tiny, seed=args.seed,
         compile_mode=args.compile_mode or ("max-autotune" if cuda else None),
         ckpts=_parse_ckpts(args.ckpt, models), peer=not args.no_peer and "decode" in ops,
@@ -392,10 +394,14 @@ class Progress:
 
 
 def _measure(plan: Plan, runner: impls.Runner, op: str, inputs: impls.Inputs, warmup: int,
-             keep_output: bool) -> timing.Timing:
+             keep_output: bool, suite: str = "main") -> timing.Timing:
+    repeats = plan.repeats
+    if suite == "length" and plan.device.type == "cpu":
+        # The series is about memory; one call each keeps the CPU run within minutes.
+        warmup, repeats = 0, 1
     with torch.no_grad():
         return timing.measure(lambda: runner.run(op, inputs), plan.device, warmup=warmup,
-                              repeats=plan.repeats, max_time_s=plan.max_time_s,
+                              repeats=repeats, max_time_s=plan.max_time_s,
                               keep_output=keep_output)
 
 
@@ -422,7 +428,8 @@ def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress
                 inputs = make_inputs(config, s, plan.seed, plan.device, z)
                 for op in ops:
                     progress.step(f"{model} {impl} {op} {s.frames}x{s.height}x{s.width}")
-                    t = _measure(plan, runner, op, inputs, warmup, keep_output=s in refs)
+                    t = _measure(plan, runner, op, inputs, warmup, keep_output=s in refs,
+                                 suite=s.suite)
                     if (op, s) not in flop_counts:
                         flop_counts[(op, s)] = flops.count_macs(config, op, s.frames, s.height,
                                                                 s.width).flops
@@ -515,10 +522,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.readme_table is not None:
         try:
-            results = json.loads(Path(args.readme_table).read_text())
+            parts = [json.loads(Path(p).read_text()) for p in args.readme_table]
         except (OSError, ValueError) as err:
-            parser.error(f"--readme-table: cannot read {args.readme_table}: {err}")
-        sys.stdout.write(report.readme_table(results))
+            parser.error(f"--readme-table: cannot read a results file: {err}")
+        sys.stdout.write(report.readme_table(report.merge_results(parts)))
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -546,7 +553,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     header["load_average_at_end"] = environment.load_average()
     results = {"schema": SCHEMA, "header": header, "notes": plan.notes, "rows": rows,
                "ratios": report.compute_ratios(rows), "skipped": plan.skipped, "kernels": kernels}
-    key = environment.device_key(header) + ("-tiny" if plan.tiny else "")
+    key = environment.device_key(header) + ("-tiny" if plan.tiny else "") \
+        + (f"-{environment.slug(args.tag)}" if args.tag else "")
     out_dir = Path(args.results_dir)
     _write_json(out_dir / f"{key}.json", results)
     if args.out is not None:
