@@ -29,6 +29,7 @@ Peak memory:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import threading
@@ -154,15 +155,22 @@ def measure(fn: Callable[[], Any], device: torch.device, *, warmup: int = 1, rep
         return _measure_cuda(fn, device, warmup, repeats, min_repeats, max_time_s, keep_output)
     samples: List[float] = []
     started = time.perf_counter()
-    with RssSampler() as rss:
+    try:
+        rss: Optional[RssSampler] = RssSampler()
+    except ImportError:
+        rss = None
+    with rss if rss is not None else contextlib.nullcontext():
         for i in range(repeats):
             t0 = time.perf_counter()
             output = fn()
             samples.append((time.perf_counter() - t0) * 1e3)
             if _budget_spent(i + 1, min_repeats, started, max_time_s):
                 break
+    output = output if keep_output else None
+    if rss is None:
+        return Timing(samples, None, None, "not measured: psutil is not installed", warmup, output)
     return Timing(samples, rss.peak, max(0, rss.peak - rss.baseline), CPU_MEM_METHOD, warmup,
-                  output if keep_output else None)
+                  output)
 
 
 def _budget_spent(done: int, min_repeats: int, started: float, max_time_s: Optional[float]) -> bool:
