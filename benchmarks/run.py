@@ -95,8 +95,9 @@ class Plan:
         return [s for s in self.settings if s.suite == "main"]
 
     def reduced(self, s: Setting) -> bool:
-        paper = s.frames == PAPER_FRAMES and (s.height, s.width) in PAPER_SIZES
-        return self.tiny or (s.suite == "main" and not paper)
+        """Smaller than the paper's settings (the length series varies frames by design)."""
+        paper_size = (s.height, s.width) in PAPER_SIZES
+        return self.tiny or not paper_size or (s.suite == "main" and s.frames != PAPER_FRAMES)
 
 
 # -- command line --------------------------------------------------------------------------------

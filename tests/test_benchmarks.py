@@ -309,6 +309,7 @@ def test_default_cpu_plan_is_reduced_and_says_so(monkeypatch):
     assert [(s.frames, s.height, s.suite) for s in plan.settings] == [
         (9, 64, "main"), (17, 64, "length"), (33, 64, "length")]
     assert plan.impls == ["reference"]
+    assert all(plan.reduced(s) for s in plan.settings)
     assert any("REDUCED" in n for n in plan.notes)
     assert any("reference-compiled" in n and "--full" in n for n in plan.notes)
     assert any(s["impl"] == "engine" and "accelerate" in s["reason"] for s in plan.skipped)
@@ -322,7 +323,7 @@ def test_default_cuda_plan_is_the_papers(monkeypatch):
     assert [(s.frames, s.height, s.suite) for s in plan.settings] == [
         (17, 256, "main"), (17, 720, "main"), (65, 720, "length"), (129, 720, "length")]
     assert plan.impls[:3] == ["reference", "reference-cl", "reference-compiled"]
-    assert not any(plan.reduced(s) for s in plan.main_settings())
+    assert not any(plan.reduced(s) for s in plan.settings)
     assert [s.frames for s in _plan(["--device", "cuda", "--full"]).settings if s.suite == "length"] \
         == [65, 129, 257]
 
@@ -396,3 +397,21 @@ def test_merge_results_combines_runs_per_model():
     assert merged["ratios"]["small_vs_base"][0]["speedup"] == pytest.approx(3.0)
     with pytest.raises(ValueError):
         report.merge_results([])
+
+
+@pytest.mark.slow
+def test_compiled_and_channels_last_references_match_eager(tmp_path):
+    # torch.compile on CPU takes minutes even for tiny networks: slow, not in CI.
+    threads = torch.get_num_threads()
+    try:
+        _capture(lambda: run.main(
+            ["--tiny", "--models", "small", "--frames", "5", "--size", "32", "--ops", "decode",
+             "--impls", "reference,reference-cl,reference-compiled", "--long-frames", "none",
+             "--warmup", "1", "--repeats", "1", "--threads", "1", "--no-progress", "--no-plot",
+             "--no-peer", "--results-dir", str(tmp_path), "--out", str(tmp_path / "r.json")]))
+    finally:
+        torch.set_num_threads(threads)
+    rows = {r["impl"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    assert set(rows) == {"reference", "reference-cl", "reference-compiled"}
+    for impl in ("reference-cl", "reference-compiled"):
+        assert rows[impl]["max_abs_err_vs_reference"] < 1e-4
