@@ -198,7 +198,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         lines.append("(no length series measured)")
     if report.get("skipped"):
         lines += ["", "## Not measured", ""]
-        lines += [f"- {s.get('impl') or s.get('model')}: {s['reason']}" for s in report["skipped"]]
+        lines += [f"- {' '.join(str(s[k]) for k in ('model', 'impl', 'op', 'setting') if s.get(k))}: "
+                  f"{s['reason']}" for s in report["skipped"]]
     if report.get("kernels") is not None:
         lines += ["", "## Kernel microbenchmarks", ""] + _kernel_lines(report["kernels"])
     return "\n".join(lines) + "\n"

@@ -367,8 +367,7 @@ def make_row(plan: Plan, header: Dict[str, Any], model: str, impl: str, op: str,
 
 def _count_steps(plan: Plan) -> int:
     main = plan.main_settings()
-    per_impl = sum(len(plan.ops) if s.suite == "main" else 1 for s in plan.settings)
-    steps = len(plan.models) * (len(main) + len(plan.impls) * per_impl)
+    steps = len(plan.models) * (len(main) + len(plan.impls) * _impl_steps(plan))
     return steps + (len(main) if plan.peer else 0)
 
 
@@ -406,6 +405,15 @@ def _measure(plan: Plan, runner: impls.Runner, op: str, inputs: impls.Inputs, wa
                               keep_output=keep_output)
 
 
+def _impl_steps(plan: Plan) -> int:
+    return sum(len(plan.ops) if s.suite == "main" else 1 for s in plan.settings)
+
+
+def _failure(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return f"failed: {type(err).__name__}: {text[:300]}"
+
+
 def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress
               ) -> List[Dict[str, Any]]:
     config = model_config(model, plan.tiny)
@@ -418,7 +426,13 @@ def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress
     flop_counts: Dict[Tuple[str, Setting], int] = {}
     rows = []
     for impl in plan.impls:
-        runner = impls.build_runner(impl, master, plan.device, plan.dtype, plan.compile_mode)
+        try:
+            runner = impls.build_runner(impl, master, plan.device, plan.dtype, plan.compile_mode)
+        except Exception as err:  # one broken implementation must not sink the others' rows
+            plan.skipped.append({"model": model, "impl": impl, "reason": _failure(err)})
+            for _ in range(_impl_steps(plan)):
+                progress.done()
+            continue
         # On CPU in fp32 the reference runner is the master that just computed the reference
         # outputs: those calls were its warm-up.
         warmup = 0 if runner.model is master else plan.warmup
@@ -429,8 +443,16 @@ def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress
                 inputs = make_inputs(config, s, plan.seed, plan.device, z)
                 for op in ops:
                     progress.step(f"{model} {impl} {op} {s.frames}x{s.height}x{s.width}")
-                    t = _measure(plan, runner, op, inputs, warmup, keep_output=s in refs,
-                                 suite=s.suite)
+                    try:
+                        t = _measure(plan, runner, op, inputs, warmup, keep_output=s in refs,
+                                     suite=s.suite)
+                    except Exception as err:  # e.g. CUDA out of memory at a long setting
+                        plan.skipped.append({"model": model, "impl": impl, "op": op,
+                                             "setting": f"{s.frames}x{s.height}x{s.width}",
+                                             "reason": _failure(err)})
+                        impls.release(None, plan.device)
+                        progress.done()
+                        continue
                     if (op, s) not in flop_counts:
                         flop_counts[(op, s)] = flops.count_macs(config, op, s.frames, s.height,
                                                                 s.width).flops
