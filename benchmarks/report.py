@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = ["compute_ratios", "merge_results", "render_markdown", "readme_table", "write_plot",
-           "fmt_bytes", "ENGINE_PREFIX"]
+           "fmt_bytes", "make_readable", "ENGINE_PREFIX"]
 
 ENGINE_PREFIX = "engine-"
 Row = Dict[str, Any]
@@ -261,6 +262,11 @@ def readme_table(report: Dict[str, Any]) -> str:
              f"{header.get('torch')}, {'/'.join(dtypes)}, commit {git[:12]}, "
              f"{header.get('timestamp_utc', '')[:10]}. Random seeded weights; batch 1."]
     lines += [f"{note}" for note in report.get("notes", []) if "reduced" in note.lower()]
+    cpu = not header.get("gpu_name")
+    if cpu:
+        lines.append(f"Load average (1/5/15 min) at start {header.get('load_average_at_start')} on "
+                     f"{header.get('cpu_count')} cores: other jobs on the machine slow CPU timings. "
+                     "CPU peak memory is the process RSS, the call's own part in brackets.")
     lines.append("")
     table_rows = []
     for r in rows:
@@ -272,7 +278,7 @@ def readme_table(report: Dict[str, Any]) -> str:
         table_rows.append([f"CDT-{r['model']}" if r.get("suite") != "peer" else r["model"],
                            r["op"], f"{r['frames']}x{_size(r)}", r["impl"],
                            f"{r['latency_ms_p50']:.1f} ms", _fmt(r.get("frames_per_s"), ".1f"),
-                           speedup, fmt_bytes(r.get("peak_mem_bytes")),
+                           speedup, _mem(r) if cpu else fmt_bytes(r.get("peak_mem_bytes")),
                            _fmt(r.get("pct_peak"), ".1f"), _psnr(r)])
     lines += _table(["model", "op", "video (TxHxW)", "implementation", "latency (p50)",
                      "frames/s", "vs reference", "peak memory", "% of peak", "PSNR vs fp32 (dB)"],
@@ -331,4 +337,15 @@ def write_plot(report: Dict[str, Any], path) -> None:
         ax_mem.text(0.5, 0.5, "no length series", ha="center", va="center",
                     transform=ax_mem.transAxes)
     fig.suptitle(f"CDT benchmark: {_device_label(report['header'])}", fontsize=10)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, format="png", dpi=110)
+        make_readable(tmp)
+    atomic_write(path, write)
+
+
+def make_readable(path: str) -> None:
+    """Give a file the permissions a plain ``open(path, "w")`` would (``atomic_write``'s temporary
+    file is created 0600 by mkstemp; results are for everyone to read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

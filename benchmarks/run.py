@@ -509,13 +509,15 @@ def run_plan(plan: Plan, header: Dict[str, Any], progress: Progress) -> List[Dic
 
 # -- outputs -------------------------------------------------------------------------------------
 
-def _write_json(path: Path, payload: Dict[str, Any]) -> None:
-    text = json.dumps(payload, indent=1, allow_nan=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
-
-
 def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+        report.make_readable(tmp)
+    atomic_write(path, write)
+
+
+def _write_json(path: Path, payload: Dict[str, Any]) -> None:
+    _write_text(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
 
 
 def build_header(plan: Plan, argv: Sequence[str]) -> Dict[str, Any]:

@@ -438,3 +438,13 @@ def test_a_failing_implementation_is_reported_not_fatal(tmp_path, monkeypatch):
     assert results["rows"] == []
     (failure,) = [s for s in results["skipped"] if s.get("impl") == "engine-torch"]
     assert failure["op"] == "encode" and "RuntimeError: kernel exploded" in failure["reason"]
+
+
+def test_results_are_readable_by_others(tiny_run):
+    import os
+    import stat
+    out, results, _ = tiny_run
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.glob("*.*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
