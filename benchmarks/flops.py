@@ -14,9 +14,10 @@ from its input/output shapes and weight shape. So the model follows the referenc
 exactly, for any config and input shape, and gives a per-layer breakdown. Chunking does not
 change the conv and attention work (every causal conv computes each output frame exactly once),
 so one whole-clip pass stands for any chunk plan; the only per-chunk work, the time MLP and the
-per-block time-bias linears on a [B, 1] input (thousands of MACs), is counted once per clip. Convs count every kernel tap they compute, including taps that
-read padding (what a dense conv kernel executes), and the temporal upsample counts the frame the
-first chunk drops (it is computed, then sliced off).
+per-block time-bias linears on a [B, 1] input (thousands of MACs), is counted once per clip.
+Convs count every kernel tap they compute, including taps that read padding (what a dense conv
+kernel executes), and the temporal upsample counts the frame the first chunk drops (it is
+computed, then sliced off).
 
 Ops: ``encode`` = the encoder on the clip; ``decode`` = the context decoder once plus ``steps``
 U-Net passes (the DDIM loop); ``roundtrip`` = both. The same count is used for every
@@ -36,7 +37,6 @@ from types import MappingProxyType
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
-from torch import nn
 
 from cdt_fast import CDT, CDTConfig
 from cdt_fast.chunking import latent_frames, video_frames

@@ -10,8 +10,8 @@ Defaults. CUDA: the paper's settings, 17 frames at 256x256 and 720x720, bf16, ev
 implementation, plus a decode memory-vs-length series at 720x720 (65 and 129 frames; 257 with
 --full). CPU: reduced sizes so that the run ends in a few minutes on 2 cores: 9 frames at 64x64,
 fp32, the real preset widths, a decode series at 17 and 33 frames (one call each: it is about
-memory); ``reference-compiled`` only with --full (compiling the preset networks takes minutes on a few cores). Every row says whether
-its setting is reduced.
+memory); ``reference-compiled`` only with --full (compiling the preset networks takes minutes
+on a few cores). Every row says whether its setting is reduced.
 
 In one process all implementations get the same seeded random weights (or ``--ckpt``), the same
 input video, latent and decode noise; ``psnr_vs_reference`` compares each output with the fp32

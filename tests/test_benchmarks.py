@@ -294,6 +294,10 @@ def test_ratios_from_synthetic_rows():
     (sb,) = r["small_vs_base"]
     assert sb["speedup"] == pytest.approx(3.0)
     assert [(m["frames"], m["peak_vs_shortest"]) for m in r["memory_vs_length"]] == [(17, 1.0), (65, 1.0)]
+    # On CPU the total RSS holds every model built so far: ratios use the calls' own growth.
+    cpu = [dict(rows[0], device="cpu", peak_mem_delta_bytes=500),
+           dict(rows[1], device="cpu", peak_mem_delta_bytes=100)]
+    assert report.compute_ratios(cpu)["engine_vs_reference"][0]["memory_ratio"] == pytest.approx(0.2)
 
 
 # -- plans, arguments, discovery ------------------------------------------------------------------
