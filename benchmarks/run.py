@@ -9,7 +9,7 @@
 Defaults. CUDA: the paper's settings, 17 frames at 256x256 and 720x720, bf16, every
 implementation, plus a decode memory-vs-length series at 720x720 (65 and 129 frames; 257 with
 --full). CPU: reduced sizes so that the run ends in a few minutes on 2 cores: 9 frames at 64x64,
-fp32, the real preset widths, a decode series at 17 and 33 frames (one call each: it is about
+fp32, the real preset widths, a decode series at 17 and 25 frames (one call each: it is about
 memory); ``reference-compiled`` only with --full (compiling the preset networks takes minutes
 on a few cores). Every row says whether its setting is reduced.
 
@@ -221,7 +221,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     else:
         frames = args.frames or ([9, 17] if args.full else [9])
         sizes = args.size or ([(64, 64), (128, 128)] if args.full else [(64, 64)])
-        long_frames = [17, 33] + ([65] if args.full else [])
+        long_frames = [17, 25] + ([33, 65] if args.full else [])
         if not custom:
             notes.append(
                 "CPU run with REDUCED sizes: " + ", ".join(f"{f} frames" for f in frames) + " at "

@@ -312,7 +312,7 @@ def test_default_cpu_plan_is_reduced_and_says_so(monkeypatch):
     plan = _plan(["--device", "cpu"])
     assert plan.dtype == torch.float32 and plan.models == ["base", "small"]
     assert [(s.frames, s.height, s.suite) for s in plan.settings] == [
-        (9, 64, "main"), (17, 64, "length"), (33, 64, "length")]
+        (9, 64, "main"), (17, 64, "length"), (25, 64, "length")]
     assert plan.impls == ["reference"]
     assert all(plan.reduced(s) for s in plan.settings)
     assert any("REDUCED" in n for n in plan.notes)
