@@ -249,7 +249,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         warmup=args.warmup if args.warmup is not None else (3 if cuda else 1),
         repeats=args.repeats if args.repeats is not None else (full_repeats if args.full else
                                                                 (10 if cuda else 3)),
-        max_time_s=args.max_time_s if args.max_time_s is not None else (60.0 if cuda else 6.0),
+        max_time_s=args.max_time_s if args.max_time_s is not None else (60.0 if cuda else 12.0),
         tiny=args.tiny, seed=args.seed,
         compile_mode=args.compile_mode or ("max-autotune" if cuda else None),
         ckpts=_parse_ckpts(args.ckpt, models), peer=not args.no_peer and "decode" in ops,
