@@ -1,0 +1,598 @@
+#!/usr/bin/env python
+"""The CDT benchmark: reference vs compiled reference vs engine, CDT-base vs CDT-small.
+
+    python benchmarks/run.py                  # best device present, its default settings
+    python benchmarks/run.py --full           # more settings (and, on CPU, torch.compile too)
+    python benchmarks/run.py --models small --impls reference,engine --frames 17 --size 256
+    python benchmarks/run.py --readme-table benchmarks/results/<key>.json
+
+Defaults. CUDA: the paper's settings, 17 frames at 256x256 and 720x720, bf16, every
+implementation, plus a decode memory-vs-length series at 720x720 (65 and 129 frames; 257 with
+--full). CPU: reduced sizes so that the run ends in a few minutes on 2 cores: 9 frames at 64x64,
+fp32, the real preset widths, a decode series at 17 and 25 frames (one call each: it is about
+memory); ``reference-compiled`` only with --full (compiling the preset networks takes minutes
+on a few cores). Every row says whether its setting is reduced.
+
+In one process all implementations get the same seeded random weights (or ``--ckpt``), the same
+input video, latent and decode noise; ``psnr_vs_reference`` compares each output with the fp32
+eager reference's. Results: markdown on stdout and in ``benchmarks/results/<device-key>.md``, JSON
+in ``<device-key>.json`` (and ``--out``), a PNG plot beside them; all written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from cdt_fast import CDT, CDTConfig, randomize_  # noqa: E402
+from cdt_fast.api import load as load_model  # noqa: E402
+from cdt_fast.checkpoint import atomic_write  # noqa: E402
+from cdt_fast.chunking import latent_frames  # noqa: E402
+
+from benchmarks import environment, flops, impls, kernel_summary, report, timing  # noqa: E402
+
+__all__ = ["main", "build_parser", "make_plan", "run_plan", "ROW_FIELDS", "SCHEMA"]
+
+SCHEMA = "cdt_fast-benchmark/1"
+BENCH_DIR = Path(__file__).resolve().parent
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+          "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16}
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+PAPER_FRAMES, PAPER_SIZES = 17, ((256, 256), (720, 720))
+TINY_WIDTH = 8
+ROW_FIELDS = (
+    "model", "impl", "op", "device", "dtype", "frames", "height", "width", "batch", "suite",
+    "widths", "reduced", "latency_ms_p20", "latency_ms_p50", "latency_ms_p80", "repeats", "warmup",
+    "frames_per_s", "peak_mem_bytes", "peak_mem_delta_bytes", "mem_method", "flops", "tflops",
+    "pct_peak", "pct_peak_note", "psnr_vs_reference", "max_abs_err_vs_reference", "psnr_note",
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    frames: int
+    height: int
+    width: int
+    suite: str  # "main" (every op, PSNR) or "length" (decode only: memory vs video length)
+
+
+@dataclass
+class Plan:
+    device: torch.device
+    dtype: torch.dtype
+    models: List[str]
+    impls: List[str]
+    ops: List[str]
+    settings: List[Setting]
+    warmup: int
+    repeats: int
+    max_time_s: Optional[float]
+    tiny: bool
+    seed: int
+    compile_mode: Optional[str]
+    ckpts: Dict[str, str]
+    peer: bool
+    notes: List[str] = field(default_factory=list)
+    skipped: List[Dict[str, str]] = field(default_factory=list)
+
+    @property
+    def dtype_name(self) -> str:
+        return DTYPE_NAMES[self.dtype]
+
+    def main_settings(self) -> List[Setting]:
+        return [s for s in self.settings if s.suite == "main"]
+
+    def reduced(self, s: Setting) -> bool:
+        """Smaller than the paper's settings (the length series varies frames by design)."""
+        paper_size = (s.height, s.width) in PAPER_SIZES
+        return self.tiny or not paper_size or (s.suite == "main" and s.frames != PAPER_FRAMES)
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def _csv(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _frames_list(text: str) -> List[int]:
+    if text.strip().lower() in ("none", "0", ""):
+        return []
+    out = []
+    for t in _csv(text):
+        n = int(t)
+        if n < 1 or (n - 1) % 4:
+            raise argparse.ArgumentTypeError(f"frames must be 1 + 4k (1, 5, 9, 17, ...), got {n}")
+        out.append(n)
+    return out
+
+
+def _sizes(text: str) -> List[Tuple[int, int]]:
+    out = []
+    for t in _csv(text):
+        h, _, w = t.lower().partition("x")
+        h, w = int(h), int(w or h)
+        if h < 8 or w < 8 or h % 8 or w % 8:
+            raise argparse.ArgumentTypeError(f"sizes must be multiples of 8 (S or HxW), got {t!r}")
+        out.append((h, w))
+    return out
+
+
+def _dtype(text: str) -> torch.dtype:
+    if text.lower() not in DTYPES:
+        raise argparse.ArgumentTypeError(f"dtype must be one of {sorted(DTYPES)}, got {text!r}")
+    return DTYPES[text.lower()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, help="also write the JSON results here")
+    p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results",
+                   help="where <device-key>.json/.md/.png go (default benchmarks/results)")
+    p.add_argument("--full", action="store_true",
+                   help="more settings and repeats; on CPU also reference-compiled/-cl")
+    p.add_argument("--models", type=_csv, default=None,
+                   help="comma list of base, small (default both); 'none' for kernels only")
+    p.add_argument("--impls", type=_csv, default=None,
+                   help="comma list: reference, reference-cl, reference-compiled, engine (every "
+                        "available backend), engine-<backend> (default: per device)")
+    p.add_argument("--ops", type=_csv, default=None, help="comma list of encode, decode, roundtrip")
+    p.add_argument("--dtype", type=_dtype, default=None, help="fp32, fp16 or bf16 "
+                   "(default bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--frames", type=_frames_list, default=None, help="comma list of 1+4k")
+    p.add_argument("--size", type=_sizes, default=None, help="comma list of S or HxW")
+    p.add_argument("--long-frames", type=_frames_list, default=None,
+                   help="decode memory-vs-length series at the largest size ('none' to skip)")
+    p.add_argument("--ckpt", action="append", default=[], metavar="[MODEL=]PATH",
+                   help="checkpoint instead of random weights; MODEL= when benchmarking both")
+    p.add_argument("--tiny", action="store_true",
+                   help=f"narrow networks ({TINY_WIDTH} channels): for tests, not the real models")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: best present)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--max-time", type=float, default=None, dest="max_time_s",
+                   help="stop repeating a measurement after this many seconds (min 1 repeat)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode of reference-compiled (default max-autotune on CUDA)")
+    p.add_argument("--no-peer", action="store_true", help="skip the diffusers peer row")
+    p.add_argument("--kernels", action="store_true",
+                   help="also run and summarise benchmarks/bench_*.py kernel microbenchmarks")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tag", default=None,
+                   help="suffix of the results file names (e.g. one per --models run)")
+    p.add_argument("--readme-table", type=Path, nargs="+", metavar="RESULTS_JSON",
+                   help="print the README performance table of results JSON files and exit")
+    return p
+
+
+def _parse_ckpts(values: Sequence[str], models: Sequence[str]) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and name in ("base", "small"):
+            out[name] = path
+        elif len(models) == 1:
+            out[models[0]] = value
+        else:
+            raise ValueError("--ckpt: with several models, name the model: --ckpt base=PATH")
+    return out
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+    cuda = device.type == "cuda"
+    models = [] if args.models == ["none"] else (args.models or ["base", "small"])
+    for m in models:
+        if m not in ("base", "small"):
+            raise ValueError(f"--models: expected base and/or small, got {m!r}")
+    ops = args.ops or list(flops.OPS)
+    for op in ops:
+        if op not in flops.OPS:
+            raise ValueError(f"--ops: expected some of {flops.OPS}, got {op!r}")
+    if args.tiny and args.ckpt:
+        raise ValueError("--tiny builds narrow networks that no checkpoint fits; drop --ckpt")
+
+    notes: List[str] = []
+    custom = args.frames is not None or args.size is not None
+    if cuda:
+        frames = args.frames or [PAPER_FRAMES]
+        sizes = args.size or list(PAPER_SIZES)
+        long_frames = [65, 129] + ([257] if args.full else [])
+    else:
+        frames = args.frames or ([9, 17] if args.full else [9])
+        sizes = args.size or ([(64, 64), (128, 128)] if args.full else [(64, 64)])
+        long_frames = [17, 25] + ([33, 65] if args.full else [])
+        if not custom:
+            notes.append(
+                "CPU run with REDUCED sizes: " + ", ".join(f"{f} frames" for f in frames) + " at "
+                + ", ".join(f"{h}x{w}" for h, w in sizes) + " (the paper's 17 frames at 256x256 "
+                "and 720x720 are the CUDA default), so that it ends in minutes on 2 cores. "
+                + ("Tiny widths." if args.tiny else "Real CDT-base/CDT-small widths."))
+    if args.long_frames is not None:
+        long_frames = args.long_frames
+    elif custom:
+        long_frames = []
+    if args.tiny:
+        notes.append(f"--tiny: networks {TINY_WIDTH} channels wide, not the real presets; "
+                     "numbers only exercise the pipeline.")
+    largest = max(sizes, key=lambda s: s[0] * s[1])
+    settings = [Setting(f, h, w, "main") for h, w in sizes for f in frames]
+    if "decode" in ops:
+        settings += [Setting(f, *largest, "length") for f in long_frames if f not in frames]
+
+    impl_names, skipped, impl_notes = impls.resolve_impls(args.impls, device, args.full)
+    notes += impl_notes
+    full_repeats = 20 if cuda else 5
+    return Plan(
+        device=device, dtype=args.dtype or (torch.bfloat16 if cuda else torch.float32),
+        models=models, impls=impl_names, ops=ops, settings=settings,
+        warmup=args.warmup if args.warmup is not None else (3 if cuda else 1),
+        repeats=args.repeats if args.repeats is not None else (full_repeats if args.full else
+                                                                (10 if cuda else 3)),
+        max_time_s=args.max_time_s if args.max_time_s is not None else (60.0 if cuda else 12.0),
+        tiny=args.tiny, seed=args.seed,
+        compile_mode=args.compile_mode or ("max-autotune" if cuda else None),
+        ckpts=_parse_ckpts(args.ckpt, models), peer=not args.no_peer and "decode" in ops,
+        notes=notes, skipped=skipped)
+
+
+# -- models and inputs ---------------------------------------------------------------------------
+
+def model_config(name: str, tiny: bool) -> CDTConfig:
+    if not tiny:
+        return CDTConfig.preset(name)
+    out_channels = CDTConfig.preset(name).out_channels
+    return CDTConfig.preset(name, context_dim=TINY_WIDTH, unet_dim=TINY_WIDTH,
+                            out_channels=min(out_channels, TINY_WIDTH))
+
+
+def build_master(config: CDTConfig, seed: int, ckpt: Optional[str]) -> CDT:
+    """The fp32 CPU model every implementation is built from."""
+    if ckpt:
+        return load_model(config, ckpt, device="cpu", dtype=torch.float32)
+    return randomize_(CDT(config), seed=seed).eval()
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def make_inputs(config: CDTConfig, s: Setting, seed: int, device: torch.device,
+                z: Optional[torch.Tensor] = None) -> impls.Inputs:
+    """Seeded inputs of a setting: the same for every implementation. ``z`` (the fp32 reference's
+    encoding of ``x``) replaces the random latent when given."""
+    sf = config.space_factor
+    lt = latent_frames(s.frames, config.time_factor)
+    x = torch.rand(1, config.channels, s.frames, s.height, s.width, generator=_generator(seed)) * 2 - 1
+    noise = torch.randn(1, config.channels, s.frames, s.height, s.width,
+                        generator=_generator(seed + 1))
+    if z is None:
+        z = torch.randn(1, config.latent_dim, lt, s.height // sf, s.width // sf,
+                        generator=_generator(seed + 2))
+    return impls.Inputs(x.to(device) if s.suite == "main" else None, z.to(device), noise.to(device))
+
+
+@torch.no_grad()
+def reference_outputs(master: CDT, config: CDTConfig, s: Setting, seed: int,
+                      device: torch.device) -> Dict[str, torch.Tensor]:
+    """The fp32 eager reference's outputs on the setting's inputs, on the CPU:
+    encode -> latent, decode/roundtrip -> video (decode runs on the reference's own latent, so the
+    decode and roundtrip references are one tensor)."""
+    model = master.to(device)
+    try:
+        inputs = make_inputs(config, s, seed, device)
+        z = model.encode(inputs.x)
+        y = model.decode(z, noise=inputs.noise)
+        return {"encode": z.cpu(), "decode": y.cpu(), "roundtrip": y.cpu()}
+    finally:
+        master.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+# -- one measurement -----------------------------------------------------------------------------
+
+def psnr_against(out: torch.Tensor, ref: torch.Tensor, op: str) -> Tuple[Optional[float], float]:
+    """(PSNR in dB or None when equal, max abs error). The peak is 2 for videos (range [-1, 1])
+    and the reference latent's range for encode."""
+    out = out.detach().float().cpu()
+    ref = ref.float()
+    if out.shape != ref.shape:
+        raise ValueError(f"output shape {tuple(out.shape)} differs from the reference's "
+                         f"{tuple(ref.shape)}")
+    diff = out - ref
+    max_abs = float(diff.abs().max())
+    mse = float(diff.pow(2).mean())
+    if mse == 0.0:
+        return None, max_abs
+    peak = 2.0 if op != "encode" else float(ref.max() - ref.min())
+    return 10.0 * math.log10(peak * peak / mse), max_abs
+
+
+def pct_of_peak(tflops: Optional[float], header: Dict[str, Any], dtype_name: str
+                ) -> Tuple[Optional[float], str]:
+    if header.get("gpu_name") is None:
+        return None, "no peak FLOP/s for CPUs: pct_peak is reported for CUDA devices only"
+    label, peaks = flops.peak_tflops(header["gpu_name"])
+    if peaks is None:
+        return None, f"no peak table entry for {header['gpu_name']!r} (see benchmarks/flops.py)"
+    key = dtype_name
+    if dtype_name == "fp32" and header["torch_settings"]["cudnn_allow_tf32"]:
+        key = "tf32"  # cuDNN runs fp32 convs on TF32 tensor cores when allowed (torch's default)
+    if tflops is None:
+        return None, "no FLOP count"
+    return 100.0 * tflops / peaks[key], f"{label} dense {key} peak {peaks[key]} TFLOP/s"
+
+
+def make_row(plan: Plan, header: Dict[str, Any], model: str, impl: str, op: str, s: Setting,
+             t: timing.Timing, flop_count: Optional[int], suite: Optional[str] = None) -> Dict[str, Any]:
+    seconds = t.p50 / 1e3
+    tflops = flop_count / seconds / 1e12 if flop_count is not None else None
+    pct, pct_note = pct_of_peak(tflops, header, plan.dtype_name)
+    return {
+        "model": model, "impl": impl, "op": op, "device": str(plan.device),
+        "dtype": plan.dtype_name, "frames": s.frames, "height": s.height, "width": s.width,
+        "batch": 1, "suite": suite or s.suite, "widths": "tiny" if plan.tiny else "preset",
+        "reduced": plan.reduced(s),
+        "latency_ms_p20": t.p20, "latency_ms_p50": t.p50, "latency_ms_p80": t.p80,
+        "repeats": t.repeats, "warmup": t.warmup, "frames_per_s": s.frames / seconds,
+        "peak_mem_bytes": t.peak_mem_bytes, "peak_mem_delta_bytes": t.peak_mem_delta_bytes,
+        "mem_method": t.mem_method, "flops": flop_count, "tflops": tflops,
+        "pct_peak": pct, "pct_peak_note": pct_note, "psnr_vs_reference": None,
+        "max_abs_err_vs_reference": None, "psnr_note": None,
+    }
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+def _count_steps(plan: Plan) -> int:
+    main = plan.main_settings()
+    steps = len(plan.models) * (len(main) + len(plan.impls) * _impl_steps(plan))
+    return steps + (len(main) if plan.peer else 0)
+
+
+class Progress:
+    """A tqdm bar on stderr (or nothing)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+    def step(self, label: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(label)
+
+    def done(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _measure(plan: Plan, runner: impls.Runner, op: str, inputs: impls.Inputs, warmup: int,
+             keep_output: bool, suite: str = "main") -> timing.Timing:
+    repeats = plan.repeats
+    if suite == "length" and plan.device.type == "cpu":
+        # The series is about memory; one call each keeps the CPU run within minutes.
+        warmup, repeats = 0, 1
+    with torch.no_grad():
+        return timing.measure(lambda: runner.run(op, inputs), plan.device, warmup=warmup,
+                              repeats=repeats, max_time_s=plan.max_time_s,
+                              keep_output=keep_output)
+
+
+def _impl_steps(plan: Plan) -> int:
+    return sum(len(plan.ops) if s.suite == "main" else 1 for s in plan.settings)
+
+
+def _failure(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return f"failed: {type(err).__name__}: {text[:300]}"
+
+
+def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress
+              ) -> List[Dict[str, Any]]:
+    config = model_config(model, plan.tiny)
+    master = build_master(config, plan.seed, plan.ckpts.get(model))
+    refs: Dict[Setting, Dict[str, torch.Tensor]] = {}
+    for s in plan.main_settings():
+        progress.step(f"{model} fp32 reference outputs {s.frames}x{s.height}x{s.width}")
+        refs[s] = reference_outputs(master, config, s, plan.seed, plan.device)
+        progress.done()
+    flop_counts: Dict[Tuple[str, Setting], int] = {}
+    rows = []
+    for impl in plan.impls:
+        try:
+            runner = impls.build_runner(impl, master, plan.device, plan.dtype, plan.compile_mode)
+        except Exception as err:  # one broken implementation must not sink the others' rows
+            plan.skipped.append({"model": model, "impl": impl, "reason": _failure(err)})
+            for _ in range(_impl_steps(plan)):
+                progress.done()
+            continue
+        # On CPU in fp32 the reference runner is the master that just computed the reference
+        # outputs: those calls were its warm-up.
+        warmup = 0 if runner.model is master else plan.warmup
+        try:
+            for s in plan.settings:
+                ops = plan.ops if s.suite == "main" else ["decode"]
+                z = refs[s]["encode"] if s in refs else None
+                inputs = make_inputs(config, s, plan.seed, plan.device, z)
+                for op in ops:
+                    progress.step(f"{model} {impl} {op} {s.frames}x{s.height}x{s.width}")
+                    try:
+                        t = _measure(plan, runner, op, inputs, warmup, keep_output=s in refs,
+                                     suite=s.suite)
+                    except Exception as err:  # e.g. CUDA out of memory at a long setting
+                        plan.skipped.append({"model": model, "impl": impl, "op": op,
+                                             "setting": f"{s.frames}x{s.height}x{s.width}",
+                                             "reason": _failure(err)})
+                        impls.release(None, plan.device)
+                        progress.done()
+                        continue
+                    if (op, s) not in flop_counts:
+                        flop_counts[(op, s)] = flops.count_macs(config, op, s.frames, s.height,
+                                                                s.width).flops
+                    row = make_row(plan, header, model, impl, op, s, t, flop_counts[(op, s)])
+                    if s in refs:
+                        row["psnr_vs_reference"], row["max_abs_err_vs_reference"] = \
+                            psnr_against(t.output, refs[s][op], op)
+                        if row["psnr_vs_reference"] is None:
+                            row["psnr_note"] = "bitwise equal to the fp32 reference"
+                    else:
+                        row["psnr_note"] = "not computed for the memory-vs-length series"
+                    t.output = None
+                    rows.append(row)
+                    progress.done()
+                del inputs
+        finally:
+            impls.release(runner, plan.device)
+    return rows
+
+
+def run_peer(plan: Plan, header: Dict[str, Any], progress: Progress) -> List[Dict[str, Any]]:
+    runner, reason = impls.build_peer(plan.device, plan.dtype, plan.seed)
+    if runner is None:
+        plan.skipped.append({"model": impls.PEER_MODEL, "reason": reason})
+        for _ in plan.main_settings():
+            progress.done()
+        return []
+    rows = []
+    config = CDTConfig.base()  # only for the latent's shape: 16 channels, 4x time, 8x space
+    try:
+        for s in plan.main_settings():
+            progress.step(f"peer decode {s.frames}x{s.height}x{s.width}")
+            inputs = make_inputs(config, s, plan.seed, plan.device)
+            t = _measure(plan, runner, "decode", inputs, plan.warmup, keep_output=False)
+            row = make_row(plan, header, impls.PEER_MODEL, runner.name, "decode", s, t, None,
+                           suite="peer")
+            row["psnr_note"] = "a different model (Wan 2.1 VAE, random weights): no reference"
+            row["pct_peak_note"] = "no FLOP model for the peer"
+            rows.append(row)
+            progress.done()
+    finally:
+        impls.release(runner, plan.device)
+    return rows
+
+
+def run_plan(plan: Plan, header: Dict[str, Any], progress: Progress) -> List[Dict[str, Any]]:
+    rows: List[Dict[str, Any]] = []
+    for model in plan.models:
+        rows += run_model(plan, header, model, progress)
+    if plan.peer and plan.models:
+        rows += run_peer(plan, header, progress)
+    return rows
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+def _write_text(path: Path, text: str) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+        report.make_readable(tmp)
+    atomic_write(path, write)
+
+
+def _write_json(path: Path, payload: Dict[str, Any]) -> None:
+    _write_text(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+
+
+def build_header(plan: Plan, argv: Sequence[str]) -> Dict[str, Any]:
+    header = environment.describe(plan.device)
+    label, peaks = flops.peak_tflops(header.get("gpu_name"))
+    backends, no_engine = impls.engine_backends()
+    header.update({
+        "command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv),
+        "dtype": plan.dtype_name, "seed": plan.seed, "warmup": plan.warmup,
+        "repeats": plan.repeats, "max_time_s": plan.max_time_s, "compile_mode": plan.compile_mode,
+        "widths": "tiny" if plan.tiny else "preset",
+        "weights": {m: plan.ckpts.get(m, f"random (cdt_fast.randomize_, seed {plan.seed})")
+                    for m in plan.models},
+        "settings": [vars(s) for s in plan.settings],
+        "impls": plan.impls,
+        "engine_backends": {b: {"available": ok, "reason": why} for b, (ok, why) in backends.items()},
+        "engine_missing": no_engine,
+        "peak_tflops": {"gpu": label, **dict(peaks)} if peaks else None,
+        "flop_model": "benchmarks/flops.py: MACs of convs, linears and attention matmuls, x2",
+    })
+    return header
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.readme_table is not None:
+        try:
+            parts = [json.loads(Path(p).read_text()) for p in args.readme_table]
+        except (OSError, ValueError) as err:
+            parser.error(f"--readme-table: cannot read a results file: {err}")
+        sys.stdout.write(report.readme_table(report.merge_results(parts)))
+        return 0
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        plan = make_plan(args)
+    except ValueError as err:
+        parser.error(str(err))
+    if plan.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # recorded in the header's torch_settings
+    header = build_header(plan, argv)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    progress = Progress(_count_steps(plan) + (1 if args.kernels else 0), not args.no_progress)
+    try:
+        rows = run_plan(plan, header, progress)
+        kernels = None
+        if args.kernels:
+            progress.step("kernel microbenchmarks")
+            kernels = kernel_summary.summarise(BENCH_DIR)
+            progress.done()
+    finally:
+        progress.close()
+
+    header["load_average_at_end"] = environment.load_average()
+    results = {"schema": SCHEMA, "header": header, "notes": plan.notes, "rows": rows,
+               "ratios": report.compute_ratios(rows), "skipped": plan.skipped, "kernels": kernels}
+    key = environment.device_key(header) + ("-tiny" if plan.tiny else "") \
+        + (f"-{environment.slug(args.tag)}" if args.tag else "")
+    out_dir = Path(args.results_dir)
+    _write_json(out_dir / f"{key}.json", results)
+    if args.out is not None:
+        _write_json(Path(args.out), results)
+    markdown = report.render_markdown(results)
+    _write_text(out_dir / f"{key}.md", markdown)
+    if not args.no_plot:
+        report.write_plot(results, out_dir / f"{key}.png")
+    sys.stdout.write(markdown)
+    print(f"\nwrote {out_dir / key}.json/.md" + ("" if args.no_plot else "/.png")
+          + (f" and {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
