@@ -9,7 +9,7 @@ from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = ["compute_ratios", "merge_results", "render_markdown", "readme_table", "write_plot",
-           "fmt_bytes", "make_readable", "ENGINE_PREFIX"]
+           "fmt_bytes", "ENGINE_PREFIX"]
 
 ENGINE_PREFIX = "engine-"
 Row = Dict[str, Any]
@@ -345,15 +345,4 @@ def write_plot(report: Dict[str, Any], path) -> None:
         ax_mem.text(0.5, 0.5, "no length series", ha="center", va="center",
                     transform=ax_mem.transAxes)
     fig.suptitle(f"CDT benchmark: {_device_label(report['header'])}", fontsize=10)
-    def write(tmp: str) -> None:
-        fig.savefig(tmp, format="png", dpi=110)
-        make_readable(tmp)
-    atomic_write(path, write)
-
-
-def make_readable(path: str) -> None:
-    """Give a file the permissions a plain ``open(path, "w")`` would (``atomic_write``'s temporary
-    file is created 0600 by mkstemp; results are for everyone to read)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

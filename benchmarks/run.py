@@ -510,10 +510,7 @@ def run_plan(plan: Plan, header: Dict[str, Any], progress: Progress) -> List[Dic
 # -- outputs -------------------------------------------------------------------------------------
 
 def _write_text(path: Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text)
-        report.make_readable(tmp)
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _write_json(path: Path, payload: Dict[str, Any]) -> None:

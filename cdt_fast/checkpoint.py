@@ -105,6 +105,12 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: 
     return missing, unexpected
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: a failure leaves no partial file."""
     path = Path(path)
@@ -113,6 +119,7 @@ def atomic_write(path: PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give open()'s permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

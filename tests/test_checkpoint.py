@@ -143,3 +143,12 @@ def test_load_rejects_bad_arguments():
         cdt_fast.load(3)
     with pytest.raises(TypeError, match="dtype"):
         cdt_fast.load(tiny_config("small"), dtype="float16")
+
+
+def test_atomic_write_gives_the_permissions_of_open(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "f.txt", lambda tmp: open(tmp, "w").write("x"))
+    finally:
+        os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o644
