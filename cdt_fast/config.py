@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Dict, Tuple
 
-__all__ = ["CDTConfig"]
+__all__ = ["CDTConfig", "dataclass_from_dict"]
+
+
+def dataclass_from_dict(cls, values: Dict[str, Any]):
+    """``cls(**values)`` for a dataclass, naming unknown fields instead of a bare TypeError."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    return cls(**values)
 
 # Upstream `load_cdt_base` / `load_cdt_small` arguments (everything else is a CDTConfig default).
 _PRESETS = MappingProxyType({
@@ -140,11 +149,7 @@ class CDTConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "CDTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown CDTConfig fields: {unknown}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
 
     def architecture_hash(self) -> str:
         """A short hash of the fields that decide the weights and the latent space."""

@@ -63,3 +63,13 @@ def upstream_model(preset) -> CDT:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Test shapes are tiny: intra-op threads gain nothing, and on a busy 2-core runner their
+    OpenMP barriers can stall each op. Tests about threading set the count themselves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

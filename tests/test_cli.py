@@ -27,13 +27,6 @@ from .video_clips import pattern, read_pngs, tiny_model_file, write_clip, write_
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 cores shared by many jobs: oversubscribed threads make tiny convs 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

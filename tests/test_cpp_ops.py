@@ -19,14 +19,6 @@ pytestmark = pytest.mark.skipif(
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Parity does not depend on threads (test_thread_count_does_not_change_results checks that);
-    one thread keeps these tiny ops from waiting on OpenMP barriers on a busy 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

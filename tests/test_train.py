@@ -28,21 +28,13 @@ def tiny_train_config(**overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared, oversubscribed CPU the
-    threads' barriers can stall each step; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def read_metrics(out: Path):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_loss_falls_on_tiny_data(one_thread):
+def test_loss_falls_on_tiny_data():
     torch.manual_seed(0)
     model = CDT(TINY_MODEL).train()
     loss_fn = CDTLoss(model, LossWeights(lpips=0.0))
@@ -98,7 +90,7 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
 
 
-def test_resume_continues_bit_for_bit(tmp_path, one_thread):
+def test_resume_continues_bit_for_bit(tmp_path):
     data = SyntheticVideos(length=3, frames=5, size=16)
     config = tiny_train_config()
     one_go = Trainer(config, data, tmp_path / "a", progress=False, dist_info=Dist())

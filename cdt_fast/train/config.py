@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..config import CDTConfig
+from ..config import CDTConfig, dataclass_from_dict
 from .losses import LossWeights
 
 __all__ = ["TrainConfig", "PRESETS", "resolve_train_config"]
@@ -81,11 +81,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
 
 
 def _tiny() -> TrainConfig:
