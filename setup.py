@@ -129,6 +129,22 @@ def check_importable(path: Path) -> None:
 class BuildCsrc(build_ext):
     """Builds cdt_fast._C with our own compiler commands (C++ and nvcc objects, one link)."""
 
+    def initialize_options(self):
+        super().initialize_options()
+        self.skipped = set()  # optional extensions whose build failed: nothing to copy or install
+
+    def copy_extensions_to_source(self):  # --inplace / editable installs
+        built = self.extensions
+        self.extensions = [e for e in built if e.name not in self.skipped]
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = built
+
+    def get_outputs(self):
+        return [path for ext, path in zip(self.extensions, super().get_outputs())
+                if ext.name not in self.skipped]
+
     def build_extension(self, ext):
         if ext.name != EXTENSION:
             return super().build_extension(ext)
@@ -138,6 +154,7 @@ class BuildCsrc(build_ext):
         except Exception as exc:  # an optional build: never fail the install unless forced
             if force:
                 raise
+            self.skipped.add(ext.name)
             self.warn(f"cdt_fast: the C++ extension was not built ({exc}); installing pure Python "
                       "(set CDT_FAST_FORCE_BUILD=1 to make this an error)")
 

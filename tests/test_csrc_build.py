@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -87,3 +88,17 @@ def test_build_switches(tmp_path):
     assert rc != 0 and module is None
     rc, log, module = _build(tmp_path / "none", CDT_FAST_SKIP_CPP_BUILD="1")
     assert rc == 0 and module is None
+
+
+def test_inplace_build_without_pybind11_warns_and_succeeds(tmp_path):
+    """A skipped optional build must not leave build_ext --inplace copying a missing module."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src,
+                    ignore=shutil.ignore_patterns(".git", "build", "*.so", "__pycache__", "results"))
+    code = ("import runpy, sys; sys.modules['pybind11'] = None; "
+            "sys.argv = ['setup.py', '-q', 'build_ext', '--inplace']; "
+            "runpy.run_path('setup.py', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "the C++ extension was not built" in result.stdout + result.stderr
+    assert not list((src / "cdt_fast").glob("_C*.so"))
