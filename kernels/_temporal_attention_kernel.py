@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._channels_last import check_device, use_autotune
+from ._common import check_launchable, use_autotune
 
 _LOG2E = 1.4426950408889634
 _PACK_TILE = 64  # rows (queries or keys) of a packed tile
@@ -105,7 +105,7 @@ def _tiles(tq: int, tk: int, d: int, interpret: bool):
 
 
 def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
-    check_device(q, _temporal_attention_kernel, "temporal_attention",
+    check_launchable(q, "temporal_attention",
                  "temporal_attention(..., backend='sdpa')")
     g, block_m, block_n, block_d = _tiles(tq, tk, d, not use_autotune(q))
     grid = (triton.cdiv(nh, g), triton.cdiv(g * tq, block_m))

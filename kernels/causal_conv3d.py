@@ -39,7 +39,6 @@ config so nothing is benchmarked. Programs are ordered in groups of ``GROUP_M`` 
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -48,6 +47,9 @@ import triton
 import triton.language as tl
 
 from cdt_fast.functional import PAD_MODES
+
+from ._common import check_launchable, interpreting
+from .channel_norm import channel_norm_tile
 
 __all__ = ["Epilogue", "causal_conv3d", "causal_conv3d_frames", "pack_weight", "output_shape"]
 
@@ -64,13 +66,9 @@ class Epilogue:
     residual: Optional[torch.Tensor] = None
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _autotune_configs(with_block_n: bool):
     """Tile shapes to try. Under the interpreter, one small tile (nothing gets benchmarked)."""
-    if _interpreting():
+    if interpreting():
         tiles = [(32, 16, 16, 1, 1)]
     else:
         tiles = [  # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps
@@ -113,22 +111,20 @@ def _conv_epilogue(acc, rn, n_ok, b, bias_ptr, g_ptr, beta_ptr, cbias_ptr, res_p
                    HAS_CBIAS: tl.constexpr, HAS_RES: tl.constexpr):
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if NORM:
-        cols = n_ok[None, :]
-        mean = tl.sum(tl.where(cols, acc, 0.0), axis=1) / N
-        diff = tl.where(cols, acc - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / N + eps)
+    cbias = 0.0
+    if HAS_CBIAS:
+        cbias = tl.load(cbias_ptr + b[:, None] * scb + rn[None, :] * scc, mask=mask,
+                        other=0.0).to(tl.float32)
+    res = 0.0
+    if HAS_RES:
+        res = tl.load(res_ptr + res_off, mask=mask, other=0.0).to(tl.float32)
+    if NORM:  # the norm block's own per-voxel math, on the accumulator tile
         g = tl.load(g_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
         beta = tl.load(beta_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-        acc = diff * rstd[:, None] * g[None, :] + beta[None, :]
+        return channel_norm_tile(acc, g, beta, cbias, res, n_ok, N, eps, RELU, HAS_CBIAS, HAS_RES)
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    if HAS_CBIAS:
-        acc += tl.load(cbias_ptr + b[:, None] * scb + rn[None, :] * scc, mask=mask,
-                       other=0.0).to(tl.float32)
-    if HAS_RES:
-        acc += tl.load(res_ptr + res_off, mask=mask, other=0.0).to(tl.float32)
-    return acc
+    return acc + cbias + res
 
 
 @triton.jit
@@ -335,8 +331,7 @@ def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         raise ValueError(f"x must be [B, C, T, H, W], got shape {tuple(x.shape)}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
-    if not x.is_cuda and not _interpreting():
-        raise ValueError("the Triton causal_conv3d needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
+    check_launchable(x, "causal_conv3d")
     _check_tensor(weight, "weight", x, 5)
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
@@ -414,7 +409,7 @@ def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     r = res if res is not None else out
     precision = ("tf32" if x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32
                  else "ieee")
-    if _interpreting():
+    if interpreting():
         precision = "ieee"
     args = (x, p, weight, bias if bias is not None else x, out,
             g if g is not None else x, beta if beta is not None else x,

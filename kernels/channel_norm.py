@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fused_common import check_launchable, interpreting, param_vector, voxel_rows
+from ._common import check_launchable, interpreting, param_vector, voxel_rows
 
 __all__ = ["channel_norm", "channel_norm_tile"]
 

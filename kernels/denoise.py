@@ -26,7 +26,7 @@ import triton.language as tl
 from cdt_fast import functional as CF
 from cdt_fast.functional import PAD_MODES, cast_like
 
-from ._channels_last import (check_device, check_out, empty_like_layout, exact_fp32, interpreted,
+from ._common import (check_launchable, check_out, empty_like_layout, exact_fp32, interpreting,
                              use_autotune)
 
 __all__ = ["initial_noise", "initial_noise_reference", "time_embeddings", "time_biases",
@@ -91,7 +91,7 @@ def initial_noise(shape: Sequence[int], seed: int, offset: int = 0, *, gamma: fl
         out.device if out is not None else torch.device("cpu"))
     if out is not None:
         check_out(out, shape, dtype, device)
-    if device.type != "cuda" and not interpreted(_initial_noise_kernel):
+    if device.type != "cuda" and not interpreting():
         noise = initial_noise_reference(shape, seed, offset, gamma=gamma, device=device, dtype=dtype)
         return noise if out is None else out.copy_(noise)
     if out is None:
@@ -450,7 +450,7 @@ def denoise_final(h: torch.Tensor, norm_g: torch.Tensor, norm_b: torch.Tensor,
     """
     out_shape = _check_final_args(h, norm_g, norm_b, weight, bias, x_t, coefficients, past,
                                   history, space_padding, pad_mode)
-    check_device(h, _final_conv_ddim_kernel, "denoise_final", "denoise_final_reference")
+    check_launchable(h, "denoise_final", "denoise_final_reference")
     bsz, n, t_out, hgt, wid = out_shape
     c, kt, kh, kw = weight.shape[1:]
     coef = _coefficients(coefficients, h.device)
@@ -503,7 +503,7 @@ def ddim_update(x_t: torch.Tensor, x0: torch.Tensor, coefficients: Sequence, *,
             raise ValueError(f"{name} must be a floating-point [B, C, T, H, W] tensor")
     if x0.shape != x_t.shape:
         raise ValueError(f"x0 must have x_t's shape {list(x_t.shape)}, got {list(x0.shape)}")
-    check_device(x_t, _ddim_update_kernel, "ddim_update", "cdt_fast.functional.ddim_update")
+    check_launchable(x_t, "ddim_update", "cdt_fast.functional.ddim_update")
     coef = _coefficients(coefficients, x_t.device)
     out = empty_like_layout(x_t, x_t.shape, torch.float32) if out is None \
         else check_out(out, x_t.shape, torch.float32, x_t.device)
@@ -519,7 +519,7 @@ def to_uint8_frames(x: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> t
     contiguous [B, T, H, W, C] uint8, ``round((clamp(x) + 1) / 2 * 255)``."""
     if not isinstance(x, torch.Tensor) or x.dim() != 5 or not x.is_floating_point():
         raise ValueError("x must be a floating-point [B, C, T, H, W] tensor")
-    check_device(x, _to_uint8_frames_kernel, "to_uint8_frames", "cdt_fast.functional.to_uint8_frames")
+    check_launchable(x, "to_uint8_frames", "cdt_fast.functional.to_uint8_frames")
     b, c, t, h, w = x.shape
     shape = (b, t, h, w, c)
     if out is None:

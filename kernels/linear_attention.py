@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._fused_common import check_launchable, interpreting, loop_arg, param_vector, voxel_rows
+from ._common import check_launchable, interpreting, loop_arg, param_vector, voxel_rows
 from .channel_norm import channel_norm_tile
 
 __all__ = ["LinearAttentionWeights", "linear_attention", "linear_attention_block"]

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from cdt_fast.functional import PAD_MODES, cast_like
 
-from ._channels_last import check_device, check_out, empty_like_layout, exact_fp32, use_autotune
+from ._common import check_launchable, check_out, empty_like_layout, exact_fp32, use_autotune
 from ._gemm_rows import accumulate_rows
 
 __all__ = ["time_downsample", "time_upsample"]
@@ -193,7 +193,7 @@ def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     ``[past | x]`` (or ``[2 padding frames | x]`` on a stream's first chunk). ``weight`` is
     [C_out, C_in, 3]; ``out`` an optional [B, C_out, T_out, H, W] buffer of x's dtype."""
     _check_video(x, "x")
-    check_device(x, _time_downsample_kernel, "time_downsample",
+    check_launchable(x, "time_downsample",
                  "cdt_fast.functional.time_downsample")
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
@@ -238,7 +238,7 @@ def time_upsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     _check_weight(weight, (2 * c, c, 1))
     _check_bias(bias, 2 * c)
     drop_first = bool(drop_first)
-    check_device(x, _time_upsample_kernel, "time_upsample", "cdt_fast.functional.time_upsample")
+    check_launchable(x, "time_upsample", "cdt_fast.functional.time_upsample")
     weight, bias = cast_like(weight, x), cast_like(bias, x)
     shape = (bsz, c, 2 * t_in - int(drop_first), h, w)
     out = empty_like_layout(x, shape) if out is None else check_out(out, shape, x.dtype, x.device)

@@ -324,7 +324,7 @@ def test_bad_input_raises_clear_errors(monkeypatch):
         CausalConvCache(weight, bias, history=2)()
     if not ON_GPU:
         monkeypatch.setenv("TRITON_INTERPRET", "0")
-        with pytest.raises(ValueError, match="CUDA"):
+        with pytest.raises(RuntimeError, match="CUDA"):
             conv(x, weight, bias, **kw)
 
 

@@ -144,14 +144,10 @@ def test_gpu_parity_at_engine_shapes(dtype):
                                    CF.time_upsample(x.float(), wu, bu, drop_first=True), **tol)
 
 
-def test_compiled_kernels_refuse_cpu_tensors_clearly():
-    from cdt_fast.kernels._channels_last import check_device
+def test_compiled_kernels_refuse_cpu_tensors_clearly(monkeypatch):
+    from cdt_fast.kernels import _common
 
-    def compiled_kernel():  # stands in for a JITFunction (not the interpreter's)
-        pass
-
+    _common.check_launchable(torch.zeros(1, device=DEVICE), "time_upsample")  # runs here
+    monkeypatch.setattr(_common, "interpreting", lambda: False)  # as a compiled kernel sees it
     with pytest.raises(RuntimeError, match="cdt_fast.functional.time_upsample"):
-        check_device(torch.zeros(1), compiled_kernel, "time_upsample",
-                     "cdt_fast.functional.time_upsample")
-    check_device(torch.zeros(1, device=DEVICE), time_upsample.__globals__["_time_upsample_kernel"],
-                 "time_upsample", "-")  # interpreted on CPU, compiled on CUDA: both run
+        _common.check_launchable(torch.zeros(1), "time_upsample", "cdt_fast.functional.time_upsample")

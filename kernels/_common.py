@@ -1,0 +1,116 @@
+"""Shared plumbing of the Triton launchers: where they may run, how they address tensors, and
+layouts (they read any strides but write channels-last results when the input is channels-last,
+so a chain of kernels never converts layouts).
+
+The per-voxel kernels (channel norm, linear attention) address a ``[B, C, T, H, W]`` tensor
+
+as ``B * T*H*W`` rows of ``C`` channels, given by three strides (sample, voxel, channel).
+
+Channels-last (``torch.channels_last_3d``) and contiguous tensors both qualify, as does any layout
+whose T, H, W dims collapse into one stride; anything else is copied to channels-last first.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["voxel_rows", "check_launchable", "interpreting", "loop_arg", "param_vector",
+           "empty_like_layout", "check_out", "use_autotune", "exact_fp32"]
+
+
+def _collapsed_voxel_stride(t: torch.Tensor):
+    """The stride of the flattened T*H*W index, or None when T, H, W do not collapse."""
+    stride = None
+    expected = None
+    for size, step in zip(reversed(t.shape[2:]), reversed(t.stride()[2:])):
+        if size == 1:
+            continue
+        if expected is not None and step != expected:
+            return None
+        if stride is None:
+            stride = step
+        expected = step * size
+    return 1 if stride is None else stride
+
+
+def voxel_rows(t: torch.Tensor) -> Tuple[torch.Tensor, int, int, int]:
+    """``(tensor, stride_sample, stride_voxel, stride_channel)``; ``tensor`` is ``t`` itself when
+    its layout allows, else a channels-last copy."""
+    voxel = _collapsed_voxel_stride(t)
+    if voxel is None:
+        t = t.contiguous(memory_format=torch.channels_last_3d)
+        voxel = _collapsed_voxel_stride(t)
+    return t, t.stride(0), voxel, t.stride(1)
+
+
+def interpreting() -> bool:
+    """True under ``TRITON_INTERPRET=1`` (kernels then run on CPU tensors, one config, no tuning)."""
+    return bool(triton.knobs.runtime.interpret)
+
+
+def check_launchable(x: torch.Tensor, op: str, instead: str = "cdt_fast.functional") -> None:
+    """Triton kernels run on CUDA tensors, or on CPU tensors under the interpreter only: a clear
+    error instead of Triton's."""
+    if not x.is_cuda and not interpreting():
+        raise RuntimeError(f"{op}: the Triton kernel needs a CUDA tensor (got device {x.device}); "
+                           f"on CPU use {instead}, or set TRITON_INTERPRET=1 before importing "
+                           "triton to run the kernel in the interpreter")
+
+
+
+def loop_arg(value: int):
+    """A kernel argument that bounds a ``range`` loop. The interpreter hands int arguments to the
+    kernel as one-element arrays, which NumPy >= 2.4 refuses to turn into the Python int ``range``
+    needs; a ``tl.constexpr`` reaches it as a plain int. Compiled kernels get the int itself (no
+    recompilation per value). Kernels must use such arguments after a tensor operand in arithmetic
+    (``pid * N``, not ``N * pid``): a constexpr on the left would wrap the tensor."""
+    return tl.constexpr(value) if interpreting() else value
+
+
+def param_vector(p: torch.Tensor, c: int, name: str) -> torch.Tensor:
+    """A per-channel parameter ([C] or [1, C, 1, 1, 1]) as a contiguous [C] vector."""
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of {c} elements, got {type(p).__name__}")
+    if p.numel() != c:
+        raise ValueError(f"{name} must hold C={c} elements ([C] or [1, C, 1, 1, 1]), "
+                         f"got shape {tuple(p.shape)}")
+    return p.reshape(c).contiguous()
+
+
+
+
+def empty_like_layout(x: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None) -> torch.Tensor:
+    """An uninitialised [B, C, T, H, W] tensor in ``x``'s memory format (channels-last 3D or
+    contiguous) and device."""
+    fmt = (torch.channels_last_3d if x.dim() == 5 and not x.is_contiguous()
+           and x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
+    return torch.empty(tuple(shape), dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+
+
+def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, device: torch.device,
+              name: str = "out") -> torch.Tensor:
+    """Validates a caller-provided output buffer (any strides)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != device:
+        raise ValueError(f"{name} must be a {dtype} tensor of shape {list(shape)} on {device}, "
+                         f"got {out.dtype} {list(out.shape)} on {out.device}")
+    return out
+
+
+def use_autotune(x: torch.Tensor) -> bool:
+    """Autotuning times configs on the device; under the Triton interpreter (CPU tensors) the
+    launchers run one fixed small config instead."""
+    return x.device.type == "cuda"
+
+
+def exact_fp32(x: torch.Tensor) -> bool:
+    """Whether a conv-like kernel on fp32 ``x`` must use IEEE fp32 products: yes unless torch lets
+    its own cuDNN convs use TF32 (``torch.backends.cudnn.allow_tf32``, on by default), in which
+    case the kernel does as the reference does."""
+    return x.dtype == torch.float32 and not (x.device.type == "cuda"
+                                             and torch.backends.cudnn.allow_tf32)
