@@ -17,8 +17,10 @@ def accumulate_rows(acc, rows, s_c, ok_rows, w_ptr, s_wc, w_cols, ok_cols,
         ok_k = ck < C
         a = tl.load(rows[:, None] + ck[None, :] * s_c, mask=ok_rows[:, None] & ok_k[None, :],
                     other=0.0)
-        w = tl.load(w_ptr + ck[:, None] * s_wc + w_cols[None, :],
-                    mask=ok_k[:, None] & ok_cols[None, :], other=0.0)
+        # Loaded [N, K] and transposed for the dot: a weight with Cin innermost (what the engine
+        # holds) then gives 16-byte loads; [K, N] would read one element per load.
+        w = tl.trans(tl.load(w_ptr + w_cols[:, None] + ck[None, :] * s_wc,
+                             mask=ok_cols[:, None] & ok_k[None, :], other=0.0))
         if IEEE:
             acc = tl.dot(a, w, acc, input_precision="ieee")
         else:

@@ -10,8 +10,10 @@ ever built. ``upsample2x`` reads the inputs nearest-2x-upsampled by index arithm
 GEMM view: M runs over output voxels ``(b, t, h, w)``, N over output channels, K over
 ``kt * kh * kw * Cin`` (taps outer, channels inner, so a K tile is a run of channels of one input
 voxel: contiguous in channels-last ``NDHWC`` memory). Any strides are accepted; channels-last
-activations (``torch.channels_last_3d``) and a channels-innermost weight (:func:`pack_weight`)
-give coalesced loads. Accumulation is fp32 for fp16/bf16/fp32 inputs; the output has ``x``'s dtype.
+activations (``torch.channels_last_3d``) give coalesced loads. The weight is read as it comes when
+either Cin or Cout is its innermost dim: a ``channels_last_3d`` weight (what the engine holds, and
+what cuDNN wants) or one from :func:`pack_weight` compile to the same 16-byte ``cp.async`` loads
+and ``wgmma`` on sm_90 (``benchmarks/sass_audit.py``); any other layout is repacked per call. Accumulation is fp32 for fp16/bf16/fp32 inputs; the output has ``x``'s dtype.
 
 Epilogue hook (the contract other kernels build on)
 ---------------------------------------------------
@@ -73,10 +75,14 @@ def _autotune_configs(with_block_n: bool):
     else:
         tiles = [  # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps
             (128, 128, 32, 3, 8), (128, 128, 64, 3, 8), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
-            (128, 64, 64, 3, 4), (64, 64, 32, 4, 4), (256, 128, 32, 3, 8), (128, 256, 32, 3, 8),
-            (64, 32, 16, 4, 2), (128, 32, 16, 4, 4), (64, 64, 16, 4, 4),
-            (128, 256, 64, 3, 8), (256, 128, 64, 3, 8),
+            (64, 64, 32, 4, 4), (256, 128, 32, 3, 8), (128, 256, 32, 3, 8),
+            (64, 32, 16, 4, 2), (128, 32, 16, 4, 4), (64, 64, 16, 4, 4), (128, 256, 64, 3, 8),
+            # Narrow N for the 3-channel output conv: without these the pruning fell back to a
+            # 128-wide N tile (97% idle columns) that spilled registers.
+            (128, 16, 64, 4, 4), (64, 16, 64, 4, 4), (128, 16, 32, 4, 4), (64, 16, 16, 4, 4),
         ]
+        # Dropped after reading their sm_90 code: (128, 64, 64, 3, 4) and (256, 128, 64, 3, 8)
+        # spill registers on the plain 3x3x3 conv.
     configs = []
     seen = set()
     for bm, bn, bk, stages, warps in tiles:
@@ -98,7 +104,13 @@ def _prune_configs(configs, named_args, **kwargs):
     max_n = max(16, triton.next_power_of_2(args["N"]))
     kept = [c for c in configs
             if c.kwargs["BLOCK_K"] <= max_k and c.kwargs.get("BLOCK_N", 0) <= max_n]
-    return kept or configs[:1]
+    if kept:
+        return kept
+    # Nothing that narrow: the tiles wasting the fewest columns and channels.
+    def waste(c):
+        return (c.kwargs.get("BLOCK_N", 0), c.kwargs["BLOCK_K"])
+    least = min(map(waste, configs))
+    return [c for c in configs if waste(c) == least]
 
 
 _AUTOTUNE_KEY = ["M", "N", "CIN", "KT", "KH", "KW", "SH", "ST", "HAS_PAST", "UPSAMPLE", "NORM"]
@@ -250,8 +262,10 @@ def pack_weight(weight: torch.Tensor, dtype: Optional[torch.dtype] = None) -> to
     return w.permute(2, 3, 4, 1, 0).contiguous().permute(4, 3, 0, 1, 2)
 
 
-def _is_packed(w: torch.Tensor) -> bool:
-    return w.stride(0) == 1 and w.stride(1) == w.shape[0]
+def _loads_coalesced(w: torch.Tensor) -> bool:
+    """Whether the kernel reads ``w`` with wide loads as it is: Cout innermost (:func:`pack_weight`)
+    or Cin innermost (``channels_last_3d``); size-1 dims make either stride irrelevant."""
+    return (w.shape[0] == 1 or w.stride(0) == 1) or (w.shape[1] == 1 or w.stride(1) == 1)
 
 
 def _ints(value, n: int, name: str, minimum: int) -> Tuple[int, ...]:
@@ -369,7 +383,7 @@ def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         _check_tensor(out, "out", x, 5)
         if tuple(out.shape) != shape or out.dtype != x.dtype:
             raise ValueError(f"out must be {shape} {x.dtype}, got {tuple(out.shape)} {out.dtype}")
-    if not _is_packed(weight) or weight.dtype != x.dtype:
+    if not _loads_coalesced(weight) or weight.dtype != x.dtype:
         weight = pack_weight(weight, x.dtype)
     bias = bias.to(x.dtype) if bias is not None else None
 

@@ -114,10 +114,13 @@ def _time_upsample_kernel(
         mask_k = ck < C
         a = tl.load(x_rows[:, None] + ck[None, :] * s_xc, mask=mask_m[:, None] & mask_k[None, :],
                     other=0.0)
-        w_off = ck[:, None] * s_wi + (2 * offs_n)[None, :] * s_wo
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w0 = tl.load(w_ptr + w_off, mask=w_mask, other=0.0)
-        w1 = tl.load(w_ptr + w_off + s_wo, mask=w_mask, other=0.0)
+        # The weight tiles are loaded [N, K] and transposed for the dot: upstream's [2C, C] weight
+        # is contiguous along K (Cin), so this way the loads are 16 bytes wide instead of one
+        # element (its N rows interleave the two phases, stride 2C).
+        w_off = (2 * offs_n)[:, None] * s_wo + ck[None, :] * s_wi
+        w_mask = mask_n[:, None] & mask_k[None, :]
+        w0 = tl.trans(tl.load(w_ptr + w_off, mask=w_mask, other=0.0))
+        w1 = tl.trans(tl.load(w_ptr + w_off + s_wo, mask=w_mask, other=0.0))
         if IEEE:
             acc0 = tl.dot(a, w0, acc0, input_precision="ieee")
             acc1 = tl.dot(a, w1, acc1, input_precision="ieee")

@@ -430,3 +430,30 @@ def test_autotune_prune_reads_constexpr_kwargs():
     kept = kernels._prune_configs(configs, {"M": 1000, "N": 3}, CIN=3, KT=3)
     assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept] == [(16, 16)]
     assert len(kernels._prune_configs(configs, {"M": 1000, "N": 128}, CIN=64)) == 4
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "packed"])
+def test_weight_layouts_agree_and_only_strided_ones_are_repacked(layout, monkeypatch):
+    """The engine holds channels-last weights (cuDNN's layout): the kernel must read them as they
+    are, not repack them on every call; a weight with neither channel dim innermost is repacked."""
+    x, weight, bias, kw, k_len = _case("333-replicate-past2", torch.float32)
+    ref = CF.causal_conv3d(x, weight, bias, **kw)
+    if layout == "channels_last":
+        weight = weight.contiguous(memory_format=torch.channels_last_3d)
+    elif layout == "packed":
+        weight = kernels.pack_weight(weight)
+    packs = []
+    real_pack = kernels.pack_weight
+    monkeypatch.setattr(kernels, "pack_weight", lambda *a, **k: packs.append(1) or real_pack(*a, **k))
+    assert_close_conv(kernels.causal_conv3d(x, weight, bias, **kw), ref, k_len, torch.float32)
+    assert len(packs) == (1 if layout == "contiguous" else 0)
+
+
+def test_gpu_configs_cover_a_three_channel_output(monkeypatch):
+    """The final conv has Cout=3: the GPU tile list must keep a narrow-N tile after pruning rather
+    than fall back to a 128-wide one (which also spilled registers on sm_90)."""
+    monkeypatch.setattr(kernels, "interpreting", lambda: False)
+    configs = kernels._autotune_configs(with_block_n=True)
+    kept = kernels._prune_configs(configs, {"M": 1 << 16, "N": 3}, CIN=64, KT=3)
+    assert kept and all(c.kwargs["BLOCK_N"] == 16 for c in kept)
+    assert len(kernels._prune_configs(configs, {"M": 1 << 16, "N": 256}, CIN=256)) >= 8

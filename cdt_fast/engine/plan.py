@@ -127,16 +127,18 @@ class Attention:
         self.heads, self.scale = attn.heads, attn.scale
 
     def __call__(self, x: torch.Tensor, run: Run) -> torch.Tensor:
-        out = self.ops(
-            "linear_attention",
-            self.norm(x),
+        return self.ops(
+            "linear_attention_block",
+            x,
+            self.norm.g,
+            self.norm.b,
             self.w_qkv,
             self.w_out,
             self.b_out,
             heads=self.heads,
             scale=self.scale,
+            eps=self.norm.eps,
         )
-        return out + x
 
 
 class Upsample:
@@ -157,7 +159,11 @@ class Upsample:
 class TimeDownsample:
     def __init__(self, module: L.TimeDownsample, dtype: torch.dtype, ops):
         self.ops, self.pad_mode = ops, module.pad_mode
-        self.weight, self.bias = pack(module.conv.weight, dtype), pack(module.conv.bias, dtype)
+        weight = pack(module.conv.weight, dtype)
+        # [C_out, C_in, 3] stored C_in-innermost: the channels-last layout cuDNN wants for the
+        # conv3d view of it, and 16-byte weight loads in the Triton kernel (same logical tensor).
+        self.weight = weight.permute(0, 2, 1).contiguous().permute(0, 2, 1)
+        self.bias = pack(module.conv.bias, dtype)
 
     def __call__(self, x: torch.Tensor, run: Run) -> torch.Tensor:
         hist = run.state.history(self, 1)

@@ -1,0 +1,406 @@
+#!/usr/bin/env python
+"""What the Triton kernels become on a Hopper GPU, read without one.
+
+    python benchmarks/sass_audit.py                       # CDT-base and CDT-small decode, 256x256
+    python benchmarks/sass_audit.py --presets base --size 720 --all-configs
+
+It runs a real engine decode (``cdt_fast.accelerate(model, backend="triton")``, bf16) on CPU
+tensors of the real shapes with every Triton launch intercepted instead of run, then compiles each
+distinct launch for ``sm_90a`` exactly as the JIT would on the GPU (same argument specialisation:
+16-byte alignment of pointers and strides, strides equal to 1, constexprs, autotune configs after
+pruning) and reads the cubin with Triton's bundled ``cuobjdump``:
+
+* registers per thread, stack (spill) bytes, shared memory per program vs the 227 KiB limit;
+* tensor-core instructions: ``HGMMA`` (wgmma, Hopper's fast path), ``HMMA`` (mma.sync, the
+  pre-Hopper path) or none;
+* global memory instructions by width: ``LDGSTS`` (cp.async, pipelined loads), ``LDG``/``STG``
+  with 128/64/32/16-bit accesses (narrow accesses on a contiguous channel axis waste bandwidth);
+* local-memory traffic (``LDL``/``STL``: register arrays spilled to memory).
+
+It measures nothing: these are the compiler's facts, the leads METHOD.md says to read before
+spending device time. The verdict column flags what usually costs speed. Results go to
+``benchmarks/results/sass-sm90-<versions>.{json,md}`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+__all__ = ["Launch", "KernelReport", "capture_launches", "compile_launch", "read_cubin",
+           "audit_decode", "main"]
+
+KERNEL_MODULES = ("_common", "causal_conv3d", "channel_norm", "linear_attention", "time_resample",
+                  "denoise", "_temporal_attention_kernel", "temporal_attention")
+# Shared memory a Hopper SM gives one block (228 KiB per SM, 1 KiB reserved per block).
+HOPPER_SMEM_LIMIT = 227 * 1024
+# A dot kernel's names: the ones whose SASS should hold tensor-core instructions.
+DOT_KERNELS = ("_causal_conv3d_kernel", "_norm_project_kernel", "_context_partial_kernel",
+               "_attention_apply_kernel", "_time_downsample_kernel", "_time_upsample_kernel",
+               "_final_conv_ddim_kernel", "_temporal_attention_kernel")
+
+
+@dataclass
+class Launch:
+    """One intercepted kernel launch: the JIT function, its arguments, and the configs an
+    autotuner would try (after its pruning), or None for a plain launch."""
+
+    fn: object
+    args: tuple
+    kwargs: dict
+    configs: Optional[list]
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__name__", str(self.fn))
+
+
+@dataclass
+class KernelReport:
+    kernel: str
+    config: str
+    count: int  # launches of one decode with this specialisation
+    registers: int
+    stack_bytes: int
+    shared_bytes: int
+    tensor_core: str
+    instructions: Dict[str, int] = field(default_factory=dict)
+    global_loads: Dict[str, int] = field(default_factory=dict)
+    global_stores: Dict[str, int] = field(default_factory=dict)
+    flags: List[str] = field(default_factory=list)
+    compile_s: float = 0.0
+    launch: int = 0  # which distinct launch (specialisation) of the decode
+
+
+@contextlib.contextmanager
+def capture_launches() -> Iterator[List[Launch]]:
+    """Within the block, Triton launches are recorded instead of run, and the launchers take CPU
+    tensors as if they were on a GPU (GPU configs, autotuning, no interpreter). Outputs stay
+    uninitialised: only shapes, strides and dtypes matter here. Everything is restored on exit."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    launches: List[Launch] = []
+
+    def jit_run(self, *args, grid, warmup=False, **kwargs):
+        launches.append(Launch(self, args, kwargs, None))
+
+    def tuner_run(self, *args, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+        self.nargs = dict(zip(self.arg_names, args))
+        try:
+            configs = self.prune_configs(kwargs)
+        finally:
+            self.nargs = None
+        launches.append(Launch(self.fn, args, kwargs, list(configs)))
+
+    def nothing(*args, **kwargs):
+        return None
+
+    replacements = [(JITFunction, "run", jit_run), (Autotuner, "run", tuner_run)]
+    for name in KERNEL_MODULES:
+        module = importlib.import_module(f"cdt_fast.kernels.{name}")
+        for attr, value in (("interpreting", lambda: False), ("check_launchable", nothing),
+                            ("use_autotune", lambda *a, **k: True)):
+            if hasattr(module, attr):
+                replacements.append((module, attr, value))
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in replacements]
+    # The engine's backend check and the conv selector accept CPU tensors for Triton only under
+    # the interpreter; the kernels were decorated before this, so they stay compiled kernels.
+    env_before = os.environ.get("TRITON_INTERPRET")
+    try:
+        for owner, attr, value in replacements:
+            setattr(owner, attr, value)
+        os.environ["TRITON_INTERPRET"] = "1"
+        yield launches
+    finally:
+        for owner, attr, value in saved:
+            setattr(owner, attr, value)
+        if env_before is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = env_before
+
+
+def _specialise(fn, args, kwargs, arch: int):
+    """The JIT's own binding of ``args``: (signature, constexprs, attrs, options, key)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+    kwargs.setdefault("debug", False)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization,
+                                                          options)
+    key = (fn.__name__, str(sorted(signature.items())), str(sorted(constexprs.items())),
+           str(sorted(attrs.items())), str(sorted(options.__dict__.items())))
+    return target, signature, constexprs, attrs, options, key
+
+
+def compile_launch(fn, args, kwargs, arch: int = 90):
+    """The compiled kernel the JIT would build for this launch on an ``sm_{arch}`` GPU."""
+    import triton
+    from triton.compiler import ASTSource
+
+    target, signature, constexprs, attrs, options, _ = _specialise(fn, args, kwargs, arch)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                          options=options.__dict__)
+
+
+def _tool(name: str) -> str:
+    import triton
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+_OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)")
+_RESOURCES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+def _width(opcode: str) -> str:
+    """Access width of a load/store opcode: ``LDG.E.128`` -> 128, ``LDG.E.U16`` -> 16."""
+    for bits in ("128", "64", "U16", "S16", "U8", "S8"):
+        if f".{bits}" in opcode:
+            return bits.lstrip("US")
+    return "32"
+
+
+def read_cubin(cubin: bytes) -> Tuple[Dict[str, int], Counter]:
+    """(resource usage, opcode counts) of a cubin, by cuobjdump."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", str(path)], capture_output=True,
+                              text=True, check=True).stdout
+        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", str(path)], capture_output=True,
+                               text=True, check=True).stdout
+    found = _RESOURCES.search(usage)
+    resources = dict(zip(("registers", "stack", "static_shared", "local"),
+                         map(int, found.groups()))) if found else {}
+    return resources, Counter(m.group(1) for m in map(_OPCODE.search, sass.splitlines()) if m)
+
+
+def _report(name: str, config: str, count: int, kernel, seconds: float) -> KernelReport:
+    resources, opcodes = read_cubin(kernel.asm["cubin"])
+    base = Counter()
+    loads, stores = Counter(), Counter()
+    for op, n in opcodes.items():
+        head = op.split(".")[0]
+        base[head] += n
+        if head in ("LDG", "LDGSTS"):
+            loads[f"{head}.{_width(op)}"] += n
+        elif head == "STG":
+            stores[f"STG.{_width(op)}"] += n
+    tensor_core = ("HGMMA" if base["HGMMA"] else "HMMA" if base["HMMA"] else "none")
+    shared = int(kernel.metadata.shared) + resources.get("static_shared", 0)
+    report = KernelReport(
+        kernel=name, config=config, count=count, registers=resources.get("registers", -1),
+        stack_bytes=resources.get("stack", 0), shared_bytes=shared, tensor_core=tensor_core,
+        instructions={k: base[k] for k in ("HGMMA", "HMMA", "FFMA", "LDGSTS", "LDG", "STG", "LDS",
+                                            "STS", "LDL", "STL", "BAR", "SHFL") if base[k]},
+        global_loads=dict(loads), global_stores=dict(stores), compile_s=round(seconds, 2))
+    report.flags = verdict(report)
+    return report
+
+
+def verdict(r: KernelReport) -> List[str]:
+    """What in the compiled code usually costs speed (leads, not measurements)."""
+    flags = []
+    if r.stack_bytes or r.instructions.get("LDL") or r.instructions.get("STL"):
+        flags.append("spills to local memory")
+    if r.shared_bytes > HOPPER_SMEM_LIMIT:
+        flags.append("shared memory over the per-block limit: this config cannot launch")
+    if r.kernel in DOT_KERNELS and r.tensor_core != "HGMMA":
+        flags.append(f"dot without wgmma ({r.tensor_core})")
+    narrow = sum(n for k, n in r.global_loads.items() if k.endswith((".16", ".8")))
+    if narrow and narrow * 2 > sum(r.global_loads.values()):
+        flags.append("mostly 8/16-bit global loads")
+    if r.registers >= 255:
+        flags.append("at the register cap")
+    return flags
+
+
+def _config_label(config) -> str:
+    if config is None:
+        return "-"
+    meta = ",".join(f"{k}={v}" for k, v in sorted(config.kwargs.items()))
+    return f"{meta},w={config.num_warps},s={config.num_stages}"
+
+
+def audit_launches(launches: Sequence[Launch], arch: int = 90, all_configs: bool = False,
+                   progress=None, kernels: Optional[Sequence[str]] = None) -> List[KernelReport]:
+    """Compile every distinct launch among ``launches`` (same kernel, same specialisation) for
+    each of its autotune configs, or its first config after pruning without ``all_configs``;
+    ``kernels``: only kernels whose name contains one of these strings."""
+    distinct: Dict[tuple, List] = {}
+    for launch in launches:
+        if kernels is not None and not any(k in launch.name for k in kernels):
+            continue
+        kwargs = dict(launch.kwargs)
+        if launch.configs:  # the tuned meta-parameters are constexprs the binder needs
+            kwargs.update(launch.configs[0].all_kwargs())
+        key = _specialise(launch.fn, launch.args, kwargs, arch)[-1]
+        distinct.setdefault(key, [launch, 0])[1] += 1
+    work = []
+    for launch_id, (launch, count) in enumerate(distinct.values()):
+        configs = launch.configs if launch.configs else [None]
+        for config in (configs if all_configs else configs[:1]):
+            work.append((launch_id, launch, count, config))
+    reports = []
+    for i, (launch_id, launch, count, config) in enumerate(work):
+        kwargs = dict(launch.kwargs)
+        if config is not None:
+            kwargs.update(config.all_kwargs())
+        started = time.time()
+        kernel = compile_launch(launch.fn, launch.args, kwargs, arch)
+        report = _report(launch.name, _config_label(config), count, kernel, time.time() - started)
+        report.launch = launch_id
+        reports.append(report)
+        if progress is not None:
+            progress(i + 1, len(work), report)
+    return reports
+
+
+def capture_decode(preset: str, size: int, frames: int = 17, dtype=torch.bfloat16,
+                   **overrides) -> List[Launch]:
+    """The Triton launches of one engine decode of ``frames`` frames at ``size`` x ``size``
+    (random weights; ``overrides``: :class:`~cdt_fast.CDTConfig` fields, e.g. narrower networks
+    for tests)."""
+    from cdt_fast import CDT, CDTConfig, accelerate
+    from cdt_fast.chunking import latent_frames
+
+    cfg = CDTConfig.preset(preset, **overrides)
+    model = CDT(cfg).eval()
+    factor = cfg.space_factor
+    z = torch.zeros(1, cfg.latent_dim, latent_frames(frames, cfg.time_factor), size // factor,
+                    size // factor)
+    with capture_launches() as launches, torch.no_grad():
+        engine = accelerate(model, backend="triton", dtype=dtype)
+        engine.decode(z, noise=torch.zeros(engine.output_shape(z.shape)))
+    return launches
+
+
+def audit_decode(preset: str, size: int, *, frames: int = 17, arch: int = 90,
+                 all_configs: bool = False, progress=None,
+                 kernels: Optional[Sequence[str]] = None, **overrides) -> List[KernelReport]:
+    return audit_launches(capture_decode(preset, size, frames, **overrides), arch, all_configs,
+                          progress, kernels)
+
+
+def _versions() -> Dict[str, str]:
+    import triton
+    return {"torch": torch.__version__, "triton": triton.__version__}
+
+
+def to_markdown(results: Dict[str, List[dict]], versions: Dict[str, str], arch: int) -> str:
+    """A summary per kernel, then every variant with a flag (``results``: the JSON's rows)."""
+    lines = [f"# Triton kernels compiled for sm_{arch}a (static, no GPU)", "",
+             f"Triton {versions['triton']}, torch {versions['torch']}. Written by "
+             "`python benchmarks/sass_audit.py`: every distinct launch of an engine decode "
+             "(bf16, random weights), compiled as the JIT would compile it on an H100 and read with "
+             "cuobjdump. A variant is one launch specialisation with one autotune config. Nothing "
+             "here is a timing; the flags are leads for the GPU session.", ""]
+    for setting, rows in results.items():
+        lines += [f"## {setting}", "",
+                  "| kernel | launches | variants | wgmma | spill | over smem | narrow loads | "
+                  "max regs |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        by_kernel: Dict[str, List[dict]] = {}
+        for r in rows:
+            by_kernel.setdefault(r["kernel"], []).append(r)
+        for name, group in by_kernel.items():
+            launches = sum({r["launch"]: r["count"] for r in group}.values())
+            def n_with(text, group=group):
+                return sum(any(text in f for f in r["flags"]) for r in group)
+            lines.append(f"| {name} | {launches} | {len(group)} | "
+                         f"{sum(r['tensor_core'] == 'HGMMA' for r in group)} | {n_with('spill')} | "
+                         f"{n_with('shared memory')} | {n_with('global loads')} | "
+                         f"{max(r['registers'] for r in group)} |")
+        flagged = [r for r in rows if r["flags"]]
+        lines += ["", f"Flagged variants ({len(flagged)} of {len(rows)}):", ""]
+        if flagged:
+            lines += ["| kernel | config | regs | stack B | smem KiB | tensor core | loads | flags |",
+                      "|---|---|---:|---:|---:|---|---|---|"]
+            for r in flagged:
+                loads = " ".join(f"{k}:{v}" for k, v in sorted(r["global_loads"].items()))
+                lines.append(f"| {r['kernel']} | {r['config']} | {r['registers']} | "
+                             f"{r['stack_bytes']} | {r['shared_bytes'] / 1024:.0f} | "
+                             f"{r['tensor_core']} | {loads} | {'; '.join(r['flags'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", default="base,small", help="comma list of base, small")
+    p.add_argument("--size", type=int, default=256, help="frame side in pixels (multiple of 8)")
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100)")
+    p.add_argument("--all-configs", action="store_true",
+                   help="compile every autotune config, not only the first after pruning (slow: "
+                        "about a second per variant, hundreds of variants per preset)")
+    p.add_argument("--kernels", default=None,
+                   help="comma list: audit only kernels whose name contains one of these")
+    p.add_argument("--results-dir", type=Path,
+                   default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("sass_audit: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+    if args.size <= 0 or args.size % 8:
+        raise SystemExit(f"sass_audit: --size must be a positive multiple of 8, got {args.size}")
+    presets = [p for p in args.presets.split(",") if p]
+    from cdt_fast.checkpoint import atomic_write
+
+    def progress(done, total, report):
+        print(f"  [{done}/{total}] {report.kernel} {report.config}: {report.registers} regs, "
+              f"{report.tensor_core}, {'; '.join(report.flags) or 'ok'}", file=sys.stderr,
+              flush=True)
+
+    results: Dict[str, List[KernelReport]] = {}
+    for preset in presets:
+        setting = f"CDT-{preset} decode, {args.frames} frames {args.size}x{args.size}, bf16"
+        print(f"{setting}: capturing and compiling", file=sys.stderr, flush=True)
+        results[setting] = audit_decode(preset, args.size, frames=args.frames, arch=args.arch,
+                                        all_configs=args.all_configs, progress=progress,
+                                        kernels=args.kernels.split(",") if args.kernels else None)
+    versions = _versions()
+    rows = {k: [asdict(r) for r in v] for k, v in results.items()}
+    text = to_markdown(rows, versions, args.arch)
+    print(text)
+    if not args.no_write:
+        stem = args.results_dir / f"sass-sm{args.arch}-triton{versions['triton']}-{args.size}"
+        payload = {"schema": "cdt_fast-sass-audit/1", "arch": args.arch, "versions": versions,
+                   "results": rows}
+        atomic_write(stem.with_suffix(".json"),
+                     lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1) + "\n"))
+        atomic_write(stem.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text + "\n"))
+        print(f"wrote {stem}.json and .md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

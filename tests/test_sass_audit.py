@@ -1,0 +1,51 @@
+"""benchmarks/sass_audit.py: the engine's Triton launches, compiled for sm_90 without a GPU.
+
+These guard code-generation facts that the interpreter cannot see and that were once wrong:
+the temporal downsample read its weights one element per load (it now reads a Cin-innermost
+weight with 16-byte async copies), and the conv kernel's pruning left the 3-channel output conv a
+128-wide tile that spilled registers."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .compile_fused_kernels import has_cuda_toolchain
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_SCRIPT = """
+import json, sys
+sys.path.insert(0, {root!r})
+from benchmarks import sass_audit as sa
+launches = sa.capture_decode("small", 64, frames=5, context_dim=32, unet_dim=32)
+names = sorted({{l.name for l in launches}})
+reports = sa.audit_launches(launches, kernels=["_time_downsample_kernel", "_time_upsample_kernel"])
+final = [l for l in launches if l.name == "_causal_conv3d_kernel" and l.args[2].shape[0] == 3]
+out = dict(names=names, reports=[dict(kernel=r.kernel, tc=r.tensor_core, flags=r.flags,
+                                      loads=r.global_loads) for r in reports],
+           final_block_n=sorted({{c.kwargs["BLOCK_N"] for l in final for c in l.configs}}))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not has_cuda_toolchain(), reason="this triton has no CUDA backend/ptxas")
+def test_engine_decode_kernels_compile_for_sm90_with_wide_loads():
+    import json
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT.format(root=str(ROOT))], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"_causal_conv3d_kernel", "_channel_norm_kernel", "_time_downsample_kernel",
+            "_time_upsample_kernel", "_attention_apply_kernel"} <= set(result["names"])
+    assert result["reports"], "no resampling launch captured"
+    for r in result["reports"]:
+        assert r["tc"] == "HGMMA", r
+        assert r["loads"].get("LDGSTS.128", 0) + r["loads"].get("LDG.128", 0) > 0, r
+        assert not [f for f in r["flags"] if "spill" in f or "shared" in f], r
+        if r["kernel"] == "_time_downsample_kernel":  # (upsample's stride-2 bias reads are narrow)
+            assert not r["flags"], r
+    assert result["final_block_n"] == [16], result["final_block_n"]
