@@ -173,7 +173,7 @@ def _tool(name: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
-_OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)")
+_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Za-z0-9_.]*)")
 _RESOURCES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 
 
@@ -395,9 +395,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stem = args.results_dir / f"sass-sm{args.arch}-triton{versions['triton']}-{args.size}"
         payload = {"schema": "cdt_fast-sass-audit/1", "arch": args.arch, "versions": versions,
                    "results": rows}
-        atomic_write(stem.with_suffix(".json"),
+        # (not with_suffix: the version's dots would be taken for one)
+        atomic_write(stem.parent / f"{stem.name}.json",
                      lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1) + "\n"))
-        atomic_write(stem.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_write(stem.parent / f"{stem.name}.md",
+                     lambda tmp: Path(tmp).write_text(text + "\n"))
         print(f"wrote {stem}.json and .md", file=sys.stderr)
     return 0
 

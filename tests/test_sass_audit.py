@@ -49,3 +49,17 @@ def test_engine_decode_kernels_compile_for_sm90_with_wide_loads():
         if r["kernel"] == "_time_downsample_kernel":  # (upsample's stride-2 bias reads are narrow)
             assert not r["flags"], r
     assert result["final_block_n"] == [16], result["final_block_n"]
+
+
+def test_sass_line_parsing_handles_long_kernels_and_widths():
+    """Addresses grow past four hex digits in big kernels (a 13k-line conv was once read as
+    having no loads at all); widths come from the opcode's suffix."""
+    from benchmarks import sass_audit as sa
+    lines = ["        /*0090*/                   LDC R82, c[0x0][0x268] ;",
+             "        /*14430*/               @P5 LDG.E.U16 R7, desc[UR28][R166.64] ;",
+             "        /*1a4f0*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R4.64] ;",
+             "        /*1a500*/               @!PT HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;"]
+    ops = [sa._OPCODE.search(line).group(1) for line in lines]
+    assert ops == ["LDC", "LDG.E.U16", "LDGSTS.E.BYPASS.128", "HGMMA.64x64x16.F32.BF16"]
+    assert [sa._width(op) for op in ops[1:3]] == ["16", "128"]
+    assert sa._width("LDG.E.64") == "64" and sa._width("STG.E") == "32"
