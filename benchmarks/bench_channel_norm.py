@@ -3,7 +3,7 @@
 CDT-base U-Net's 720x720 decode shapes (a chunk of 8 video frames), in GB/s and % of the device's
 memory bandwidth.
 
-    python benchmarks/bench_channel_norm.py [--dtype bf16] [--json benchmarks/results/x.json]
+    python benchmarks/bench_channel_norm.py [--dtype bf16] [--out benchmarks/results/x.json]
     python -m pytest benchmarks/bench_channel_norm.py            # pytest-benchmark, CUDA only
     python benchmarks/bench_channel_norm.py --smoke              # CPU: checks the harness only
 
@@ -105,7 +105,8 @@ def main_arguments(doc: str, argv=None):
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--levels", nargs="*", help="level names to run (default: all)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    parser.add_argument("--json", help="also write the table here (atomically)")
+    parser.add_argument("--out", "--json", dest="out", metavar="PATH",
+                        help="also write the table here as JSON, atomically (--json: the old name)")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU: tiny shapes, eager reference only (checks the harness)")
     return parser.parse_args(argv)
@@ -134,8 +135,8 @@ def run_main(doc: str, argv, measure: Callable, op: str) -> int:
     levels = [lv for lv in CDT_BASE_720 if not args.levels or lv[0] in args.levels]
     name = torch.cuda.get_device_name()
     rows = report(measure(levels, DTYPES[args.dtype], with_compile=not args.no_compile), name)
-    if args.json:
-        write_json(args.json, name, args.dtype, rows, op)
+    if args.out:
+        write_json(args.out, name, args.dtype, rows, op)
     return 0
 
 

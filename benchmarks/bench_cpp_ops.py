@@ -6,7 +6,7 @@ Triton twin in ``cdt_fast.kernels.<module>`` when one with the contract's signat
 and vs torch. Times are medians of ``--repeat`` runs after warm-up; GB/s counts the bytes a stage
 must move at least (inputs read once, outputs written once).
 
-    python benchmarks/bench_cpp_ops.py [--threads 2] [--size small|cdt] [--json out.json]
+    python benchmarks/bench_cpp_ops.py [--threads 2] [--size small|cdt] [--out out.json]
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                         help="default: float32 on CPU, bfloat16 on CUDA")
-    parser.add_argument("--json", help="write the rows here (atomically)")
+    parser.add_argument("--out", "--json", dest="out", metavar="PATH",
+                        help="write the rows here as JSON, atomically (--json: the old name)")
     args = parser.parse_args(argv)
     if not L.is_available():
         raise SystemExit(f"cdt_fast._C unavailable: {L.unavailable_reason()}")
@@ -161,8 +162,8 @@ def main(argv=None) -> None:
         speed = f"  x{base / fast:5.2f} vs torch" if base and fast else ""
         errors = "  ".join(f"{k}: {r[k]}" for k in r if k.endswith("_error"))
         print(f"{r['device']:4s} {r['op']:22s} {str(tuple(r['shape'])):22s} {times}{speed} {errors}")
-    if args.json:
-        atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(rows, indent=1)))
+    if args.out:
+        atomic_write(args.out, lambda tmp: open(tmp, "w").write(json.dumps(rows, indent=1)))
 
 
 if __name__ == "__main__":

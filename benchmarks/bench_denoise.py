@@ -4,8 +4,9 @@ reference and torch.compile of it.
 
 Shapes: CDT-base decoding 720x720, a later chunk of 8 video frames (2 cached frames), bf16 model,
 fp32 sample. ``python benchmarks/bench_denoise.py`` prints a markdown table and writes
-``benchmarks/results/denoise-<gpu>.json``; ``pytest benchmarks/bench_denoise.py --benchmark-only``
-runs the pytest-benchmark version. Needs CUDA (skips cleanly without it).
+``benchmarks/results/denoise-<gpu>.json`` (``--out PATH``: there instead); ``pytest
+benchmarks/bench_denoise.py --benchmark-only`` runs the pytest-benchmark version. Needs CUDA (skips
+cleanly without it).
 """
 
 from __future__ import annotations

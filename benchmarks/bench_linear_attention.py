@@ -9,7 +9,7 @@ implementation, so its GB/s compare like for like; ``core`` times only the fused
 v and x; write y); ``norm+qkv`` times the fused LayerNorm + qkv projection against the unfused
 pair (norm kernel, then cuBLAS) with the same byte count (read x, write q, k, v).
 
-    python benchmarks/bench_linear_attention.py [--dtype bf16] [--json benchmarks/results/x.json]
+    python benchmarks/bench_linear_attention.py [--dtype bf16] [--out benchmarks/results/x.json]
     python -m pytest benchmarks/bench_linear_attention.py        # pytest-benchmark, CUDA only
     python benchmarks/bench_linear_attention.py --smoke          # CPU: checks the harness only
 """

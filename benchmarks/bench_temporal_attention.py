@@ -4,9 +4,9 @@ xformers when installed) vs the eager reference and torch.compile of it.
 Shapes: a latent video model on CDT-base latents of 720x720 video (90x90 latent pixels, one
 sequence per pixel) and on a 180x180 feature level; 8 heads of 64, bf16; T = 5 (17 video frames)
 and 16 frames, plus 128 frames for the flash loop. ``python benchmarks/bench_temporal_attention.py``
-prints a markdown table and writes ``benchmarks/results/temporal_attention-<gpu>.json``;
-``pytest benchmarks/bench_temporal_attention.py --benchmark-only`` runs the pytest-benchmark
-version. Needs CUDA (skips cleanly without it).
+prints a markdown table and writes ``benchmarks/results/temporal_attention-<gpu>.json``
+(``--out PATH``: there instead); ``pytest benchmarks/bench_temporal_attention.py --benchmark-only``
+runs the pytest-benchmark version. Needs CUDA (skips cleanly without it).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Shapes: CDT-base decoding 720x720 (a chunk of 2 latent frames = 8 video frames; encode chunks of
 8 frames), bf16, channels-last, a later chunk (cached past frame). ``python
 benchmarks/bench_time_resample.py`` prints a markdown table and writes
-``benchmarks/results/time_resample-<gpu>.json``; ``pytest benchmarks/bench_time_resample.py
---benchmark-only`` runs the pytest-benchmark version. Needs CUDA (skips cleanly without it).
+``benchmarks/results/time_resample-<gpu>.json`` (``--out PATH``: there instead); ``pytest
+benchmarks/bench_time_resample.py --benchmark-only`` runs the pytest-benchmark version. Needs CUDA
+(skips cleanly without it).
 """
 
 from __future__ import annotations

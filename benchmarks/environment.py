@@ -38,7 +38,8 @@ def _version(dist: str) -> Optional[str]:
 
 
 def git_revision(root: Path = REPO_ROOT) -> Dict[str, Any]:
-    """{"commit": sha or None, "dirty": bool or None} of the checkout the benchmark ran from."""
+    """{"commit": sha or None, "dirty": bool or None} of the checkout the benchmark ran from
+    (``CDT_FAST_GIT_COMMIT`` names the commit where the checkout has no ``.git``)."""
     def git(*args: str) -> Optional[str]:
         try:
             done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
@@ -48,6 +49,10 @@ def git_revision(root: Path = REPO_ROOT) -> Dict[str, Any]:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("CDT_FAST_GIT_COMMIT", "").strip():
+        # A copy of the tree without .git (a lent GPU machine): the commit its caller names.
+        return {"commit": os.environ["CDT_FAST_GIT_COMMIT"].strip(), "dirty": None,
+                "source": "CDT_FAST_GIT_COMMIT"}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 

@@ -269,7 +269,8 @@ def readme_table(report: Dict[str, Any]) -> str:
     lines = [f"Measured with `python benchmarks/run.py` on {_device_label(header)}, torch "
              f"{header.get('torch')}, {'/'.join(dtypes)}, commit {git[:12]}, "
              f"{header.get('timestamp_utc', '')[:10]}. Random seeded weights; batch 1."]
-    lines += [f"{note}" for note in report.get("notes", []) if "reduced" in note.lower()]
+    lines += [f"{note}" for note in report.get("notes", [])
+              if "reduced" in note.lower() or note.startswith("INTERRUPTED")]
     cpu = not header.get("gpu_name")
     if cpu:
         lines.append(f"Load average (1/5/15 min) at start {header.get('load_average_at_start')} on "

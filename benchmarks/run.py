@@ -22,9 +22,11 @@ in ``<device-key>.json`` (and ``--out``), a PNG plot beside them; all written at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shlex
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +44,11 @@ from cdt_fast.chunking import latent_frames  # noqa: E402
 
 from benchmarks import environment, flops, impls, kernel_summary, report, timing  # noqa: E402
 
-__all__ = ["main", "build_parser", "make_plan", "run_plan", "ROW_FIELDS", "SCHEMA"]
+__all__ = ["main", "build_parser", "make_plan", "run_plan", "Interrupted", "ROW_FIELDS", "SCHEMA",
+           "EXIT_INTERRUPTED"]
 
 SCHEMA = "cdt_fast-benchmark/1"
+EXIT_INTERRUPTED = 3  # SIGTERM during the run: the rows measured so far were still written
 BENCH_DIR = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16,
@@ -414,8 +418,11 @@ def _failure(err: Exception) -> str:
     return f"failed: {type(err).__name__}: {text[:300]}"
 
 
-def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress
-              ) -> List[Dict[str, Any]]:
+def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress,
+              rows: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """Measures one model; its rows are appended to ``rows`` as they are measured (so that an
+    interrupted run keeps them) and returned."""
+    rows = [] if rows is None else rows
     config = model_config(model, plan.tiny)
     master = build_master(config, plan.seed, plan.ckpts.get(model))
     refs: Dict[Setting, Dict[str, torch.Tensor]] = {}
@@ -424,7 +431,6 @@ def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress
         refs[s] = reference_outputs(master, config, s, plan.seed, plan.device)
         progress.done()
     flop_counts: Dict[Tuple[str, Setting], int] = {}
-    rows = []
     for impl in plan.impls:
         try:
             runner = impls.build_runner(impl, master, plan.device, plan.dtype, plan.compile_mode)
@@ -473,14 +479,15 @@ def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress
     return rows
 
 
-def run_peer(plan: Plan, header: Dict[str, Any], progress: Progress) -> List[Dict[str, Any]]:
+def run_peer(plan: Plan, header: Dict[str, Any], progress: Progress,
+             rows: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    rows = [] if rows is None else rows
     runner, reason = impls.build_peer(plan.device, plan.dtype, plan.seed)
     if runner is None:
         plan.skipped.append({"model": impls.PEER_MODEL, "reason": reason})
         for _ in plan.main_settings():
             progress.done()
-        return []
-    rows = []
+        return rows
     config = CDTConfig.base()  # only for the latent's shape: 16 channels, 4x time, 8x space
     try:
         for s in plan.main_settings():
@@ -498,13 +505,38 @@ def run_peer(plan: Plan, header: Dict[str, Any], progress: Progress) -> List[Dic
     return rows
 
 
-def run_plan(plan: Plan, header: Dict[str, Any], progress: Progress) -> List[Dict[str, Any]]:
-    rows: List[Dict[str, Any]] = []
+def run_plan(plan: Plan, header: Dict[str, Any], progress: Progress,
+             rows: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """Every row of the plan, appended to ``rows`` (when given) as each is measured."""
+    rows = [] if rows is None else rows
     for model in plan.models:
-        rows += run_model(plan, header, model, progress)
+        run_model(plan, header, model, progress, rows)
     if plan.peer and plan.models:
-        rows += run_peer(plan, header, progress)
+        run_peer(plan, header, progress, rows)
     return rows
+
+
+class Interrupted(BaseException):
+    """SIGTERM arrived (e.g. from ``timeout``). A BaseException, so that the per-implementation
+    ``except Exception`` guards do not mistake it for one implementation failing."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Within the block SIGTERM raises :class:`Interrupted`, so that a time guard around the
+    whole run still gets the rows measured so far written instead of losing them all."""
+    def stop(signum, frame):
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (main() called from a worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- outputs -------------------------------------------------------------------------------------
@@ -562,17 +594,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"note: {note}", file=sys.stderr)
 
     progress = Progress(_count_steps(plan) + (1 if args.kernels else 0), not args.no_progress)
+    rows: List[Dict[str, Any]] = []
+    kernels = None
+    interrupted = None
     try:
-        rows = run_plan(plan, header, progress)
-        kernels = None
-        if args.kernels:
-            progress.step("kernel microbenchmarks")
-            kernels = kernel_summary.summarise(BENCH_DIR)
-            progress.done()
+        with _sigterm_interrupts():
+            run_plan(plan, header, progress, rows)
+            if args.kernels:
+                progress.step("kernel microbenchmarks")
+                kernels = kernel_summary.summarise(BENCH_DIR)
+                progress.done()
+    except Interrupted as stop:
+        interrupted = str(stop)
+        note = (f"INTERRUPTED ({interrupted}) after {len(rows)} rows: partial results, the "
+                "implementations and settings after the last row were not measured.")
+        plan.notes.append(note)
+        print(f"note: {note}", file=sys.stderr)
     finally:
         progress.close()
 
     header["load_average_at_end"] = environment.load_average()
+    header["interrupted"] = interrupted
     results = {"schema": SCHEMA, "header": header, "notes": plan.notes, "rows": rows,
                "ratios": report.compute_ratios(rows), "skipped": plan.skipped, "kernels": kernels}
     key = environment.device_key(header) + ("-tiny" if plan.tiny else "") \
@@ -588,7 +630,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout.write(markdown)
     print(f"\nwrote {out_dir / key}.json/.md" + ("" if args.no_plot else "/.png")
           + (f" and {args.out}" if args.out else ""), file=sys.stderr)
-    return 0
+    return EXIT_INTERRUPTED if interrupted else 0
 
 
 if __name__ == "__main__":

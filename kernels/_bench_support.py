@@ -90,8 +90,10 @@ def markdown(rows: Iterable[Dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def save_rows(rows: List[Dict[str, object]], results_dir: Path, name: str) -> Path:
-    """Writes ``<results_dir>/<name>-<device>.json`` atomically, with library versions."""
+def save_rows(rows: List[Dict[str, object]], results_dir: Path, name: str,
+              path: Optional[Path] = None) -> Path:
+    """Writes the rows with library versions, atomically, to ``path`` or else to
+    ``<results_dir>/<name>-<device>.json``."""
     from cdt_fast.checkpoint import atomic_write
     import triton
 
@@ -100,25 +102,30 @@ def save_rows(rows: List[Dict[str, object]], results_dir: Path, name: str) -> Pa
     payload = {"device": device, "torch": torch.__version__, "triton": triton.__version__,
                "cuda": torch.version.cuda, "peak_bandwidth_TBps": peak_bandwidth_tbps(),
                "rows": rows}
-    path = Path(results_dir) / f"{name}-{slug}.json"
+    path = Path(path) if path is not None else Path(results_dir) / f"{name}-{slug}.json"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
 
 
 def bench_main(name: str, description: str, run_summary: Callable[[], List[dict]],
                results_dir: Path, argv=None) -> int:
-    """The ``main(argv)`` of a ``bench_<name>.py``: table to stdout, JSON under ``results_dir``."""
+    """The ``main(argv)`` of a ``bench_<name>.py``: table to stdout, JSON under ``results_dir``
+    (or at ``--out``)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, metavar="PATH",
+                        help=f"write the JSON here instead of {results_dir}/{name}-<device>.json")
     parser.add_argument("--no-save", action="store_true", help="do not write the results file")
     args = parser.parse_args(argv)
+    if args.out is not None and args.no_save:
+        parser.error("--out and --no-save contradict each other: pass one")
     if not torch.cuda.is_available():
         print(f"bench_{name}: needs CUDA, skipped")
         return 0
     rows = run_summary()
     print(markdown(rows))
     if not args.no_save:
-        print("wrote", save_rows(rows, results_dir, name))
+        print("wrote", save_rows(rows, results_dir, name, args.out))
     return 0
 
 
