@@ -179,7 +179,9 @@ def _backends() -> Dict[str, Any]:
 
 def _write(payload: Dict[str, Any], out: Optional[Path]) -> None:
     if out is not None:
-        Path(out).write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        from cdt_fast.checkpoint import atomic_write
+        text = json.dumps(payload, indent=1, default=str) + "\n"
+        atomic_write(out, lambda tmp: Path(tmp).write_text(text))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,10 +51,6 @@ KERNEL_MODULES = ("_common", "causal_conv3d", "channel_norm", "linear_attention"
                   "denoise", "_temporal_attention_kernel", "temporal_attention")
 # Shared memory a Hopper SM gives one block (228 KiB per SM, 1 KiB reserved per block).
 HOPPER_SMEM_LIMIT = 227 * 1024
-# A dot kernel's names: the ones whose SASS should hold tensor-core instructions.
-DOT_KERNELS = ("_causal_conv3d_kernel", "_norm_project_kernel", "_context_partial_kernel",
-               "_attention_apply_kernel", "_time_downsample_kernel", "_time_upsample_kernel",
-               "_final_conv_ddim_kernel", "_temporal_attention_kernel")
 
 
 @dataclass
@@ -81,6 +77,7 @@ class KernelReport:
     stack_bytes: int
     shared_bytes: int
     tensor_core: str
+    uses_dot: bool = False  # its source calls tl.dot: its SASS should hold wgmma
     instructions: Dict[str, int] = field(default_factory=dict)
     global_loads: Dict[str, int] = field(default_factory=dict)
     global_stores: Dict[str, int] = field(default_factory=dict)
@@ -200,7 +197,18 @@ def read_cubin(cubin: bytes) -> Tuple[Dict[str, int], Counter]:
     return resources, Counter(m.group(1) for m in map(_OPCODE.search, sass.splitlines()) if m)
 
 
-def _report(name: str, config: str, count: int, kernel, seconds: float) -> KernelReport:
+def _uses_dot(fn) -> bool:
+    """Whether a JIT function or a jitted helper it calls (one module level deep) uses tl.dot."""
+    import triton
+    if "tl.dot(" in fn.src:
+        return True
+    helpers = (v for k, v in fn.fn.__globals__.items()
+               if isinstance(v, triton.runtime.jit.JITFunction) and f"{k}(" in fn.src)
+    return any("tl.dot(" in h.src for h in helpers)
+
+
+def _report(name: str, config: str, count: int, kernel, seconds: float,
+            uses_dot: bool = False) -> KernelReport:
     resources, opcodes = read_cubin(kernel.asm["cubin"])
     base = Counter()
     loads, stores = Counter(), Counter()
@@ -216,6 +224,7 @@ def _report(name: str, config: str, count: int, kernel, seconds: float) -> Kerne
     report = KernelReport(
         kernel=name, config=config, count=count, registers=resources.get("registers", -1),
         stack_bytes=resources.get("stack", 0), shared_bytes=shared, tensor_core=tensor_core,
+        uses_dot=uses_dot,
         instructions={k: base[k] for k in ("HGMMA", "HMMA", "FFMA", "LDGSTS", "LDG", "STG", "LDS",
                                             "STS", "LDL", "STL", "BAR", "SHFL") if base[k]},
         global_loads=dict(loads), global_stores=dict(stores), compile_s=round(seconds, 2))
@@ -230,7 +239,7 @@ def verdict(r: KernelReport) -> List[str]:
         flags.append("spills to local memory")
     if r.shared_bytes > HOPPER_SMEM_LIMIT:
         flags.append("shared memory over the per-block limit: this config cannot launch")
-    if r.kernel in DOT_KERNELS and r.tensor_core != "HGMMA":
+    if r.uses_dot and r.tensor_core != "HGMMA":
         flags.append(f"dot without wgmma ({r.tensor_core})")
     narrow = sum(n for k, n in r.global_loads.items() if k.endswith((".16", ".8")))
     if narrow and narrow * 2 > sum(r.global_loads.values()):
@@ -273,7 +282,8 @@ def audit_launches(launches: Sequence[Launch], arch: int = 90, all_configs: bool
             kwargs.update(config.all_kwargs())
         started = time.time()
         kernel = compile_launch(launch.fn, launch.args, kwargs, arch)
-        report = _report(launch.name, _config_label(config), count, kernel, time.time() - started)
+        report = _report(launch.name, _config_label(config), count, kernel, time.time() - started,
+                         _uses_dot(launch.fn))
         report.launch = launch_id
         reports.append(report)
         if progress is not None:

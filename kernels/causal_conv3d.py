@@ -264,8 +264,8 @@ def pack_weight(weight: torch.Tensor, dtype: Optional[torch.dtype] = None) -> to
 
 def _loads_coalesced(w: torch.Tensor) -> bool:
     """Whether the kernel reads ``w`` with wide loads as it is: Cout innermost (:func:`pack_weight`)
-    or Cin innermost (``channels_last_3d``); size-1 dims make either stride irrelevant."""
-    return (w.shape[0] == 1 or w.stride(0) == 1) or (w.shape[1] == 1 or w.stride(1) == 1)
+    or Cin innermost (``channels_last_3d``)."""
+    return w.stride(0) == 1 or w.stride(1) == 1
 
 
 def _ints(value, n: int, name: str, minimum: int) -> Tuple[int, ...]:

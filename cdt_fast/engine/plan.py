@@ -115,13 +115,14 @@ class Resnet:
 
 
 class Attention:
-    """x + LinearAttention(LayerNorm(x))."""
+    """x + LinearAttention(LayerNorm(x)): one ``linear_attention_block`` op."""
 
     def __init__(self, module: L.Residual, dtype: torch.dtype, ops):
         prenorm = module.fn
         attn = prenorm.fn
         self.ops = ops
-        self.norm = Norm(prenorm.norm, dtype, ops)
+        self.norm_g, self.norm_b = pack(prenorm.norm.g, dtype), pack(prenorm.norm.b, dtype)
+        self.eps = prenorm.norm.eps
         self.w_qkv, self.w_out = pack(attn.to_qkv.weight, dtype), pack(attn.to_out.weight, dtype)
         self.b_out = pack(attn.to_out.bias, dtype)
         self.heads, self.scale = attn.heads, attn.scale
@@ -130,14 +131,14 @@ class Attention:
         return self.ops(
             "linear_attention_block",
             x,
-            self.norm.g,
-            self.norm.b,
+            self.norm_g,
+            self.norm_b,
             self.w_qkv,
             self.w_out,
             self.b_out,
             heads=self.heads,
             scale=self.scale,
-            eps=self.norm.eps,
+            eps=self.eps,
         )
 
 
