@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "PAD_MODES", "cast_like", "causal_conv3d", "causal_conv3d_history", "channel_norm",
+    "PAD_MODES", "cast_like", "causal_conv3d", "causal_conv3d_history", "causal_conv3d_norm",
+    "channel_norm",
     "linear_attention", "linear_attention_block", "time_downsample", "time_upsample", "upsample_nearest2x",
     "conv_transpose_up2x", "ddim_update", "to_uint8_frames",
 ]
@@ -64,6 +65,21 @@ def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     frames = [F.conv3d(x[:, :, t:t + kt], weight, bias, tuple(stride))
               for t in range(max(1, x.shape[2] - kt + 1))]
     return torch.cat(frames, dim=2)
+
+
+def causal_conv3d_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       g: torch.Tensor, b: torch.Tensor, eps: float = 1e-5, *,
+                       past: Optional[torch.Tensor] = None, history: int = 0,
+                       space_padding: Tuple[int, int] = (0, 0), stride: Sequence[int] = (1, 1, 1),
+                       pad_mode: str = "zeros", upsample2x: bool = False, relu: bool = False,
+                       time_bias: Optional[torch.Tensor] = None,
+                       residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A CDT ``Block`` and the ResnetBlock's adds after it: :func:`channel_norm` of
+    :func:`causal_conv3d` (arguments as there). One op so that a backend can run the norm in the
+    conv's epilogue, on the fp32 accumulator: the conv's output then never reaches memory."""
+    y = causal_conv3d(x, weight, bias, past=past, history=history, space_padding=space_padding,
+                      stride=stride, pad_mode=pad_mode, upsample2x=upsample2x)
+    return channel_norm(y, g, b, eps, relu=relu, time_bias=time_bias, residual=residual)
 
 
 def causal_conv3d_history(x: torch.Tensor, past: Optional[torch.Tensor], history: int) -> torch.Tensor:

@@ -51,9 +51,18 @@ import triton.language as tl
 from cdt_fast.functional import PAD_MODES
 
 from ._common import check_launchable, interpreting
-from .channel_norm import channel_norm_tile
+from .channel_norm import channel_norm, channel_norm_tile
 
-__all__ = ["Epilogue", "causal_conv3d", "causal_conv3d_frames", "pack_weight", "output_shape"]
+__all__ = ["Epilogue", "causal_conv3d", "causal_conv3d_frames", "causal_conv3d_norm", "pack_weight",
+           "output_shape", "FUSED_NORM_MAX_CHANNELS"]
+
+# Widest conv whose LayerNorm runs in its epilogue. The norm needs a voxel's every channel in one
+# tile, so the fp32 accumulator is BLOCK_M x next_pow2(Cout): up to 128 columns it fits the
+# register file beside a 64..128-row tile (the audit compiles these without spills); wider rows
+# would force tiny BLOCK_M or spill, so those layers run the conv, then one channel_norm pass.
+FUSED_NORM_MAX_CHANNELS = 128
+# fp32 accumulator elements per program allowed for the full-row (fused norm) tiles.
+_FULL_ROW_TILE = 128 * 128
 
 
 @dataclass(frozen=True)
@@ -102,13 +111,16 @@ def _prune_configs(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     max_k = max(16, triton.next_power_of_2(args["CIN"]))
     max_n = max(16, triton.next_power_of_2(args["N"]))
+    # Full-row tiles (fused norm): BLOCK_N is the launcher's, so bound the accumulator instead.
+    full_row = args.get("BLOCK_N", 0)
     kept = [c for c in configs
-            if c.kwargs["BLOCK_K"] <= max_k and c.kwargs.get("BLOCK_N", 0) <= max_n]
+            if c.kwargs["BLOCK_K"] <= max_k and c.kwargs.get("BLOCK_N", 0) <= max_n
+            and c.kwargs["BLOCK_M"] * full_row <= _FULL_ROW_TILE]
     if kept:
         return kept
     # Nothing that narrow: the tiles wasting the fewest columns and channels.
     def waste(c):
-        return (c.kwargs.get("BLOCK_N", 0), c.kwargs["BLOCK_K"])
+        return (c.kwargs.get("BLOCK_N", 0), c.kwargs["BLOCK_M"] * full_row, c.kwargs["BLOCK_K"])
     least = min(map(waste, configs))
     return [c for c in configs if waste(c) == least]
 
@@ -447,3 +459,30 @@ def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
             _conv_tuned[grid](*args, **flags)
     return out
 
+
+
+def causal_conv3d_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       g: torch.Tensor, b: torch.Tensor, eps: float = 1e-5, *,
+                       past: Optional[torch.Tensor] = None, history: int = 0,
+                       space_padding: Tuple[int, int] = (0, 0), stride: Sequence[int] = (1, 1, 1),
+                       pad_mode: str = "zeros", upsample2x: bool = False, relu: bool = False,
+                       time_bias: Optional[torch.Tensor] = None,
+                       residual: Optional[torch.Tensor] = None,
+                       out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`cdt_fast.functional.causal_conv3d_norm` (a CDT Block plus the ResnetBlock's adds).
+
+    Up to :data:`FUSED_NORM_MAX_CHANNELS` output channels the norm, ReLU, time bias and residual
+    run in the conv's epilogue on the fp32 accumulator (so the result is rounded once, not after
+    the conv and again after the norm); wider layers run the conv and then the Triton norm block
+    in place on its output. ``out``: optional preallocated result (must not alias ``residual``).
+    """
+    conv = dict(past=past, history=history, space_padding=space_padding, stride=stride,
+                pad_mode=pad_mode, upsample2x=upsample2x, out=out)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 5:
+        raise ValueError("weight must be a 5-D [Cout, Cin, kt, kh, kw] tensor")
+    if weight.shape[0] <= FUSED_NORM_MAX_CHANNELS:
+        return causal_conv3d(x, weight, bias, **conv, epilogue=Epilogue(
+            norm_weight=g, norm_bias=b, eps=eps, relu=relu, channel_bias=time_bias,
+            residual=residual))
+    y = causal_conv3d(x, weight, bias, **conv)
+    return channel_norm(y, g, b, eps, relu=relu, time_bias=time_bias, residual=residual, out=y)

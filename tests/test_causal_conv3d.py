@@ -133,6 +133,66 @@ def test_triton_epilogue_matches_channel_norm(norm):
     assert_close_conv(y_torch, ref, k_len, torch.float32)
 
 
+def _norm_block_args(x, weight, with_adds, dtype=torch.float32):
+    cout = weight.shape[0]
+    g = (1 + 0.5 * torch.randn(cout, device=DEVICE)).to(dtype)
+    beta = (0.5 * torch.randn(cout, device=DEVICE)).to(dtype)
+    if not with_adds:
+        return g, beta, {}
+    time_bias = torch.randn(x.shape[0], cout, device=DEVICE).to(dtype)
+    return g, beta, dict(time_bias=time_bias)
+
+
+@pytest.mark.parametrize("name,cout,with_adds", [
+    ("333-zeros-first1", 6, True),          # fused epilogue, batch 2, 1-frame first chunk
+    ("333-replicate-past1", 6, False),      # fused, cached frame, replicate padding
+    ("155-up2x-zeros", 19, True),           # fused, 2x upsample in the loads, odd Cout
+    ("133-s2-odd", 130, True),              # wider than FUSED_NORM_MAX_CHANNELS: conv, then norm
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_conv_norm_block_matches_composition(name, cout, with_adds, dtype):
+    """``causal_conv3d_norm`` == channel_norm(causal_conv3d(...)) on both of its paths. fp16 runs
+    against the fp32 composition of the same fp16-rounded inputs."""
+    x, weight, bias, kw, k_len = _case(name, dtype)
+    weight = torch.randn(cout, *weight.shape[1:], device=DEVICE) / k_len ** 0.5 * 2
+    bias = torch.randn(cout, device=DEVICE)
+    g, beta, adds = _norm_block_args(x, weight, with_adds, dtype)
+    if with_adds:
+        shape = CF.causal_conv3d(x.float(), weight, bias, **dict(
+            kw, past=kw["past"].float() if kw["past"] is not None else None)).shape
+        adds["residual"] = rand(*shape, dtype=dtype)
+    y = kernels.causal_conv3d_norm(x, weight, bias, g, beta, relu=True, **adds, **kw)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last_3d)
+    up = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    ref = CF.causal_conv3d_norm(x.float(), weight.to(dtype).float(), bias.to(dtype).float(),
+                                g.float(), beta.float(), relu=True,
+                                **{k: v.float() for k, v in adds.items()}, **up)
+    # The norm divides by the conv output's spread (~2): errors scale with it.
+    assert_close_conv(y, ref, 4 * k_len, dtype)
+    fused = cout <= kernels.FUSED_NORM_MAX_CHANNELS
+    calls = []
+    real = kernels.channel_norm
+    try:
+        kernels.channel_norm = lambda *a, **k: calls.append(1) or real(*a, **k)
+        kernels.causal_conv3d_norm(x, weight, bias, g, beta, relu=True, **adds, **kw)
+    finally:
+        kernels.channel_norm = real
+    assert len(calls) == (0 if fused else 1), "fused below the limit, separate pass above it"
+
+
+def test_full_row_tiles_keep_the_accumulator_in_registers(monkeypatch):
+    """The fused norm forces BLOCK_N = next_pow2(Cout); the pruning must then bound BLOCK_M so
+    the fp32 accumulator stays <= 128x128 (a 256x128 or x512 tile spills on sm_90)."""
+    monkeypatch.setattr(kernels, "interpreting", lambda: False)
+    configs = kernels._autotune_configs(with_block_n=False)
+    for cout, biggest_m in ((64, 256), (128, 128)):
+        bn = max(16, 1 << (cout - 1).bit_length())
+        kept = kernels._prune_configs(configs, {"M": 1 << 16, "N": cout}, CIN=64, BLOCK_N=bn)
+        assert kept and max(c.kwargs["BLOCK_M"] for c in kept) == biggest_m
+        assert all(c.kwargs["BLOCK_M"] * bn <= 128 * 128 for c in kept)
+
+
+# -- the zero-copy cache over a stream --------------------------------------------------------
 # -- the zero-copy cache over a stream --------------------------------------------------------
 
 STREAMS = {  # kernel, padding, stride, Cin, Cout, (H, W), chunk lengths

@@ -117,6 +117,38 @@ def test_linear_attention_block_matches_layer(shape):
         check(out, block(x), torch.float32)
 
 
+@pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
+def test_conv_norm_block_matches_resnet_block(pad_mode):
+    """causal_conv3d_norm (torch conv + the extension's norm) reproduces a ResnetBlock's two
+    Blocks with the time bias and the residual, over a stream of a 1-frame then a 2-frame chunk."""
+    res = layers.ResnetBlock(5, 7, time_emb_dim=4, pad_mode=pad_mode).eval()
+    with torch.no_grad():
+        for p in res.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        emb = torch.randn(2, 4)
+        conv1, norm1, _ = res.block1.block
+        conv2, norm2, _ = res.block2.block
+        tb = res.time_bias(emb)
+        past1 = past2 = None
+        for frames in (1, 2):
+            x = rand(2, 5, frames, 7, 9)
+            conv = dict(history=2, space_padding=(1, 1), pad_mode=pad_mode)
+            h = L.causal_conv3d_norm(x, conv1.weight, conv1.bias, norm1.g, norm1.b, norm1.eps,
+                                     past=past1, relu=True, time_bias=tb, **conv)
+            y = L.causal_conv3d_norm(h, conv2.weight, conv2.bias, norm2.g, norm2.b, norm2.eps,
+                                     past=past2, relu=True, residual=res.res_conv(x), **conv)
+            h_ref = CF.channel_norm(CF.causal_conv3d(x, conv1.weight, conv1.bias, past=past1,
+                                                     **conv), norm1.g, norm1.b, relu=True) + tb
+            y_ref = CF.channel_norm(CF.causal_conv3d(h_ref, conv2.weight, conv2.bias, past=past2,
+                                                     **conv), norm2.g, norm2.b,
+                                    relu=True) + res.res_conv(x)
+            check(y, y_ref, torch.float32)
+            if past1 is None:  # the stream's first chunk is the layer's own forward
+                check(y, res(x, emb), torch.float32)
+            past1 = CF.causal_conv3d_history(x, past1, 2)
+            past2 = CF.causal_conv3d_history(h, past2, 2)
+
+
 # ---- temporal resampling -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)

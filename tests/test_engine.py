@@ -75,6 +75,35 @@ def test_decode_matches_reference_and_upstream(engines, upstream_io, preset, ste
     torch.testing.assert_close(y, upstream_io[f"{preset}.s{steps}.y"], rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("preset", ["base", "small"])
+def test_channel_padded_unet_inputs_match_reference(upstream_io, preset, monkeypatch):
+    """The U-Net's first level reads noise | context (3 + 16 channels at CDT-base's real widths):
+    on CUDA and under the Triton conv the engine appends zero channels up to a multiple of 16, with
+    zero weights for them, so the kernels' loads are 16-byte aligned. The result must not move."""
+    from cdt_fast.engine import accelerated
+    monkeypatch.setattr(accelerated, "channel_alignment", lambda device, ops: 16)
+    ref = CDT(tiny_config(preset))
+    ref.load_state_dict(upstream_state_dict(preset))
+    eng = accelerate(ref.eval(), backend="torch")
+    assert eng.unet_plan.down_pads[0] > 0  # the tiny configs read 6 / 7 channels there
+    first = eng.unet_plan.downs[0][0]
+    assert first.block1.conv.weight.shape[1] % 16 == 0 == first.shortcut.weight.shape[1] % 16
+    z, noise = upstream_io[f"{preset}.z"], upstream_io[f"{preset}.s1.noise"]
+    torch.testing.assert_close(eng.decode(z, noise=noise, chunk_frames=1),
+                               upstream_io[f"{preset}.s1.y"], rtol=0, atol=TOL)
+
+
+def test_channel_alignment_follows_the_conv_backend():
+    from cdt_fast.engine.accelerated import channel_alignment
+    interp = {"TRITON_INTERPRET": "1"}
+    assert channel_alignment(torch.device("cpu"), OpTable("triton", env=interp)) == 16
+    assert channel_alignment(torch.device("cpu"), OpTable("auto,causal_conv3d_norm=triton",
+                                                          env=interp)) == 16
+    assert channel_alignment(torch.device("cpu"), OpTable("torch", env=interp)) == 1
+    assert channel_alignment(torch.device("cpu"), OpTable("auto", env={}, measure=False)) == 1
+    assert channel_alignment(torch.device("cuda"), OpTable("torch", env={})) == 16
+
+
 def test_same_rng_gives_same_video_as_reference(engines):
     ref, eng = engines["small"]
     z = _latent(ref)

@@ -133,6 +133,22 @@ def activation_layout(device: torch.device, ops: OpTable) -> torch.memory_format
     return torch.contiguous_format
 
 
+def channel_alignment(device: torch.device, ops: OpTable) -> int:
+    """Channel multiple of the U-Net's concatenated inputs (zero channels appended, see
+    :func:`~cdt_fast.engine.plan.input_pad`). 16: Triton specialises an integer argument as
+    "divisible by 16" or not at all, so only a voxel stride that is a multiple of 16 elements
+    lets it prove 16-byte alignment and use vector (cp.async) loads; cuDNN's tensor-core convs
+    want a multiple of 8. K tiles are at least 16 channels anyway, so the padding adds no MACs
+    to the Triton conv. On CUDA, and wherever the Triton conv runs; CPU torch/C++ backends keep
+    the reference's widths (and its exact results)."""
+    triton_conv = any(
+        c.backend == "triton"
+        for op in ("causal_conv3d", "causal_conv3d_norm")
+        for c in [ops.table[op]] + ops.candidates.get(op, [])
+    )
+    return 16 if torch.device(device).type == "cuda" or triton_conv else 1
+
+
 class _FramewiseNoise:
     """Noise for a stream of unknown length: one draw of [B, C, time_factor, H, W] per latent
     frame (the first frame keeps its last video frame), kept until consumed so that a retried
@@ -195,7 +211,8 @@ class AcceleratedCDT(nn.Module):
         fmt = self.memory_format
         self.encoder_plan = EncoderPlan(cdt.context_model, self.ops, fmt)
         self.context_plan = ContextDecoderPlan(cdt.context_model, self.ops, fmt)
-        self.unet_plan = UNetPlan(cdt.unet, self.ops, fmt)
+        self.unet_plan = UNetPlan(cdt.unet, self.ops, fmt, align_channels=channel_alignment(
+            device, self.ops))
         self.memory = MemoryModel(self.config)
         self._sessions: "OrderedDict[tuple, _Session]" = OrderedDict()
 

@@ -41,6 +41,7 @@ __all__ = [
 OPS = (
     "causal_conv3d",
     "causal_conv3d_history",
+    "causal_conv3d_norm",
     "channel_norm",
     "linear_attention",
     "linear_attention_block",
@@ -58,6 +59,7 @@ ENV_VAR = "CDT_FAST_BACKEND"
 _TRITON_MODULES = MappingProxyType({
     "causal_conv3d": "cdt_fast.kernels.causal_conv3d",
     "causal_conv3d_history": "cdt_fast.kernels.causal_conv3d",
+    "causal_conv3d_norm": "cdt_fast.kernels.causal_conv3d",
     "channel_norm": "cdt_fast.kernels.channel_norm",
     "linear_attention": "cdt_fast.kernels.linear_attention",
     "linear_attention_block": "cdt_fast.kernels.linear_attention",

@@ -51,9 +51,13 @@ class Run:
 
 
 class Conv:
-    def __init__(self, module: L.CausalConv3d, dtype: torch.dtype, ops, upsample2x: bool = False):
+    def __init__(self, module: L.CausalConv3d, dtype: torch.dtype, ops, upsample2x: bool = False,
+                 in_pad: int = 0):
         self.ops = ops
         self.weight, self.bias = pack(module.weight, dtype), pack(module.bias, dtype)
+        if in_pad:  # zero weights for the zero channels appended to this conv's input
+            self.weight = F.pad(self.weight, (0, 0, 0, 0, 0, 0, 0, in_pad)).contiguous(
+                memory_format=torch.channels_last_3d)
         self.kwargs = dict(
             history=module.history,
             space_padding=module.space_padding,
@@ -64,11 +68,17 @@ class Conv:
         self.history = module.history
 
     def __call__(self, x: torch.Tensor, run: Run) -> torch.Tensor:
+        return self.apply("causal_conv3d", x, run)
+
+    def apply(self, op: str, x: torch.Tensor, run: Run, *args, **kwargs) -> torch.Tensor:
+        """Run ``op`` (this conv, or a fused op that starts with it: the conv's arguments, then
+        ``args``/``kwargs``) on chunk ``x``, reading and advancing the layer's history."""
         if not self.history:
-            return self.ops("causal_conv3d", x, self.weight, self.bias, past=None, **self.kwargs)
+            return self.ops(op, x, self.weight, self.bias, *args, past=None, **self.kwargs,
+                            **kwargs)
         hist = run.state.history(self, self.history)
         past = hist.past(x)
-        y = self.ops("causal_conv3d", x, self.weight, self.bias, past=past, **self.kwargs)
+        y = self.ops(op, x, self.weight, self.bias, *args, past=past, **self.kwargs, **kwargs)
         hist.advance(x, past, self.ops)
         return y
 
@@ -91,17 +101,33 @@ class Norm:
         )
 
 
-class Resnet:
-    """Block1 (+ time bias) -> Block2 (+ shortcut), each Block a conv then one fused norm op."""
+class Block:
+    """A CDT Block (conv, channel LayerNorm, ReLU) and the adds that follow it in a ResnetBlock:
+    one ``causal_conv3d_norm`` op, which a backend may run as the conv with the norm in its
+    epilogue."""
 
-    def __init__(self, module: L.ResnetBlock, dtype: torch.dtype, ops):
+    def __init__(self, module: L.Block, dtype: torch.dtype, ops, in_pad: int = 0):
+        self.conv = Conv(module.block[0], dtype, ops, in_pad=in_pad)
+        norm = module.block[1]
+        self.g, self.b, self.eps = pack(norm.g, dtype), pack(norm.b, dtype), norm.eps
+
+    def __call__(self, x: torch.Tensor, run: Run, time_bias=None, residual=None) -> torch.Tensor:
+        return self.conv.apply("causal_conv3d_norm", x, run, self.g, self.b, self.eps, relu=True,
+                               time_bias=time_bias, residual=residual)
+
+
+class Resnet:
+    """Block1 (+ time bias) -> Block2 (+ shortcut).
+
+    ``in_pad``: zero channels the caller appends to this block's input (see :func:`input_pad`);
+    block1's conv and the shortcut get matching zero weights, so the result is unchanged."""
+
+    def __init__(self, module: L.ResnetBlock, dtype: torch.dtype, ops, in_pad: int = 0):
         self.module = module  # its ``time_bias`` computes the per-step constants
-        self.conv1 = Conv(module.block1.block[0], dtype, ops)
-        self.norm1 = Norm(module.block1.block[1], dtype, ops)
-        self.conv2 = Conv(module.block2.block[0], dtype, ops)
-        self.norm2 = Norm(module.block2.block[1], dtype, ops)
+        self.block1 = Block(module.block1, dtype, ops, in_pad=in_pad)
+        self.block2 = Block(module.block2, dtype, ops)
         self.shortcut = (
-            Conv(module.res_conv, dtype, ops)
+            Conv(module.res_conv, dtype, ops, in_pad=in_pad)
             if isinstance(module.res_conv, L.CausalConv3d)
             else None
         )
@@ -109,9 +135,9 @@ class Resnet:
 
     def __call__(self, x: torch.Tensor, run: Run) -> torch.Tensor:
         bias = run.time_bias[self] if self.timed else None
-        h = self.norm1(self.conv1(x, run), relu=True, time_bias=bias)
+        h = self.block1(x, run, time_bias=bias)
         residual = self.shortcut(x, run) if self.shortcut is not None else x
-        return self.norm2(self.conv2(h, run), relu=True, residual=residual)
+        return self.block2(h, run, residual=residual)
 
 
 class Attention:
@@ -209,8 +235,40 @@ def node(module, dtype: torch.dtype, ops):
     raise TypeError(f"no engine node for {type(module).__name__}")
 
 
-def _level(modules, dtype, ops) -> List:
-    return [node(m, dtype, ops) for m in modules]
+def _level(modules, dtype, ops, in_pad: int = 0) -> List:
+    """The nodes of one U-Net/context level; ``in_pad`` zero channels are appended to the input
+    of its first node (a ResnetBlock)."""
+    return [Resnet(m, dtype, ops, in_pad) if in_pad and i == 0 else node(m, dtype, ops)
+            for i, m in enumerate(modules)]
+
+
+def input_pad(block: L.ResnetBlock, align: int) -> int:
+    """Zero channels to append to a ResnetBlock's (concatenated) input so that its width is a
+    multiple of ``align``. CDT's first U-Net level reads ``noise | context`` = 3 + 16 (CDT-base)
+    or 3 + 3 (CDT-small) channels: with a voxel stride of 19 or 6 elements the Triton conv cannot
+    prove its loads aligned and reads one element at a time (sm_90 code: 16-bit loads, register
+    spills), and cuDNN pads such inputs itself. Zero channels with zero weights change no sum.
+    Not for a block whose shortcut is the identity (its input is the residual)."""
+    cin = block.block1.block[0].weight.shape[1]
+    if align <= 1 or not isinstance(block.res_conv, L.CausalConv3d):
+        return 0
+    return -cin % align
+
+
+def concat_channels(parts: List[torch.Tensor], pad: int) -> torch.Tensor:
+    """``torch.cat(parts, dim=1)`` followed by ``pad`` zero channels, in the first part's layout."""
+    if not pad:
+        return torch.cat(parts, dim=1)
+    first = parts[0]
+    width = sum(p.shape[1] for p in parts)
+    fmt = torch.channels_last_3d if (
+        first.is_contiguous(memory_format=torch.channels_last_3d) and not first.is_contiguous()
+    ) else torch.contiguous_format
+    out = torch.empty((first.shape[0], width + pad, *first.shape[2:]), dtype=first.dtype,
+                      device=first.device, memory_format=fmt)
+    torch.cat(parts, dim=1, out=out[:, :width])
+    out[:, width:].zero_()
+    return out
 
 
 def _chain(nodes, h: torch.Tensor, run: Run) -> torch.Tensor:
@@ -262,15 +320,21 @@ class ContextDecoderPlan:
 class UNetPlan:
     """DenoisingUNet.forward with the time biases supplied by the caller (constants per step)."""
 
-    def __init__(self, model: DenoisingUNet, ops, memory_format=torch.channels_last_3d):
+    def __init__(self, model: DenoisingUNet, ops, memory_format=torch.channels_last_3d,
+                 align_channels: int = 1):
         self.to_activation = layout(memory_format)
         self.model = model
         self.dtype = dtype = model.dtype
         self.ops = ops
         self.condition_times = model.condition_times
-        self.downs = [_level(level, dtype, ops) for level in model.downs]
+        # Zero channels appended to each level's concatenated input (see input_pad).
+        self.down_pads = [input_pad(level[0], align_channels) if ind < self.condition_times
+                          else 0 for ind, level in enumerate(model.downs)]
+        self.up_pads = [input_pad(level[0], align_channels) for level in model.ups]
+        self.downs = [_level(level, dtype, ops, pad)
+                      for level, pad in zip(model.downs, self.down_pads)]
         self.mid = _level([model.mid_block1, model.mid_attn, model.mid_block2], dtype, ops)
-        self.ups = [_level(level, dtype, ops) for level in model.ups]
+        self.ups = [_level(level, dtype, ops, pad) for level, pad in zip(model.ups, self.up_pads)]
         self.final_norm = Norm(model.final_conv[0], dtype, ops)
         self.final_conv = Conv(model.final_conv[1], dtype, ops)
         self.timed = [
@@ -293,16 +357,16 @@ class UNetPlan:
         skips = []
         for ind, (block1, block2, attn, down, time_down) in enumerate(self.downs):
             if ind < self.condition_times:
-                h = torch.cat([h, context[ind]], dim=1)
+                h = concat_channels([h, context[ind]], self.down_pads[ind])
             h = attn(block2(block1(h, run), run), run)
             skips.append(h)
             h = _chain((down, time_down), h, run)
         h = _chain(self.mid, h, run)
-        for block1, block2, attn, up, time_up in self.ups:
+        for (block1, block2, attn, up, time_up), pad in zip(self.ups, self.up_pads):
             skip = skips.pop()
             if h.shape[2:] != skip.shape[2:]:  # odd sizes, as the reference crops
                 h = F.interpolate(h.float(), size=skip.shape[2:], mode="nearest").type_as(h)
-            h = torch.cat([h, skip], dim=1)
+            h = concat_channels([h, skip], pad)
             h = attn(block2(block1(h, run), run), run)
             h = _chain((up, time_up), h, run)
         return self.final_conv(self.final_norm(h), run)
