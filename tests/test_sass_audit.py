@@ -2,8 +2,9 @@
 
 These guard code-generation facts that the interpreter cannot see and that were once wrong:
 the temporal downsample read its weights one element per load (it now reads a Cin-innermost
-weight with 16-byte async copies), and the conv kernel's pruning left the 3-channel output conv a
-128-wide tile that spilled registers."""
+weight with 16-byte async copies), the conv kernel's pruning left the 3-channel output conv a
+128-wide tile that spilled registers, and the U-Net's 6- or 19-channel input conv read one element
+per load (its input is now padded to 16 channels)."""
 
 import os
 import subprocess
@@ -24,9 +25,13 @@ launches = sa.capture_decode("small", 64, frames=5, context_dim=32, unet_dim=32)
 names = sorted({{l.name for l in launches}})
 reports = sa.audit_launches(launches, kernels=["_time_downsample_kernel", "_time_upsample_kernel"])
 final = [l for l in launches if l.name == "_causal_conv3d_kernel" and l.args[2].shape[0] == 3]
+unet_in = [l for l in launches if l.name == "_causal_conv3d_kernel" and l.kwargs["KH"] == 7
+           and l.args[2].shape[0] != 3]
 out = dict(names=names, reports=[dict(kernel=r.kernel, tc=r.tensor_core, flags=r.flags,
                                       loads=r.global_loads) for r in reports],
-           final_block_n=sorted({{c.kwargs["BLOCK_N"] for l in final for c in l.configs}}))
+           final_block_n=sorted({{c.kwargs["BLOCK_N"] for l in final for c in l.configs}}),
+           unet_in=[dict(cin=l.kwargs["CIN"], norm=l.kwargs["NORM"]) for l in unet_in],
+           unet_in_flags=[r.flags for r in sa.audit_launches(unet_in)])
 print(json.dumps(out))
 """
 
@@ -49,6 +54,12 @@ def test_engine_decode_kernels_compile_for_sm90_with_wide_loads():
         if r["kernel"] == "_time_downsample_kernel":  # (upsample's stride-2 bias reads are narrow)
             assert not r["flags"], r
     assert result["final_block_n"] == [16], result["final_block_n"]
+    # The U-Net's input conv reads noise | context (3 + 3 channels here): the engine pads that
+    # input to 16 channels, and the conv runs with its Block's norm fused in the epilogue.
+    # At 6 channels it read one element per load and spilled registers.
+    assert result["unet_in"] and all(c["cin"] % 16 == 0 and c["norm"] for c in result["unet_in"])
+    assert result["unet_in_flags"] and not [f for flags in result["unet_in_flags"] for f in flags
+                                            if "spill" in f or "8/16-bit" in f], result
 
 
 def test_sass_line_parsing_handles_long_kernels_and_widths():
