@@ -58,9 +58,20 @@ def test_cmake_library_and_ctest(tmp_path):
     assert "100% tests passed" in result.stdout
 
 
+_PROBE = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("cdt_fast._C", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(bool(module.WITH_CUDA))
+"""
+
+
 def _build(tmp_path, **env):
-    """setup.py build_ext into tmp_path with extra environment; returns (rc, log, module or None)."""
-    import importlib.util
+    """setup.py build_ext into tmp_path with extra environment; returns (rc, log, with_cuda), where
+    with_cuda is None when no module was built. The module is probed in a fresh interpreter: this
+    process may already hold the installed ``cdt_fast._C``, and a second extension module of that
+    name loaded here would report the first one's build."""
     import sys
 
     out, temp = tmp_path / "lib", tmp_path / "temp"
@@ -68,26 +79,27 @@ def _build(tmp_path, **env):
                             cwd=ROOT, capture_output=True, text=True, timeout=900,
                             env={**os.environ, **env})
     built = sorted((out / "cdt_fast").glob("_C*"))
-    module = None
+    with_cuda = None
     if built:
-        spec = importlib.util.spec_from_file_location("cdt_fast._C", built[0])
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return result.returncode, result.stdout + result.stderr, module
+        probe = subprocess.run([sys.executable, "-c", _PROBE, str(built[0])], capture_output=True,
+                               text=True, timeout=300)
+        assert probe.returncode == 0, probe.stderr[-3000:]
+        with_cuda = probe.stdout.strip().splitlines()[-1] == "True"
+    return result.returncode, result.stdout + result.stderr, with_cuda
 
 
 @pytest.mark.slow
 def test_build_switches(tmp_path):
     """CPU-only on request; a failing compiler warns and installs pure Python unless forced."""
-    rc, log, module = _build(tmp_path / "cpu", CDT_FAST_SKIP_CUDA_BUILD="1")
-    assert rc == 0 and module is not None and module.WITH_CUDA is False, log
-    rc, log, module = _build(tmp_path / "broken", CDT_FAST_SKIP_CUDA_BUILD="1", CXX="false")
-    assert rc == 0 and module is None and "the C++ extension was not built" in log
-    rc, log, module = _build(tmp_path / "forced", CDT_FAST_SKIP_CUDA_BUILD="1", CXX="false",
-                             CDT_FAST_FORCE_BUILD="1")
-    assert rc != 0 and module is None
-    rc, log, module = _build(tmp_path / "none", CDT_FAST_SKIP_CPP_BUILD="1")
-    assert rc == 0 and module is None
+    rc, log, with_cuda = _build(tmp_path / "cpu", CDT_FAST_SKIP_CUDA_BUILD="1")
+    assert rc == 0 and with_cuda is False, log
+    rc, log, with_cuda = _build(tmp_path / "broken", CDT_FAST_SKIP_CUDA_BUILD="1", CXX="false")
+    assert rc == 0 and with_cuda is None and "the C++ extension was not built" in log
+    rc, log, with_cuda = _build(tmp_path / "forced", CDT_FAST_SKIP_CUDA_BUILD="1", CXX="false",
+                                CDT_FAST_FORCE_BUILD="1")
+    assert rc != 0 and with_cuda is None
+    rc, log, with_cuda = _build(tmp_path / "none", CDT_FAST_SKIP_CPP_BUILD="1")
+    assert rc == 0 and with_cuda is None
 
 
 def test_inplace_build_without_pybind11_warns_and_succeeds(tmp_path):
