@@ -481,6 +481,15 @@ def test_benchmark_harness_paths_agree():
         assert_close_conv(runs[path](), ref, 135, torch.float32)
 
 
+def test_conv_norm_block_benchmark_compares_like_with_like():
+    """bench_conv_norm_block.py: the decode's Block shapes (the U-Net input padded as the engine
+    pads it), and every implementation computing the same Block (Triton under the interpreter)."""
+    if ON_GPU:
+        pytest.skip("the CPU check of the harness")
+    from benchmarks import bench_conv_norm_block as bench
+    bench.test_shapes_and_implementations_agree_on_cpu()
+
+
 def test_autotune_prune_reads_constexpr_kwargs():
     """On GPU the autotuner prunes with positional args in ``named_args`` and constexprs (CIN) in
     kwargs; the interpreter's single config never prunes, so call it as the autotuner does."""
