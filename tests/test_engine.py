@@ -471,6 +471,8 @@ def test_auto_prefers_available_extension_and_records_fallbacks(engines, upstrea
     m = vetted.ops.measurements
     assert {m.winner[k] for k in m.winner if k[0] == "ddim_update"} == {"torch"}
     assert {m.winner[k] for k in m.winner if k[0] == "channel_norm"} == {"cpp"}
+    # The stand-in has no fused Block op: its Blocks run as the table's conv, then cpp's norm.
+    assert {m.winner[k] for k in m.winner if k[0] == "causal_conv3d_norm"} == {"composed"}
     assert not any(m.timings.values())  # vetted in preference order, not timed
     eng = AcceleratedCDT(ref, backend="cpp,ddim_update=torch", env={})
     torch.testing.assert_close(
@@ -494,6 +496,25 @@ def test_auto_measures_and_rejects_wrong_backends(engines, upstream_io, fake_cpp
     assert all("differs from torch" in m.rejected[k]["cpp"] for k in ddim_keys)
     norm_keys = [k for k in m.timings if k[0] == "channel_norm"]
     assert norm_keys and all(set(m.timings[k]) == {"torch", "cpp"} for k in norm_keys)
+
+
+def test_composed_candidate_only_where_a_part_has_a_kernel(monkeypatch):
+    """auto offers "composed" for a block op when one of its parts has a non-torch backend; with
+    torch alone there is nothing to compose (and the CPU engine keeps NCDHW)."""
+    monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", None)  # no C++ extension here
+    interp = {"TRITON_INTERPRET": "1"}
+    table = OpTable("auto,causal_conv3d=triton", env=interp, measure=False)
+    names = [c.backend for c in table.candidates["causal_conv3d_norm"]]
+    assert names == ["composed", "torch"]  # auto never picks the interpreter's fused op itself
+    assert "linear_attention_block" not in table.candidates  # its parts are torch here
+    plain = OpTable("auto", env={}, measure=False)
+    assert not plain.candidates
+    assert accelerated_layout(plain) == torch.contiguous_format
+
+
+def accelerated_layout(table):
+    from cdt_fast.engine.accelerated import activation_layout
+    return activation_layout(torch.device("cpu"), table)
 
 
 def test_measurements_pick_fastest_and_skip_raising():

@@ -9,13 +9,17 @@ never wrapped in try/except: the table is decided before the first call.
 in an explicit :class:`Measurements` object (or, when measuring is off, the first available backend
 in a fixed preference order). Either way a non-torch candidate is vetted once per call signature
 (it must run and agree with torch), so a kernel lacking a case falls back for that case only. An
-explicitly named backend is not vetted: asking for it means wanting its errors.
+explicitly named backend is not vetted: asking for it means wanting its errors. For the block ops
+(``causal_conv3d_norm``, ``linear_attention_block``) ``auto`` also tries ``"composed"``: the
+table's own choices for the block's parts run one after the other, so a fused kernel is only kept
+where it beats the best unfused arrangement.
 ``CDT_FAST_BACKEND`` overrides the requested backend, e.g.
 ``CDT_FAST_BACKEND=torch`` or ``CDT_FAST_BACKEND=auto,causal_conv3d=triton``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -36,6 +40,7 @@ __all__ = [
     "backend_status",
     "resolve",
     "parse_backend_spec",
+    "COMPOSED",
 ]
 
 OPS = (
@@ -54,6 +59,10 @@ OPS = (
 )
 BACKENDS = ("torch", "triton", "cuda", "cpp")
 ENV_VAR = "CDT_FAST_BACKEND"
+# auto's extra candidate for a block op: the table's own choices for its parts, run one after the
+# other (e.g. cuDNN's conv, then the Triton norm pass), so a fused kernel is kept only where it
+# beats the best unfused arrangement.
+COMPOSED = "composed"
 
 # Where each backend keeps each op. Triton: one module per op family (issue 3 / issue 4 kernels).
 _TRITON_MODULES = MappingProxyType({
@@ -71,6 +80,26 @@ _TRITON_MODULES = MappingProxyType({
     "to_uint8_frames": "cdt_fast.kernels.denoise",
 })
 _CPP_MODULE = "cdt_fast._cpp_lib"
+
+
+def _conv_then_norm(table: "OpTable", x, weight, bias, g, b, eps=1e-5, *, relu=False,
+                    time_bias=None, residual=None, **conv):
+    y = table("causal_conv3d", x, weight, bias, **conv)
+    return table("channel_norm", y, g, b, eps, relu=relu, time_bias=time_bias, residual=residual)
+
+
+def _norm_then_attention(table: "OpTable", x, g, b, w_qkv, w_out, b_out, *, heads=1, scale=None,
+                         eps=1e-5):
+    normed = table("channel_norm", x, g, b, eps)
+    return table("linear_attention", normed, w_qkv, w_out, b_out, heads=heads, scale=scale) + x
+
+
+# Block ops (defined in ``functional`` as compositions of other ops) -> (their parts, the same
+# composition through a table).
+_COMPOSITES = MappingProxyType({
+    "causal_conv3d_norm": (("causal_conv3d", "channel_norm"), _conv_then_norm),
+    "linear_attention_block": (("channel_norm", "linear_attention"), _norm_then_attention),
+})
 
 
 def _modules_of(backend: str, op: str) -> Tuple[str, ...]:
@@ -295,7 +324,8 @@ class OpTable:
         self._memo: Dict[str, tuple] = {}  # backend statuses and module imports, this build
         self.table: Dict[str, OpChoice] = {}
         self.candidates: Dict[str, List[OpChoice]] = {}
-        for op in OPS:
+        # Block ops last: their composed candidate depends on how their parts are served.
+        for op in sorted(OPS, key=lambda name: name in _COMPOSITES):
             self._fill(op, per_op.get(op, default))
 
     def _fill(self, op: str, wanted: str) -> None:
@@ -323,6 +353,12 @@ class OpTable:
                 missing.append(f"{name}: {reason}")
             else:
                 found.append(OpChoice(op, name, fn, reason))
+        if op in _COMPOSITES:
+            parts, compose = _COMPOSITES[op]
+            if any(self.table[p].backend != "torch" or p in self.candidates for p in parts):
+                found.insert(len(found) - 1, OpChoice(
+                    op, COMPOSED, functools.partial(compose, self),
+                    f"the table's choices for {' then '.join(parts)}"))
         first = found[0]
         why = "auto, first available in preference order" + (
             f" ({'; '.join(missing)})" if missing else ""
