@@ -480,6 +480,13 @@ def causal_conv3d_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
                 pad_mode=pad_mode, upsample2x=upsample2x, out=out)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 5:
         raise ValueError("weight must be a 5-D [Cout, Cin, kt, kh, kw] tensor")
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype:
+            raise TypeError(f"residual must be a tensor of x's dtype {x.dtype}, got "
+                            f"{getattr(residual, 'dtype', type(residual).__name__)}")
+        if out is not None and residual.data_ptr() == out.data_ptr():
+            raise ValueError("residual must not alias out (the conv writes out before the norm "
+                             "reads the residual)")
     if weight.shape[0] <= FUSED_NORM_MAX_CHANNELS:
         return causal_conv3d(x, weight, bias, **conv, epilogue=Epilogue(
             norm_weight=g, norm_bias=b, eps=eps, relu=relu, channel_bias=time_bias,

@@ -180,6 +180,18 @@ def test_conv_norm_block_matches_composition(name, cout, with_adds, dtype):
     assert len(calls) == (0 if fused else 1), "fused below the limit, separate pass above it"
 
 
+@pytest.mark.parametrize("cout", [6, 130])  # fused epilogue, and conv-then-norm
+def test_conv_norm_block_rejects_aliased_or_mistyped_residual(cout):
+    x, weight, bias, kw, _ = _case("133-s2-odd", torch.float32)
+    weight = torch.randn(cout, *weight.shape[1:], device=DEVICE)
+    g, beta = torch.ones(cout, device=DEVICE), torch.zeros(cout, device=DEVICE)
+    y = kernels.causal_conv3d_norm(x, weight, None, g, beta, **kw)
+    with pytest.raises(ValueError, match="residual must not alias out"):
+        kernels.causal_conv3d_norm(x, weight, None, g, beta, residual=y, out=y, **kw)
+    with pytest.raises(TypeError, match="residual must be a tensor of x's dtype"):
+        kernels.causal_conv3d_norm(x, weight, None, g, beta, residual=y.double(), **kw)
+
+
 def test_full_row_tiles_keep_the_accumulator_in_registers(monkeypatch):
     """The fused norm forces BLOCK_N = next_pow2(Cout); the pruning must then bound BLOCK_M so
     the fp32 accumulator stays <= 128x128 (a 256x128 or x512 tile spills on sm_90)."""

@@ -101,7 +101,7 @@ def test_channel_alignment_follows_the_conv_backend():
                                                           env=interp)) == 16
     assert channel_alignment(torch.device("cpu"), OpTable("torch", env=interp)) == 1
     assert channel_alignment(torch.device("cpu"), OpTable("auto", env={}, measure=False)) == 1
-    assert channel_alignment(torch.device("cuda"), OpTable("torch", env={})) == 16
+    assert channel_alignment(torch.device("cuda"), OpTable("torch", env={})) == 8  # cuDNN
 
 
 def test_same_rng_gives_same_video_as_reference(engines):

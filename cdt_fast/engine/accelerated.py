@@ -135,18 +135,22 @@ def activation_layout(device: torch.device, ops: OpTable) -> torch.memory_format
 
 def channel_alignment(device: torch.device, ops: OpTable) -> int:
     """Channel multiple of the U-Net's concatenated inputs (zero channels appended, see
-    :func:`~cdt_fast.engine.plan.input_pad`). 16: Triton specialises an integer argument as
-    "divisible by 16" or not at all, so only a voxel stride that is a multiple of 16 elements
-    lets it prove 16-byte alignment and use vector (cp.async) loads; cuDNN's tensor-core convs
-    want a multiple of 8. K tiles are at least 16 channels anyway, so the padding adds no MACs
-    to the Triton conv. On CUDA, and wherever the Triton conv runs; CPU torch/C++ backends keep
-    the reference's widths (and its exact results)."""
+    :func:`~cdt_fast.engine.plan.input_pad`).
+
+    16 wherever the Triton conv may run: Triton specialises an integer argument as "divisible by
+    16" or not at all, so only a voxel stride that is a multiple of 16 elements lets it prove
+    16-byte alignment and use vector (cp.async) loads; its K tiles are at least 16 channels
+    anyway, so this adds no MACs there. 8 on CUDA otherwise: what cuDNN's tensor-core convs want
+    (fewer zero channels than 16, since cuDNN computes every channel it is given). 1 on CPU
+    torch/C++ engines, which keep the reference's widths and its exact results."""
     triton_conv = any(
         c.backend == "triton"
         for op in ("causal_conv3d", "causal_conv3d_norm")
         for c in [ops.table[op]] + ops.candidates.get(op, [])
     )
-    return 16 if torch.device(device).type == "cuda" or triton_conv else 1
+    if triton_conv:
+        return 16
+    return 8 if torch.device(device).type == "cuda" else 1
 
 
 class _FramewiseNoise:
