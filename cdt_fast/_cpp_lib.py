@@ -24,12 +24,11 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from . import functional as _reference_ops
 from .functional import PAD_MODES, cast_like
 
 __all__ = [
     "ABI_VERSION", "is_available", "unavailable_reason", "cuda_available", "library",
-    "channel_norm", "causal_conv3d_norm", "linear_attention", "linear_attention_block", "time_downsample",
+    "channel_norm", "linear_attention", "linear_attention_block", "time_downsample",
     "time_upsample", "causal_conv3d_history", "causal_conv3d_input", "ddim_update",
     "to_uint8_frames", "ddim_to_uint8_frames",
 ]
@@ -201,21 +200,6 @@ def channel_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float =
     _invoke("channel_norm", x, rows, y, _fp32_param(g, x, c, "g"), _fp32_param(b, x, c, "b"),
             float(eps), bool(relu), tb, res)
     return _logical(y)
-
-
-def causal_conv3d_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                       g: torch.Tensor, b: torch.Tensor, eps: float = 1e-5, *,
-                       past: Optional[torch.Tensor] = None, history: int = 0,
-                       space_padding: Tuple[int, int] = (0, 0), stride: Sequence[int] = (1, 1, 1),
-                       pad_mode: str = "zeros", upsample2x: bool = False, relu: bool = False,
-                       time_bias: Optional[torch.Tensor] = None,
-                       residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """:func:`cdt_fast.functional.causal_conv3d_norm`: torch's conv (oneDNN / cuDNN), then the
-    extension's norm block in one pass."""
-    y = _reference_ops.causal_conv3d(x, weight, bias, past=past, history=history,
-                                     space_padding=space_padding, stride=stride,
-                                     pad_mode=pad_mode, upsample2x=upsample2x)
-    return channel_norm(y, g, b, eps, relu=relu, time_bias=time_bias, residual=residual)
 
 
 def _attention_core(rows: torch.Tensor, w_qkv: torch.Tensor, heads: int,

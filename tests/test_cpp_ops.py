@@ -5,6 +5,8 @@ both pad modes. Copies and the DDIM/uint8 epilogue must match exactly."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,8 +121,16 @@ def test_linear_attention_block_matches_layer(shape):
 
 @pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
 def test_conv_norm_block_matches_resnet_block(pad_mode):
-    """causal_conv3d_norm (torch conv + the extension's norm) reproduces a ResnetBlock's two
-    Blocks with the time bias and the residual, over a stream of a 1-frame then a 2-frame chunk."""
+    """The engine's Block op with backend="cpp" (no fused kernel there: torch's conv, then the
+    extension's norm, composed by the table) reproduces a ResnetBlock's two Blocks with the time
+    bias and the residual, over a stream of a 1-frame then a 2-frame chunk."""
+    from cdt_fast.engine.dispatch import COMPOSED, OpTable
+    table = OpTable("cpp", env={})
+    assert table.report()["causal_conv3d_norm"][0] == COMPOSED
+    norms = []
+    real_norm = table.table["channel_norm"]
+    table.table["channel_norm"] = dataclasses.replace(
+        real_norm, fn=lambda *a, **k: norms.append(1) or real_norm.fn(*a, **k))
     res = layers.ResnetBlock(5, 7, time_emb_dim=4, pad_mode=pad_mode).eval()
     with torch.no_grad():
         for p in res.parameters():
@@ -133,10 +143,10 @@ def test_conv_norm_block_matches_resnet_block(pad_mode):
         for frames in (1, 2):
             x = rand(2, 5, frames, 7, 9)
             conv = dict(history=2, space_padding=(1, 1), pad_mode=pad_mode)
-            h = L.causal_conv3d_norm(x, conv1.weight, conv1.bias, norm1.g, norm1.b, norm1.eps,
-                                     past=past1, relu=True, time_bias=tb, **conv)
-            y = L.causal_conv3d_norm(h, conv2.weight, conv2.bias, norm2.g, norm2.b, norm2.eps,
-                                     past=past2, relu=True, residual=res.res_conv(x), **conv)
+            h = table("causal_conv3d_norm", x, conv1.weight, conv1.bias, norm1.g, norm1.b,
+                      norm1.eps, past=past1, relu=True, time_bias=tb, **conv)
+            y = table("causal_conv3d_norm", h, conv2.weight, conv2.bias, norm2.g, norm2.b,
+                      norm2.eps, past=past2, relu=True, residual=res.res_conv(x), **conv)
             h_ref = CF.channel_norm(CF.causal_conv3d(x, conv1.weight, conv1.bias, past=past1,
                                                      **conv), norm1.g, norm1.b, relu=True) + tb
             y_ref = CF.channel_norm(CF.causal_conv3d(h_ref, conv2.weight, conv2.bias, past=past2,
@@ -147,6 +157,7 @@ def test_conv_norm_block_matches_resnet_block(pad_mode):
                 check(y, res(x, emb), torch.float32)
             past1 = CF.causal_conv3d_history(x, past1, 2)
             past2 = CF.causal_conv3d_history(h, past2, 2)
+    assert table.table["channel_norm"].backend == "cpp" and len(norms) == 4
 
 
 # ---- temporal resampling -----------------------------------------------------------------------

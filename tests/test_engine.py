@@ -512,6 +512,17 @@ def test_composed_candidate_only_where_a_part_has_a_kernel(monkeypatch):
     assert accelerated_layout(plain) == torch.contiguous_format
 
 
+def test_named_backend_without_a_block_op_composes_its_parts(fake_cpp, monkeypatch):
+    """backend="cpp" where the extension has channel_norm but no fused Block: the Block runs as
+    torch's conv then cpp's norm (not all-torch); with nothing to compose it falls back to torch."""
+    report = OpTable("cpp", env={}).report()
+    for op in ("causal_conv3d_norm", "linear_attention_block"):
+        backend, reason = report[op]
+        assert backend == "composed" and reason.startswith("fallback from cpp"), report[op]
+    monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", None)
+    assert OpTable("cpp", env={}).report()["causal_conv3d_norm"][0] == "torch"
+
+
 def accelerated_layout(table):
     from cdt_fast.engine.accelerated import activation_layout
     return activation_layout(torch.device("cpu"), table)

@@ -12,7 +12,8 @@ in a fixed preference order). Either way a non-torch candidate is vetted once pe
 explicitly named backend is not vetted: asking for it means wanting its errors. For the block ops
 (``causal_conv3d_norm``, ``linear_attention_block``) ``auto`` also tries ``"composed"``: the
 table's own choices for the block's parts run one after the other, so a fused kernel is only kept
-where it beats the best unfused arrangement.
+where it beats the best unfused arrangement; a named backend that lacks a block op runs it the
+same way, as its parts, rather than falling back to torch for the whole block.
 ``CDT_FAST_BACKEND`` overrides the requested backend, e.g.
 ``CDT_FAST_BACKEND=torch`` or ``CDT_FAST_BACKEND=auto,causal_conv3d=triton``.
 """
@@ -24,7 +25,7 @@ import importlib
 import importlib.util
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -336,11 +337,11 @@ class OpTable:
             return
         if wanted != "auto":
             fn, reason = resolve(wanted, op, self.device, self.env, self._memo)
-            self.table[op] = (
-                OpChoice(op, wanted, fn, reason)
-                if fn is not None
-                else OpChoice(op, "torch", torch_fn, f"fallback from {wanted}: {reason}")
-            )
+            if fn is not None:
+                self.table[op] = OpChoice(op, wanted, fn, reason)
+            else:  # a block op the backend lacks runs as its parts, served as far as it can
+                self.table[op] = replace(self._composed(op) or torch_choice,
+                                         reason=f"fallback from {wanted}: {reason}")
             return
         found, missing = [], []
         for name in preference(self.device):
@@ -353,12 +354,9 @@ class OpTable:
                 missing.append(f"{name}: {reason}")
             else:
                 found.append(OpChoice(op, name, fn, reason))
-        if op in _COMPOSITES:
-            parts, compose = _COMPOSITES[op]
-            if any(self.table[p].backend != "torch" or p in self.candidates for p in parts):
-                found.insert(len(found) - 1, OpChoice(
-                    op, COMPOSED, functools.partial(compose, self),
-                    f"the table's choices for {' then '.join(parts)}"))
+        composed = self._composed(op)
+        if composed is not None:
+            found.insert(len(found) - 1, composed)
         first = found[0]
         why = "auto, first available in preference order" + (
             f" ({'; '.join(missing)})" if missing else ""
@@ -366,6 +364,17 @@ class OpTable:
         self.table[op] = OpChoice(op, first.backend, first.fn, why)
         if len(found) > 1:  # vetted (and, if measuring, timed) per call signature
             self.candidates[op] = found
+
+    def _composed(self, op: str) -> Optional[OpChoice]:
+        """A block op as the table's own choices for its parts, run one after the other; None for
+        an op that is not a block, or whose parts all run on torch (then it is torch's)."""
+        if op not in _COMPOSITES:
+            return None
+        parts, compose = _COMPOSITES[op]
+        if not any(self.table[p].backend != "torch" or p in self.candidates for p in parts):
+            return None
+        return OpChoice(op, COMPOSED, functools.partial(compose, self),
+                        f"the table's choices for {' then '.join(parts)}")
 
     def __call__(self, op: str, *args, **kwargs):
         """Run ``op`` with the table's function (auto-measured per call signature if enabled)."""
