@@ -39,7 +39,11 @@ def env_flag(name: str) -> bool:
 
 
 def cpp_sources():
-    return [CSRC / "common.cpp", *sorted((CSRC / "cpu").glob("*.cpp")), CSRC / "python" / "bindings.cpp"]
+    return [
+        CSRC / "common.cpp",
+        *sorted((CSRC / "cpu").glob("*.cpp")),
+        CSRC / "python" / "bindings.cpp",
+    ]
 
 
 def cuda_sources():
@@ -48,8 +52,11 @@ def cuda_sources():
 
 def find_nvcc():
     candidates = [os.environ.get("NVCC")]
-    candidates += [os.path.join(os.environ[v], "bin", "nvcc") for v in ("CUDA_HOME", "CUDA_PATH")
-                   if os.environ.get(v)]
+    candidates += [
+        os.path.join(os.environ[v], "bin", "nvcc")
+        for v in ("CUDA_HOME", "CUDA_PATH")
+        if os.environ.get(v)
+    ]
     candidates += [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"]
     return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
@@ -59,8 +66,12 @@ def nvcc_include_flags(nvcc: str):
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.cu"
         probe.write_text("__global__ void probe() {}\n")
-        dry = subprocess.run([nvcc, "--dryrun", "-c", str(probe), "-o", str(probe.with_suffix(".o"))],
-                             capture_output=True, text=True, check=True)
+        dry = subprocess.run(
+            [nvcc, "--dryrun", "-c", str(probe), "-o", str(probe.with_suffix(".o"))],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     for line in (dry.stdout + dry.stderr).splitlines():
         if line.startswith("#$ INCLUDES="):
             return shlex.split(line.split("=", 1)[1])
@@ -68,9 +79,11 @@ def nvcc_include_flags(nvcc: str):
 
 
 def gencode_flags():
-    archs = [a.strip().replace("sm_", "").replace(".", "")
-             for a in os.environ.get("CDT_FAST_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
-             if a.strip()]
+    archs = [
+        a.strip().replace("sm_", "").replace(".", "")
+        for a in os.environ.get("CDT_FAST_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
+        if a.strip()
+    ]
     flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     return archs, flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
 
@@ -85,12 +98,22 @@ def run_compile_jobs(jobs, workdir: Path) -> None:
     max_jobs = os.environ.get("MAX_JOBS")
     ninja = shutil.which("ninja")
     if ninja:
-        lines = ["ninja_required_version = 1.3", "rule compile", "  command = $cmd",
-                 "  depfile = $out.d", "  deps = gcc", "  description = compile $in", ""]
+        lines = [
+            "ninja_required_version = 1.3",
+            "rule compile",
+            "  command = $cmd",
+            "  depfile = $out.d",
+            "  deps = gcc",
+            "  description = compile $in",
+            "",
+        ]
         for cmd, src, obj in jobs:
-            lines += [f"build {ninja_escape(obj)}: compile {ninja_escape(src)}",
-                      f"  cmd = {shlex.join(cmd + ['-MD', '-MF', str(obj) + '.d'])}".replace("$", "$$")
-                      .replace("$$in", "$in").replace("$$out", "$out")]
+            lines += [
+                f"build {ninja_escape(obj)}: compile {ninja_escape(src)}",
+                f"  cmd = {shlex.join(cmd + ['-MD', '-MF', str(obj) + '.d'])}".replace("$", "$$")
+                .replace("$$in", "$in")
+                .replace("$$out", "$out"),
+            ]
         (workdir / "build.ninja").write_text("\n".join(lines) + "\n")
         cmd = [ninja, "-C", str(workdir)] + (["-j", max_jobs] if max_jobs else [])
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -113,14 +136,20 @@ def accepts_flag(compiler, flag: str) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "probe.cpp"
         src.write_text("int main() { return 0; }\n")
-        return subprocess.run([*compiler, flag, str(src), "-o", str(Path(tmp) / "probe")],
-                              capture_output=True).returncode == 0
+        return (
+            subprocess.run(
+                [*compiler, flag, str(src), "-o", str(Path(tmp) / "probe")], capture_output=True
+            ).returncode
+            == 0
+        )
 
 
 def check_importable(path: Path) -> None:
     """Loads the built module in a fresh interpreter: catches unresolved symbols at build time."""
-    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('cdt_fast._C', sys.argv[1]);"
-            " m = u.module_from_spec(s); s.loader.exec_module(m); print(m.ABI_VERSION)")
+    code = (
+        "import importlib.util as u, sys; s = u.spec_from_file_location('cdt_fast._C', sys.argv[1]);"
+        " m = u.module_from_spec(s); s.loader.exec_module(m); print(m.ABI_VERSION)"
+    )
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError("the built module does not import:\n" + result.stderr[-2000:])
@@ -142,8 +171,11 @@ class BuildCsrc(build_ext):
             self.extensions = built
 
     def get_outputs(self):
-        return [path for ext, path in zip(self.extensions, super().get_outputs())
-                if ext.name not in self.skipped]
+        return [
+            path
+            for ext, path in zip(self.extensions, super().get_outputs())
+            if ext.name not in self.skipped
+        ]
 
     def build_extension(self, ext):
         if ext.name != EXTENSION:
@@ -155,8 +187,10 @@ class BuildCsrc(build_ext):
             if force:
                 raise
             self.skipped.add(ext.name)
-            self.warn(f"cdt_fast: the C++ extension was not built ({exc}); installing pure Python "
-                      "(set CDT_FAST_FORCE_BUILD=1 to make this an error)")
+            self.warn(
+                f"cdt_fast: the C++ extension was not built ({exc}); installing pure Python "
+                "(set CDT_FAST_FORCE_BUILD=1 to make this an error)"
+            )
 
     def _build_csrc(self, ext, force: bool) -> None:
         import pybind11  # a build requirement (pyproject.toml)
@@ -172,8 +206,10 @@ class BuildCsrc(build_ext):
             except Exception as exc:
                 if force:
                     raise
-                self.warn(f"cdt_fast: the CUDA part of the extension was not built ({exc}); "
-                          "building the CPU-only extension")
+                self.warn(
+                    f"cdt_fast: the CUDA part of the extension was not built ({exc}); "
+                    "building the CPU-only extension"
+                )
         elif not env_flag("CDT_FAST_SKIP_CUDA_BUILD"):
             self.announce("cdt_fast: nvcc not found; building the CPU-only extension", level=2)
         self._compile_and_link(tmp / "cpu", out, pybind11.get_include(), None)
@@ -181,23 +217,54 @@ class BuildCsrc(build_ext):
     def _compile_and_link(self, tmp: Path, out: Path, pybind_include: str, nvcc) -> None:
         cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
         openmp = ["-fopenmp"] if accepts_flag(cxx, "-fopenmp") else []
-        includes = [f"-I{CSRC / 'include'}", f"-I{pybind_include}",
-                    f"-I{sysconfig.get_paths()['include']}"]
+        includes = [
+            f"-I{CSRC / 'include'}",
+            f"-I{pybind_include}",
+            f"-I{sysconfig.get_paths()['include']}",
+        ]
         # -ffp-contract=off: no FMA contraction (the DDIM update matches torch bit for bit);
         # -fno-trapping-math: lets clamps and selects vectorise (we never read FP exceptions).
-        flags = ["-O3", "-std=c++17", "-DNDEBUG", "-fPIC", "-fvisibility=hidden",
-                 "-ffp-contract=off", "-fno-trapping-math", *openmp, *includes]
+        flags = [
+            "-O3",
+            "-std=c++17",
+            "-DNDEBUG",
+            "-fPIC",
+            "-fvisibility=hidden",
+            "-ffp-contract=off",
+            "-fno-trapping-math",
+            *openmp,
+            *includes,
+        ]
         jobs = []
         if nvcc:
             archs, gencode = gencode_flags()
             flags += nvcc_include_flags(nvcc)
             flags += ["-DCDT_FAST_WITH_CUDA", f'-DCDT_FAST_CUDA_ARCHS="{";".join(archs)}"']
-            nvcc_flags = ["-O3", "-std=c++17", "-DNDEBUG", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-                          f"-I{CSRC / 'include'}", *gencode]
-            jobs += [([nvcc, *nvcc_flags, "-c", str(src), "-o", str(tmp / (src.stem + ".cu.o"))],
-                      src, tmp / (src.stem + ".cu.o")) for src in cuda_sources()]
-        jobs += [([*cxx, *flags, "-c", str(src), "-o", str(tmp / (src.stem + ".o"))],
-                  src, tmp / (src.stem + ".o")) for src in cpp_sources()]
+            nvcc_flags = [
+                "-O3",
+                "-std=c++17",
+                "-DNDEBUG",
+                "-Xcompiler",
+                "-fPIC,-fvisibility=hidden",
+                f"-I{CSRC / 'include'}",
+                *gencode,
+            ]
+            jobs += [
+                (
+                    [nvcc, *nvcc_flags, "-c", str(src), "-o", str(tmp / (src.stem + ".cu.o"))],
+                    src,
+                    tmp / (src.stem + ".cu.o"),
+                )
+                for src in cuda_sources()
+            ]
+        jobs += [
+            (
+                [*cxx, *flags, "-c", str(src), "-o", str(tmp / (src.stem + ".o"))],
+                src,
+                tmp / (src.stem + ".o"),
+            )
+            for src in cpp_sources()
+        ]
         run_compile_jobs(jobs, tmp)
         objects = [str(obj) for _, _, obj in jobs]
         if nvcc:  # nvcc links the static CUDA runtime: no libcudart.so needed at run time

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 
 from cdt_fast import functional as CF
 
@@ -87,8 +86,11 @@ class ConvShape:
         kt, kh, kw = self.kernel
         ph, pw = self.space_padding
         t = (self.history + self.frames - kt) // self.stride[0] + 1
-        return (t, (s * self.h + 2 * ph - kh) // self.stride[1] + 1,
-                (s * self.w + 2 * pw - kw) // self.stride[2] + 1)
+        return (
+            t,
+            (s * self.h + 2 * ph - kh) // self.stride[1] + 1,
+            (s * self.w + 2 * pw - kw) // self.stride[2] + 1,
+        )
 
     def flops(self) -> float:
         t, h, w = self.out_size()
@@ -110,7 +112,12 @@ class ConvShape:
         scale = 2 if self.upsample2x else 1
         big = frame * scale * scale  # a frame at the conv's resolution
         ph, pw = self.space_padding
-        padded = big * (self.h * scale + 2 * ph) * (self.w * scale + 2 * pw) / (self.h * self.w * scale * scale)
+        padded = (
+            big
+            * (self.h * scale + 2 * ph)
+            * (self.w * scale + 2 * pw)
+            / (self.h * self.w * scale * scale)
+        )
         total = weight + out
         if self.upsample2x:
             total += self.frames * (frame + big)
@@ -128,8 +135,10 @@ class ConvShape:
 
 # -- shapes from the reference model -----------------------------------------------------------
 
-def decode_shapes(preset: str, height: int, width: int, frames: int = 17, probe: int = 16
-                  ) -> Counter:
+
+def decode_shapes(
+    preset: str, height: int, width: int, frames: int = 17, probe: int = 16
+) -> Counter:
     """Counter of :class:`ConvShape` over one decode of ``frames`` video frames at
     ``height`` x ``width`` (batch 1), chunked as the decoder runs at that resolution."""
     from cdt_fast import CDT, CDTConfig, chunking
@@ -155,17 +164,42 @@ def decode_shapes(preset: str, height: int, width: int, frames: int = 17, probe:
         h, w = x.shape[3], x.shape[4]
         if up:  # Upsample(new_upsample) feeds the conv an upsampled frame: fold it into the conv
             h, w = h // 2, w // 2
-        shapes[ConvShape(module.in_channels, module.out_channels, tuple(module.kernel_size),
-                         tuple(module.stride), tuple(module.space_padding), module.history,
-                         module.pad_mode, up, x.shape[2], past, scaled(h, height),
-                         scaled(w, width))] += 1
+        shapes[
+            ConvShape(
+                module.in_channels,
+                module.out_channels,
+                tuple(module.kernel_size),
+                tuple(module.stride),
+                tuple(module.space_padding),
+                module.history,
+                module.pad_mode,
+                up,
+                x.shape[2],
+                past,
+                scaled(h, height),
+                scaled(w, width),
+            )
+        ] += 1
 
     def record_transposed(module, args):
         x = args[0]
-        shapes[ConvShape(module.in_channels, module.out_channels, tuple(module.kernel_size),
-                         tuple(module.stride), (2, 2), 0, "zeros", False, x.shape[2], 0,
-                         scaled(x.shape[3], height), scaled(x.shape[4], width),
-                         transposed=True)] += 1
+        shapes[
+            ConvShape(
+                module.in_channels,
+                module.out_channels,
+                tuple(module.kernel_size),
+                tuple(module.stride),
+                (2, 2),
+                0,
+                "zeros",
+                False,
+                x.shape[2],
+                0,
+                scaled(x.shape[3], height),
+                scaled(x.shape[4], width),
+                transposed=True,
+            )
+        ] += 1
 
     hooks = []
     for m in model.modules():
@@ -173,9 +207,16 @@ def decode_shapes(preset: str, height: int, width: int, frames: int = 17, probe:
             hooks.append(m.register_forward_pre_hook(record_conv))
         # ConvTranspose3d runs through the functional op: hook its Upsample module instead.
         elif isinstance(m, Upsample) and not m.new_upsample:
-            hooks.append(m.register_forward_pre_hook(lambda mod, args: record_transposed(mod.conv, args)))
-    latent = torch.zeros(1, cfg.latent_dim, chunking.latent_frames(frames, cfg.time_factor),
-                         probe // factor, probe // factor)
+            hooks.append(
+                m.register_forward_pre_hook(lambda mod, args: record_transposed(mod.conv, args))
+            )
+    latent = torch.zeros(
+        1,
+        cfg.latent_dim,
+        chunking.latent_frames(frames, cfg.time_factor),
+        probe // factor,
+        probe // factor,
+    )
     with torch.no_grad():
         model.decode(latent, chunk_frames=chunk)
     for h in hooks:
@@ -185,6 +226,7 @@ def decode_shapes(preset: str, height: int, width: int, frames: int = 17, probe:
 
 # -- the three arrangements --------------------------------------------------------------------
 
+
 class ConvBench:
     """Inputs, weights and per-path callables for one shape (steady state: the cache is full).
 
@@ -193,6 +235,7 @@ class ConvBench:
 
     def __init__(self, shape: ConvShape, dtype: torch.dtype, device: str):
         from cdt_fast.ops import CausalConvCache, ConvSelector, conv_transpose_up2x
+
         self.shape = s = shape
         g = torch.Generator(device="cpu").manual_seed(0)
 
@@ -209,12 +252,19 @@ class ConvBench:
                 "cudnn_cl": lambda: conv_transpose_up2x(x_cl, self.weight, self.bias),
             }
             return
-        self.weight = rnd(s.cout, s.cin, *s.kernel) * (1.0 / (s.cin * s.kernel[1] * s.kernel[2])) ** 0.5
+        self.weight = (
+            rnd(s.cout, s.cin, *s.kernel) * (1.0 / (s.cin * s.kernel[1] * s.kernel[2])) ** 0.5
+        )
         self.bias = rnd(s.cout)
         x_nc = rnd(s.batch, s.cin, s.frames, s.h, s.w)
         past_nc = rnd(s.batch, s.cin, s.past, s.h, s.w) if s.past else None
-        kw = dict(history=s.history, space_padding=s.space_padding, stride=s.stride,
-                  pad_mode=s.pad_mode, upsample2x=s.upsample2x)
+        kw = dict(
+            history=s.history,
+            space_padding=s.space_padding,
+            stride=s.stride,
+            pad_mode=s.pad_mode,
+            upsample2x=s.upsample2x,
+        )
 
         def upstream():
             y = CF.causal_conv3d(x_nc, self.weight, self.bias, past=past_nc, **kw)
@@ -244,6 +294,7 @@ def measure(fn, device: str) -> float:
     """Median ms per call."""
     if device == "cuda":
         from triton.testing import do_bench
+
         return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
     fn()
     times = []
@@ -254,15 +305,23 @@ def measure(fn, device: str) -> float:
     return sorted(times)[1]
 
 
-def run_table(presets, resolutions, dtype, device, frames=17, paths=PATHS, max_shapes=None,
-              log=print) -> dict:
+def run_table(
+    presets, resolutions, dtype, device, frames=17, paths=PATHS, max_shapes=None, log=print
+) -> dict:
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     peak = bf16_peak(name) if device == "cuda" else None
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    result = {"device": name, "bf16_peak_tflops": peak, "dtype": str(dtype).replace("torch.", ""),
-              "torch": torch.__version__, "cuda": torch.version.cuda,
-              "cudnn": torch.backends.cudnn.version() if device == "cuda" else None,
-              "triton": _triton_version(), "frames": frames, "runs": []}
+    result = {
+        "device": name,
+        "bf16_peak_tflops": peak,
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device == "cuda" else None,
+        "triton": _triton_version(),
+        "frames": frames,
+        "runs": [],
+    }
     for preset in presets:
         for res in resolutions:
             shapes = decode_shapes(preset, res, res, frames)
@@ -280,28 +339,39 @@ def run_table(presets, resolutions, dtype, device, frames=17, paths=PATHS, max_s
                         row[path] = {"error": f"{type(exc).__name__}: {exc}"}
                         continue
                     tflops = shape.flops() / ms / 1e9
-                    row[path] = {"ms": ms, "tflops": tflops,
-                                 "pct_bf16_peak": 100 * tflops / peak if peak else None,
-                                 "bytes": shape.bytes_moved(path, itemsize)}
+                    row[path] = {
+                        "ms": ms,
+                        "tflops": tflops,
+                        "pct_bf16_peak": 100 * tflops / peak if peak else None,
+                        "bytes": shape.bytes_moved(path, itemsize),
+                    }
                     totals[path] += count * ms
                 timed = {p: row[p]["ms"] for p in paths if "ms" in row.get(p, {})}
                 row["fastest"] = min(timed, key=timed.get) if timed else None
                 rows.append(row)
                 log(_format_row(preset, res, row, paths))
             flops = sum(s.flops() * c for s, c in items[:max_shapes])
-            summary = {p: {"ms": ms, "tflops": flops / ms / 1e9 if ms else None} for p, ms in totals.items()}
-            log(f"{preset} {res}x{res} total: " + ", ".join(
-                f"{p} {v['ms']:.3f} ms" for p, v in summary.items()))
-            result["runs"].append({"preset": preset, "resolution": res, "rows": rows,
-                                   "totals": summary})
+            summary = {
+                p: {"ms": ms, "tflops": flops / ms / 1e9 if ms else None}
+                for p, ms in totals.items()
+            }
+            log(
+                f"{preset} {res}x{res} total: "
+                + ", ".join(f"{p} {v['ms']:.3f} ms" for p, v in summary.items())
+            )
+            result["runs"].append(
+                {"preset": preset, "resolution": res, "rows": rows, "totals": summary}
+            )
     return result
 
 
 def _format_row(preset, res, row, paths) -> str:
     s = row["shape"]
-    desc = (f"{preset} {res} {s['cin']}->{s['cout']} k{tuple(s['kernel'])} s{tuple(s['stride'])} "
-            f"{s['frames']}f+{s['past']}p {s['h']}x{s['w']}{' up2x' if s['upsample2x'] else ''}"
-            f"{' T' if s['transposed'] else ''} x{row['count']}")
+    desc = (
+        f"{preset} {res} {s['cin']}->{s['cout']} k{tuple(s['kernel'])} s{tuple(s['stride'])} "
+        f"{s['frames']}f+{s['past']}p {s['h']}x{s['w']}{' up2x' if s['upsample2x'] else ''}"
+        f"{' T' if s['transposed'] else ''} x{row['count']}"
+    )
     parts = []
     for p in paths:
         v = row.get(p)
@@ -316,6 +386,7 @@ def _format_row(preset, res, row, paths) -> str:
 def _triton_version() -> Optional[str]:
     try:
         import triton
+
         return triton.__version__
     except Exception:
         return None
@@ -327,17 +398,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--resolutions", nargs="+", type=int, default=[256, 720])
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--frames", type=int, default=17)
-    parser.add_argument("--max-shapes", type=int, default=None,
-                        help="only the N most expensive shapes per preset and resolution")
+    parser.add_argument(
+        "--max-shapes",
+        type=int,
+        default=None,
+        help="only the N most expensive shapes per preset and resolution",
+    )
     parser.add_argument("--out", help="write the results as JSON (atomically)")
     args = parser.parse_args(argv)
     if torch.cuda.is_available():
-        result = run_table(args.presets, args.resolutions, getattr(torch, args.dtype), "cuda",
-                           args.frames, max_shapes=args.max_shapes)
+        result = run_table(
+            args.presets,
+            args.resolutions,
+            getattr(torch, args.dtype),
+            "cuda",
+            args.frames,
+            max_shapes=args.max_shapes,
+        )
     else:
         print("no CUDA device: tiny CPU smoke run (torch paths only, numbers are not GPU claims)")
-        result = run_table(["small"], [32], torch.float32, "cpu", frames=5,
-                           paths=("upstream", "cudnn_cl"), max_shapes=3)
+        result = run_table(
+            ["small"],
+            [32],
+            torch.float32,
+            "cpu",
+            frames=5,
+            paths=("upstream", "cudnn_cl"),
+            max_shapes=3,
+        )
         result["smoke"] = True
     if args.out:
         from cdt_fast.checkpoint import atomic_write
@@ -345,20 +433,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         def write(tmp):
             with open(tmp, "w") as f:
                 json.dump(result, f, indent=1)
+
         atomic_write(args.out, write)
     return 0
 
 
 # -- pytest-benchmark ---------------------------------------------------------------------------
 
+
 def _pytest_cases():
     base = dict(batch=1, transposed=False)
     return {
-        "base256-333-64": ConvShape(64, 64, (3, 3, 3), (1, 1, 1), (1, 1), 2, "zeros", False, 17, 0, 256, 256, **base),
-        "base256-377-out": ConvShape(64, 3, (3, 7, 7), (1, 1, 1), (3, 3), 2, "zeros", False, 17, 0, 256, 256, **base),
-        "base256-155-up2x": ConvShape(128, 128, (1, 5, 5), (1, 1, 1), (2, 2), 0, "zeros", True, 5, 0, 64, 64, **base),
-        "small720-333-128": ConvShape(128, 128, (3, 3, 3), (1, 1, 1), (1, 1), 2, "replicate", False, 8, 2, 360, 360, **base),
-        "small720-133-s2": ConvShape(64, 64, (1, 3, 3), (1, 2, 2), (1, 1), 0, "replicate", False, 8, 0, 720, 720, **base),
+        "base256-333-64": ConvShape(
+            64, 64, (3, 3, 3), (1, 1, 1), (1, 1), 2, "zeros", False, 17, 0, 256, 256, **base
+        ),
+        "base256-377-out": ConvShape(
+            64, 3, (3, 7, 7), (1, 1, 1), (3, 3), 2, "zeros", False, 17, 0, 256, 256, **base
+        ),
+        "base256-155-up2x": ConvShape(
+            128, 128, (1, 5, 5), (1, 1, 1), (2, 2), 0, "zeros", True, 5, 0, 64, 64, **base
+        ),
+        "small720-333-128": ConvShape(
+            128, 128, (3, 3, 3), (1, 1, 1), (1, 1), 2, "replicate", False, 8, 2, 360, 360, **base
+        ),
+        "small720-133-s2": ConvShape(
+            64, 64, (1, 3, 3), (1, 2, 2), (1, 1), 0, "replicate", False, 8, 0, 720, 720, **base
+        ),
     }
 
 

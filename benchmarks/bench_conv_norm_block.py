@@ -52,8 +52,13 @@ def block_shapes(preset: str, resolution: int) -> List[Tuple[tuple, int]]:
 
     blocks: Counter = Counter()
     for s, count in decode_shapes(preset, resolution, resolution).items():
-        if (s.transposed or s.upsample2x or s.stride != (1, 1, 1) or s.cout <= 3
-                or s.kernel not in ((3, 3, 3), (3, 7, 7))):
+        if (
+            s.transposed
+            or s.upsample2x
+            or s.stride != (1, 1, 1)
+            or s.cout <= 3
+            or s.kernel not in ((3, 3, 3), (3, 7, 7))
+        ):
             continue
         cin = s.cin + -s.cin % CHANNEL_ALIGN
         blocks[(cin, s.cout, s.kernel, s.pad_mode, s.frames, s.h, s.w)] += count
@@ -65,25 +70,36 @@ def block_shapes(preset: str, resolution: int) -> List[Tuple[tuple, int]]:
     return sorted(blocks.items(), key=cost, reverse=True)
 
 
-def block_impls(shape: tuple, device: str = "cuda", dtype: torch.dtype = DTYPE,
-                with_triton: bool = True, with_compile: bool = True
-                ) -> Tuple[Dict[str, Callable[[], torch.Tensor]], int, int]:
+def block_impls(
+    shape: tuple,
+    device: str = "cuda",
+    dtype: torch.dtype = DTYPE,
+    with_triton: bool = True,
+    with_compile: bool = True,
+) -> Tuple[Dict[str, Callable[[], torch.Tensor]], int, int]:
     """The implementations of one Block call, its minimal bytes and its conv FLOPs."""
     cin, cout, kernel, pad_mode, frames, h, w = shape
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def act(c, t):
-        return torch.randn(1, c, t, h, w, generator=g).to(device, dtype).contiguous(
-            memory_format=torch.channels_last_3d)
+        return (
+            torch.randn(1, c, t, h, w, generator=g)
+            .to(device, dtype)
+            .contiguous(memory_format=torch.channels_last_3d)
+        )
 
     history = kernel[0] - 1
     x, past, residual = act(cin, frames), act(cin, history), act(cout, frames)
     fan_in = cin * kernel[0] * kernel[1] * kernel[2]
-    weight = (torch.randn(cout, cin, *kernel, generator=g) / fan_in ** 0.5).to(device, dtype)
+    weight = (torch.randn(cout, cin, *kernel, generator=g) / fan_in**0.5).to(device, dtype)
     weight = weight.contiguous(memory_format=torch.channels_last_3d)
     bias, norm_g, norm_b = (torch.randn(cout, generator=g).to(device, dtype) for _ in range(3))
-    conv = dict(past=past, history=history, space_padding=(kernel[1] // 2, kernel[2] // 2),
-                pad_mode=pad_mode)
+    conv = dict(
+        past=past,
+        history=history,
+        space_padding=(kernel[1] // 2, kernel[2] // 2),
+        pad_mode=pad_mode,
+    )
     adds = dict(relu=True, residual=residual)
 
     def eager():
@@ -99,12 +115,14 @@ def block_impls(shape: tuple, device: str = "cuda", dtype: torch.dtype = DTYPE,
 
         impls["cudnn+triton_norm"] = lambda: then_norm(CF.causal_conv3d(x, weight, bias, **conv))
         impls["triton+triton_norm"] = lambda: then_norm(causal_conv3d(x, weight, bias, **conv))
-        impls["triton_fused"] = lambda: causal_conv3d_norm(x, weight, bias, norm_g, norm_b,
-                                                           **conv, **adds)
+        impls["triton_fused"] = lambda: causal_conv3d_norm(
+            x, weight, bias, norm_g, norm_b, **conv, **adds
+        )
     if with_compile:
         fused_graph = torch.compile(CF.causal_conv3d_norm, dynamic=False)
-        impls["torch.compile"] = lambda: fused_graph(x, weight, bias, norm_g, norm_b, **conv,
-                                                     **adds)
+        impls["torch.compile"] = lambda: fused_graph(
+            x, weight, bias, norm_g, norm_b, **conv, **adds
+        )
     size = x.element_size()
     nbytes = (x.numel() + past.numel() + 2 * residual.numel() + weight.numel()) * size
     flops = 2 * residual.numel() * fan_in
@@ -120,8 +138,10 @@ def run_summary() -> List[dict]:
     for preset, resolution in CASES:
         for shape, count in block_shapes(preset, resolution)[:SHAPES_PER_CASE]:
             cin, cout, kernel, pad_mode, frames, h, w = shape
-            case = (f"{preset}{resolution} {cin}->{cout} k{kernel[1]} {frames}f {h}x{w} "
-                    f"{pad_mode} x{count}")
+            case = (
+                f"{preset}{resolution} {cin}->{cout} k{kernel[1]} {frames}f {h}x{w} "
+                f"{pad_mode} x{count}"
+            )
             impls, nbytes, flops = block_impls(shape)
             rows += measure("conv_norm_block", case, impls, nbytes, flops)
     return rows
@@ -129,21 +149,26 @@ def run_summary() -> List[dict]:
 
 def main(argv=None) -> int:
     from cdt_fast.kernels._bench_support import bench_main
+
     return bench_main("conv_norm_block", __doc__.splitlines()[0], run_summary, RESULTS, argv)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("impl", ["cudnn+eager", "cudnn+triton_norm", "triton+triton_norm",
-                                  "triton_fused", "torch.compile"])
+@pytest.mark.parametrize(
+    "impl",
+    ["cudnn+eager", "cudnn+triton_norm", "triton+triton_norm", "triton_fused", "torch.compile"],
+)
 def test_conv_norm_block(benchmark, impl):
     shape, _ = block_shapes("base", 256)[0]
     fn = block_impls(shape)[0][impl]
     from cdt_fast.kernels._bench_support import run_benchmark
+
     run_benchmark(benchmark, fn)
 
 
 def bench_causal_conv3d_shapes(preset: str, resolution: int):
     from benchmarks.bench_causal_conv3d import decode_shapes
+
     return list(decode_shapes(preset, resolution, resolution))
 
 
@@ -151,6 +176,7 @@ def test_shapes_and_implementations_agree_on_cpu():
     """The harness on CPU (no timing): the decode's Block shapes, and every implementation but
     torch.compile computing the same Block (the Triton ones under the interpreter, when on)."""
     import os
+
     shapes = block_shapes("small", 64)
     # CDT-small's U-Net input conv reads noise | context = 3 + 3 channels: timed at 16 as the
     # engine runs it, and no other width changes.
@@ -160,8 +186,9 @@ def test_shapes_and_implementations_agree_on_cpu():
     assert raw == {cin for (cin, _, kernel, *_), _ in shapes if kernel == (3, 3, 3)}
     tiny = (16, 24, (3, 3, 3), "replicate", 2, 5, 7)
     triton = os.environ.get("TRITON_INTERPRET") == "1"
-    impls, nbytes, flops = block_impls(tiny, "cpu", torch.float32, with_triton=triton,
-                                       with_compile=False)
+    impls, nbytes, flops = block_impls(
+        tiny, "cpu", torch.float32, with_triton=triton, with_compile=False
+    )
     want = impls.pop("cudnn+eager")()
     for name, fn in impls.items():
         torch.testing.assert_close(fn(), want, rtol=1e-4, atol=1e-4, msg=name)

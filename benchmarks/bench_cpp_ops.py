@@ -12,6 +12,7 @@ must move at least (inputs read once, outputs written once).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import statistics
@@ -27,16 +28,19 @@ from cdt_fast.checkpoint import atomic_write
 CL = torch.channels_last_3d
 # Activation shapes [B, C, T, H, W] of CDT's decoder stages: "cdt" is CDT-small at 256x256 (a
 # 4-frame chunk at the U-Net's first level and at its attention level), "small" runs in seconds.
-SIZES = {"small": {"act": (1, 32, 2, 32, 32), "attn": (1, 64, 2, 8, 8), "rgb": (1, 3, 5, 64, 64)},
-         "cdt": {"act": (1, 64, 4, 128, 128), "attn": (1, 256, 4, 16, 16),
-                 "rgb": (1, 3, 17, 256, 256)}}
+SIZES = {
+    "small": {"act": (1, 32, 2, 32, 32), "attn": (1, 64, 2, 8, 8), "rgb": (1, 3, 5, 64, 64)},
+    "cdt": {"act": (1, 64, 4, 128, 128), "attn": (1, 256, 4, 16, 16), "rgb": (1, 3, 17, 256, 256)},
+}
 # The Triton twin of each op: (module under cdt_fast.kernels, function name).
-TRITON_TWINS = {"channel_norm": ("channel_norm", "channel_norm"),
-                "linear_attention": ("linear_attention", "linear_attention"),
-                "time_downsample": ("time_resample", "time_downsample"),
-                "time_upsample": ("time_resample", "time_upsample"),
-                "ddim_update": ("denoise", "ddim_update"),
-                "to_uint8_frames": ("denoise", "to_uint8_frames")}
+TRITON_TWINS = {
+    "channel_norm": ("channel_norm", "channel_norm"),
+    "linear_attention": ("linear_attention", "linear_attention"),
+    "time_downsample": ("time_resample", "time_downsample"),
+    "time_upsample": ("time_resample", "time_upsample"),
+    "ddim_update": ("denoise", "ddim_update"),
+    "to_uint8_frames": ("denoise", "to_uint8_frames"),
+}
 
 
 def median_ms(fn: Callable[[], object], repeat: int, sync: Callable[[], None]) -> float:
@@ -69,10 +73,10 @@ def cases(size: str, device: str, dtype: torch.dtype) -> List[dict]:
     gamma, beta, tb = rand(c), rand(c), rand(b, c)
     ab, ac, at, ah, aw = s["attn"]
     xa = rand(ab, ac, at, ah, aw).contiguous(memory_format=CL)
-    w_qkv, w_out, b_out = rand(3 * ac, ac, 1, 1, 1) * ac ** -0.5, rand(ac, ac, 1, 1, 1), rand(ac)
+    w_qkv, w_out, b_out = rand(3 * ac, ac, 1, 1, 1) * ac**-0.5, rand(ac, ac, 1, 1, 1), rand(ac)
     w_down, b_down = rand(c, c, 3) * (3 * c) ** -0.5, rand(c)
     past1 = rand(b, c, 1, h, w).contiguous(memory_format=CL)
-    w_up, b_up = rand(2 * c, c, 1) * c ** -0.5, rand(2 * c)
+    w_up, b_up = rand(2 * c, c, 1) * c**-0.5, rand(2 * c)
     past2 = rand(b, c, 2, h, w).contiguous(memory_format=CL)
     rb, rc, rt, rh, rw = s["rgb"]
     x_t = rand(rb, rc, rt, rh, rw, dt=torch.float32).contiguous(memory_format=CL)
@@ -81,20 +85,48 @@ def cases(size: str, device: str, dtype: torch.dtype) -> List[dict]:
     x0f = x0.float()
     act_bytes = nbytes(x)
     return [
-        dict(op="channel_norm", shape=s["act"], bytes=3 * act_bytes,
-             run=lambda m: m.channel_norm(x, gamma, beta, relu=True, time_bias=tb, residual=res)),
-        dict(op="linear_attention", shape=s["attn"], bytes=2 * nbytes(xa) + 3 * nbytes(xa),
-             run=lambda m: m.linear_attention(xa, w_qkv, w_out, b_out)),
-        dict(op="time_downsample", shape=s["act"], bytes=act_bytes + act_bytes // 2,
-             run=lambda m: m.time_downsample(x, w_down, b_down, past=past1)),
-        dict(op="time_upsample", shape=s["act"], bytes=3 * act_bytes,
-             run=lambda m: m.time_upsample(x, w_up, b_up, drop_first=False)),
-        dict(op="causal_conv3d_history", shape=s["act"], bytes=2 * nbytes(past2),
-             run=lambda m: m.causal_conv3d_history(x, past2, 2)),
-        dict(op="ddim_update", shape=s["rgb"], bytes=nbytes(x_t, x0) + x_t.numel() * 4,
-             run=lambda m: m.ddim_update(x_t, x0f if m is CF else x0, coeffs, clamp=True)),
-        dict(op="to_uint8_frames", shape=s["rgb"], bytes=nbytes(x_t) + x_t.numel(),
-             run=lambda m: m.to_uint8_frames(x_t)),
+        dict(
+            op="channel_norm",
+            shape=s["act"],
+            bytes=3 * act_bytes,
+            run=lambda m: m.channel_norm(x, gamma, beta, relu=True, time_bias=tb, residual=res),
+        ),
+        dict(
+            op="linear_attention",
+            shape=s["attn"],
+            bytes=2 * nbytes(xa) + 3 * nbytes(xa),
+            run=lambda m: m.linear_attention(xa, w_qkv, w_out, b_out),
+        ),
+        dict(
+            op="time_downsample",
+            shape=s["act"],
+            bytes=act_bytes + act_bytes // 2,
+            run=lambda m: m.time_downsample(x, w_down, b_down, past=past1),
+        ),
+        dict(
+            op="time_upsample",
+            shape=s["act"],
+            bytes=3 * act_bytes,
+            run=lambda m: m.time_upsample(x, w_up, b_up, drop_first=False),
+        ),
+        dict(
+            op="causal_conv3d_history",
+            shape=s["act"],
+            bytes=2 * nbytes(past2),
+            run=lambda m: m.causal_conv3d_history(x, past2, 2),
+        ),
+        dict(
+            op="ddim_update",
+            shape=s["rgb"],
+            bytes=nbytes(x_t, x0) + x_t.numel() * 4,
+            run=lambda m: m.ddim_update(x_t, x0f if m is CF else x0, coeffs, clamp=True),
+        ),
+        dict(
+            op="to_uint8_frames",
+            shape=s["rgb"],
+            bytes=nbytes(x_t) + x_t.numel(),
+            run=lambda m: m.to_uint8_frames(x_t),
+        ),
     ]
 
 
@@ -123,11 +155,16 @@ def run(size: str, device: str, dtype: torch.dtype, repeat: int) -> List[Dict]:
         twin = triton_twin(case["op"]) if device == "cuda" else None
         if twin is not None:
             impls["triton"] = _Only(case["op"], twin)
-        row = {"op": case["op"], "shape": list(case["shape"]), "device": device,
-               "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads()}
+        row = {
+            "op": case["op"],
+            "shape": list(case["shape"]),
+            "device": device,
+            "dtype": str(dtype).replace("torch.", ""),
+            "threads": torch.get_num_threads(),
+        }
         for name, impl in impls.items():
             try:
-                ms = median_ms(lambda: case["run"](impl), repeat, sync)
+                ms = median_ms(functools.partial(case["run"], impl), repeat, sync)
             except Exception as exc:  # a twin with another signature: report, do not stop
                 row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:200]
                 continue
@@ -142,10 +179,19 @@ def main(argv=None) -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                        help="default: float32 on CPU, bfloat16 on CUDA")
-    parser.add_argument("--out", "--json", dest="out", metavar="PATH",
-                        help="write the rows here as JSON, atomically (--json: the old name)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default=None,
+        help="default: float32 on CPU, bfloat16 on CUDA",
+    )
+    parser.add_argument(
+        "--out",
+        "--json",
+        dest="out",
+        metavar="PATH",
+        help="write the rows here as JSON, atomically (--json: the old name)",
+    )
     args = parser.parse_args(argv)
     if not L.is_available():
         raise SystemExit(f"cdt_fast._C unavailable: {L.unavailable_reason()}")
@@ -161,7 +207,9 @@ def main(argv=None) -> None:
         fast = r.get("cpp_ms") or r.get("cuda_ms")
         speed = f"  x{base / fast:5.2f} vs torch" if base and fast else ""
         errors = "  ".join(f"{k}: {r[k]}" for k in r if k.endswith("_error"))
-        print(f"{r['device']:4s} {r['op']:22s} {str(tuple(r['shape'])):22s} {times}{speed} {errors}")
+        print(
+            f"{r['device']:4s} {r['op']:22s} {str(tuple(r['shape'])):22s} {times}{speed} {errors}"
+        )
     if args.out:
         atomic_write(args.out, lambda tmp: open(tmp, "w").write(json.dumps(rows, indent=1)))
 

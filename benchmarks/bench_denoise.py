@@ -23,23 +23,34 @@ DTYPE = torch.bfloat16
 UNET_DIM, FRAMES, HEIGHT, WIDTH = 64, 8, 720, 720
 
 
-def final_stage_impls(c=UNET_DIM, t=FRAMES, h=HEIGHT, w=WIDTH) -> Tuple[Dict[str, Callable], int, int]:
+def final_stage_impls(
+    c=UNET_DIM, t=FRAMES, h=HEIGHT, w=WIDTH
+) -> Tuple[Dict[str, Callable], int, int]:
     from cdt_fast.kernels.denoise import denoise_final, denoise_final_reference
     from cdt_fast.reference.diffusion import DDIMSchedule
 
     dev = "cuda"
-    hidden = torch.randn(1, c, t, h, w, device=dev, dtype=DTYPE).to(memory_format=torch.channels_last_3d)
-    past = torch.randn(1, c, 2, h, w, device=dev, dtype=DTYPE).to(memory_format=torch.channels_last_3d)
-    g, b = torch.ones(1, c, 1, 1, 1, device=dev, dtype=DTYPE), torch.zeros(1, c, 1, 1, 1, device=dev, dtype=DTYPE)
+    hidden = torch.randn(1, c, t, h, w, device=dev, dtype=DTYPE).to(
+        memory_format=torch.channels_last_3d
+    )
+    past = torch.randn(1, c, 2, h, w, device=dev, dtype=DTYPE).to(
+        memory_format=torch.channels_last_3d
+    )
+    g, b = (
+        torch.ones(1, c, 1, 1, 1, device=dev, dtype=DTYPE),
+        torch.zeros(1, c, 1, 1, 1, device=dev, dtype=DTYPE),
+    )
     weight = torch.randn(3, c, 3, 7, 7, device=dev, dtype=DTYPE) / (c * 147) ** 0.5
     bias = torch.zeros(3, device=dev, dtype=DTYPE)
     x_t = 0.8 * torch.randn(1, 3, t, h, w, device=dev)
     coef = DDIMSchedule.create(8192, 1).coefficients(0)
     kw = dict(past=past, uint8=True)
     ref = torch.compile(denoise_final_reference, dynamic=False)
-    impls = {"triton": lambda: denoise_final(hidden, g, b, weight, bias, x_t, coef, **kw),
-             "eager": lambda: denoise_final_reference(hidden, g, b, weight, bias, x_t, coef, **kw),
-             "torch.compile": lambda: ref(hidden, g, b, weight, bias, x_t, coef, **kw)}
+    impls = {
+        "triton": lambda: denoise_final(hidden, g, b, weight, bias, x_t, coef, **kw),
+        "eager": lambda: denoise_final_reference(hidden, g, b, weight, bias, x_t, coef, **kw),
+        "torch.compile": lambda: ref(hidden, g, b, weight, bias, x_t, coef, **kw),
+    }
     pixels = t * h * w
     nbytes = (hidden.numel() + past.numel() + 2 * c * h * w) * 2 + pixels * 3 * (4 + 4 + 1)
     return impls, nbytes, 2 * 3 * c * 3 * 7 * 7 * pixels
@@ -51,8 +62,11 @@ def noise_impls(t=FRAMES, h=HEIGHT, w=WIDTH) -> Tuple[Dict[str, Callable], int]:
     shape = (1, 3, t, h, w)
     out = torch.empty(shape, device="cuda")
     draw = lambda: 0.8 * torch.randn(shape, device="cuda")  # noqa: E731  (torch's own stream)
-    impls = {"triton": lambda: initial_noise(shape, 1234, 16, out=out, device="cuda"),
-             "eager": draw, "torch.compile": torch.compile(draw)}
+    impls = {
+        "triton": lambda: initial_noise(shape, 1234, 16, out=out, device="cuda"),
+        "eager": draw,
+        "torch.compile": torch.compile(draw),
+    }
     return impls, out.numel() * out.element_size()
 
 
@@ -71,6 +85,7 @@ def run_summary() -> List[dict]:
 
 def main(argv=None) -> int:
     from cdt_fast.kernels._bench_support import bench_main
+
     return bench_main("denoise", __doc__.splitlines()[0], run_summary, RESULTS, argv)
 
 
@@ -80,6 +95,7 @@ def main(argv=None) -> int:
 def test_denoise(benchmark, op, impl):
     fn = (final_stage_impls() if op == "denoise_final" else noise_impls())[0][impl]
     from cdt_fast.kernels._bench_support import run_benchmark
+
     run_benchmark(benchmark, fn)
 
 

@@ -22,19 +22,28 @@ CUDA = torch.cuda.is_available()
 DTYPE = torch.bfloat16
 
 # (where, sequences, heads, frames, head dim)
-CASES = [("latent 90x90", 8100, 8, 5, 64), ("latent 90x90", 8100, 8, 16, 64),
-         ("features 180x180", 32400, 4, 16, 64), ("latent 90x90 long", 8100, 8, 128, 64)]
+CASES = [
+    ("latent 90x90", 8100, 8, 5, 64),
+    ("latent 90x90", 8100, 8, 16, 64),
+    ("features 180x180", 32400, 4, 16, 64),
+    ("latent 90x90 long", 8100, 8, 128, 64),
+]
 
 
 def attention_impls(s, heads, t, d) -> Tuple[Dict[str, Callable], int, int]:
-    from cdt_fast.kernels.temporal_attention import (attention_backends, temporal_attention,
-                                                     temporal_attention_reference)
+    from cdt_fast.kernels.temporal_attention import (
+        attention_backends,
+        temporal_attention,
+        temporal_attention_reference,
+    )
 
     q, k, v = (torch.randn(s, heads, t, d, device="cuda", dtype=DTYPE) for _ in range(3))
     ref = torch.compile(temporal_attention_reference, dynamic=False)
-    impls = {name: (lambda name=name: temporal_attention(q, k, v, backend=name))
-             for name in ("triton", "sdpa", "flash", "xformers")
-             if name == "sdpa" or attention_backends(q.device, q.dtype)[name][0]}
+    impls = {
+        name: (lambda name=name: temporal_attention(q, k, v, backend=name))
+        for name in ("triton", "sdpa", "flash", "xformers")
+        if name == "sdpa" or attention_backends(q.device, q.dtype)[name][0]
+    }
     impls["eager"] = lambda: temporal_attention_reference(q, k, v)
     impls["torch.compile"] = lambda: ref(q, k, v)
     nbytes = 4 * q.numel() * q.element_size()
@@ -50,13 +59,15 @@ def run_summary() -> List[dict]:
     rows = []
     for where, s, heads, t, d in CASES:
         impls, nbytes, flops = attention_impls(s, heads, t, d)
-        rows += measure("temporal_attention", f"{where} S={s} h={heads} T={t} d={d}", impls,
-                        nbytes, flops)
+        rows += measure(
+            "temporal_attention", f"{where} S={s} h={heads} T={t} d={d}", impls, nbytes, flops
+        )
     return rows
 
 
 def main(argv=None) -> int:
     from cdt_fast.kernels._bench_support import bench_main
+
     return bench_main("temporal_attention", __doc__.splitlines()[0], run_summary, RESULTS, argv)
 
 
@@ -65,6 +76,7 @@ def main(argv=None) -> int:
 def test_temporal_attention(benchmark, impl):
     fn = attention_impls(*CASES[1][1:])[0][impl]
     from cdt_fast.kernels._bench_support import run_benchmark
+
     run_benchmark(benchmark, fn)
 
 

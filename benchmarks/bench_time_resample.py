@@ -23,15 +23,24 @@ CUDA = torch.cuda.is_available()
 DTYPE = torch.bfloat16
 
 # (where, channels, input frames, height, width)
-DOWN_CASES = [("unet.downs.2", 192, 8, 180, 180), ("unet.downs.3", 256, 4, 90, 90),
-              ("context.enc.2", 384, 8, 180, 180), ("context.enc.3", 512, 4, 90, 90)]
-UP_CASES = [("unet.ups.1", 256, 2, 180, 180), ("unet.ups.2", 192, 4, 360, 360),
-            ("context.dec.0", 384, 2, 180, 180), ("context.dec.1", 256, 4, 360, 360)]
+DOWN_CASES = [
+    ("unet.downs.2", 192, 8, 180, 180),
+    ("unet.downs.3", 256, 4, 90, 90),
+    ("context.enc.2", 384, 8, 180, 180),
+    ("context.enc.3", 512, 4, 90, 90),
+]
+UP_CASES = [
+    ("unet.ups.1", 256, 2, 180, 180),
+    ("unet.ups.2", 192, 4, 360, 360),
+    ("context.dec.0", 384, 2, 180, 180),
+    ("context.dec.1", 256, 4, 360, 360),
+]
 
 
 def _video(c, t, h, w):
     return torch.randn(1, c, t, h, w, device="cuda", dtype=DTYPE).to(
-        memory_format=torch.channels_last_3d)
+        memory_format=torch.channels_last_3d
+    )
 
 
 def down_impls(c, t, h, w) -> Tuple[Dict[str, Callable], int, int]:
@@ -42,9 +51,11 @@ def down_impls(c, t, h, w) -> Tuple[Dict[str, Callable], int, int]:
     bias = torch.randn(c, device="cuda", dtype=DTYPE)
     out = time_downsample(x, weight, bias, past=past)
     ref = torch.compile(CF.time_downsample, dynamic=False)
-    impls = {"triton": lambda: time_downsample(x, weight, bias, past=past, out=out),
-             "eager": lambda: CF.time_downsample(x, weight, bias, past=past),
-             "torch.compile": lambda: ref(x, weight, bias, past=past)}
+    impls = {
+        "triton": lambda: time_downsample(x, weight, bias, past=past, out=out),
+        "eager": lambda: CF.time_downsample(x, weight, bias, past=past),
+        "torch.compile": lambda: ref(x, weight, bias, past=past),
+    }
     nbytes = (x.numel() + past.numel() + out.numel() + weight.numel()) * x.element_size()
     return impls, nbytes, 2 * out.numel() * 3 * c
 
@@ -53,13 +64,15 @@ def up_impls(c, t, h, w) -> Tuple[Dict[str, Callable], int, int]:
     from cdt_fast.kernels.time_resample import time_upsample
 
     x = _video(c, t, h, w)
-    weight = torch.randn(2 * c, c, 1, device="cuda", dtype=DTYPE) / c ** 0.5
+    weight = torch.randn(2 * c, c, 1, device="cuda", dtype=DTYPE) / c**0.5
     bias = torch.randn(2 * c, device="cuda", dtype=DTYPE)
     out = time_upsample(x, weight, bias, drop_first=False)
     ref = torch.compile(CF.time_upsample, dynamic=False)
-    impls = {"triton": lambda: time_upsample(x, weight, bias, drop_first=False, out=out),
-             "eager": lambda: CF.time_upsample(x, weight, bias, drop_first=False),
-             "torch.compile": lambda: ref(x, weight, bias, drop_first=False)}
+    impls = {
+        "triton": lambda: time_upsample(x, weight, bias, drop_first=False, out=out),
+        "eager": lambda: CF.time_upsample(x, weight, bias, drop_first=False),
+        "torch.compile": lambda: ref(x, weight, bias, drop_first=False),
+    }
     nbytes = (x.numel() + out.numel() + weight.numel()) * x.element_size()
     return impls, nbytes, 2 * out.numel() * c
 
@@ -70,8 +83,10 @@ def run_summary() -> List[dict]:
     from cdt_fast.kernels._bench_support import measure
 
     rows = []
-    for op, cases, setup in (("time_downsample", DOWN_CASES, down_impls),
-                             ("time_upsample", UP_CASES, up_impls)):
+    for op, cases, setup in (
+        ("time_downsample", DOWN_CASES, down_impls),
+        ("time_upsample", UP_CASES, up_impls),
+    ):
         for where, c, t, h, w in cases:
             impls, nbytes, flops = setup(c, t, h, w)
             rows += measure(op, f"{where} C={c} T={t} {h}x{w}", impls, nbytes, flops)
@@ -80,6 +95,7 @@ def run_summary() -> List[dict]:
 
 def main(argv=None) -> int:
     from cdt_fast.kernels._bench_support import bench_main
+
     return bench_main("time_resample", __doc__.splitlines()[0], run_summary, RESULTS, argv)
 
 
@@ -90,6 +106,7 @@ def test_time_resample(benchmark, op, impl):
     setup, case = (down_impls, DOWN_CASES[0]) if op == "down" else (up_impls, UP_CASES[1])
     fn = setup(*case[1:])[0][impl]
     from cdt_fast.kernels._bench_support import run_benchmark
+
     run_benchmark(benchmark, fn)
 
 

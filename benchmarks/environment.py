@@ -14,8 +14,16 @@ from typing import Any, Dict, Optional
 
 import torch
 
-__all__ = ["REPO_ROOT", "cpu_model", "describe", "device_key", "git_revision", "load_average",
-           "slug", "torch_settings"]
+__all__ = [
+    "REPO_ROOT",
+    "cpu_model",
+    "describe",
+    "device_key",
+    "git_revision",
+    "load_average",
+    "slug",
+    "torch_settings",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,10 +48,12 @@ def _version(dist: str) -> Optional[str]:
 def git_revision(root: Path = REPO_ROOT) -> Dict[str, Any]:
     """{"commit": sha or None, "dirty": bool or None} of the checkout the benchmark ran from
     (``CDT_FAST_GIT_COMMIT`` names the commit where the checkout has no ``.git``)."""
+
     def git(*args: str) -> Optional[str]:
         try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                                  timeout=10)
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -51,8 +61,11 @@ def git_revision(root: Path = REPO_ROOT) -> Dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     if commit is None and os.environ.get("CDT_FAST_GIT_COMMIT", "").strip():
         # A copy of the tree without .git (a lent GPU machine): the commit its caller names.
-        return {"commit": os.environ["CDT_FAST_GIT_COMMIT"].strip(), "dirty": None,
-                "source": "CDT_FAST_GIT_COMMIT"}
+        return {
+            "commit": os.environ["CDT_FAST_GIT_COMMIT"].strip(),
+            "dirty": None,
+            "source": "CDT_FAST_GIT_COMMIT",
+        }
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 

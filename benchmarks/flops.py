@@ -40,27 +40,40 @@ import torch
 
 from cdt_fast import CDT, CDTConfig
 from cdt_fast.chunking import latent_frames, video_frames
-from cdt_fast.reference.layers import (CausalConv3d, Linear, LinearAttention, TimeDownsample,
-                                       TimeUpsample, Upsample)
+from cdt_fast.reference.layers import (
+    CausalConv3d,
+    Linear,
+    LinearAttention,
+    TimeDownsample,
+    TimeUpsample,
+    Upsample,
+)
 
-__all__ = ["OPS", "LayerMacs", "FlopReport", "count_macs", "aten_macs", "PEAK_TFLOPS",
-           "peak_tflops"]
+__all__ = [
+    "OPS",
+    "LayerMacs",
+    "FlopReport",
+    "count_macs",
+    "aten_macs",
+    "PEAK_TFLOPS",
+    "peak_tflops",
+]
 
 OPS = ("encode", "decode", "roundtrip")
 
 
 @dataclass(frozen=True)
 class LayerMacs:
-    name: str      # module path inside CDT, e.g. "model.denoise_fn.downs.0.0.block1.block.0"
-    kind: str      # layer class
-    macs: int      # summed over every call in the pass
+    name: str  # module path inside CDT, e.g. "model.denoise_fn.downs.0.0.block1.block.0"
+    kind: str  # layer class
+    macs: int  # summed over every call in the pass
 
 
 @dataclass(frozen=True)
 class FlopReport:
     op: str
     config_name: str
-    shape: Tuple[int, int, int, int]   # batch, frames, height, width of the video
+    shape: Tuple[int, int, int, int]  # batch, frames, height, width of the video
     steps: int
     layers: Tuple[LayerMacs, ...]
 
@@ -88,6 +101,7 @@ class FlopReport:
 
 
 # -- per-layer MAC rules: (module, inputs, output) -> MACs ----------------------------------------
+
 
 def _conv_macs(module: CausalConv3d, inputs, out: torch.Tensor) -> int:
     # Every output element is a dot product over C_in/groups x kernel volume.
@@ -138,12 +152,18 @@ _RULES: Tuple[Tuple[type, Callable], ...] = (
 )
 
 
-def _check_shape(op: str, frames: int, height: int, width: int, batch: int, steps: int,
-                 config: CDTConfig) -> None:
+def _check_shape(
+    op: str, frames: int, height: int, width: int, batch: int, steps: int, config: CDTConfig
+) -> None:
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
-    for name, value in (("frames", frames), ("height", height), ("width", width),
-                        ("batch", batch), ("steps", steps)):
+    for name, value in (
+        ("frames", frames),
+        ("height", height),
+        ("width", width),
+        ("batch", batch),
+        ("steps", steps),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     tf, sf = config.time_factor, config.space_factor
@@ -159,29 +179,40 @@ def _meta_model(config: CDTConfig) -> CDT:
 
 
 @torch.no_grad()
-def _whole_clip_pass(model: CDT, op: str, batch: int, frames: int, height: int, width: int,
-                     steps: int) -> None:
+def _whole_clip_pass(
+    model: CDT, op: str, batch: int, frames: int, height: int, width: int, steps: int
+) -> None:
     """The networks' work for ``op`` on one whole clip, on meta tensors (no input checks, which
     would read values). Mirrors ``CDT.encode`` / ``CDT.decode`` with a single chunk."""
     cfg = model.config
     meta = torch.device("meta")
     if op in ("encode", "roundtrip"):
-        model.context_model.encode(torch.empty(batch, cfg.channels, frames, height, width,
-                                               device=meta))
+        model.context_model.encode(
+            torch.empty(batch, cfg.channels, frames, height, width, device=meta)
+        )
     if op in ("decode", "roundtrip"):
         sf = cfg.space_factor
         lt = latent_frames(frames, cfg.time_factor)
         z = torch.empty(batch, cfg.latent_dim, lt, height // sf, width // sf, device=meta)
         context = model.context_model.decode(z)
-        x = torch.empty(batch, cfg.channels, video_frames(lt, cfg.time_factor), height, width,
-                        device=meta)
+        x = torch.empty(
+            batch, cfg.channels, video_frames(lt, cfg.time_factor), height, width, device=meta
+        )
         time = torch.zeros(batch, 1, device=meta)
         for _ in range(steps):
             model.unet(x, time, context)
 
 
-def count_macs(config: CDTConfig, op: str, frames: int, height: int, width: int, *,
-               batch: int = 1, steps: Optional[int] = None) -> FlopReport:
+def count_macs(
+    config: CDTConfig,
+    op: str,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    steps: Optional[int] = None,
+) -> FlopReport:
     """MACs per layer of ``op`` on a ``[batch, 3, frames, height, width]`` video (see module doc).
     ``steps`` defaults to the config's ``sample_steps``."""
     steps = config.sample_steps if steps is None else steps
@@ -192,9 +223,11 @@ def count_macs(config: CDTConfig, op: str, frames: int, height: int, width: int,
     for name, module in model.named_modules():
         for cls, rule in _RULES:
             if isinstance(module, cls):
+
                 def hook(mod, inputs, out, name=name, rule=rule):
                     entry = totals.setdefault(name, [type(mod).__name__, 0])
                     entry[1] += int(rule(mod, inputs, out))
+
                 handles.append(module.register_forward_hook(hook))
                 break
     try:
@@ -206,10 +239,19 @@ def count_macs(config: CDTConfig, op: str, frames: int, height: int, width: int,
     return FlopReport(op, config.name, (batch, frames, height, width), steps, layers)
 
 
-def aten_macs(config: CDTConfig, op: str, frames: int, height: int, width: int, *,
-              batch: int = 1, steps: Optional[int] = None) -> int:
+def aten_macs(
+    config: CDTConfig,
+    op: str,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    steps: Optional[int] = None,
+) -> int:
     """The same pass counted by ``torch.utils.flop_counter.FlopCounterMode`` (aten-level), in MACs."""
     from torch.utils.flop_counter import FlopCounterMode
+
     steps = config.sample_steps if steps is None else steps
     _check_shape(op, frames, height, width, batch, steps, config)
     model = _meta_model(config)
@@ -224,20 +266,37 @@ def aten_macs(config: CDTConfig, op: str, frames: int, height: int, width: int, 
 # torch.cuda.get_device_name() by the first rule whose substrings all occur in it (order matters:
 # the specific variants come first).
 _PEAKS: Tuple[Tuple[Tuple[str, ...], str, Mapping[str, float]], ...] = (
-    (("H200", "NVL"), "NVIDIA H200 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0}),
+    (
+        ("H200", "NVL"),
+        "NVIDIA H200 NVL",
+        {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0},
+    ),
     (("H200",), "NVIDIA H200 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
     (("GH200",), "NVIDIA GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    (("H100", "NVL"), "NVIDIA H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0}),
-    (("H100", "PCIE"), "NVIDIA H100 PCIe", {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2}),
+    (
+        ("H100", "NVL"),
+        "NVIDIA H100 NVL",
+        {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0},
+    ),
+    (
+        ("H100", "PCIE"),
+        "NVIDIA H100 PCIe",
+        {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
+    ),
     (("H100",), "NVIDIA H100 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
     (("A100",), "NVIDIA A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
     (("L40S",), "NVIDIA L40S", {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6}),
     (("L40",), "NVIDIA L40", {"bf16": 181.05, "fp16": 181.05, "tf32": 90.5, "fp32": 90.5}),
     (("L4",), "NVIDIA L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
-    (("RTX 4090",), "NVIDIA GeForce RTX 4090", {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6}),
+    (
+        ("RTX 4090",),
+        "NVIDIA GeForce RTX 4090",
+        {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6},
+    ),
 )
 PEAK_TFLOPS: Mapping[str, Mapping[str, float]] = MappingProxyType(
-    {label: MappingProxyType(dict(peaks)) for _, label, peaks in _PEAKS})
+    {label: MappingProxyType(dict(peaks)) for _, label, peaks in _PEAKS}
+)
 
 
 def peak_tflops(gpu_name: Optional[str]) -> Tuple[Optional[str], Optional[Mapping[str, float]]]:

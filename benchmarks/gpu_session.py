@@ -28,8 +28,20 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 
 from benchmarks import environment  # noqa: E402
 
-__all__ = ["MANIFEST", "RESULTS", "LOGS", "STEPS", "MANIFEST_SCHEMA", "read_steps", "step_status",
-           "artifact_detail", "build_manifest", "summary_table", "device_key", "main"]
+__all__ = [
+    "MANIFEST",
+    "RESULTS",
+    "LOGS",
+    "STEPS",
+    "MANIFEST_SCHEMA",
+    "read_steps",
+    "step_status",
+    "artifact_detail",
+    "build_manifest",
+    "summary_table",
+    "device_key",
+    "main",
+]
 
 # The staging layout; gpu_session.sh spells the same names.
 MANIFEST = "manifest.json"
@@ -44,12 +56,16 @@ SCRIPT_NOTE = "gpu_session.sh: "  # how a step's log line addresses the summary
 
 
 def _utc(epoch: Optional[float] = None) -> str:
-    moment = (_dt.datetime.fromtimestamp(epoch, _dt.timezone.utc) if epoch is not None
-              else _dt.datetime.now(_dt.timezone.utc))
+    moment = (
+        _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc)
+        if epoch is not None
+        else _dt.datetime.now(_dt.timezone.utc)
+    )
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- steps and what they left --------------------------------------------------------------------
+
 
 def read_steps(stage: Path) -> List[Dict[str, Any]]:
     path = Path(stage) / STEPS
@@ -63,9 +79,15 @@ def read_steps(stage: Path) -> List[Dict[str, Any]]:
         if len(fields) != 5:
             raise ValueError(f"{path}:{number}: expected 5 tab-separated fields, got {len(fields)}")
         name, rc, seconds, artifact, note = fields
-        steps.append({"name": name, "rc": None if rc == "-" else int(rc),
-                      "seconds": float(seconds), "artifact": None if artifact == "-" else artifact,
-                      "note": note})
+        steps.append(
+            {
+                "name": name,
+                "rc": None if rc == "-" else int(rc),
+                "seconds": float(seconds),
+                "artifact": None if artifact == "-" else artifact,
+                "note": note,
+            }
+        )
     return steps
 
 
@@ -80,11 +102,14 @@ def step_status(rc: Optional[int]) -> str:
 def _junit_counts(path: Path) -> str:
     root = ET.parse(str(path)).getroot()
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-    total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors",
-                                                               "skipped")}
+    total = {
+        k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")
+    }
     passed = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
-    return (f"{passed} passed, {total['failures']} failed, {total['errors']} errors, "
-            f"{total['skipped']} skipped")
+    return (
+        f"{passed} passed, {total['failures']} failed, {total['errors']} errors, "
+        f"{total['skipped']} skipped"
+    )
 
 
 def artifact_detail(stage: Path, artifact: Optional[str]) -> str:
@@ -96,9 +121,12 @@ def artifact_detail(stage: Path, artifact: Optional[str]) -> str:
         return f"no {artifact}"
     try:
         if path.suffix == ".log":  # a step's own log: its last line addressed to the reader
-            notes = [line for line in path.read_text(errors="replace").splitlines()
-                     if line.startswith(SCRIPT_NOTE)]
-            return notes[-1][len(SCRIPT_NOTE):] if notes else ""
+            notes = [
+                line
+                for line in path.read_text(errors="replace").splitlines()
+                if line.startswith(SCRIPT_NOTE)
+            ]
+            return notes[-1][len(SCRIPT_NOTE) :] if notes else ""
         if path.suffix == ".xml":
             return _junit_counts(path)
         data = json.loads(path.read_text())
@@ -112,8 +140,10 @@ def artifact_detail(stage: Path, artifact: Optional[str]) -> str:
         ready = [b for b, s in data["backends"].items() if s["available"]]
         return "available: " + (", ".join(ready) or "none")
     if isinstance(data, dict) and "device_key" in data:  # the environment step's
-        return (f"{data.get('gpu_name') or data.get('cpu_model')}, torch {data.get('torch')}, "
-                f"triton {data.get('triton')}, cuDNN {data.get('cudnn')}")
+        return (
+            f"{data.get('gpu_name') or data.get('cpu_model')}, torch {data.get('torch')}, "
+            f"triton {data.get('triton')}, cuDNN {data.get('cudnn')}"
+        )
     for key in ("rows", "runs"):  # kernel benchmarks: rows, or one run per shape table
         if isinstance(data, dict) and isinstance(data.get(key), list):
             return f"{name}: {len(data[key])} {key}"
@@ -122,8 +152,15 @@ def artifact_detail(stage: Path, artifact: Optional[str]) -> str:
 
 # -- manifest and summary ------------------------------------------------------------------------
 
-def build_manifest(stage: Path, phase: str, dry_run: bool, started: float, budget_s: int,
-                   device: Optional[str] = None) -> Dict[str, Any]:
+
+def build_manifest(
+    stage: Path,
+    phase: str,
+    dry_run: bool,
+    started: float,
+    budget_s: int,
+    device: Optional[str] = None,
+) -> Dict[str, Any]:
     stage = Path(stage)
     steps = read_steps(stage)
     for step in steps:
@@ -131,41 +168,56 @@ def build_manifest(stage: Path, phase: str, dry_run: bool, started: float, budge
         step["detail"] = artifact_detail(stage, step["artifact"])
     finished = _dt.datetime.now(_dt.timezone.utc).timestamp()
     results = sorted(p.name for p in (stage / RESULTS).glob("*") if p.is_file())
-    return {"schema": MANIFEST_SCHEMA, "phase": phase, "dry_run": dry_run,
-            "started_utc": _utc(started), "finished_utc": _utc(finished),
-            "elapsed_s": round(finished - started, 1), "budget_s": budget_s,
-            "device_key": device, "git": environment.git_revision(), "steps": steps,
-            "results": results}
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "phase": phase,
+        "dry_run": dry_run,
+        "started_utc": _utc(started),
+        "finished_utc": _utc(finished),
+        "elapsed_s": round(finished - started, 1),
+        "budget_s": budget_s,
+        "device_key": device,
+        "git": environment.git_revision(),
+        "steps": steps,
+        "results": results,
+    }
 
 
 def summary_table(manifest: Dict[str, Any]) -> str:
     steps = manifest["steps"]
-    title = (f"gpu_session.sh {manifest['phase']}{' (DRY RUN)' if manifest['dry_run'] else ''}: "
-             f"{len(steps)} steps in {manifest['elapsed_s']:.0f} s of {manifest['budget_s']} s; "
-             f"{manifest.get('device_key') or 'device unknown'}; commit "
-             f"{(manifest.get('git') or {}).get('commit') or 'unknown'}")
+    title = (
+        f"gpu_session.sh {manifest['phase']}{' (DRY RUN)' if manifest['dry_run'] else ''}: "
+        f"{len(steps)} steps in {manifest['elapsed_s']:.0f} s of {manifest['budget_s']} s; "
+        f"{manifest.get('device_key') or 'device unknown'}; commit "
+        f"{(manifest.get('git') or {}).get('commit') or 'unknown'}"
+    )
     width = max([len(s["name"]) for s in steps] + [4])
     lines = [title, f"{'step':<{width}}  {'status':<8} {'rc':>4} {'time':>6}  detail"]
     for s in steps:
         rc = "-" if s["rc"] is None else str(s["rc"])
         detail = "; ".join(part for part in (s.get("detail"), s.get("note")) if part)
-        lines.append(f"{s['name']:<{width}}  {s['status']:<8} {rc:>4} {s['seconds']:>5.0f}s  "
-                     f"{detail}")
+        lines.append(
+            f"{s['name']:<{width}}  {s['status']:<8} {rc:>4} {s['seconds']:>5.0f}s  {detail}"
+        )
     return "\n".join(lines) + "\n"
 
 
 # -- what the shell script asks ------------------------------------------------------------------
 
+
 def device_key() -> str:
     """The key run.py names its results files by (GPU or CPU model + torch version)."""
     import torch
+
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return environment.device_key({"gpu_name": gpu, "cpu_model": environment.cpu_model(),
-                                   "torch": torch.__version__})
+    return environment.device_key(
+        {"gpu_name": gpu, "cpu_model": environment.cpu_model(), "torch": torch.__version__}
+    )
 
 
 def _environment() -> Dict[str, Any]:
     import torch
+
     info = environment.describe(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     info["device_key"] = device_key()
     return info
@@ -173,20 +225,27 @@ def _environment() -> Dict[str, Any]:
 
 def _backends() -> Dict[str, Any]:
     import cdt_fast
-    return {"backends": {name: {"available": s.available, "reason": s.reason}
-                         for name, s in cdt_fast.backends().items()}}
+
+    return {
+        "backends": {
+            name: {"available": s.available, "reason": s.reason}
+            for name, s in cdt_fast.backends().items()
+        }
+    }
 
 
 def _write(payload: Dict[str, Any], out: Optional[Path]) -> None:
     if out is not None:
         from cdt_fast.checkpoint import atomic_write
+
         text = json.dumps(payload, indent=1, default=str) + "\n"
         atomic_write(out, lambda tmp: Path(tmp).write_text(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_session",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_session", description=__doc__.split("\n\n")[0]
+    )
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("environment", "backends"):
         sub.add_parser(name).add_argument("--out", type=Path, help="also write the JSON here")
@@ -207,8 +266,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "environment":
         info = _environment()
         _write(info, args.out)
-        for key in ("gpu_name", "gpu_capability", "gpu_memory_bytes", "cpu_model", "cpu_count",
-                    "python", "torch", "cuda", "cudnn", "triton", "platform", "device_key"):
+        for key in (
+            "gpu_name",
+            "gpu_capability",
+            "gpu_memory_bytes",
+            "cpu_model",
+            "cpu_count",
+            "python",
+            "torch",
+            "cuda",
+            "cudnn",
+            "triton",
+            "platform",
+            "device_key",
+        ):
             print(f"{key:17s} {info.get(key)}")
         print(f"{'git':17s} {info['git']}")
     elif args.command == "backends":
@@ -221,8 +292,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         if not args.stage.is_dir():
             parser.error(f"finish: STAGE {args.stage} is not a directory")
-        manifest = build_manifest(args.stage, args.phase, args.dry_run, args.started,
-                                  args.budget, args.device_key)
+        manifest = build_manifest(
+            args.stage, args.phase, args.dry_run, args.started, args.budget, args.device_key
+        )
         (args.stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         sys.stdout.write(summary_table(manifest))
     return 0

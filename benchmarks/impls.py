@@ -27,8 +27,16 @@ from torch import nn
 import cdt_fast
 from cdt_fast import CDT
 
-__all__ = ["REFERENCE_IMPLS", "Inputs", "Runner", "engine_backends", "resolve_impls",
-           "build_runner", "build_peer", "release"]
+__all__ = [
+    "REFERENCE_IMPLS",
+    "Inputs",
+    "Runner",
+    "engine_backends",
+    "resolve_impls",
+    "build_runner",
+    "build_peer",
+    "release",
+]
 
 REFERENCE_IMPLS = ("reference", "reference-cl", "reference-compiled")
 PEER_MODEL = "wan2.1-vae"
@@ -49,8 +57,13 @@ class Runner:
     """An implementation prepared on one device and dtype; ``run(op, inputs)`` returns the op's
     output (latent for encode, video for decode and roundtrip)."""
 
-    def __init__(self, name: str, model, memory_format: Optional[torch.memory_format] = None,
-                 ops: Tuple[str, ...] = ("encode", "decode", "roundtrip")):
+    def __init__(
+        self,
+        name: str,
+        model,
+        memory_format: Optional[torch.memory_format] = None,
+        ops: Tuple[str, ...] = ("encode", "decode", "roundtrip"),
+    ):
         self.name = name
         self.model = model
         self.memory_format = memory_format
@@ -66,7 +79,9 @@ class Runner:
             return self.model.decode(self._prep(inputs.z), noise=inputs.noise)
         if op == "roundtrip":
             if type(self.model).forward is nn.Module.forward:  # no forward of its own
-                return self.model.decode(self.model.encode(self._prep(inputs.x)), noise=inputs.noise)
+                return self.model.decode(
+                    self.model.encode(self._prep(inputs.x)), noise=inputs.noise
+                )
             return self.model(self._prep(inputs.x), noise=inputs.noise)
         raise ValueError(f"op must be encode, decode or roundtrip, got {op!r}")
 
@@ -86,20 +101,26 @@ class _PeerDecoder:
 def engine_backends() -> Tuple[Dict[str, Tuple[bool, str]], Optional[str]]:
     """({backend: (available, reason)}, None), or ({}, why there is no engine)."""
     if not hasattr(cdt_fast, "accelerate"):
-        return {}, ("cdt_fast.accelerate is not in this build (the engine, issue 5, has not "
-                    "landed), so there are no engine rows")
+        return {}, (
+            "cdt_fast.accelerate is not in this build (the engine, issue 5, has not "
+            "landed), so there are no engine rows"
+        )
     if not hasattr(cdt_fast, "backends"):
         return {"torch": (True, "")}, None
     out: Dict[str, Tuple[bool, str]] = {}
     for name, info in dict(cdt_fast.backends()).items():
         if name == "auto":
             continue
-        out[str(name)] = (bool(getattr(info, "available", False)), str(getattr(info, "reason", "") or ""))
+        out[str(name)] = (
+            bool(getattr(info, "available", False)),
+            str(getattr(info, "reason", "") or ""),
+        )
     return out, None
 
 
-def resolve_impls(requested: Optional[List[str]], device: torch.device, full: bool
-                  ) -> Tuple[List[str], List[Dict[str, str]], List[str]]:
+def resolve_impls(
+    requested: Optional[List[str]], device: torch.device, full: bool
+) -> Tuple[List[str], List[Dict[str, str]], List[str]]:
     """(impls to run, skipped [{impl, reason}], notes). ``requested`` None means the default set:
     on CUDA every impl; on CPU the reference, engines and, with ``--full`` only, the compiled and
     channels-last references."""
@@ -118,11 +139,18 @@ def resolve_impls(requested: Optional[List[str]], device: torch.device, full: bo
         if device.type == "cuda" or full:
             impls += ["reference-cl", "reference-compiled"]
         else:
-            why = ("skipped on CPU without --full: torch.compile of the preset networks takes "
-                   "minutes on a few cores, longer than the whole default run")
+            why = (
+                "skipped on CPU without --full: torch.compile of the preset networks takes "
+                "minutes on a few cores, longer than the whole default run"
+            )
             skipped.append({"impl": "reference-compiled", "reason": why})
-            skipped.append({"impl": "reference-cl", "reason": "skipped on CPU without --full: "
-                            "channels_last_3d is the cuDNN baseline layout"})
+            skipped.append(
+                {
+                    "impl": "reference-cl",
+                    "reason": "skipped on CPU without --full: "
+                    "channels_last_3d is the cuDNN baseline layout",
+                }
+            )
             notes.append(f"reference-compiled {why}; pass --full to include it.")
         return impls + engines, skipped, notes
 
@@ -133,15 +161,18 @@ def resolve_impls(requested: Optional[List[str]], device: torch.device, full: bo
         elif name == "engine":
             impls += engines
         elif name.startswith("engine-"):
-            backend = name[len("engine-"):]
+            backend = name[len("engine-") :]
             if backend in backends and backends[backend][0]:
                 impls.append(name)
             elif not no_engine and backend not in backends:
-                raise ValueError(f"--impls: unknown engine backend {backend!r}; known: "
-                                 f"{sorted(backends)}")
+                raise ValueError(
+                    f"--impls: unknown engine backend {backend!r}; known: {sorted(backends)}"
+                )
         else:
-            raise ValueError(f"--impls: unknown implementation {name!r}; expected one of "
-                             f"{list(REFERENCE_IMPLS)}, 'engine' or 'engine-<backend>'")
+            raise ValueError(
+                f"--impls: unknown implementation {name!r}; expected one of "
+                f"{list(REFERENCE_IMPLS)}, 'engine' or 'engine-<backend>'"
+            )
     return list(dict.fromkeys(impls)), skipped, notes
 
 
@@ -155,27 +186,36 @@ def _compile_reference(model: CDT, mode: Optional[str]) -> CDT:
     return model
 
 
-def build_runner(name: str, master: CDT, device: torch.device, dtype: torch.dtype,
-                 compile_mode: Optional[str] = None) -> Runner:
+def build_runner(
+    name: str,
+    master: CDT,
+    device: torch.device,
+    dtype: torch.dtype,
+    compile_mode: Optional[str] = None,
+) -> Runner:
     """Prepare implementation ``name`` from the fp32 CPU ``master`` (never modified)."""
     if name == "reference" and device.type == "cpu" and dtype == torch.float32:
         return Runner(name, master)  # the master itself: no copy of the weights
     if name.startswith("engine-"):
         model = copy.deepcopy(master).to(device)
-        return Runner(name, cdt_fast.accelerate(model, backend=name[len("engine-"):], dtype=dtype))
+        return Runner(name, cdt_fast.accelerate(model, backend=name[len("engine-") :], dtype=dtype))
     model = copy.deepcopy(master).to(device=device, dtype=dtype).eval()
     if name == "reference":
         return Runner(name, model)
     if name == "reference-cl":
-        return Runner(name, model.to(memory_format=torch.channels_last_3d),
-                      memory_format=torch.channels_last_3d)
+        return Runner(
+            name,
+            model.to(memory_format=torch.channels_last_3d),
+            memory_format=torch.channels_last_3d,
+        )
     if name == "reference-compiled":
         return Runner(name, _compile_reference(model, compile_mode))
     raise ValueError(f"unknown implementation {name!r}")
 
 
-def build_peer(device: torch.device, dtype: torch.dtype, seed: int
-               ) -> Tuple[Optional[Runner], Optional[str]]:
+def build_peer(
+    device: torch.device, dtype: torch.dtype, seed: int
+) -> Tuple[Optional[Runner], Optional[str]]:
     """(runner, None) for diffusers' AutoencoderKLWan with seeded random weights, or
     (None, reason) when diffusers (or that class) is not installed."""
     try:
@@ -204,4 +244,3 @@ def release(runner: Optional[Runner], device: torch.device) -> None:
 
 def peer_latent_channels(runner: Runner) -> int:
     return int(getattr(runner.model.vae.config, "z_dim", 16))
-

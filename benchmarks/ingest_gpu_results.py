@@ -27,9 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdt_fast.checkpoint import atomic_write  # noqa: E402
-
 from benchmarks import environment, gpu_session, report  # noqa: E402
+from cdt_fast.checkpoint import atomic_write  # noqa: E402
 
 __all__ = ["main", "build_parser", "read_tarball", "readme_block", "replace_block", "IngestError"]
 
@@ -57,8 +56,10 @@ def _extract(path: Path, into: Path) -> None:
             for m in members:
                 target = (into / m.name).resolve()
                 if not (m.isfile() or m.isdir()) or into.resolve() not in (target, *target.parents):
-                    raise IngestError(f"{path}: refusing member {m.name!r} (not a plain file or "
-                                      "directory inside the archive's folder)")
+                    raise IngestError(
+                        f"{path}: refusing member {m.name!r} (not a plain file or "
+                        "directory inside the archive's folder)"
+                    )
             if hasattr(tarfile, "data_filter"):  # Python >= 3.12 (and backports): its checks too
                 tar.extractall(into, members=members, filter="data")
             else:
@@ -75,22 +76,30 @@ def read_tarball(path: Path, scratch: Path, allow_dry: bool) -> Tarball:
     _extract(path, into)
     manifests = sorted(into.glob(f"*/{gpu_session.MANIFEST}"))
     if len(manifests) != 1:
-        raise IngestError(f"{path}: expected one <phase>/{gpu_session.MANIFEST} (a tarball of "
-                          f"benchmarks/gpu_session.sh), found {len(manifests)}")
+        raise IngestError(
+            f"{path}: expected one <phase>/{gpu_session.MANIFEST} (a tarball of "
+            f"benchmarks/gpu_session.sh), found {len(manifests)}"
+        )
     manifest = json.loads(manifests[0].read_text())
     if manifest.get("schema") != gpu_session.MANIFEST_SCHEMA:
-        raise IngestError(f"{path}: manifest schema {manifest.get('schema')!r}, expected "
-                          f"{gpu_session.MANIFEST_SCHEMA!r}")
+        raise IngestError(
+            f"{path}: manifest schema {manifest.get('schema')!r}, expected "
+            f"{gpu_session.MANIFEST_SCHEMA!r}"
+        )
     if manifest.get("dry_run") and not allow_dry:
-        raise IngestError(f"{path}: a --dry-run tarball (CPU, tiny settings: not measurements); "
-                          "pass --allow-dry to ingest it anyway")
+        raise IngestError(
+            f"{path}: a --dry-run tarball (CPU, tiny settings: not measurements); "
+            "pass --allow-dry to ingest it anyway"
+        )
     results_dir = manifests[0].parent / gpu_session.RESULTS
-    results = tuple(sorted(p for p in results_dir.glob("*")
-                           if p.is_file() and p.suffix in RESULT_SUFFIXES))
+    results = tuple(
+        sorted(p for p in results_dir.glob("*") if p.is_file() and p.suffix in RESULT_SUFFIXES)
+    )
     return Tarball(path, manifest, results)
 
 
 # -- README --------------------------------------------------------------------------------------
+
 
 def readme_block(header: Dict[str, Any]) -> str:
     """The marker name of the README table a results header belongs in."""
@@ -102,9 +111,11 @@ def replace_block(text: str, name: str, body: str, where: str = "README") -> str
     ``body``."""
     start, end = f"<!-- {name} -->\n", f"<!-- /{name} -->"
     if text.count(start) != 1 or text.count(end) != 1:
-        raise IngestError(f"{where}: expected one '{start.strip()}' line and one '{end}' line "
-                          f"around the performance table, found {text.count(start)} and "
-                          f"{text.count(end)}")
+        raise IngestError(
+            f"{where}: expected one '{start.strip()}' line and one '{end}' line "
+            f"around the performance table, found {text.count(start)} and "
+            f"{text.count(end)}"
+        )
     head, rest = text.split(start)
     _, tail = rest.split(end)
     if not head.endswith("\n") and head:
@@ -138,13 +149,17 @@ def readme_tables(ingested: Sequence[Path], results: Sequence[Path]) -> Dict[str
     tables: Dict[str, str] = {}
     owners: Dict[str, Tuple[str, str]] = {}
     for key in sorted(keys):
-        parts = sorted((data for _, data in known if _table_key(data) == key),
-                       key=lambda d: d["header"].get("timestamp_utc", ""))
+        parts = sorted(
+            (data for _, data in known if _table_key(data) == key),
+            key=lambda d: d["header"].get("timestamp_utc", ""),
+        )
         block = readme_block(parts[0]["header"])
         if block in owners:
-            raise IngestError(f"results of two devices ({owners[block][0]} and {key[0]}) or "
-                              f"widths for one README table ({block}): ingest them separately "
-                              "(the table shows one device)")
+            raise IngestError(
+                f"results of two devices ({owners[block][0]} and {key[0]}) or "
+                f"widths for one README table ({block}): ingest them separately "
+                "(the table shows one device)"
+            )
         owners[block] = key
         tables[block] = report.readme_table(report.merge_results(parts))
     return tables
@@ -152,35 +167,60 @@ def readme_tables(ingested: Sequence[Path], results: Sequence[Path]) -> Dict[str
 
 # -- the command ---------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmarks/ingest_gpu_results.py",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("tarballs", type=Path, nargs="+", metavar="TARBALL",
-                   help="<phase>.tar.gz files written by benchmarks/gpu_session.sh")
-    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results",
-                   help="where the results go (default benchmarks/results)")
-    p.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md",
-                   help="the README whose performance table is regenerated (default README.md)")
+    p = argparse.ArgumentParser(
+        prog="benchmarks/ingest_gpu_results.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[2],
+    )
+    p.add_argument(
+        "tarballs",
+        type=Path,
+        nargs="+",
+        metavar="TARBALL",
+        help="<phase>.tar.gz files written by benchmarks/gpu_session.sh",
+    )
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=REPO_ROOT / "benchmarks" / "results",
+        help="where the results go (default benchmarks/results)",
+    )
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=REPO_ROOT / "README.md",
+        help="the README whose performance table is regenerated (default README.md)",
+    )
     p.add_argument("--no-readme", action="store_true", help="leave the README alone")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite results files that exist with other contents")
-    p.add_argument("--allow-dry", action="store_true",
-                   help="accept --dry-run tarballs (tiny CPU numbers; for tests)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite results files that exist with other contents",
+    )
+    p.add_argument(
+        "--allow-dry",
+        action="store_true",
+        help="accept --dry-run tarballs (tiny CPU numbers; for tests)",
+    )
     return p
 
 
-def _plan_copies(tarballs: Sequence[Tarball], results_dir: Path, force: bool
-                 ) -> List[Tuple[Path, Path, str]]:
+def _plan_copies(
+    tarballs: Sequence[Tarball], results_dir: Path, force: bool
+) -> List[Tuple[Path, Path, str]]:
     """(source, destination, what happens) for every result file, after checking them all."""
     plan, sources = [], {}
     conflicts = []
     for tb in tarballs:
         for src in tb.results:
             if src.name in sources:
-                raise IngestError(f"{src.name} is in both {sources[src.name]} and {tb.path}: "
-                                  "ingest them one at a time")
+                raise IngestError(
+                    f"{src.name} is in both {sources[src.name]} and {tb.path}: "
+                    "ingest them one at a time"
+                )
             sources[src.name] = tb.path
             dest = results_dir / src.name
             if not dest.exists():
@@ -192,8 +232,10 @@ def _plan_copies(tarballs: Sequence[Tarball], results_dir: Path, force: bool
             else:
                 conflicts.append(f"{dest} (from {tb.path})")
     if conflicts:
-        raise IngestError("these results files exist with other contents; pass --force to "
-                          "overwrite them:\n  " + "\n  ".join(conflicts))
+        raise IngestError(
+            "these results files exist with other contents; pass --force to "
+            "overwrite them:\n  " + "\n  ".join(conflicts)
+        )
     return plan
 
 
@@ -231,8 +273,10 @@ def ingest(args: argparse.Namespace) -> int:
             print("no results files in the tarballs")
     if readme_text is not None and new_readme != readme_text:
         atomic_write(args.readme, lambda tmp: Path(tmp).write_text(new_readme))
-        print(f"regenerated the performance table(s) {', '.join(sorted(tables))} in {args.readme}; "
-              "the prose around them (targets met or not) is for you to update")
+        print(
+            f"regenerated the performance table(s) {', '.join(sorted(tables))} in {args.readme}; "
+            "the prose around them (targets met or not) is for you to update"
+        )
     elif readme_text is not None:
         print(f"{args.readme}: performance tables unchanged")
     return 0

@@ -38,8 +38,15 @@ def _jsonable(value: Any) -> Any:
 
 def run_one(path: Path, argv: Sequence[str] = ()) -> Dict[str, Any]:
     path = Path(path)
-    entry: Dict[str, Any] = {"module": path.stem, "path": str(path), "entry": None,
-                             "status": "error", "summary": None, "error": None, "seconds": None}
+    entry: Dict[str, Any] = {
+        "module": path.stem,
+        "path": str(path),
+        "entry": None,
+        "status": "error",
+        "summary": None,
+        "error": None,
+        "seconds": None,
+    }
     started = time.perf_counter()
     out = io.StringIO()
     try:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["compute_ratios", "merge_results", "render_markdown", "readme_table", "write_plot",
-           "fmt_bytes", "ENGINE_PREFIX"]
+__all__ = [
+    "compute_ratios",
+    "merge_results",
+    "render_markdown",
+    "readme_table",
+    "write_plot",
+    "fmt_bytes",
+    "ENGINE_PREFIX",
+]
 
 ENGINE_PREFIX = "engine-"
 Row = Dict[str, Any]
@@ -17,10 +23,11 @@ Row = Dict[str, Any]
 
 # -- formatting ----------------------------------------------------------------------------------
 
+
 def fmt_bytes(n: Optional[float]) -> str:
     if n is None:
         return "-"
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{int(n)} B"
@@ -59,6 +66,7 @@ def _table(header: Sequence[str], lines: Iterable[Sequence[Any]]) -> List[str]:
 
 # -- ratios --------------------------------------------------------------------------------------
 
+
 def _key(row: Row, *drop: str) -> Tuple:
     fields = ("model", "impl", "op", "frames", "height", "width", "dtype")
     return tuple(row[f] for f in fields if f not in drop)
@@ -71,7 +79,9 @@ def _timed(rows: Iterable[Row]) -> List[Row]:
 def _mem_metric(row: Row) -> Optional[float]:
     """The memory figure ratios compare: CUDA, the peak allocated (weights included); CPU, the
     call's own RSS growth (the total RSS also holds libraries and every model built so far)."""
-    key = "peak_mem_delta_bytes" if str(row.get("device", "")).startswith("cpu") else "peak_mem_bytes"
+    key = (
+        "peak_mem_delta_bytes" if str(row.get("device", "")).startswith("cpu") else "peak_mem_bytes"
+    )
     return row.get(key) or None
 
 
@@ -84,12 +94,21 @@ def _vs(rows: List[Row], baseline: str) -> List[Row]:
         base = index.get(_key({**r, "impl": baseline}))
         if base is None:
             continue
-        mem = (_mem_metric(r) / _mem_metric(base)
-               if _mem_metric(r) and _mem_metric(base) else None)
-        out.append({"model": r["model"], "impl": r["impl"], "baseline": baseline, "op": r["op"],
-                    "frames": r["frames"], "height": r["height"], "width": r["width"],
-                    "dtype": r["dtype"], "speedup": base["latency_ms_p50"] / r["latency_ms_p50"],
-                    "memory_ratio": mem})
+        mem = _mem_metric(r) / _mem_metric(base) if _mem_metric(r) and _mem_metric(base) else None
+        out.append(
+            {
+                "model": r["model"],
+                "impl": r["impl"],
+                "baseline": baseline,
+                "op": r["op"],
+                "frames": r["frames"],
+                "height": r["height"],
+                "width": r["width"],
+                "dtype": r["dtype"],
+                "speedup": base["latency_ms_p50"] / r["latency_ms_p50"],
+                "memory_ratio": mem,
+            }
+        )
     return out
 
 
@@ -104,10 +123,19 @@ def compute_ratios(rows: List[Row]) -> Dict[str, List[Row]]:
             continue
         base = index.get(_key({**r, "model": "base"}))
         if base is not None:
-            small_vs_base.append({"impl": r["impl"], "op": r["op"], "frames": r["frames"],
-                                  "height": r["height"], "width": r["width"], "dtype": r["dtype"],
-                                  "base_ms": base["latency_ms_p50"], "small_ms": r["latency_ms_p50"],
-                                  "speedup": base["latency_ms_p50"] / r["latency_ms_p50"]})
+            small_vs_base.append(
+                {
+                    "impl": r["impl"],
+                    "op": r["op"],
+                    "frames": r["frames"],
+                    "height": r["height"],
+                    "width": r["width"],
+                    "dtype": r["dtype"],
+                    "base_ms": base["latency_ms_p50"],
+                    "small_ms": r["latency_ms_p50"],
+                    "speedup": base["latency_ms_p50"] / r["latency_ms_p50"],
+                }
+            )
 
     by_series: Dict[Tuple, List[Row]] = defaultdict(list)
     for r in timed:
@@ -119,20 +147,34 @@ def compute_ratios(rows: List[Row]) -> Dict[str, List[Row]]:
         series = sorted(by_series[key], key=lambda r: r["frames"])
         first = series[0]
         for r in series:
-            memory_vs_length.append({
-                "model": key[0], "impl": key[1], "height": key[2], "width": key[3],
-                "dtype": key[4], "frames": r["frames"], "peak_mem_bytes": r.get("peak_mem_bytes"),
-                "peak_mem_delta_bytes": r.get("peak_mem_delta_bytes"),
-                "peak_vs_shortest": (_mem_metric(r) / _mem_metric(first)
-                                     if _mem_metric(r) and _mem_metric(first) else None),
-                "latency_ms_p50": r["latency_ms_p50"]})
-    return {"engine_vs_reference": _vs(timed, "reference"),
-            "engine_vs_compiled": _vs(timed, "reference-compiled"),
-            "small_vs_base": small_vs_base,
-            "memory_vs_length": memory_vs_length}
+            memory_vs_length.append(
+                {
+                    "model": key[0],
+                    "impl": key[1],
+                    "height": key[2],
+                    "width": key[3],
+                    "dtype": key[4],
+                    "frames": r["frames"],
+                    "peak_mem_bytes": r.get("peak_mem_bytes"),
+                    "peak_mem_delta_bytes": r.get("peak_mem_delta_bytes"),
+                    "peak_vs_shortest": (
+                        _mem_metric(r) / _mem_metric(first)
+                        if _mem_metric(r) and _mem_metric(first)
+                        else None
+                    ),
+                    "latency_ms_p50": r["latency_ms_p50"],
+                }
+            )
+    return {
+        "engine_vs_reference": _vs(timed, "reference"),
+        "engine_vs_compiled": _vs(timed, "reference-compiled"),
+        "small_vs_base": small_vs_base,
+        "memory_vs_length": memory_vs_length,
+    }
 
 
 # -- markdown ------------------------------------------------------------------------------------
+
 
 def _device_label(header: Dict[str, Any]) -> str:
     if header.get("gpu_name"):
@@ -162,53 +204,139 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines = [f"# CDT benchmark: {_device_label(header)}", ""]
     lines += _header_lines(header)
     lines += [f"- {note}" for note in report.get("notes", [])]
-    lines += ["", "## Results", "",
-              "Latency is p50 over the timed calls (p20-p80 in brackets); frames/s = video frames "
-              "/ p50; peak memory is the total with the call's own part in brackets; TFLOP/s from "
-              "the FLOP model in benchmarks/flops.py; PSNR (dB) against the fp32 reference output "
-              "on the same inputs and noise (`exact` = bitwise equal).", ""]
+    lines += [
+        "",
+        "## Results",
+        "",
+        "Latency is p50 over the timed calls (p20-p80 in brackets); frames/s = video frames "
+        "/ p50; peak memory is the total with the call's own part in brackets; TFLOP/s from "
+        "the FLOP model in benchmarks/flops.py; PSNR (dB) against the fp32 reference output "
+        "on the same inputs and noise (`exact` = bitwise equal).",
+        "",
+    ]
     lines += _table(
-        ["model", "impl", "op", "frames", "size", "dtype", "latency ms", "frames/s", "peak mem",
-         "TFLOP/s", "% peak", "PSNR"],
-        ([r["model"], r["impl"], r["op"], r["frames"], _size(r), r["dtype"],
-          f"{r['latency_ms_p50']:.1f} ({r['latency_ms_p20']:.1f}-{r['latency_ms_p80']:.1f})",
-          _fmt(r.get("frames_per_s")), _mem(r), _fmt(r.get("tflops"), ".3f"),
-          _fmt(r.get("pct_peak"), ".1f"), _psnr(r)] for r in rows))
+        [
+            "model",
+            "impl",
+            "op",
+            "frames",
+            "size",
+            "dtype",
+            "latency ms",
+            "frames/s",
+            "peak mem",
+            "TFLOP/s",
+            "% peak",
+            "PSNR",
+        ],
+        (
+            [
+                r["model"],
+                r["impl"],
+                r["op"],
+                r["frames"],
+                _size(r),
+                r["dtype"],
+                f"{r['latency_ms_p50']:.1f} ({r['latency_ms_p20']:.1f}-{r['latency_ms_p80']:.1f})",
+                _fmt(r.get("frames_per_s")),
+                _mem(r),
+                _fmt(r.get("tflops"), ".3f"),
+                _fmt(r.get("pct_peak"), ".1f"),
+                _psnr(r),
+            ]
+            for r in rows
+        ),
+    )
     ratios = report.get("ratios") or compute_ratios(rows)
     lines += ["", "## Ratios", ""]
-    for key, title in (("engine_vs_reference", "engine / reference"),
-                       ("engine_vs_compiled", "engine / reference-compiled")):
-        lines += [f"### {title} (speedup = baseline p50 / engine p50; memory ratio of peak "
-                  "memory, on CPU of the calls' own RSS growth)", ""]
+    for key, title in (
+        ("engine_vs_reference", "engine / reference"),
+        ("engine_vs_compiled", "engine / reference-compiled"),
+    ):
+        lines += [
+            f"### {title} (speedup = baseline p50 / engine p50; memory ratio of peak "
+            "memory, on CPU of the calls' own RSS growth)",
+            "",
+        ]
         if ratios[key]:
-            lines += _table(["model", "impl", "op", "frames", "size", "speedup", "memory ratio"],
-                            ([r["model"], r["impl"], r["op"], r["frames"], _size(r),
-                              f"{r['speedup']:.2f}x", _fmt(r["memory_ratio"])] for r in ratios[key]))
+            lines += _table(
+                ["model", "impl", "op", "frames", "size", "speedup", "memory ratio"],
+                (
+                    [
+                        r["model"],
+                        r["impl"],
+                        r["op"],
+                        r["frames"],
+                        _size(r),
+                        f"{r['speedup']:.2f}x",
+                        _fmt(r["memory_ratio"]),
+                    ]
+                    for r in ratios[key]
+                ),
+            )
         else:
             lines.append("(no pairs measured)")
         lines.append("")
     lines += ["### small / base (the paper reports CDT-small about 3x faster than CDT-base)", ""]
     if ratios["small_vs_base"]:
-        lines += _table(["impl", "op", "frames", "size", "base ms", "small ms", "small speedup"],
-                        ([r["impl"], r["op"], r["frames"], _size(r), f"{r['base_ms']:.1f}",
-                          f"{r['small_ms']:.1f}", f"{r['speedup']:.2f}x"]
-                         for r in ratios["small_vs_base"]))
+        lines += _table(
+            ["impl", "op", "frames", "size", "base ms", "small ms", "small speedup"],
+            (
+                [
+                    r["impl"],
+                    r["op"],
+                    r["frames"],
+                    _size(r),
+                    f"{r['base_ms']:.1f}",
+                    f"{r['small_ms']:.1f}",
+                    f"{r['speedup']:.2f}x",
+                ]
+                for r in ratios["small_vs_base"]
+            ),
+        )
     else:
         lines.append("(needs both presets)")
-    lines += ["", "### decode peak memory vs video length (vs shortest: peak memory, on CPU the "
-              "call's own RSS growth, relative to the shortest clip)", ""]
+    lines += [
+        "",
+        "### decode peak memory vs video length (vs shortest: peak memory, on CPU the "
+        "call's own RSS growth, relative to the shortest clip)",
+        "",
+    ]
     if ratios["memory_vs_length"]:
-        lines += _table(["model", "impl", "size", "frames", "peak mem", "own part", "vs shortest",
-                         "latency ms"],
-                        ([r["model"], r["impl"], _size(r), r["frames"], fmt_bytes(r["peak_mem_bytes"]),
-                          fmt_bytes(r["peak_mem_delta_bytes"]), _fmt(r["peak_vs_shortest"]),
-                          f"{r['latency_ms_p50']:.1f}"] for r in ratios["memory_vs_length"]))
+        lines += _table(
+            [
+                "model",
+                "impl",
+                "size",
+                "frames",
+                "peak mem",
+                "own part",
+                "vs shortest",
+                "latency ms",
+            ],
+            (
+                [
+                    r["model"],
+                    r["impl"],
+                    _size(r),
+                    r["frames"],
+                    fmt_bytes(r["peak_mem_bytes"]),
+                    fmt_bytes(r["peak_mem_delta_bytes"]),
+                    _fmt(r["peak_vs_shortest"]),
+                    f"{r['latency_ms_p50']:.1f}",
+                ]
+                for r in ratios["memory_vs_length"]
+            ),
+        )
     else:
         lines.append("(no length series measured)")
     if report.get("skipped"):
         lines += ["", "## Not measured", ""]
-        lines += [f"- {' '.join(str(s[k]) for k in ('model', 'impl', 'op', 'setting') if s.get(k))}: "
-                  f"{s['reason']}" for s in report["skipped"]]
+        lines += [
+            f"- {' '.join(str(s[k]) for k in ('model', 'impl', 'op', 'setting') if s.get(k))}: "
+            f"{s['reason']}"
+            for s in report["skipped"]
+        ]
     if report.get("kernels") is not None:
         lines += ["", "## Kernel microbenchmarks", ""] + _kernel_lines(report["kernels"])
     return "\n".join(lines) + "\n"
@@ -217,10 +345,19 @@ def render_markdown(report: Dict[str, Any]) -> str:
 def _kernel_lines(kernels: List[Dict[str, Any]]) -> List[str]:
     if not kernels:
         return ["(no benchmarks/bench_*.py defining run_summary() or main(argv) found)"]
-    lines = _table(["module", "entry", "status", "seconds", "summary"],
-                   ([k["module"], k.get("entry") or "-", k["status"], _fmt(k.get("seconds"), ".1f"),
-                     _one_line(k.get("summary") if k.get("summary") is not None else k.get("error"))]
-                    for k in kernels))
+    lines = _table(
+        ["module", "entry", "status", "seconds", "summary"],
+        (
+            [
+                k["module"],
+                k.get("entry") or "-",
+                k["status"],
+                _fmt(k.get("seconds"), ".1f"),
+                _one_line(k.get("summary") if k.get("summary") is not None else k.get("error")),
+            ]
+            for k in kernels
+        ),
+    )
     for k in kernels:
         summary = k.get("summary")
         if isinstance(summary, list) and summary and all(isinstance(s, dict) for s in summary):
@@ -250,13 +387,20 @@ def merge_results(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
         return parts[0]
     rows = [r for p in parts for r in p["rows"]]
     notes = list(dict.fromkeys(n for p in parts for n in p.get("notes", [])))
-    skipped = list({json.dumps(s, sort_keys=True): s
-                    for p in parts for s in p.get("skipped", [])}.values())
-    return {**parts[0], "rows": rows, "notes": notes, "skipped": skipped,
-            "ratios": compute_ratios(rows)}
+    skipped = list(
+        {json.dumps(s, sort_keys=True): s for p in parts for s in p.get("skipped", [])}.values()
+    )
+    return {
+        **parts[0],
+        "rows": rows,
+        "notes": notes,
+        "skipped": skipped,
+        "ratios": compute_ratios(rows),
+    }
 
 
 # -- README table --------------------------------------------------------------------------------
+
 
 def readme_table(report: Dict[str, Any]) -> str:
     """The README's performance table, rendered from a results JSON: one line per measured
@@ -266,36 +410,68 @@ def readme_table(report: Dict[str, Any]) -> str:
     index = {_key(r): r for r in _timed(rows)}
     git = (header.get("git") or {}).get("commit") or "unknown"
     dtypes = sorted({r["dtype"] for r in rows})
-    lines = [f"Measured with `python benchmarks/run.py` on {_device_label(header)}, torch "
-             f"{header.get('torch')}, {'/'.join(dtypes)}, commit {git[:12]}, "
-             f"{header.get('timestamp_utc', '')[:10]}. Random seeded weights; batch 1."]
-    lines += [f"{note}" for note in report.get("notes", [])
-              if "reduced" in note.lower() or note.startswith("INTERRUPTED")]
+    lines = [
+        f"Measured with `python benchmarks/run.py` on {_device_label(header)}, torch "
+        f"{header.get('torch')}, {'/'.join(dtypes)}, commit {git[:12]}, "
+        f"{header.get('timestamp_utc', '')[:10]}. Random seeded weights; batch 1."
+    ]
+    lines += [
+        f"{note}"
+        for note in report.get("notes", [])
+        if "reduced" in note.lower() or note.startswith("INTERRUPTED")
+    ]
     cpu = not header.get("gpu_name")
     if cpu:
-        lines.append(f"Load average (1/5/15 min) at start {header.get('load_average_at_start')} on "
-                     f"{header.get('cpu_count')} cores: other jobs on the machine slow CPU timings. "
-                     "CPU peak memory is the process RSS, the call's own part in brackets.")
+        lines.append(
+            f"Load average (1/5/15 min) at start {header.get('load_average_at_start')} on "
+            f"{header.get('cpu_count')} cores: other jobs on the machine slow CPU timings. "
+            "CPU peak memory is the process RSS, the call's own part in brackets."
+        )
     lines.append("")
     table_rows = []
     for r in rows:
         if r.get("suite") not in ("main", "peer"):
             continue
         ref = index.get(_key({**r, "impl": "reference"}))
-        speedup = (f"{ref['latency_ms_p50'] / r['latency_ms_p50']:.2f}x"
-                   if ref is not None and r.get("suite") == "main" else "-")
-        table_rows.append([f"CDT-{r['model']}" if r.get("suite") != "peer" else r["model"],
-                           r["op"], f"{r['frames']}x{_size(r)}", r["impl"],
-                           f"{r['latency_ms_p50']:.1f} ms", _fmt(r.get("frames_per_s"), ".1f"),
-                           speedup, _mem(r) if cpu else fmt_bytes(r.get("peak_mem_bytes")),
-                           _fmt(r.get("pct_peak"), ".1f"), _psnr(r)])
-    lines += _table(["model", "op", "video (TxHxW)", "implementation", "latency (p50)",
-                     "frames/s", "vs reference", "peak memory", "% of peak", "PSNR vs fp32 (dB)"],
-                    table_rows)
+        speedup = (
+            f"{ref['latency_ms_p50'] / r['latency_ms_p50']:.2f}x"
+            if ref is not None and r.get("suite") == "main"
+            else "-"
+        )
+        table_rows.append(
+            [
+                f"CDT-{r['model']}" if r.get("suite") != "peer" else r["model"],
+                r["op"],
+                f"{r['frames']}x{_size(r)}",
+                r["impl"],
+                f"{r['latency_ms_p50']:.1f} ms",
+                _fmt(r.get("frames_per_s"), ".1f"),
+                speedup,
+                _mem(r) if cpu else fmt_bytes(r.get("peak_mem_bytes")),
+                _fmt(r.get("pct_peak"), ".1f"),
+                _psnr(r),
+            ]
+        )
+    lines += _table(
+        [
+            "model",
+            "op",
+            "video (TxHxW)",
+            "implementation",
+            "latency (p50)",
+            "frames/s",
+            "vs reference",
+            "peak memory",
+            "% of peak",
+            "PSNR vs fp32 (dB)",
+        ],
+        table_rows,
+    )
     return "\n".join(lines) + "\n"
 
 
 # -- plot ----------------------------------------------------------------------------------------
+
 
 def write_plot(report: Dict[str, Any], path) -> None:
     """frames/s of decode by (model, resolution) and impl; decode peak memory vs video length.
@@ -315,8 +491,11 @@ def write_plot(report: Dict[str, Any], path) -> None:
     impls = list(dict.fromkeys(r["impl"] for r in decode))
     width = 0.8 / max(1, len(impls))
     for i, impl in enumerate(impls):
-        values = {(r["model"], r["frames"], _size(r)): r.get("frames_per_s") or 0.0
-                  for r in decode if r["impl"] == impl}
+        values = {
+            (r["model"], r["frames"], _size(r)): r.get("frames_per_s") or 0.0
+            for r in decode
+            if r["impl"] == impl
+        }
         xs = [g + i * width for g in range(len(groups))]
         ax_speed.bar(xs, [values.get(g, 0.0) for g in groups], width, label=impl)
     ax_speed.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
@@ -332,18 +511,25 @@ def write_plot(report: Dict[str, Any], path) -> None:
     series: Dict[Tuple, List[Tuple[int, float]]] = defaultdict(list)
     for r in (report.get("ratios") or compute_ratios(rows))["memory_vs_length"]:
         mem = r[field] if r[field] is not None else 0
-        series[(r["model"], r["impl"], _size(r))].append((r["frames"], mem / 2 ** 20))
+        series[(r["model"], r["impl"], _size(r))].append((r["frames"], mem / 2**20))
     for (model, impl, size), points in series.items():
         points.sort()
-        ax_mem.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                    label=f"{model} {impl} {size}")
+        ax_mem.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            marker="o",
+            label=f"{model} {impl} {size}",
+        )
     ax_mem.set_xlabel("video frames")
-    ax_mem.set_ylabel("decode peak memory, MiB" + (" (RSS above the call's baseline)" if own else ""))
+    ax_mem.set_ylabel(
+        "decode peak memory, MiB" + (" (RSS above the call's baseline)" if own else "")
+    )
     ax_mem.set_title("peak memory vs video length")
     if series:
         ax_mem.legend(fontsize=7)
     else:
-        ax_mem.text(0.5, 0.5, "no length series", ha="center", va="center",
-                    transform=ax_mem.transAxes)
+        ax_mem.text(
+            0.5, 0.5, "no length series", ha="center", va="center", transform=ax_mem.transAxes
+        )
     fig.suptitle(f"CDT benchmark: {_device_label(report['header'])}", fontsize=10)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -37,30 +37,67 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 
 import torch  # noqa: E402
 
+from benchmarks import environment, flops, impls, kernel_summary, report, timing  # noqa: E402
 from cdt_fast import CDT, CDTConfig, randomize_  # noqa: E402
 from cdt_fast.api import load as load_model  # noqa: E402
 from cdt_fast.checkpoint import atomic_write  # noqa: E402
 from cdt_fast.chunking import latent_frames  # noqa: E402
 
-from benchmarks import environment, flops, impls, kernel_summary, report, timing  # noqa: E402
-
-__all__ = ["main", "build_parser", "make_plan", "run_plan", "Interrupted", "ROW_FIELDS", "SCHEMA",
-           "EXIT_INTERRUPTED"]
+__all__ = [
+    "main",
+    "build_parser",
+    "make_plan",
+    "run_plan",
+    "Interrupted",
+    "ROW_FIELDS",
+    "SCHEMA",
+    "EXIT_INTERRUPTED",
+]
 
 SCHEMA = "cdt_fast-benchmark/1"
 EXIT_INTERRUPTED = 3  # SIGTERM during the run: the rows measured so far were still written
 BENCH_DIR = Path(__file__).resolve().parent
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-          "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 PAPER_FRAMES, PAPER_SIZES = 17, ((256, 256), (720, 720))
 TINY_WIDTH = 8
 ROW_FIELDS = (
-    "model", "impl", "op", "device", "dtype", "frames", "height", "width", "batch", "suite",
-    "widths", "reduced", "latency_ms_p20", "latency_ms_p50", "latency_ms_p80", "repeats", "warmup",
-    "frames_per_s", "peak_mem_bytes", "peak_mem_delta_bytes", "mem_method", "flops", "tflops",
-    "pct_peak", "pct_peak_note", "psnr_vs_reference", "max_abs_err_vs_reference", "psnr_note",
+    "model",
+    "impl",
+    "op",
+    "device",
+    "dtype",
+    "frames",
+    "height",
+    "width",
+    "batch",
+    "suite",
+    "widths",
+    "reduced",
+    "latency_ms_p20",
+    "latency_ms_p50",
+    "latency_ms_p80",
+    "repeats",
+    "warmup",
+    "frames_per_s",
+    "peak_mem_bytes",
+    "peak_mem_delta_bytes",
+    "mem_method",
+    "flops",
+    "tflops",
+    "pct_peak",
+    "pct_peak_note",
+    "psnr_vs_reference",
+    "max_abs_err_vs_reference",
+    "psnr_note",
 )
 
 
@@ -106,6 +143,7 @@ class Plan:
 
 # -- command line --------------------------------------------------------------------------------
 
+
 def _csv(text: str) -> List[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -140,47 +178,98 @@ def _dtype(text: str) -> torch.dtype:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, help="also write the JSON results here")
-    p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results",
-                   help="where <device-key>.json/.md/.png go (default benchmarks/results)")
-    p.add_argument("--full", action="store_true",
-                   help="more settings and repeats; on CPU also reference-compiled/-cl")
-    p.add_argument("--models", type=_csv, default=None,
-                   help="comma list of base, small (default both); 'none' for kernels only")
-    p.add_argument("--impls", type=_csv, default=None,
-                   help="comma list: reference, reference-cl, reference-compiled, engine (every "
-                        "available backend), engine-<backend> (default: per device)")
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=BENCH_DIR / "results",
+        help="where <device-key>.json/.md/.png go (default benchmarks/results)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="more settings and repeats; on CPU also reference-compiled/-cl",
+    )
+    p.add_argument(
+        "--models",
+        type=_csv,
+        default=None,
+        help="comma list of base, small (default both); 'none' for kernels only",
+    )
+    p.add_argument(
+        "--impls",
+        type=_csv,
+        default=None,
+        help="comma list: reference, reference-cl, reference-compiled, engine (every "
+        "available backend), engine-<backend> (default: per device)",
+    )
     p.add_argument("--ops", type=_csv, default=None, help="comma list of encode, decode, roundtrip")
-    p.add_argument("--dtype", type=_dtype, default=None, help="fp32, fp16 or bf16 "
-                   "(default bf16 on CUDA, fp32 on CPU)")
+    p.add_argument(
+        "--dtype",
+        type=_dtype,
+        default=None,
+        help="fp32, fp16 or bf16 (default bf16 on CUDA, fp32 on CPU)",
+    )
     p.add_argument("--frames", type=_frames_list, default=None, help="comma list of 1+4k")
     p.add_argument("--size", type=_sizes, default=None, help="comma list of S or HxW")
-    p.add_argument("--long-frames", type=_frames_list, default=None,
-                   help="decode memory-vs-length series at the largest size ('none' to skip)")
-    p.add_argument("--ckpt", action="append", default=[], metavar="[MODEL=]PATH",
-                   help="checkpoint instead of random weights; MODEL= when benchmarking both")
-    p.add_argument("--tiny", action="store_true",
-                   help=f"narrow networks ({TINY_WIDTH} channels): for tests, not the real models")
+    p.add_argument(
+        "--long-frames",
+        type=_frames_list,
+        default=None,
+        help="decode memory-vs-length series at the largest size ('none' to skip)",
+    )
+    p.add_argument(
+        "--ckpt",
+        action="append",
+        default=[],
+        metavar="[MODEL=]PATH",
+        help="checkpoint instead of random weights; MODEL= when benchmarking both",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help=f"narrow networks ({TINY_WIDTH} channels): for tests, not the real models",
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: best present)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--max-time", type=float, default=None, dest="max_time_s",
-                   help="stop repeating a measurement after this many seconds (min 1 repeat)")
+    p.add_argument(
+        "--max-time",
+        type=float,
+        default=None,
+        dest="max_time_s",
+        help="stop repeating a measurement after this many seconds (min 1 repeat)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode of reference-compiled (default max-autotune on CUDA)")
+    p.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode of reference-compiled (default max-autotune on CUDA)",
+    )
     p.add_argument("--no-peer", action="store_true", help="skip the diffusers peer row")
-    p.add_argument("--kernels", action="store_true",
-                   help="also run and summarise benchmarks/bench_*.py kernel microbenchmarks")
+    p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also run and summarise benchmarks/bench_*.py kernel microbenchmarks",
+    )
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--tag", default=None,
-                   help="suffix of the results file names (e.g. one per --models run)")
-    p.add_argument("--readme-table", type=Path, nargs="+", metavar="RESULTS_JSON",
-                   help="print the README performance table of results JSON files and exit")
+    p.add_argument(
+        "--tag", default=None, help="suffix of the results file names (e.g. one per --models run)"
+    )
+    p.add_argument(
+        "--readme-table",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="print the README performance table of results JSON files and exit",
+    )
     return p
 
 
@@ -228,17 +317,23 @@ def make_plan(args: argparse.Namespace) -> Plan:
         long_frames = [17, 25] + ([33, 65] if args.full else [])
         if not custom:
             notes.append(
-                "CPU run with REDUCED sizes: " + ", ".join(f"{f} frames" for f in frames) + " at "
-                + ", ".join(f"{h}x{w}" for h, w in sizes) + " (the paper's 17 frames at 256x256 "
+                "CPU run with REDUCED sizes: "
+                + ", ".join(f"{f} frames" for f in frames)
+                + " at "
+                + ", ".join(f"{h}x{w}" for h, w in sizes)
+                + " (the paper's 17 frames at 256x256 "
                 "and 720x720 are the CUDA default), so that it ends in minutes on 2 cores. "
-                + ("Tiny widths." if args.tiny else "Real CDT-base/CDT-small widths."))
+                + ("Tiny widths." if args.tiny else "Real CDT-base/CDT-small widths.")
+            )
     if args.long_frames is not None:
         long_frames = args.long_frames
     elif custom:
         long_frames = []
     if args.tiny:
-        notes.append(f"--tiny: networks {TINY_WIDTH} channels wide, not the real presets; "
-                     "numbers only exercise the pipeline.")
+        notes.append(
+            f"--tiny: networks {TINY_WIDTH} channels wide, not the real presets; "
+            "numbers only exercise the pipeline."
+        )
     largest = max(sizes, key=lambda s: s[0] * s[1])
     settings = [Setting(f, h, w, "main") for h, w in sizes for f in frames]
     if "decode" in ops:
@@ -248,26 +343,40 @@ def make_plan(args: argparse.Namespace) -> Plan:
     notes += impl_notes
     full_repeats = 20 if cuda else 5
     return Plan(
-        device=device, dtype=args.dtype or (torch.bfloat16 if cuda else torch.float32),
-        models=models, impls=impl_names, ops=ops, settings=settings,
+        device=device,
+        dtype=args.dtype or (torch.bfloat16 if cuda else torch.float32),
+        models=models,
+        impls=impl_names,
+        ops=ops,
+        settings=settings,
         warmup=args.warmup if args.warmup is not None else (3 if cuda else 1),
-        repeats=args.repeats if args.repeats is not None else (full_repeats if args.full else
-                                                                (10 if cuda else 3)),
+        repeats=args.repeats
+        if args.repeats is not None
+        else (full_repeats if args.full else (10 if cuda else 3)),
         max_time_s=args.max_time_s if args.max_time_s is not None else (60.0 if cuda else 12.0),
-        tiny=args.tiny, seed=args.seed,
+        tiny=args.tiny,
+        seed=args.seed,
         compile_mode=args.compile_mode or ("max-autotune" if cuda else None),
-        ckpts=_parse_ckpts(args.ckpt, models), peer=not args.no_peer and "decode" in ops,
-        notes=notes, skipped=skipped)
+        ckpts=_parse_ckpts(args.ckpt, models),
+        peer=not args.no_peer and "decode" in ops,
+        notes=notes,
+        skipped=skipped,
+    )
 
 
 # -- models and inputs ---------------------------------------------------------------------------
+
 
 def model_config(name: str, tiny: bool) -> CDTConfig:
     if not tiny:
         return CDTConfig.preset(name)
     out_channels = CDTConfig.preset(name).out_channels
-    return CDTConfig.preset(name, context_dim=TINY_WIDTH, unet_dim=TINY_WIDTH,
-                            out_channels=min(out_channels, TINY_WIDTH))
+    return CDTConfig.preset(
+        name,
+        context_dim=TINY_WIDTH,
+        unet_dim=TINY_WIDTH,
+        out_channels=min(out_channels, TINY_WIDTH),
+    )
 
 
 def build_master(config: CDTConfig, seed: int, ckpt: Optional[str]) -> CDT:
@@ -281,24 +390,31 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make_inputs(config: CDTConfig, s: Setting, seed: int, device: torch.device,
-                z: Optional[torch.Tensor] = None) -> impls.Inputs:
+def make_inputs(
+    config: CDTConfig, s: Setting, seed: int, device: torch.device, z: Optional[torch.Tensor] = None
+) -> impls.Inputs:
     """Seeded inputs of a setting: the same for every implementation. ``z`` (the fp32 reference's
     encoding of ``x``) replaces the random latent when given."""
     sf = config.space_factor
     lt = latent_frames(s.frames, config.time_factor)
-    x = torch.rand(1, config.channels, s.frames, s.height, s.width, generator=_generator(seed)) * 2 - 1
-    noise = torch.randn(1, config.channels, s.frames, s.height, s.width,
-                        generator=_generator(seed + 1))
+    x = (
+        torch.rand(1, config.channels, s.frames, s.height, s.width, generator=_generator(seed)) * 2
+        - 1
+    )
+    noise = torch.randn(
+        1, config.channels, s.frames, s.height, s.width, generator=_generator(seed + 1)
+    )
     if z is None:
-        z = torch.randn(1, config.latent_dim, lt, s.height // sf, s.width // sf,
-                        generator=_generator(seed + 2))
+        z = torch.randn(
+            1, config.latent_dim, lt, s.height // sf, s.width // sf, generator=_generator(seed + 2)
+        )
     return impls.Inputs(x.to(device) if s.suite == "main" else None, z.to(device), noise.to(device))
 
 
 @torch.no_grad()
-def reference_outputs(master: CDT, config: CDTConfig, s: Setting, seed: int,
-                      device: torch.device) -> Dict[str, torch.Tensor]:
+def reference_outputs(
+    master: CDT, config: CDTConfig, s: Setting, seed: int, device: torch.device
+) -> Dict[str, torch.Tensor]:
     """The fp32 eager reference's outputs on the setting's inputs, on the CPU:
     encode -> latent, decode/roundtrip -> video (decode runs on the reference's own latent, so the
     decode and roundtrip references are one tensor)."""
@@ -316,14 +432,16 @@ def reference_outputs(master: CDT, config: CDTConfig, s: Setting, seed: int,
 
 # -- one measurement -----------------------------------------------------------------------------
 
+
 def psnr_against(out: torch.Tensor, ref: torch.Tensor, op: str) -> Tuple[Optional[float], float]:
     """(PSNR in dB or None when equal, max abs error). The peak is 2 for videos (range [-1, 1])
     and the reference latent's range for encode."""
     out = out.detach().float().cpu()
     ref = ref.float()
     if out.shape != ref.shape:
-        raise ValueError(f"output shape {tuple(out.shape)} differs from the reference's "
-                         f"{tuple(ref.shape)}")
+        raise ValueError(
+            f"output shape {tuple(out.shape)} differs from the reference's {tuple(ref.shape)}"
+        )
     diff = out - ref
     max_abs = float(diff.abs().max())
     mse = float(diff.pow(2).mean())
@@ -333,8 +451,9 @@ def psnr_against(out: torch.Tensor, ref: torch.Tensor, op: str) -> Tuple[Optiona
     return 10.0 * math.log10(peak * peak / mse), max_abs
 
 
-def pct_of_peak(tflops: Optional[float], header: Dict[str, Any], dtype_name: str
-                ) -> Tuple[Optional[float], str]:
+def pct_of_peak(
+    tflops: Optional[float], header: Dict[str, Any], dtype_name: str
+) -> Tuple[Optional[float], str]:
     if header.get("gpu_name") is None:
         return None, "no peak FLOP/s for CPUs: pct_peak is reported for CUDA devices only"
     label, peaks = flops.peak_tflops(header["gpu_name"])
@@ -348,26 +467,54 @@ def pct_of_peak(tflops: Optional[float], header: Dict[str, Any], dtype_name: str
     return 100.0 * tflops / peaks[key], f"{label} dense {key} peak {peaks[key]} TFLOP/s"
 
 
-def make_row(plan: Plan, header: Dict[str, Any], model: str, impl: str, op: str, s: Setting,
-             t: timing.Timing, flop_count: Optional[int], suite: Optional[str] = None) -> Dict[str, Any]:
+def make_row(
+    plan: Plan,
+    header: Dict[str, Any],
+    model: str,
+    impl: str,
+    op: str,
+    s: Setting,
+    t: timing.Timing,
+    flop_count: Optional[int],
+    suite: Optional[str] = None,
+) -> Dict[str, Any]:
     seconds = t.p50 / 1e3
     tflops = flop_count / seconds / 1e12 if flop_count is not None else None
     pct, pct_note = pct_of_peak(tflops, header, plan.dtype_name)
     return {
-        "model": model, "impl": impl, "op": op, "device": str(plan.device),
-        "dtype": plan.dtype_name, "frames": s.frames, "height": s.height, "width": s.width,
-        "batch": 1, "suite": suite or s.suite, "widths": "tiny" if plan.tiny else "preset",
+        "model": model,
+        "impl": impl,
+        "op": op,
+        "device": str(plan.device),
+        "dtype": plan.dtype_name,
+        "frames": s.frames,
+        "height": s.height,
+        "width": s.width,
+        "batch": 1,
+        "suite": suite or s.suite,
+        "widths": "tiny" if plan.tiny else "preset",
         "reduced": plan.reduced(s),
-        "latency_ms_p20": t.p20, "latency_ms_p50": t.p50, "latency_ms_p80": t.p80,
-        "repeats": t.repeats, "warmup": t.warmup, "frames_per_s": s.frames / seconds,
-        "peak_mem_bytes": t.peak_mem_bytes, "peak_mem_delta_bytes": t.peak_mem_delta_bytes,
-        "mem_method": t.mem_method, "flops": flop_count, "tflops": tflops,
-        "pct_peak": pct, "pct_peak_note": pct_note, "psnr_vs_reference": None,
-        "max_abs_err_vs_reference": None, "psnr_note": None,
+        "latency_ms_p20": t.p20,
+        "latency_ms_p50": t.p50,
+        "latency_ms_p80": t.p80,
+        "repeats": t.repeats,
+        "warmup": t.warmup,
+        "frames_per_s": s.frames / seconds,
+        "peak_mem_bytes": t.peak_mem_bytes,
+        "peak_mem_delta_bytes": t.peak_mem_delta_bytes,
+        "mem_method": t.mem_method,
+        "flops": flop_count,
+        "tflops": tflops,
+        "pct_peak": pct,
+        "pct_peak_note": pct_note,
+        "psnr_vs_reference": None,
+        "max_abs_err_vs_reference": None,
+        "psnr_note": None,
     }
 
 
 # -- the run -------------------------------------------------------------------------------------
+
 
 def _count_steps(plan: Plan) -> int:
     main = plan.main_settings()
@@ -382,6 +529,7 @@ class Progress:
         self.bar = None
         if enabled:
             from tqdm import tqdm
+
             self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
 
     def step(self, label: str) -> None:
@@ -397,16 +545,28 @@ class Progress:
             self.bar.close()
 
 
-def _measure(plan: Plan, runner: impls.Runner, op: str, inputs: impls.Inputs, warmup: int,
-             keep_output: bool, suite: str = "main") -> timing.Timing:
+def _measure(
+    plan: Plan,
+    runner: impls.Runner,
+    op: str,
+    inputs: impls.Inputs,
+    warmup: int,
+    keep_output: bool,
+    suite: str = "main",
+) -> timing.Timing:
     repeats = plan.repeats
     if suite == "length" and plan.device.type == "cpu":
         # The series is about memory; one call each keeps the CPU run within minutes.
         warmup, repeats = 0, 1
     with torch.no_grad():
-        return timing.measure(lambda: runner.run(op, inputs), plan.device, warmup=warmup,
-                              repeats=repeats, max_time_s=plan.max_time_s,
-                              keep_output=keep_output)
+        return timing.measure(
+            lambda: runner.run(op, inputs),
+            plan.device,
+            warmup=warmup,
+            repeats=repeats,
+            max_time_s=plan.max_time_s,
+            keep_output=keep_output,
+        )
 
 
 def _impl_steps(plan: Plan) -> int:
@@ -418,8 +578,13 @@ def _failure(err: Exception) -> str:
     return f"failed: {type(err).__name__}: {text[:300]}"
 
 
-def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress,
-              rows: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+def run_model(
+    plan: Plan,
+    header: Dict[str, Any],
+    model: str,
+    progress: Progress,
+    rows: Optional[List[Dict[str, Any]]] = None,
+) -> List[Dict[str, Any]]:
     """Measures one model; its rows are appended to ``rows`` as they are measured (so that an
     interrupted run keeps them) and returned."""
     rows = [] if rows is None else rows
@@ -450,22 +615,31 @@ def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress
                 for op in ops:
                     progress.step(f"{model} {impl} {op} {s.frames}x{s.height}x{s.width}")
                     try:
-                        t = _measure(plan, runner, op, inputs, warmup, keep_output=s in refs,
-                                     suite=s.suite)
+                        t = _measure(
+                            plan, runner, op, inputs, warmup, keep_output=s in refs, suite=s.suite
+                        )
                     except Exception as err:  # e.g. CUDA out of memory at a long setting
-                        plan.skipped.append({"model": model, "impl": impl, "op": op,
-                                             "setting": f"{s.frames}x{s.height}x{s.width}",
-                                             "reason": _failure(err)})
+                        plan.skipped.append(
+                            {
+                                "model": model,
+                                "impl": impl,
+                                "op": op,
+                                "setting": f"{s.frames}x{s.height}x{s.width}",
+                                "reason": _failure(err),
+                            }
+                        )
                         impls.release(None, plan.device)
                         progress.done()
                         continue
                     if (op, s) not in flop_counts:
-                        flop_counts[(op, s)] = flops.count_macs(config, op, s.frames, s.height,
-                                                                s.width).flops
+                        flop_counts[(op, s)] = flops.count_macs(
+                            config, op, s.frames, s.height, s.width
+                        ).flops
                     row = make_row(plan, header, model, impl, op, s, t, flop_counts[(op, s)])
                     if s in refs:
-                        row["psnr_vs_reference"], row["max_abs_err_vs_reference"] = \
-                            psnr_against(t.output, refs[s][op], op)
+                        row["psnr_vs_reference"], row["max_abs_err_vs_reference"] = psnr_against(
+                            t.output, refs[s][op], op
+                        )
                         if row["psnr_vs_reference"] is None:
                             row["psnr_note"] = "bitwise equal to the fp32 reference"
                     else:
@@ -479,8 +653,12 @@ def run_model(plan: Plan, header: Dict[str, Any], model: str, progress: Progress
     return rows
 
 
-def run_peer(plan: Plan, header: Dict[str, Any], progress: Progress,
-             rows: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+def run_peer(
+    plan: Plan,
+    header: Dict[str, Any],
+    progress: Progress,
+    rows: Optional[List[Dict[str, Any]]] = None,
+) -> List[Dict[str, Any]]:
     rows = [] if rows is None else rows
     runner, reason = impls.build_peer(plan.device, plan.dtype, plan.seed)
     if runner is None:
@@ -494,8 +672,9 @@ def run_peer(plan: Plan, header: Dict[str, Any], progress: Progress,
             progress.step(f"peer decode {s.frames}x{s.height}x{s.width}")
             inputs = make_inputs(config, s, plan.seed, plan.device)
             t = _measure(plan, runner, "decode", inputs, plan.warmup, keep_output=False)
-            row = make_row(plan, header, impls.PEER_MODEL, runner.name, "decode", s, t, None,
-                           suite="peer")
+            row = make_row(
+                plan, header, impls.PEER_MODEL, runner.name, "decode", s, t, None, suite="peer"
+            )
             row["psnr_note"] = "a different model (Wan 2.1 VAE, random weights): no reference"
             row["pct_peak_note"] = "no FLOP model for the peer"
             rows.append(row)
@@ -505,8 +684,12 @@ def run_peer(plan: Plan, header: Dict[str, Any], progress: Progress,
     return rows
 
 
-def run_plan(plan: Plan, header: Dict[str, Any], progress: Progress,
-             rows: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+def run_plan(
+    plan: Plan,
+    header: Dict[str, Any],
+    progress: Progress,
+    rows: Optional[List[Dict[str, Any]]] = None,
+) -> List[Dict[str, Any]]:
     """Every row of the plan, appended to ``rows`` (when given) as each is measured."""
     rows = [] if rows is None else rows
     for model in plan.models:
@@ -525,6 +708,7 @@ class Interrupted(BaseException):
 def _sigterm_interrupts():
     """Within the block SIGTERM raises :class:`Interrupted`, so that a time guard around the
     whole run still gets the rows measured so far written instead of losing them all."""
+
     def stop(signum, frame):
         raise Interrupted(f"stopped by {signal.Signals(signum).name}")
 
@@ -541,6 +725,7 @@ def _sigterm_interrupts():
 
 # -- outputs -------------------------------------------------------------------------------------
 
+
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -553,20 +738,30 @@ def build_header(plan: Plan, argv: Sequence[str]) -> Dict[str, Any]:
     header = environment.describe(plan.device)
     label, peaks = flops.peak_tflops(header.get("gpu_name"))
     backends, no_engine = impls.engine_backends()
-    header.update({
-        "command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv),
-        "dtype": plan.dtype_name, "seed": plan.seed, "warmup": plan.warmup,
-        "repeats": plan.repeats, "max_time_s": plan.max_time_s, "compile_mode": plan.compile_mode,
-        "widths": "tiny" if plan.tiny else "preset",
-        "weights": {m: plan.ckpts.get(m, f"random (cdt_fast.randomize_, seed {plan.seed})")
-                    for m in plan.models},
-        "settings": [vars(s) for s in plan.settings],
-        "impls": plan.impls,
-        "engine_backends": {b: {"available": ok, "reason": why} for b, (ok, why) in backends.items()},
-        "engine_missing": no_engine,
-        "peak_tflops": {"gpu": label, **dict(peaks)} if peaks else None,
-        "flop_model": "benchmarks/flops.py: MACs of convs, linears and attention matmuls, x2",
-    })
+    header.update(
+        {
+            "command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv),
+            "dtype": plan.dtype_name,
+            "seed": plan.seed,
+            "warmup": plan.warmup,
+            "repeats": plan.repeats,
+            "max_time_s": plan.max_time_s,
+            "compile_mode": plan.compile_mode,
+            "widths": "tiny" if plan.tiny else "preset",
+            "weights": {
+                m: plan.ckpts.get(m, f"random (cdt_fast.randomize_, seed {plan.seed})")
+                for m in plan.models
+            },
+            "settings": [vars(s) for s in plan.settings],
+            "impls": plan.impls,
+            "engine_backends": {
+                b: {"available": ok, "reason": why} for b, (ok, why) in backends.items()
+            },
+            "engine_missing": no_engine,
+            "peak_tflops": {"gpu": label, **dict(peaks)} if peaks else None,
+            "flop_model": "benchmarks/flops.py: MACs of convs, linears and attention matmuls, x2",
+        }
+    )
     return header
 
 
@@ -606,8 +801,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 progress.done()
     except Interrupted as stop:
         interrupted = str(stop)
-        note = (f"INTERRUPTED ({interrupted}) after {len(rows)} rows: partial results, the "
-                "implementations and settings after the last row were not measured.")
+        note = (
+            f"INTERRUPTED ({interrupted}) after {len(rows)} rows: partial results, the "
+            "implementations and settings after the last row were not measured."
+        )
         plan.notes.append(note)
         print(f"note: {note}", file=sys.stderr)
     finally:
@@ -615,10 +812,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     header["load_average_at_end"] = environment.load_average()
     header["interrupted"] = interrupted
-    results = {"schema": SCHEMA, "header": header, "notes": plan.notes, "rows": rows,
-               "ratios": report.compute_ratios(rows), "skipped": plan.skipped, "kernels": kernels}
-    key = environment.device_key(header) + ("-tiny" if plan.tiny else "") \
+    results = {
+        "schema": SCHEMA,
+        "header": header,
+        "notes": plan.notes,
+        "rows": rows,
+        "ratios": report.compute_ratios(rows),
+        "skipped": plan.skipped,
+        "kernels": kernels,
+    }
+    key = (
+        environment.device_key(header)
+        + ("-tiny" if plan.tiny else "")
         + (f"-{environment.slug(args.tag)}" if args.tag else "")
+    )
     out_dir = Path(args.results_dir)
     _write_json(out_dir / f"{key}.json", results)
     if args.out is not None:
@@ -628,8 +835,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_plot:
         report.write_plot(results, out_dir / f"{key}.png")
     sys.stdout.write(markdown)
-    print(f"\nwrote {out_dir / key}.json/.md" + ("" if args.no_plot else "/.png")
-          + (f" and {args.out}" if args.out else ""), file=sys.stderr)
+    print(
+        f"\nwrote {out_dir / key}.json/.md"
+        + ("" if args.no_plot else "/.png")
+        + (f" and {args.out}" if args.out else ""),
+        file=sys.stderr,
+    )
     return EXIT_INTERRUPTED if interrupted else 0
 
 

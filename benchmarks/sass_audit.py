@@ -44,11 +44,26 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 
 import torch  # noqa: E402
 
-__all__ = ["Launch", "KernelReport", "capture_launches", "compile_launch", "read_cubin",
-           "audit_decode", "main"]
+__all__ = [
+    "Launch",
+    "KernelReport",
+    "capture_launches",
+    "compile_launch",
+    "read_cubin",
+    "audit_decode",
+    "main",
+]
 
-KERNEL_MODULES = ("_common", "causal_conv3d", "channel_norm", "linear_attention", "time_resample",
-                  "denoise", "_temporal_attention_kernel", "temporal_attention")
+KERNEL_MODULES = (
+    "_common",
+    "causal_conv3d",
+    "channel_norm",
+    "linear_attention",
+    "time_resample",
+    "denoise",
+    "_temporal_attention_kernel",
+    "temporal_attention",
+)
 # Shared memory a Hopper SM gives one block (228 KiB per SM, 1 KiB reserved per block).
 HOPPER_SMEM_LIMIT = 227 * 1024
 
@@ -114,8 +129,11 @@ def capture_launches() -> Iterator[List[Launch]]:
     replacements = [(JITFunction, "run", jit_run), (Autotuner, "run", tuner_run)]
     for name in KERNEL_MODULES:
         module = importlib.import_module(f"cdt_fast.kernels.{name}")
-        for attr, value in (("interpreting", lambda: False), ("check_launchable", nothing),
-                            ("use_autotune", lambda *a, **k: True)):
+        for attr, value in (
+            ("interpreting", lambda: False),
+            ("check_launchable", nothing),
+            ("use_autotune", lambda *a, **k: True),
+        ):
             if hasattr(module, attr):
                 replacements.append((module, attr, value))
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in replacements]
@@ -148,10 +166,16 @@ def _specialise(fn, args, kwargs, arch: int):
     kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
     kwargs.setdefault("debug", False)
     bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization,
-                                                          options)
-    key = (fn.__name__, str(sorted(signature.items())), str(sorted(constexprs.items())),
-           str(sorted(attrs.items())), str(sorted(options.__dict__.items())))
+    options, signature, constexprs, attrs = fn._pack_args(
+        backend, kwargs, bound, specialization, options
+    )
+    key = (
+        fn.__name__,
+        str(sorted(signature.items())),
+        str(sorted(constexprs.items())),
+        str(sorted(attrs.items())),
+        str(sorted(options.__dict__.items())),
+    )
     return target, signature, constexprs, attrs, options, key
 
 
@@ -161,12 +185,14 @@ def compile_launch(fn, args, kwargs, arch: int = 90):
     from triton.compiler import ASTSource
 
     target, signature, constexprs, attrs, options, _ = _specialise(fn, args, kwargs, arch)
-    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
-                          options=options.__dict__)
+    return triton.compile(
+        ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
+    )
 
 
 def _tool(name: str) -> str:
     import triton
+
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
@@ -187,28 +213,41 @@ def read_cubin(cubin: bytes) -> Tuple[Dict[str, int], Counter]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
-        sass = subprocess.run([_tool("cuobjdump"), "-sass", str(path)], capture_output=True,
-                              text=True, check=True).stdout
-        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", str(path)], capture_output=True,
-                               text=True, check=True).stdout
+        sass = subprocess.run(
+            [_tool("cuobjdump"), "-sass", str(path)], capture_output=True, text=True, check=True
+        ).stdout
+        usage = subprocess.run(
+            [_tool("cuobjdump"), "-res-usage", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     found = _RESOURCES.search(usage)
-    resources = dict(zip(("registers", "stack", "static_shared", "local"),
-                         map(int, found.groups()))) if found else {}
+    resources = (
+        dict(zip(("registers", "stack", "static_shared", "local"), map(int, found.groups())))
+        if found
+        else {}
+    )
     return resources, Counter(m.group(1) for m in map(_OPCODE.search, sass.splitlines()) if m)
 
 
 def _uses_dot(fn) -> bool:
     """Whether a JIT function or a jitted helper it calls (one module level deep) uses tl.dot."""
     import triton
+
     if "tl.dot(" in fn.src:
         return True
-    helpers = (v for k, v in fn.fn.__globals__.items()
-               if isinstance(v, triton.runtime.jit.JITFunction) and f"{k}(" in fn.src)
+    helpers = (
+        v
+        for k, v in fn.fn.__globals__.items()
+        if isinstance(v, triton.runtime.jit.JITFunction) and f"{k}(" in fn.src
+    )
     return any("tl.dot(" in h.src for h in helpers)
 
 
-def _report(name: str, config: str, count: int, kernel, seconds: float,
-            uses_dot: bool = False) -> KernelReport:
+def _report(
+    name: str, config: str, count: int, kernel, seconds: float, uses_dot: bool = False
+) -> KernelReport:
     resources, opcodes = read_cubin(kernel.asm["cubin"])
     base = Counter()
     loads, stores = Counter(), Counter()
@@ -219,15 +258,39 @@ def _report(name: str, config: str, count: int, kernel, seconds: float,
             loads[f"{head}.{_width(op)}"] += n
         elif head == "STG":
             stores[f"STG.{_width(op)}"] += n
-    tensor_core = ("HGMMA" if base["HGMMA"] else "HMMA" if base["HMMA"] else "none")
+    tensor_core = "HGMMA" if base["HGMMA"] else "HMMA" if base["HMMA"] else "none"
     shared = int(kernel.metadata.shared) + resources.get("static_shared", 0)
     report = KernelReport(
-        kernel=name, config=config, count=count, registers=resources.get("registers", -1),
-        stack_bytes=resources.get("stack", 0), shared_bytes=shared, tensor_core=tensor_core,
+        kernel=name,
+        config=config,
+        count=count,
+        registers=resources.get("registers", -1),
+        stack_bytes=resources.get("stack", 0),
+        shared_bytes=shared,
+        tensor_core=tensor_core,
         uses_dot=uses_dot,
-        instructions={k: base[k] for k in ("HGMMA", "HMMA", "FFMA", "LDGSTS", "LDG", "STG", "LDS",
-                                            "STS", "LDL", "STL", "BAR", "SHFL") if base[k]},
-        global_loads=dict(loads), global_stores=dict(stores), compile_s=round(seconds, 2))
+        instructions={
+            k: base[k]
+            for k in (
+                "HGMMA",
+                "HMMA",
+                "FFMA",
+                "LDGSTS",
+                "LDG",
+                "STG",
+                "LDS",
+                "STS",
+                "LDL",
+                "STL",
+                "BAR",
+                "SHFL",
+            )
+            if base[k]
+        },
+        global_loads=dict(loads),
+        global_stores=dict(stores),
+        compile_s=round(seconds, 2),
+    )
     report.flags = verdict(report)
     return report
 
@@ -256,8 +319,13 @@ def _config_label(config) -> str:
     return f"{meta},w={config.num_warps},s={config.num_stages}"
 
 
-def audit_launches(launches: Sequence[Launch], arch: int = 90, all_configs: bool = False,
-                   progress=None, kernels: Optional[Sequence[str]] = None) -> List[KernelReport]:
+def audit_launches(
+    launches: Sequence[Launch],
+    arch: int = 90,
+    all_configs: bool = False,
+    progress=None,
+    kernels: Optional[Sequence[str]] = None,
+) -> List[KernelReport]:
     """Compile every distinct launch among ``launches`` (same kernel, same specialisation) for
     each of its autotune configs, or its first config after pruning without ``all_configs``;
     ``kernels``: only kernels whose name contains one of these strings."""
@@ -273,7 +341,7 @@ def audit_launches(launches: Sequence[Launch], arch: int = 90, all_configs: bool
     work = []
     for launch_id, (launch, count) in enumerate(distinct.values()):
         configs = launch.configs if launch.configs else [None]
-        for config in (configs if all_configs else configs[:1]):
+        for config in configs if all_configs else configs[:1]:
             work.append((launch_id, launch, count, config))
     reports = []
     for i, (launch_id, launch, count, config) in enumerate(work):
@@ -282,8 +350,14 @@ def audit_launches(launches: Sequence[Launch], arch: int = 90, all_configs: bool
             kwargs.update(config.all_kwargs())
         started = time.time()
         kernel = compile_launch(launch.fn, launch.args, kwargs, arch)
-        report = _report(launch.name, _config_label(config), count, kernel, time.time() - started,
-                         _uses_dot(launch.fn))
+        report = _report(
+            launch.name,
+            _config_label(config),
+            count,
+            kernel,
+            time.time() - started,
+            _uses_dot(launch.fn),
+        )
         report.launch = launch_id
         reports.append(report)
         if progress is not None:
@@ -291,8 +365,9 @@ def audit_launches(launches: Sequence[Launch], arch: int = 90, all_configs: bool
     return reports
 
 
-def capture_decode(preset: str, size: int, frames: int = 17, dtype=torch.bfloat16,
-                   **overrides) -> List[Launch]:
+def capture_decode(
+    preset: str, size: int, frames: int = 17, dtype=torch.bfloat16, **overrides
+) -> List[Launch]:
     """The Triton launches of one engine decode of ``frames`` frames at ``size`` x ``size``
     (random weights; ``overrides``: :class:`~cdt_fast.CDTConfig` fields, e.g. narrower networks
     for tests)."""
@@ -302,59 +377,86 @@ def capture_decode(preset: str, size: int, frames: int = 17, dtype=torch.bfloat1
     cfg = CDTConfig.preset(preset, **overrides)
     model = CDT(cfg).eval()
     factor = cfg.space_factor
-    z = torch.zeros(1, cfg.latent_dim, latent_frames(frames, cfg.time_factor), size // factor,
-                    size // factor)
+    z = torch.zeros(
+        1, cfg.latent_dim, latent_frames(frames, cfg.time_factor), size // factor, size // factor
+    )
     with capture_launches() as launches, torch.no_grad():
         engine = accelerate(model, backend="triton", dtype=dtype)
         engine.decode(z, noise=torch.zeros(engine.output_shape(z.shape)))
     return launches
 
 
-def audit_decode(preset: str, size: int, *, frames: int = 17, arch: int = 90,
-                 all_configs: bool = False, progress=None,
-                 kernels: Optional[Sequence[str]] = None, **overrides) -> List[KernelReport]:
-    return audit_launches(capture_decode(preset, size, frames, **overrides), arch, all_configs,
-                          progress, kernels)
+def audit_decode(
+    preset: str,
+    size: int,
+    *,
+    frames: int = 17,
+    arch: int = 90,
+    all_configs: bool = False,
+    progress=None,
+    kernels: Optional[Sequence[str]] = None,
+    **overrides,
+) -> List[KernelReport]:
+    return audit_launches(
+        capture_decode(preset, size, frames, **overrides), arch, all_configs, progress, kernels
+    )
 
 
 def _versions() -> Dict[str, str]:
     import triton
+
     return {"torch": torch.__version__, "triton": triton.__version__}
 
 
 def to_markdown(results: Dict[str, List[dict]], versions: Dict[str, str], arch: int) -> str:
     """A summary per kernel, then every variant with a flag (``results``: the JSON's rows)."""
-    lines = [f"# Triton kernels compiled for sm_{arch}a (static, no GPU)", "",
-             f"Triton {versions['triton']}, torch {versions['torch']}. Written by "
-             "`python benchmarks/sass_audit.py`: every distinct launch of an engine decode "
-             "(bf16, random weights), compiled as the JIT would compile it on an H100 and read with "
-             "cuobjdump. A variant is one launch specialisation with one autotune config. Nothing "
-             "here is a timing; the flags are leads for the GPU session.", ""]
+    lines = [
+        f"# Triton kernels compiled for sm_{arch}a (static, no GPU)",
+        "",
+        f"Triton {versions['triton']}, torch {versions['torch']}. Written by "
+        "`python benchmarks/sass_audit.py`: every distinct launch of an engine decode "
+        "(bf16, random weights), compiled as the JIT would compile it on an H100 and read with "
+        "cuobjdump. A variant is one launch specialisation with one autotune config. Nothing "
+        "here is a timing; the flags are leads for the GPU session.",
+        "",
+    ]
     for setting, rows in results.items():
-        lines += [f"## {setting}", "",
-                  "| kernel | launches | variants | wgmma | spill | over smem | narrow loads | "
-                  "max regs |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {setting}",
+            "",
+            "| kernel | launches | variants | wgmma | spill | over smem | narrow loads | "
+            "max regs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         by_kernel: Dict[str, List[dict]] = {}
         for r in rows:
             by_kernel.setdefault(r["kernel"], []).append(r)
         for name, group in by_kernel.items():
             launches = sum({r["launch"]: r["count"] for r in group}.values())
+
             def n_with(text, group=group):
                 return sum(any(text in f for f in r["flags"]) for r in group)
-            lines.append(f"| {name} | {launches} | {len(group)} | "
-                         f"{sum(r['tensor_core'] == 'HGMMA' for r in group)} | {n_with('spill')} | "
-                         f"{n_with('shared memory')} | {n_with('global loads')} | "
-                         f"{max(r['registers'] for r in group)} |")
+
+            lines.append(
+                f"| {name} | {launches} | {len(group)} | "
+                f"{sum(r['tensor_core'] == 'HGMMA' for r in group)} | {n_with('spill')} | "
+                f"{n_with('shared memory')} | {n_with('global loads')} | "
+                f"{max(r['registers'] for r in group)} |"
+            )
         flagged = [r for r in rows if r["flags"]]
         lines += ["", f"Flagged variants ({len(flagged)} of {len(rows)}):", ""]
         if flagged:
-            lines += ["| kernel | config | regs | stack B | smem KiB | tensor core | loads | flags |",
-                      "|---|---|---:|---:|---:|---|---|---|"]
+            lines += [
+                "| kernel | config | regs | stack B | smem KiB | tensor core | loads | flags |",
+                "|---|---|---:|---:|---:|---|---|---|",
+            ]
             for r in flagged:
                 loads = " ".join(f"{k}:{v}" for k, v in sorted(r["global_loads"].items()))
-                lines.append(f"| {r['kernel']} | {r['config']} | {r['registers']} | "
-                             f"{r['stack_bytes']} | {r['shared_bytes'] / 1024:.0f} | "
-                             f"{r['tensor_core']} | {loads} | {'; '.join(r['flags'])} |")
+                lines.append(
+                    f"| {r['kernel']} | {r['config']} | {r['registers']} | "
+                    f"{r['stack_bytes']} | {r['shared_bytes'] / 1024:.0f} | "
+                    f"{r['tensor_core']} | {loads} | {'; '.join(r['flags'])} |"
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -365,13 +467,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="frame side in pixels (multiple of 8)")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100)")
-    p.add_argument("--all-configs", action="store_true",
-                   help="compile every autotune config, not only the first after pruning (slow: "
-                        "about a second per variant, hundreds of variants per preset)")
-    p.add_argument("--kernels", default=None,
-                   help="comma list: audit only kernels whose name contains one of these")
-    p.add_argument("--results-dir", type=Path,
-                   default=Path(__file__).resolve().parent / "results")
+    p.add_argument(
+        "--all-configs",
+        action="store_true",
+        help="compile every autotune config, not only the first after pruning (slow: "
+        "about a second per variant, hundreds of variants per preset)",
+    )
+    p.add_argument(
+        "--kernels",
+        default=None,
+        help="comma list: audit only kernels whose name contains one of these",
+    )
+    p.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--no-write", action="store_true", help="print only")
     return p
 
@@ -386,30 +493,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from cdt_fast.checkpoint import atomic_write
 
     def progress(done, total, report):
-        print(f"  [{done}/{total}] {report.kernel} {report.config}: {report.registers} regs, "
-              f"{report.tensor_core}, {'; '.join(report.flags) or 'ok'}", file=sys.stderr,
-              flush=True)
+        print(
+            f"  [{done}/{total}] {report.kernel} {report.config}: {report.registers} regs, "
+            f"{report.tensor_core}, {'; '.join(report.flags) or 'ok'}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     results: Dict[str, List[KernelReport]] = {}
     for preset in presets:
         setting = f"CDT-{preset} decode, {args.frames} frames {args.size}x{args.size}, bf16"
         print(f"{setting}: capturing and compiling", file=sys.stderr, flush=True)
-        results[setting] = audit_decode(preset, args.size, frames=args.frames, arch=args.arch,
-                                        all_configs=args.all_configs, progress=progress,
-                                        kernels=args.kernels.split(",") if args.kernels else None)
+        results[setting] = audit_decode(
+            preset,
+            args.size,
+            frames=args.frames,
+            arch=args.arch,
+            all_configs=args.all_configs,
+            progress=progress,
+            kernels=args.kernels.split(",") if args.kernels else None,
+        )
     versions = _versions()
     rows = {k: [asdict(r) for r in v] for k, v in results.items()}
     text = to_markdown(rows, versions, args.arch)
     print(text)
     if not args.no_write:
         stem = args.results_dir / f"sass-sm{args.arch}-triton{versions['triton']}-{args.size}"
-        payload = {"schema": "cdt_fast-sass-audit/1", "arch": args.arch, "versions": versions,
-                   "results": rows}
+        payload = {
+            "schema": "cdt_fast-sass-audit/1",
+            "arch": args.arch,
+            "versions": versions,
+            "results": rows,
+        }
         # (not with_suffix: the version's dots would be taken for one)
-        atomic_write(stem.parent / f"{stem.name}.json",
-                     lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1) + "\n"))
-        atomic_write(stem.parent / f"{stem.name}.md",
-                     lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_write(
+            stem.parent / f"{stem.name}.json",
+            lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1) + "\n"),
+        )
+        atomic_write(stem.parent / f"{stem.name}.md", lambda tmp: Path(tmp).write_text(text + "\n"))
         print(f"wrote {stem}.json and .md", file=sys.stderr)
     return 0
 

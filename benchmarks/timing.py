@@ -42,8 +42,10 @@ import torch
 __all__ = ["Timing", "measure", "percentile", "RssSampler", "CUDA_MEM_METHOD", "CPU_MEM_METHOD"]
 
 CUDA_MEM_METHOD = "torch.cuda.max_memory_allocated over the timed calls"
-CPU_MEM_METHOD = ("psutil RSS sampled every 2 ms during the timed calls (best effort: a lower "
-                  "bound on working memory; delta is over the RSS after malloc_trim)")
+CPU_MEM_METHOD = (
+    "psutil RSS sampled every 2 ms during the timed calls (best effort: a lower "
+    "bound on working memory; delta is over the RSS after malloc_trim)"
+)
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -102,6 +104,7 @@ class RssSampler:
 
     def __init__(self, interval_s: float = 0.002):
         import psutil
+
         self._process = psutil.Process()
         self._interval = interval_s
         self._stop = threading.Event()
@@ -131,15 +134,25 @@ class RssSampler:
 
 
 def _check_counts(warmup: int, repeats: int, min_repeats: int) -> None:
-    for name, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1),
-                             ("min_repeats", min_repeats, 1)):
+    for name, value, low in (
+        ("warmup", warmup, 0),
+        ("repeats", repeats, 1),
+        ("min_repeats", min_repeats, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def measure(fn: Callable[[], Any], device: torch.device, *, warmup: int = 1, repeats: int = 5,
-            min_repeats: int = 1, max_time_s: Optional[float] = None,
-            keep_output: bool = False) -> Timing:
+def measure(
+    fn: Callable[[], Any],
+    device: torch.device,
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    min_repeats: int = 1,
+    max_time_s: Optional[float] = None,
+    keep_output: bool = False,
+) -> Timing:
     """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then up to ``repeats`` timed ones.
 
     ``max_time_s`` caps the timed phase: once ``min_repeats`` calls are done and the timed calls
@@ -169,13 +182,17 @@ def measure(fn: Callable[[], Any], device: torch.device, *, warmup: int = 1, rep
     output = output if keep_output else None
     if rss is None:
         return Timing(samples, None, None, "not measured: psutil is not installed", warmup, output)
-    return Timing(samples, rss.peak, max(0, rss.peak - rss.baseline), CPU_MEM_METHOD, warmup,
-                  output)
+    return Timing(
+        samples, rss.peak, max(0, rss.peak - rss.baseline), CPU_MEM_METHOD, warmup, output
+    )
 
 
 def _budget_spent(done: int, min_repeats: int, started: float, max_time_s: Optional[float]) -> bool:
-    return (max_time_s is not None and done >= min_repeats
-            and time.perf_counter() - started > max_time_s)
+    return (
+        max_time_s is not None
+        and done >= min_repeats
+        and time.perf_counter() - started > max_time_s
+    )
 
 
 def _measure_cuda(fn, device, warmup, repeats, min_repeats, max_time_s, keep_output) -> Timing:
@@ -196,5 +213,11 @@ def _measure_cuda(fn, device, warmup, repeats, min_repeats, max_time_s, keep_out
         if _budget_spent(i + 1, min_repeats, started, max_time_s):
             break
     peak = int(torch.cuda.max_memory_allocated(device))
-    return Timing(samples, peak, max(0, peak - before), CUDA_MEM_METHOD, warmup,
-                  output if keep_output else None)
+    return Timing(
+        samples,
+        peak,
+        max(0, peak - before),
+        CUDA_MEM_METHOD,
+        warmup,
+        output if keep_output else None,
+    )

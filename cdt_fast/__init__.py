@@ -15,6 +15,18 @@ from .reference import CDT, DiagonalGaussian, randomize_
 
 __version__ = "0.1.0"
 
-__all__ = ["AcceleratedCDT", "CDT", "CDTConfig", "CheckpointMismatchError", "DiagonalGaussian",
-           "FeatureCache", "accelerate", "backends", "load", "load_cdt", "randomize_", "save",
-           "__version__"]
+__all__ = [
+    "AcceleratedCDT",
+    "CDT",
+    "CDTConfig",
+    "CheckpointMismatchError",
+    "DiagonalGaussian",
+    "FeatureCache",
+    "accelerate",
+    "backends",
+    "load",
+    "load_cdt",
+    "randomize_",
+    "save",
+    "__version__",
+]

@@ -27,10 +27,21 @@ import torch
 from .functional import PAD_MODES, cast_like
 
 __all__ = [
-    "ABI_VERSION", "is_available", "unavailable_reason", "cuda_available", "library",
-    "channel_norm", "linear_attention", "linear_attention_block", "time_downsample",
-    "time_upsample", "causal_conv3d_history", "causal_conv3d_input", "ddim_update",
-    "to_uint8_frames", "ddim_to_uint8_frames",
+    "ABI_VERSION",
+    "is_available",
+    "unavailable_reason",
+    "cuda_available",
+    "library",
+    "channel_norm",
+    "linear_attention",
+    "linear_attention_block",
+    "time_downsample",
+    "time_upsample",
+    "causal_conv3d_history",
+    "causal_conv3d_input",
+    "ddim_update",
+    "to_uint8_frames",
+    "ddim_to_uint8_frames",
 ]
 
 # Must equal cdt_fast::kAbiVersion (csrc/include/cdt_fast/ops.h) of the loaded build.
@@ -48,14 +59,18 @@ def _load() -> Tuple[Optional[ModuleType], str]:
     try:
         from . import _C
     except ImportError as exc:
-        reason = (f"cdt_fast._C is not built or does not load ({exc}); build it with "
-                  "`pip install -e .` or `python setup.py build_ext --inplace`")
+        reason = (
+            f"cdt_fast._C is not built or does not load ({exc}); build it with "
+            "`pip install -e .` or `python setup.py build_ext --inplace`"
+        )
     else:
         found = getattr(_C, "ABI_VERSION", None)
         if found == ABI_VERSION:
             return _C, ""
-        reason = (f"cdt_fast._C has ABI version {found}, this cdt_fast needs {ABI_VERSION} "
-                  "(a stale build: rebuild with `pip install -e .`)")
+        reason = (
+            f"cdt_fast._C has ABI version {found}, this cdt_fast needs {ABI_VERSION} "
+            "(a stale build: rebuild with `pip install -e .`)"
+        )
     warnings.warn(f"cdt_fast: C++/CUDA backend unavailable: {reason}", RuntimeWarning, stacklevel=3)
     return None, reason
 
@@ -84,6 +99,7 @@ def library() -> ModuleType:
 
 # ---- the boundary: tensors as (ptr, dtype, device, shape, strides), streams, threads -----------
 
+
 class _Flat:
     """Marks a dense tensor to cross the boundary as its 1-D memory (any logical order)."""
 
@@ -99,8 +115,13 @@ def _desc(t):
         shape, strides = (t.numel(),), (1,)
     else:
         shape, strides = tuple(t.shape), tuple(t.stride())
-    return (t.data_ptr(), _DTYPE_CODES[t.dtype], t.device.index if t.is_cuda else -1, shape,
-            strides)
+    return (
+        t.data_ptr(),
+        _DTYPE_CODES[t.dtype],
+        t.device.index if t.is_cuda else -1,
+        shape,
+        strides,
+    )
 
 
 def _invoke(op: str, on: torch.Tensor, *args):
@@ -111,9 +132,13 @@ def _invoke(op: str, on: torch.Tensor, *args):
         exec_args = {"stream": torch.cuda.current_stream(on.device).cuda_stream, "threads": 0}
     else:
         exec_args = {"stream": 0, "threads": torch.get_num_threads()}
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-        raise RuntimeError(f"cdt_fast C++/CUDA op {op} is inference-only (no autograd): call it "
-                           "under torch.no_grad() or torch.inference_mode()")
+    if torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args
+    ):
+        raise RuntimeError(
+            f"cdt_fast C++/CUDA op {op} is inference-only (no autograd): call it "
+            "under torch.no_grad() or torch.inference_mode()"
+        )
     descs = [_desc(a) if a is None or isinstance(a, (torch.Tensor, _Flat)) else a for a in args]
     return getattr(library(), op)(*descs, **exec_args)
 
@@ -123,8 +148,10 @@ def _check_device(t: torch.Tensor, name: str) -> None:
         return
     if t.device.type == "cuda" and library().WITH_CUDA:
         return
-    raise ValueError(f"{name} must be on the CPU{' or CUDA' if library().WITH_CUDA else ''} "
-                     f"(this cdt_fast._C build), got device {t.device}")
+    raise ValueError(
+        f"{name} must be on the CPU{' or CUDA' if library().WITH_CUDA else ''} "
+        f"(this cdt_fast._C build), got device {t.device}"
+    )
 
 
 def _check_5d(x, name: str, float_only: bool = True) -> torch.Tensor:
@@ -175,58 +202,91 @@ def _fp32_param(p: Optional[torch.Tensor], x: torch.Tensor, numel: int, name: st
 
 # ---- ops ---------------------------------------------------------------------------------------
 
-def channel_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float = 1e-5, *,
-                 relu: bool = False, time_bias: Optional[torch.Tensor] = None,
-                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+
+def channel_norm(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    b: torch.Tensor,
+    eps: float = 1e-5,
+    *,
+    relu: bool = False,
+    time_bias: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.channel_norm` in one pass over channels-last rows."""
     _check_5d(x, "x")
     bsz, c, t, h, w = x.shape
     tb = None
     if time_bias is not None:
         if time_bias.numel() not in (c, bsz * c) or time_bias.shape[0] not in (1, bsz):
-            raise ValueError(f"time_bias must be [B, C] or [B, C, 1, 1, 1] with B in (1, {bsz}) "
-                             f"and C={c}, got shape {tuple(time_bias.shape)}")
+            raise ValueError(
+                f"time_bias must be [B, C] or [B, C, 1, 1, 1] with B in (1, {bsz}) "
+                f"and C={c}, got shape {tuple(time_bias.shape)}"
+            )
         _same_device(x, time_bias, "time_bias")
         tb = time_bias.reshape(-1, c).to(x.dtype).float().expand(bsz, c).contiguous()
     res = None
     if residual is not None:
         if residual.shape != x.shape or residual.dtype != x.dtype:
-            raise ValueError(f"residual must match x ({tuple(x.shape)}, {x.dtype}), got "
-                             f"{tuple(residual.shape)}, {residual.dtype}")
+            raise ValueError(
+                f"residual must match x ({tuple(x.shape)}, {x.dtype}), got "
+                f"{tuple(residual.shape)}, {residual.dtype}"
+            )
         _same_device(x, residual, "residual")
         res = _rows(residual)
     rows = _rows(x)
     y = torch.empty_like(rows)
-    _invoke("channel_norm", x, rows, y, _fp32_param(g, x, c, "g"), _fp32_param(b, x, c, "b"),
-            float(eps), bool(relu), tb, res)
+    _invoke(
+        "channel_norm",
+        x,
+        rows,
+        y,
+        _fp32_param(g, x, c, "g"),
+        _fp32_param(b, x, c, "b"),
+        float(eps),
+        bool(relu),
+        tb,
+        res,
+    )
     return _logical(y)
 
 
-def _attention_core(rows: torch.Tensor, w_qkv: torch.Tensor, heads: int,
-                    scale: Optional[float]) -> torch.Tensor:
+def _attention_core(
+    rows: torch.Tensor, w_qkv: torch.Tensor, heads: int, scale: Optional[float]
+) -> torch.Tensor:
     """qkv projection (torch GEMM) + the extension's softmaxes and per-frame products.
     rows: [B, T, H, W, C] -> [B*T*H*W, heads*d]."""
     bsz, t, h, w, c = rows.shape
     if heads < 1 or w_qkv.shape[0] % (3 * heads):
-        raise ValueError(f"w_qkv must have 3*heads*d rows for heads={heads}, got shape "
-                         f"{tuple(w_qkv.shape)}")
+        raise ValueError(
+            f"w_qkv must have 3*heads*d rows for heads={heads}, got shape {tuple(w_qkv.shape)}"
+        )
     hidden = w_qkv.shape[0] // 3
     d = hidden // heads
-    scale = d ** -0.5 if scale is None else float(scale)
+    scale = d**-0.5 if scale is None else float(scale)
     _same_device(rows, w_qkv, "w_qkv")
     qkv = rows.reshape(-1, c) @ cast_like(w_qkv, rows).reshape(3 * hidden, c).t()
     out = torch.empty((bsz * t, h * w, hidden), dtype=rows.dtype, device=rows.device)
     lib = library()
     ws = None
     if rows.is_cuda:
-        ws = torch.empty(lib.linear_attention_workspace_floats(bsz * t, h * w, heads, d),
-                         dtype=torch.float32, device=rows.device)
+        ws = torch.empty(
+            lib.linear_attention_workspace_floats(bsz * t, h * w, heads, d),
+            dtype=torch.float32,
+            device=rows.device,
+        )
     _invoke("linear_attention", rows, qkv.view(bsz * t, h * w, 3 * hidden), out, heads, scale, ws)
     return out.view(-1, hidden)
 
 
-def _project_out(core: torch.Tensor, w_out: torch.Tensor, b_out: Optional[torch.Tensor],
-                 like: torch.Tensor, shape, residual: Optional[torch.Tensor] = None):
+def _project_out(
+    core: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: Optional[torch.Tensor],
+    like: torch.Tensor,
+    shape,
+    residual: Optional[torch.Tensor] = None,
+):
     hidden = core.shape[1]
     w = cast_like(w_out, like).reshape(w_out.shape[0], hidden).t()
     _same_device(like, w_out, "w_out")
@@ -241,9 +301,15 @@ def _project_out(core: torch.Tensor, w_out: torch.Tensor, b_out: Optional[torch.
     return _logical(out.view(*shape[:4], w_out.shape[0]))
 
 
-def linear_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
-                     b_out: Optional[torch.Tensor], *, heads: int = 1,
-                     scale: Optional[float] = None) -> torch.Tensor:
+def linear_attention(
+    x: torch.Tensor,
+    w_qkv: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: Optional[torch.Tensor],
+    *,
+    heads: int = 1,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.linear_attention`: the 1x1 projections are torch GEMMs on
     channels-last rows, everything between them is the extension's."""
     _check_5d(x, "x")
@@ -252,10 +318,18 @@ def linear_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
     return _project_out(core, w_out, b_out, x, rows.shape)
 
 
-def linear_attention_block(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
-                           w_qkv: torch.Tensor, w_out: torch.Tensor, b_out: Optional[torch.Tensor],
-                           *, heads: int = 1, scale: Optional[float] = None,
-                           eps: float = 1e-5) -> torch.Tensor:
+def linear_attention_block(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    b: torch.Tensor,
+    w_qkv: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: Optional[torch.Tensor],
+    *,
+    heads: int = 1,
+    scale: Optional[float] = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
     """CDT's attention block ``x + LinearAttention(ChannelLayerNorm(x))`` (upstream's
     ``Residual(PreNorm(dim, LinearAttention(dim)))``): the norm is the extension's, the residual
     and the output bias ride in the output GEMM's accumulator."""
@@ -266,8 +340,14 @@ def linear_attention_block(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
     return _project_out(core, w_out, b_out, x, rows.shape, residual=_rows(x))
 
 
-def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
-                    past: Optional[torch.Tensor] = None, pad_mode: str = "zeros") -> torch.Tensor:
+def time_downsample(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    *,
+    past: Optional[torch.Tensor] = None,
+    pad_mode: str = "zeros",
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.time_downsample`: the extension gathers the three taps of every
     output frame, one GEMM applies the [C_out, 3*C_in] weight."""
     _check_5d(x, "x")
@@ -279,8 +359,10 @@ def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     if past is not None:
         _check_5d(past, "past")
         if past.shape != (bsz, c, 1, h, w) or past.dtype != x.dtype:
-            raise ValueError(f"past must be one frame {(bsz, c, 1, h, w)} of {x.dtype}, got "
-                             f"{tuple(past.shape)} of {past.dtype}")
+            raise ValueError(
+                f"past must be one frame {(bsz, c, 1, h, w)} of {x.dtype}, got "
+                f"{tuple(past.shape)} of {past.dtype}"
+            )
         _same_device(x, past, "past")
         past_rows = _rows(past).reshape(bsz, 1, h * w, c)
     lib = library()
@@ -296,8 +378,9 @@ def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return _logical(out.view(bsz, t_out, h, w, weight.shape[0]))
 
 
-def time_upsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
-                  drop_first: bool) -> torch.Tensor:
+def time_upsample(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, drop_first: bool
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.time_upsample`: one GEMM to 2C channels, then the extension's
     time pixel-shuffle (+ bias, dropping frame 0 when ``drop_first``)."""
     _check_5d(x, "x")
@@ -308,8 +391,14 @@ def time_upsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     c2 = weight.shape[0]
     y = _rows(x).reshape(-1, c) @ cast_like(weight, x).reshape(c2, c).t()
     out = _empty_rows(bsz, 2 * t - int(bool(drop_first)), h, w, c2 // 2, x)
-    _invoke("time_upsample_shuffle", x, y.view(bsz, t, h * w, c2), _fp32_param(bias, x, c2, "bias"),
-            out.view(bsz, out.shape[1], h * w, c2 // 2), bool(drop_first))
+    _invoke(
+        "time_upsample_shuffle",
+        x,
+        y.view(bsz, t, h * w, c2),
+        _fp32_param(bias, x, c2, "bias"),
+        out.view(bsz, out.shape[1], h * w, c2 // 2),
+        bool(drop_first),
+    )
     return _logical(out)
 
 
@@ -318,10 +407,16 @@ def _check_past(x: torch.Tensor, past: Optional[torch.Tensor]) -> None:
         return
     _check_5d(past, "past")
     b, c, _, h, w = x.shape
-    if (past.shape[0], past.shape[1], past.shape[3], past.shape[4]) != (b, c, h, w) \
-            or past.dtype != x.dtype:
-        raise ValueError(f"past must be [{b}, {c}, frames, {h}, {w}] of {x.dtype} like x, got "
-                         f"{tuple(past.shape)} of {past.dtype}")
+    if (past.shape[0], past.shape[1], past.shape[3], past.shape[4]) != (
+        b,
+        c,
+        h,
+        w,
+    ) or past.dtype != x.dtype:
+        raise ValueError(
+            f"past must be [{b}, {c}, frames, {h}, {w}] of {x.dtype} like x, got "
+            f"{tuple(past.shape)} of {past.dtype}"
+        )
     _same_device(x, past, "past")
 
 
@@ -331,19 +426,26 @@ def _frames(x: torch.Tensor) -> torch.Tensor:
     return _rows(x).reshape(b, t, h * w * c)
 
 
-def _out_rows(out: Optional[torch.Tensor], shape, like: torch.Tensor,
-              *inputs: Optional[torch.Tensor]) -> torch.Tensor:
+def _out_rows(
+    out: Optional[torch.Tensor], shape, like: torch.Tensor, *inputs: Optional[torch.Tensor]
+) -> torch.Tensor:
     """The [B, T, H, W, C] rows of a caller's preallocated ``out`` (logical [B, C, T, H, W],
     channels-last, like's dtype and device, overlapping no input), or fresh ones."""
     b, c, t, h, w = shape
     if out is None:
         return _empty_rows(b, t, h, w, c, like)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape) \
-            or out.dtype != like.dtype or out.device != like.device \
-            or not out.is_contiguous(memory_format=_CL):
-        raise ValueError(f"out must be a channels-last {like.dtype} tensor of shape {tuple(shape)} "
-                         f"on {like.device}, got "
-                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    if (
+        not isinstance(out, torch.Tensor)
+        or tuple(out.shape) != tuple(shape)
+        or out.dtype != like.dtype
+        or out.device != like.device
+        or not out.is_contiguous(memory_format=_CL)
+    ):
+        raise ValueError(
+            f"out must be a channels-last {like.dtype} tensor of shape {tuple(shape)} "
+            f"on {like.device}, got "
+            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+        )
     lo, hi = out.data_ptr(), out.data_ptr() + out.numel() * out.element_size()
     for t_in in inputs:
         if t_in is not None and t_in.numel():
@@ -353,8 +455,13 @@ def _out_rows(out: Optional[torch.Tensor], shape, like: torch.Tensor,
     return out.permute(0, 2, 3, 4, 1)
 
 
-def causal_conv3d_history(x: torch.Tensor, past: Optional[torch.Tensor], history: int, *,
-                          out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def causal_conv3d_history(
+    x: torch.Tensor,
+    past: Optional[torch.Tensor],
+    history: int,
+    *,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.causal_conv3d_history`: the last ``history`` frames of
     ``[past | x]``, copied by the extension (into ``out`` when given: a preallocated
     channels-last cache buffer of the result's shape)."""
@@ -369,13 +476,25 @@ def causal_conv3d_history(x: torch.Tensor, past: Optional[torch.Tensor], history
     used = past if past is not None and t < history else None
     n = min(history, t + (used.shape[2] if used is not None else 0))
     rows = _out_rows(out, (b, c, n, h, w), x, x, used)
-    _invoke("causal_history", x, _frames(x), _frames(used) if used is not None else None,
-            rows.reshape(b, n, -1), history)
+    _invoke(
+        "causal_history",
+        x,
+        _frames(x),
+        _frames(used) if used is not None else None,
+        rows.reshape(b, n, -1),
+        history,
+    )
     return _logical(rows)
 
 
-def causal_conv3d_input(x: torch.Tensor, past: Optional[torch.Tensor], history: int,
-                        pad_mode: str = "zeros", *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def causal_conv3d_input(
+    x: torch.Tensor,
+    past: Optional[torch.Tensor],
+    history: int,
+    pad_mode: str = "zeros",
+    *,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """The time axis of a causal conv's input: ``[pad | past | x]`` with ``history`` frames before
     x (those ``past`` lacks are zeros, or copies of the first frame for ``replicate``), as
     :func:`cdt_fast.functional.causal_conv3d` builds it before its spatial padding. ``out``: a
@@ -390,8 +509,15 @@ def causal_conv3d_input(x: torch.Tensor, past: Optional[torch.Tensor], history: 
         past = None
     b, c, t, h, w = x.shape
     rows = _out_rows(out, (b, c, history + t, h, w), x, x, past)
-    _invoke("causal_padded_input", x, _frames(x), _frames(past) if past is not None else None,
-            rows.reshape(b, history + t, -1), history, mode)
+    _invoke(
+        "causal_padded_input",
+        x,
+        _frames(x),
+        _frames(past) if past is not None else None,
+        rows.reshape(b, history + t, -1),
+        history,
+        mode,
+    )
     return _logical(rows)
 
 
@@ -411,13 +537,22 @@ def _flat_pair(x_t: torch.Tensor, x0: torch.Tensor) -> Tuple[torch.Tensor, torch
         x_t, x0 = x_t.float(), x0.float()  # exact: the contract computes in fp32
     if x_t.is_contiguous() and x0.is_contiguous():
         return x_t, x0
-    if x_t.dim() == 5 and x_t.is_contiguous(memory_format=_CL) and x0.is_contiguous(memory_format=_CL):
+    if (
+        x_t.dim() == 5
+        and x_t.is_contiguous(memory_format=_CL)
+        and x0.is_contiguous(memory_format=_CL)
+    ):
         return x_t, x0
     return x_t.contiguous(), x0.contiguous()
 
 
-def ddim_update(x_t: torch.Tensor, x0: torch.Tensor, coefficients: Sequence[torch.Tensor], *,
-                clamp: bool = False) -> torch.Tensor:
+def ddim_update(
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    coefficients: Sequence[torch.Tensor],
+    *,
+    clamp: bool = False,
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.ddim_update` (fp32 result, in x_t's memory format)."""
     for name, v in (("x_t", x_t), ("x0", x0)):
         if not isinstance(v, torch.Tensor) or not v.is_floating_point():
@@ -442,8 +577,14 @@ def to_uint8_frames(x: torch.Tensor) -> torch.Tensor:
     return frames
 
 
-def ddim_to_uint8_frames(x_t: torch.Tensor, x0: torch.Tensor, coefficients: Sequence[torch.Tensor],
-                         *, clamp: bool = False, keep_x_next: bool = True):
+def ddim_to_uint8_frames(
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    coefficients: Sequence[torch.Tensor],
+    *,
+    clamp: bool = False,
+    keep_x_next: bool = True,
+):
     """The fused single-step epilogue: ``(ddim_update(...), to_uint8_frames(of it))`` in one pass
     over channels-last memory; ``keep_x_next=False`` skips writing the fp32 result (returns None
     in its place) when only frames are wanted."""
@@ -453,7 +594,20 @@ def ddim_to_uint8_frames(x_t: torch.Tensor, x0: torch.Tensor, coefficients: Sequ
     x_t, x0 = _flat_pair(x_t.contiguous(memory_format=_CL), x0.contiguous(memory_format=_CL))
     rows_t = x_t.permute(0, 2, 3, 4, 1)
     frames = torch.empty(rows_t.shape, dtype=torch.uint8, device=x_t.device)
-    x_next = torch.empty(rows_t.shape, dtype=torch.float32, device=x_t.device) if keep_x_next else None
-    _invoke("ddim_update", x_t, _Flat(x_t), _Flat(x0), a, b, c, d, bool(clamp),
-            _Flat(x_next) if x_next is not None else None, _Flat(frames))
+    x_next = (
+        torch.empty(rows_t.shape, dtype=torch.float32, device=x_t.device) if keep_x_next else None
+    )
+    _invoke(
+        "ddim_update",
+        x_t,
+        _Flat(x_t),
+        _Flat(x0),
+        a,
+        b,
+        c,
+        d,
+        bool(clamp),
+        _Flat(x_next) if x_next is not None else None,
+        _Flat(frames),
+    )
     return (_logical(x_next) if x_next is not None else None), frames

@@ -19,8 +19,12 @@ CONFIG_METADATA_KEY = "cdt_fast.config"
 PathLike = Union[str, os.PathLike]
 
 # Upstream `load_cdt*` keyword arguments -> CDTConfig fields.
-_UPSTREAM_KWARGS = {"enc_frames": "encode_frames", "dec_frames": "decode_frames",
-                    "diffusion_step": "num_timesteps", "sampling_step": "sample_steps"}
+_UPSTREAM_KWARGS = {
+    "enc_frames": "encode_frames",
+    "dec_frames": "decode_frames",
+    "diffusion_step": "num_timesteps",
+    "sampling_step": "sample_steps",
+}
 
 
 def config_from_file(path: PathLike) -> Optional[CDTConfig]:
@@ -29,6 +33,7 @@ def config_from_file(path: PathLike) -> Optional[CDTConfig]:
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if CONFIG_METADATA_KEY not in meta:
@@ -46,16 +51,24 @@ def _resolve_config(preset_or_config) -> tuple:
         if config is None:
             raise ValueError(
                 f"preset_or_config must be 'base', 'small', a CDTConfig, or a .safetensors file "
-                f"saved by cdt_fast.save (with its config); got {str(preset_or_config)!r}")
+                f"saved by cdt_fast.save (with its config); got {str(preset_or_config)!r}"
+            )
         return config, preset_or_config
-    raise TypeError(f"preset_or_config must be 'base', 'small', a CDTConfig or a path, "
-                    f"got {type(preset_or_config).__name__}")
+    raise TypeError(
+        f"preset_or_config must be 'base', 'small', a CDTConfig or a path, "
+        f"got {type(preset_or_config).__name__}"
+    )
 
 
-def load(preset_or_config: Union[str, CDTConfig, PathLike] = "base",
-         ckpt: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu",
-         dtype: torch.dtype = torch.float32, strict: bool = True, weights_only: bool = True,
-         eval: bool = True) -> CDT:
+def load(
+    preset_or_config: Union[str, CDTConfig, PathLike] = "base",
+    ckpt: Optional[PathLike] = None,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+    strict: bool = True,
+    weights_only: bool = True,
+    eval: bool = True,
+) -> CDT:
     """Build a CDT and load weights.
 
     preset_or_config: "base", "small", a :class:`CDTConfig`, or a ``.safetensors`` file written by
@@ -82,10 +95,18 @@ def save(model: CDT, path: PathLike) -> Path:
     return save_state_dict(model.state_dict(), path, metadata=metadata)
 
 
-def load_cdt(version: str = "base", dtype: torch.dtype = torch.float16,
-             ckpt: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu",
-             sampling_step: int = 1, eval: bool = True, strict: bool = True,
-             weights_only: bool = True, accelerate: bool = False, **kwargs: Any) -> CDT:
+def load_cdt(
+    version: str = "base",
+    dtype: torch.dtype = torch.float16,
+    ckpt: Optional[PathLike] = None,
+    device: Union[str, torch.device] = "cpu",
+    sampling_step: int = 1,
+    eval: bool = True,
+    strict: bool = True,
+    weights_only: bool = True,
+    accelerate: bool = False,
+    **kwargs: Any,
+) -> CDT:
     """Upstream's ``load_cdt`` entry point: ``from cdt_fast import load_cdt`` replaces
     ``from model.cdt import load_cdt``.
 
@@ -108,10 +129,19 @@ def load_cdt(version: str = "base", dtype: torch.dtype = torch.float16,
         if not ckpt.is_file():
             raise FileNotFoundError(
                 f"no checkpoint given and the upstream default {ckpt} does not exist; download "
-                f"cdt_{version}.ckpt from the CDT release and pass ckpt=PATH")
-    model = load(config, ckpt, device=device, dtype=dtype, strict=strict,
-                 weights_only=weights_only, eval=eval)
+                f"cdt_{version}.ckpt from the CDT release and pass ckpt=PATH"
+            )
+    model = load(
+        config,
+        ckpt,
+        device=device,
+        dtype=dtype,
+        strict=strict,
+        weights_only=weights_only,
+        eval=eval,
+    )
     if accelerate:
         from .engine import accelerate as accelerate_model
+
         return accelerate_model(model)
     return model

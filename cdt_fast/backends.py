@@ -54,14 +54,21 @@ def _triton() -> BackendStatus:
     if torch.cuda.is_available():
         return BackendStatus("triton", True, f"triton {version} on CUDA")
     if os.environ.get("TRITON_INTERPRET") == "1":
-        return BackendStatus("triton", True, f"triton {version} under the interpreter "
-                                             "(TRITON_INTERPRET=1; for tests, slow)")
-    return BackendStatus("triton", False, f"triton {version} needs a CUDA GPU (torch sees none) "
-                                          "or TRITON_INTERPRET=1")
+        return BackendStatus(
+            "triton",
+            True,
+            f"triton {version} under the interpreter (TRITON_INTERPRET=1; for tests, slow)",
+        )
+    return BackendStatus(
+        "triton",
+        False,
+        f"triton {version} needs a CUDA GPU (torch sees none) or TRITON_INTERPRET=1",
+    )
 
 
 def _cpp() -> BackendStatus:
     from . import _cpp_lib
+
     if not _cpp_lib.is_available():
         return BackendStatus("cpp", False, _cpp_lib.unavailable_reason())
     lib = _cpp_lib.library()
@@ -78,26 +85,43 @@ def _arch_runs(archs: str, major: int, minor: int) -> bool:
 
 def _cuda() -> BackendStatus:
     from . import _cpp_lib
+
     if not _cpp_lib.is_available():
         return BackendStatus("cuda", False, _cpp_lib.unavailable_reason())
     lib = _cpp_lib.library()
     if not lib.WITH_CUDA:
-        return BackendStatus("cuda", False, "cdt_fast._C was built without CUDA (nvcc was not found "
-                                            "or CDT_FAST_SKIP_CUDA_BUILD=1); rebuild where nvcc is")
+        return BackendStatus(
+            "cuda",
+            False,
+            "cdt_fast._C was built without CUDA (nvcc was not found "
+            "or CDT_FAST_SKIP_CUDA_BUILD=1); rebuild where nvcc is",
+        )
     if not torch.cuda.is_available():
-        return BackendStatus("cuda", False, "no CUDA device visible to torch (a CPU build of torch, "
-                                            "or no GPU)")
+        return BackendStatus(
+            "cuda", False, "no CUDA device visible to torch (a CPU build of torch, or no GPU)"
+        )
     runtime = lib.cuda_runtime_status()
     if runtime:
-        return BackendStatus("cuda", False, f"cdt_fast._C's CUDA runtime (static, from the nvcc "
-                                            f"that built it) cannot use the GPU: {runtime}")
+        return BackendStatus(
+            "cuda",
+            False,
+            f"cdt_fast._C's CUDA runtime (static, from the nvcc "
+            f"that built it) cannot use the GPU: {runtime}",
+        )
     major, minor = torch.cuda.get_device_capability()
     if not _arch_runs(lib.CUDA_ARCHS, major, minor):
-        return BackendStatus("cuda", False, f"cdt_fast._C holds code for sm_{lib.CUDA_ARCHS}, not "
-                                            f"this GPU's sm_{major}{minor}; rebuild with "
-                                            f"CDT_FAST_CUDA_ARCHS={major}{minor}")
-    return BackendStatus("cuda", True, f"cdt_fast._C CUDA kernels (sm_{lib.CUDA_ARCHS}) on "
-                                       f"{torch.cuda.get_device_name()}")
+        return BackendStatus(
+            "cuda",
+            False,
+            f"cdt_fast._C holds code for sm_{lib.CUDA_ARCHS}, not "
+            f"this GPU's sm_{major}{minor}; rebuild with "
+            f"CDT_FAST_CUDA_ARCHS={major}{minor}",
+        )
+    return BackendStatus(
+        "cuda",
+        True,
+        f"cdt_fast._C CUDA kernels (sm_{lib.CUDA_ARCHS}) on {torch.cuda.get_device_name()}",
+    )
 
 
 def backends() -> Dict[str, BackendStatus]:

@@ -13,8 +13,13 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-__all__ = ["CheckpointMismatchError", "read_state_dict", "save_state_dict", "load_into",
-           "atomic_write"]
+__all__ = [
+    "CheckpointMismatchError",
+    "read_state_dict",
+    "save_state_dict",
+    "load_into",
+    "atomic_write",
+]
 
 PathLike = Union[str, os.PathLike]
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -23,21 +28,32 @@ _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 class CheckpointMismatchError(ValueError):
     """A state dict does not fit the model; lists what is missing, unexpected or mis-shaped."""
 
-    def __init__(self, source: str, missing: List[str], unexpected: List[str],
-                 mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]):
+    def __init__(
+        self,
+        source: str,
+        missing: List[str],
+        unexpected: List[str],
+        mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]],
+    ):
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        lines = [f"state dict from {source} does not fit the model "
-                 "(nothing was loaded; pass strict=False to load the keys that fit):"]
+        lines = [
+            f"state dict from {source} does not fit the model "
+            "(nothing was loaded; pass strict=False to load the keys that fit):"
+        ]
 
         def listing(title: str, items: List[str]) -> None:
             if items:
-                shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+                shown = items[:20] + (
+                    [f"... and {len(items) - 20} more"] if len(items) > 20 else []
+                )
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
 
         listing("missing keys", missing)
         listing("unexpected keys", unexpected)
-        listing("shape mismatches", [f"{k} (checkpoint {list(c)} vs model {list(m)})"
-                                     for k, c, m in mismatched])
+        listing(
+            "shape mismatches",
+            [f"{k} (checkpoint {list(c)} vs model {list(m)})" for k, c, m in mismatched],
+        )
         super().__init__("\n".join(lines))
 
 
@@ -52,7 +68,7 @@ def _unwrap(obj, source: str) -> Dict[str, torch.Tensor]:
     if not tensors:
         raise ValueError(f"{source} holds no tensors")
     if all(k.startswith("module.") for k in tensors):  # saved from a DDP wrapper
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -67,6 +83,7 @@ def read_state_dict(path: PathLike, weights_only: bool = True) -> Dict[str, torc
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         return _unwrap(load_file(str(path)), str(path))
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=weights_only)
@@ -74,14 +91,19 @@ def read_state_dict(path: PathLike, weights_only: bool = True) -> Dict[str, torc
         raise ValueError(
             f"{path} holds Python objects besides tensors and was not loaded with "
             f"weights_only=True; if you trust the file, pass weights_only=False "
-            f"(or convert it once to .safetensors). Cause: {str(err).splitlines()[0]}") from None
+            f"(or convert it once to .safetensors). Cause: {str(err).splitlines()[0]}"
+        ) from None
     except (RuntimeError, EOFError) as err:
         raise ValueError(f"{path} is not a readable torch checkpoint ({err})") from None
     return _unwrap(obj, str(path))
 
 
-def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
-              source: str = "state dict") -> Tuple[List[str], List[str]]:
+def load_into(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    source: str = "state dict",
+) -> Tuple[List[str], List[str]]:
     """Copy ``state_dict`` into ``model`` (casting to the model's dtypes).
 
     strict: every key must match by name and shape, else :class:`CheckpointMismatchError` and the
@@ -91,17 +113,24 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: 
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in own)
-    mismatched = sorted((k, tuple(state_dict[k].shape), tuple(own[k].shape))
-                        for k in own if k in state_dict and state_dict[k].shape != own[k].shape)
+    mismatched = sorted(
+        (k, tuple(state_dict[k].shape), tuple(own[k].shape))
+        for k in own
+        if k in state_dict and state_dict[k].shape != own[k].shape
+    )
     if strict and (missing or unexpected or mismatched):
         raise CheckpointMismatchError(source, missing, unexpected, mismatched)
     bad = {k for k, _, _ in mismatched}
     fitting = {k: v for k, v in state_dict.items() if k in own and k not in bad}
     model.load_state_dict(fitting, strict=False)
     if missing or unexpected or mismatched:
-        warnings.warn(str(CheckpointMismatchError(source, missing, unexpected, mismatched))
-                      .replace("nothing was loaded; pass strict=False to load the keys that fit",
-                               "loaded the keys that fit, strict=False"), stacklevel=2)
+        warnings.warn(
+            str(CheckpointMismatchError(source, missing, unexpected, mismatched)).replace(
+                "nothing was loaded; pass strict=False to load the keys that fit",
+                "loaded the keys that fit, strict=False",
+            ),
+            stacklevel=2,
+        )
     return missing, unexpected
 
 
@@ -128,14 +157,18 @@ def atomic_write(path: PathLike, write) -> Path:
     return path
 
 
-def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
-                    metadata: Optional[Dict[str, str]] = None) -> Path:
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    path: PathLike,
+    metadata: Optional[Dict[str, str]] = None,
+) -> Path:
     """Write ``.safetensors`` (with string ``metadata``) or, for other suffixes, a torch pickle
     nested as upstream's ``{"state_dict": ...}``."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
+
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     if path.suffix not in _PICKLE_SUFFIXES:
         raise ValueError(f"path must end in .safetensors or one of {_PICKLE_SUFFIXES}, got {path}")

@@ -47,4 +47,6 @@ def encode_plan(frames: int, chunk_frames: int, time_factor: int = 4) -> List[Sp
 
 def decode_plan(latent_frames_: int, chunk_frames: int) -> List[Span]:
     """Spans of latent frames for a chunked decode: ``chunk_frames`` at a time, the last shorter."""
-    return [(s, min(s + chunk_frames, latent_frames_)) for s in range(0, latent_frames_, chunk_frames)]
+    return [
+        (s, min(s + chunk_frames, latent_frames_)) for s in range(0, latent_frames_, chunk_frames)
+    ]

@@ -20,15 +20,34 @@ def dataclass_from_dict(cls, values: Dict[str, Any]):
         raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
     return cls(**values)
 
+
 # Upstream `load_cdt_base` / `load_cdt_small` arguments (everything else is a CDTConfig default).
-_PRESETS = MappingProxyType({
-    "base": MappingProxyType(dict(context_dim=128, unet_dim=64, latent_dim=16, out_channels=16,
-                                  space_down=(0, 1, 1, 1), time_down=(0, 0, 1, 1),
-                                  new_upsample=True)),
-    "small": MappingProxyType(dict(context_dim=64, unet_dim=64, latent_dim=16, out_channels=3,
-                                   space_down=(1, 1, 1, 0), time_down=(0, 0, 1, 1),
-                                   new_upsample=False)),
-})
+_PRESETS = MappingProxyType(
+    {
+        "base": MappingProxyType(
+            dict(
+                context_dim=128,
+                unet_dim=64,
+                latent_dim=16,
+                out_channels=16,
+                space_down=(0, 1, 1, 1),
+                time_down=(0, 0, 1, 1),
+                new_upsample=True,
+            )
+        ),
+        "small": MappingProxyType(
+            dict(
+                context_dim=64,
+                unet_dim=64,
+                latent_dim=16,
+                out_channels=3,
+                space_down=(1, 1, 1, 0),
+                time_down=(0, 0, 1, 1),
+                new_upsample=False,
+            )
+        ),
+    }
+)
 
 
 def _as_tuple(value, name: str) -> Tuple[int, ...]:
@@ -73,8 +92,17 @@ class CDTConfig:
     def __post_init__(self):
         for name in ("context_dim_mults", "unet_dim_mults", "space_down", "time_down"):
             object.__setattr__(self, name, _as_tuple(getattr(self, name), name))
-        positive = ("context_dim", "unet_dim", "latent_dim", "out_channels", "num_timesteps",
-                    "sample_steps", "encode_frames", "decode_frames", "channels")
+        positive = (
+            "context_dim",
+            "unet_dim",
+            "latent_dim",
+            "out_channels",
+            "num_timesteps",
+            "sample_steps",
+            "encode_frames",
+            "decode_frames",
+            "channels",
+        )
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -85,17 +113,21 @@ class CDTConfig:
             if len(flags) != levels or any(f not in (0, 1) for f in flags):
                 raise ValueError(
                     f"CDTConfig.{name} must hold {levels} flags of 0/1 (one per context level), "
-                    f"got {flags!r}")
+                    f"got {flags!r}"
+                )
         if sum(self.space_down) != 3 or sum(self.time_down) != 2:
             raise ValueError(
                 "CDT compresses 8x in space and 4x in time: space_down must have three 1s and "
-                f"time_down two, got space_down={self.space_down}, time_down={self.time_down}")
+                f"time_down two, got space_down={self.space_down}, time_down={self.time_down}"
+            )
         if len(self.unet_dim_mults) < levels + 1:
             raise ValueError(
-                f"CDTConfig.unet_dim_mults needs at least {levels + 1} levels, got {self.unet_dim_mults}")
+                f"CDTConfig.unet_dim_mults needs at least {levels + 1} levels, got {self.unet_dim_mults}"
+            )
         if not 0 <= self.condition_times <= levels:
             raise ValueError(
-                f"CDTConfig.condition_times must be in [0, {levels}], got {self.condition_times}")
+                f"CDTConfig.condition_times must be in [0, {levels}], got {self.condition_times}"
+            )
         if not self.sample_gamma > 0:
             raise ValueError(f"CDTConfig.sample_gamma must be > 0, got {self.sample_gamma}")
 
@@ -144,8 +176,9 @@ class CDTConfig:
 
     # -- (de)serialisation -----------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "CDTConfig":
@@ -153,6 +186,9 @@ class CDTConfig:
 
     def architecture_hash(self) -> str:
         """A short hash of the fields that decide the weights and the latent space."""
-        arch = {k: v for k, v in self.to_dict().items()
-                if k not in ("name", "sample_steps", "encode_frames", "decode_frames")}
+        arch = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in ("name", "sample_steps", "encode_frames", "decode_frames")
+        }
         return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]

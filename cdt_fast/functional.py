@@ -17,16 +17,26 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "PAD_MODES", "cast_like", "causal_conv3d", "causal_conv3d_history", "causal_conv3d_norm",
+    "PAD_MODES",
+    "cast_like",
+    "causal_conv3d",
+    "causal_conv3d_history",
+    "causal_conv3d_norm",
     "channel_norm",
-    "linear_attention", "linear_attention_block", "time_downsample", "time_upsample", "upsample_nearest2x",
-    "conv_transpose_up2x", "ddim_update", "to_uint8_frames",
+    "linear_attention",
+    "linear_attention_block",
+    "time_downsample",
+    "time_upsample",
+    "upsample_nearest2x",
+    "conv_transpose_up2x",
+    "ddim_update",
+    "to_uint8_frames",
 ]
 
 PAD_MODES = {"zeros": "constant", "replicate": "replicate"}
 # Convs whose input holds more elements than this run one output frame at a time (upstream's
 # guard against 32-bit indexing limits in conv kernels).
-_MAX_CONV_INPUT_NUMEL = 2 ** 31
+_MAX_CONV_INPUT_NUMEL = 2**31
 
 
 def cast_like(param: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -35,10 +45,18 @@ def cast_like(param: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.
     return param.to(x.dtype)
 
 
-def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                  past: Optional[torch.Tensor] = None, history: int = 0,
-                  space_padding: Tuple[int, int] = (0, 0), stride: Sequence[int] = (1, 1, 1),
-                  pad_mode: str = "zeros", upsample2x: bool = False) -> torch.Tensor:
+def causal_conv3d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    past: Optional[torch.Tensor] = None,
+    history: int = 0,
+    space_padding: Tuple[int, int] = (0, 0),
+    stride: Sequence[int] = (1, 1, 1),
+    pad_mode: str = "zeros",
+    upsample2x: bool = False,
+) -> torch.Tensor:
     """Conv3d over ``[pad | past | x]`` along time, with no padding after the chunk.
 
     ``history`` frames precede every output's window (``kt - 1`` for a causal conv, 0 for kt=1).
@@ -62,27 +80,51 @@ def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if x.numel() <= _MAX_CONV_INPUT_NUMEL:
         return F.conv3d(x, weight, bias, tuple(stride))
     kt = weight.shape[2]
-    frames = [F.conv3d(x[:, :, t:t + kt], weight, bias, tuple(stride))
-              for t in range(max(1, x.shape[2] - kt + 1))]
+    frames = [
+        F.conv3d(x[:, :, t : t + kt], weight, bias, tuple(stride))
+        for t in range(max(1, x.shape[2] - kt + 1))
+    ]
     return torch.cat(frames, dim=2)
 
 
-def causal_conv3d_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                       g: torch.Tensor, b: torch.Tensor, eps: float = 1e-5, *,
-                       past: Optional[torch.Tensor] = None, history: int = 0,
-                       space_padding: Tuple[int, int] = (0, 0), stride: Sequence[int] = (1, 1, 1),
-                       pad_mode: str = "zeros", upsample2x: bool = False, relu: bool = False,
-                       time_bias: Optional[torch.Tensor] = None,
-                       residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+def causal_conv3d_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    g: torch.Tensor,
+    b: torch.Tensor,
+    eps: float = 1e-5,
+    *,
+    past: Optional[torch.Tensor] = None,
+    history: int = 0,
+    space_padding: Tuple[int, int] = (0, 0),
+    stride: Sequence[int] = (1, 1, 1),
+    pad_mode: str = "zeros",
+    upsample2x: bool = False,
+    relu: bool = False,
+    time_bias: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """A CDT ``Block`` and the ResnetBlock's adds after it: :func:`channel_norm` of
     :func:`causal_conv3d` (arguments as there). One op so that a backend can run the norm in the
     conv's epilogue, on the fp32 accumulator: the conv's output then never reaches memory."""
-    y = causal_conv3d(x, weight, bias, past=past, history=history, space_padding=space_padding,
-                      stride=stride, pad_mode=pad_mode, upsample2x=upsample2x)
+    y = causal_conv3d(
+        x,
+        weight,
+        bias,
+        past=past,
+        history=history,
+        space_padding=space_padding,
+        stride=stride,
+        pad_mode=pad_mode,
+        upsample2x=upsample2x,
+    )
     return channel_norm(y, g, b, eps, relu=relu, time_bias=time_bias, residual=residual)
 
 
-def causal_conv3d_history(x: torch.Tensor, past: Optional[torch.Tensor], history: int) -> torch.Tensor:
+def causal_conv3d_history(
+    x: torch.Tensor, past: Optional[torch.Tensor], history: int
+) -> torch.Tensor:
     """The ``past`` a causal conv needs for the next chunk: the last ``history`` frames of
     ``[past | x]`` (fewer while the stream is shorter). A copy, so the chunk can be freed."""
     if past is not None and x.shape[2] < history:
@@ -90,17 +132,25 @@ def causal_conv3d_history(x: torch.Tensor, past: Optional[torch.Tensor], history
     return x[:, :, -history:].clone()
 
 
-def channel_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float = 1e-5, *,
-                 relu: bool = False, time_bias: Optional[torch.Tensor] = None,
-                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+def channel_norm(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    b: torch.Tensor,
+    eps: float = 1e-5,
+    *,
+    relu: bool = False,
+    time_bias: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """LayerNorm over channels of every voxel (biased variance) with affine ``g``, ``b`` (shape
     [1, C, 1, 1, 1] or [C]), then optionally ReLU, + ``time_bias`` ([B, C] or [B, C, 1, 1, 1]),
     + ``residual`` (same shape as x), in that order (a CDT Block, then the ResnetBlock's adds)."""
     c = x.shape[1]
     var = torch.var(x, dim=1, unbiased=False, keepdim=True)
     mean = torch.mean(x, dim=1, keepdim=True)
-    y = (x - mean) / (var + eps).sqrt() * cast_like(g, x).reshape(1, c, 1, 1, 1) \
-        + cast_like(b, x).reshape(1, c, 1, 1, 1)
+    y = (x - mean) / (var + eps).sqrt() * cast_like(g, x).reshape(1, c, 1, 1, 1) + cast_like(
+        b, x
+    ).reshape(1, c, 1, 1, 1)
     if relu:
         y = torch.relu(y)
     if time_bias is not None:
@@ -110,9 +160,15 @@ def channel_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float =
     return y
 
 
-def linear_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
-                     b_out: Optional[torch.Tensor], *, heads: int = 1,
-                     scale: Optional[float] = None) -> torch.Tensor:
+def linear_attention(
+    x: torch.Tensor,
+    w_qkv: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: Optional[torch.Tensor],
+    *,
+    heads: int = 1,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
     """CDT's per-frame linear attention (no residual, no norm): 1x1 qkv projection, softmax of q
     over channels (times ``scale``, default dim_head**-0.5), softmax of k over positions,
     context = k v^T per frame, out = context^T q, 1x1 output projection + bias.
@@ -122,11 +178,13 @@ def linear_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
     b, _, t, h, w = x.shape
     hidden = w_qkv.shape[0] // 3
     d = hidden // heads
-    scale = d ** -0.5 if scale is None else scale
+    scale = d**-0.5 if scale is None else scale
     qkv = F.conv3d(x, cast_like(w_qkv, x).reshape(3 * hidden, -1, 1, 1, 1))
 
     def per_frame(u: torch.Tensor) -> torch.Tensor:  # [b, heads*d, t, h, w] -> [b*t, heads, d, h*w]
-        return u.reshape(b, heads, d, t, h * w).permute(0, 3, 1, 2, 4).reshape(b * t, heads, d, h * w)
+        return (
+            u.reshape(b, heads, d, t, h * w).permute(0, 3, 1, 2, 4).reshape(b * t, heads, d, h * w)
+        )
 
     q, k, v = map(per_frame, qkv.chunk(3, dim=1))
     q = q.softmax(dim=-2) * scale
@@ -134,24 +192,41 @@ def linear_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
     context = torch.einsum("bhdn,bhen->bhde", k, v)
     out = torch.einsum("bhde,bhdn->bhen", context, q)
     out = out.reshape(b, t, hidden, h, w).transpose(1, 2)
-    return F.conv3d(out, cast_like(w_out, x).reshape(w_out.shape[0], hidden, 1, 1, 1),
-                    cast_like(b_out, x))
+    return F.conv3d(
+        out, cast_like(w_out, x).reshape(w_out.shape[0], hidden, 1, 1, 1), cast_like(b_out, x)
+    )
 
 
-def linear_attention_block(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
-                           w_qkv: torch.Tensor, w_out: torch.Tensor, b_out: Optional[torch.Tensor],
-                           *, heads: int = 1, scale: Optional[float] = None,
-                           eps: float = 1e-5) -> torch.Tensor:
+def linear_attention_block(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    b: torch.Tensor,
+    w_qkv: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: Optional[torch.Tensor],
+    *,
+    heads: int = 1,
+    scale: Optional[float] = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
     """CDT's attention block, upstream's ``Residual(PreNorm(dim, LinearAttention(dim)))``:
     ``x + linear_attention(channel_norm(x, g, b, eps), ...)``, composed of the ops above in the
     reference's order. One op so that a backend can fuse it (norm into the projection, residual
     into the output GEMM): two passes over the activation instead of four."""
-    return linear_attention(channel_norm(x, g, b, eps), w_qkv, w_out, b_out, heads=heads,
-                            scale=scale) + x
+    return (
+        linear_attention(channel_norm(x, g, b, eps), w_qkv, w_out, b_out, heads=heads, scale=scale)
+        + x
+    )
 
 
-def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
-                    past: Optional[torch.Tensor] = None, pad_mode: str = "zeros") -> torch.Tensor:
+def time_downsample(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    *,
+    past: Optional[torch.Tensor] = None,
+    pad_mode: str = "zeros",
+) -> torch.Tensor:
     """Causal 2x temporal downsample: kernel 3, stride 2 along time, per pixel (``weight`` is
     upstream's Conv1d weight [C_out, C_in, 3]). A stream's first chunk is padded with 2 frames in
     front; a later chunk is preceded by ``past``, the last frame of the previous chunk."""
@@ -162,8 +237,9 @@ def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return F.conv3d(x, cast_like(weight, x)[..., None, None], cast_like(bias, x), stride=(2, 1, 1))
 
 
-def time_upsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
-                  drop_first: bool) -> torch.Tensor:
+def time_upsample(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, drop_first: bool
+) -> torch.Tensor:
     """2x temporal upsample: pointwise conv to 2C channels (``weight`` [2C, C, 1]), channel 2c+p
     becomes frame 2t+p of channel c; ``drop_first`` drops output frame 0 (a stream's first chunk)."""
     b, c, t, h, w = x.shape
@@ -177,15 +253,23 @@ def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x.float(), scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact").type_as(x)
 
 
-def conv_transpose_up2x(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def conv_transpose_up2x(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
     """CDT-small's upsample: ConvTranspose3d (1,5,5), stride (1,2,2), padding (0,2,2), output
     padding (0,1,1); ``weight`` is [C_in, C_out, 1, 5, 5]."""
-    return F.conv_transpose3d(x, cast_like(weight, x), cast_like(bias, x), (1, 2, 2), (0, 2, 2),
-                              output_padding=(0, 1, 1))
+    return F.conv_transpose3d(
+        x, cast_like(weight, x), cast_like(bias, x), (1, 2, 2), (0, 2, 2), output_padding=(0, 1, 1)
+    )
 
 
-def ddim_update(x_t: torch.Tensor, x0: torch.Tensor, coefficients: Sequence[torch.Tensor], *,
-                clamp: bool = False) -> torch.Tensor:
+def ddim_update(
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    coefficients: Sequence[torch.Tensor],
+    *,
+    clamp: bool = False,
+) -> torch.Tensor:
     """Deterministic DDIM step (eta = 0) for an x-prediction, in fp32:
     ``x_next = c*x0 + d*(a*x_t - x0)/b`` with ``(a, b, c, d)`` from
     :meth:`cdt_fast.reference.diffusion.DDIMSchedule.coefficients`. ``clamp`` clips x0 to [-1, 1]

@@ -29,8 +29,15 @@ from .api import CONFIG_METADATA_KEY
 from .checkpoint import atomic_write
 from .config import CDTConfig
 
-__all__ = ["LATENT_FORMAT_VERSION", "LatentFile", "save_latent", "read_latent",
-           "read_latent_metadata", "is_latent_file", "check_compatible"]
+__all__ = [
+    "LATENT_FORMAT_VERSION",
+    "LatentFile",
+    "save_latent",
+    "read_latent",
+    "read_latent_metadata",
+    "is_latent_file",
+    "check_compatible",
+]
 
 PathLike = Union[str, os.PathLike]
 LATENT_FORMAT_VERSION = 1
@@ -59,32 +66,41 @@ class LatentFile:
         return Fraction(self.video["fps"])
 
 
-def save_latent(path: PathLike, latent: torch.Tensor, config: CDTConfig,
-                video: Dict[str, Any]) -> Path:
+def save_latent(
+    path: PathLike, latent: torch.Tensor, config: CDTConfig, video: Dict[str, Any]
+) -> Path:
     """Write ``latent`` and its metadata atomically (see the module docstring)."""
     from safetensors.torch import save_file
 
     if latent.dim() != 5 or latent.shape[0] != 1 or latent.shape[1] != config.latent_dim:
-        raise ValueError(f"latent must be [1, {config.latent_dim}, T, h, w], "
-                         f"got {list(latent.shape)}")
+        raise ValueError(
+            f"latent must be [1, {config.latent_dim}, T, h, w], got {list(latent.shape)}"
+        )
     video = dict(video)
     video["fps"] = str(Fraction(video["fps"]))
-    metadata = {_FORMAT_KEY: "latent", _VERSION_KEY: str(LATENT_FORMAT_VERSION),
-                CONFIG_METADATA_KEY: json.dumps(config.to_dict()),
-                _HASH_KEY: config.architecture_hash(), _SCALE_KEY: repr(float(config.latent_scale)),
-                _VIDEO_KEY: json.dumps(video)}
+    metadata = {
+        _FORMAT_KEY: "latent",
+        _VERSION_KEY: str(LATENT_FORMAT_VERSION),
+        CONFIG_METADATA_KEY: json.dumps(config.to_dict()),
+        _HASH_KEY: config.architecture_hash(),
+        _SCALE_KEY: repr(float(config.latent_scale)),
+        _VIDEO_KEY: json.dumps(video),
+    }
     tensors = {_TENSOR: latent.detach().float().contiguous().cpu()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _metadata(path: Path) -> Dict[str, str]:
     from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path} is not a readable .safetensors file "
-                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise ValueError(
+            f"{path} is not a readable .safetensors file "
+            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from None
 
 
 def is_latent_file(path: PathLike) -> bool:
@@ -106,16 +122,20 @@ def read_latent_metadata(path: PathLike) -> LatentFile:
     if not path.is_file():
         raise FileNotFoundError(f"latent file not found: {path}")
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path} is not a latent file (expected .safetensors written by "
-                         "cdt-fast encode)")
+        raise ValueError(
+            f"{path} is not a latent file (expected .safetensors written by cdt-fast encode)"
+        )
     meta = _metadata(path)
     if meta.get(_FORMAT_KEY) != "latent":
-        raise ValueError(f"{path} is not a latent file (no cdt_fast latent metadata; "
-                         "is it a model checkpoint?)")
+        raise ValueError(
+            f"{path} is not a latent file (no cdt_fast latent metadata; is it a model checkpoint?)"
+        )
     version = meta.get(_VERSION_KEY, "?")
     if version != str(LATENT_FORMAT_VERSION):
-        raise ValueError(f"{path} has latent format version {version}; this cdt_fast reads "
-                         f"version {LATENT_FORMAT_VERSION}")
+        raise ValueError(
+            f"{path} has latent format version {version}; this cdt_fast reads "
+            f"version {LATENT_FORMAT_VERSION}"
+        )
     try:
         config = CDTConfig.from_dict(json.loads(meta[CONFIG_METADATA_KEY]))
         video = json.loads(meta[_VIDEO_KEY])
@@ -145,4 +165,5 @@ def check_compatible(info: LatentFile, config: CDTConfig) -> None:
         raise ValueError(
             f"{info.path} was encoded by model config {info.config.name!r} (architecture hash "
             f"{info.architecture_hash}), but the model is {config.name!r} (hash {own}): its "
-            "latent space differs; decode with the model that encoded it")
+            "latent space differs; decode with the model that encoded it"
+        )

@@ -6,8 +6,14 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["check_video", "check_latent", "check_noise", "check_steps", "check_chunk_frames",
-           "check_generator"]
+__all__ = [
+    "check_video",
+    "check_latent",
+    "check_noise",
+    "check_steps",
+    "check_chunk_frames",
+    "check_generator",
+]
 
 
 def _check_tensor(value, name: str, shape_doc: str) -> torch.Tensor:
@@ -16,8 +22,9 @@ def _check_tensor(value, name: str, shape_doc: str) -> torch.Tensor:
     if value.dim() != 5:
         raise ValueError(f"{name} must have rank 5 {shape_doc}, got shape {tuple(value.shape)}")
     if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (float32/float16/bfloat16), "
-                        f"got {value.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32/float16/bfloat16), got {value.dtype}"
+        )
     if value.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
     return value
@@ -34,13 +41,15 @@ def check_video(x, name: str = "x", space_factor: int = 8) -> torch.Tensor:
     _check_tensor(x, name, doc)
     b, c, t, h, w = x.shape
     if c != 3:
-        raise ValueError(f"{name} must have 3 (RGB) channels on dim 1 {doc}, got {c} "
-                         f"(shape {tuple(x.shape)})")
+        raise ValueError(
+            f"{name} must have 3 (RGB) channels on dim 1 {doc}, got {c} (shape {tuple(x.shape)})"
+        )
     if (t - 1) % 4:
         raise ValueError(f"{name} must have T = 1+4k frames (1, 5, 9, 13, 17, ...), got T={t}")
     if h % space_factor or w % space_factor:
-        raise ValueError(f"{name} height and width must be multiples of {space_factor}, "
-                         f"got {h}x{w}")
+        raise ValueError(
+            f"{name} height and width must be multiples of {space_factor}, got {h}x{w}"
+        )
     _check_finite(x, name)
     return x
 
@@ -49,20 +58,25 @@ def check_latent(z, latent_dim: int, name: str = "z") -> torch.Tensor:
     doc = f"[B, {latent_dim}, T, H, W]"
     _check_tensor(z, name, doc)
     if z.shape[1] != latent_dim:
-        raise ValueError(f"{name} must have latent_dim={latent_dim} channels on dim 1 {doc}, "
-                         f"got {z.shape[1]} (shape {tuple(z.shape)})")
+        raise ValueError(
+            f"{name} must have latent_dim={latent_dim} channels on dim 1 {doc}, "
+            f"got {z.shape[1]} (shape {tuple(z.shape)})"
+        )
     _check_finite(z, name)
     return z
 
 
-def check_noise(noise, expected_shape: Sequence[int], name: str = "noise") -> Optional[torch.Tensor]:
+def check_noise(
+    noise, expected_shape: Sequence[int], name: str = "noise"
+) -> Optional[torch.Tensor]:
     if noise is None:
         return None
     expected = tuple(int(s) for s in expected_shape)
     _check_tensor(noise, name, f"{list(expected)}")
     if tuple(noise.shape) != expected:
-        raise ValueError(f"{name} must have the output's shape {list(expected)}, "
-                         f"got {list(noise.shape)}")
+        raise ValueError(
+            f"{name} must have the output's shape {list(expected)}, got {list(noise.shape)}"
+        )
     _check_finite(noise, name)
     return noise
 
@@ -75,7 +89,9 @@ def check_steps(steps, name: str = "steps") -> int:
     return steps
 
 
-def check_chunk_frames(chunk_frames, multiple: int = 1, name: str = "chunk_frames") -> Optional[int]:
+def check_chunk_frames(
+    chunk_frames, multiple: int = 1, name: str = "chunk_frames"
+) -> Optional[int]:
     if chunk_frames is None:
         return None
     if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int):

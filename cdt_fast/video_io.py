@@ -26,18 +26,34 @@ import torch
 
 from .checkpoint import atomic_write
 
-__all__ = ["VideoError", "VideoInfo", "probe", "iter_frames", "parse_size", "PaddedClip",
-           "frames_to_tensor", "tensor_to_frames", "write_video", "is_video_path",
-           "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
+__all__ = [
+    "VideoError",
+    "VideoInfo",
+    "probe",
+    "iter_frames",
+    "parse_size",
+    "PaddedClip",
+    "frames_to_tensor",
+    "tensor_to_frames",
+    "write_video",
+    "is_video_path",
+    "VIDEO_SUFFIXES",
+    "IMAGE_SUFFIXES",
+]
 
 PathLike = Union[str, os.PathLike]
 
 # Output suffix -> (container format, codec). The format is named explicitly because the file is
 # first written under a temporary name that FFmpeg could not guess it from.
-VIDEO_SUFFIXES = {".mp4": ("mp4", "libx264"), ".m4v": ("mp4", "libx264"),
-                  ".mov": ("mov", "libx264"), ".mkv": ("matroska", "libx264"),
-                  ".webm": ("webm", "libvpx-vp9"), ".gif": ("gif", "gif"),
-                  ".avi": ("avi", "mpeg4")}
+VIDEO_SUFFIXES = {
+    ".mp4": ("mp4", "libx264"),
+    ".m4v": ("mp4", "libx264"),
+    ".mov": ("mov", "libx264"),
+    ".mkv": ("matroska", "libx264"),
+    ".webm": ("webm", "libvpx-vp9"),
+    ".gif": ("gif", "gif"),
+    ".avi": ("avi", "mpeg4"),
+}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = Fraction(24)
 
@@ -76,8 +92,10 @@ class VideoInfo:
     codec: str
 
     def describe(self) -> str:
-        return (f"{self.frames} frames of {self.width}x{self.height} at {_fps_text(self.fps)} fps "
-                f"({self.codec})")
+        return (
+            f"{self.frames} frames of {self.width}x{self.height} at {_fps_text(self.fps)} fps "
+            f"({self.codec})"
+        )
 
 
 def _fps_text(fps: Fraction) -> str:
@@ -104,8 +122,9 @@ def _image_files(source: str) -> Optional[List[str]]:
         return None
     files = [f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(f)]
     if not files:
-        raise VideoError(f"{source} holds no image frames ({', '.join(IMAGE_SUFFIXES)}): "
-                         "zero frames")
+        raise VideoError(
+            f"{source} holds no image frames ({', '.join(IMAGE_SUFFIXES)}): zero frames"
+        )
     return files
 
 
@@ -148,8 +167,14 @@ def probe(source: PathLike, fps: Optional[Fraction] = None) -> VideoInfo:
     files = _image_files(source)
     if files is not None:
         first = _decode_image(files[0])
-        return VideoInfo(source, len(files), first.shape[0], first.shape[1],
-                         Fraction(fps) if fps else DEFAULT_FPS, "image sequence")
+        return VideoInfo(
+            source,
+            len(files),
+            first.shape[0],
+            first.shape[1],
+            Fraction(fps) if fps else DEFAULT_FPS,
+            "image sequence",
+        )
     container, stream = _open_video(source)
     try:
         count = sum(1 for packet in container.demux(stream) if packet.size)
@@ -180,13 +205,13 @@ def _decode_image(path: str, size: Optional[Tuple[int, int]] = None) -> np.ndarr
 
 def _to_rgb(frame, size: Optional[Tuple[int, int]]) -> np.ndarray:
     if size is not None and (frame.height, frame.width) != tuple(size):
-        frame = frame.reformat(width=size[1], height=size[0], format="rgb24",
-                               interpolation="AREA")
+        frame = frame.reformat(width=size[1], height=size[0], format="rgb24", interpolation="AREA")
     return frame.to_ndarray(format="rgb24")
 
 
-def iter_frames(source: PathLike, size: Optional[Tuple[int, int]] = None,
-                expected: Optional[int] = None) -> Iterator[np.ndarray]:
+def iter_frames(
+    source: PathLike, size: Optional[Tuple[int, int]] = None, expected: Optional[int] = None
+) -> Iterator[np.ndarray]:
     """Decode frames one at a time as uint8 [H, W, 3] RGB, resized to ``size`` = (H, W) if given.
 
     ``expected``: the frame count from :func:`probe`; a stream that ends early or runs long raises
@@ -201,8 +226,10 @@ def iter_frames(source: PathLike, size: Optional[Tuple[int, int]] = None,
         for path in files:
             image = _decode_image(path, size)
             if shape is not None and image.shape != shape:
-                raise VideoError(f"{path} is {image.shape[1]}x{image.shape[0]}, but the sequence "
-                                 f"started at {shape[1]}x{shape[0]}")
+                raise VideoError(
+                    f"{path} is {image.shape[1]}x{image.shape[0]}, but the sequence "
+                    f"started at {shape[1]}x{shape[0]}"
+                )
             shape = image.shape
             count += 1
             yield image
@@ -217,15 +244,18 @@ def iter_frames(source: PathLike, size: Optional[Tuple[int, int]] = None,
                 count += 1
                 yield _to_rgb(frame, size)
         except errors as err:
-            raise VideoError(f"{source}: decoding failed after {count} frames "
-                             f"({_one_line(err)})") from None
+            raise VideoError(
+                f"{source}: decoding failed after {count} frames ({_one_line(err)})"
+            ) from None
         finally:
             container.close()
     if count == 0:
         raise VideoError(f"{source} has zero decodable frames")
     if expected is not None and count != expected:
-        raise VideoError(f"{source}: decoded {count} frames but the container lists {expected} "
-                         "(truncated or corrupt file)")
+        raise VideoError(
+            f"{source}: decoded {count} frames but the container lists {expected} "
+            "(truncated or corrupt file)"
+        )
 
 
 def parse_size(text: Optional[str], height: int, width: int) -> Tuple[int, int]:
@@ -274,15 +304,25 @@ class PaddedClip:
     walk a clip. ``on_frames(n)`` is called with each count of real frames read (progress bars).
     """
 
-    def __init__(self, frames: Iterable[np.ndarray], count: int, height: int, width: int,
-                 space_factor: int = 8, time_factor: int = 4,
-                 on_frames: Optional[Callable[[int], None]] = None):
+    def __init__(
+        self,
+        frames: Iterable[np.ndarray],
+        count: int,
+        height: int,
+        width: int,
+        space_factor: int = 8,
+        time_factor: int = 4,
+        on_frames: Optional[Callable[[int], None]] = None,
+    ):
         if count < 1:
             raise VideoError("a clip needs at least one frame")
         self.frames, self.height, self.width = count, height, width
         padded_t = 1 + -(-(count - 1) // time_factor) * time_factor
-        self.padded = (padded_t, -(-height // space_factor) * space_factor,
-                       -(-width // space_factor) * space_factor)
+        self.padded = (
+            padded_t,
+            -(-height // space_factor) * space_factor,
+            -(-width // space_factor) * space_factor,
+        )
         self._source = iter(frames)
         self._next = 0
         self._last: Optional[np.ndarray] = None
@@ -295,8 +335,11 @@ class PaddedClip:
     @property
     def padding(self) -> dict:
         """Frames added at the end, rows at the bottom, columns at the right."""
-        return {"frames": self.padded[0] - self.frames, "bottom": self.padded[1] - self.height,
-                "right": self.padded[2] - self.width}
+        return {
+            "frames": self.padded[0] - self.frames,
+            "bottom": self.padded[1] - self.height,
+            "right": self.padded[2] - self.width,
+        }
 
     def __len__(self) -> int:
         return 1
@@ -309,8 +352,10 @@ class PaddedClip:
                 if frame is None:
                     raise VideoError(f"the video ended after {self._next} of {self.frames} frames")
                 if frame.shape[:2] != (self.height, self.width):
-                    raise VideoError(f"frame {self._next} is {frame.shape[1]}x{frame.shape[0]}, "
-                                     f"expected {self.width}x{self.height}")
+                    raise VideoError(
+                        f"frame {self._next} is {frame.shape[1]}x{frame.shape[0]}, "
+                        f"expected {self.width}x{self.height}"
+                    )
                 self._last = frame
                 if self._on_frames is not None:
                     self._on_frames(1)
@@ -319,24 +364,31 @@ class PaddedClip:
         return np.stack(out)
 
     def __getitem__(self, index) -> torch.Tensor:
-        if not (isinstance(index, tuple) and len(index) == 3
-                and all(i == slice(None) for i in index[:2]) and isinstance(index[2], slice)):
+        if not (
+            isinstance(index, tuple)
+            and len(index) == 3
+            and all(i == slice(None) for i in index[:2])
+            and isinstance(index[2], slice)
+        ):
             raise TypeError("PaddedClip supports only clip[:, :, start:stop]")
         start, stop, step = index[2].indices(self.padded[0])
         if step != 1 or start != self._next:
-            raise ValueError(f"PaddedClip is read front to back: next frame is {self._next}, "
-                             f"asked for [{start}:{stop}]")
+            raise ValueError(
+                f"PaddedClip is read front to back: next frame is {self._next}, "
+                f"asked for [{start}:{stop}]"
+            )
         return frames_to_tensor(self._read(stop - start), self.padded[1], self.padded[2])
 
     def read_all(self) -> torch.Tensor:
         """The whole padded clip as one tensor (for encoders that take no chunks)."""
-        return self[:, :, self._next:self.padded[0]]
+        return self[:, :, self._next : self.padded[0]]
 
     def finish(self) -> None:
         """Drain the source so that its frame-count check runs."""
         for _ in self._source:
-            raise VideoError(f"the video has more than the {self.frames} frames its container "
-                             "lists")
+            raise VideoError(
+                f"the video has more than the {self.frames} frames its container lists"
+            )
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -346,8 +398,10 @@ def _output_kind(path: Path) -> str:
         return "video"
     if suffix == "" or str(path).endswith(os.sep):
         return "images"
-    raise VideoError(f"unsupported output format {suffix!r} for {path}: use one of "
-                     f"{', '.join(sorted(VIDEO_SUFFIXES))}, or a directory for PNG frames")
+    raise VideoError(
+        f"unsupported output format {suffix!r} for {path}: use one of "
+        f"{', '.join(sorted(VIDEO_SUFFIXES))}, or a directory for PNG frames"
+    )
 
 
 def check_output_path(path: PathLike) -> None:
@@ -355,8 +409,9 @@ def check_output_path(path: PathLike) -> None:
     path = Path(path)
     kind = _output_kind(path)
     if kind == "images" and path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise VideoError(f"{path} exists and is not an empty directory; PNG frames need a new "
-                         "or empty directory")
+        raise VideoError(
+            f"{path} exists and is not an empty directory; PNG frames need a new or empty directory"
+        )
     if kind == "video" and path.is_dir():
         raise VideoError(f"{path} is a directory")
 
@@ -377,8 +432,9 @@ def _codec_options(codec: str, crf: Optional[int]) -> dict:
     return {}
 
 
-def _write_container(tmp: str, fmt: str, codec: str, chunks: Iterable[np.ndarray], fps: Fraction,
-                     crf: Optional[int]) -> int:
+def _write_container(
+    tmp: str, fmt: str, codec: str, chunks: Iterable[np.ndarray], fps: Fraction, crf: Optional[int]
+) -> int:
     av = _av()
     count = 0
     with av.open(tmp, "w", format=fmt) as container:
@@ -388,8 +444,9 @@ def _write_container(tmp: str, fmt: str, codec: str, chunks: Iterable[np.ndarray
                 if stream is None:
                     height, width = image.shape[:2]
                     try:
-                        stream = container.add_stream(codec, rate=fps,
-                                                      options=_codec_options(codec, crf))
+                        stream = container.add_stream(
+                            codec, rate=fps, options=_codec_options(codec, crf)
+                        )
                     except _ffmpeg_errors() + (ValueError,) as err:
                         raise VideoError(f"unsupported codec {codec} ({_one_line(err)})") from None
                     stream.width, stream.height = width, height
@@ -437,8 +494,9 @@ def _save_png(image: np.ndarray, path: Path) -> None:
             container.mux(packet)
 
 
-def write_video(path: PathLike, chunks: Iterable[np.ndarray], fps: Fraction,
-                crf: Optional[int] = None) -> int:
+def write_video(
+    path: PathLike, chunks: Iterable[np.ndarray], fps: Fraction, crf: Optional[int] = None
+) -> int:
     """Write uint8 [N, H, W, 3] frame chunks, consumed as they are produced, to ``path``: a video
     file (format by suffix) or a directory of PNG frames. Atomic: on any failure, including one
     raised by the producer of ``chunks``, nothing is left at ``path``. Returns the frame count."""
@@ -449,8 +507,12 @@ def write_video(path: PathLike, chunks: Iterable[np.ndarray], fps: Fraction,
     fmt, codec = VIDEO_SUFFIXES[path.suffix.lower()]
     written = []
     try:
-        atomic_write(path, lambda tmp: written.append(
-            _write_container(tmp, fmt, codec, chunks, Fraction(fps), crf)))
+        atomic_write(
+            path,
+            lambda tmp: written.append(
+                _write_container(tmp, fmt, codec, chunks, Fraction(fps), crf)
+            ),
+        )
     except _ffmpeg_errors() as err:
         raise VideoError(f"writing {path} failed ({_one_line(err)})") from None
     return written[0]

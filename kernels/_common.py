@@ -18,8 +18,17 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["voxel_rows", "check_launchable", "interpreting", "loop_arg", "param_vector",
-           "empty_like_layout", "check_out", "use_autotune", "exact_fp32"]
+__all__ = [
+    "voxel_rows",
+    "check_launchable",
+    "interpreting",
+    "loop_arg",
+    "param_vector",
+    "empty_like_layout",
+    "check_out",
+    "use_autotune",
+    "exact_fp32",
+]
 
 
 def _collapsed_voxel_stride(t: torch.Tensor):
@@ -56,10 +65,11 @@ def check_launchable(x: torch.Tensor, op: str, instead: str = "cdt_fast.function
     """Triton kernels run on CUDA tensors, or on CPU tensors under the interpreter only: a clear
     error instead of Triton's."""
     if not x.is_cuda and not interpreting():
-        raise RuntimeError(f"{op}: the Triton kernel needs a CUDA tensor (got device {x.device}); "
-                           f"on CPU use {instead}, or set TRITON_INTERPRET=1 before importing "
-                           "triton to run the kernel in the interpreter")
-
+        raise RuntimeError(
+            f"{op}: the Triton kernel needs a CUDA tensor (got device {x.device}); "
+            f"on CPU use {instead}, or set TRITON_INTERPRET=1 before importing "
+            "triton to run the kernel in the interpreter"
+        )
 
 
 def loop_arg(value: int):
@@ -76,29 +86,42 @@ def param_vector(p: torch.Tensor, c: int, name: str) -> torch.Tensor:
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of {c} elements, got {type(p).__name__}")
     if p.numel() != c:
-        raise ValueError(f"{name} must hold C={c} elements ([C] or [1, C, 1, 1, 1]), "
-                         f"got shape {tuple(p.shape)}")
+        raise ValueError(
+            f"{name} must hold C={c} elements ([C] or [1, C, 1, 1, 1]), got shape {tuple(p.shape)}"
+        )
     return p.reshape(c).contiguous()
 
 
-
-
-def empty_like_layout(x: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None) -> torch.Tensor:
+def empty_like_layout(
+    x: torch.Tensor, shape: Sequence[int], dtype: torch.dtype = None
+) -> torch.Tensor:
     """An uninitialised [B, C, T, H, W] tensor in ``x``'s memory format (channels-last 3D or
     contiguous) and device."""
-    fmt = (torch.channels_last_3d if x.dim() == 5 and not x.is_contiguous()
-           and x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
+    fmt = (
+        torch.channels_last_3d
+        if x.dim() == 5
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last_3d)
+        else torch.contiguous_format
+    )
     return torch.empty(tuple(shape), dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
 
 
-def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, device: torch.device,
-              name: str = "out") -> torch.Tensor:
+def check_out(
+    out: torch.Tensor,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    name: str = "out",
+) -> torch.Tensor:
     """Validates a caller-provided output buffer (any strides)."""
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(out).__name__}")
     if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != device:
-        raise ValueError(f"{name} must be a {dtype} tensor of shape {list(shape)} on {device}, "
-                         f"got {out.dtype} {list(out.shape)} on {out.device}")
+        raise ValueError(
+            f"{name} must be a {dtype} tensor of shape {list(shape)} on {device}, "
+            f"got {out.dtype} {list(out.shape)} on {out.device}"
+        )
     return out
 
 
@@ -112,5 +135,6 @@ def exact_fp32(x: torch.Tensor) -> bool:
     """Whether a conv-like kernel on fp32 ``x`` must use IEEE fp32 products: yes unless torch lets
     its own cuDNN convs use TF32 (``torch.backends.cudnn.allow_tf32``, on by default), in which
     case the kernel does as the reference does."""
-    return x.dtype == torch.float32 and not (x.device.type == "cuda"
-                                             and torch.backends.cudnn.allow_tf32)
+    return x.dtype == torch.float32 and not (
+        x.device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    )

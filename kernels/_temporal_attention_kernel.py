@@ -21,12 +21,39 @@ _PACK_TILE = 64  # rows (queries or keys) of a packed tile
 
 @triton.jit
 def _temporal_attention_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, NH, HEADS, qk_scale,
-        s_qs, s_qh, s_qt, s_qd, s_ks, s_kh, s_kt, s_kd, s_vs, s_vh, s_vt, s_vd,
-        s_os, s_oh, s_ot, s_od,
-        TQ: tl.constexpr, TK: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-        CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    NH,
+    HEADS,
+    qk_scale,
+    s_qs,
+    s_qh,
+    s_qt,
+    s_qd,
+    s_ks,
+    s_kh,
+    s_kt,
+    s_kd,
+    s_vs,
+    s_vh,
+    s_vt,
+    s_vd,
+    s_os,
+    s_oh,
+    s_ot,
+    s_od,
+    TQ: tl.constexpr,
+    TK: tl.constexpr,
+    D: tl.constexpr,
+    G: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid_g = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -37,8 +64,11 @@ def _temporal_attention_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     ok_d = offs_d < D
     q_off = (seq_q // HEADS) * s_qs + (seq_q % HEADS) * s_qh + i_q * s_qt
-    q = tl.load(q_ptr + q_off[:, None] + offs_d[None, :] * s_qd,
-                mask=ok_q[:, None] & ok_d[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + q_off[:, None] + offs_d[None, :] * s_qd,
+        mask=ok_q[:, None] & ok_d[None, :],
+        other=0.0,
+    )
     # Finite start for the running max: fully masked blocks then give exp2(-inf) = 0, not NaN.
     m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -57,9 +87,13 @@ def _temporal_attention_kernel(
             seq_k = (pid_g * G + g_k).to(tl.int64)
             ok_k = (g_k < G) & (seq_k < NH)
             kv_mask = ok_k[:, None] & ok_d[None, :]
-            k = tl.load(k_ptr + ((seq_k // HEADS) * s_ks + (seq_k % HEADS) * s_kh
-                                 + j_k * s_kt)[:, None] + offs_d[None, :] * s_kd,
-                        mask=kv_mask, other=0.0)
+            k = tl.load(
+                k_ptr
+                + ((seq_k // HEADS) * s_ks + (seq_k % HEADS) * s_kh + j_k * s_kt)[:, None]
+                + offs_d[None, :] * s_kd,
+                mask=kv_mask,
+                other=0.0,
+            )
             if IEEE:
                 scores = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
@@ -73,9 +107,13 @@ def _temporal_attention_kernel(
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(scores - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_ptr + ((seq_k // HEADS) * s_vs + (seq_k % HEADS) * s_vh
-                                 + j_k * s_vt)[:, None] + offs_d[None, :] * s_vd,
-                        mask=kv_mask, other=0.0)
+            v = tl.load(
+                v_ptr
+                + ((seq_k // HEADS) * s_vs + (seq_k % HEADS) * s_vh + j_k * s_vt)[:, None]
+                + offs_d[None, :] * s_vd,
+                mask=kv_mask,
+                other=0.0,
+            )
             if IEEE:
                 acc = tl.dot(p, v, acc * alpha[:, None], input_precision="ieee")
             else:
@@ -83,13 +121,17 @@ def _temporal_attention_kernel(
             m_i = m_new
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     o_off = (seq_q // HEADS) * s_os + (seq_q % HEADS) * s_oh + i_q * s_ot
-    tl.store(o_ptr + o_off[:, None] + offs_d[None, :] * s_od, out.to(o_ptr.dtype.element_ty),
-             mask=ok_q[:, None] & ok_d[None, :])
+    tl.store(
+        o_ptr + o_off[:, None] + offs_d[None, :] * s_od,
+        out.to(o_ptr.dtype.element_ty),
+        mask=ok_q[:, None] & ok_d[None, :],
+    )
 
 
 _CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w, s in [(4, 2), (4, 3), (8, 2)]]
 _temporal_attention_tuned = triton.autotune(_CONFIGS, key=["TQ", "TK", "D", "G"])(
-    _temporal_attention_kernel)
+    _temporal_attention_kernel
+)
 
 
 def _tiles(tq: int, tk: int, d: int, interpret: bool):
@@ -98,21 +140,44 @@ def _tiles(tq: int, tk: int, d: int, interpret: bool):
     longest = max(tq, tk)
     if longest <= _PACK_TILE:
         g = _PACK_TILE // longest
-        return (g, max(16, triton.next_power_of_2(g * tq)), max(16, triton.next_power_of_2(g * tk)),
-                block_d)
+        return (
+            g,
+            max(16, triton.next_power_of_2(g * tq)),
+            max(16, triton.next_power_of_2(g * tk)),
+            block_d,
+        )
     block = 32 if interpret else 64
     return 1, block, block, block_d
 
 
 def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
-    check_launchable(q, "temporal_attention",
-                 "temporal_attention(..., backend='sdpa')")
+    check_launchable(q, "temporal_attention", "temporal_attention(..., backend='sdpa')")
     g, block_m, block_n, block_d = _tiles(tq, tk, d, not use_autotune(q))
     grid = (triton.cdiv(nh, g), triton.cdiv(g * tq, block_m))
-    args = (q, k, v, out, nh, heads, scale * _LOG2E, *q.stride(), *k.stride(), *v.stride(),
-            *out.stride())
-    meta = dict(TQ=tq, TK=tk, D=d, G=g, CAUSAL=bool(causal), IEEE=q.dtype == torch.float32,
-                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
+    args = (
+        q,
+        k,
+        v,
+        out,
+        nh,
+        heads,
+        scale * _LOG2E,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *out.stride(),
+    )
+    meta = dict(
+        TQ=tq,
+        TK=tk,
+        D=d,
+        G=g,
+        CAUSAL=bool(causal),
+        IEEE=q.dtype == torch.float32,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+    )
     if use_autotune(q):
         _temporal_attention_tuned[grid](*args, **meta)
     else:

@@ -53,8 +53,15 @@ from cdt_fast.functional import PAD_MODES
 from ._common import check_launchable, interpreting
 from .channel_norm import channel_norm, channel_norm_tile
 
-__all__ = ["Epilogue", "causal_conv3d", "causal_conv3d_frames", "causal_conv3d_norm", "pack_weight",
-           "output_shape", "FUSED_NORM_MAX_CHANNELS"]
+__all__ = [
+    "Epilogue",
+    "causal_conv3d",
+    "causal_conv3d_frames",
+    "causal_conv3d_norm",
+    "pack_weight",
+    "output_shape",
+    "FUSED_NORM_MAX_CHANNELS",
+]
 
 # Widest conv whose LayerNorm runs in its epilogue. The norm needs a voxel's every channel in one
 # tile, so the fp32 accumulator is BLOCK_M x next_pow2(Cout): up to 128 columns it fits the
@@ -83,12 +90,23 @@ def _autotune_configs(with_block_n: bool):
         tiles = [(32, 16, 16, 1, 1)]
     else:
         tiles = [  # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps
-            (128, 128, 32, 3, 8), (128, 128, 64, 3, 8), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
-            (64, 64, 32, 4, 4), (256, 128, 32, 3, 8), (128, 256, 32, 3, 8),
-            (64, 32, 16, 4, 2), (128, 32, 16, 4, 4), (64, 64, 16, 4, 4), (128, 256, 64, 3, 8),
+            (128, 128, 32, 3, 8),
+            (128, 128, 64, 3, 8),
+            (128, 64, 32, 4, 4),
+            (64, 128, 32, 4, 4),
+            (64, 64, 32, 4, 4),
+            (256, 128, 32, 3, 8),
+            (128, 256, 32, 3, 8),
+            (64, 32, 16, 4, 2),
+            (128, 32, 16, 4, 4),
+            (64, 64, 16, 4, 4),
+            (128, 256, 64, 3, 8),
             # Narrow N for the 3-channel output conv: without these the pruning fell back to a
             # 128-wide N tile (97% idle columns) that spilled registers.
-            (128, 16, 64, 4, 4), (64, 16, 64, 4, 4), (128, 16, 32, 4, 4), (64, 16, 16, 4, 4),
+            (128, 16, 64, 4, 4),
+            (64, 16, 64, 4, 4),
+            (128, 16, 32, 4, 4),
+            (64, 16, 16, 4, 4),
         ]
         # Dropped after reading their sm_90 code: (128, 64, 64, 3, 4) and (256, 128, 64, 3, 8)
         # spill registers on the plain 3x3x3 conv.
@@ -113,14 +131,20 @@ def _prune_configs(configs, named_args, **kwargs):
     max_n = max(16, triton.next_power_of_2(args["N"]))
     # Full-row tiles (fused norm): BLOCK_N is the launcher's, so bound the accumulator instead.
     full_row = args.get("BLOCK_N", 0)
-    kept = [c for c in configs
-            if c.kwargs["BLOCK_K"] <= max_k and c.kwargs.get("BLOCK_N", 0) <= max_n
-            and c.kwargs["BLOCK_M"] * full_row <= _FULL_ROW_TILE]
+    kept = [
+        c
+        for c in configs
+        if c.kwargs["BLOCK_K"] <= max_k
+        and c.kwargs.get("BLOCK_N", 0) <= max_n
+        and c.kwargs["BLOCK_M"] * full_row <= _FULL_ROW_TILE
+    ]
     if kept:
         return kept
+
     # Nothing that narrow: the tiles wasting the fewest columns and channels.
     def waste(c):
         return (c.kwargs.get("BLOCK_N", 0), c.kwargs["BLOCK_M"] * full_row, c.kwargs["BLOCK_K"])
+
     least = min(map(waste, configs))
     return [c for c in configs if waste(c) == least]
 
@@ -129,16 +153,35 @@ _AUTOTUNE_KEY = ["M", "N", "CIN", "KT", "KH", "KW", "SH", "ST", "HAS_PAST", "UPS
 
 
 @triton.jit
-def _conv_epilogue(acc, rn, n_ok, b, bias_ptr, g_ptr, beta_ptr, cbias_ptr, res_ptr, res_off, mask,
-                   N, scb, scc, eps,
-                   HAS_BIAS: tl.constexpr, NORM: tl.constexpr, RELU: tl.constexpr,
-                   HAS_CBIAS: tl.constexpr, HAS_RES: tl.constexpr):
+def _conv_epilogue(
+    acc,
+    rn,
+    n_ok,
+    b,
+    bias_ptr,
+    g_ptr,
+    beta_ptr,
+    cbias_ptr,
+    res_ptr,
+    res_off,
+    mask,
+    N,
+    scb,
+    scc,
+    eps,
+    HAS_BIAS: tl.constexpr,
+    NORM: tl.constexpr,
+    RELU: tl.constexpr,
+    HAS_CBIAS: tl.constexpr,
+    HAS_RES: tl.constexpr,
+):
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     cbias = 0.0
     if HAS_CBIAS:
-        cbias = tl.load(cbias_ptr + b[:, None] * scb + rn[None, :] * scc, mask=mask,
-                        other=0.0).to(tl.float32)
+        cbias = tl.load(cbias_ptr + b[:, None] * scb + rn[None, :] * scc, mask=mask, other=0.0).to(
+            tl.float32
+        )
     res = 0.0
     if HAS_RES:
         res = tl.load(res_ptr + res_off, mask=mask, other=0.0).to(tl.float32)
@@ -153,22 +196,76 @@ def _conv_epilogue(acc, rn, n_ok, b, bias_ptr, g_ptr, beta_ptr, cbias_ptr, res_p
 
 @triton.jit
 def _causal_conv3d_kernel(
-        x_ptr, p_ptr, w_ptr, bias_ptr, out_ptr, g_ptr, beta_ptr, cbias_ptr, res_ptr,
-        M, N, T_OUT, H_OUT, W_OUT,
-        P_FRAMES, P_OFF, FRONT, H_IN, W_IN, PAD_H, PAD_W,
-        sxb, sxc, sxt, sxh, sxw,
-        spb, spc, spt, sph, spw,
-        swo, swi, swt, swh, sww,
-        sob, soc, sot, soh, sow,
-        srb, src, srt, srh, srw,
-        scb, scc, eps,
-        CIN: tl.constexpr, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-        ST: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-        HAS_PAST: tl.constexpr, ZERO_PAD: tl.constexpr, UPSAMPLE: tl.constexpr,
-        HAS_BIAS: tl.constexpr, NORM: tl.constexpr, RELU: tl.constexpr,
-        HAS_CBIAS: tl.constexpr, HAS_RES: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr):
+    x_ptr,
+    p_ptr,
+    w_ptr,
+    bias_ptr,
+    out_ptr,
+    g_ptr,
+    beta_ptr,
+    cbias_ptr,
+    res_ptr,
+    M,
+    N,
+    T_OUT,
+    H_OUT,
+    W_OUT,
+    P_FRAMES,
+    P_OFF,
+    FRONT,
+    H_IN,
+    W_IN,
+    PAD_H,
+    PAD_W,
+    sxb,
+    sxc,
+    sxt,
+    sxh,
+    sxw,
+    spb,
+    spc,
+    spt,
+    sph,
+    spw,
+    swo,
+    swi,
+    swt,
+    swh,
+    sww,
+    sob,
+    soc,
+    sot,
+    soh,
+    sow,
+    srb,
+    src,
+    srt,
+    srh,
+    srw,
+    scb,
+    scc,
+    eps,
+    CIN: tl.constexpr,
+    KT: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    ST: tl.constexpr,
+    SH: tl.constexpr,
+    SW: tl.constexpr,
+    HAS_PAST: tl.constexpr,
+    ZERO_PAD: tl.constexpr,
+    UPSAMPLE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    NORM: tl.constexpr,
+    RELU: tl.constexpr,
+    HAS_CBIAS: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
     # Grouped program ordering: GROUP_M row tiles share each weight column tile while it is hot.
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -192,8 +289,8 @@ def _causal_conv3d_kernel(
     ho = ((rm_safe // W_OUT) % H_OUT).to(tl.int64)
     to = ((rm_safe // (W_OUT * H_OUT)) % T_OUT).to(tl.int64)
     b = (rm_safe // (W_OUT * H_OUT * T_OUT)).to(tl.int64)
-    t_base = to * ST - FRONT          # index into [past | x]; negative = temporal padding
-    h_base = ho * SH - PAD_H          # index into the (upsampled) frame; outside = spatial padding
+    t_base = to * ST - FRONT  # index into [past | x]; negative = temporal padding
+    h_base = ho * SH - PAD_H  # index into the (upsampled) frame; outside = spatial padding
     w_base = wo * SW - PAD_W
     if UPSAMPLE:
         h_virtual = H_IN * 2
@@ -234,37 +331,75 @@ def _causal_conv3d_kernel(
             pt = tl.minimum(tv, P_FRAMES - 1) + P_OFF
             x_off = b * sxb + xt * sxt + hv * sxh + wv * sxw
             p_off = b * spb + pt * spt + hv * sph + wv * spw
-            a = tl.load(x_ptr + x_off[:, None] + cin[None, :] * sxc,
-                        mask=(ok & ~in_past)[:, None] & k_ok[None, :], other=0.0)
-            a += tl.load(p_ptr + p_off[:, None] + cin[None, :] * spc,
-                         mask=(ok & in_past)[:, None] & k_ok[None, :], other=0.0)
+            a = tl.load(
+                x_ptr + x_off[:, None] + cin[None, :] * sxc,
+                mask=(ok & ~in_past)[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            a += tl.load(
+                p_ptr + p_off[:, None] + cin[None, :] * spc,
+                mask=(ok & in_past)[:, None] & k_ok[None, :],
+                other=0.0,
+            )
         else:
             x_off = b * sxb + tv * sxt + hv * sxh + wv * sxw
-            a = tl.load(x_ptr + x_off[:, None] + cin[None, :] * sxc,
-                        mask=ok[:, None] & k_ok[None, :], other=0.0)
+            a = tl.load(
+                x_ptr + x_off[:, None] + cin[None, :] * sxc,
+                mask=ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
         w_tap = dt * swt + dh * swh + dw * sww
-        w = tl.load(w_ptr + w_tap + cin[:, None] * swi + rn[None, :] * swo,
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        w = tl.load(
+            w_ptr + w_tap + cin[:, None] * swi + rn[None, :] * swo,
+            mask=k_ok[:, None] & n_ok[None, :],
+            other=0.0,
+        )
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
 
     mask = m_ok[:, None] & n_ok[None, :]
     res_off = (b * srb + to * srt + ho * srh + wo * srw)[:, None] + rn[None, :] * src
-    acc = _conv_epilogue(acc, rn, n_ok, b, bias_ptr, g_ptr, beta_ptr, cbias_ptr, res_ptr, res_off,
-                         mask, N, scb, scc, eps, HAS_BIAS, NORM, RELU, HAS_CBIAS, HAS_RES)
+    acc = _conv_epilogue(
+        acc,
+        rn,
+        n_ok,
+        b,
+        bias_ptr,
+        g_ptr,
+        beta_ptr,
+        cbias_ptr,
+        res_ptr,
+        res_off,
+        mask,
+        N,
+        scb,
+        scc,
+        eps,
+        HAS_BIAS,
+        NORM,
+        RELU,
+        HAS_CBIAS,
+        HAS_RES,
+    )
     out_off = (b * sob + to * sot + ho * soh + wo * sow)[:, None] + rn[None, :] * soc
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # Two tuned entry points over one kernel: the fused LayerNorm needs the whole channel row in one
 # tile, so there BLOCK_N is the launcher's choice and only the other tile sizes are tuned.
-_conv_tuned = triton.autotune(_autotune_configs(with_block_n=True), key=_AUTOTUNE_KEY,
-                              prune_configs_by={"early_config_prune": _prune_configs})(_causal_conv3d_kernel)
-_conv_tuned_full_n = triton.autotune(_autotune_configs(with_block_n=False), key=_AUTOTUNE_KEY,
-                                     prune_configs_by={"early_config_prune": _prune_configs}
-                                     )(_causal_conv3d_kernel)
+_conv_tuned = triton.autotune(
+    _autotune_configs(with_block_n=True),
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_causal_conv3d_kernel)
+_conv_tuned_full_n = triton.autotune(
+    _autotune_configs(with_block_n=False),
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_causal_conv3d_kernel)
 
 
 # -- launcher ---------------------------------------------------------------------------------
+
 
 def pack_weight(weight: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``weight`` ([Cout, Cin, kt, kh, kw]) cast to ``dtype`` and stored channels-innermost
@@ -290,9 +425,15 @@ def _ints(value, n: int, name: str, minimum: int) -> Tuple[int, ...]:
     return out
 
 
-def output_shape(x_shape: Sequence[int], weight_shape: Sequence[int], *, frames_in: int,
-                 space_padding: Sequence[int], stride: Sequence[int], upsample2x: bool
-                 ) -> Tuple[int, int, int, int, int]:
+def output_shape(
+    x_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    *,
+    frames_in: int,
+    space_padding: Sequence[int],
+    stride: Sequence[int],
+    upsample2x: bool,
+) -> Tuple[int, int, int, int, int]:
     """Output shape of a conv over ``frames_in`` virtual frames ([pad | past | x])."""
     b, _, _, h, w = x_shape
     cout, _, kt, kh, kw = weight_shape
@@ -301,9 +442,15 @@ def output_shape(x_shape: Sequence[int], weight_shape: Sequence[int], *, frames_
     if frames_in < kt or hv < kh or wv < kw:
         raise ValueError(
             f"causal_conv3d: input of {frames_in} frames (padding and past included) x {hv}x{wv} "
-            f"(padded) is smaller than the kernel {kt}x{kh}x{kw}")
-    return (b, cout, (frames_in - kt) // stride[0] + 1, (hv - kh) // stride[1] + 1,
-            (wv - kw) // stride[2] + 1)
+            f"(padded) is smaller than the kernel {kt}x{kh}x{kw}"
+        )
+    return (
+        b,
+        cout,
+        (frames_in - kt) // stride[0] + 1,
+        (hv - kh) // stride[1] + 1,
+        (wv - kw) // stride[2] + 1,
+    )
 
 
 def _check_tensor(t: torch.Tensor, name: str, x: torch.Tensor, ndim: int) -> None:
@@ -315,12 +462,20 @@ def _check_tensor(t: torch.Tensor, name: str, x: torch.Tensor, ndim: int) -> Non
         raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
-def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                  past: Optional[torch.Tensor] = None, history: int = 0,
-                  space_padding: Tuple[int, int] = (0, 0), stride: Sequence[int] = (1, 1, 1),
-                  pad_mode: str = "zeros", upsample2x: bool = False,
-                  out: Optional[torch.Tensor] = None,
-                  epilogue: Optional[Epilogue] = None) -> torch.Tensor:
+def causal_conv3d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    past: Optional[torch.Tensor] = None,
+    history: int = 0,
+    space_padding: Tuple[int, int] = (0, 0),
+    stride: Sequence[int] = (1, 1, 1),
+    pad_mode: str = "zeros",
+    upsample2x: bool = False,
+    out: Optional[torch.Tensor] = None,
+    epilogue: Optional[Epilogue] = None,
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.causal_conv3d` on the Triton kernel (see the module docstring).
 
     ``out``: a preallocated output (logical shape of the result, ``x``'s dtype, any strides, e.g. a
@@ -334,18 +489,39 @@ def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         p_off = past.shape[2] - used
     else:
         past, used, p_off = None, 0, 0
-    return causal_conv3d_frames(x, weight, bias, past=past, past_offset=p_off, past_frames=used,
-                                front=history - used, space_padding=space_padding, stride=stride,
-                                pad_mode=pad_mode, upsample2x=upsample2x, out=out,
-                                epilogue=epilogue)
+    return causal_conv3d_frames(
+        x,
+        weight,
+        bias,
+        past=past,
+        past_offset=p_off,
+        past_frames=used,
+        front=history - used,
+        space_padding=space_padding,
+        stride=stride,
+        pad_mode=pad_mode,
+        upsample2x=upsample2x,
+        out=out,
+        epilogue=epilogue,
+    )
 
 
-def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                         *, front: int, past: Optional[torch.Tensor] = None, past_offset: int = 0,
-                         past_frames: int = 0, space_padding: Tuple[int, int] = (0, 0),
-                         stride: Sequence[int] = (1, 1, 1), pad_mode: str = "zeros",
-                         upsample2x: bool = False, out: Optional[torch.Tensor] = None,
-                         epilogue: Optional[Epilogue] = None) -> torch.Tensor:
+def causal_conv3d_frames(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    front: int,
+    past: Optional[torch.Tensor] = None,
+    past_offset: int = 0,
+    past_frames: int = 0,
+    space_padding: Tuple[int, int] = (0, 0),
+    stride: Sequence[int] = (1, 1, 1),
+    pad_mode: str = "zeros",
+    upsample2x: bool = False,
+    out: Optional[torch.Tensor] = None,
+    epilogue: Optional[Epilogue] = None,
+) -> torch.Tensor:
     """The conv over ``[front padding frames | past[:, :, past_offset:past_offset+past_frames] | x]``.
 
     The form a cache buffer uses: its valid history and the chunk are one tensor ``x`` and only
@@ -375,21 +551,34 @@ def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         raise ValueError(f"front must be >= 0, got {front}")
     if past is not None:
         if past.shape[:2] != x.shape[:2] or past.shape[3:] != x.shape[3:]:
-            raise ValueError(f"past must match x in batch, channels and frame size: past "
-                             f"{tuple(past.shape)} vs x {tuple(x.shape)}")
+            raise ValueError(
+                f"past must match x in batch, channels and frame size: past "
+                f"{tuple(past.shape)} vs x {tuple(x.shape)}"
+            )
         if past_offset < 0 or past_frames < 0 or past_offset + past_frames > past.shape[2]:
-            raise ValueError(f"past_offset={past_offset}, past_frames={past_frames} do not fit "
-                             f"past's {past.shape[2]} frames")
+            raise ValueError(
+                f"past_offset={past_offset}, past_frames={past_frames} do not fit "
+                f"past's {past.shape[2]} frames"
+            )
         past = past.to(x.dtype)
         if past_frames == 0:
             past = None
     else:
         past_frames = past_offset = 0
-    shape = output_shape(x.shape, weight.shape, frames_in=front + past_frames + frames,
-                         space_padding=(ph, pw), stride=stride, upsample2x=upsample2x)
+    shape = output_shape(
+        x.shape,
+        weight.shape,
+        frames_in=front + past_frames + frames,
+        space_padding=(ph, pw),
+        stride=stride,
+        upsample2x=upsample2x,
+    )
     if out is None:
-        fmt = (torch.contiguous_format if x.is_contiguous() and not
-               x.is_contiguous(memory_format=torch.channels_last_3d) else torch.channels_last_3d)
+        fmt = (
+            torch.contiguous_format
+            if x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last_3d)
+            else torch.channels_last_3d
+        )
         out = torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=fmt)
     else:
         _check_tensor(out, "out", x, 5)
@@ -411,14 +600,17 @@ def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     if ep.channel_bias is not None:
         cbias = ep.channel_bias.reshape(ep.channel_bias.shape[0], -1)
         if tuple(cbias.shape) != (bsz, cout):
-            raise ValueError(f"epilogue: channel_bias must be [{bsz}, {cout}](, 1, 1, 1), got "
-                             f"{tuple(ep.channel_bias.shape)}")
+            raise ValueError(
+                f"epilogue: channel_bias must be [{bsz}, {cout}](, 1, 1, 1), got "
+                f"{tuple(ep.channel_bias.shape)}"
+            )
         scb, scc = cbias.stride()
     if ep.residual is not None:
         res = ep.residual
         if tuple(res.shape) != shape:
-            raise ValueError(f"epilogue: residual must have the output's shape {shape}, got "
-                             f"{tuple(res.shape)}")
+            raise ValueError(
+                f"epilogue: residual must have the output's shape {shape}, got {tuple(res.shape)}"
+            )
         if res.data_ptr() == out.data_ptr():
             raise ValueError("epilogue: residual must not alias out (autotuning reruns the kernel)")
     for name, t in (("norm_weight", g), ("channel_bias", cbias), ("residual", res)):
@@ -428,26 +620,65 @@ def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     m = shape[0] * shape[2] * shape[3] * shape[4]
     if m == 0 or cout == 0:
         return out
-    if m >= 2 ** 31:
-        raise ValueError(f"causal_conv3d: {m} output voxels exceed the kernel's 32-bit row index; "
-                         "split the batch or the chunk")
+    if m >= 2**31:
+        raise ValueError(
+            f"causal_conv3d: {m} output voxels exceed the kernel's 32-bit row index; "
+            "split the batch or the chunk"
+        )
     p = past if past is not None else x
     r = res if res is not None else out
-    precision = ("tf32" if x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32
-                 else "ieee")
+    precision = "tf32" if x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32 else "ieee"
     if interpreting():
         precision = "ieee"
-    args = (x, p, weight, bias if bias is not None else x, out,
-            g if g is not None else x, beta if beta is not None else x,
-            cbias if cbias is not None else x, r,
-            m, cout, shape[2], shape[3], shape[4],
-            past_frames, past_offset, front, h, w, ph, pw,
-            *x.stride(), *p.stride(), *weight.stride(), *out.stride(), *r.stride(),
-            scb, scc, float(ep.eps))
-    flags = dict(CIN=cin, KT=kt, KH=kh, KW=kw, ST=stride[0], SH=stride[1], SW=stride[2],
-                 HAS_PAST=past is not None, ZERO_PAD=pad_mode == "zeros", UPSAMPLE=bool(upsample2x),
-                 HAS_BIAS=bias is not None, NORM=g is not None, RELU=bool(ep.relu),
-                 HAS_CBIAS=cbias is not None, HAS_RES=res is not None, DOT_PRECISION=precision)
+    args = (
+        x,
+        p,
+        weight,
+        bias if bias is not None else x,
+        out,
+        g if g is not None else x,
+        beta if beta is not None else x,
+        cbias if cbias is not None else x,
+        r,
+        m,
+        cout,
+        shape[2],
+        shape[3],
+        shape[4],
+        past_frames,
+        past_offset,
+        front,
+        h,
+        w,
+        ph,
+        pw,
+        *x.stride(),
+        *p.stride(),
+        *weight.stride(),
+        *out.stride(),
+        *r.stride(),
+        scb,
+        scc,
+        float(ep.eps),
+    )
+    flags = dict(
+        CIN=cin,
+        KT=kt,
+        KH=kh,
+        KW=kw,
+        ST=stride[0],
+        SH=stride[1],
+        SW=stride[2],
+        HAS_PAST=past is not None,
+        ZERO_PAD=pad_mode == "zeros",
+        UPSAMPLE=bool(upsample2x),
+        HAS_BIAS=bias is not None,
+        NORM=g is not None,
+        RELU=bool(ep.relu),
+        HAS_CBIAS=cbias is not None,
+        HAS_RES=res is not None,
+        DOT_PRECISION=precision,
+    )
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout, meta["BLOCK_N"]),)
@@ -460,15 +691,25 @@ def causal_conv3d_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     return out
 
 
-
-def causal_conv3d_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                       g: torch.Tensor, b: torch.Tensor, eps: float = 1e-5, *,
-                       past: Optional[torch.Tensor] = None, history: int = 0,
-                       space_padding: Tuple[int, int] = (0, 0), stride: Sequence[int] = (1, 1, 1),
-                       pad_mode: str = "zeros", upsample2x: bool = False, relu: bool = False,
-                       time_bias: Optional[torch.Tensor] = None,
-                       residual: Optional[torch.Tensor] = None,
-                       out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def causal_conv3d_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    g: torch.Tensor,
+    b: torch.Tensor,
+    eps: float = 1e-5,
+    *,
+    past: Optional[torch.Tensor] = None,
+    history: int = 0,
+    space_padding: Tuple[int, int] = (0, 0),
+    stride: Sequence[int] = (1, 1, 1),
+    pad_mode: str = "zeros",
+    upsample2x: bool = False,
+    relu: bool = False,
+    time_bias: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.causal_conv3d_norm` (a CDT Block plus the ResnetBlock's adds).
 
     Up to :data:`FUSED_NORM_MAX_CHANNELS` output channels the norm, ReLU, time bias and residual
@@ -476,20 +717,42 @@ def causal_conv3d_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     the conv and again after the norm); wider layers run the conv and then the Triton norm block
     in place on its output. ``out``: optional preallocated result (must not alias ``residual``).
     """
-    conv = dict(past=past, history=history, space_padding=space_padding, stride=stride,
-                pad_mode=pad_mode, upsample2x=upsample2x, out=out)
+    conv = dict(
+        past=past,
+        history=history,
+        space_padding=space_padding,
+        stride=stride,
+        pad_mode=pad_mode,
+        upsample2x=upsample2x,
+        out=out,
+    )
     if not isinstance(weight, torch.Tensor) or weight.dim() != 5:
         raise ValueError("weight must be a 5-D [Cout, Cin, kt, kh, kw] tensor")
     if residual is not None:
         if not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype:
-            raise TypeError(f"residual must be a tensor of x's dtype {x.dtype}, got "
-                            f"{getattr(residual, 'dtype', type(residual).__name__)}")
+            raise TypeError(
+                f"residual must be a tensor of x's dtype {x.dtype}, got "
+                f"{getattr(residual, 'dtype', type(residual).__name__)}"
+            )
         if out is not None and residual.data_ptr() == out.data_ptr():
-            raise ValueError("residual must not alias out (the conv writes out before the norm "
-                             "reads the residual)")
+            raise ValueError(
+                "residual must not alias out (the conv writes out before the norm "
+                "reads the residual)"
+            )
     if weight.shape[0] <= FUSED_NORM_MAX_CHANNELS:
-        return causal_conv3d(x, weight, bias, **conv, epilogue=Epilogue(
-            norm_weight=g, norm_bias=b, eps=eps, relu=relu, channel_bias=time_bias,
-            residual=residual))
+        return causal_conv3d(
+            x,
+            weight,
+            bias,
+            **conv,
+            epilogue=Epilogue(
+                norm_weight=g,
+                norm_bias=b,
+                eps=eps,
+                relu=relu,
+                channel_bias=time_bias,
+                residual=residual,
+            ),
+        )
     y = causal_conv3d(x, weight, bias, **conv)
     return channel_norm(y, g, b, eps, relu=relu, time_bias=time_bias, residual=residual, out=y)

@@ -34,21 +34,39 @@ from ._common import check_launchable, interpreting, param_vector, voxel_rows
 __all__ = ["channel_norm", "channel_norm_tile"]
 
 # Tiles of 1K..16K elements; the row count follows from the (power-of-two padded) channel count.
-_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
-            for m in (1, 2, 4, 8, 16, 32, 64, 128) for w in (2, 4, 8)]
+_CONFIGS = [
+    triton.Config({"BLOCK_M": m}, num_warps=w)
+    for m in (1, 2, 4, 8, 16, 32, 64, 128)
+    for w in (2, 4, 8)
+]
 _DEFAULT_TILE = 4096
 
 
 def _prune_configs(configs, named_args, **kwargs):
     block_c = kwargs.get("BLOCK_C", named_args.get("BLOCK_C"))
-    kept = [c for c in configs if 1024 <= c.kwargs["BLOCK_M"] * block_c <= 16384
-            and c.num_warps * 32 <= c.kwargs["BLOCK_M"] * block_c]
+    kept = [
+        c
+        for c in configs
+        if 1024 <= c.kwargs["BLOCK_M"] * block_c <= 16384
+        and c.num_warps * 32 <= c.kwargs["BLOCK_M"] * block_c
+    ]
     return kept or [min(configs, key=lambda c: abs(c.kwargs["BLOCK_M"] * block_c - _DEFAULT_TILE))]
 
 
 @triton.jit
-def channel_norm_tile(x, g, b, time_bias, residual, mask_c, C, eps, RELU: tl.constexpr,
-                      HAS_TIME_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+def channel_norm_tile(
+    x,
+    g,
+    b,
+    time_bias,
+    residual,
+    mask_c,
+    C,
+    eps,
+    RELU: tl.constexpr,
+    HAS_TIME_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+):
     """``x``: fp32 [rows, BLOCK_C] voxels by channels; ``g``, ``b``: fp32 [BLOCK_C]; ``mask_c``:
     which columns are channels (< C). Returns the fp32 norm-block output of every voxel."""
     x = tl.where(mask_c[None, :], x, 0.0)
@@ -66,12 +84,34 @@ def channel_norm_tile(x, g, b, time_bias, residual, mask_c, C, eps, RELU: tl.con
 
 
 @triton.jit
-def _channel_norm_kernel(x_ptr, g_ptr, b_ptr, tb_ptr, res_ptr, out_ptr,
-                         M, S, C, eps,
-                         sx_b, sx_s, sx_c, sr_b, sr_s, sr_c, so_b, so_s, so_c, stb_b, stb_c,
-                         RELU: tl.constexpr, HAS_TIME_BIAS: tl.constexpr,
-                         HAS_RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_C: tl.constexpr):
+def _channel_norm_kernel(
+    x_ptr,
+    g_ptr,
+    b_ptr,
+    tb_ptr,
+    res_ptr,
+    out_ptr,
+    M,
+    S,
+    C,
+    eps,
+    sx_b,
+    sx_s,
+    sx_c,
+    sr_b,
+    sr_s,
+    sr_c,
+    so_b,
+    so_s,
+    so_c,
+    stb_b,
+    stb_c,
+    RELU: tl.constexpr,
+    HAS_TIME_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = rows < M
     rows = rows.to(tl.int64)  # offsets of 720p chunks pass 2**31
@@ -81,29 +121,40 @@ def _channel_norm_kernel(x_ptr, g_ptr, b_ptr, tb_ptr, res_ptr, out_ptr,
     mask_c = cols < C
     mask = mask_m[:, None] & mask_c[None, :]
 
-    x = tl.load(x_ptr + (sample * sx_b + voxel * sx_s)[:, None] + cols[None, :] * sx_c,
-                mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(
+        x_ptr + (sample * sx_b + voxel * sx_s)[:, None] + cols[None, :] * sx_c, mask=mask, other=0.0
+    ).to(tl.float32)
     g = tl.load(g_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)
     time_bias = 0.0
     if HAS_TIME_BIAS:
-        time_bias = tl.load(tb_ptr + sample[:, None] * stb_b + cols[None, :] * stb_c,
-                            mask=mask, other=0.0).to(tl.float32)
+        time_bias = tl.load(
+            tb_ptr + sample[:, None] * stb_b + cols[None, :] * stb_c, mask=mask, other=0.0
+        ).to(tl.float32)
     residual = 0.0
     if HAS_RESIDUAL:
-        residual = tl.load(res_ptr + (sample * sr_b + voxel * sr_s)[:, None] + cols[None, :] * sr_c,
-                           mask=mask, other=0.0).to(tl.float32)
-    y = channel_norm_tile(x, g, b, time_bias, residual, mask_c, C, eps, RELU, HAS_TIME_BIAS,
-                          HAS_RESIDUAL)
-    tl.store(out_ptr + (sample * so_b + voxel * so_s)[:, None] + cols[None, :] * so_c,
-             y.to(out_ptr.dtype.element_ty), mask=mask)
+        residual = tl.load(
+            res_ptr + (sample * sr_b + voxel * sr_s)[:, None] + cols[None, :] * sr_c,
+            mask=mask,
+            other=0.0,
+        ).to(tl.float32)
+    y = channel_norm_tile(
+        x, g, b, time_bias, residual, mask_c, C, eps, RELU, HAS_TIME_BIAS, HAS_RESIDUAL
+    )
+    tl.store(
+        out_ptr + (sample * so_b + voxel * so_s)[:, None] + cols[None, :] * so_c,
+        y.to(out_ptr.dtype.element_ty),
+        mask=mask,
+    )
 
 
 # restore_value: tuning reruns the kernel, and ``out`` may be ``x`` or ``residual`` (in place).
 _channel_norm_tuned = triton.autotune(
-    _CONFIGS, key=["C", "RELU", "HAS_TIME_BIAS", "HAS_RESIDUAL", "BLOCK_C"],
+    _CONFIGS,
+    key=["C", "RELU", "HAS_TIME_BIAS", "HAS_RESIDUAL", "BLOCK_C"],
     prune_configs_by={"early_config_prune": _prune_configs},
-    restore_value=["out_ptr"])(_channel_norm_kernel)
+    restore_value=["out_ptr"],
+)(_channel_norm_kernel)
 
 
 def _check_input(x: torch.Tensor) -> None:
@@ -117,15 +168,24 @@ def _check_input(x: torch.Tensor) -> None:
 
 def _time_bias_matrix(time_bias: torch.Tensor, b: int, c: int) -> torch.Tensor:
     if tuple(time_bias.shape) not in ((b, c), (b, c, 1, 1, 1)):
-        raise ValueError(f"time_bias must have shape [B, C] = [{b}, {c}] or [B, C, 1, 1, 1], "
-                         f"got {tuple(time_bias.shape)}")
+        raise ValueError(
+            f"time_bias must have shape [B, C] = [{b}, {c}] or [B, C, 1, 1, 1], "
+            f"got {tuple(time_bias.shape)}"
+        )
     return time_bias.reshape(b, c)
 
 
-def channel_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float = 1e-5, *,
-                 relu: bool = False, time_bias: Optional[torch.Tensor] = None,
-                 residual: Optional[torch.Tensor] = None,
-                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def channel_norm(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    b: torch.Tensor,
+    eps: float = 1e-5,
+    *,
+    relu: bool = False,
+    time_bias: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.channel_norm` in one Triton pass (fp32 statistics).
 
     ``out``: optional preallocated result of x's shape and result dtype (it may be ``x`` or
@@ -139,16 +199,19 @@ def channel_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float =
     dtype = x.dtype
     if residual is not None:
         if tuple(residual.shape) != tuple(x.shape):
-            raise ValueError(f"residual must have x's shape {tuple(x.shape)}, "
-                             f"got {tuple(residual.shape)}")
+            raise ValueError(
+                f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}"
+            )
         dtype = torch.promote_types(dtype, residual.dtype)
     if time_bias is not None:
         time_bias = _time_bias_matrix(time_bias, bsz, c)
     if out is None:
         out = torch.empty_like(x, dtype=dtype)
     elif tuple(out.shape) != tuple(x.shape) or out.dtype != dtype or out.device != x.device:
-        raise ValueError(f"out must be a {dtype} tensor of shape {tuple(x.shape)} on {x.device}, "
-                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+        raise ValueError(
+            f"out must be a {dtype} tensor of shape {tuple(x.shape)} on {x.device}, "
+            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
     if x.numel() == 0:
         return out
 
@@ -160,10 +223,35 @@ def channel_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float =
     voxels = x.shape[2] * x.shape[3] * x.shape[4]
     rows = bsz * voxels
     block_c = triton.next_power_of_2(c)
-    args = (x_rows, g, b, tb, res_rows, out_rows, rows, voxels, c, float(eps),
-            sx_b, sx_s, sx_c, sr_b, sr_s, sr_c, so_b, so_s, so_c, stb_b, stb_c)
-    flags = dict(RELU=bool(relu), HAS_TIME_BIAS=time_bias is not None,
-                 HAS_RESIDUAL=residual is not None, BLOCK_C=block_c)
+    args = (
+        x_rows,
+        g,
+        b,
+        tb,
+        res_rows,
+        out_rows,
+        rows,
+        voxels,
+        c,
+        float(eps),
+        sx_b,
+        sx_s,
+        sx_c,
+        sr_b,
+        sr_s,
+        sr_c,
+        so_b,
+        so_s,
+        so_c,
+        stb_b,
+        stb_c,
+    )
+    flags = dict(
+        RELU=bool(relu),
+        HAS_TIME_BIAS=time_bias is not None,
+        HAS_RESIDUAL=residual is not None,
+        BLOCK_C=block_c,
+    )
     if interpreting():
         block_m = max(1, min(128, _DEFAULT_TILE // block_c))
         _channel_norm_kernel[(triton.cdiv(rows, block_m),)](*args, BLOCK_M=block_m, **flags)

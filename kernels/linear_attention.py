@@ -45,13 +45,26 @@ __all__ = ["LinearAttentionWeights", "linear_attention", "linear_attention_block
 # Programs wanted per context pass (a few waves on an H100's 132 SMs) when choosing the slices.
 _TARGET_PROGRAMS = 528
 
-_PARTIAL_CONFIGS = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
-                    for n in (32, 64, 128) for w in (4, 8) for s in (2, 3)]
-_APPLY_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_D": d}, num_warps=w, num_stages=s)
-                  for n in (32, 64, 128) for d in (32, 64) for w in (4, 8) for s in (2, 3)]
-_PROJECT_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                    for m in (16, 32, 64, 128) for n in (32, 64, 128, 256) for w in (4, 8)
-                    for s in (1, 2, 3)]
+_PARTIAL_CONFIGS = [
+    triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
+    for n in (32, 64, 128)
+    for w in (4, 8)
+    for s in (2, 3)
+]
+_APPLY_CONFIGS = [
+    triton.Config({"BLOCK_N": n, "BLOCK_D": d}, num_warps=w, num_stages=s)
+    for n in (32, 64, 128)
+    for d in (32, 64)
+    for w in (4, 8)
+    for s in (2, 3)
+]
+_PROJECT_CONFIGS = [
+    triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+    for m in (16, 32, 64, 128)
+    for n in (32, 64, 128, 256)
+    for w in (4, 8)
+    for s in (1, 2, 3)
+]
 # Shared-memory budgets (bytes) of the resident activation tile and the pipelined weight tiles.
 _X_TILE_BYTES = 64 * 1024
 _W_TILE_BYTES = 128 * 1024
@@ -60,10 +73,27 @@ _MAX_BLOCK_C = 128
 
 
 @triton.jit
-def _norm_project_kernel(x_ptr, g_ptr, b_ptr, w_ptr, out_ptr, M, S, C, N_OUT, eps,
-                         sx_b, sx_s, sx_c, stride_out,
-                         NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                         BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _norm_project_kernel(
+    x_ptr,
+    g_ptr,
+    b_ptr,
+    w_ptr,
+    out_ptr,
+    M,
+    S,
+    C,
+    N_OUT,
+    eps,
+    sx_b,
+    sx_s,
+    sx_c,
+    stride_out,
+    NORM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
     """qkv rows = LayerNorm(x rows) @ w ([C, N_OUT]); each program reads its voxels once and
     loops over the output columns, so the normalised activation never goes to memory."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -71,8 +101,11 @@ def _norm_project_kernel(x_ptr, g_ptr, b_ptr, w_ptr, out_ptr, M, S, C, N_OUT, ep
     rows = rows.to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
     mask_k = cols < C
-    x = tl.load(x_ptr + ((rows // S) * sx_b + (rows % S) * sx_s)[:, None] + cols[None, :] * sx_c,
-                mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    x = tl.load(
+        x_ptr + ((rows // S) * sx_b + (rows % S) * sx_s)[:, None] + cols[None, :] * sx_c,
+        mask=mask_m[:, None] & mask_k[None, :],
+        other=0.0,
+    ).to(tl.float32)
     if NORM:
         g = tl.load(g_ptr + cols, mask=mask_k, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + cols, mask=mask_k, other=0.0).to(tl.float32)
@@ -82,18 +115,37 @@ def _norm_project_kernel(x_ptr, g_ptr, b_ptr, w_ptr, out_ptr, M, S, C, N_OUT, ep
     for n0 in range(0, N_OUT, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N_OUT
-        w = tl.load(w_ptr + cols[:, None] * N_OUT + offs_n[None, :],
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        w = tl.load(
+            w_ptr + cols[:, None] * N_OUT + offs_n[None, :],
+            mask=mask_k[:, None] & mask_n[None, :],
+            other=0.0,
+        )
         acc = tl.dot(x, w, input_precision=DOT_PRECISION)
-        tl.store(out_ptr + rows[:, None] * stride_out + offs_n[None, :],
-                 acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        tl.store(
+            out_ptr + rows[:, None] * stride_out + offs_n[None, :],
+            acc.to(out_ptr.dtype.element_ty),
+            mask=mask_m[:, None] & mask_n[None, :],
+        )
 
 
 @triton.jit
-def _context_partial_kernel(qkv_ptr, m_ptr, l_ptr, acc_ptr, N, HEADS, HIDDEN, DH, SPLIT_LEN,
-                            stride_row, NUM_SPLITS,
-                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
-                            DOT_PRECISION: tl.constexpr):
+def _context_partial_kernel(
+    qkv_ptr,
+    m_ptr,
+    l_ptr,
+    acc_ptr,
+    N,
+    HEADS,
+    HIDDEN,
+    DH,
+    SPLIT_LEN,
+    stride_row,
+    NUM_SPLITS,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
     """(max_n k, sum_n exp(k - max), sum_n exp(k - max) v^T) of one slice of positions."""
     pid_fh = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -120,30 +172,45 @@ def _context_partial_kernel(qkv_ptr, m_ptr, l_ptr, acc_ptr, N, HEADS, HIDDEN, DH
         offs_n = start + n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < end
         rows = offs_n.to(tl.int64)[:, None] * stride_row
-        k = tl.load(base + rows + k_cols[None, :], mask=mask_n[:, None] & mask_d[None, :],
-                    other=0.0).to(tl.float32)
+        k = tl.load(
+            base + rows + k_cols[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0
+        ).to(tl.float32)
         k = tl.where(mask_n[:, None], k, float("-inf"))
-        v = tl.load(base + rows + v_cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
-                    other=0.0)
+        v = tl.load(
+            base + rows + v_cols[None, :], mask=mask_n[:, None] & mask_e[None, :], other=0.0
+        )
         m_new = tl.maximum(m, tl.max(k, axis=0))  # finite: a slice's first block holds positions
         alpha = tl.exp(m - m_new)
         p = tl.exp(k - m_new[None, :])
         l = l * alpha + tl.sum(p, axis=0)
-        acc = acc * alpha[:, None] + tl.dot(tl.trans(p.to(v.dtype)), v,
-                                            input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(
+            tl.trans(p.to(v.dtype)), v, input_precision=DOT_PRECISION
+        )
         m = m_new
 
     part = pid_fh * NUM_SPLITS + pid_s
     first_e = pid_e == 0
     tl.store(m_ptr + part * DH + offs_d, m, mask=mask_d & first_e)
     tl.store(l_ptr + part * DH + offs_d, l, mask=mask_d & first_e)
-    tl.store(acc_ptr + (part * DH + offs_d)[:, None].to(tl.int64) * DH + offs_e[None, :], acc,
-             mask=mask_d[:, None] & mask_e[None, :])
+    tl.store(
+        acc_ptr + (part * DH + offs_d)[:, None].to(tl.int64) * DH + offs_e[None, :],
+        acc,
+        mask=mask_d[:, None] & mask_e[None, :],
+    )
 
 
 @triton.jit
-def _context_combine_kernel(m_ptr, l_ptr, acc_ptr, ctx_ptr, DH, NUM_SPLITS, scale,
-                            BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr):
+def _context_combine_kernel(
+    m_ptr,
+    l_ptr,
+    acc_ptr,
+    ctx_ptr,
+    DH,
+    NUM_SPLITS,
+    scale,
+    BLOCK_D: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
     """context[d, e] * scale from the slices' partial softmax sums."""
     pid_fh = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -151,13 +218,15 @@ def _context_combine_kernel(m_ptr, l_ptr, acc_ptr, ctx_ptr, DH, NUM_SPLITS, scal
     first = pid_fh * NUM_SPLITS
     m_all = tl.full([BLOCK_D], float("-inf"), tl.float32)
     for s in range(0, NUM_SPLITS):
-        m_all = tl.maximum(m_all, tl.load(m_ptr + (first + s) * DH + offs_d, mask=mask_d,
-                                          other=0.0))
+        m_all = tl.maximum(
+            m_all, tl.load(m_ptr + (first + s) * DH + offs_d, mask=mask_d, other=0.0)
+        )
     total = tl.zeros([BLOCK_D], tl.float32)
     for s in range(0, NUM_SPLITS):
         m_s = tl.load(m_ptr + (first + s) * DH + offs_d, mask=mask_d, other=0.0)
-        total += tl.load(l_ptr + (first + s) * DH + offs_d, mask=mask_d, other=0.0) \
-            * tl.exp(m_s - m_all)
+        total += tl.load(l_ptr + (first + s) * DH + offs_d, mask=mask_d, other=0.0) * tl.exp(
+            m_s - m_all
+        )
     norm = scale / tl.where(mask_d, total, 1.0)
     for e0 in range(0, DH, BLOCK_E):
         offs_e = e0 + tl.arange(0, BLOCK_E)
@@ -165,19 +234,46 @@ def _context_combine_kernel(m_ptr, l_ptr, acc_ptr, ctx_ptr, DH, NUM_SPLITS, scal
         ctx = tl.zeros([BLOCK_D, BLOCK_E], tl.float32)
         for s in range(0, NUM_SPLITS):
             m_s = tl.load(m_ptr + (first + s) * DH + offs_d, mask=mask_d, other=0.0)
-            part = tl.load(acc_ptr + ((first + s) * DH + offs_d)[:, None].to(tl.int64) * DH
-                           + offs_e[None, :], mask=mask, other=0.0)
+            part = tl.load(
+                acc_ptr + ((first + s) * DH + offs_d)[:, None].to(tl.int64) * DH + offs_e[None, :],
+                mask=mask,
+                other=0.0,
+            )
             ctx += part * tl.exp(m_s - m_all)[:, None]
-        tl.store(ctx_ptr + (pid_fh * DH + offs_d)[:, None].to(tl.int64) * DH + offs_e[None, :],
-                 ctx * norm[:, None], mask=mask)
+        tl.store(
+            ctx_ptr + (pid_fh * DH + offs_d)[:, None].to(tl.int64) * DH + offs_e[None, :],
+            ctx * norm[:, None],
+            mask=mask,
+        )
 
 
 @triton.jit
-def _attention_apply_kernel(qkv_ptr, mix_ptr, bias_ptr, res_ptr, out_ptr, N, S, HEADS, HIDDEN, DH,
-                            C_OUT, stride_row, sr_b, sr_s, sr_c, so_b, so_s, so_c,
-                            HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-                            DOT_PRECISION: tl.constexpr):
+def _attention_apply_kernel(
+    qkv_ptr,
+    mix_ptr,
+    bias_ptr,
+    res_ptr,
+    out_ptr,
+    N,
+    S,
+    HEADS,
+    HIDDEN,
+    DH,
+    C_OUT,
+    stride_row,
+    sr_b,
+    sr_s,
+    sr_c,
+    so_b,
+    so_s,
+    so_c,
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
     """y[n, c] = sum_h sum_d softmax_d(q_h[n, :])[d] mix_h[d, c] (+ bias[c]) (+ residual[n, c])
     for one frame's block of positions and block of output channels."""
     frame = tl.program_id(0)
@@ -196,18 +292,25 @@ def _attention_apply_kernel(qkv_ptr, mix_ptr, bias_ptr, res_ptr, out_ptr, N, S, 
         for d0 in range(0, DH, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             mask_d = offs_d < DH
-            q = tl.load(qkv_ptr + rows[:, None] * stride_row + (offs_d + head * DH)[None, :],
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            q = tl.load(
+                qkv_ptr + rows[:, None] * stride_row + (offs_d + head * DH)[None, :],
+                mask=mask_n[:, None] & mask_d[None, :],
+                other=0.0,
+            )
             dot_dtype = q.dtype
             q = tl.where(mask_d[None, :], q.to(tl.float32), float("-inf"))
             m_new = tl.maximum(m, tl.max(q, axis=1))
             alpha = tl.exp(m - m_new)
             p = tl.exp(q - m_new[:, None])
             l = l * alpha + tl.sum(p, axis=1)
-            mix = tl.load(mix_base + offs_d[:, None] * C_OUT + offs_c[None, :],
-                          mask=mask_d[:, None] & mask_c[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(dot_dtype), mix.to(dot_dtype),
-                                                input_precision=DOT_PRECISION)
+            mix = tl.load(
+                mix_base + offs_d[:, None] * C_OUT + offs_c[None, :],
+                mask=mask_d[:, None] & mask_c[None, :],
+                other=0.0,
+            )
+            acc = acc * alpha[:, None] + tl.dot(
+                p.to(dot_dtype), mix.to(dot_dtype), input_precision=DOT_PRECISION
+            )
             m = m_new
         y += acc / l[:, None]
 
@@ -217,34 +320,48 @@ def _attention_apply_kernel(qkv_ptr, mix_ptr, bias_ptr, res_ptr, out_ptr, N, S, 
     voxel = rows % S
     mask = mask_n[:, None] & mask_c[None, :]
     if HAS_RESIDUAL:
-        y += tl.load(res_ptr + (sample * sr_b + voxel * sr_s)[:, None] + offs_c[None, :] * sr_c,
-                     mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + (sample * so_b + voxel * so_s)[:, None] + offs_c[None, :] * so_c,
-             y.to(out_ptr.dtype.element_ty), mask=mask)
+        y += tl.load(
+            res_ptr + (sample * sr_b + voxel * sr_s)[:, None] + offs_c[None, :] * sr_c,
+            mask=mask,
+            other=0.0,
+        ).to(tl.float32)
+    tl.store(
+        out_ptr + (sample * so_b + voxel * so_s)[:, None] + offs_c[None, :] * so_c,
+        y.to(out_ptr.dtype.element_ty),
+        mask=mask,
+    )
 
 
 def _prune_project_configs(configs, named_args, **kwargs):
     block_k = kwargs.get("BLOCK_K", named_args.get("BLOCK_K"))
     size = named_args["w_ptr"].element_size()
     widest = max(32, triton.next_power_of_2(int(named_args["N_OUT"])))
-    kept = [c for c in configs
-            if c.kwargs["BLOCK_M"] * block_k * size <= _X_TILE_BYTES
-            and c.kwargs["BLOCK_N"] * block_k * size * c.num_stages <= _W_TILE_BYTES
-            and c.kwargs["BLOCK_N"] <= widest]
-    return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"],
-                                                c.num_stages))]
+    kept = [
+        c
+        for c in configs
+        if c.kwargs["BLOCK_M"] * block_k * size <= _X_TILE_BYTES
+        and c.kwargs["BLOCK_N"] * block_k * size * c.num_stages <= _W_TILE_BYTES
+        and c.kwargs["BLOCK_N"] <= widest
+    ]
+    return kept or [
+        min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))
+    ]
 
 
 _norm_project_tuned = triton.autotune(
-    _PROJECT_CONFIGS, key=["C", "N_OUT", "NORM", "BLOCK_K", "DOT_PRECISION"],
-    prune_configs_by={"early_config_prune": _prune_project_configs})(_norm_project_kernel)
+    _PROJECT_CONFIGS,
+    key=["C", "N_OUT", "NORM", "BLOCK_K", "DOT_PRECISION"],
+    prune_configs_by={"early_config_prune": _prune_project_configs},
+)(_norm_project_kernel)
 _context_partial_tuned = triton.autotune(
-    _PARTIAL_CONFIGS, key=["DH", "HIDDEN", "BLOCK_D", "BLOCK_E", "DOT_PRECISION"])(
-    _context_partial_kernel)
+    _PARTIAL_CONFIGS, key=["DH", "HIDDEN", "BLOCK_D", "BLOCK_E", "DOT_PRECISION"]
+)(_context_partial_kernel)
 # restore_value: tuning reruns the kernel, and ``out`` may be the residual ``x`` (in place).
 _attention_apply_tuned = triton.autotune(
-    _APPLY_CONFIGS, key=["DH", "HEADS", "C_OUT", "BLOCK_C", "HAS_BIAS", "HAS_RESIDUAL",
-                         "DOT_PRECISION"], restore_value=["out_ptr"])(_attention_apply_kernel)
+    _APPLY_CONFIGS,
+    key=["DH", "HEADS", "C_OUT", "BLOCK_C", "HAS_BIAS", "HAS_RESIDUAL", "DOT_PRECISION"],
+    restore_value=["out_ptr"],
+)(_attention_apply_kernel)
 
 
 def _block_width(dh: int, cap: int) -> int:
@@ -260,8 +377,13 @@ def _slices(positions: int, programs: int, block: int, wanted: Optional[int]):
     return triton.cdiv(positions, length), length
 
 
-def project_qkv(x: torch.Tensor, w_t: torch.Tensor, norm_g: Optional[torch.Tensor],
-                norm_b: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+def project_qkv(
+    x: torch.Tensor,
+    w_t: torch.Tensor,
+    norm_g: Optional[torch.Tensor],
+    norm_b: Optional[torch.Tensor],
+    eps: float,
+) -> torch.Tensor:
     """``[rows, N_OUT]`` = (LayerNorm of, when ``norm_g`` is given) x's voxel rows @ ``w_t``
     ([C, N_OUT], x's dtype), rows ordered (sample, t, h, w)."""
     b, c = x.shape[:2]
@@ -273,8 +395,22 @@ def project_qkv(x: torch.Tensor, w_t: torch.Tensor, norm_g: Optional[torch.Tenso
     g = param_vector(norm_g, c, "norm_g") if norm else w_t
     beta = param_vector(norm_b, c, "norm_b") if norm else w_t
     block_k = _block_width(c, 1 << 30)
-    args = (x_rows, g, beta, w_t, out, b * voxels, voxels, c, loop_arg(n_out), float(eps),
-            sx_b, sx_s, sx_c, out.stride(0))
+    args = (
+        x_rows,
+        g,
+        beta,
+        w_t,
+        out,
+        b * voxels,
+        voxels,
+        c,
+        loop_arg(n_out),
+        float(eps),
+        sx_b,
+        sx_s,
+        sx_c,
+        out.stride(0),
+    )
     meta = dict(NORM=norm, BLOCK_K=block_k, DOT_PRECISION=_dot_precision(x.dtype))
     rows = b * voxels
     if interpreting():
@@ -284,8 +420,14 @@ def project_qkv(x: torch.Tensor, w_t: torch.Tensor, norm_g: Optional[torch.Tenso
     return out
 
 
-def attention_context(qkv: torch.Tensor, frames: int, positions: int, heads: int, scale: float,
-                      splits: Optional[int] = None) -> torch.Tensor:
+def attention_context(
+    qkv: torch.Tensor,
+    frames: int,
+    positions: int,
+    heads: int,
+    scale: float,
+    splits: Optional[int] = None,
+) -> torch.Tensor:
     """``scale * softmax_n(k) v^T`` of every frame and head from ``qkv`` rows
     [frames*positions, 3*hidden] (row = frame*positions + n): fp32 [frames, heads, d, d].
     ``splits`` forces the number of position slices of the context pass (tests)."""
@@ -305,21 +447,41 @@ def attention_context(qkv: torch.Tensor, frames: int, positions: int, heads: int
     l = torch.empty_like(m)
     acc = torch.empty(fh * num_splits * dh * dh, device=device, dtype=torch.float32)
     ctx = torch.empty(frames, heads, dh, dh, device=device, dtype=torch.float32)
-    args = (qkv, m, l, acc, positions, heads, hidden, dh, loop_arg(split_len), qkv.stride(0),
-            num_splits)
+    args = (
+        qkv,
+        m,
+        l,
+        acc,
+        positions,
+        heads,
+        hidden,
+        dh,
+        loop_arg(split_len),
+        qkv.stride(0),
+        num_splits,
+    )
     meta = dict(BLOCK_D=block_d, BLOCK_E=block_e, DOT_PRECISION=_dot_precision(qkv.dtype))
     if tuned:
         _context_partial_tuned[(fh, num_splits, blocks)](*args, **meta)
     else:
         _context_partial_kernel[(fh, num_splits, blocks)](*args, BLOCK_N=partial_block_n, **meta)
     _context_combine_kernel[(fh, triton.cdiv(dh, block_d))](
-        m, l, acc, ctx, loop_arg(dh), loop_arg(num_splits), float(scale),
-        BLOCK_D=block_d, BLOCK_E=block_e)
+        m,
+        l,
+        acc,
+        ctx,
+        loop_arg(dh),
+        loop_arg(num_splits),
+        float(scale),
+        BLOCK_D=block_d,
+        BLOCK_E=block_e,
+    )
     return ctx
 
 
-def projected_context(ctx: torch.Tensor, out_heads: torch.Tensor,
-                      dtype: torch.dtype) -> torch.Tensor:
+def projected_context(
+    ctx: torch.Tensor, out_heads: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """``mix = context @ W_head^T`` ([frames, heads, d, C_out], tiny), computed in fp32 and stored
     in the dtype the apply kernel's product takes (it would round it there anyway; half the
     bytes every apply program reads)."""
@@ -331,8 +493,14 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def apply_attention(qkv: torch.Tensor, mix: torch.Tensor, bias: Optional[torch.Tensor],
-                    residual: Optional[torch.Tensor], out: torch.Tensor, positions: int) -> None:
+def apply_attention(
+    qkv: torch.Tensor,
+    mix: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    out: torch.Tensor,
+    positions: int,
+) -> None:
     """``out = sum_heads softmax(q)^T mix (+ bias) (+ residual)``; ``mix`` [frames, heads, d,
     C_out] (:func:`projected_context`); ``out``/``residual`` [B, C_out, T, H, W] (``out``:
     channels-last or contiguous; ``residual``: any layout)."""
@@ -340,23 +508,48 @@ def apply_attention(qkv: torch.Tensor, mix: torch.Tensor, bias: Optional[torch.T
     hidden = heads * dh
     out_rows, so_b, so_s, so_c = voxel_rows(out)
     if out_rows is not out:
-        raise ValueError("out: its T, H, W dims must collapse into one stride (channels-last or "
-                         f"contiguous), got strides {out.stride()}")
+        raise ValueError(
+            "out: its T, H, W dims must collapse into one stride (channels-last or "
+            f"contiguous), got strides {out.stride()}"
+        )
     res, sr_b, sr_s, sr_c = voxel_rows(residual) if residual is not None else (out, 0, 0, 0)
     voxels = out.shape[2] * out.shape[3] * out.shape[4]
     block_c = _block_width(c_out, _MAX_BLOCK_C if not interpreting() else 64)
-    args = (qkv, mix, bias if bias is not None else mix, res, out, positions, voxels,
-            loop_arg(heads), hidden, loop_arg(dh), c_out, qkv.stride(0), sr_b, sr_s, sr_c,
-            so_b, so_s, so_c)
-    meta = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, BLOCK_C=block_c,
-                DOT_PRECISION=_dot_precision(qkv.dtype))
+    args = (
+        qkv,
+        mix,
+        bias if bias is not None else mix,
+        res,
+        out,
+        positions,
+        voxels,
+        loop_arg(heads),
+        hidden,
+        loop_arg(dh),
+        c_out,
+        qkv.stride(0),
+        sr_b,
+        sr_s,
+        sr_c,
+        so_b,
+        so_s,
+        so_c,
+    )
+    meta = dict(
+        HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None,
+        BLOCK_C=block_c,
+        DOT_PRECISION=_dot_precision(qkv.dtype),
+    )
     blocks_c = triton.cdiv(c_out, block_c)
     if not interpreting():
-        _attention_apply_tuned[lambda cfg: (frames, triton.cdiv(positions, cfg["BLOCK_N"]),
-                                            blocks_c)](*args, **meta)
+        _attention_apply_tuned[
+            lambda cfg: (frames, triton.cdiv(positions, cfg["BLOCK_N"]), blocks_c)
+        ](*args, **meta)
     else:
         _attention_apply_kernel[(frames, triton.cdiv(positions, 16), blocks_c)](
-            *args, BLOCK_N=16, BLOCK_D=_block_width(dh, 64), **meta)
+            *args, BLOCK_N=16, BLOCK_D=_block_width(dh, 64), **meta
+        )
 
 
 def _matrix(w: torch.Tensor, rows: int, name: str, expected: str) -> torch.Tensor:
@@ -374,50 +567,81 @@ class LinearAttentionWeights:
     by head as fp32 [heads, d, C_out] (from the activation-dtype weight, as the reference rounds
     it), the bias, and the norm's affine (``norm_g``/``norm_b`` None: no PreNorm)."""
 
-    qkv_t: torch.Tensor            # [C, 3*hidden]
-    out_heads: torch.Tensor        # [heads, d, C_out], fp32
-    bias: Optional[torch.Tensor]   # [C_out]
+    qkv_t: torch.Tensor  # [C, 3*hidden]
+    out_heads: torch.Tensor  # [heads, d, C_out], fp32
+    bias: Optional[torch.Tensor]  # [C_out]
     norm_g: Optional[torch.Tensor]
     norm_b: Optional[torch.Tensor]
     scale: float
     eps: float
 
     @classmethod
-    def pack(cls, w_qkv: torch.Tensor, w_out: torch.Tensor, b_out: Optional[torch.Tensor], *,
-             heads: int = 1, scale: Optional[float] = None, norm_g: Optional[torch.Tensor] = None,
-             norm_b: Optional[torch.Tensor] = None, eps: float = 1e-5,
-             dtype: Optional[torch.dtype] = None) -> "LinearAttentionWeights":
+    def pack(
+        cls,
+        w_qkv: torch.Tensor,
+        w_out: torch.Tensor,
+        b_out: Optional[torch.Tensor],
+        *,
+        heads: int = 1,
+        scale: Optional[float] = None,
+        norm_g: Optional[torch.Tensor] = None,
+        norm_b: Optional[torch.Tensor] = None,
+        eps: float = 1e-5,
+        dtype: Optional[torch.dtype] = None,
+    ) -> "LinearAttentionWeights":
         if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
             raise ValueError(f"heads must be a positive int, got {heads!r}")
-        if not isinstance(w_qkv, torch.Tensor) or w_qkv.dim() not in (2, 5) \
-                or w_qkv.shape[0] % (3 * heads):
-            raise ValueError(f"w_qkv must be [3*heads*d, C(, 1, 1, 1)] with heads={heads}, got "
-                             f"{tuple(getattr(w_qkv, 'shape', ()))}")
+        if (
+            not isinstance(w_qkv, torch.Tensor)
+            or w_qkv.dim() not in (2, 5)
+            or w_qkv.shape[0] % (3 * heads)
+        ):
+            raise ValueError(
+                f"w_qkv must be [3*heads*d, C(, 1, 1, 1)] with heads={heads}, got "
+                f"{tuple(getattr(w_qkv, 'shape', ()))}"
+            )
         hidden = w_qkv.shape[0] // 3
         qkv = _matrix(w_qkv, 3 * hidden, "w_qkv", "[3*heads*d, C(, 1, 1, 1)]")
-        if not isinstance(w_out, torch.Tensor) or w_out.dim() not in (2, 5) \
-                or w_out.shape[1] != hidden:
-            raise ValueError(f"w_out must be [C_out, heads*d = {hidden}(, 1, 1, 1)], got "
-                             f"{tuple(getattr(w_out, 'shape', ()))}")
+        if (
+            not isinstance(w_out, torch.Tensor)
+            or w_out.dim() not in (2, 5)
+            or w_out.shape[1] != hidden
+        ):
+            raise ValueError(
+                f"w_out must be [C_out, heads*d = {hidden}(, 1, 1, 1)], got "
+                f"{tuple(getattr(w_out, 'shape', ()))}"
+            )
         out = _matrix(w_out, w_out.shape[0], "w_out", f"[C_out, {hidden}(, 1, 1, 1)]")
         c_out = out.shape[0]
         if b_out is not None and b_out.numel() != c_out:
-            raise ValueError(f"b_out must hold C_out={c_out} elements, got shape "
-                             f"{tuple(b_out.shape)}")
+            raise ValueError(
+                f"b_out must hold C_out={c_out} elements, got shape {tuple(b_out.shape)}"
+            )
         dtype = dtype or qkv.dtype
         d = hidden // heads
         out_heads = out.to(dtype).float().reshape(c_out, heads, d).permute(1, 2, 0).contiguous()
-        return cls(qkv_t=qkv.to(dtype).t().contiguous(), out_heads=out_heads,
-                   bias=None if b_out is None else b_out.reshape(c_out).to(dtype).contiguous(),
-                   norm_g=norm_g, norm_b=norm_b,
-                   scale=float(d ** -0.5 if scale is None else scale), eps=float(eps))
+        return cls(
+            qkv_t=qkv.to(dtype).t().contiguous(),
+            out_heads=out_heads,
+            bias=None if b_out is None else b_out.reshape(c_out).to(dtype).contiguous(),
+            norm_g=norm_g,
+            norm_b=norm_b,
+            scale=float(d**-0.5 if scale is None else scale),
+            eps=float(eps),
+        )
 
     @property
     def heads(self) -> int:
         return self.out_heads.shape[0]
 
-    def __call__(self, x: torch.Tensor, *, residual: bool = False,
-                 out: Optional[torch.Tensor] = None, splits: Optional[int] = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        *,
+        residual: bool = False,
+        out: Optional[torch.Tensor] = None,
+        splits: Optional[int] = None,
+    ) -> torch.Tensor:
         """attn(LN(x)) (LN only when packed with a norm), plus x when ``residual``. Written into
         ``out`` when given ([B, C_out, T, H, W], x's dtype, channels-last or contiguous; it may
         be x itself), else into a new channels-last tensor. ``splits``: see
@@ -434,10 +658,13 @@ class LinearAttentionWeights:
         shape = (b, c_out, t, h, w)
         if out is None:
             out = torch.empty(b, t, h, w, c_out, device=x.device, dtype=x.dtype).permute(
-                0, 4, 1, 2, 3)
+                0, 4, 1, 2, 3
+            )
         elif tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
-            raise ValueError(f"out must be a {x.dtype} tensor of shape {shape} on {x.device}, "
-                             f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+            raise ValueError(
+                f"out must be a {x.dtype} tensor of shape {shape} on {x.device}, "
+                f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+            )
         apply_attention(qkv, mix, self.bias, x if residual else None, out, h * w)
         return out
 
@@ -451,25 +678,49 @@ def _check_activation(x: torch.Tensor, c: int) -> None:
         raise TypeError(f"x must be float32/float16/bfloat16, got {x.dtype}")
 
 
-def linear_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
-                     b_out: Optional[torch.Tensor], *, heads: int = 1,
-                     scale: Optional[float] = None,
-                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def linear_attention(
+    x: torch.Tensor,
+    w_qkv: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: Optional[torch.Tensor],
+    *,
+    heads: int = 1,
+    scale: Optional[float] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.linear_attention` on the fused kernels (no norm, no residual);
     the result is channels-last unless ``out`` is given."""
-    weights = LinearAttentionWeights.pack(w_qkv, w_out, b_out, heads=heads, scale=scale,
-                                          dtype=getattr(x, "dtype", None))
+    weights = LinearAttentionWeights.pack(
+        w_qkv, w_out, b_out, heads=heads, scale=scale, dtype=getattr(x, "dtype", None)
+    )
     return weights(x, out=out)
 
 
-def linear_attention_block(x: torch.Tensor, norm_g: torch.Tensor, norm_b: torch.Tensor,
-                           w_qkv: torch.Tensor, w_out: torch.Tensor, b_out: Optional[torch.Tensor],
-                           *, heads: int = 1, scale: Optional[float] = None,
-                           eps: float = 1e-5, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def linear_attention_block(
+    x: torch.Tensor,
+    norm_g: torch.Tensor,
+    norm_b: torch.Tensor,
+    w_qkv: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: Optional[torch.Tensor],
+    *,
+    heads: int = 1,
+    scale: Optional[float] = None,
+    eps: float = 1e-5,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """``x + linear_attention(channel_norm(x, norm_g, norm_b, eps), ...)``: CDT's
     ``Residual(PreNorm(LinearAttention))`` block (``attention_block``); the result is
     channels-last unless ``out`` is given (it may be ``x``: the block then runs in place)."""
-    weights = LinearAttentionWeights.pack(w_qkv, w_out, b_out, heads=heads, scale=scale,
-                                          norm_g=norm_g, norm_b=norm_b, eps=eps,
-                                          dtype=getattr(x, "dtype", None))
+    weights = LinearAttentionWeights.pack(
+        w_qkv,
+        w_out,
+        b_out,
+        heads=heads,
+        scale=scale,
+        norm_g=norm_g,
+        norm_b=norm_b,
+        eps=eps,
+        dtype=getattr(x, "dtype", None),
+    )
     return weights(x, residual=True, out=out)

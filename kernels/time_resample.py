@@ -29,8 +29,14 @@ __all__ = ["time_downsample", "time_upsample"]
 
 _CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bm, bn, bk, w, s in [(128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 64, 4, 3),
-                             (128, 128, 32, 4, 4), (64, 64, 64, 4, 4), (128, 256, 64, 8, 3)]
+    for bm, bn, bk, w, s in [
+        (128, 128, 64, 8, 3),
+        (128, 64, 64, 4, 3),
+        (64, 128, 64, 4, 3),
+        (128, 128, 32, 4, 4),
+        (64, 64, 64, 4, 4),
+        (128, 256, 64, 8, 3),
+    ]
 ]
 # The interpreter runs one small config: tl.dot needs every block dimension >= 16.
 # Channel counts are constexpr: loop bounds must be compile-time constants for the Triton 3.6
@@ -41,15 +47,43 @@ _INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 @triton.jit
 def _time_downsample_kernel(
-        x_ptr, past_ptr, w_ptr, b_ptr, out_ptr,
-        T_OUT, HW, WIDTH, FRONT,
-        s_xb, s_xc, s_xt, s_xh, s_xw,
-        s_pb, s_pc, s_pt, s_ph, s_pw,
-        s_wo, s_wi, s_wk,
-        s_ob, s_oc, s_ot, s_oh, s_ow,
-        C_IN: tl.constexpr, C_OUT: tl.constexpr,
-        HAS_PAST: tl.constexpr, HAS_BIAS: tl.constexpr, REPLICATE: tl.constexpr,
-        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    x_ptr,
+    past_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    T_OUT,
+    HW,
+    WIDTH,
+    FRONT,
+    s_xb,
+    s_xc,
+    s_xt,
+    s_xh,
+    s_xw,
+    s_pb,
+    s_pc,
+    s_pt,
+    s_ph,
+    s_pw,
+    s_wo,
+    s_wi,
+    s_wk,
+    s_ob,
+    s_oc,
+    s_ot,
+    s_oh,
+    s_ow,
+    C_IN: tl.constexpr,
+    C_OUT: tl.constexpr,
+    HAS_PAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    REPLICATE: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     # Output frame `to` reads frames 2*to + k (k = 0, 1, 2) of [front | x], where front is the
     # cached past (FRONT = its frame count) or, on a stream's first chunk, 2 padding frames.
     pid_m = tl.program_id(0)
@@ -69,14 +103,37 @@ def _time_downsample_kernel(
         j = 2 * to + k
         w_cols = offs_n * s_wo + k * s_wk
         if j >= FRONT:
-            acc = accumulate_rows(acc, x_rows + (j - FRONT) * s_xt, s_xc, mask_m, w_ptr, s_wi,
-                                  w_cols, mask_n, C_IN, IEEE, BLOCK_K)
+            acc = accumulate_rows(
+                acc,
+                x_rows + (j - FRONT) * s_xt,
+                s_xc,
+                mask_m,
+                w_ptr,
+                s_wi,
+                w_cols,
+                mask_n,
+                C_IN,
+                IEEE,
+                BLOCK_K,
+            )
         elif HAS_PAST:
-            acc = accumulate_rows(acc, past_ptr + b * s_pb + j * s_pt + hh * s_ph + ww * s_pw,
-                                  s_pc, mask_m, w_ptr, s_wi, w_cols, mask_n, C_IN, IEEE, BLOCK_K)
+            acc = accumulate_rows(
+                acc,
+                past_ptr + b * s_pb + j * s_pt + hh * s_ph + ww * s_pw,
+                s_pc,
+                mask_m,
+                w_ptr,
+                s_wi,
+                w_cols,
+                mask_n,
+                C_IN,
+                IEEE,
+                BLOCK_K,
+            )
         elif REPLICATE:  # padding frames are copies of the chunk's first frame
-            acc = accumulate_rows(acc, x_rows, s_xc, mask_m, w_ptr, s_wi, w_cols, mask_n, C_IN,
-                                  IEEE, BLOCK_K)
+            acc = accumulate_rows(
+                acc, x_rows, s_xc, mask_m, w_ptr, s_wi, w_cols, mask_n, C_IN, IEEE, BLOCK_K
+            )
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + b * s_ob + to * s_ot + (hh * s_oh + ww * s_ow)[:, None] + offs_n[None, :] * s_oc
@@ -85,13 +142,33 @@ def _time_downsample_kernel(
 
 @triton.jit
 def _time_upsample_kernel(
-        x_ptr, w_ptr, b_ptr, out_ptr,
-        T_IN, HW, WIDTH, DROP,
-        s_xb, s_xc, s_xt, s_xh, s_xw,
-        s_wo, s_wi,
-        s_ob, s_oc, s_ot, s_oh, s_ow,
-        C: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    T_IN,
+    HW,
+    WIDTH,
+    DROP,
+    s_xb,
+    s_xc,
+    s_xt,
+    s_xh,
+    s_xw,
+    s_wo,
+    s_wi,
+    s_ob,
+    s_oc,
+    s_ot,
+    s_oh,
+    s_ow,
+    C: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     # Conv output channel 2c+p is output frame 2t+p (minus DROP) of channel c: one x tile feeds
     # both phases, each written straight to its frame.
     pid_m = tl.program_id(0)
@@ -112,8 +189,9 @@ def _time_upsample_kernel(
     for c0 in range(0, C, BLOCK_K):
         ck = c0 + offs_k
         mask_k = ck < C
-        a = tl.load(x_rows[:, None] + ck[None, :] * s_xc, mask=mask_m[:, None] & mask_k[None, :],
-                    other=0.0)
+        a = tl.load(
+            x_rows[:, None] + ck[None, :] * s_xc, mask=mask_m[:, None] & mask_k[None, :], other=0.0
+        )
         # The weight tiles are loaded [N, K] and transposed for the dot: upstream's [2C, C] weight
         # is contiguous along K (Cin), so this way the loads are 16 bytes wide instead of one
         # element (its N rows interleave the two phases, stride 2C).
@@ -146,15 +224,20 @@ def _prune_ieee(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
 
 
-_IEEE_CONFIGS = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4,
-                               num_stages=2)]
+_IEEE_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2)
+]
 _time_downsample_tuned = triton.autotune(
-    _CONFIGS + _IEEE_CONFIGS, key=["C_IN", "C_OUT", "HW", "IEEE"],
-    prune_configs_by={"early_config_prune": _prune_ieee})(_time_downsample_kernel)
+    _CONFIGS + _IEEE_CONFIGS,
+    key=["C_IN", "C_OUT", "HW", "IEEE"],
+    prune_configs_by={"early_config_prune": _prune_ieee},
+)(_time_downsample_kernel)
 # Two accumulators (one per output phase): keep tiles at most 128x128.
 _time_upsample_tuned = triton.autotune(
-    [c for c in _CONFIGS if c.kwargs["BLOCK_N"] <= 128] + _IEEE_CONFIGS, key=["C", "HW", "IEEE"],
-    prune_configs_by={"early_config_prune": _prune_ieee})(_time_upsample_kernel)
+    [c for c in _CONFIGS if c.kwargs["BLOCK_N"] <= 128] + _IEEE_CONFIGS,
+    key=["C", "HW", "IEEE"],
+    prune_configs_by={"early_config_prune": _prune_ieee},
+)(_time_upsample_kernel)
 
 
 def _check_video(x, name: str) -> torch.Tensor:
@@ -175,13 +258,22 @@ def _check_weight(weight, shape, name: str = "weight") -> None:
 
 def _check_bias(bias, channels: int) -> None:
     if bias is not None and (not isinstance(bias, torch.Tensor) or bias.numel() != channels):
-        raise ValueError(f"bias must be None or a tensor of {channels} elements, got "
-                         f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else bias!r}")
+        raise ValueError(
+            f"bias must be None or a tensor of {channels} elements, got "
+            f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else bias!r}"
+        )
 
 
 def _launch(kernel, tuned, x, grid_frames, hw, args, meta):
     if use_autotune(x):
-        grid = lambda m: (triton.cdiv(hw, m["BLOCK_M"]), grid_frames, triton.cdiv(args["n"], m["BLOCK_N"]))  # noqa: E731
+
+        def grid(m):
+            return (
+                triton.cdiv(hw, m["BLOCK_M"]),
+                grid_frames,
+                triton.cdiv(args["n"], m["BLOCK_N"]),
+            )
+
         tuned[grid](*args["tensors"], *args["scalars"], **meta)
     else:
         m = _INTERPRET_META
@@ -189,15 +281,20 @@ def _launch(kernel, tuned, x, grid_frames, hw, args, meta):
         kernel[grid](*args["tensors"], *args["scalars"], **meta, **m)
 
 
-def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
-                    past: Optional[torch.Tensor] = None, pad_mode: str = "zeros",
-                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def time_downsample(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    *,
+    past: Optional[torch.Tensor] = None,
+    pad_mode: str = "zeros",
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Triton :func:`cdt_fast.functional.time_downsample`: kernel 3, stride 2 along time over
     ``[past | x]`` (or ``[2 padding frames | x]`` on a stream's first chunk). ``weight`` is
     [C_out, C_in, 3]; ``out`` an optional [B, C_out, T_out, H, W] buffer of x's dtype."""
     _check_video(x, "x")
-    check_launchable(x, "time_downsample",
-                 "cdt_fast.functional.time_downsample")
+    check_launchable(x, "time_downsample", "cdt_fast.functional.time_downsample")
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
     bsz, c_in, t_in, h, w = x.shape
@@ -209,30 +306,56 @@ def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     if past is not None:
         _check_video(past, "past")
         if past.shape[:2] != x.shape[:2] or past.shape[3:] != x.shape[3:] or past.shape[2] < 1:
-            raise ValueError(f"past must be [B, C, P>=1, H, W] matching x {list(x.shape)}, "
-                             f"got {list(past.shape)}")
+            raise ValueError(
+                f"past must be [B, C, P>=1, H, W] matching x {list(x.shape)}, "
+                f"got {list(past.shape)}"
+            )
         past = past.to(x.dtype)
     front = past.shape[2] if past is not None else 2
     t_out = (front + t_in - 3) // 2 + 1
     if t_out < 1:
-        raise ValueError(f"x has too few frames ({t_in}) for a stride-2 kernel-3 step after "
-                         f"{front} {'past' if past is not None else 'padding'} frames")
+        raise ValueError(
+            f"x has too few frames ({t_in}) for a stride-2 kernel-3 step after "
+            f"{front} {'past' if past is not None else 'padding'} frames"
+        )
     weight, bias = cast_like(weight, x), cast_like(bias, x)
     shape = (bsz, c_out, t_out, h, w)
     out = empty_like_layout(x, shape) if out is None else check_out(out, shape, x.dtype, x.device)
     p = past if past is not None else x
-    args = {"n": c_out,
-            "tensors": (x, p, weight, bias if bias is not None else weight, out),
-            "scalars": (t_out, h * w, w, front, *x.stride(), *p.stride(),
-                        *weight.stride(), *out.stride())}
-    meta = dict(C_IN=c_in, C_OUT=c_out, HAS_PAST=past is not None, HAS_BIAS=bias is not None,
-                REPLICATE=pad_mode == "replicate", IEEE=exact_fp32(x))
+    args = {
+        "n": c_out,
+        "tensors": (x, p, weight, bias if bias is not None else weight, out),
+        "scalars": (
+            t_out,
+            h * w,
+            w,
+            front,
+            *x.stride(),
+            *p.stride(),
+            *weight.stride(),
+            *out.stride(),
+        ),
+    }
+    meta = dict(
+        C_IN=c_in,
+        C_OUT=c_out,
+        HAS_PAST=past is not None,
+        HAS_BIAS=bias is not None,
+        REPLICATE=pad_mode == "replicate",
+        IEEE=exact_fp32(x),
+    )
     _launch(_time_downsample_kernel, _time_downsample_tuned, x, bsz * t_out, h * w, args, meta)
     return out
 
 
-def time_upsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
-                  drop_first: bool, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def time_upsample(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    *,
+    drop_first: bool,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Triton :func:`cdt_fast.functional.time_upsample`: pointwise conv to 2C channels, channel
     2c+p written as frame 2t+p of channel c, frame 0 dropped when ``drop_first``. ``weight`` is
     [2C, C, 1]; ``out`` an optional [B, C, 2T - drop_first, H, W] buffer of x's dtype."""
@@ -247,10 +370,20 @@ def time_upsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     out = empty_like_layout(x, shape) if out is None else check_out(out, shape, x.dtype, x.device)
     if out.numel() == 0:
         return out
-    args = {"n": c,
-            "tensors": (x, weight, bias if bias is not None else weight, out),
-            "scalars": (t_in, h * w, w, int(drop_first), *x.stride(), weight.stride(0),
-                        weight.stride(1), *out.stride())}
+    args = {
+        "n": c,
+        "tensors": (x, weight, bias if bias is not None else weight, out),
+        "scalars": (
+            t_in,
+            h * w,
+            w,
+            int(drop_first),
+            *x.stride(),
+            weight.stride(0),
+            weight.stride(1),
+            *out.stride(),
+        ),
+    }
     meta = dict(C=c, HAS_BIAS=bias is not None, IEEE=exact_fp32(x))
     _launch(_time_upsample_kernel, _time_upsample_tuned, x, bsz * t_in, h * w, args, meta)
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 if os.environ.get("CDT_FAST_TEST_DEVICE", "auto") != "cuda":
     try:
         import torch as _torch
+
         _cuda = _torch.cuda.is_available()
     except ImportError:  # pragma: no cover
         _cuda = False
@@ -38,11 +39,13 @@ def tiny_config(preset: str, **overrides) -> CDTConfig:
 @pytest.fixture(scope="session")
 def upstream_io():
     from safetensors.torch import load_file
+
     return load_file(str(FIXTURES / "io.safetensors"))
 
 
 def upstream_state_dict(preset: str):
     from safetensors.torch import load_file
+
     return load_file(str(FIXTURES / f"{preset}_state_dict.safetensors"))
 
 

@@ -45,11 +45,20 @@ def test_triton_is_recomputed_on_call(monkeypatch):
     assert status.available and "interpreter" in status.reason
 
 
-@pytest.mark.parametrize("archs,cap,runs", [
-    ("80;90", (8, 0), True), ("80;90", (8, 6), True), ("80;90", (8, 9), True),
-    ("80;90", (9, 0), True), ("80;90", (12, 0), True),  # PTX of sm_90 JITs forward
-    ("80;90", (7, 5), False), ("90", (8, 0), False), ("86", (8, 0), False),
-    ("80,90", (9, 0), True)])  # CMake builds separate with commas
+@pytest.mark.parametrize(
+    "archs,cap,runs",
+    [
+        ("80;90", (8, 0), True),
+        ("80;90", (8, 6), True),
+        ("80;90", (8, 9), True),
+        ("80;90", (9, 0), True),
+        ("80;90", (12, 0), True),  # PTX of sm_90 JITs forward
+        ("80;90", (7, 5), False),
+        ("90", (8, 0), False),
+        ("86", (8, 0), False),
+        ("80,90", (9, 0), True),
+    ],
+)  # CMake builds separate with commas
 def test_arch_compatibility(archs, cap, runs):
     assert _arch_runs(archs, *cap) is runs
 
@@ -61,8 +70,9 @@ def fresh_loader():
     _cpp_lib._load.cache_clear()
 
 
-@pytest.mark.parametrize("module,cause", [(None, "not built"),
-                                          (types.SimpleNamespace(ABI_VERSION=-7), "ABI version -7")])
+@pytest.mark.parametrize(
+    "module,cause", [(None, "not built"), (types.SimpleNamespace(ABI_VERSION=-7), "ABI version -7")]
+)
 def test_missing_or_mismatched_extension_warns_once(monkeypatch, fresh_loader, module, cause):
     # sys.modules[name] = None makes `from . import _C` raise ImportError, as a missing build does.
     monkeypatch.setitem(sys.modules, "cdt_fast._C", module)
@@ -82,11 +92,15 @@ def test_missing_or_mismatched_extension_warns_once(monkeypatch, fresh_loader, m
 
 
 def test_import_never_fails_without_the_extension():
-    code = ("import sys; sys.modules['cdt_fast._C'] = None\n"
-            "import warnings; warnings.simplefilter('error')\n"  # nothing warns at import
-            "import cdt_fast\n"
-            "warnings.simplefilter('ignore')\n"
-            "print(cdt_fast.backends()['cpp'].available)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; sys.modules['cdt_fast._C'] = None\n"
+        "import warnings; warnings.simplefilter('error')\n"  # nothing warns at import
+        "import cdt_fast\n"
+        "warnings.simplefilter('ignore')\n"
+        "print(cdt_fast.backends()['cpp'].available)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

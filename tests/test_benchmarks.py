@@ -34,14 +34,22 @@ def test_flop_model_equals_aten_count(preset):
     assert ours.macs > 0 and ours.flops == 2 * ours.macs
     assert ours.macs == flops.aten_macs(config, "roundtrip", 9, 24, 40, steps=steps)
     if preset == "small":
-        parts = [flops.count_macs(config, op, 9, 24, 40, steps=2).macs for op in ("encode", "decode")]
+        parts = [
+            flops.count_macs(config, op, 9, 24, 40, steps=2).macs for op in ("encode", "decode")
+        ]
         assert sum(parts) == ours.macs
 
 
 def test_flop_model_covers_every_contracting_layer_kind():
     report_ = flops.count_macs(tiny_config("small"), "roundtrip", 9, 32, 32)
-    assert set(report_.by_kind()) == {"CausalConv3d", "Upsample", "LinearAttention",
-                                      "TimeDownsample", "TimeUpsample", "Linear"}
+    assert set(report_.by_kind()) == {
+        "CausalConv3d",
+        "Upsample",
+        "LinearAttention",
+        "TimeDownsample",
+        "TimeUpsample",
+        "Linear",
+    }
     assert set(report_.by_network()) == {"context_fn", "denoise_fn"}
     base = flops.count_macs(tiny_config("base"), "decode", 9, 32, 32).by_kind()
     assert "Upsample" not in base  # nearest + conv: counted once, by the inner conv
@@ -143,10 +151,10 @@ def test_measure_time_budget_and_bad_counts():
 
 def test_rss_sampler_sees_a_large_allocation():
     with timing.RssSampler() as rss:
-        block = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         time.sleep(0.02)
         del block
-    assert rss.peak - rss.baseline >= 48 * 2 ** 20
+    assert rss.peak - rss.baseline >= 48 * 2**20
 
 
 # -- run.py end to end ----------------------------------------------------------------------------
@@ -171,8 +179,10 @@ class _FakeWanVAE(nn.Module):
 
 
 def _fake_backends():
-    return {"torch": types.SimpleNamespace(available=True, reason=""),
-            "triton": types.SimpleNamespace(available=False, reason="needs a CUDA device")}
+    return {
+        "torch": types.SimpleNamespace(available=True, reason=""),
+        "triton": types.SimpleNamespace(available=False, reason="needs a CUDA device"),
+    }
 
 
 def _fake_accelerate(model, backend="auto", dtype=None):
@@ -180,8 +190,24 @@ def _fake_accelerate(model, backend="auto", dtype=None):
     return model.to(dtype) if dtype is not None else model
 
 
-TINY_ARGS = ["--tiny", "--models", "small", "--frames", "5", "--size", "32", "--long-frames", "9",
-             "--warmup", "0", "--repeats", "2", "--threads", "1", "--no-progress"]
+TINY_ARGS = [
+    "--tiny",
+    "--models",
+    "small",
+    "--frames",
+    "5",
+    "--size",
+    "32",
+    "--long-frames",
+    "9",
+    "--warmup",
+    "0",
+    "--repeats",
+    "2",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +222,11 @@ def tiny_run(tmp_path_factory):
         mp.setattr(cdt_fast, "accelerate", _fake_accelerate, raising=False)
         mp.setattr(cdt_fast, "backends", _fake_backends, raising=False)
         mp.setitem(sys.modules, "diffusers", fake_diffusers)
-        stdout = _capture(lambda: run.main(
-            TINY_ARGS + ["--results-dir", str(out), "--out", str(out / "out.json"), "--kernels"]))
+        stdout = _capture(
+            lambda: run.main(
+                TINY_ARGS + ["--results-dir", str(out), "--out", str(out / "out.json"), "--kernels"]
+            )
+        )
     torch.set_num_threads(threads)
     results = json.loads((out / "out.json").read_text())
     return out, results, stdout
@@ -206,6 +235,7 @@ def tiny_run(tmp_path_factory):
 def _capture(fn):
     import contextlib
     import io
+
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert fn() == 0
@@ -224,8 +254,10 @@ def test_run_rows_have_every_field(tiny_run):
         assert row["widths"] == "tiny" and row["reduced"] is True and row["dtype"] == "fp32"
     main = {(r["impl"], r["op"]) for r in rows if r["suite"] == "main"}
     assert main == {(i, op) for i in ("reference", "engine-torch") for op in flops.OPS}
-    expected = {op: flops.count_macs(run.model_config("small", True), op, 5, 32, 32).flops
-                for op in flops.OPS}
+    expected = {
+        op: flops.count_macs(run.model_config("small", True), op, 5, 32, 32).flops
+        for op in flops.OPS
+    }
     for r in rows:
         if r["suite"] == "main":
             assert r["tflops"] > 0 and r["flops"] == expected[r["op"]]
@@ -233,22 +265,41 @@ def test_run_rows_have_every_field(tiny_run):
             assert r["psnr_vs_reference"] is None and r["max_abs_err_vs_reference"] == 0.0
     length = [r for r in rows if r["suite"] == "length"]
     assert {(r["impl"], r["op"], r["frames"]) for r in length} == {
-        ("reference", "decode", 9), ("engine-torch", "decode", 9)}
+        ("reference", "decode", 9),
+        ("engine-torch", "decode", 9),
+    }
     peer = [r for r in rows if r["suite"] == "peer"]
-    assert len(peer) == 1 and peer[0]["model"] == impls.PEER_MODEL and "different model" in peer[0]["impl"]
+    assert (
+        len(peer) == 1
+        and peer[0]["model"] == impls.PEER_MODEL
+        and "different model" in peer[0]["impl"]
+    )
 
 
 def test_run_header_ratios_and_skips(tiny_run):
     _, results, _ = tiny_run
     header = results["header"]
-    for key in ("torch", "cuda", "cudnn", "triton", "git", "torch_settings", "gpu_name",
-                "cpu_model", "command"):
+    for key in (
+        "torch",
+        "cuda",
+        "cudnn",
+        "triton",
+        "git",
+        "torch_settings",
+        "gpu_name",
+        "cpu_model",
+        "command",
+    ):
         assert key in header
     assert header["torch_settings"]["num_threads"] == 1
-    assert header["engine_backends"]["triton"] == {"available": False, "reason": "needs a CUDA device"}
+    assert header["engine_backends"]["triton"] == {
+        "available": False,
+        "reason": "needs a CUDA device",
+    }
     ratios = results["ratios"]
     assert {(r["impl"], r["op"]) for r in ratios["engine_vs_reference"]} >= {
-        ("engine-torch", op) for op in flops.OPS}
+        ("engine-torch", op) for op in flops.OPS
+    }
     assert all(r["speedup"] > 0 for r in ratios["engine_vs_reference"])
     assert [r["frames"] for r in ratios["memory_vs_length"] if r["impl"] == "reference"] == [5, 9]
     skipped = {s.get("impl") or s.get("model"): s["reason"] for s in results["skipped"]}
@@ -281,23 +332,45 @@ def test_readme_table_from_results_json(tiny_run):
 
 def test_ratios_from_synthetic_rows():
     def row(model, impl, ms, mem, frames=17, suite="main", op="decode"):
-        return dict(model=model, impl=impl, op=op, frames=frames, height=256, width=256,
-                    dtype="bf16", suite=suite, latency_ms_p50=ms, peak_mem_bytes=mem,
-                    peak_mem_delta_bytes=mem // 2)
-    rows = [row("base", "reference", 300.0, 1000), row("base", "engine-triton", 60.0, 400),
-            row("base", "reference-compiled", 120.0, 800), row("small", "reference", 100.0, 500),
-            row("base", "reference", 1200.0, 1000, frames=65, suite="length")]
+        return dict(
+            model=model,
+            impl=impl,
+            op=op,
+            frames=frames,
+            height=256,
+            width=256,
+            dtype="bf16",
+            suite=suite,
+            latency_ms_p50=ms,
+            peak_mem_bytes=mem,
+            peak_mem_delta_bytes=mem // 2,
+        )
+
+    rows = [
+        row("base", "reference", 300.0, 1000),
+        row("base", "engine-triton", 60.0, 400),
+        row("base", "reference-compiled", 120.0, 800),
+        row("small", "reference", 100.0, 500),
+        row("base", "reference", 1200.0, 1000, frames=65, suite="length"),
+    ]
     r = report.compute_ratios(rows)
     (ev,) = r["engine_vs_reference"]
     assert ev["speedup"] == pytest.approx(5.0) and ev["memory_ratio"] == pytest.approx(0.4)
     assert r["engine_vs_compiled"][0]["speedup"] == pytest.approx(2.0)
     (sb,) = r["small_vs_base"]
     assert sb["speedup"] == pytest.approx(3.0)
-    assert [(m["frames"], m["peak_vs_shortest"]) for m in r["memory_vs_length"]] == [(17, 1.0), (65, 1.0)]
+    assert [(m["frames"], m["peak_vs_shortest"]) for m in r["memory_vs_length"]] == [
+        (17, 1.0),
+        (65, 1.0),
+    ]
     # On CPU the total RSS holds every model built so far: ratios use the calls' own growth.
-    cpu = [dict(rows[0], device="cpu", peak_mem_delta_bytes=500),
-           dict(rows[1], device="cpu", peak_mem_delta_bytes=100)]
-    assert report.compute_ratios(cpu)["engine_vs_reference"][0]["memory_ratio"] == pytest.approx(0.2)
+    cpu = [
+        dict(rows[0], device="cpu", peak_mem_delta_bytes=500),
+        dict(rows[1], device="cpu", peak_mem_delta_bytes=100),
+    ]
+    assert report.compute_ratios(cpu)["engine_vs_reference"][0]["memory_ratio"] == pytest.approx(
+        0.2
+    )
 
 
 # -- plans, arguments, discovery ------------------------------------------------------------------
@@ -312,7 +385,10 @@ def test_default_cpu_plan_is_reduced_and_says_so(monkeypatch):
     plan = _plan(["--device", "cpu"])
     assert plan.dtype == torch.float32 and plan.models == ["base", "small"]
     assert [(s.frames, s.height, s.suite) for s in plan.settings] == [
-        (9, 64, "main"), (17, 64, "length"), (25, 64, "length")]
+        (9, 64, "main"),
+        (17, 64, "length"),
+        (25, 64, "length"),
+    ]
     assert plan.impls == ["reference"]
     assert all(plan.reduced(s) for s in plan.settings)
     assert any("REDUCED" in n for n in plan.notes)
@@ -326,19 +402,30 @@ def test_default_cuda_plan_is_the_papers(monkeypatch):
     plan = _plan(["--device", "cuda"])
     assert plan.dtype == torch.bfloat16 and plan.compile_mode == "max-autotune"
     assert [(s.frames, s.height, s.suite) for s in plan.settings] == [
-        (17, 256, "main"), (17, 720, "main"), (65, 720, "length"), (129, 720, "length")]
+        (17, 256, "main"),
+        (17, 720, "main"),
+        (65, 720, "length"),
+        (129, 720, "length"),
+    ]
     assert plan.impls[:3] == ["reference", "reference-cl", "reference-compiled"]
     assert not any(plan.reduced(s) for s in plan.settings)
-    assert [s.frames for s in _plan(["--device", "cuda", "--full"]).settings if s.suite == "length"] \
-        == [65, 129, 257]
+    assert [
+        s.frames for s in _plan(["--device", "cuda", "--full"]).settings if s.suite == "length"
+    ] == [65, 129, 257]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--frames", "6"], "1 + 4k"), (["--size", "30"], "multiples of 8"),
-    (["--dtype", "int8"], "dtype"), (["--impls", "fastest"], "unknown implementation"),
-    (["--models", "large"], "base and/or small"), (["--ops", "train"], "--ops"),
-    (["--tiny", "--ckpt", "x.ckpt"], "--tiny"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--frames", "6"], "1 + 4k"),
+        (["--size", "30"], "multiples of 8"),
+        (["--dtype", "int8"], "dtype"),
+        (["--impls", "fastest"], "unknown implementation"),
+        (["--models", "large"], "base and/or small"),
+        (["--ops", "train"], "--ops"),
+        (["--tiny", "--ckpt", "x.ckpt"], "--tiny"),
+    ],
+)
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         run.main(argv + ["--device", "cpu", "--no-progress"])
@@ -349,54 +436,83 @@ def test_bad_arguments_are_named(argv, message, capsys):
 def test_ckpt_is_parsed_per_model():
     assert run._parse_ckpts(["a.ckpt"], ["small"]) == {"small": "a.ckpt"}
     assert run._parse_ckpts(["base=b.ckpt", "small=s.ckpt"], ["base", "small"]) == {
-        "base": "b.ckpt", "small": "s.ckpt"}
+        "base": "b.ckpt",
+        "small": "s.ckpt",
+    }
     with pytest.raises(ValueError, match="name the model"):
         run._parse_ckpts(["a.ckpt"], ["base", "small"])
 
 
 def test_kernel_summary_tolerates_broken_and_foreign_modules(tmp_path):
     (tmp_path / "bench_rows.py").write_text(
-        "def run_summary():\n    return [{'shape': (1, 2), 'ms': 1.5}]\n")
+        "def run_summary():\n    return [{'shape': (1, 2), 'ms': 1.5}]\n"
+    )
     (tmp_path / "bench_cli.py").write_text(
-        "def main(argv):\n    print('conv3d 1.0 ms')\n    return 0\n")
+        "def main(argv):\n    print('conv3d 1.0 ms')\n    return 0\n"
+    )
     (tmp_path / "bench_broken.py").write_text("raise RuntimeError('no GPU here')\n")
     (tmp_path / "bench_other.py").write_text("X = 1\n")
     (tmp_path / "helper.py").write_text("raise SystemExit('must not be imported')\n")
     got = {k["module"]: k for k in kernel_summary.summarise(tmp_path)}
     assert set(got) == {"bench_rows", "bench_cli", "bench_broken", "bench_other"}
     assert got["bench_rows"]["status"] == "ok" and got["bench_rows"]["summary"] == [
-        {"shape": [1, 2], "ms": 1.5}]
+        {"shape": [1, 2], "ms": 1.5}
+    ]
     assert got["bench_cli"]["status"] == "ok" and "conv3d 1.0 ms" in got["bench_cli"]["summary"]
-    assert got["bench_broken"]["status"] == "error" and "no GPU here" in got["bench_broken"]["error"]
+    assert (
+        got["bench_broken"]["status"] == "error" and "no GPU here" in got["bench_broken"]["error"]
+    )
     assert got["bench_other"]["status"] == "skipped"
     md = report.render_markdown({"header": {}, "rows": [], "kernels": list(got.values())})
     assert "#### bench_rows" in md and "no GPU here" in md
 
 
 def test_device_key_is_a_file_name():
-    assert environment.device_key({"gpu_name": "NVIDIA H100 80GB HBM3", "torch": "2.13.0+cu128"}) \
+    assert (
+        environment.device_key({"gpu_name": "NVIDIA H100 80GB HBM3", "torch": "2.13.0+cu128"})
         == "nvidia-h100-80gb-hbm3-torch2.13.0-cu128"
-    assert environment.device_key({"gpu_name": None, "cpu_model": "AMD EPYC 7B13",
-                                   "torch": "2.13.0+cpu"}) == "cpu-amd-epyc-7b13-torch2.13.0-cpu"
+    )
+    assert (
+        environment.device_key(
+            {"gpu_name": None, "cpu_model": "AMD EPYC 7B13", "torch": "2.13.0+cpu"}
+        )
+        == "cpu-amd-epyc-7b13-torch2.13.0-cpu"
+    )
 
 
 def test_psnr_against():
     ref = torch.linspace(-1, 1, 100)
     assert run.psnr_against(ref.clone(), ref, "decode") == (None, 0.0)
     psnr, err = run.psnr_against(ref + 0.01, ref, "decode")
-    assert psnr == pytest.approx(10 * np.log10(4 / 1e-4), rel=1e-4) and err == pytest.approx(0.01, abs=1e-6)
+    assert psnr == pytest.approx(10 * np.log10(4 / 1e-4), rel=1e-4) and err == pytest.approx(
+        0.01, abs=1e-6
+    )
     with pytest.raises(ValueError, match="shape"):
         run.psnr_against(ref[:5], ref, "decode")
 
 
-
 def test_merge_results_combines_runs_per_model():
     def part(model):
-        row = dict(model=model, impl="reference", op="decode", frames=17, height=256, width=256,
-                   dtype="bf16", suite="main", latency_ms_p50=300.0 if model == "base" else 100.0,
-                   peak_mem_bytes=1, peak_mem_delta_bytes=1)
-        return {"header": {"torch": "2.13"}, "rows": [row], "notes": ["n"],
-                "skipped": [{"impl": "engine", "reason": "r"}]}
+        row = dict(
+            model=model,
+            impl="reference",
+            op="decode",
+            frames=17,
+            height=256,
+            width=256,
+            dtype="bf16",
+            suite="main",
+            latency_ms_p50=300.0 if model == "base" else 100.0,
+            peak_mem_bytes=1,
+            peak_mem_delta_bytes=1,
+        )
+        return {
+            "header": {"torch": "2.13"},
+            "rows": [row],
+            "notes": ["n"],
+            "skipped": [{"impl": "engine", "reason": "r"}],
+        }
+
     merged = report.merge_results([part("base"), part("small")])
     assert len(merged["rows"]) == 2 and merged["notes"] == ["n"] and len(merged["skipped"]) == 1
     assert merged["ratios"]["small_vs_base"][0]["speedup"] == pytest.approx(3.0)
@@ -409,11 +525,38 @@ def test_compiled_and_channels_last_references_match_eager(tmp_path):
     # torch.compile on CPU takes minutes even for tiny networks: slow, not in CI.
     threads = torch.get_num_threads()
     try:
-        _capture(lambda: run.main(
-            ["--tiny", "--models", "small", "--frames", "5", "--size", "32", "--ops", "decode",
-             "--impls", "reference,reference-cl,reference-compiled", "--long-frames", "none",
-             "--warmup", "1", "--repeats", "1", "--threads", "1", "--no-progress", "--no-plot",
-             "--no-peer", "--results-dir", str(tmp_path), "--out", str(tmp_path / "r.json")]))
+        _capture(
+            lambda: run.main(
+                [
+                    "--tiny",
+                    "--models",
+                    "small",
+                    "--frames",
+                    "5",
+                    "--size",
+                    "32",
+                    "--ops",
+                    "decode",
+                    "--impls",
+                    "reference,reference-cl,reference-compiled",
+                    "--long-frames",
+                    "none",
+                    "--warmup",
+                    "1",
+                    "--repeats",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--no-progress",
+                    "--no-plot",
+                    "--no-peer",
+                    "--results-dir",
+                    str(tmp_path),
+                    "--out",
+                    str(tmp_path / "r.json"),
+                ]
+            )
+        )
     finally:
         torch.set_num_threads(threads)
     rows = {r["impl"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
@@ -427,15 +570,30 @@ def test_a_failing_implementation_is_reported_not_fatal(tmp_path, monkeypatch):
         def encode(self, x):
             raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(cdt_fast, "accelerate", lambda model, backend, dtype: Exploding(),
-                        raising=False)
+    monkeypatch.setattr(
+        cdt_fast, "accelerate", lambda model, backend, dtype: Exploding(), raising=False
+    )
     monkeypatch.delattr(cdt_fast, "backends", raising=False)  # then only engine-torch is tried
     threads = torch.get_num_threads()
     try:
-        _capture(lambda: run.main(TINY_ARGS + ["--ops", "encode", "--impls", "engine",
-                                               "--long-frames", "none", "--no-plot",
-                                               "--results-dir", str(tmp_path),
-                                               "--out", str(tmp_path / "r.json")]))
+        _capture(
+            lambda: run.main(
+                TINY_ARGS
+                + [
+                    "--ops",
+                    "encode",
+                    "--impls",
+                    "engine",
+                    "--long-frames",
+                    "none",
+                    "--no-plot",
+                    "--results-dir",
+                    str(tmp_path),
+                    "--out",
+                    str(tmp_path / "r.json"),
+                ]
+            )
+        )
     finally:
         torch.set_num_threads(threads)
     results = json.loads((tmp_path / "r.json").read_text())
@@ -447,6 +605,7 @@ def test_a_failing_implementation_is_reported_not_fatal(tmp_path, monkeypatch):
 def test_results_are_readable_by_others(tiny_run):
     import os
     import stat
+
     out, results, _ = tiny_run
     umask = os.umask(0)
     os.umask(umask)

@@ -14,15 +14,20 @@ import pytest  # noqa: E402
 
 from cdt_fast import functional as CF  # noqa: E402
 from cdt_fast.cache import FeatureCache  # noqa: E402
-from cdt_fast.ops import (CausalConvCache, ConvSelector, causal_conv3d,  # noqa: E402
-                          conv_transpose_up2x, time_downsample)
+from cdt_fast.ops import (  # noqa: E402
+    CausalConvCache,
+    ConvSelector,
+    causal_conv3d,
+    conv_transpose_up2x,
+    time_downsample,
+)
 from cdt_fast.reference.layers import CausalConv3d  # noqa: E402
 
 kernels = pytest.importorskip("cdt_fast.kernels.causal_conv3d")
 Epilogue = kernels.Epilogue
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
-EPS = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+EPS = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
 def assert_close_conv(y, ref, k_len, dtype):
@@ -33,8 +38,8 @@ def assert_close_conv(y, ref, k_len, dtype):
     if dtype == torch.float32 and not ON_GPU:
         atol = 4 * eps * k_len
     else:  # 16-bit inputs, or TF32 on GPU
-        eps = max(eps, 2.0 ** -10)
-        atol = 6 * eps * k_len ** 0.5 + 2 * eps * ref.abs().max().item()
+        eps = max(eps, 2.0**-10)
+        atol = 6 * eps * k_len**0.5 + 2 * eps * ref.abs().max().item()
     err = (y - ref).abs().max().item()
     assert y.shape == ref.shape
     assert err <= atol, f"max error {err:.3e} > tolerance {atol:.3e} (K={k_len}, {dtype})"
@@ -48,13 +53,52 @@ def rand(*shape, dtype=torch.float32, channels_last=True):
 # kernel, stride, space_padding, history, pad_mode, upsample2x, past frames, chunk T, (H, W), Cin, Cout, B
 CASES = {
     "333-zeros-first1": ((3, 3, 3), (1, 1, 1), (1, 1), 2, "zeros", False, 0, 1, (5, 7), 5, 6, 2),
-    "333-replicate-past2": ((3, 3, 3), (1, 1, 1), (1, 1), 2, "replicate", False, 2, 2, (5, 7), 5, 6, 1),
+    "333-replicate-past2": (
+        (3, 3, 3),
+        (1, 1, 1),
+        (1, 1),
+        2,
+        "replicate",
+        False,
+        2,
+        2,
+        (5, 7),
+        5,
+        6,
+        1,
+    ),
     "333-zeros-1after2": ((3, 3, 3), (1, 1, 1), (1, 1), 2, "zeros", False, 2, 1, (4, 3), 20, 19, 1),
-    "333-replicate-past1": ((3, 3, 3), (1, 1, 1), (1, 1), 2, "replicate", False, 1, 1, (3, 4), 5, 6, 2),
+    "333-replicate-past1": (
+        (3, 3, 3),
+        (1, 1, 1),
+        (1, 1),
+        2,
+        "replicate",
+        False,
+        1,
+        1,
+        (3, 4),
+        5,
+        6,
+        2,
+    ),
     "377-replicate": ((3, 7, 7), (1, 1, 1), (3, 3), 2, "replicate", False, 0, 2, (4, 5), 3, 6, 1),
     "377-zeros-past": ((3, 7, 7), (1, 1, 1), (3, 3), 2, "zeros", False, 2, 1, (5, 6), 3, 5, 1),
     "155-up2x-zeros": ((1, 5, 5), (1, 1, 1), (2, 2), 0, "zeros", True, 0, 1, (3, 4), 5, 6, 2),
-    "155-up2x-replicate": ((1, 5, 5), (1, 1, 1), (2, 2), 0, "replicate", True, 0, 2, (2, 3), 5, 6, 1),
+    "155-up2x-replicate": (
+        (1, 5, 5),
+        (1, 1, 1),
+        (2, 2),
+        0,
+        "replicate",
+        True,
+        0,
+        2,
+        (2, 3),
+        5,
+        6,
+        1,
+    ),
     "133-s2-odd": ((1, 3, 3), (1, 2, 2), (1, 1), 0, "replicate", False, 0, 1, (17, 23), 5, 6, 1),
     "133-s2-zeros": ((1, 3, 3), (1, 2, 2), (1, 1), 0, "zeros", False, 0, 2, (6, 5), 20, 6, 2),
     "111-odd": ((1, 1, 1), (1, 1, 1), (0, 0), 0, "zeros", False, 0, 2, (17, 23), 5, 19, 2),
@@ -67,10 +111,13 @@ def _case(name, dtype):
     kernel, stride, pad, history, mode, up, past_n, frames, (h, w), cin, cout, b = CASES[name]
     x = rand(b, cin, frames, h, w, dtype=dtype)
     past = rand(b, cin, past_n, h, w, dtype=dtype) if past_n else None
-    weight = torch.randn(cout, cin, *kernel, device=DEVICE) / (cin * kernel[1] * kernel[2]) ** 0.5 * 2
+    weight = (
+        torch.randn(cout, cin, *kernel, device=DEVICE) / (cin * kernel[1] * kernel[2]) ** 0.5 * 2
+    )
     bias = torch.randn(cout, device=DEVICE)
-    kw = dict(past=past, history=history, space_padding=pad, stride=stride, pad_mode=mode,
-              upsample2x=up)
+    kw = dict(
+        past=past, history=history, space_padding=pad, stride=stride, pad_mode=mode, upsample2x=up
+    )
     k_len = cin * kernel[0] * kernel[1] * kernel[2]
     return x, weight, bias, kw, k_len
 
@@ -82,8 +129,9 @@ def test_triton_matches_reference_fp32(name):
     assert_close_conv(y, CF.causal_conv3d(x, weight, bias, **kw), k_len, torch.float32)
 
 
-@pytest.mark.parametrize("name", ["333-zeros-1after2", "377-replicate", "155-up2x-replicate",
-                                  "133-s2-zeros"])
+@pytest.mark.parametrize(
+    "name", ["333-zeros-1after2", "377-replicate", "155-up2x-replicate", "133-s2-zeros"]
+)
 def test_triton_fp16_inputs_against_fp32_reference(name):
     x, weight, bias, kw, k_len = _case(name, torch.float16)
     y = kernels.causal_conv3d(x, weight, bias, **kw)
@@ -119,8 +167,9 @@ def test_triton_epilogue_matches_channel_norm(norm):
     conv = CF.causal_conv3d(x, weight, bias, **kw)
     residual = torch.randn_like(conv)
     if norm:
-        ep = Epilogue(norm_weight=g, norm_bias=beta, relu=True, channel_bias=time_bias,
-                      residual=residual)
+        ep = Epilogue(
+            norm_weight=g, norm_bias=beta, relu=True, channel_bias=time_bias, residual=residual
+        )
         ref = CF.channel_norm(conv, g, beta, relu=True, time_bias=time_bias, residual=residual)
         k_len = k_len * 4  # the norm divides by a std ~1/2 of the conv's spread
     else:
@@ -143,30 +192,44 @@ def _norm_block_args(x, weight, with_adds, dtype=torch.float32):
     return g, beta, dict(time_bias=time_bias)
 
 
-@pytest.mark.parametrize("name,cout,with_adds", [
-    ("333-zeros-first1", 6, True),          # fused epilogue, batch 2, 1-frame first chunk
-    ("333-replicate-past1", 6, False),      # fused, cached frame, replicate padding
-    ("155-up2x-zeros", 19, True),           # fused, 2x upsample in the loads, odd Cout
-    ("133-s2-odd", 130, True),              # wider than FUSED_NORM_MAX_CHANNELS: conv, then norm
-])
+@pytest.mark.parametrize(
+    "name,cout,with_adds",
+    [
+        ("333-zeros-first1", 6, True),  # fused epilogue, batch 2, 1-frame first chunk
+        ("333-replicate-past1", 6, False),  # fused, cached frame, replicate padding
+        ("155-up2x-zeros", 19, True),  # fused, 2x upsample in the loads, odd Cout
+        ("133-s2-odd", 130, True),  # wider than FUSED_NORM_MAX_CHANNELS: conv, then norm
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_conv_norm_block_matches_composition(name, cout, with_adds, dtype):
     """``causal_conv3d_norm`` == channel_norm(causal_conv3d(...)) on both of its paths. fp16 runs
     against the fp32 composition of the same fp16-rounded inputs."""
     x, weight, bias, kw, k_len = _case(name, dtype)
-    weight = torch.randn(cout, *weight.shape[1:], device=DEVICE) / k_len ** 0.5 * 2
+    weight = torch.randn(cout, *weight.shape[1:], device=DEVICE) / k_len**0.5 * 2
     bias = torch.randn(cout, device=DEVICE)
     g, beta, adds = _norm_block_args(x, weight, with_adds, dtype)
     if with_adds:
-        shape = CF.causal_conv3d(x.float(), weight, bias, **dict(
-            kw, past=kw["past"].float() if kw["past"] is not None else None)).shape
+        shape = CF.causal_conv3d(
+            x.float(),
+            weight,
+            bias,
+            **dict(kw, past=kw["past"].float() if kw["past"] is not None else None),
+        ).shape
         adds["residual"] = rand(*shape, dtype=dtype)
     y = kernels.causal_conv3d_norm(x, weight, bias, g, beta, relu=True, **adds, **kw)
     assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last_3d)
     up = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    ref = CF.causal_conv3d_norm(x.float(), weight.to(dtype).float(), bias.to(dtype).float(),
-                                g.float(), beta.float(), relu=True,
-                                **{k: v.float() for k, v in adds.items()}, **up)
+    ref = CF.causal_conv3d_norm(
+        x.float(),
+        weight.to(dtype).float(),
+        bias.to(dtype).float(),
+        g.float(),
+        beta.float(),
+        relu=True,
+        **{k: v.float() for k, v in adds.items()},
+        **up,
+    )
     # The norm divides by the conv output's spread (~2): errors scale with it.
     assert_close_conv(y, ref, 4 * k_len, dtype)
     fused = cout <= kernels.FUSED_NORM_MAX_CHANNELS
@@ -221,7 +284,9 @@ def test_cache_stream_equals_whole_clip(stream, pad_mode, backend):
     if stream != "333" and backend == "torch":
         pytest.skip("the torch backend is the reference itself; one stream suffices")
     kernel, padding, stride, cin, cout, (h, w), chunks = STREAMS[stream]
-    layer = CausalConv3d(cin, cout, kernel, stride=stride, padding=padding, pad_mode=pad_mode).to(DEVICE)
+    layer = CausalConv3d(cin, cout, kernel, stride=stride, padding=padding, pad_mode=pad_mode).to(
+        DEVICE
+    )
     clip = rand(2, cin, sum(chunks), h, w)
     cache = CausalConvCache.from_layer(layer, ConvSelector(backend))
     ref_cache = FeatureCache()
@@ -230,7 +295,7 @@ def test_cache_stream_equals_whole_clip(stream, pad_mode, backend):
     with torch.no_grad():
         whole = layer(clip)
         for n in chunks:
-            chunk = clip[:, :, start:start + n]
+            chunk = clip[:, :, start : start + n]
             start += n
             y = cache(chunk)
             ref = layer(chunk, ref_cache)
@@ -248,13 +313,28 @@ def test_cache_upsample2x_stream(pad_mode, backend):
     history is kept at the source resolution."""
     for kernel, padding, history in (((1, 5, 5), (2, 2), 0), ((3, 3, 3), (1, 1), 2)):
         weight, bias = torch.randn(6, 5, *kernel, device=DEVICE), torch.randn(6, device=DEVICE)
-        cache = CausalConvCache(weight, bias, history=history, space_padding=padding,
-                                pad_mode=pad_mode, upsample2x=True, selector=ConvSelector(backend))
+        cache = CausalConvCache(
+            weight,
+            bias,
+            history=history,
+            space_padding=padding,
+            pad_mode=pad_mode,
+            upsample2x=True,
+            selector=ConvSelector(backend),
+        )
         past = None
         for n in (1, 2):
             x = rand(1, 5, n, 2, 3)
-            ref = CF.causal_conv3d(x, weight, bias, past=past, history=history,
-                                   space_padding=padding, pad_mode=pad_mode, upsample2x=True)
+            ref = CF.causal_conv3d(
+                x,
+                weight,
+                bias,
+                past=past,
+                history=history,
+                space_padding=padding,
+                pad_mode=pad_mode,
+                upsample2x=True,
+            )
             past = CF.causal_conv3d_history(x, past, history) if history else None
             assert_close_conv(cache(x), ref, 5 * kernel[0] * kernel[1] * kernel[2], torch.float32)
 
@@ -300,6 +380,7 @@ def test_cache_reserve_and_reset():
 
 # -- selection and the other ops --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_cudnn_launcher_matches_reference(name):
     """The functional-signature cuDNN path (channels-last, zero padding given to the conv)."""
@@ -313,7 +394,9 @@ def test_selector_override_and_auto(monkeypatch):
     ref = CF.causal_conv3d(x, weight, bias, **kw)
     for backend in ("triton", "cudnn", "torch"):
         sel = ConvSelector(backend)
-        assert_close_conv(causal_conv3d(x, weight, bias, selector=sel, **kw), ref, 135, torch.float32)
+        assert_close_conv(
+            causal_conv3d(x, weight, bias, selector=sel, **kw), ref, 135, torch.float32
+        )
     with pytest.raises(ValueError, match="backend"):
         ConvSelector("cuda")
     with pytest.raises(ValueError, match="conflicts"):
@@ -321,7 +404,7 @@ def test_selector_override_and_auto(monkeypatch):
     if ON_GPU:
         sel = ConvSelector("auto")
         causal_conv3d(x, weight, bias, selector=sel, **kw)
-        (key, times), = sel.timings.items()
+        ((key, times),) = sel.timings.items()
         assert sel.choice(key) == min(times, key=times.get) and "torch" in times
         return
     auto = ConvSelector()
@@ -377,8 +460,16 @@ def test_bad_input_raises_clear_errors(monkeypatch):
     with pytest.raises(ValueError, match="past must match"):
         conv(x, weight, bias, **dict(kw, past=rand(2, 5, 1, 4, 7)))
     with pytest.raises(ValueError, match="do not fit"):
-        kernels.causal_conv3d_frames(x, weight, bias, front=0, past=rand(2, 5, 1, 5, 7),
-                                     past_offset=1, past_frames=1, space_padding=(1, 1))
+        kernels.causal_conv3d_frames(
+            x,
+            weight,
+            bias,
+            front=0,
+            past=rand(2, 5, 1, 5, 7),
+            past_offset=1,
+            past_frames=1,
+            space_padding=(1, 1),
+        )
     y = conv(x, weight, bias, **kw)
     with pytest.raises(ValueError, match="out must be"):
         conv(x, weight, bias, out=y[:, :2], **kw)
@@ -402,17 +493,31 @@ def test_bad_input_raises_clear_errors(monkeypatch):
 
 # -- CUDA ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("name", ["333-replicate-past2", "377-zeros-past", "155-up2x-zeros",
-                                  "133-s2-odd", "111-odd", "311-t2-first"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "333-replicate-past2",
+        "377-zeros-past",
+        "155-up2x-zeros",
+        "133-s2-odd",
+        "111-odd",
+        "311-t2-first",
+    ],
+)
 def test_gpu_triton_matches_reference(name, dtype):
     x, weight, bias, kw, k_len = _case(name, dtype)
     past = kw["past"]
     y = kernels.causal_conv3d(x, weight, bias, **kw)
-    ref = CF.causal_conv3d(x.float(), weight.to(dtype).float(), bias,
-                           **dict(kw, past=past.float() if past is not None else None))
+    ref = CF.causal_conv3d(
+        x.float(),
+        weight.to(dtype).float(),
+        bias,
+        **dict(kw, past=past.float() if past is not None else None),
+    )
     assert y.dtype == dtype
     assert_close_conv(y, ref, k_len, dtype)
 
@@ -462,9 +567,11 @@ def test_kernel_compiles_for_sm90_with_pipelined_loads():
     CPU, and check it uses wgmma and software-pipelined (async-copy) loads."""
     import subprocess
     import sys
+
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _SM90_COMPILE], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SM90_COMPILE], capture_output=True, text=True, env=env, timeout=300
+    )
     if proc.returncode and ("ptxas" in proc.stderr or "backend" in proc.stderr.lower()):
         pytest.skip(f"no Triton CUDA toolchain here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -476,6 +583,7 @@ def test_benchmark_harness_paths_agree():
     import importlib.util
     import sys
     from pathlib import Path
+
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_causal_conv3d.py"
     spec = importlib.util.spec_from_file_location("bench_causal_conv3d", path)
     bench = importlib.util.module_from_spec(spec)
@@ -499,6 +607,7 @@ def test_conv_norm_block_benchmark_compares_like_with_like():
     if ON_GPU:
         pytest.skip("the CPU check of the harness")
     from benchmarks import bench_conv_norm_block as bench
+
     bench.test_shapes_and_implementations_agree_on_cpu()
 
 
@@ -506,8 +615,12 @@ def test_autotune_prune_reads_constexpr_kwargs():
     """On GPU the autotuner prunes with positional args in ``named_args`` and constexprs (CIN) in
     kwargs; the interpreter's single config never prunes, so call it as the autotuner does."""
     import triton
-    configs = [triton.Config(dict(BLOCK_M=64, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8))
-               for bn in (16, 128) for bk in (16, 64)]
+
+    configs = [
+        triton.Config(dict(BLOCK_M=64, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8))
+        for bn in (16, 128)
+        for bk in (16, 64)
+    ]
     kept = kernels._prune_configs(configs, {"M": 1000, "N": 3}, CIN=3, KT=3)
     assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept] == [(16, 16)]
     assert len(kernels._prune_configs(configs, {"M": 1000, "N": 128}, CIN=64)) == 4
@@ -525,7 +638,9 @@ def test_weight_layouts_agree_and_only_strided_ones_are_repacked(layout, monkeyp
         weight = kernels.pack_weight(weight)
     packs = []
     real_pack = kernels.pack_weight
-    monkeypatch.setattr(kernels, "pack_weight", lambda *a, **k: packs.append(1) or real_pack(*a, **k))
+    monkeypatch.setattr(
+        kernels, "pack_weight", lambda *a, **k: packs.append(1) or real_pack(*a, **k)
+    )
     assert_close_conv(kernels.causal_conv3d(x, weight, bias, **kw), ref, k_len, torch.float32)
     assert len(packs) == (1 if layout == "contiguous" else 0)
 

@@ -32,8 +32,11 @@ def _affine(c, device=DEVICE):
 
 def _tolerance(dtype):
     # The kernel rounds once, in the activation dtype; the statistics are fp32 either way.
-    return {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 4e-3),
-            torch.bfloat16: (1.6e-2, 3e-2)}[dtype]
+    return {
+        torch.float32: (1e-5, 1e-5),
+        torch.float16: (2e-3, 4e-3),
+        torch.bfloat16: (1.6e-2, 3e-2),
+    }[dtype]
 
 
 def _reference(x, g, b, **kw):
@@ -52,9 +55,16 @@ CASES = [  # (shape [B, C, T, H, W], channels_last)
 
 @pytest.mark.parametrize("shape,channels_last", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("relu,with_time_bias,with_residual",
-                         [(False, False, False), (True, False, False), (True, True, False),
-                          (True, False, True), (False, True, True)])
+@pytest.mark.parametrize(
+    "relu,with_time_bias,with_residual",
+    [
+        (False, False, False),
+        (True, False, False),
+        (True, True, False),
+        (True, False, True),
+        (False, True, True),
+    ],
+)
 def test_matches_functional(shape, channels_last, dtype, relu, with_time_bias, with_residual):
     x = _activation(shape, dtype, channels_last)
     g, b = _affine(shape[1])
@@ -85,8 +95,9 @@ def test_time_bias_as_5d_and_eps():
     g, b = _affine(20)
     tb = torch.randn(2, 20, 1, 1, 1, device=DEVICE)
     y = channel_norm(x, g.reshape(1, 20, 1, 1, 1), b, 1e-2, relu=True, time_bias=tb)
-    torch.testing.assert_close(y, CF.channel_norm(x, g, b, 1e-2, relu=True, time_bias=tb),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        y, CF.channel_norm(x, g, b, 1e-2, relu=True, time_bias=tb), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_constant_voxels_normalise_to_bias():
@@ -105,8 +116,9 @@ def test_non_collapsible_layouts():
     out = torch.empty(2, 12, 3, 6, 7, device=DEVICE)[:, :, :, 1:]
     y = channel_norm(x, g, b, relu=True, residual=res, out=out)
     assert y is out
-    torch.testing.assert_close(y, CF.channel_norm(x, g, b, relu=True, residual=res),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        y, CF.channel_norm(x, g, b, relu=True, residual=res), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_out_may_alias_input_and_residual():
@@ -156,8 +168,9 @@ def test_reference_layers():
         norm.g.normal_()
         norm.b.normal_()
     x = _activation((2, 12, 3, 5, 7))
-    torch.testing.assert_close(channel_norm(x, norm.g, norm.b, norm.eps), norm(x),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        channel_norm(x, norm.g, norm.b, norm.eps), norm(x), rtol=1e-5, atol=1e-5
+    )
 
     res = ResnetBlock(12, 20, time_emb_dim=8).to(DEVICE).eval()
     with torch.no_grad():
@@ -171,16 +184,16 @@ def test_reference_layers():
         conv2, norm2, _ = res.block2.block
         h = channel_norm(conv1(x), norm1.g, norm1.b, relu=True)
         torch.testing.assert_close(h, res.block1(x), rtol=1e-5, atol=1e-5)
-        h = channel_norm(conv1(x), norm1.g, norm1.b, relu=True,
-                         time_bias=res.mlp(t_emb))
+        h = channel_norm(conv1(x), norm1.g, norm1.b, relu=True, time_bias=res.mlp(t_emb))
         y = channel_norm(conv2(h), norm2.g, norm2.b, relu=True, residual=res.res_conv(x))
         torch.testing.assert_close(y, res(x, t_emb), rtol=1e-4, atol=1e-5)
     assert isinstance(res.block2, Block)
 
 
 @triton.jit
-def _epilogue_demo_kernel(acc_ptr, g_ptr, b_ptr, out_ptr, M, C, eps, BLOCK_M: tl.constexpr,
-                          BLOCK_C: tl.constexpr):
+def _epilogue_demo_kernel(
+    acc_ptr, g_ptr, b_ptr, out_ptr, M, C, eps, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr
+):
     # Stands in for a conv kernel: its fp32 accumulator tile holds every output channel.
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_C)
@@ -189,8 +202,9 @@ def _epilogue_demo_kernel(acc_ptr, g_ptr, b_ptr, out_ptr, M, C, eps, BLOCK_M: tl
     acc = tl.load(acc_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0)
     g = tl.load(g_ptr + cols, mask=mask_c, other=0.0)
     b = tl.load(b_ptr + cols, mask=mask_c, other=0.0)
-    y = channel_norm_tile(acc, g, b, 0.0, 0.0, mask_c, C, eps, RELU=True, HAS_TIME_BIAS=False,
-                          HAS_RESIDUAL=False)
+    y = channel_norm_tile(
+        acc, g, b, 0.0, 0.0, mask_c, C, eps, RELU=True, HAS_TIME_BIAS=False, HAS_RESIDUAL=False
+    )
     tl.store(out_ptr + rows[:, None] * C + cols[None, :], y, mask=mask)
 
 
@@ -199,11 +213,11 @@ def test_tile_helper_as_a_conv_epilogue():
     g, b = _affine(20)
     rows = x.permute(0, 2, 3, 4, 1).reshape(-1, 20).contiguous()
     out = torch.empty_like(rows)
-    _epilogue_demo_kernel[(triton.cdiv(rows.shape[0], 8),)](rows, g, b, out, rows.shape[0], 20,
-                                                           1e-5, BLOCK_M=8, BLOCK_C=32)
+    _epilogue_demo_kernel[(triton.cdiv(rows.shape[0], 8),)](
+        rows, g, b, out, rows.shape[0], 20, 1e-5, BLOCK_M=8, BLOCK_C=32
+    )
     expected = CF.channel_norm(x, g, b, relu=True).permute(0, 2, 3, 4, 1).reshape(-1, 20)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-
 
 
 @pytest.mark.gpu
@@ -217,13 +231,15 @@ def test_gpu_dtypes(dtype, shape):
     res = _activation(shape, dtype)
     y = channel_norm(x, g, b, relu=True, time_bias=tb, residual=res)
     rtol, atol = _tolerance(dtype)
-    ref = _reference(x.double(), g.double(), b.double(), relu=True, time_bias=tb.double(),
-                     residual=res.double())
+    ref = _reference(
+        x.double(), g.double(), b.double(), relu=True, time_bias=tb.double(), residual=res.double()
+    )
     torch.testing.assert_close(y.float(), ref.float(), rtol=rtol, atol=atol)
 
 
 def test_autotune_pruning_keeps_tiles_in_range():
     from cdt_fast.kernels.channel_norm import _CONFIGS, _prune_configs
+
     for block_c in (16, 64, 512, 4096):
         kept = _prune_configs(_CONFIGS, {}, BLOCK_C=block_c)
         assert kept, block_c
@@ -234,7 +250,9 @@ def test_autotune_pruning_keeps_tiles_in_range():
 @pytest.mark.skipif(not INTERPRETED, reason="the interpreter stand-in for GPU autotuning")
 def test_autotuned_path_in_place(monkeypatch):
     from cdt_fast.kernels import channel_norm as op
+
     from .fused_autotune_on_cpu import tune_on_cpu
+
     tune_on_cpu(monkeypatch, op, op._channel_norm_tuned)
     x = _activation((2, 20, 2, 5, 7))
     res = _activation((2, 20, 2, 5, 7))

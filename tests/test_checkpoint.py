@@ -34,9 +34,13 @@ def test_ckpt_roundtrip_with_upstream_nesting(tmp_path, nesting):
     config = tiny_config("small")
     model = randomize_(CDT(config), seed=3)
     sd = model.state_dict()
-    payload = {"flat": sd, "state_dict": {"state_dict": sd, "epoch": 3},
-               "module": {"module": sd}, "both": {"state_dict": {"module": sd}},
-               "ddp": {f"module.{k}": v for k, v in sd.items()}}[nesting]
+    payload = {
+        "flat": sd,
+        "state_dict": {"state_dict": sd, "epoch": 3},
+        "module": {"module": sd},
+        "both": {"state_dict": {"module": sd}},
+        "ddp": {f"module.{k}": v for k, v in sd.items()},
+    }[nesting]
     path = tmp_path / "cdt_small.ckpt"
     torch.save(payload, path)
     _assert_same_weights(cdt_fast.load(config, path), model)
@@ -65,13 +69,17 @@ def test_missing_key_fails_naming_it_and_loads_nothing(tmp_path):
     sd["model.denoise_fn.final_conv.1.weight"] = torch.zeros(3, 4, 1, 1, 1)
     path = tmp_path / "bad.safetensors"
     from safetensors.torch import save_file
+
     save_file(sd, str(path))
     with pytest.raises(CheckpointMismatchError) as info:
         cdt_fast.load(config, path)
     message = str(info.value)
     assert dropped in message and "missing keys (1)" in message
     assert "model.extra.weight" in message and "unexpected keys (1)" in message
-    assert "model.denoise_fn.final_conv.1.weight (checkpoint [3, 4, 1, 1, 1] vs model [3, 4, 3, 7, 7])" in message
+    assert (
+        "model.denoise_fn.final_conv.1.weight (checkpoint [3, 4, 1, 1, 1] vs model [3, 4, 3, 7, 7])"
+        in message
+    )
 
     model = CDT(config)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -124,8 +132,15 @@ def test_load_cdt_mirrors_upstream(tmp_path, monkeypatch):
     source = randomize_(CDT(config), seed=2)
     path = tmp_path / "cdt_small.ckpt"
     torch.save({"state_dict": source.state_dict()}, path)
-    model = cdt_fast.load_cdt("small", ckpt=str(path), sampling_step=3, enc_frames=8,
-                              context_dim=4, unet_dim=4, latent_dim=4)
+    model = cdt_fast.load_cdt(
+        "small",
+        ckpt=str(path),
+        sampling_step=3,
+        enc_frames=8,
+        context_dim=4,
+        unet_dim=4,
+        latent_dim=4,
+    )
     assert model.dtype == torch.float16 and model.latent_scale == 1.3
     assert model.sample_steps == 3 and model.config.encode_frames == 8
     _assert_same_weights(model, source.half())

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdt_fast import CDT, FeatureCache, randomize_
-from cdt_fast import chunking
+from cdt_fast import CDT, FeatureCache, chunking, randomize_
 
 from .conftest import tiny_config
 
@@ -45,7 +44,9 @@ def test_decode_stream_yields_chunks_that_concatenate_to_decode(model):
     noise = torch.randn(model.output_shape(z.shape))
     pieces = list(model.decode_stream(z, noise=noise, chunk_frames=1))
     assert [p.shape[2] for p in pieces] == [1, 4, 4]
-    torch.testing.assert_close(torch.cat(pieces, 2), model.decode(z, noise=noise), rtol=0, atol=ATOL)
+    torch.testing.assert_close(
+        torch.cat(pieces, 2), model.decode(z, noise=noise), rtol=0, atol=ATOL
+    )
 
 
 def test_encode_is_causal(model):
@@ -82,7 +83,9 @@ def test_generator_noise_is_drawn_as_upstream(model):
     """Upstream draws 4*T latent frames of noise and drops the first 3."""
     z = model.encode(_video(b=1, t=5))
     b, _, t, h, w = z.shape
-    expected = torch.randn((b, 3, 4 * t, 8 * h, 8 * w), generator=torch.Generator().manual_seed(3))[:, :, 3:]
+    expected = torch.randn((b, 3, 4 * t, 8 * h, 8 * w), generator=torch.Generator().manual_seed(3))[
+        :, :, 3:
+    ]
     via_noise = model.decode(z, noise=expected)
     via_gen = model.decode(z, generator=torch.Generator().manual_seed(3))
     assert torch.equal(via_noise, via_gen)
@@ -106,8 +109,8 @@ def test_two_streams_interleaved_do_not_interfere(model):
     for ca, cb in zip(ga, gb):
         pa.append(ca)
         pb.append(cb)
-    torch.testing.assert_close(torch.cat(pa, 2)[:, :za.shape[1]], za, rtol=0, atol=0)
-    torch.testing.assert_close(torch.cat(pb, 2)[:, :zb.shape[1]], zb, rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat(pa, 2)[:, : za.shape[1]], za, rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat(pb, 2)[:, : zb.shape[1]], zb, rtol=0, atol=0)
 
 
 def test_cache_memory_does_not_grow_with_video_length():
@@ -128,7 +131,11 @@ def test_chunk_plans():
     assert chunking.encode_plan(13, 8) == [(0, 5), (5, 13)]
     assert chunking.encode_plan(9, 64) == [(0, 9)]
     assert chunking.decode_plan(5, 2) == [(0, 2), (2, 4), (4, 5)]
-    assert [chunking.video_span(a, b) for a, b in chunking.decode_plan(5, 2)] == [(0, 5), (5, 13), (13, 17)]
+    assert [chunking.video_span(a, b) for a, b in chunking.decode_plan(5, 2)] == [
+        (0, 5),
+        (5, 13),
+        (13, 17),
+    ]
     with pytest.raises(ValueError, match="multiple of 4"):
         chunking.encode_plan(17, 6)
 

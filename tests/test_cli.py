@@ -27,16 +27,16 @@ from .video_clips import pattern, read_pngs, tiny_model_file, write_clip, write_
 REPO = Path(__file__).resolve().parent.parent
 
 
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    return {"root": root,
-            "small": tiny_model_file(root / "small.safetensors", "small"),
-            "base": tiny_model_file(root / "base.safetensors", "base"),
-            "clip": write_clip(root / "clip.mp4", pattern(10, 50, 70), Fraction(24)),
-            "pngs": write_pngs(root / "pngs", pattern(6, 21, 27, seed=1))}
+    return {
+        "root": root,
+        "small": tiny_model_file(root / "small.safetensors", "small"),
+        "base": tiny_model_file(root / "base.safetensors", "base"),
+        "clip": write_clip(root / "clip.mp4", pattern(10, 50, 70), Fraction(24)),
+        "pngs": write_pngs(root / "pngs", pattern(6, 21, 27, seed=1)),
+    }
 
 
 def run(capsys, *argv):
@@ -79,6 +79,7 @@ def test_reconstruct_keeps_frames_size_fps(capsys, work, tmp_path, suffix):
 def test_reconstruct_scores_a_perfect_copy_high():
     from cdt_fast.cli.reconstruct import _score
     from cdt_fast.metrics.quality import frame_psnr, frame_ssim
+
     a = pattern(3, 20, 24)
     b = a.copy()
     b[0, 0, 0, 0] ^= 1
@@ -91,8 +92,9 @@ def test_reconstruct_scores_a_perfect_copy_high():
     # PSNR by hand: one frame off by 10 levels everywhere
     c = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
     mse = ((c.astype(float) - a) / 255) ** 2
-    np.testing.assert_allclose(_score(frame_psnr, a, c),
-                               10 * np.log10(1 / mse.reshape(3, -1).mean(1)))
+    np.testing.assert_allclose(
+        _score(frame_psnr, a, c), 10 * np.log10(1 / mse.reshape(3, -1).mean(1))
+    )
 
 
 @pytest.mark.parametrize("preset", ["small", "base"])
@@ -101,10 +103,18 @@ def test_encode_decode_equals_reconstruct_and_the_model(capsys, work, tmp_path, 
     model_file, src = work[preset], work["pngs"]
     latent = tmp_path / "z.safetensors"
     assert run(capsys, "encode", src, "-o", latent, "--model", model_file, "--fps", "12")[0] == 0
-    assert run(capsys, "decode", latent, "-o", tmp_path / "dec", "--model", model_file,
-               "--seed", "3")[0] == 0
-    assert run(capsys, "reconstruct", src, "-o", tmp_path / "rec", "--model", model_file,
-               "--seed", "3")[0] == 0
+    assert (
+        run(capsys, "decode", latent, "-o", tmp_path / "dec", "--model", model_file, "--seed", "3")[
+            0
+        ]
+        == 0
+    )
+    assert (
+        run(
+            capsys, "reconstruct", src, "-o", tmp_path / "rec", "--model", model_file, "--seed", "3"
+        )[0]
+        == 0
+    )
     decoded, reconstructed = read_pngs(tmp_path / "dec"), read_pngs(tmp_path / "rec")
     assert decoded.shape == (6, 21, 27, 3)
     np.testing.assert_array_equal(decoded, reconstructed)
@@ -123,8 +133,12 @@ def test_encode_decode_equals_reconstruct_and_the_model(capsys, work, tmp_path, 
     np.testing.assert_array_equal(video_io.tensor_to_frames(y[:, :, :6], 21, 27), decoded)
 
     # another seed gives another decode (the comparison above can fail)
-    assert run(capsys, "decode", latent, "-o", tmp_path / "dec7", "--model", model_file,
-               "--seed", "7")[0] == 0
+    assert (
+        run(
+            capsys, "decode", latent, "-o", tmp_path / "dec7", "--model", model_file, "--seed", "7"
+        )[0]
+        == 0
+    )
     assert not np.array_equal(read_pngs(tmp_path / "dec7"), decoded)
 
 
@@ -173,11 +187,13 @@ def test_model_selection(capsys, work, tmp_path):
     rc, _, err = run(capsys, "encode", work["clip"], "-o", latent, "--model", ckpt)
     assert_clean_failure(rc, err, "--preset")
     # the tiny widths are not the preset's: a clear mismatch line
-    rc, _, err = run(capsys, "encode", work["clip"], "-o", latent, "--model", ckpt,
-                     "--preset", "small")
+    rc, _, err = run(
+        capsys, "encode", work["clip"], "-o", latent, "--model", ckpt, "--preset", "small"
+    )
     assert_clean_failure(rc, err, "does not fit")
-    rc, _, err = run(capsys, "encode", work["clip"], "-o", latent, "--model",
-                     tmp_path / "missing.safetensors")
+    rc, _, err = run(
+        capsys, "encode", work["clip"], "-o", latent, "--model", tmp_path / "missing.safetensors"
+    )
     assert_clean_failure(rc, err, "model not found")
     assert not latent.exists()
 
@@ -208,28 +224,44 @@ def test_bad_video_input_fails_cleanly(capsys, work, tmp_path, kind, command):
 
 def test_bad_latent_and_output_fail_cleanly(capsys, work, tmp_path):
     out = tmp_path / "out.mp4"
-    cases = [(work["small"], "not a latent file"),  # a model, not a latent
-             (tmp_path / "missing.safetensors", "not found"),
-             (bad.corrupt_mp4(tmp_path), "not a latent file")]
+    cases = [
+        (work["small"], "not a latent file"),  # a model, not a latent
+        (tmp_path / "missing.safetensors", "not found"),
+        (bad.corrupt_mp4(tmp_path), "not a latent file"),
+    ]
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     cases.append((junk, "not a readable"))
     for latent, match in cases:
         rc, _, err = run(capsys, "decode", latent, "-o", out, "--model", work["small"])
         assert_clean_failure(rc, err, match)
-    rc, _, err = run(capsys, "reconstruct", work["clip"], "-o", tmp_path / "out.xyz", "--model",
-                     work["small"])
+    rc, _, err = run(
+        capsys, "reconstruct", work["clip"], "-o", tmp_path / "out.xyz", "--model", work["small"]
+    )
     assert_clean_failure(rc, err, "unsupported output format")
-    rc, _, err = run(capsys, "encode", work["clip"], "-o", tmp_path / "z.pt", "--model",
-                     work["small"])
+    rc, _, err = run(
+        capsys, "encode", work["clip"], "-o", tmp_path / "z.pt", "--model", work["small"]
+    )
     assert_clean_failure(rc, err, ".safetensors")
     assert not out.exists()
 
 
 def test_no_traceback_from_the_console_script(work, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cdt_fast", "encode", str(tmp_path / "no.mp4"),
-                           "-o", str(tmp_path / "z.safetensors"), "--model", str(work["small"])],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdt_fast",
+            "encode",
+            str(tmp_path / "no.mp4"),
+            "-o",
+            str(tmp_path / "z.safetensors"),
+            "--model",
+            str(work["small"]),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("cdt-fast encode: error: input not found")
 
@@ -282,11 +314,25 @@ def _launch(args, world: int):
     port = str(_free_port())
     procs = []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-m", "cdt_fast", "encode-dataset",
-                                       *map(str, args)], env=env, cwd=str(REPO),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "cdt_fast", "encode-dataset", *map(str, args)],
+                env=env,
+                cwd=str(REPO),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
     for p in procs:
         p.stdout.close()
@@ -295,8 +341,10 @@ def _launch(args, world: int):
 
 
 def _latents(out: Path):
-    return {p.relative_to(out).as_posix(): latents.read_latent(p).latent
-            for p in sorted(out.rglob("*.safetensors"))}
+    return {
+        p.relative_to(out).as_posix(): latents.read_latent(p).latent
+        for p in sorted(out.rglob("*.safetensors"))
+    }
 
 
 def test_encode_dataset_two_processes_equal_one_and_resume(capsys, work, dataset, tmp_path):
@@ -306,7 +354,12 @@ def test_encode_dataset_two_processes_equal_one_and_resume(capsys, work, dataset
     manifest = json.loads((one / "manifest.json").read_text())
     assert manifest["counts"] == {"ok": 4, "error": 1, "pending": 0}
     assert [e["source"] for e in manifest["items"]] == [
-        "a.mp4", "corrupt.mp4", "sub/b.webm", "sub/c.mp4", "sub/d.gif"]
+        "a.mp4",
+        "corrupt.mp4",
+        "sub/b.webm",
+        "sub/c.mp4",
+        "sub/d.gif",
+    ]
     b = next(e for e in manifest["items"] if e["source"] == "sub/b.webm")
     assert (b["frames"], b["height"], b["width"], b["fps"]) == (7, 17, 23, "24")
     assert b["latent"] == "sub/b.webm.safetensors" and b["latent_shape"] == [1, 4, 3, 3, 3]
@@ -341,8 +394,9 @@ def test_encode_dataset_refuses_mixing_models(capsys, work, dataset, tmp_path):
     run(capsys, "encode-dataset", dataset, "-o", out, "--model", work["small"], "--max-items", "1")
     rc, _, err = run(capsys, "encode-dataset", dataset, "-o", out, "--model", work["base"])
     assert_clean_failure(rc, err, "another model")
-    rc, _, err = run(capsys, "encode-dataset", tmp_path / "none", "-o", out, "--model",
-                     work["small"])
+    rc, _, err = run(
+        capsys, "encode-dataset", tmp_path / "none", "-o", out, "--model", work["small"]
+    )
     assert_clean_failure(rc, err, "not found")
 
 
@@ -376,8 +430,9 @@ def test_uses_the_engine_when_it_exists(capsys, work, tmp_path, monkeypatch):
     assert rc == 0 and "(engine, cpu float32)" in out
     assert [c[0] for c in engines[0].calls] == ["encode", "decode_stream"]
     assert engines[0].calls[0][1] == (1, 3, 9, 24, 32)  # the padded clip, read whole
-    rc, out, _ = run(capsys, "reconstruct", work["pngs"], "-o", tmp_path / "ref", *args,
-                     "--reference")
+    rc, out, _ = run(
+        capsys, "reconstruct", work["pngs"], "-o", tmp_path / "ref", *args, "--reference"
+    )
     assert rc == 0 and "(reference, cpu float32)" in out and len(engines) == 1
     np.testing.assert_array_equal(read_pngs(tmp_path / "eng"), read_pngs(tmp_path / "ref"))
 
@@ -405,14 +460,24 @@ def test_encode_streams_the_clip_without_autograd(work):
     with torch.enable_grad():
         z = _common.encode_clip(model, video_io.PaddedClip(iter(frames), 21, 16, 16), 4)
     assert z.grad_fn is None and not z.requires_grad
-    torch.testing.assert_close(z, model.encode(video_io.frames_to_tensor(frames, 16, 16)),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        z, model.encode(video_io.frames_to_tensor(frames, 16, 16)), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_preset_name_needs_the_release_checkpoint(capsys, work, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc, _, err = run(capsys, "encode", work["clip"], "-o", "z.safetensors", "--model", "small")
     assert_clean_failure(rc, err, "pretrained/cdt_small.ckpt")
-    rc, _, err = run(capsys, "encode", work["clip"], "-o", "z.safetensors", "--model", "small",
-                     "--preset", "base")
+    rc, _, err = run(
+        capsys,
+        "encode",
+        work["clip"],
+        "-o",
+        "z.safetensors",
+        "--model",
+        "small",
+        "--preset",
+        "base",
+    )
     assert_clean_failure(rc, err, "disagree")

@@ -17,10 +17,8 @@ from cdt_fast.reference import layers
 
 pytestmark = pytest.mark.skipif(
     not L.is_available(),
-    reason=f"cdt_fast._C not usable: {L.unavailable_reason()} (build: pip install -e .)")
-
-
-
+    reason=f"cdt_fast._C not usable: {L.unavailable_reason()} (build: pip install -e .)",
+)
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -49,16 +47,20 @@ def up(*tensors):
 
 # ---- channel norm ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("relu,bias_kind,with_residual",
-                         [(False, None, False), (True, "bc", True), (True, "bc111_b1", False)])
+@pytest.mark.parametrize(
+    "relu,bias_kind,with_residual",
+    [(False, None, False), (True, "bc", True), (True, "bc111_b1", False)],
+)
 def test_channel_norm(dtype, shape, relu, bias_kind, with_residual):
     b, c = shape[:2]
     x = rand(*shape, dtype=dtype, scale=2.0) + 0.5
     g, beta = rand(1, c, 1, 1, 1, dtype=dtype), rand(c, dtype=dtype)
-    tb = {None: None, "bc": rand(b, c, dtype=dtype),
-          "bc111_b1": rand(1, c, 1, 1, 1, dtype=dtype)}[bias_kind]
+    tb = {None: None, "bc": rand(b, c, dtype=dtype), "bc111_b1": rand(1, c, 1, 1, 1, dtype=dtype)}[
+        bias_kind
+    ]
     res = rand(*shape, dtype=dtype) if with_residual else None
     out = L.channel_norm(x, g, beta, relu=relu, time_bias=tb, residual=res)
     ref = CF.channel_norm(*up(x, g, beta), relu=relu, time_bias=up(tb)[0], residual=up(res)[0])
@@ -80,14 +82,16 @@ def test_resnet_block_adds_match_layer():
     with torch.no_grad():
         ref = block(x, temb)
         n1, n2 = block.block1.block[1], block.block2.block[1]
-        h = L.channel_norm(block.block1.block[0](x), n1.g, n1.b, n1.eps, relu=True,
-                           time_bias=block.time_bias(temb))
+        h = L.channel_norm(
+            block.block1.block[0](x), n1.g, n1.b, n1.eps, relu=True, time_bias=block.time_bias(temb)
+        )
         h = block.block2.block[0](h)
         out = L.channel_norm(h, n2.g, n2.b, n2.eps, relu=True, residual=block.res_conv(x))
     check(out, ref, torch.float32)
 
 
 # ---- linear attention --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -113,9 +117,17 @@ def test_linear_attention_block_matches_layer(shape):
             p.copy_(torch.randn_like(p) * 0.5)
         x = rand(*shape)
         attn, norm = block.fn.fn, block.fn.norm
-        out = L.linear_attention_block(x, norm.g, norm.b, attn.to_qkv.weight, attn.to_out.weight,
-                                       attn.to_out.bias, heads=attn.heads, scale=attn.scale,
-                                       eps=norm.eps)
+        out = L.linear_attention_block(
+            x,
+            norm.g,
+            norm.b,
+            attn.to_qkv.weight,
+            attn.to_out.weight,
+            attn.to_out.bias,
+            heads=attn.heads,
+            scale=attn.scale,
+            eps=norm.eps,
+        )
         check(out, block(x), torch.float32)
 
 
@@ -125,12 +137,14 @@ def test_conv_norm_block_matches_resnet_block(pad_mode):
     extension's norm, composed by the table) reproduces a ResnetBlock's two Blocks with the time
     bias and the residual, over a stream of a 1-frame then a 2-frame chunk."""
     from cdt_fast.engine.dispatch import COMPOSED, OpTable
+
     table = OpTable("cpp", env={})
     assert table.report()["causal_conv3d_norm"][0] == COMPOSED
     norms = []
     real_norm = table.table["channel_norm"]
     table.table["channel_norm"] = dataclasses.replace(
-        real_norm, fn=lambda *a, **k: norms.append(1) or real_norm.fn(*a, **k))
+        real_norm, fn=lambda *a, **k: norms.append(1) or real_norm.fn(*a, **k)
+    )
     res = layers.ResnetBlock(5, 7, time_emb_dim=4, pad_mode=pad_mode).eval()
     with torch.no_grad():
         for p in res.parameters():
@@ -143,15 +157,47 @@ def test_conv_norm_block_matches_resnet_block(pad_mode):
         for frames in (1, 2):
             x = rand(2, 5, frames, 7, 9)
             conv = dict(history=2, space_padding=(1, 1), pad_mode=pad_mode)
-            h = table("causal_conv3d_norm", x, conv1.weight, conv1.bias, norm1.g, norm1.b,
-                      norm1.eps, past=past1, relu=True, time_bias=tb, **conv)
-            y = table("causal_conv3d_norm", h, conv2.weight, conv2.bias, norm2.g, norm2.b,
-                      norm2.eps, past=past2, relu=True, residual=res.res_conv(x), **conv)
-            h_ref = CF.channel_norm(CF.causal_conv3d(x, conv1.weight, conv1.bias, past=past1,
-                                                     **conv), norm1.g, norm1.b, relu=True) + tb
-            y_ref = CF.channel_norm(CF.causal_conv3d(h_ref, conv2.weight, conv2.bias, past=past2,
-                                                     **conv), norm2.g, norm2.b,
-                                    relu=True) + res.res_conv(x)
+            h = table(
+                "causal_conv3d_norm",
+                x,
+                conv1.weight,
+                conv1.bias,
+                norm1.g,
+                norm1.b,
+                norm1.eps,
+                past=past1,
+                relu=True,
+                time_bias=tb,
+                **conv,
+            )
+            y = table(
+                "causal_conv3d_norm",
+                h,
+                conv2.weight,
+                conv2.bias,
+                norm2.g,
+                norm2.b,
+                norm2.eps,
+                past=past2,
+                relu=True,
+                residual=res.res_conv(x),
+                **conv,
+            )
+            h_ref = (
+                CF.channel_norm(
+                    CF.causal_conv3d(x, conv1.weight, conv1.bias, past=past1, **conv),
+                    norm1.g,
+                    norm1.b,
+                    relu=True,
+                )
+                + tb
+            )
+            y_ref = CF.channel_norm(
+                CF.causal_conv3d(h_ref, conv2.weight, conv2.bias, past=past2, **conv),
+                norm2.g,
+                norm2.b,
+                relu=True,
+            ) + res.res_conv(x)
             check(y, y_ref, torch.float32)
             if past1 is None:  # the stream's first chunk is the layer's own forward
                 check(y, res(x, emb), torch.float32)
@@ -161,6 +207,7 @@ def test_conv_norm_block_matches_resnet_block(pad_mode):
 
 
 # ---- temporal resampling -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
@@ -186,8 +233,11 @@ def test_time_downsample_streams_like_layer(pad_mode):
         past, outs = None, []
         for lo, hi in ((0, 1), (1, 3), (3, 5)):
             chunk = x[:, :, lo:hi]
-            outs.append(L.time_downsample(chunk, layer.conv.weight, layer.conv.bias, past=past,
-                                          pad_mode=pad_mode))
+            outs.append(
+                L.time_downsample(
+                    chunk, layer.conv.weight, layer.conv.bias, past=past, pad_mode=pad_mode
+                )
+            )
             past = chunk[:, :, -1:]
     check(torch.cat(outs, dim=2), ref, torch.float32)
 
@@ -223,7 +273,7 @@ def test_half_conversions_round_like_torch(dtype):
     out = _shuffle_one_row(y.reshape(1, 1, 1, -1), torch.full((y.numel(),), -0.0))
     assert torch.equal(out.view(torch.int16), y.reshape(-1, 2).t().flatten().view(torch.int16))
     wide = torch.cat([torch.randn(4096) * s for s in (1e-7, 1e-5, 1.0, 3e4, 7e4, 1e36)])
-    wide = torch.cat([wide, torch.tensor([65504.0, 65520.0, 65519.99, 2.0 ** -25, 2.0 ** -24])])
+    wide = torch.cat([wide, torch.tensor([65504.0, 65520.0, 65519.99, 2.0**-25, 2.0**-24])])
     wide = wide[: wide.numel() // 2 * 2]
     out = _shuffle_one_row(torch.zeros(1, 1, 1, wide.numel(), dtype=dtype), wide)
     ref = wide.to(dtype).reshape(-1, 2).t().flatten()
@@ -231,6 +281,7 @@ def test_half_conversions_round_like_torch(dtype):
 
 
 # ---- cache assembly ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("past_frames", [None, 1, 2, 3])
@@ -259,8 +310,12 @@ def test_causal_conv3d_input(pad_mode, past_frames, frames):
     # The assembled input drives the conv exactly as the contract's causal conv.
     weight = rand(3, 4, 3, 3, 3)
     conv = F.conv3d(F.pad(out, (1, 1, 1, 1, 0, 0), mode=CF.PAD_MODES[pad_mode]), weight)
-    torch.testing.assert_close(conv, CF.causal_conv3d(x, weight, past=past, history=history,
-                                                      space_padding=(1, 1), pad_mode=pad_mode))
+    torch.testing.assert_close(
+        conv,
+        CF.causal_conv3d(
+            x, weight, past=past, history=history, space_padding=(1, 1), pad_mode=pad_mode
+        ),
+    )
 
 
 def test_cache_assembly_into_preallocated_buffers():
@@ -280,7 +335,12 @@ def test_cache_assembly_into_preallocated_buffers():
 
 # ---- the denoise epilogue ----------------------------------------------------------------------
 
-COEFFS = (torch.tensor(1.0000305), torch.tensor(0.0078125), torch.tensor(0.9999), torch.tensor(0.0141))
+COEFFS = (
+    torch.tensor(1.0000305),
+    torch.tensor(0.0078125),
+    torch.tensor(0.9999),
+    torch.tensor(0.0141),
+)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -300,14 +360,23 @@ def test_ddim_update(dtype, clamp, layout):
 
 def test_ddim_update_mixed_dtypes():
     x_t, x0 = rand(1, 3, 1, 4, 6), rand(1, 3, 1, 4, 6, dtype=torch.bfloat16)
-    torch.testing.assert_close(L.ddim_update(x_t, x0, COEFFS), CF.ddim_update(x_t, x0, COEFFS),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        L.ddim_update(x_t, x0, COEFFS), CF.ddim_update(x_t, x0, COEFFS), atol=0, rtol=0
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_to_uint8_frames(dtype):
-    x = torch.cat([torch.linspace(-1.2, 1.2, 2 * 3 * 3 * 5 * 7 - 4),
-                   torch.tensor([-1.0, 1.0, 0.0, 1 / 255])]).reshape(2, 3, 3, 5, 7).to(dtype)
+    x = (
+        torch.cat(
+            [
+                torch.linspace(-1.2, 1.2, 2 * 3 * 3 * 5 * 7 - 4),
+                torch.tensor([-1.0, 1.0, 0.0, 1 / 255]),
+            ]
+        )
+        .reshape(2, 3, 3, 5, 7)
+        .to(dtype)
+    )
     for inp in (x, x.contiguous(memory_format=CL)):
         out = L.to_uint8_frames(inp)
         assert out.dtype == torch.uint8 and out.shape == (2, 3, 5, 7, 3)
@@ -342,6 +411,7 @@ def test_thread_count_does_not_change_results():
 
 
 # ---- bad input ---------------------------------------------------------------------------------
+
 
 def test_bad_input_is_named():
     x = rand(1, 4, 2, 3, 3)
@@ -382,14 +452,31 @@ def test_extension_rejects_non_dense_descriptors():
     view = x[:, :, :, ::2]
     desc = L._desc(view)
     with pytest.raises(ValueError, match="dense"):
-        lib.channel_norm(desc, L._desc(torch.empty(2, 3, 4, 4)), L._desc(g[:4]), L._desc(b[:4]),
-                         1e-5, False, None, None)
+        lib.channel_norm(
+            desc,
+            L._desc(torch.empty(2, 3, 4, 4)),
+            L._desc(g[:4]),
+            L._desc(b[:4]),
+            1e-5,
+            False,
+            None,
+            None,
+        )
     with pytest.raises(ValueError, match="dtype"):
-        lib.channel_norm(L._desc(x), L._desc(torch.empty(2, 3, 4, 8, dtype=torch.float16)),
-                         L._desc(g), L._desc(b), 1e-5, False, None, None)
+        lib.channel_norm(
+            L._desc(x),
+            L._desc(torch.empty(2, 3, 4, 8, dtype=torch.float16)),
+            L._desc(g),
+            L._desc(b),
+            1e-5,
+            False,
+            None,
+            None,
+        )
 
 
 # ---- CUDA (when a GPU and a CUDA build exist) ----------------------------------------------------
+
 
 def _cuda_cases(dtype):
     """(name, extension call, contract call) on CUDA tensors: both vector-width paths (C = 16 and
@@ -403,39 +490,85 @@ def _cuda_cases(dtype):
     for c in (16, 5):
         x, res = r(2, c, 3, 17, 23, scale=2.0), r(2, c, 3, 17, 23)
         g, b, tb = r(c), r(c), r(2, c)
-        cases.append((f"channel_norm C={c}",
-                      lambda x=x, g=g, b=b, tb=tb, res=res: L.channel_norm(x, g, b, relu=True, time_bias=tb, residual=res),
-                      lambda x=x, g=g, b=b, tb=tb, res=res: CF.channel_norm(*up(x, g, b), relu=True, time_bias=tb.float(), residual=res.float())))
+        cases.append(
+            (
+                f"channel_norm C={c}",
+                lambda x=x, g=g, b=b, tb=tb, res=res: L.channel_norm(
+                    x, g, b, relu=True, time_bias=tb, residual=res
+                ),
+                lambda x=x, g=g, b=b, tb=tb, res=res: CF.channel_norm(
+                    *up(x, g, b), relu=True, time_bias=tb.float(), residual=res.float()
+                ),
+            )
+        )
         wd, bd, past = r(c, c, 3), r(c), r(2, c, 1, 17, 23)
-        cases.append((f"time_downsample C={c}",
-                      lambda x=x, wd=wd, bd=bd, past=past: L.time_downsample(x[:, :, :2], wd, bd, past=past),
-                      lambda x=x, wd=wd, bd=bd, past=past: CF.time_downsample(*up(x[:, :, :2], wd, bd), past=past.float())))
+        cases.append(
+            (
+                f"time_downsample C={c}",
+                lambda x=x, wd=wd, bd=bd, past=past: L.time_downsample(
+                    x[:, :, :2], wd, bd, past=past
+                ),
+                lambda x=x, wd=wd, bd=bd, past=past: CF.time_downsample(
+                    *up(x[:, :, :2], wd, bd), past=past.float()
+                ),
+            )
+        )
         wu, bu = r(2 * c, c, 1), r(2 * c)
-        cases.append((f"time_upsample C={c}",
-                      lambda x=x, wu=wu, bu=bu: L.time_upsample(x, wu, bu, drop_first=True),
-                      lambda x=x, wu=wu, bu=bu: CF.time_upsample(*up(x, wu, bu), drop_first=True)))
+        cases.append(
+            (
+                f"time_upsample C={c}",
+                lambda x=x, wu=wu, bu=bu: L.time_upsample(x, wu, bu, drop_first=True),
+                lambda x=x, wu=wu, bu=bu: CF.time_upsample(*up(x, wu, bu), drop_first=True),
+            )
+        )
         p2 = r(2, c, 1, 17, 23)
-        cases.append((f"causal_conv3d_history C={c}",
-                      lambda x=x, p2=p2: L.causal_conv3d_history(x[:, :, :1], p2, 2),
-                      lambda x=x, p2=p2: CF.causal_conv3d_history(x[:, :, :1], p2, 2).float()))
-        cases.append((f"causal_conv3d_input C={c}",
-                      lambda x=x, p2=p2: L.causal_conv3d_input(x, p2, 2, "replicate"),
-                      lambda x=x, p2=p2: F.pad(torch.cat([p2, x], 2).float(), (0, 0, 0, 0, 1, 0), mode="replicate")))
+        cases.append(
+            (
+                f"causal_conv3d_history C={c}",
+                lambda x=x, p2=p2: L.causal_conv3d_history(x[:, :, :1], p2, 2),
+                lambda x=x, p2=p2: CF.causal_conv3d_history(x[:, :, :1], p2, 2).float(),
+            )
+        )
+        cases.append(
+            (
+                f"causal_conv3d_input C={c}",
+                lambda x=x, p2=p2: L.causal_conv3d_input(x, p2, 2, "replicate"),
+                lambda x=x, p2=p2: F.pad(
+                    torch.cat([p2, x], 2).float(), (0, 0, 0, 0, 1, 0), mode="replicate"
+                ),
+            )
+        )
     xa = r(2, 24, 2, 20, 30)
     wq, wo, bo = r(3 * 40, 24, 1, 1, 1, scale=0.3), r(24, 40, 1, 1, 1), r(24)
-    cases.append(("linear_attention d=40 N=600",
-                  lambda: L.linear_attention(xa, wq, wo, bo, heads=1),
-                  lambda: CF.linear_attention(*up(xa, wq, wo, bo), heads=1)))
+    cases.append(
+        (
+            "linear_attention d=40 N=600",
+            lambda: L.linear_attention(xa, wq, wo, bo, heads=1),
+            lambda: CF.linear_attention(*up(xa, wq, wo, bo), heads=1),
+        )
+    )
     xt, x0 = r(2, 3, 5, 16, 16), r(2, 3, 5, 16, 16, scale=1.5)
-    cases.append(("ddim_update", lambda: L.ddim_update(xt, x0, COEFFS, clamp=True),
-                  lambda: CF.ddim_update(xt, x0, COEFFS, clamp=True)))
-    cases.append(("to_uint8_frames", lambda: L.to_uint8_frames(xt).float(),
-                  lambda: CF.to_uint8_frames(xt.float()).float()))
+    cases.append(
+        (
+            "ddim_update",
+            lambda: L.ddim_update(xt, x0, COEFFS, clamp=True),
+            lambda: CF.ddim_update(xt, x0, COEFFS, clamp=True),
+        )
+    )
+    cases.append(
+        (
+            "to_uint8_frames",
+            lambda: L.to_uint8_frames(xt).float(),
+            lambda: CF.to_uint8_frames(xt.float()).float(),
+        )
+    )
     return cases
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not L.cuda_available(), reason="needs a CUDA GPU and a CUDA build of cdt_fast._C")
+@pytest.mark.skipif(
+    not L.cuda_available(), reason="needs a CUDA GPU and a CUDA build of cdt_fast._C"
+)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_parity(dtype):
     with torch.no_grad():

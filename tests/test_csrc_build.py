@@ -17,9 +17,12 @@ CSRC = ROOT / "csrc"
 
 
 def _nvcc():
-    for candidate in (os.environ.get("NVCC"),
-                      os.path.join(os.environ.get("CUDA_HOME", "/nonexistent"), "bin", "nvcc"),
-                      shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+    for candidate in (
+        os.environ.get("NVCC"),
+        os.path.join(os.environ.get("CUDA_HOME", "/nonexistent"), "bin", "nvcc"),
+        shutil.which("nvcc"),
+        "/usr/local/cuda/bin/nvcc",
+    ):
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -33,8 +36,17 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     assert sources
 
     def compile_one(src: Path):
-        cmd = [_nvcc(), "-c", "-std=c++17", "-O1", f"-I{CSRC / 'include'}",
-               "-gencode=arch=compute_80,code=sm_80", str(src), "-o", str(tmp_path / f"{src.stem}.o")]
+        cmd = [
+            _nvcc(),
+            "-c",
+            "-std=c++17",
+            "-O1",
+            f"-I{CSRC / 'include'}",
+            "-gencode=arch=compute_80,code=sm_80",
+            str(src),
+            "-o",
+            str(tmp_path / f"{src.stem}.o"),
+        ]
         return src.name, subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
@@ -49,9 +61,11 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
 def test_cmake_library_and_ctest(tmp_path):
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     build = tmp_path / "build"
-    steps = [["cmake", "-S", str(ROOT), "-B", str(build), *generator, "-DCDT_FAST_BUILD_CUDA=OFF"],
-             ["cmake", "--build", str(build), "--parallel"],
-             ["ctest", "--test-dir", str(build), "--output-on-failure"]]
+    steps = [
+        ["cmake", "-S", str(ROOT), "-B", str(build), *generator, "-DCDT_FAST_BUILD_CUDA=OFF"],
+        ["cmake", "--build", str(build), "--parallel"],
+        ["ctest", "--test-dir", str(build), "--output-on-failure"],
+    ]
     for cmd in steps:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, (cmd, result.stdout[-3000:], result.stderr[-3000:])
@@ -75,14 +89,23 @@ def _build(tmp_path, **env):
     import sys
 
     out, temp = tmp_path / "lib", tmp_path / "temp"
-    result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "-b", str(out), "-t", str(temp)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, **env})
+    result = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "-b", str(out), "-t", str(temp)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **env},
+    )
     built = sorted((out / "cdt_fast").glob("_C*"))
     with_cuda = None
     if built:
-        probe = subprocess.run([sys.executable, "-c", _PROBE, str(built[0])], capture_output=True,
-                               text=True, timeout=300)
+        probe = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(built[0])],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert probe.returncode == 0, probe.stderr[-3000:]
         with_cuda = probe.stdout.strip().splitlines()[-1] == "True"
     return result.returncode, result.stdout + result.stderr, with_cuda
@@ -95,8 +118,9 @@ def test_build_switches(tmp_path):
     assert rc == 0 and with_cuda is False, log
     rc, log, with_cuda = _build(tmp_path / "broken", CDT_FAST_SKIP_CUDA_BUILD="1", CXX="false")
     assert rc == 0 and with_cuda is None and "the C++ extension was not built" in log
-    rc, log, with_cuda = _build(tmp_path / "forced", CDT_FAST_SKIP_CUDA_BUILD="1", CXX="false",
-                                CDT_FAST_FORCE_BUILD="1")
+    rc, log, with_cuda = _build(
+        tmp_path / "forced", CDT_FAST_SKIP_CUDA_BUILD="1", CXX="false", CDT_FAST_FORCE_BUILD="1"
+    )
     assert rc != 0 and with_cuda is None
     rc, log, with_cuda = _build(tmp_path / "none", CDT_FAST_SKIP_CPP_BUILD="1")
     assert rc == 0 and with_cuda is None
@@ -105,11 +129,14 @@ def test_build_switches(tmp_path):
 def test_inplace_build_without_pybind11_warns_and_succeeds(tmp_path):
     """A skipped optional build must not leave build_ext --inplace copying a missing module."""
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src,
-                    ignore=shutil.ignore_patterns(".git", "build", "*.so", "__pycache__", "results"))
-    code = ("import runpy, sys; sys.modules['pybind11'] = None; "
-            "sys.argv = ['setup.py', '-q', 'build_ext', '--inplace']; "
-            "runpy.run_path('setup.py', run_name='__main__')")
+    shutil.copytree(
+        ROOT, src, ignore=shutil.ignore_patterns(".git", "build", "*.so", "__pycache__", "results")
+    )
+    code = (
+        "import runpy, sys; sys.modules['pybind11'] = None; "
+        "sys.argv = ['setup.py', '-q', 'build_ext', '--inplace']; "
+        "runpy.run_path('setup.py', run_name='__main__')"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "the C++ extension was not built" in result.stdout + result.stderr

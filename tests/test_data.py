@@ -8,8 +8,14 @@ import warnings
 import pytest
 import torch
 
-from cdt_fast.data import (ImageFolder, StepBatches, SyntheticVideos, VideoFolder, open_dataset,
-                           resize_crop)
+from cdt_fast.data import (
+    ImageFolder,
+    StepBatches,
+    SyntheticVideos,
+    VideoFolder,
+    open_dataset,
+    resize_crop,
+)
 
 from .media_helpers import write_corrupt, write_video
 
@@ -24,7 +30,9 @@ def test_synthetic_is_deterministic_and_in_range():
     assert clip.min() >= -1 and clip.max() <= 1
     assert torch.equal(clip, b.clip(4))
     assert not torch.equal(clip, a.clip(5))
-    assert not torch.equal(clip, SyntheticVideos(length=10, frames=5, size=(16, 24), seed=4).clip(4))
+    assert not torch.equal(
+        clip, SyntheticVideos(length=10, frames=5, size=(16, 24), seed=4).clip(4)
+    )
     # the content moves: consecutive frames differ
     assert (clip[:, 1:] - clip[:, :-1]).abs().mean() > 1e-3
 
@@ -88,8 +96,9 @@ def test_resize_crop_covers_then_crops():
     clip = torch.linspace(-1, 1, 20 * 40).reshape(1, 1, 20, 40).expand(3, 2, 20, 40)
     out = resize_crop(clip, (10, 10))  # scale 0.5 -> 10x20, centre crop columns 5..15
     assert out.shape == (3, 2, 10, 10)
-    ref = torch.nn.functional.interpolate(clip.transpose(0, 1), size=(10, 20), mode="bicubic",
-                                          antialias=True).transpose(0, 1)[..., 5:15]
+    ref = torch.nn.functional.interpolate(
+        clip.transpose(0, 1), size=(10, 20), mode="bicubic", antialias=True
+    ).transpose(0, 1)[..., 5:15]
     assert torch.allclose(out, ref.clamp(-1, 1))
 
 

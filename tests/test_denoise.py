@@ -17,10 +17,16 @@ from cdt_fast.reference.layers import ResnetBlock  # noqa: E402
 from .conftest import tiny_config  # noqa: E402
 
 triton = pytest.importorskip("triton")
-from cdt_fast.kernels.denoise import (ddim_update, denoise_final,  # noqa: E402
-                                      denoise_final_reference, initial_noise,
-                                      initial_noise_reference, time_biases, time_embeddings,
-                                      to_uint8_frames)
+from cdt_fast.kernels.denoise import (  # noqa: E402
+    ddim_update,
+    denoise_final,
+    denoise_final_reference,
+    initial_noise,
+    initial_noise_reference,
+    time_biases,
+    time_embeddings,
+    to_uint8_frames,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEDULE = DDIMSchedule.create(8192, 4)
@@ -28,27 +34,34 @@ SCHEDULE = DDIMSchedule.create(8192, 4)
 
 # -- initial noise ---------------------------------------------------------------------------
 
+
 def test_noise_matches_the_documented_philox_stream():
     shape = (2, 3, 3, 5, 7)
     got = initial_noise(shape, 1234, device=DEVICE)
-    torch.testing.assert_close(got.cpu(), initial_noise_reference(shape, 1234), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        got.cpu(), initial_noise_reference(shape, 1234), atol=1e-5, rtol=1e-5
+    )
     # A 64-bit seed uses both key words; a different seed is a different stream.
-    big = initial_noise((1, 3, 1, 4, 4), 2 ** 40 + 7, device=DEVICE)
-    torch.testing.assert_close(big.cpu(), initial_noise_reference((1, 3, 1, 4, 4), 2 ** 40 + 7),
-                               atol=1e-5, rtol=1e-5)
+    big = initial_noise((1, 3, 1, 4, 4), 2**40 + 7, device=DEVICE)
+    torch.testing.assert_close(
+        big.cpu(), initial_noise_reference((1, 3, 1, 4, 4), 2**40 + 7), atol=1e-5, rtol=1e-5
+    )
     assert not torch.allclose(big, initial_noise((1, 3, 1, 4, 4), 7, device=DEVICE))
     # Global indices past 2**32 (a long video) use the counter's high word.
-    far = initial_noise((1, 3, 2, 4, 4), 5, 2 ** 27, device=DEVICE)
-    torch.testing.assert_close(far.cpu(), initial_noise_reference((1, 3, 2, 4, 4), 5, 2 ** 27),
-                               atol=1e-5, rtol=1e-5)
+    far = initial_noise((1, 3, 2, 4, 4), 5, 2**27, device=DEVICE)
+    torch.testing.assert_close(
+        far.cpu(), initial_noise_reference((1, 3, 2, 4, 4), 5, 2**27), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_noise_is_deterministic_and_chunk_invariant():
     shape = (2, 3, 5, 3, 5)
     whole = initial_noise(shape, 7, device=DEVICE)
     assert torch.equal(whole, initial_noise(shape, 7, device=DEVICE))
-    pieces = [initial_noise((2, 3, stop - start, 3, 5), 7, start, device=DEVICE)
-              for start, stop in [(0, 1), (1, 3), (3, 5)]]
+    pieces = [
+        initial_noise((2, 3, stop - start, 3, 5), 7, start, device=DEVICE)
+        for start, stop in [(0, 1), (1, 3), (3, 5)]
+    ]
     assert torch.equal(torch.cat(pieces, dim=2), whole)
     # The convention is time-major: the first frames do not depend on the clip length.
     assert torch.equal(initial_noise((2, 3, 2, 3, 5), 7, device=DEVICE), whole[:, :, :2])
@@ -62,8 +75,12 @@ def test_noise_statistics_gamma_dtype_and_out():
     assert abs(noise.std().item() - 0.8) < 0.02
     half = initial_noise((1, 3, 2, 4, 4), 99, gamma=1.0, dtype=torch.float16, device=DEVICE)
     assert half.dtype == torch.float16
-    torch.testing.assert_close(half.float(), initial_noise((1, 3, 2, 4, 4), 99, gamma=1.0,
-                                                           device=DEVICE), atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        half.float(),
+        initial_noise((1, 3, 2, 4, 4), 99, gamma=1.0, device=DEVICE),
+        atol=2e-3,
+        rtol=1e-3,
+    )
     out = torch.empty(1, 3, 2, 4, 4, device=DEVICE).to(memory_format=torch.channels_last_3d)
     assert initial_noise((1, 3, 2, 4, 4), 99, out=out, device=DEVICE) is out
     assert torch.equal(out, initial_noise((1, 3, 2, 4, 4), 99, device=DEVICE))
@@ -82,12 +99,16 @@ def test_noise_bad_arguments():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_noise_matches_the_torch_twin_on_the_same_device():
     shape = (2, 3, 5, 64, 48)
-    torch.testing.assert_close(initial_noise(shape, 11, 3, device="cuda"),
-                               initial_noise_reference(shape, 11, 3, device="cuda"),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        initial_noise(shape, 11, 3, device="cuda"),
+        initial_noise_reference(shape, 11, 3, device="cuda"),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 # -- time biases -----------------------------------------------------------------------------
+
 
 def test_time_biases_equal_the_per_call_reference():
     unet = randomize_(CDT(tiny_config("base")), seed=3).unet
@@ -102,11 +123,13 @@ def test_time_biases_equal_the_per_call_reference():
         for block in blocks:
             got = biases[block][step]
             assert got.shape == (1, block.mlp[1].out_features)
-            torch.testing.assert_close(got.expand(2, -1)[:, :, None, None, None],
-                                       block.time_bias(t), atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(
+                got.expand(2, -1)[:, :, None, None, None], block.time_bias(t), atol=1e-6, rtol=1e-6
+            )
 
 
 # -- fused last stage ------------------------------------------------------------------------
+
 
 def _stage(c, frames, h, w, k=(3, 3, 3), batch=1, dtype=torch.float32):
     hidden = torch.randn(batch, c, frames, h, w, device=DEVICE).to(dtype)
@@ -140,8 +163,11 @@ def test_denoise_final_fp32(pad_mode, past_frames):
     kwargs = dict(past=past, history=2, space_padding=(1, 1), pad_mode=pad_mode, uint8=True)
     coef = SCHEDULE.coefficients(2)
     got = denoise_final(hidden, g, b, weight, bias, x_t, coef, **kwargs)
-    _assert_stage_close(got, denoise_final_reference(hidden, g, b, weight, bias, x_t, coef,
-                                                     **kwargs), dict(atol=1e-5, rtol=1e-5))
+    _assert_stage_close(
+        got,
+        denoise_final_reference(hidden, g, b, weight, bias, x_t, coef, **kwargs),
+        dict(atol=1e-5, rtol=1e-5),
+    )
 
 
 @pytest.mark.parametrize("step", [0, 3])
@@ -150,8 +176,9 @@ def test_denoise_final_fp16_cdt_kernel(step):
     hidden, g, b, weight, bias, x_t = _stage(6, 1, 3, 9, k=(3, 7, 7), dtype=torch.float16)
     coef = SCHEDULE.coefficients(step)
     got = denoise_final(hidden, g, b, weight, bias, x_t, coef, uint8=True, clamp=True)
-    ref = denoise_final_reference(hidden.float(), g, b, weight, bias, x_t, coef, uint8=True,
-                                  clamp=True)
+    ref = denoise_final_reference(
+        hidden.float(), g, b, weight, bias, x_t, coef, uint8=True, clamp=True
+    )
     assert got[2].dtype == torch.float16
     _assert_stage_close(got, ref, dict(atol=1e-2, rtol=1e-2))
 
@@ -167,11 +194,22 @@ def test_denoise_final_stream_equals_unet_final_conv_with_cache():
     cache, past, pieces = FeatureCache(), None, []
     for start, stop in [(0, 1), (1, 3)]:
         x_next, _, past = denoise_final(
-            hidden[:, :, start:stop], norm.g, norm.b, conv.weight, conv.bias,
-            x_t[:, :, start:stop], coef, past=past, history=conv.history,
-            space_padding=conv.space_padding, pad_mode=conv.pad_mode, eps=norm.eps)
-        ref = CF.ddim_update(x_t[:, :, start:stop], conv(norm(hidden[:, :, start:stop]), cache).float(),
-                             coef)
+            hidden[:, :, start:stop],
+            norm.g,
+            norm.b,
+            conv.weight,
+            conv.bias,
+            x_t[:, :, start:stop],
+            coef,
+            past=past,
+            history=conv.history,
+            space_padding=conv.space_padding,
+            pad_mode=conv.pad_mode,
+            eps=norm.eps,
+        )
+        ref = CF.ddim_update(
+            x_t[:, :, start:stop], conv(norm(hidden[:, :, start:stop]), cache).float(), coef
+        )
         torch.testing.assert_close(x_next, ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(past, cache.get(conv), atol=1e-5, rtol=1e-5)
         pieces.append(x_next)
@@ -190,9 +228,18 @@ def test_epilogue_clamp_and_uint8_rounding_are_exact():
     x_t = 1.0 + (2 * (k + 0.5) / 255 - 1)  # x_next = x_t - 1 lands on (k + 0.5) steps
     x_t[0, 0, 0, 0, :3] = torch.tensor([-5.0, 5.0, 0.0])
     for clamp in (False, True):
-        x_next, frames, _ = denoise_final(hidden, torch.ones(c), torch.zeros(c), weight, bias, x_t,
-                                          (1.0, 1.0, 0.0, 1.0), space_padding=(1, 1),
-                                          clamp=clamp, uint8=True)
+        x_next, frames, _ = denoise_final(
+            hidden,
+            torch.ones(c),
+            torch.zeros(c),
+            weight,
+            bias,
+            x_t,
+            (1.0, 1.0, 0.0, 1.0),
+            space_padding=(1, 1),
+            clamp=clamp,
+            uint8=True,
+        )
         expected = CF.ddim_update(x_t, torch.full_like(x_t, 2.0), (1.0, 1.0, 0.0, 1.0), clamp=clamp)
         assert torch.equal(x_next, expected)
         assert torch.equal(frames, CF.to_uint8_frames(expected))
@@ -215,8 +262,12 @@ def test_ddim_update_matches_functional(clamp):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_to_uint8_frames_matches_functional_exactly(dtype):
-    x = torch.cat([torch.linspace(-1.3, 1.3, 105, device=DEVICE),
-                   2 * (torch.arange(105, device=DEVICE) + 0.5) / 255 - 1])  # ties, clamping
+    x = torch.cat(
+        [
+            torch.linspace(-1.3, 1.3, 105, device=DEVICE),
+            2 * (torch.arange(105, device=DEVICE) + 0.5) / 255 - 1,
+        ]
+    )  # ties, clamping
     x = x.reshape(1, 3, 2, 5, 7).to(dtype).transpose(3, 4)  # strided input
     assert torch.equal(to_uint8_frames(x), CF.to_uint8_frames(x))
     out = torch.empty(1, 2, 7, 5, 3, dtype=torch.uint8, device=DEVICE)
@@ -231,8 +282,17 @@ def test_denoise_final_bad_arguments():
     with pytest.raises(ValueError, match="pad_mode"):
         denoise_final(hidden, g, b, weight, bias, x_t, coef, space_padding=(1, 1), pad_mode="x")
     with pytest.raises(ValueError, match="past"):
-        denoise_final(hidden, g, b, weight, bias, x_t, coef, space_padding=(1, 1),
-                      past=torch.zeros(1, 3, 3, 3, 3))
+        denoise_final(
+            hidden,
+            g,
+            b,
+            weight,
+            bias,
+            x_t,
+            coef,
+            space_padding=(1, 1),
+            past=torch.zeros(1, 3, 3, 3, 3),
+        )
     with pytest.raises(ValueError, match="coefficients"):
         denoise_final(hidden, g, b, weight, bias, x_t, coef[:3], space_padding=(1, 1))
     with pytest.raises(ValueError, match="norm_g"):
@@ -247,8 +307,9 @@ def test_gpu_denoise_final_at_cdt_width(dtype):
     past = torch.randn(1, 64, 2, 67, 45, device=DEVICE).to(dtype)
     coef = SCHEDULE.coefficients(0)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32, both sides
-        ref = denoise_final_reference(hidden.float(), g, b, weight, bias, x_t, coef,
-                                      past=past.float(), uint8=True)
+        ref = denoise_final_reference(
+            hidden.float(), g, b, weight, bias, x_t, coef, past=past.float(), uint8=True
+        )
         got = denoise_final(hidden, g, b, weight, bias, x_t, coef, past=past, uint8=True)
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     _assert_stage_close(got, ref, tol)
@@ -270,15 +331,25 @@ def test_decode_recipe_with_noise_offsets_and_per_step_past_equals_reference_dec
         hook.remove()
     schedule = DDIMSchedule.create(model.config.num_timesteps, steps)
     past = [None] * steps
-    for index, (start, stop) in enumerate([(0, 1), (1, 2)]):
+    for index, (start, _stop) in enumerate([(0, 1), (1, 2)]):
         a, b = (0, 1) if start == 0 else (1, 5)  # chunking.video_span
         x = initial_noise((1, 3, b - a, 16, 16), 5, a, gamma=model.config.sample_gamma)
         assert torch.equal(x, model.config.sample_gamma * noise[:, :, a:b])
         for step in reversed(range(steps)):
             x, frames, past[step] = denoise_final(
-                hidden.pop(0), norm.g, norm.b, conv.weight, conv.bias, x,
-                schedule.coefficients(step), past=past[step], history=conv.history,
-                space_padding=conv.space_padding, pad_mode=conv.pad_mode, uint8=step == 0,
-                eps=norm.eps)
+                hidden.pop(0),
+                norm.g,
+                norm.b,
+                conv.weight,
+                conv.bias,
+                x,
+                schedule.coefficients(step),
+                past=past[step],
+                history=conv.history,
+                space_padding=conv.space_padding,
+                pad_mode=conv.pad_mode,
+                uint8=step == 0,
+                eps=norm.eps,
+            )
         torch.testing.assert_close(x, expected[index], atol=1e-5, rtol=1e-5)
         assert (frames.int() - CF.to_uint8_frames(expected[index]).int()).abs().max() <= 1

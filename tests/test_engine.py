@@ -15,7 +15,8 @@ if not torch.cuda.is_available():  # Triton kernels run under the interpreter on
 import pytest  # noqa: E402
 
 import cdt_fast  # noqa: E402
-from cdt_fast import CDT, functional as CF  # noqa: E402
+from cdt_fast import CDT  # noqa: E402
+from cdt_fast import functional as CF
 from cdt_fast.engine import AcceleratedCDT, Measurements, OpTable, accelerate, infer_config  # noqa: E402
 from cdt_fast.engine.dispatch import OPS, OpChoice  # noqa: E402
 from cdt_fast.engine.memory import MemoryModel, halve  # noqa: E402
@@ -25,8 +26,6 @@ from cdt_fast.reference import randomize_  # noqa: E402
 from .conftest import tiny_config, upstream_state_dict  # noqa: E402
 
 TOL = 1e-4
-
-
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +80,7 @@ def test_channel_padded_unet_inputs_match_reference(upstream_io, preset, monkeyp
     on CUDA and under the Triton conv the engine appends zero channels up to a multiple of 16, with
     zero weights for them, so the kernels' loads are 16-byte aligned. The result must not move."""
     from cdt_fast.engine import accelerated
+
     monkeypatch.setattr(accelerated, "channel_alignment", lambda device, ops: 16)
     ref = CDT(tiny_config(preset))
     ref.load_state_dict(upstream_state_dict(preset))
@@ -89,16 +89,22 @@ def test_channel_padded_unet_inputs_match_reference(upstream_io, preset, monkeyp
     first = eng.unet_plan.downs[0][0]
     assert first.block1.conv.weight.shape[1] % 16 == 0 == first.shortcut.weight.shape[1] % 16
     z, noise = upstream_io[f"{preset}.z"], upstream_io[f"{preset}.s1.noise"]
-    torch.testing.assert_close(eng.decode(z, noise=noise, chunk_frames=1),
-                               upstream_io[f"{preset}.s1.y"], rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        eng.decode(z, noise=noise, chunk_frames=1), upstream_io[f"{preset}.s1.y"], rtol=0, atol=TOL
+    )
 
 
 def test_channel_alignment_follows_the_conv_backend():
     from cdt_fast.engine.accelerated import channel_alignment
+
     interp = {"TRITON_INTERPRET": "1"}
     assert channel_alignment(torch.device("cpu"), OpTable("triton", env=interp)) == 16
-    assert channel_alignment(torch.device("cpu"), OpTable("auto,causal_conv3d_norm=triton",
-                                                          env=interp)) == 16
+    assert (
+        channel_alignment(
+            torch.device("cpu"), OpTable("auto,causal_conv3d_norm=triton", env=interp)
+        )
+        == 16
+    )
     assert channel_alignment(torch.device("cpu"), OpTable("torch", env=interp)) == 1
     assert channel_alignment(torch.device("cpu"), OpTable("auto", env={}, measure=False)) == 1
     assert channel_alignment(torch.device("cuda"), OpTable("torch", env={})) == 8  # cuDNN
@@ -525,6 +531,7 @@ def test_named_backend_without_a_block_op_composes_its_parts(fake_cpp, monkeypat
 
 def accelerated_layout(table):
     from cdt_fast.engine.accelerated import activation_layout
+
     return activation_layout(torch.device("cpu"), table)
 
 

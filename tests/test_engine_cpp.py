@@ -7,8 +7,9 @@ import torch
 
 import cdt_fast
 
-pytestmark = pytest.mark.skipif(not cdt_fast.backends()["cpp"].available,
-                                reason=cdt_fast.backends()["cpp"].reason)
+pytestmark = pytest.mark.skipif(
+    not cdt_fast.backends()["cpp"].available, reason=cdt_fast.backends()["cpp"].reason
+)
 
 TOL = 1e-4
 
@@ -16,6 +17,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def cpp_engines():
     from .conftest import tiny_config, upstream_state_dict
+
     engines = {}
     for preset in ("base", "small"):
         model = cdt_fast.CDT(tiny_config(preset))
@@ -26,8 +28,15 @@ def cpp_engines():
 
 def test_cpp_backend_serves_the_memory_bound_ops(cpp_engines):
     ops = cpp_engines["small"].backend_report()["ops"]
-    for name in ("channel_norm", "linear_attention", "time_downsample", "time_upsample",
-                 "causal_conv3d_history", "ddim_update", "to_uint8_frames"):
+    for name in (
+        "channel_norm",
+        "linear_attention",
+        "time_downsample",
+        "time_upsample",
+        "causal_conv3d_history",
+        "ddim_update",
+        "to_uint8_frames",
+    ):
         assert ops[name][0] == "cpp", (name, ops[name])
 
 
@@ -37,6 +46,10 @@ def test_cpp_engine_matches_upstream(cpp_engines, upstream_io, preset, steps, ch
     engine = cpp_engines[preset]
     z = engine.encode(upstream_io[f"{preset}.x"], chunk_frames=4)
     torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=TOL)
-    y = engine.decode(upstream_io[f"{preset}.z"], steps=steps, chunk_frames=chunk,
-                      noise=upstream_io[f"{preset}.s{steps}.noise"])
+    y = engine.decode(
+        upstream_io[f"{preset}.z"],
+        steps=steps,
+        chunk_frames=chunk,
+        noise=upstream_io[f"{preset}.s{steps}.noise"],
+    )
     torch.testing.assert_close(y, upstream_io[f"{preset}.s{steps}.y"], rtol=0, atol=TOL)

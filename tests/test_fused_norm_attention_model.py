@@ -20,8 +20,9 @@ TOL = 1e-4  # the upstream-parity tolerance of the reference model
 
 
 @pytest.mark.slow
-def test_encode_decode_match_upstream_on_fused_ops(monkeypatch, preset, upstream_model,
-                                                   upstream_io):
+def test_encode_decode_match_upstream_on_fused_ops(
+    monkeypatch, preset, upstream_model, upstream_io
+):
     # The reference layers call these through the module, so this swaps them model-wide.
     monkeypatch.setattr(CF, "channel_norm", channel_norm)
     monkeypatch.setattr(CF, "linear_attention", linear_attention)
@@ -30,7 +31,10 @@ def test_encode_decode_match_upstream_on_fused_ops(monkeypatch, preset, upstream
     model = copy.deepcopy(upstream_model).to(device) if device == "cuda" else upstream_model
     with torch.no_grad():
         z = model.encode(upstream_io[f"{preset}.x"].to(device))
-        y = model.decode(upstream_io[f"{preset}.z"].to(device), steps=1,
-                         noise=upstream_io[f"{preset}.s1.noise"].to(device))
+        y = model.decode(
+            upstream_io[f"{preset}.z"].to(device),
+            steps=1,
+            noise=upstream_io[f"{preset}.s1.noise"].to(device),
+        )
     torch.testing.assert_close(z.cpu(), upstream_io[f"{preset}.z"], rtol=0, atol=TOL)
     torch.testing.assert_close(y.cpu(), upstream_io[f"{preset}.s1.y"], rtol=0, atol=TOL)

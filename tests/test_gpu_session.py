@@ -30,18 +30,31 @@ BENCHES = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
 # What the device tool brings back from $OUT: plain names, at most 8 files.
 OUT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
-needs_shell = pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")),
-                                 reason="needs bash and GNU timeout")
+needs_shell = pytest.mark.skipif(
+    not (shutil.which("bash") and shutil.which("timeout")), reason="needs bash and GNU timeout"
+)
 
 
 def session(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     out = tmp_path / "out"
-    full_env = dict(os.environ, OUT=str(out), TMPDIR=str(tmp_path), PYTHON=sys.executable,
-                    PYTHONPATH=str(ROOT), **env)
+    full_env = dict(
+        os.environ,
+        OUT=str(out),
+        TMPDIR=str(tmp_path),
+        PYTHON=sys.executable,
+        PYTHONPATH=str(ROOT),
+        **env,
+    )
     # Its own process group, so that a hung run is stopped with everything it started.
-    proc = subprocess.Popen(["bash", str(SCRIPT), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=full_env, cwd=str(tmp_path),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(SCRIPT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=str(tmp_path),
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
@@ -76,15 +89,23 @@ def repo_copy(tmp_path):
 
 # -- gpu_session.sh ------------------------------------------------------------------------------
 
+
 @needs_shell
-@pytest.mark.parametrize("args, env, message", [
-    ((), {}, "missing PHASE"),
-    (("bogus",), {}, "unknown PHASE 'bogus'"),
-    (("tests", "kernels"), {}, "one PHASE at a time"),
-    (("--fast", "tests"), {}, "unknown option '--fast'"),
-    (("tests",), {"CDT_FAST_GPU_SESSION_BUDGET": "9m"}, "CDT_FAST_GPU_SESSION_BUDGET must be"),
-    (("tests",), {"CDT_FAST_GPU_SESSION_DRY": "maybe"}, "CDT_FAST_GPU_SESSION_DRY must be 0 or 1"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        ((), {}, "missing PHASE"),
+        (("bogus",), {}, "unknown PHASE 'bogus'"),
+        (("tests", "kernels"), {}, "one PHASE at a time"),
+        (("--fast", "tests"), {}, "unknown option '--fast'"),
+        (("tests",), {"CDT_FAST_GPU_SESSION_BUDGET": "9m"}, "CDT_FAST_GPU_SESSION_BUDGET must be"),
+        (
+            ("tests",),
+            {"CDT_FAST_GPU_SESSION_DRY": "maybe"},
+            "CDT_FAST_GPU_SESSION_DRY must be 0 or 1",
+        ),
+    ],
+)
 def test_session_names_the_bad_argument(tmp_path, args, env, message):
     done = session(tmp_path, *args, **env)
     assert done.returncode == 2 and message in done.stderr, done.stderr
@@ -112,8 +133,10 @@ def test_dry_setup_packs_one_tarball_and_one_log(tmp_path):
     assert manifest["schema"] == gpu_session.MANIFEST_SCHEMA and manifest["dry_run"] is True
     steps = {s["name"]: s for s in manifest["steps"]}
     assert steps["install"]["status"] == "not run" and "dry run" in steps["install"]["note"]
-    assert steps["environment"]["status"] == "ok" and f"torch {torch.__version__}" in \
-        steps["environment"]["detail"]
+    assert (
+        steps["environment"]["status"] == "ok"
+        and f"torch {torch.__version__}" in steps["environment"]["detail"]
+    )
     assert steps["backends"]["status"] == "ok" and "torch" in steps["backends"]["detail"]
     assert not list(tmp_path.glob("cdt_fast-gpu-session.*"))  # the staging dir is removed
 
@@ -138,8 +161,7 @@ def test_dry_models_small_then_ingest(tmp_path, repo_copy):
     assert rc == 0, err
     for name in manifest["results"]:
         assert (results / name).is_file() and f"new         {results / name}" in stdout
-    table = report.readme_table(json.loads(
-        next(results.glob("*-tiny-small.json")).read_text()))
+    table = report.readme_table(json.loads(next(results.glob("*-tiny-small.json")).read_text()))
     assert ingest_gpu_results.replace_block(before, "perf-table", table) == readme.read_text()
     # Ingesting the same tarball again changes nothing.
     rc, stdout, _ = ingest(tarball, "--results-dir", results, "--readme", readme, "--allow-dry")
@@ -159,11 +181,15 @@ def test_dry_all_runs_every_step(tmp_path):
 
 # -- ingest_gpu_results.py on synthetic tarballs --------------------------------------------------
 
+
 def gpu_results(tag: str, ms: float = 100.0) -> dict:
     """A run.py results file as a GPU would write it (the committed CPU one, relabelled)."""
     data = json.loads((RESULTS / "cpu-amd-epyc-torch2.13.0-cpu.json").read_text())
-    data["header"].update(gpu_name="NVIDIA H100 80GB HBM3", torch="2.11.0+cu130",
-                          timestamp_utc=f"2026-12-01T00:00:0{len(tag) % 10}Z")
+    data["header"].update(
+        gpu_name="NVIDIA H100 80GB HBM3",
+        torch="2.11.0+cu130",
+        timestamp_utc=f"2026-12-01T00:00:0{len(tag) % 10}Z",
+    )
     for row in data["rows"]:
         row.update(device="cuda", latency_ms_p50=ms if row["impl"] == "reference" else ms / 4)
     data["notes"] = []
@@ -177,7 +203,8 @@ def make_tarball(tmp_path: Path, phase: str, files: dict, dry: bool = False) -> 
         (stage / gpu_session.RESULTS / name).write_text(json.dumps(payload))
     first = next(iter(files), None)
     (stage / gpu_session.STEPS).write_text(
-        f"models-base\t0\t12\t{gpu_session.RESULTS}/{first}\t\n" if first else "")
+        f"models-base\t0\t12\t{gpu_session.RESULTS}/{first}\t\n" if first else ""
+    )
     manifest = gpu_session.build_manifest(stage, phase, dry, 0.0, 540, "nvidia-h100")
     (stage / gpu_session.MANIFEST).write_text(json.dumps(manifest))
     tarball = tmp_path / f"{phase}.tar.gz"
@@ -214,13 +241,16 @@ def test_ingest_refuses_to_overwrite_without_force(tmp_path, repo_copy):
     assert json.loads((results / "h100-base.json").read_text())["rows"][0]["latency_ms_p50"] == 100
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("missing", "no such file"),
-    ("not-a-tarball", "not a readable .tar.gz"),
-    ("escape", "refusing member"),
-    ("no-manifest", "expected one <phase>/manifest.json"),
-    ("no-markers", "<!-- perf-table-gpu -->"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("missing", "no such file"),
+        ("not-a-tarball", "not a readable .tar.gz"),
+        ("escape", "refusing member"),
+        ("no-manifest", "expected one <phase>/manifest.json"),
+        ("no-markers", "<!-- perf-table-gpu -->"),
+    ],
+)
 def test_ingest_names_what_is_wrong(tmp_path, repo_copy, problem, message):
     results, readme = repo_copy
     tarball = make_tarball(tmp_path, "models", {"h100-base.json": gpu_results("base")})
@@ -266,12 +296,14 @@ def test_git_commit_from_the_environment_without_git(tmp_path, monkeypatch):
 
 # -- the benchmarks' --out ------------------------------------------------------------------------
 
+
 @pytest.fixture
 def bench_support(monkeypatch):
     """This checkout's kernels/_bench_support.py, also where ``cdt_fast.kernels`` is installed
     from another checkout (a git worktree using the main one's editable install)."""
-    spec = importlib.util.spec_from_file_location("cdt_fast.kernels._bench_support",
-                                                  ROOT / "kernels" / "_bench_support.py")
+    spec = importlib.util.spec_from_file_location(
+        "cdt_fast.kernels._bench_support", ROOT / "kernels" / "_bench_support.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setitem(sys.modules, spec.name, module)
@@ -289,6 +321,7 @@ def test_every_kernel_benchmark_takes_out(bench, capsys, bench_support):
 
 def test_json_is_kept_as_the_old_name_of_out():
     from benchmarks import bench_channel_norm
+
     assert bench_channel_norm.main_arguments("doc", ["--json", "a.json"]).out == "a.json"
 
 
@@ -298,8 +331,12 @@ def test_bench_main_writes_out(tmp_path, monkeypatch, bench_support):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
     rows = lambda: [_bench_support.row("op", "case", "triton", 2.0, 4_000_000)]  # noqa: E731
     with contextlib.redirect_stdout(io.StringIO()):
-        assert _bench_support.bench_main("toy", "d", rows, tmp_path / "res",
-                                         ["--out", str(tmp_path / "x.json")]) == 0
+        assert (
+            _bench_support.bench_main(
+                "toy", "d", rows, tmp_path / "res", ["--out", str(tmp_path / "x.json")]
+            )
+            == 0
+        )
     saved = json.loads((tmp_path / "x.json").read_text())
     assert saved["rows"][0]["GB/s"] == pytest.approx(2.0) and not (tmp_path / "res").exists()
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
@@ -309,17 +346,42 @@ def test_bench_main_writes_out(tmp_path, monkeypatch, bench_support):
 
 # -- run.py under a time guard -------------------------------------------------------------------
 
+
 def test_run_writes_partial_results_when_terminated(tmp_path, monkeypatch):
     # The peer row comes after every model row: SIGTERM there leaves the model rows measured.
     monkeypatch.setattr(run, "run_peer", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
     before = signal.getsignal(signal.SIGTERM)
     threads = torch.get_num_threads()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        rc = run.main(["--tiny", "--models", "small", "--frames", "5", "--size", "32",
-                       "--long-frames", "none", "--ops", "decode", "--impls", "reference",
-                       "--warmup", "0", "--repeats", "1", "--threads", "1", "--no-progress",
-                       "--no-plot", "--results-dir", str(tmp_path), "--out",
-                       str(tmp_path / "out.json")])
+        rc = run.main(
+            [
+                "--tiny",
+                "--models",
+                "small",
+                "--frames",
+                "5",
+                "--size",
+                "32",
+                "--long-frames",
+                "none",
+                "--ops",
+                "decode",
+                "--impls",
+                "reference",
+                "--warmup",
+                "0",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+                "--no-progress",
+                "--no-plot",
+                "--results-dir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "out.json"),
+            ]
+        )
     torch.set_num_threads(threads)
     assert rc == run.EXIT_INTERRUPTED and signal.getsignal(signal.SIGTERM) == before
     results = json.loads((tmp_path / "out.json").read_text())

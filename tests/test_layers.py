@@ -19,7 +19,7 @@ def test_causal_conv_stream_equals_whole_clip(pad_mode, plan):
     whole = conv(x)
     cache, outs, start = FeatureCache(), [], 0
     for n in plan:
-        outs.append(conv(x[:, :, start:start + n], cache))
+        outs.append(conv(x[:, :, start : start + n], cache))
         start += n
     torch.testing.assert_close(torch.cat(outs, 2), whole, rtol=1e-5, atol=1e-5)
     assert cache.get(conv).shape[2] == 2
@@ -71,5 +71,7 @@ def test_posterior():
     assert torch.equal(a, b)
     unit = DiagonalGaussian(torch.zeros(2, 6, 1, 2, 2))
     torch.testing.assert_close(unit.kl(), torch.zeros(2))
-    shifted = DiagonalGaussian(torch.cat([torch.ones(1, 3, 1, 2, 2), torch.zeros(1, 3, 1, 2, 2)], 1))
+    shifted = DiagonalGaussian(
+        torch.cat([torch.ones(1, 3, 1, 2, 2), torch.zeros(1, 3, 1, 2, 2)], 1)
+    )
     torch.testing.assert_close(shifted.kl(), torch.tensor([0.5 * 12]))

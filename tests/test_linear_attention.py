@@ -13,8 +13,11 @@ if not torch.cuda.is_available():  # must precede the first `import triton` of t
 pytest.importorskip("triton")
 
 from cdt_fast import functional as CF  # noqa: E402
-from cdt_fast.kernels.linear_attention import (LinearAttentionWeights,  # noqa: E402
-                                               linear_attention, linear_attention_block)
+from cdt_fast.kernels.linear_attention import (  # noqa: E402
+    LinearAttentionWeights,
+    linear_attention,
+    linear_attention_block,
+)
 from cdt_fast.reference.layers import LinearAttention, attention_block  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -23,9 +26,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def _weights(c, heads=1, dim_head=None, bias=True, k_gain=1.0, c_out=None):
     """Random 1x1-conv weights of a LinearAttention(c, heads, dim_head) (5-D, as the layer's)."""
     hidden = heads * (dim_head or c)
-    w_qkv = torch.randn(3 * hidden, c, 1, 1, 1, device=DEVICE) * c ** -0.5
-    w_qkv[hidden:2 * hidden] *= k_gain  # large k logits stress the online softmax over positions
-    w_out = torch.randn(c_out or c, hidden, 1, 1, 1, device=DEVICE) * hidden ** -0.5
+    w_qkv = torch.randn(3 * hidden, c, 1, 1, 1, device=DEVICE) * c**-0.5
+    w_qkv[hidden : 2 * hidden] *= k_gain  # large k logits stress the online softmax over positions
+    w_out = torch.randn(c_out or c, hidden, 1, 1, 1, device=DEVICE) * hidden**-0.5
     b_out = torch.randn(c_out or c, device=DEVICE) if bias else None
     return w_qkv, w_out, b_out
 
@@ -38,9 +41,9 @@ def _activation(shape, dtype=torch.float32, channels_last=True):
 CASES = [  # (shape [B, C, T, H, W], heads, dim_head, channels_last)
     ((2, 12, 3, 5, 7), 1, None, True),
     ((2, 20, 1, 5, 7), 1, None, False),
-    ((1, 12, 2, 5, 7), 2, 10, True),      # hidden (20) != C (12), two heads
-    ((1, 80, 1, 3, 5), 1, None, True),    # head wider than one channel block (two d, e blocks)
-    ((2, 3, 2, 1, 1), 1, None, False),    # one position per frame
+    ((1, 12, 2, 5, 7), 2, 10, True),  # hidden (20) != C (12), two heads
+    ((1, 80, 1, 3, 5), 1, None, True),  # head wider than one channel block (two d, e blocks)
+    ((2, 3, 2, 1, 1), 1, None, False),  # one position per frame
 ]
 
 
@@ -78,9 +81,17 @@ def test_block_matches_reference_attention_block(channels_last, bias):
     x = _activation((2, 20, 2, 5, 7), channels_last=channels_last)
     attn: LinearAttention = layer.fn.fn
     with torch.no_grad():
-        y = linear_attention_block(x, layer.fn.norm.g, layer.fn.norm.b, attn.to_qkv.weight,
-                                   attn.to_out.weight, attn.to_out.bias, heads=attn.heads,
-                                   scale=attn.scale, eps=layer.fn.norm.eps)
+        y = linear_attention_block(
+            x,
+            layer.fn.norm.g,
+            layer.fn.norm.b,
+            attn.to_qkv.weight,
+            attn.to_out.weight,
+            attn.to_out.bias,
+            heads=attn.heads,
+            scale=attn.scale,
+            eps=layer.fn.norm.eps,
+        )
         ref = layer(x)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-5)
 
@@ -89,8 +100,9 @@ def _rounded(t, dtype):
     return None if t is None else t.to(dtype).float()
 
 
-@pytest.mark.parametrize("shape,heads,dim_head", [((2, 12, 2, 5, 7), 1, None),
-                                                  ((1, 20, 1, 5, 7), 2, 10)])
+@pytest.mark.parametrize(
+    "shape,heads,dim_head", [((2, 12, 2, 5, 7), 1, None), ((1, 20, 1, 5, 7), 2, 10)]
+)
 def test_block_fp16_against_fp32_reference(shape, heads, dim_head):
     x = _activation(shape, torch.float16)
     w_qkv, w_out, b_out = _weights(shape[1], heads, dim_head)
@@ -99,9 +111,13 @@ def test_block_fp16_against_fp32_reference(shape, heads, dim_head):
     assert y.dtype == torch.float16
     # fp32 reference from the fp16-rounded inputs and weights (the kernel computes with those).
     normed = CF.channel_norm(x.float(), g, b)
-    ref = x.float() + CF.linear_attention(normed, _rounded(w_qkv, torch.float16),
-                                          _rounded(w_out, torch.float16),
-                                          _rounded(b_out, torch.float16), heads=heads)
+    ref = x.float() + CF.linear_attention(
+        normed,
+        _rounded(w_qkv, torch.float16),
+        _rounded(w_out, torch.float16),
+        _rounded(b_out, torch.float16),
+        heads=heads,
+    )
     # fp16 roundings of the normed input, qkv, softmax weights and the output: ~1e-3 relative,
     # over reductions of C (projections) and H*W positions (context).
     torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=1e-2)
@@ -114,9 +130,12 @@ def test_packed_weights_are_reusable_and_match_the_one_shot_launchers():
     packed = LinearAttentionWeights.pack(w_qkv, w_out, b_out, norm_g=g, norm_b=b)
     once = linear_attention_block(x, g, b, w_qkv, w_out, b_out)
     torch.testing.assert_close(packed(x, residual=True), once, rtol=0, atol=0)
-    torch.testing.assert_close(packed(x * 2, residual=True),
-                               linear_attention_block(x * 2, g, b, w_qkv, w_out, b_out),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        packed(x * 2, residual=True),
+        linear_attention_block(x * 2, g, b, w_qkv, w_out, b_out),
+        rtol=0,
+        atol=0,
+    )
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -133,8 +152,9 @@ def test_out_buffer_and_in_place_block(channels_last):
     with pytest.raises(ValueError, match="out must be"):
         linear_attention(x, w_qkv, w_out, b_out, out=out[:, :, :1])
     with pytest.raises(ValueError, match="collapse"):
-        linear_attention(x, w_qkv, w_out, b_out,
-                         out=torch.empty(2, 12, 2, 6, 7, device=DEVICE)[:, :, :, :5])
+        linear_attention(
+            x, w_qkv, w_out, b_out, out=torch.empty(2, 12, 2, 6, 7, device=DEVICE)[:, :, :, :5]
+        )
 
 
 def test_bad_arguments_are_named():
@@ -157,7 +177,6 @@ def test_bad_arguments_are_named():
         linear_attention_block(x, torch.ones(12), torch.zeros(12), *wide_out)
 
 
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -169,18 +188,30 @@ def test_gpu_block_dtypes(dtype, shape):
     g, b = torch.randn(c, device=DEVICE), torch.randn(c, device=DEVICE)
     y = linear_attention_block(x, g, b, w_qkv, w_out, b_out)
     x64 = x.double()
-    ref = x64 + CF.linear_attention(CF.channel_norm(x64, g.double(), b.double()),
-                                    w_qkv.to(dtype).double(), w_out.to(dtype).double(),
-                                    b_out.to(dtype).double())
+    ref = x64 + CF.linear_attention(
+        CF.channel_norm(x64, g.double(), b.double()),
+        w_qkv.to(dtype).double(),
+        w_out.to(dtype).double(),
+        b_out.to(dtype).double(),
+    )
     tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
     torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("positions,programs,block,wanted", [
-    (518400, 8, 128, None), (2025, 18 * 16, 128, None), (35, 4, 16, None), (35, 4, 16, 3),
-    (35, 1, 16, 100), (1, 1, 16, None)])
+@pytest.mark.parametrize(
+    "positions,programs,block,wanted",
+    [
+        (518400, 8, 128, None),
+        (2025, 18 * 16, 128, None),
+        (35, 4, 16, None),
+        (35, 4, 16, 3),
+        (35, 1, 16, 100),
+        (1, 1, 16, None),
+    ],
+)
 def test_position_slices_cover_every_position_once(positions, programs, block, wanted):
     from cdt_fast.kernels.linear_attention import _slices
+
     count, length = _slices(positions, programs, block, wanted)
     assert length % block == 0 and count >= 1
     assert (count - 1) * length < positions <= count * length  # no empty slice, none missing
@@ -190,21 +221,26 @@ def test_position_slices_cover_every_position_once(positions, programs, block, w
 @pytest.mark.parametrize("c", [3, 64, 384])
 def test_projection_autotune_pruning_fits_shared_memory(dtype, c):
     from cdt_fast.kernels import linear_attention as op
+
     w = torch.empty(c, 3 * c, dtype=dtype)
     block_k = op._block_width(c, 1 << 30)
-    kept = op._prune_project_configs(op._PROJECT_CONFIGS, {"w_ptr": w, "N_OUT": 3 * c},
-                                     BLOCK_K=block_k)
+    kept = op._prune_project_configs(
+        op._PROJECT_CONFIGS, {"w_ptr": w, "N_OUT": 3 * c}, BLOCK_K=block_k
+    )
     size = w.element_size()
     assert kept and all(
         cfg.kwargs["BLOCK_M"] * block_k * size <= op._X_TILE_BYTES
         and cfg.kwargs["BLOCK_N"] * block_k * size * cfg.num_stages <= op._W_TILE_BYTES
-        for cfg in kept)
+        for cfg in kept
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter stand-in for GPU autotuning")
 def test_autotuned_path_in_place(monkeypatch):
     from cdt_fast.kernels import linear_attention as op
+
     from .fused_autotune_on_cpu import tune_on_cpu
+
     for tuned in (op._norm_project_tuned, op._context_partial_tuned, op._attention_apply_tuned):
         tune_on_cpu(monkeypatch, op, tuned, configs=2)
     x = _activation((1, 20, 2, 5, 7))

@@ -12,13 +12,38 @@ from cdt_fast.train import CDTLoss, LossWeights
 
 # Layer plans written out independently of cdt_fast.metrics.lpips: conv (index, stride, padding),
 # "M<k>,<s>" max-pool, and the layer indices whose ReLU outputs are compared.
-VGG = dict(convs={0: 64, 2: 64, 5: 128, 7: 128, 10: 256, 12: 256, 14: 256, 17: 512, 19: 512,
-                  21: 512, 24: 512, 26: 512, 28: 512},
-           pools={4: (2, 2), 9: (2, 2), 16: (2, 2), 23: (2, 2)}, taps=[3, 8, 15, 22, 29],
-           kernel={}, stride={}, padding={}, last=29)
-ALEX = dict(convs={0: 64, 3: 192, 6: 384, 8: 256, 10: 256}, pools={2: (3, 2), 5: (3, 2)},
-            taps=[1, 4, 7, 9, 11], kernel={0: 11, 3: 5}, stride={0: 4}, padding={0: 2, 3: 2},
-            last=11)
+VGG = dict(
+    convs={
+        0: 64,
+        2: 64,
+        5: 128,
+        7: 128,
+        10: 256,
+        12: 256,
+        14: 256,
+        17: 512,
+        19: 512,
+        21: 512,
+        24: 512,
+        26: 512,
+        28: 512,
+    },
+    pools={4: (2, 2), 9: (2, 2), 16: (2, 2), 23: (2, 2)},
+    taps=[3, 8, 15, 22, 29],
+    kernel={},
+    stride={},
+    padding={},
+    last=29,
+)
+ALEX = dict(
+    convs={0: 64, 3: 192, 6: 384, 8: 256, 10: 256},
+    pools={2: (3, 2), 5: (3, 2)},
+    taps=[1, 4, 7, 9, 11],
+    kernel={0: 11, 3: 5},
+    stride={0: 4},
+    padding={0: 2, 3: 2},
+    last=11,
+)
 
 
 def random_files(tmp_path, plan, seed=0):
@@ -26,12 +51,18 @@ def random_files(tmp_path, plan, seed=0):
     backbone, cin = {}, 3
     for i, cout in sorted(plan["convs"].items()):
         k = plan["kernel"].get(i, 3)
-        backbone[f"features.{i}.weight"] = torch.randn(cout, cin, k, k, generator=g) / (cin * k * k) ** 0.5
+        backbone[f"features.{i}.weight"] = (
+            torch.randn(cout, cin, k, k, generator=g) / (cin * k * k) ** 0.5
+        )
         backbone[f"features.{i}.bias"] = 0.1 * torch.randn(cout, generator=g)
         cin = cout
-    backbone["classifier.0.weight"] = torch.zeros(2, 2)  # torchvision files carry the classifier too
+    backbone["classifier.0.weight"] = torch.zeros(
+        2, 2
+    )  # torchvision files carry the classifier too
     chans = [plan["convs"][t - 1] for t in plan["taps"]]
-    heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate(chans)}
+    heads = {
+        f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate(chans)
+    }
     torch.save(backbone, tmp_path / "backbone.pth")
     torch.save(heads, tmp_path / "heads.pth")
     return backbone, heads
@@ -45,8 +76,13 @@ def reference_lpips(backbone, heads, plan, a, b, spatial=False):
         h, out = (x - shift) / scale, []
         for i in range(plan["last"] + 1):
             if i in plan["convs"]:
-                h = F.conv2d(h, backbone[f"features.{i}.weight"], backbone[f"features.{i}.bias"],
-                             stride=plan["stride"].get(i, 1), padding=plan["padding"].get(i, 1))
+                h = F.conv2d(
+                    h,
+                    backbone[f"features.{i}.weight"],
+                    backbone[f"features.{i}.bias"],
+                    stride=plan["stride"].get(i, 1),
+                    padding=plan["padding"].get(i, 1),
+                )
             elif i in plan["pools"]:
                 h = F.max_pool2d(h, *plan["pools"][i])
             else:
@@ -57,8 +93,8 @@ def reference_lpips(backbone, heads, plan, a, b, spatial=False):
 
     total = 0
     for k, (fa, fb) in enumerate(zip(feats(a), feats(b))):
-        na = fa / (torch.sqrt((fa ** 2).sum(1, keepdim=True)) + 1e-10)
-        nb = fb / (torch.sqrt((fb ** 2).sum(1, keepdim=True)) + 1e-10)
+        na = fa / (torch.sqrt((fa**2).sum(1, keepdim=True)) + 1e-10)
+        nb = fb / (torch.sqrt((fb**2).sum(1, keepdim=True)) + 1e-10)
         d = ((na - nb) ** 2 * heads[f"lin{k}.model.1.weight"]).sum(1, keepdim=True)
         if spatial:
             total = total + F.interpolate(d, size=a.shape[2:], mode="bilinear", align_corners=False)
@@ -94,7 +130,9 @@ def test_lpips_matches_reference(weights, spatial):
     assert (got > 0).all() if not spatial else got.mean() > 0
     assert torch.allclose(model(a, a), torch.zeros(2), atol=1e-6)
     # [0, 1] inputs with normalize=True are the same images
-    torch.testing.assert_close(model((a + 1) / 2, (b + 1) / 2, spatial=spatial, normalize=True), got)
+    torch.testing.assert_close(
+        model((a + 1) / 2, (b + 1) / 2, spatial=spatial, normalize=True), got
+    )
 
 
 def test_lpips_gives_gradients_to_inputs_only():
@@ -112,6 +150,7 @@ def test_missing_weights_are_explained(tmp_path):
     with pytest.raises(ValueError, match="not a torchvision vgg state dict"):
         LPIPS.from_pretrained(tmp_path / "bad.pth", tmp_path / "bad.pth")
     from cdt_fast import CDT, CDTConfig
+
     model = CDT(CDTConfig.small(context_dim=4, unet_dim=4, latent_dim=4))
     with pytest.raises(ValueError, match="LPIPS weight to 0"):
         CDTLoss(model, LossWeights(lpips=0.1))

@@ -35,6 +35,7 @@ def test_fp32_islands_compute_in_fp32():
     def hook(name):
         def record(module, inputs, output):
             seen[name] = output.dtype
+
         return record
 
     ctx = model.context_model
@@ -46,6 +47,11 @@ def test_fp32_islands_compute_in_fp32():
     model.unet.final_conv[1].register_forward_hook(hook("unet"))
     z = model.encode(torch.zeros(1, 3, 5, 16, 16))
     model.decode(z)
-    assert seen == {"quant_conv": torch.float32, "post_quant_conv": torch.float32,
-                    "quant_conv_res": torch.float32, "time_mlp": torch.float32,
-                    "encoder": torch.float16, "unet": torch.float16}
+    assert seen == {
+        "quant_conv": torch.float32,
+        "post_quant_conv": torch.float32,
+        "quant_conv_res": torch.float32,
+        "time_mlp": torch.float32,
+        "encoder": torch.float16,
+        "unet": torch.float16,
+    }

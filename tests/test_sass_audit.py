@@ -39,13 +39,25 @@ print(json.dumps(out))
 @pytest.mark.skipif(not has_cuda_toolchain(), reason="this triton has no CUDA backend/ptxas")
 def test_engine_decode_kernels_compile_for_sm90_with_wide_loads():
     import json
+
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT.format(root=str(ROOT))], env=env,
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT.format(root=str(ROOT))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"_causal_conv3d_kernel", "_channel_norm_kernel", "_time_downsample_kernel",
-            "_time_upsample_kernel", "_attention_apply_kernel"} <= set(result["names"])
+    assert {
+        "_causal_conv3d_kernel",
+        "_channel_norm_kernel",
+        "_time_downsample_kernel",
+        "_time_upsample_kernel",
+        "_attention_apply_kernel",
+    } <= set(result["names"])
     assert result["reports"], "no resampling launch captured"
     for r in result["reports"]:
         assert r["tc"] == "HGMMA", r
@@ -58,18 +70,22 @@ def test_engine_decode_kernels_compile_for_sm90_with_wide_loads():
     # input to 16 channels, and the conv runs with its Block's norm fused in the epilogue.
     # At 6 channels it read one element per load and spilled registers.
     assert result["unet_in"] and all(c["cin"] % 16 == 0 and c["norm"] for c in result["unet_in"])
-    assert result["unet_in_flags"] and not [f for flags in result["unet_in_flags"] for f in flags
-                                            if "spill" in f or "8/16-bit" in f], result
+    assert result["unet_in_flags"] and not [
+        f for flags in result["unet_in_flags"] for f in flags if "spill" in f or "8/16-bit" in f
+    ], result
 
 
 def test_sass_line_parsing_handles_long_kernels_and_widths():
     """Addresses grow past four hex digits in big kernels (a 13k-line conv was once read as
     having no loads at all); widths come from the opcode's suffix."""
     from benchmarks import sass_audit as sa
-    lines = ["        /*0090*/                   LDC R82, c[0x0][0x268] ;",
-             "        /*14430*/               @P5 LDG.E.U16 R7, desc[UR28][R166.64] ;",
-             "        /*1a4f0*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R4.64] ;",
-             "        /*1a500*/               @!PT HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;"]
+
+    lines = [
+        "        /*0090*/                   LDC R82, c[0x0][0x268] ;",
+        "        /*14430*/               @P5 LDG.E.U16 R7, desc[UR28][R166.64] ;",
+        "        /*1a4f0*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R4.64] ;",
+        "        /*1a500*/               @!PT HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;",
+    ]
     ops = [sa._OPCODE.search(line).group(1) for line in lines]
     assert ops == ["LDC", "LDG.E.U16", "LDGSTS.E.BYPASS.128", "HGMMA.64x64x16.F32.BF16"]
     assert [sa._width(op) for op in ops[1:3]] == ["16", "128"]

@@ -13,8 +13,7 @@ import pytest  # noqa: E402
 
 triton = pytest.importorskip("triton")
 from cdt_fast.kernels import temporal_attention as ta  # noqa: E402
-from cdt_fast.kernels.temporal_attention import (temporal_attention,  # noqa: E402
-                                                 temporal_attention_reference)
+from cdt_fast.kernels.temporal_attention import temporal_attention, temporal_attention_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=4e-3, rtol=4e-3)}
@@ -36,32 +35,42 @@ def test_reference_is_plain_causal_softmax():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("shape", [(5, 2, 3, 3, 8), (3, 1, 1, 4, 20), (7, 3, 9, 9, 40)],
-                         ids=["packed", "one-query-cached-keys", "d-not-pow2"])
+@pytest.mark.parametrize(
+    "shape",
+    [(5, 2, 3, 3, 8), (3, 1, 1, 4, 20), (7, 3, 9, 9, 40)],
+    ids=["packed", "one-query-cached-keys", "d-not-pow2"],
+)
 def test_triton_matches_reference(dtype, causal, shape):
     q, k, v = _qkv(*shape, dtype=dtype)
     out = temporal_attention(q, k, v, causal=causal, backend="triton")
     assert out.dtype == dtype and out.shape == q.shape
-    torch.testing.assert_close(out.float(), temporal_attention_reference(
-        q.float(), k.float(), v.float(), causal=causal).float(), **TOL[dtype])
+    torch.testing.assert_close(
+        out.float(),
+        temporal_attention_reference(q.float(), k.float(), v.float(), causal=causal).float(),
+        **TOL[dtype],
+    )
 
 
 def test_triton_long_sequences_use_the_flash_loop():
     # Longer than one packed tile: G = 1 and several key blocks, some skipped by causality.
     q, k, v = _qkv(2, 1, 70, 75, 16)
     for causal in (True, False):
-        torch.testing.assert_close(temporal_attention(q, k, v, causal=causal, backend="triton",
-                                                      scale=0.3),
-                                   temporal_attention_reference(q, k, v, causal=causal, scale=0.3),
-                                   **TOL[torch.float32])
+        torch.testing.assert_close(
+            temporal_attention(q, k, v, causal=causal, backend="triton", scale=0.3),
+            temporal_attention_reference(q, k, v, causal=causal, scale=0.3),
+            **TOL[torch.float32],
+        )
 
 
 def test_triton_reads_strided_views():
     # [S, T, heads, d] storage viewed as [S, heads, T, d], as a model's qkv projection gives it.
     base = torch.randn(6, 5, 2, 3, 16, device=DEVICE)
     q, k, v = (base[:, :, :, i].transpose(1, 2) for i in range(3))
-    torch.testing.assert_close(temporal_attention(q, k, v, backend="triton"),
-                               temporal_attention_reference(q, k, v), **TOL[torch.float32])
+    torch.testing.assert_close(
+        temporal_attention(q, k, v, backend="triton"),
+        temporal_attention_reference(q, k, v),
+        **TOL[torch.float32],
+    )
 
 
 def test_chunked_causal_attention_with_cached_keys_equals_whole_clip():
@@ -70,17 +79,21 @@ def test_chunked_causal_attention_with_cached_keys_equals_whole_clip():
     # The second chunk's queries (frames 4, 5) attend to all keys so far (bottom-right aligned).
     tail = temporal_attention(q[:, :, 4:], k, v, backend="triton")
     torch.testing.assert_close(tail, whole[:, :, 4:], **TOL[torch.float32])
-    torch.testing.assert_close(temporal_attention(q[:, :, 4:], k, v, backend="sdpa"),
-                               whole[:, :, 4:], **TOL[torch.float32])
+    torch.testing.assert_close(
+        temporal_attention(q[:, :, 4:], k, v, backend="sdpa"), whole[:, :, 4:], **TOL[torch.float32]
+    )
 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_sdpa_and_auto_backends(causal):
     q, k, v = _qkv(3, 2, 2, 5, 8)
     ref = temporal_attention_reference(q, k, v, causal=causal)
-    torch.testing.assert_close(temporal_attention(q, k, v, causal=causal, backend="sdpa"), ref,
-                               **TOL[torch.float32])
-    torch.testing.assert_close(temporal_attention(q, k, v, causal=causal), ref, **TOL[torch.float32])
+    torch.testing.assert_close(
+        temporal_attention(q, k, v, causal=causal, backend="sdpa"), ref, **TOL[torch.float32]
+    )
+    torch.testing.assert_close(
+        temporal_attention(q, k, v, causal=causal), ref, **TOL[torch.float32]
+    )
 
 
 def _fake_library(monkeypatch):
@@ -89,18 +102,22 @@ def _fake_library(monkeypatch):
 
     def attend(q, k, v, causal, scale):
         seen.append(q.shape[0])
-        out = temporal_attention_reference(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           causal=causal, scale=scale)
+        out = temporal_attention_reference(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal, scale=scale
+        )
         return out.transpose(1, 2)
 
     flash = types.ModuleType("flash_attn")
     flash.flash_attn_func = lambda q, k, v, dropout_p, softmax_scale, causal: attend(
-        q, k, v, causal, softmax_scale)
+        q, k, v, causal, softmax_scale
+    )
     xops = types.ModuleType("xformers.ops")
-    xops.fmha = types.SimpleNamespace(attn_bias=types.SimpleNamespace(
-        LowerTriangularFromBottomRightMask=lambda: "causal"))
+    xops.fmha = types.SimpleNamespace(
+        attn_bias=types.SimpleNamespace(LowerTriangularFromBottomRightMask=lambda: "causal")
+    )
     xops.memory_efficient_attention = lambda q, k, v, attn_bias, scale: attend(
-        q, k, v, attn_bias == "causal", scale)
+        q, k, v, attn_bias == "causal", scale
+    )
     monkeypatch.setitem(sys.modules, "flash_attn", flash)
     monkeypatch.setitem(sys.modules, "xformers", types.ModuleType("xformers"))
     monkeypatch.setitem(sys.modules, "xformers.ops", xops)
@@ -114,9 +131,11 @@ def test_library_backends_get_their_layout_and_batch_limit(monkeypatch, library)
     q, k, v = _qkv(5, 2, 3, 4, 8)
     run = {"flash": ta._flash, "xformers": ta._xformers}[library]
     for causal in (True, False):
-        torch.testing.assert_close(run(q, k, v, causal, 0.5),
-                                   temporal_attention_reference(q, k, v, causal=causal, scale=0.5),
-                                   **TOL[torch.float32])
+        torch.testing.assert_close(
+            run(q, k, v, causal, 0.5),
+            temporal_attention_reference(q, k, v, causal=causal, scale=0.5),
+            **TOL[torch.float32],
+        )
     assert seen == [2, 2, 1, 2, 2, 1]
 
 
@@ -142,5 +161,6 @@ def test_gpu_triton_parity(dtype, frames):
     q, k, v = _qkv(4099, 2, frames, frames, 64, dtype)
     ref = temporal_attention_reference(q, k, v)
     tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=5e-3, rtol=5e-3)
-    torch.testing.assert_close(temporal_attention(q, k, v, backend="triton").float(), ref.float(),
-                               **tol)
+    torch.testing.assert_close(
+        temporal_attention(q, k, v, backend="triton").float(), ref.float(), **tol
+    )

@@ -48,8 +48,9 @@ def test_time_downsample_later_chunk_with_past(channels_last):
     x = _video(2, 5, 2, 3, 7, channels_last=channels_last)
     past = _video(2, 5, 1, 3, 7, channels_last=not channels_last)
     w, b = torch.randn(5, 5, 3, device=DEVICE), torch.randn(5, device=DEVICE)
-    _check(time_downsample(x, w, b, past=past), CF.time_downsample(x, w, b, past=past),
-           torch.float32)
+    _check(
+        time_downsample(x, w, b, past=past), CF.time_downsample(x, w, b, past=past), torch.float32
+    )
     assert time_downsample(x, w, None, past=past).shape == (2, 5, 1, 3, 7)
 
 
@@ -65,8 +66,9 @@ def test_time_downsample_stream_equals_reference_layer(pad_mode):
     for start, stop in [(0, 1), (1, 3), (3, 5)]:  # a 1-frame first chunk, then even chunks
         chunk = x[:, :, start:stop]
         ref = layer(chunk, cache)
-        got = time_downsample(chunk, layer.conv.weight, layer.conv.bias, past=past,
-                              pad_mode=pad_mode)
+        got = time_downsample(
+            chunk, layer.conv.weight, layer.conv.bias, past=past, pad_mode=pad_mode
+        )
         _check(got, ref, torch.float32)
         past = chunk[:, :, -1:]
         pieces.append(got)
@@ -92,9 +94,10 @@ def test_time_upsample_stream_equals_reference_layer():
     whole = layer(x)
     cache, pieces = FeatureCache(), []
     for t in range(3):  # 1-frame chunks: only the stream's first drops its first frame
-        ref = layer(x[:, :, t:t + 1], cache)
-        got = time_upsample(x[:, :, t:t + 1], layer.conv.weight, layer.conv.bias,
-                            drop_first=t == 0)
+        ref = layer(x[:, :, t : t + 1], cache)
+        got = time_upsample(
+            x[:, :, t : t + 1], layer.conv.weight, layer.conv.bias, drop_first=t == 0
+        )
         _check(got, ref, torch.float32)
         pieces.append(got)
     _check(torch.cat(pieces, dim=2), whole, torch.float32)
@@ -124,7 +127,9 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="bias"):
         time_upsample(x, torch.randn(6, 3, 1), torch.randn(5), drop_first=True)
     with pytest.raises(ValueError, match="out"):
-        time_upsample(x, torch.randn(6, 3, 1), None, drop_first=True, out=torch.empty(1, 3, 4, 2, 3))
+        time_upsample(
+            x, torch.randn(6, 3, 1), None, drop_first=True, out=torch.empty(1, 3, 4, 2, 3)
+        )
     with pytest.raises(TypeError, match="x"):
         time_upsample(x.long(), torch.randn(6, 3, 1), None, drop_first=True)
 
@@ -138,10 +143,14 @@ def test_gpu_parity_at_engine_shapes(dtype):
     tol = dict(atol=2e-2, rtol=2e-2) if dtype != torch.float32 else dict(atol=1e-4, rtol=1e-4)
     wu, bu = torch.randn(384, 192, 1, device=DEVICE) / 14, torch.randn(384, device=DEVICE)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32, both sides
-        torch.testing.assert_close(time_downsample(x, w, b).float(),
-                                   CF.time_downsample(x.float(), w, b), **tol)
-        torch.testing.assert_close(time_upsample(x, wu, bu, drop_first=True).float(),
-                                   CF.time_upsample(x.float(), wu, bu, drop_first=True), **tol)
+        torch.testing.assert_close(
+            time_downsample(x, w, b).float(), CF.time_downsample(x.float(), w, b), **tol
+        )
+        torch.testing.assert_close(
+            time_upsample(x, wu, bu, drop_first=True).float(),
+            CF.time_upsample(x.float(), wu, bu, drop_first=True),
+            **tol,
+        )
 
 
 def test_compiled_kernels_refuse_cpu_tensors_clearly(monkeypatch):
@@ -150,4 +159,6 @@ def test_compiled_kernels_refuse_cpu_tensors_clearly(monkeypatch):
     _common.check_launchable(torch.zeros(1, device=DEVICE), "time_upsample")  # runs here
     monkeypatch.setattr(_common, "interpreting", lambda: False)  # as a compiled kernel sees it
     with pytest.raises(RuntimeError, match="cdt_fast.functional.time_upsample"):
-        _common.check_launchable(torch.zeros(1), "time_upsample", "cdt_fast.functional.time_upsample")
+        _common.check_launchable(
+            torch.zeros(1), "time_upsample", "cdt_fast.functional.time_upsample"
+        )

@@ -21,13 +21,21 @@ TINY_MODEL = CDTConfig.small(context_dim=4, unet_dim=4, latent_dim=4)
 
 
 def tiny_train_config(**overrides) -> TrainConfig:
-    values = dict(model=TINY_MODEL, frames=5, size=16, batch_size=2, steps=6, lr=3e-3,
-                  warmup_steps=2, ema_decay=0.9, loss=LossWeights(lpips=0.0), log_every=1,
-                  ckpt_every=3)
+    values = dict(
+        model=TINY_MODEL,
+        frames=5,
+        size=16,
+        batch_size=2,
+        steps=6,
+        lr=3e-3,
+        warmup_steps=2,
+        ema_decay=0.9,
+        loss=LossWeights(lpips=0.0),
+        log_every=1,
+        ckpt_every=3,
+    )
     values.update(overrides)
     return TrainConfig(**values)
-
-
 
 
 def read_metrics(out: Path):
@@ -60,18 +68,22 @@ def test_loss_parts_and_gradients():
     torch.manual_seed(0)
     model = CDT(TINY_MODEL).train()
     parts = CDTLoss(model, LossWeights(kl=0.5, lpips=0.0))(
-        torch.rand(1, 3, 5, 16, 16) * 2 - 1, torch.Generator().manual_seed(0))
+        torch.rand(1, 3, 5, 16, 16) * 2 - 1, torch.Generator().manual_seed(0)
+    )
     assert set(parts) == {"loss", "mse", "kl"}
     assert torch.allclose(parts["loss"], parts["mse"] + 0.5 * parts["kl"])
     parts["loss"].backward()
     encoder_grad = model.context_model.enc[0][0].block1.block[0].weight.grad
     unet_grad = model.unet.final_conv[1].weight.grad
-    assert encoder_grad is not None and encoder_grad.abs().sum() > 0  # the KL + MSE reach the encoder
+    assert (
+        encoder_grad is not None and encoder_grad.abs().sum() > 0
+    )  # the KL + MSE reach the encoder
     assert unet_grad is not None and unet_grad.abs().sum() > 0
 
 
 def test_loss_with_lpips_term():
     from cdt_fast.metrics import LPIPS
+
     torch.manual_seed(0)
     model = CDT(TINY_MODEL).train()
     loss_fn = CDTLoss(model, LossWeights(lpips=0.25, lpips_frames=2), lpips=LPIPS("alex"))
@@ -115,10 +127,15 @@ def test_resume_continues_bit_for_bit(tmp_path):
     # outputs: upstream-format checkpoints with their config, loadable by cdt_fast.load
     ema = load(tmp_path / "b" / "ema.safetensors")
     assert ema.config == TINY_MODEL
-    assert torch.equal(ema.state_dict()["model.denoise_fn.final_conv.1.weight"],
-                       resumed.ema.shadow["model.denoise_fn.final_conv.1.weight"])
+    assert torch.equal(
+        ema.state_dict()["model.denoise_fn.final_conv.1.weight"],
+        resumed.ema.shadow["model.denoise_fn.final_conv.1.weight"],
+    )
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == [
-        "latest", "step_0000003", "step_0000006"]
+        "latest",
+        "step_0000003",
+        "step_0000006",
+    ]
 
 
 def test_resume_needs_a_checkpoint_and_a_fresh_run_an_empty_folder(tmp_path):
@@ -132,6 +149,7 @@ def test_resume_needs_a_checkpoint_and_a_fresh_run_an_empty_folder(tmp_path):
 
 def test_train_config_checks_and_presets():
     from cdt_fast.train import resolve_train_config
+
     with pytest.raises(ValueError, match="frames"):
         tiny_train_config(frames=4)
     with pytest.raises(ValueError, match="size"):
@@ -154,18 +172,48 @@ def test_ddp_two_gloo_processes_agree(tmp_path):
     """torchrun with 2 CPU processes runs the train command; rank 0 checks that both ranks hold
     bit-identical weights at the end (the command fails otherwise)."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "cdt_fast", "train", "--config", "tiny", "--steps", "3", "--out", str(out),
-           "--frames", "5", "--size", "16", "--batch-size", "1", "--log-every", "1",
-           "--device", "cpu", "--threads", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "cdt_fast",
+        "train",
+        "--config",
+        "tiny",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+        "--frames",
+        "5",
+        "--size",
+        "16",
+        "--batch-size",
+        "1",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "2 ranks hold identical weights: True" in proc.stdout
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
-    state = torch.load(out / "checkpoints" / "step_0000003" / "trainer_state.pt", weights_only=False)
+    state = torch.load(
+        out / "checkpoints" / "step_0000003" / "trainer_state.pt", weights_only=False
+    )
     assert state["world_size"] == 2 and len(state["rng"]) == 2
 
 
@@ -189,8 +237,9 @@ def test_t_range_limits_the_drawn_timesteps():
 def test_bundled_demo_model_reconstructs_held_out_clips():
     from cdt_fast.metrics import psnr, to_unit_frames
     from cdt_fast.train import demo_model_path
+
     path = demo_model_path()
-    assert path.stat().st_size < 10 * 2 ** 20
+    assert path.stat().st_size < 10 * 2**20
     model = load(path)
     assert model.config.name == "tiny"
     data = SyntheticVideos(length=2, frames=5, size=32, seed=1000)  # training used seeds 0-2
@@ -198,5 +247,7 @@ def test_bundled_demo_model_reconstructs_held_out_clips():
     recon = model(x, generator=torch.Generator().manual_seed(0))
     value = psnr(to_unit_frames(x), to_unit_frames(recon))
     untrained = CDT(model.config).eval()
-    baseline = psnr(to_unit_frames(x), to_unit_frames(untrained(x, generator=torch.Generator().manual_seed(0))))
+    baseline = psnr(
+        to_unit_frames(x), to_unit_frames(untrained(x, generator=torch.Generator().manual_seed(0)))
+    )
     assert value > baseline + 3, (value, baseline)

@@ -19,18 +19,21 @@ def _x(*shape, dtype=torch.float32):
     return torch.zeros(shape, dtype=dtype)
 
 
-@pytest.mark.parametrize("x, error, match", [
-    ([[1.0]], TypeError, "x must be a torch.Tensor"),
-    (_x(3, 5, 16, 16), ValueError, "x must have rank 5"),
-    (_x(1, 4, 5, 16, 16), ValueError, "3 \\(RGB\\) channels"),
-    (_x(1, 3, 4, 16, 16), ValueError, "T = 1\\+4k"),
-    (_x(1, 3, 6, 16, 16), ValueError, "T = 1\\+4k"),
-    (_x(1, 3, 5, 12, 16), ValueError, "multiples of 8"),
-    (_x(1, 3, 5, 16, 20), ValueError, "multiples of 8"),
-    (torch.zeros(1, 3, 5, 16, 16, dtype=torch.uint8), TypeError, "floating-point"),
-    (torch.zeros(1, 3, 5, 16, 16, dtype=torch.int64), TypeError, "floating-point"),
-    (_x(0, 3, 5, 16, 16), ValueError, "must not be empty"),
-])
+@pytest.mark.parametrize(
+    "x, error, match",
+    [
+        ([[1.0]], TypeError, "x must be a torch.Tensor"),
+        (_x(3, 5, 16, 16), ValueError, "x must have rank 5"),
+        (_x(1, 4, 5, 16, 16), ValueError, "3 \\(RGB\\) channels"),
+        (_x(1, 3, 4, 16, 16), ValueError, "T = 1\\+4k"),
+        (_x(1, 3, 6, 16, 16), ValueError, "T = 1\\+4k"),
+        (_x(1, 3, 5, 12, 16), ValueError, "multiples of 8"),
+        (_x(1, 3, 5, 16, 20), ValueError, "multiples of 8"),
+        (torch.zeros(1, 3, 5, 16, 16, dtype=torch.uint8), TypeError, "floating-point"),
+        (torch.zeros(1, 3, 5, 16, 16, dtype=torch.int64), TypeError, "floating-point"),
+        (_x(0, 3, 5, 16, 16), ValueError, "must not be empty"),
+    ],
+)
 def test_encode_rejects_bad_video(model, x, error, match):
     with pytest.raises(error, match=match):
         model.encode(x)
@@ -44,8 +47,10 @@ def test_encode_rejects_non_finite(model, bad):
         model.encode(x)
 
 
-@pytest.mark.parametrize("chunk, error", [(3, ValueError), (0, ValueError), (-4, ValueError),
-                                          (4.0, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "chunk, error",
+    [(3, ValueError), (0, ValueError), (-4, ValueError), (4.0, TypeError), (True, TypeError)],
+)
 def test_encode_rejects_bad_chunk(model, chunk, error):
     with pytest.raises(error, match="chunk_frames"):
         model.encode(_x(1, 3, 5, 16, 16), chunk_frames=chunk)
@@ -72,8 +77,10 @@ def test_decode_rejects_bad_noise(model):
         model.decode(z, noise=[0.0])
 
 
-@pytest.mark.parametrize("steps, error", [(0, ValueError), (-1, ValueError), (1.0, TypeError),
-                                          ("2", TypeError), (None, None)])
+@pytest.mark.parametrize(
+    "steps, error",
+    [(0, ValueError), (-1, ValueError), (1.0, TypeError), ("2", TypeError), (None, None)],
+)
 def test_decode_steps(model, steps, error):
     z = _x(1, 4, 1, 2, 2)
     if error is None:

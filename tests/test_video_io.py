@@ -16,13 +16,16 @@ from cdt_fast.video_io import PaddedClip, VideoError  # noqa: E402
 from .video_clips import pattern, read_pngs, write_clip, write_pngs  # noqa: E402
 
 
-@pytest.mark.parametrize("suffix,codec,fmt,fps", [
-    (".mp4", "libx264", None, Fraction(24)),
-    (".mp4", "libx264", None, Fraction(30000, 1001)),
-    (".webm", "libvpx-vp9", None, Fraction(25)),
-    (".gif", "gif", None, None),
-    (".avi", "mpeg4", None, Fraction(24)),
-])
+@pytest.mark.parametrize(
+    "suffix,codec,fmt,fps",
+    [
+        (".mp4", "libx264", None, Fraction(24)),
+        (".mp4", "libx264", None, Fraction(30000, 1001)),
+        (".webm", "libvpx-vp9", None, Fraction(25)),
+        (".gif", "gif", None, None),
+        (".avi", "mpeg4", None, Fraction(24)),
+    ],
+)
 def test_probe_and_read_keep_count_size_fps(tmp_path, suffix, codec, fmt, fps):
     frames = pattern(10, 50, 70)
     path = write_clip(tmp_path / f"clip{suffix}", frames, fps or Fraction(25), codec, fmt)
@@ -144,6 +147,7 @@ def unsupported_codec_avi(tmp_path):
 
 def zero_frame_avi(tmp_path):
     import av
+
     path = tmp_path / "empty.avi"
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=24)
@@ -172,8 +176,11 @@ BAD_INPUTS = {
     "zero frames": (zero_frame_avi, VideoError, "zero frames"),
     "unsupported codec": (unsupported_codec_avi, VideoError, "unsupported codec"),
     "empty directory": (lambda p: (p / "d").mkdir() or p / "d", VideoError, "zero frames"),
-    "no video stream": (lambda p: (p / "a.txt").write_text("hello") and p / "a.txt",
-                        VideoError, "not a readable video"),
+    "no video stream": (
+        lambda p: (p / "a.txt").write_text("hello") and p / "a.txt",
+        VideoError,
+        "not a readable video",
+    ),
 }
 
 

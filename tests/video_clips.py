@@ -18,14 +18,16 @@ def pattern(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     t = np.arange(frames)[:, None, None]
     y = np.arange(height)[None, :, None]
     x = np.arange(width)[None, None, :]
-    chans = [np.sin(0.21 * x + 0.3 * t + p) + np.cos(0.17 * y - 0.2 * t + 2 * p)
-             for p in (0.0, 1.0, 2.0)]
+    chans = [
+        np.sin(0.21 * x + 0.3 * t + p) + np.cos(0.17 * y - 0.2 * t + 2 * p) for p in (0.0, 1.0, 2.0)
+    ]
     img = (np.stack(chans, -1) + 2.0) * 63.0 + rng.normal(0, 2, (frames, height, width, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_clip(path, frames: np.ndarray, fps=Fraction(24), codec: str = "libx264",
-               fmt: str = None) -> Path:
+def write_clip(
+    path, frames: np.ndarray, fps=Fraction(24), codec: str = "libx264", fmt: str = None
+) -> Path:
     """Encode frames with PyAV (yuv444p for odd H.264 sizes, rgb8 for gif)."""
     import av
 
@@ -66,6 +68,7 @@ def write_pngs(directory, frames: np.ndarray) -> Path:
 
 def read_pngs(directory) -> np.ndarray:
     from cdt_fast import video_io
+
     return np.stack(list(video_io.iter_frames(str(directory))))
 
 

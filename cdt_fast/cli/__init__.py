@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdt-fast",
         description="cdt_fast: a fast, faithful engine for CDT, the Conditioned Diffusion-based "
-                    "video Tokenizer.")
+        "video Tokenizer.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)

@@ -26,42 +26,78 @@ DEMO_MODEL = Path("assets") / "demo.safetensors"
 # -- options ---------------------------------------------------------------------------------------
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", metavar="base|small|PATH",
-                       help="'base'/'small' read ./pretrained/cdt_{base,small}.ckpt (upstream's "
-                            "release); PATH is a .safetensors saved by cdt_fast.save, or an "
-                            "upstream .ckpt/.safetensors state dict with --preset. Default: the "
-                            "bundled demo model")
-    group.add_argument("--preset", choices=["base", "small"],
-                       help="architecture of a --model PATH that holds no config")
-    group.add_argument("--device", default="auto",
-                       help="cpu, cuda, cuda:N; auto = cuda when available (default)")
-    group.add_argument("--dtype", default="auto", choices=["auto"] + sorted(DTYPES),
-                       help="weights' dtype; auto = bf16 on CUDA, fp32 on CPU (default)")
-    group.add_argument("--chunk-frames", type=int, metavar="N",
-                       help="video frames per chunk, a multiple of 4 (latent chunks are N/4); "
-                            "default: upstream's resolution-based choice")
-    group.add_argument("--reference", action="store_true",
-                       help="run the reference model even when the accelerated engine exists")
+    group.add_argument(
+        "--model",
+        metavar="base|small|PATH",
+        help="'base'/'small' read ./pretrained/cdt_{base,small}.ckpt (upstream's "
+        "release); PATH is a .safetensors saved by cdt_fast.save, or an "
+        "upstream .ckpt/.safetensors state dict with --preset. Default: the "
+        "bundled demo model",
+    )
+    group.add_argument(
+        "--preset",
+        choices=["base", "small"],
+        help="architecture of a --model PATH that holds no config",
+    )
+    group.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N; auto = cuda when available (default)"
+    )
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto"] + sorted(DTYPES),
+        help="weights' dtype; auto = bf16 on CUDA, fp32 on CPU (default)",
+    )
+    group.add_argument(
+        "--chunk-frames",
+        type=int,
+        metavar="N",
+        help="video frames per chunk, a multiple of 4 (latent chunks are N/4); "
+        "default: upstream's resolution-based choice",
+    )
+    group.add_argument(
+        "--reference",
+        action="store_true",
+        help="run the reference model even when the accelerated engine exists",
+    )
 
 
 def add_video_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", metavar="S|HxW",
-                        help="resize frames first: S scales the shorter side to S, HxW is exact")
-    parser.add_argument("--fps", type=Fraction, metavar="FPS",
-                        help="frame rate of an image-sequence input (default 24)")
+    parser.add_argument(
+        "--size",
+        metavar="S|HxW",
+        help="resize frames first: S scales the shorter side to S, HxW is exact",
+    )
+    parser.add_argument(
+        "--fps",
+        type=Fraction,
+        metavar="FPS",
+        help="frame rate of an image-sequence input (default 24)",
+    )
 
 
 def add_video_output_args(parser: argparse.ArgumentParser) -> None:
     """OUT and the options of everything that decodes to video."""
-    parser.add_argument("-o", "--output", required=True, metavar="OUT",
-                        help="output video (" + ", ".join(sorted(video_io.VIDEO_SUFFIXES)) +
-                             ") or a directory for PNG frames")
-    parser.add_argument("--steps", type=int, metavar="N",
-                        help="DDIM sampling steps (default: the model's, 1)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the decoder's starting noise (default 0)")
-    parser.add_argument("--crf", type=int, help="video quality for mp4/webm output "
-                                                "(lower is better; default 17 for H.264)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output video ("
+        + ", ".join(sorted(video_io.VIDEO_SUFFIXES))
+        + ") or a directory for PNG frames",
+    )
+    parser.add_argument(
+        "--steps", type=int, metavar="N", help="DDIM sampling steps (default: the model's, 1)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the decoder's starting noise (default 0)"
+    )
+    parser.add_argument(
+        "--crf",
+        type=int,
+        help="video quality for mp4/webm output (lower is better; default 17 for H.264)",
+    )
 
 
 def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +107,15 @@ def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
 def progress(total: int, desc: str, quiet: bool, unit: str = "frame"):
     """A tqdm bar on stderr, silent with --quiet or when stderr is not a terminal."""
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
-                disable=quiet or not sys.stderr.isatty())
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        leave=False,
+        disable=quiet or not sys.stderr.isatty(),
+    )
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -81,8 +124,10 @@ def default_model_path(root: Optional[Path] = None) -> Path:
     root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
     path = root / DEMO_MODEL
     if not path.is_file():
-        raise FileNotFoundError(f"no --model given and the bundled demo model ({path}) is not "
-                                "installed; pass --model base|small|PATH")
+        raise FileNotFoundError(
+            f"no --model given and the bundled demo model ({path}) is not "
+            "installed; pass --model base|small|PATH"
+        )
     return path
 
 
@@ -106,6 +151,7 @@ def resolve_dtype(text: str, device: torch.device) -> torch.dtype:
 
 def _load_weights(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     import cdt_fast
+
     from ..api import config_from_file
     from ..latents import is_latent_file
 
@@ -115,9 +161,11 @@ def _load_weights(args: argparse.Namespace, device: torch.device, dtype: torch.d
             raise ValueError(f"--model {spec} and --preset {args.preset} disagree")
         ckpt = Path("pretrained") / f"cdt_{spec}.ckpt"  # where upstream's load_cdt looks
         if not ckpt.is_file():
-            raise FileNotFoundError(f"--model {spec} reads upstream's release checkpoint {ckpt}, "
-                                    f"which does not exist; download it, or pass --model PATH "
-                                    f"--preset {spec}")
+            raise FileNotFoundError(
+                f"--model {spec} reads upstream's release checkpoint {ckpt}, "
+                f"which does not exist; download it, or pass --model PATH "
+                f"--preset {spec}"
+            )
         return cdt_fast.load_cdt(spec, dtype=dtype, device=device, ckpt=ckpt)
     path = default_model_path() if spec is None else Path(spec)
     if not path.is_file():
@@ -153,9 +201,11 @@ def load_model(args: argparse.Namespace) -> Loaded:
     try:
         model = _load_weights(args, device, dtype)
     except CheckpointMismatchError as err:
-        raise ValueError(f"{str(err).splitlines()[0]} ({len(err.missing)} missing, "
-                         f"{len(err.unexpected)} unexpected, {len(err.mismatched)} mis-shaped "
-                         "keys; wrong --preset?)") from None
+        raise ValueError(
+            f"{str(err).splitlines()[0]} ({len(err.missing)} missing, "
+            f"{len(err.unexpected)} unexpected, {len(err.mismatched)} mis-shaped "
+            "keys; wrong --preset?)"
+        ) from None
     config, engine = model.config, "reference"
     if hasattr(cdt_fast, "accelerate") and not args.reference:
         model, engine = cdt_fast.accelerate(model), "engine"
@@ -170,16 +220,22 @@ def check_chunk_frames(chunk_frames: Optional[int]) -> Optional[int]:
 
 
 # -- pipelines -------------------------------------------------------------------------------------
-def open_clip(source: str, config, size: Optional[str], fps: Optional[Fraction],
-              on_frames: Optional[Callable[[int], None]] = None):
+def open_clip(
+    source: str,
+    config,
+    size: Optional[str],
+    fps: Optional[Fraction],
+    on_frames: Optional[Callable[[int], None]] = None,
+):
     """Probe ``source`` and wrap it as a :class:`~cdt_fast.video_io.PaddedClip` for ``config``.
     Returns (clip, info, (height, width) after --size)."""
     info = video_io.probe(source, fps)
     height, width = video_io.parse_size(size, info.height, info.width)
     resize = None if (height, width) == (info.height, info.width) else (height, width)
     frames = video_io.iter_frames(source, resize, expected=info.frames)
-    clip = video_io.PaddedClip(frames, info.frames, height, width, config.space_factor,
-                               config.time_factor, on_frames)
+    clip = video_io.PaddedClip(
+        frames, info.frames, height, width, config.space_factor, config.time_factor, on_frames
+    )
     return clip, info, (height, width)
 
 
@@ -192,8 +248,9 @@ def encode_clip(model, clip: "video_io.PaddedClip", chunk_frames: Optional[int])
     # chain every chunk's graph to the next (memory growing with the video's length).
     with torch.no_grad():
         if hasattr(model, "encode_chunks"):
-            params = torch.cat([p.float().cpu() for p in model.encode_chunks(clip, chunk_frames)],
-                               2)
+            params = torch.cat(
+                [p.float().cpu() for p in model.encode_chunks(clip, chunk_frames)], 2
+            )
             z = DiagonalGaussian(params).mode()
         else:
             z = model.encode(clip.read_all(), chunk_frames=chunk_frames).float().cpu()
@@ -202,22 +259,38 @@ def encode_clip(model, clip: "video_io.PaddedClip", chunk_frames: Optional[int])
 
 
 def video_metadata(info: "video_io.VideoInfo", clip: "video_io.PaddedClip") -> dict:
-    return {"fps": str(info.fps), "frames": clip.frames, "height": clip.height,
-            "width": clip.width, "source_height": info.height, "source_width": info.width,
-            "padding": clip.padding, "source": os.path.basename(str(info.path).rstrip(os.sep))}
+    return {
+        "fps": str(info.fps),
+        "frames": clip.frames,
+        "height": clip.height,
+        "width": clip.width,
+        "source_height": info.height,
+        "source_width": info.width,
+        "padding": clip.padding,
+        "source": os.path.basename(str(info.path).rstrip(os.sep)),
+    }
 
 
-def decode_frames(loaded: Loaded, z: torch.Tensor, frames: int, height: int, width: int,
-                  steps: Optional[int], seed: int, chunk_frames: Optional[int],
-                  on_frames: Optional[Callable[[int], None]] = None) -> Iterator[np.ndarray]:
+def decode_frames(
+    loaded: Loaded,
+    z: torch.Tensor,
+    frames: int,
+    height: int,
+    width: int,
+    steps: Optional[int],
+    seed: int,
+    chunk_frames: Optional[int],
+    on_frames: Optional[Callable[[int], None]] = None,
+) -> Iterator[np.ndarray]:
     """Decode ``z`` chunk by chunk into uint8 [N, height, width, 3] frames: the padding frames at
     the end are dropped and the padded rows/columns cropped. Noise comes from a CPU generator
     seeded with ``seed``, so a decode repeats whatever the device."""
     generator = torch.Generator().manual_seed(seed)
     latent_chunk = None if chunk_frames is None else chunk_frames // loaded.config.time_factor
     left = frames
-    for chunk in loaded.model.decode_stream(z.to(loaded.device), steps=steps, generator=generator,
-                                     chunk_frames=latent_chunk):
+    for chunk in loaded.model.decode_stream(
+        z.to(loaded.device), steps=steps, generator=generator, chunk_frames=latent_chunk
+    ):
         if left <= 0:
             continue
         out = video_io.tensor_to_frames(chunk[:, :, :left], height, width)

@@ -18,21 +18,34 @@ def _decode(args: argparse.Namespace) -> int:
     times: dict = {}
     with _common.progress(video["frames"], "decode", args.quiet) as bar:
         with _common.timed(times, "decode", loaded.device):
-            frames = _common.decode_frames(loaded, info.latent, video["frames"],
-                                           video["height"], video["width"], args.steps, args.seed,
-                                           chunk_frames, bar.update)
+            frames = _common.decode_frames(
+                loaded,
+                info.latent,
+                video["frames"],
+                video["height"],
+                video["width"],
+                args.steps,
+                args.seed,
+                chunk_frames,
+                bar.update,
+            )
             written = video_io.write_video(args.output, frames, info.fps, args.crf)
-    print(f"{args.input}: latent {list(info.shape)} -> {args.output} ({written} frames of "
-          f"{video['width']}x{video['height']} at {info.fps} fps) with {loaded.description} in "
-          f"{times['decode']:.2f} s")
+    print(
+        f"{args.input}: latent {list(info.shape)} -> {args.output} ({written} frames of "
+        f"{video['width']}x{video['height']} at {info.fps} fps) with {loaded.description} in "
+        f"{times['decode']:.2f} s"
+    )
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("decode", help="decode a latent file into a video",
-                       description="Decode a latent file written by 'cdt-fast encode' into a "
-                                   "video with its original frame count, size and fps. Refuses a "
-                                   "latent of another model architecture.")
+    p = sub.add_parser(
+        "decode",
+        help="decode a latent file into a video",
+        description="Decode a latent file written by 'cdt-fast encode' into a "
+        "video with its original frame count, size and fps. Refuses a "
+        "latent of another model architecture.",
+    )
     p.add_argument("input", metavar="LATENT", help="latent .safetensors from cdt-fast encode")
     _common.add_video_output_args(p)
     _common.add_model_args(p)

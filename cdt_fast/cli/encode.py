@@ -15,21 +15,28 @@ def _encode(args: argparse.Namespace) -> int:
     loaded = _common.load_model(args)
     times: dict = {}
     with _common.progress(0, "encode", args.quiet) as bar:
-        clip, info, _ = _common.open_clip(args.input, loaded.config, args.size, args.fps, bar.update)
+        clip, info, _ = _common.open_clip(
+            args.input, loaded.config, args.size, args.fps, bar.update
+        )
         bar.reset(total=info.frames)
         with _common.timed(times, "encode", loaded.device):
             z = _common.encode_clip(loaded.model, clip, chunk_frames)
     latents.save_latent(args.output, z, loaded.config, _common.video_metadata(info, clip))
-    print(f"{args.input}: {info.describe()} -> {args.output} latent {list(z.shape)} "
-          f"with {loaded.description} in {times['encode']:.2f} s")
+    print(
+        f"{args.input}: {info.describe()} -> {args.output} latent {list(z.shape)} "
+        f"with {loaded.description} in {times['encode']:.2f} s"
+    )
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("encode", help="encode a video into a latent .safetensors file",
-                       description="Encode a video into a latent .safetensors file holding the "
-                                   "model config and its hash, latent_scale, fps, the original "
-                                   "frame count and size, and the padding applied.")
+    p = sub.add_parser(
+        "encode",
+        help="encode a video into a latent .safetensors file",
+        description="Encode a video into a latent .safetensors file holding the "
+        "model config and its hash, latent_scale, fps, the original "
+        "frame count and size, and the padding applied.",
+    )
     p.add_argument("input", metavar="IN", help="video file, image directory or glob")
     p.add_argument("-o", "--output", required=True, metavar="LATENT.safetensors")
     _common.add_video_args(p)

@@ -30,8 +30,11 @@ def _find_videos(root: Path) -> List[str]:
         if root.exists():
             raise ValueError(f"{root} is not a directory")
         raise FileNotFoundError(f"dataset directory not found: {root}")
-    found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and video_io.is_video_path(p) and not p.name.startswith("."))
+    found = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and video_io.is_video_path(p) and not p.name.startswith(".")
+    )
     if not found:
         raise ValueError(f"{root} holds no videos ({', '.join(sorted(video_io.VIDEO_SUFFIXES))})")
     return found
@@ -55,9 +58,11 @@ def _init_group(world: int, hours: float) -> bool:
     if world == 1:
         return False
     import torch.distributed as dist
+
     if not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
-        raise ValueError(f"WORLD_SIZE={world} but MASTER_ADDR/MASTER_PORT are unset; launch "
-                         "with torchrun")
+        raise ValueError(
+            f"WORLD_SIZE={world} but MASTER_ADDR/MASTER_PORT are unset; launch with torchrun"
+        )
     if not dist.is_initialized():
         # Ranks finish at different times; the barrier must outwait the slowest.
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=hours))
@@ -66,9 +71,16 @@ def _init_group(world: int, hours: float) -> bool:
 
 def _entry(source: str, latent_rel: str, info: latents.LatentFile) -> dict:
     video = info.video
-    return {"source": source, "latent": latent_rel, "status": "ok",
-            "latent_shape": list(info.shape), "frames": video["frames"], "fps": video["fps"],
-            "height": video["height"], "width": video["width"]}
+    return {
+        "source": source,
+        "latent": latent_rel,
+        "status": "ok",
+        "latent_shape": list(info.shape),
+        "frames": video["frames"],
+        "fps": video["fps"],
+        "height": video["height"],
+        "width": video["width"],
+    }
 
 
 def _encode_one(loaded, src: Path, dst: Path, args, chunk_frames: Optional[int]) -> None:
@@ -90,13 +102,16 @@ def _finished(dst: Path, arch_hash: str) -> Optional[latents.LatentFile]:
         return None
     info = latents.read_latent_metadata(dst)
     if info.architecture_hash != arch_hash:
-        raise ValueError(f"{dst} holds a latent of another model (hash {info.architecture_hash}, "
-                         f"this one {arch_hash}); use a new output directory")
+        raise ValueError(
+            f"{dst} holds a latent of another model (hash {info.architecture_hash}, "
+            f"this one {arch_hash}); use a new output directory"
+        )
     return info
 
 
-def _item(loaded, source: str, args, chunk_frames: Optional[int], may_encode: bool
-          ) -> Tuple[dict, bool]:
+def _item(
+    loaded, source: str, args, chunk_frames: Optional[int], may_encode: bool
+) -> Tuple[dict, bool]:
     """One video's manifest entry, encoding it unless it is done or ``may_encode`` is False.
     Returns (entry, whether it was encoded now)."""
     latent_rel = source + ".safetensors"
@@ -111,8 +126,7 @@ def _item(loaded, source: str, args, chunk_frames: Optional[int], may_encode: bo
         _encode_one(loaded, Path(args.input) / source, dst, args, chunk_frames)
     except (ValueError, FileNotFoundError) as err:  # a bad video: recorded, the rest go on
         print(f"cdt-fast encode-dataset: skipped {source}: {err}", file=sys.stderr)
-        return {"source": source, "latent": latent_rel, "status": "error", "error": str(err)}, \
-            False
+        return {"source": source, "latent": latent_rel, "status": "error", "error": str(err)}, False
     return _entry(source, latent_rel, latents.read_latent_metadata(dst)), True
 
 
@@ -121,8 +135,9 @@ def _work(args, sources: List[str], rank: int):
     chunk_frames = _common.check_chunk_frames(args.chunk_frames)
     loaded = _common.load_model(args)
     entries, encoded = [], 0
-    with _common.progress(len(sources), f"rank {rank}", args.quiet or rank != 0,
-                          unit="video") as bar:
+    with _common.progress(
+        len(sources), f"rank {rank}", args.quiet or rank != 0, unit="video"
+    ) as bar:
         for source in sources:
             may_encode = args.max_items is None or encoded < args.max_items
             entry, new = _item(loaded, source, args, chunk_frames, may_encode)
@@ -131,9 +146,12 @@ def _work(args, sources: List[str], rank: int):
             bar.update(1)
     if not args.quiet:
         status = [e["status"] for e in entries]
-        print(f"rank {rank}: {encoded} encoded, {status.count('ok') - encoded} already done, "
-              f"{status.count('error')} failed, {status.count('pending')} pending, with "
-              f"{loaded.description}", file=sys.stderr)
+        print(
+            f"rank {rank}: {encoded} encoded, {status.count('ok') - encoded} already done, "
+            f"{status.count('error')} failed, {status.count('pending')} pending, with "
+            f"{loaded.description}",
+            file=sys.stderr,
+        )
     return entries, loaded.config
 
 
@@ -148,10 +166,16 @@ def _merge(out: Path, world: int, config) -> dict:
         entries.extend(json.loads(part.read_text())["items"])
     entries.sort(key=lambda e: e["source"])
     counts = {s: sum(e["status"] == s for e in entries) for s in ("ok", "error", "pending")}
-    manifest = {"format_version": MANIFEST_VERSION, "complete": counts["ok"] == len(entries),
-                "counts": counts, "model": config.name,
-                "architecture_hash": config.architecture_hash(),
-                "latent_scale": config.latent_scale, "config": config.to_dict(), "items": entries}
+    manifest = {
+        "format_version": MANIFEST_VERSION,
+        "complete": counts["ok"] == len(entries),
+        "counts": counts,
+        "model": config.name,
+        "architecture_hash": config.architecture_hash(),
+        "latent_scale": config.latent_scale,
+        "config": config.to_dict(),
+        "items": entries,
+    }
     _write_json(out / MANIFEST, manifest)
     for r in range(world):
         (out / f".manifest.rank{r}-of-{world}.json").unlink()
@@ -164,6 +188,7 @@ def _encode_dataset(args: argparse.Namespace) -> int:
     rank, world, local = _ranks()
     if args.device in ("auto", "cuda") and world > 1:
         import torch
+
         if torch.cuda.is_available():  # one GPU per local rank
             args.device = f"cuda:{local % torch.cuda.device_count()}"
     videos = _find_videos(Path(args.input))
@@ -175,6 +200,7 @@ def _encode_dataset(args: argparse.Namespace) -> int:
         _write_json(out / f".manifest.rank{rank}-of-{world}.json", {"rank": rank, "items": entries})
         if distributed:
             import torch.distributed as dist
+
             dist.barrier()
         if rank != 0:
             return int(any(e["status"] == "error" for e in entries))
@@ -182,28 +208,44 @@ def _encode_dataset(args: argparse.Namespace) -> int:
     finally:
         if distributed:
             import torch.distributed as dist
+
             dist.destroy_process_group()
     counts = manifest["counts"]
-    print(f"{args.input}: {len(videos)} videos -> {out}: {counts['ok']} done, "
-          f"{counts['error']} failed, {counts['pending']} pending; manifest {out / MANIFEST}")
+    print(
+        f"{args.input}: {len(videos)} videos -> {out}: {counts['ok']} done, "
+        f"{counts['error']} failed, {counts['pending']} pending; manifest {out / MANIFEST}"
+    )
     return 1 if counts["error"] else 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("encode-dataset", help="encode every video of a folder tree to latents",
-                       description="Encode every video under DIR into OUT/<path>.safetensors "
-                                   "with a manifest OUT/manifest.json. Rerunning skips finished "
-                                   "videos. Under torchrun (RANK/WORLD_SIZE) each rank takes a "
-                                   "disjoint share and rank 0 writes the manifest.")
+    p = sub.add_parser(
+        "encode-dataset",
+        help="encode every video of a folder tree to latents",
+        description="Encode every video under DIR into OUT/<path>.safetensors "
+        "with a manifest OUT/manifest.json. Rerunning skips finished "
+        "videos. Under torchrun (RANK/WORLD_SIZE) each rank takes a "
+        "disjoint share and rank 0 writes the manifest.",
+    )
     p.add_argument("input", metavar="DIR")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
-    p.add_argument("--size", metavar="S|HxW",
-                   help="resize frames first: S scales the shorter side to S, HxW is exact")
-    p.add_argument("--max-items", type=int, metavar="N",
-                   help="encode at most N new videos per rank in this run, then stop "
-                        "(rerun to continue)")
-    p.add_argument("--timeout-hours", type=float, default=72.0,
-                   help="how long ranks wait for each other at the end (default 72)")
+    p.add_argument(
+        "--size",
+        metavar="S|HxW",
+        help="resize frames first: S scales the shorter side to S, HxW is exact",
+    )
+    p.add_argument(
+        "--max-items",
+        type=int,
+        metavar="N",
+        help="encode at most N new videos per rank in this run, then stop (rerun to continue)",
+    )
+    p.add_argument(
+        "--timeout-hours",
+        type=float,
+        default=72.0,
+        help="how long ranks wait for each other at the end (default 72)",
+    )
     _common.add_model_args(p)
     _common.add_quiet_arg(p)
     p.set_defaults(func=_encode_dataset)

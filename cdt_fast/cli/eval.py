@@ -8,10 +8,12 @@ import argparse
 
 def _load_model(spec: str, ckpt, device: str, dtype):
     from .. import load
+
     if spec in ("base", "small") and ckpt is None:
         raise ValueError(f"--model {spec} needs its upstream weights: pass --ckpt cdt_{spec}.ckpt")
     if spec == "demo":
         from ..train import demo_model_path
+
         spec = str(demo_model_path())
     return load(spec, ckpt, device=device, dtype=dtype)
 
@@ -25,7 +27,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        args.dtype
+    ]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lpips = None
     if args.lpips_backbone:
@@ -33,8 +37,9 @@ def _eval(args: argparse.Namespace) -> int:
         lpips = lpips.to(device)
     model = _load_model(args.model, args.ckpt, device, dtype)
     if args.video_dir == "synthetic":  # held-out clips: the demo trains on seed 0
-        data = SyntheticVideos(length=args.limit or 16, frames=args.frames, size=args.size,
-                               seed=args.synthetic_seed)
+        data = SyntheticVideos(
+            length=args.limit or 16, frames=args.frames, size=args.size, seed=args.synthetic_seed
+        )
     else:
         data = VideoFolder(args.video_dir, frames=args.frames, size=args.size, stride=args.stride)
     count = len(data) if args.limit is None else min(args.limit, len(data))
@@ -48,8 +53,10 @@ def _eval(args: argparse.Namespace) -> int:
     result = metrics.result()
     lpips_name = f"LPIPS-{args.lpips_net}" if lpips is not None else "LPIPS"
     lpips_value = f"{result['lpips']:.4f}" if lpips is not None else "n/a (--lpips-backbone)"
-    print(f"model {args.model}, {int(result['videos'])} videos, {args.frames} frames at "
-          f"{args.size}x{args.size}, {args.dtype}")
+    print(
+        f"model {args.model}, {int(result['videos'])} videos, {args.frames} frames at "
+        f"{args.size}x{args.size}, {args.dtype}"
+    )
     print(f"| {'PSNR':>8} | {'SSIM':>8} | {lpips_name:>10} |")
     print(f"| {result['psnr']:8.3f} | {result['ssim']:8.4f} | {lpips_value:>10} |")
     return 0
@@ -57,30 +64,49 @@ def _eval(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "eval", help="PSNR / SSIM / LPIPS of reconstructions of a video folder",
+        "eval",
+        help="PSNR / SSIM / LPIPS of reconstructions of a video folder",
         description="Reconstruct the first --frames frames of every video in VIDEO_DIR (resized "
-                    "to cover --size and centre-cropped, as upstream's evaluation) and print "
-                    "PSNR, SSIM and LPIPS (frames in [0, 1], per frame, averaged).")
-    p.add_argument("video_dir", metavar="VIDEO_DIR",
-                   help="a folder of videos, or 'synthetic' for held-out synthetic clips")
-    p.add_argument("--model", default="demo",
-                   help="demo (bundled) | base | small (with --ckpt) | a .safetensors from cdt_fast.save")
+        "to cover --size and centre-cropped, as upstream's evaluation) and print "
+        "PSNR, SSIM and LPIPS (frames in [0, 1], per frame, averaged).",
+    )
+    p.add_argument(
+        "video_dir",
+        metavar="VIDEO_DIR",
+        help="a folder of videos, or 'synthetic' for held-out synthetic clips",
+    )
+    p.add_argument(
+        "--model",
+        default="demo",
+        help="demo (bundled) | base | small (with --ckpt) | a .safetensors from cdt_fast.save",
+    )
     p.add_argument("--ckpt", help="upstream checkpoint for --model base/small")
     p.add_argument("--size", type=int, default=256, help="crop side: 256 or 720 as upstream")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--stride", type=int, default=1, help="frame sampling stride")
     p.add_argument("--steps", type=int, default=1, help="DDIM steps")
     p.add_argument("--limit", type=int, help="evaluate only the first N videos (synthetic: 16)")
-    p.add_argument("--synthetic-seed", type=int, default=1000,
-                   help="seed of the synthetic clips (training uses seed 0)")
+    p.add_argument(
+        "--synthetic-seed",
+        type=int,
+        default=1000,
+        help="seed of the synthetic clips (training uses seed 0)",
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", help="cpu | cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the decoder's noise")
-    p.add_argument("--lpips-backbone", help="torchvision alexnet/vgg16 state dict; LPIPS is "
-                   "skipped without it")
-    p.add_argument("--lpips-heads", help="LPIPS v0.1 head file (default: the installed lpips package's)")
-    p.add_argument("--lpips-net", choices=["alex", "vgg"], default="alex",
-                   help="alex as upstream's evaluation (default), or vgg")
+    p.add_argument(
+        "--lpips-backbone", help="torchvision alexnet/vgg16 state dict; LPIPS is skipped without it"
+    )
+    p.add_argument(
+        "--lpips-heads", help="LPIPS v0.1 head file (default: the installed lpips package's)"
+    )
+    p.add_argument(
+        "--lpips-net",
+        choices=["alex", "vgg"],
+        default="alex",
+        help="alex as upstream's evaluation (default), or vgg",
+    )
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)

@@ -17,16 +17,23 @@ def _tensor_shapes(path: Path) -> Dict[str, Tuple[Tuple[int, ...], str]]:
     """name -> (shape, dtype), without reading tensor data where the format allows."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
+
         try:
             with safe_open(str(path), framework="pt") as f:
-                return {key: (tuple(f.get_slice(key).get_shape()), str(f.get_slice(key).get_dtype()))
-                        for key in f.keys()}
+                return {
+                    key: (tuple(f.get_slice(key).get_shape()), str(f.get_slice(key).get_dtype()))
+                    for key in f.keys()
+                }
         except Exception as err:  # safetensors' own error type for a corrupt header
-            raise ValueError(f"{path} is not a readable .safetensors file "
-                             f"({str(err).splitlines()[0]})") from None
+            raise ValueError(
+                f"{path} is not a readable .safetensors file ({str(err).splitlines()[0]})"
+            ) from None
     from ..checkpoint import read_state_dict
-    return {k: (tuple(v.shape), str(v.dtype).replace("torch.", ""))
-            for k, v in read_state_dict(path).items()}
+
+    return {
+        k: (tuple(v.shape), str(v.dtype).replace("torch.", ""))
+        for k, v in read_state_dict(path).items()
+    }
 
 
 def _describe_checkpoint(path: Path) -> dict:
@@ -41,9 +48,14 @@ def _describe_checkpoint(path: Path) -> dict:
         params += n
     prefixes = Counter(".".join(k.split(".")[:2]) for k in shapes)
     config = config_from_file(path)
-    out = {"kind": "model checkpoint", "path": str(path), "tensors": len(shapes),
-           "parameters": params, "dtypes": dict(Counter(d for _, d in shapes.values())),
-           "modules": dict(prefixes)}
+    out = {
+        "kind": "model checkpoint",
+        "path": str(path),
+        "tensors": len(shapes),
+        "parameters": params,
+        "dtypes": dict(Counter(d for _, d in shapes.values())),
+        "modules": dict(prefixes),
+    }
     if config is not None:
         out["config"] = config.to_dict()
         out["architecture_hash"] = config.architecture_hash()
@@ -59,15 +71,28 @@ def describe(path: str) -> dict:
         raise FileNotFoundError(f"not found: {path}")
     if latents.is_latent_file(p):
         info = latents.read_latent_metadata(p)
-        return {"kind": "latent", "path": str(p), "latent_shape": list(info.shape),
-                "model": info.config.name, "architecture_hash": info.architecture_hash,
-                "latent_scale": info.latent_scale, "video": info.video,
-                "config": info.config.to_dict()}
+        return {
+            "kind": "latent",
+            "path": str(p),
+            "latent_shape": list(info.shape),
+            "model": info.config.name,
+            "architecture_hash": info.architecture_hash,
+            "latent_scale": info.latent_scale,
+            "video": info.video,
+            "config": info.config.to_dict(),
+        }
     if p.suffix in (".safetensors",) + _PICKLES:
         return _describe_checkpoint(p)
     v = video_io.probe(path)
-    return {"kind": "video", "path": path, "frames": v.frames, "height": v.height,
-            "width": v.width, "fps": str(v.fps), "codec": v.codec}
+    return {
+        "kind": "video",
+        "path": path,
+        "frames": v.frames,
+        "height": v.height,
+        "width": v.width,
+        "fps": str(v.fps),
+        "codec": v.codec,
+    }
 
 
 def _print_text(d: dict) -> None:
@@ -92,10 +117,13 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="show what a checkpoint, latent or video file holds",
-                       description="Show what a file holds: a model checkpoint (config, "
-                                   "tensors, parameter count), a latent file (shape, model, "
-                                   "video metadata) or a video (frames, size, fps, codec).")
+    p = sub.add_parser(
+        "info",
+        help="show what a checkpoint, latent or video file holds",
+        description="Show what a file holds: a model checkpoint (config, "
+        "tensors, parameter count), a latent file (shape, model, "
+        "video metadata) or a video (frames, size, fps, codec).",
+    )
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)

@@ -7,8 +7,16 @@ from .synthetic import SyntheticVideos
 from .transforms import resize_crop
 from .video import ImageFolder, VideoFolder
 
-__all__ = ["ClipDataset", "ImageFolder", "StepBatches", "SyntheticVideos", "VideoFolder",
-           "check_clip_shape", "resize_crop", "open_dataset"]
+__all__ = [
+    "ClipDataset",
+    "ImageFolder",
+    "StepBatches",
+    "SyntheticVideos",
+    "VideoFolder",
+    "check_clip_shape",
+    "resize_crop",
+    "open_dataset",
+]
 
 
 def open_dataset(source: str, frames: int, size, stride: int = 1, seed: int = 0) -> ClipDataset:
@@ -17,10 +25,14 @@ def open_dataset(source: str, frames: int, size, stride: int = 1, seed: int = 0)
     if source == "synthetic":
         return SyntheticVideos(frames=frames, size=size, seed=seed)
     from pathlib import Path
+
     from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
     root = Path(source)
     if not root.is_dir():
-        raise FileNotFoundError(f"data must be 'synthetic' or an existing directory, got {source!r}")
+        raise FileNotFoundError(
+            f"data must be 'synthetic' or an existing directory, got {source!r}"
+        )
     names = [p.suffix.lower() for p in root.rglob("*") if p.is_file()]
     if any(s in VIDEO_SUFFIXES for s in names):
         return VideoFolder(root, frames=frames, size=size, stride=stride)
@@ -28,5 +40,7 @@ def open_dataset(source: str, frames: int, size, stride: int = 1, seed: int = 0)
         if frames != 1:
             raise ValueError(f"{source} holds images only: train with frames=1 (got {frames})")
         return ImageFolder(root, size=size)
-    raise ValueError(f"{source} holds no videos ({', '.join(VIDEO_SUFFIXES)}) "
-                     f"and no images ({', '.join(IMAGE_SUFFIXES)})")
+    raise ValueError(
+        f"{source} holds no videos ({', '.join(VIDEO_SUFFIXES)}) "
+        f"and no images ({', '.join(IMAGE_SUFFIXES)})"
+    )

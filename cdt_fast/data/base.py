@@ -14,8 +14,9 @@ def check_clip_shape(frames, size) -> Tuple[int, int]:
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1 or (frames - 1) % 4:
         raise ValueError(f"frames must be 1+4k (1, 5, 9, 17, ...), got {frames!r}")
     hw = (size, size) if isinstance(size, int) else tuple(size)
-    if len(hw) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 8 or s % 8
-                           for s in hw):
+    if len(hw) != 2 or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 8 or s % 8 for s in hw
+    ):
         raise ValueError(f"size must be an int or (H, W) of positive multiples of 8, got {size!r}")
     return hw
 

@@ -24,8 +24,14 @@ class StepBatches(Dataset):
     them from ``start`` (a batch sampler for ``torch.utils.data.DataLoader``).
     """
 
-    def __init__(self, dataset: ClipDataset, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        dataset: ClipDataset,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed

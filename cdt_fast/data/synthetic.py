@@ -22,8 +22,9 @@ class SyntheticVideos(ClipDataset):
     """``length`` clips of ``frames`` frames at ``size`` x ``size`` (or (H, W)); clip ``i`` depends
     only on ``(seed, i)``. Values in [-1, 1], shape [3, frames, H, W]."""
 
-    def __init__(self, length: int = 100_000, frames: int = 9, size=64, seed: int = 0,
-                 shapes: int = 3):
+    def __init__(
+        self, length: int = 100_000, frames: int = 9, size=64, seed: int = 0, shapes: int = 3
+    ):
         self.height, self.width = check_clip_shape(frames, size)
         if not isinstance(length, int) or length < 1:
             raise ValueError(f"length must be a positive int, got {length!r}")
@@ -52,10 +53,14 @@ class SyntheticVideos(ClipDataset):
         angle = uniform(0, math.pi)
         ramp = torch.tanh(1.5 * (u * torch.cos(angle) + v * torch.sin(angle)))
         freq, phase, angle2 = uniform(1.5, 4.0), uniform(0, 2 * math.pi), uniform(0, math.pi)
-        grating = torch.sin(freq * (u * torch.cos(angle2) + v * torch.sin(angle2)) * math.pi + phase)
-        image = (colors[0].reshape(3, 1, 1, 1) * (1 + ramp) / 2
-                 + colors[1].reshape(3, 1, 1, 1) * (1 - ramp) / 2
-                 + 0.35 * colors[2].reshape(3, 1, 1, 1) * grating)
+        grating = torch.sin(
+            freq * (u * torch.cos(angle2) + v * torch.sin(angle2)) * math.pi + phase
+        )
+        image = (
+            colors[0].reshape(3, 1, 1, 1) * (1 + ramp) / 2
+            + colors[1].reshape(3, 1, 1, 1) * (1 - ramp) / 2
+            + 0.35 * colors[2].reshape(3, 1, 1, 1) * grating
+        )
 
         for _ in range(self.shapes):
             cx, cy = uniform(-0.8, 0.8), uniform(-0.8, 0.8)
@@ -64,7 +69,7 @@ class SyntheticVideos(ClipDataset):
             color = uniform(-1, 1, 3).reshape(3, 1, 1, 1)
             px, py = xs - (cx + dx * t), ys - (cy + dy * t)
             if bool(torch.rand(1, generator=g) < 0.5):
-                dist = torch.sqrt(px ** 2 + py ** 2)
+                dist = torch.sqrt(px**2 + py**2)
             else:
                 dist = torch.maximum(px.abs(), py.abs())
             mask = torch.sigmoid((radius - dist) * 24.0)

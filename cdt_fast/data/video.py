@@ -24,8 +24,9 @@ def _import_av():
     try:
         import av
     except ImportError:
-        raise ImportError("reading videos and images needs PyAV: pip install av "
-                          "(or pip install cdt_fast[video])") from None
+        raise ImportError(
+            "reading videos and images needs PyAV: pip install av (or pip install cdt_fast[video])"
+        ) from None
     return av
 
 
@@ -33,8 +34,11 @@ def _list_files(root: PathLike, suffixes: Sequence[str], name: str) -> List[Path
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{name} must be an existing directory, got {str(root)!r}")
-    files = sorted(p for p in root.rglob("*")
-                   if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith(".")
+    )
     return files
 
 
@@ -79,8 +83,14 @@ class VideoFolder(ClipDataset):
     replaced by the next one and counted in ``failures``.
     """
 
-    def __init__(self, root: PathLike, frames: int = 17, size=256, stride: int = 1,
-                 suffixes: Sequence[str] = VIDEO_SUFFIXES):
+    def __init__(
+        self,
+        root: PathLike,
+        frames: int = 17,
+        size=256,
+        stride: int = 1,
+        suffixes: Sequence[str] = VIDEO_SUFFIXES,
+    ):
         self.height, self.width = check_clip_shape(frames, size)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be a positive int, got {stride!r}")
@@ -102,12 +112,17 @@ class VideoFolder(ClipDataset):
         if self.skipped:
             reasons = Counter(reason.split(" (")[0] for _, reason in self.skipped)
             detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
-            warnings.warn(f"VideoFolder({str(root)!r}): skipped {len(self.skipped)} of "
-                          f"{len(self.skipped) + len(self.videos)} videos ({detail}; a clip needs "
-                          f"{self.span} frames)", stacklevel=2)
+            warnings.warn(
+                f"VideoFolder({str(root)!r}): skipped {len(self.skipped)} of "
+                f"{len(self.skipped) + len(self.videos)} videos ({detail}; a clip needs "
+                f"{self.span} frames)",
+                stacklevel=2,
+            )
         if not self.videos:
-            raise ValueError(f"no usable video in {str(root)!r} (needs files ending in "
-                             f"{', '.join(suffixes)} with at least {self.span} frames)")
+            raise ValueError(
+                f"no usable video in {str(root)!r} (needs files ending in "
+                f"{', '.join(suffixes)} with at least {self.span} frames)"
+            )
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -124,8 +139,11 @@ class VideoFolder(ClipDataset):
                 frames = read_frames(path, indices)
             except Exception as err:
                 self.failures += 1
-                warnings.warn(f"VideoFolder: could not decode {path} ({err}); using the next "
-                              f"video ({self.failures} failures so far)", stacklevel=2)
+                warnings.warn(
+                    f"VideoFolder: could not decode {path} ({err}); using the next "
+                    f"video ({self.failures} failures so far)",
+                    stacklevel=2,
+                )
                 continue
             return resize_crop(to_unit_range(frames), (self.height, self.width), generator)
         raise ValueError("no video in the folder could be decoded")
@@ -149,9 +167,11 @@ class ImageFolder(ClipDataset):
                 continue
             self.images.append(path)
         if self.skipped:
-            warnings.warn(f"ImageFolder({str(root)!r}): skipped {len(self.skipped)} of "
-                          f"{len(self.skipped) + len(self.images)} images (unreadable)",
-                          stacklevel=2)
+            warnings.warn(
+                f"ImageFolder({str(root)!r}): skipped {len(self.skipped)} of "
+                f"{len(self.skipped) + len(self.images)} images (unreadable)",
+                stacklevel=2,
+            )
         if not self.images:
             raise ValueError(f"no readable image in {str(root)!r}")
 

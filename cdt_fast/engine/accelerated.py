@@ -215,8 +215,9 @@ class AcceleratedCDT(nn.Module):
         fmt = self.memory_format
         self.encoder_plan = EncoderPlan(cdt.context_model, self.ops, fmt)
         self.context_plan = ContextDecoderPlan(cdt.context_model, self.ops, fmt)
-        self.unet_plan = UNetPlan(cdt.unet, self.ops, fmt, align_channels=channel_alignment(
-            device, self.ops))
+        self.unet_plan = UNetPlan(
+            cdt.unet, self.ops, fmt, align_channels=channel_alignment(device, self.ops)
+        )
         self.memory = MemoryModel(self.config)
         self._sessions: "OrderedDict[tuple, _Session]" = OrderedDict()
 
@@ -406,11 +407,16 @@ class AcceleratedCDT(nn.Module):
             out[:, :, a:b].copy_(x)
         return out
 
-    def decode_stream(self, z: Frames, steps: Optional[int] = None,
-                      noise: Optional[torch.Tensor] = None,
-                      generator: Optional[torch.Generator] = None,
-                      chunk_frames: Optional[int] = None, scale_factor: float = 1.0,
-                      uint8: bool = False) -> Iterator[torch.Tensor]:
+    def decode_stream(
+        self,
+        z: Frames,
+        steps: Optional[int] = None,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        chunk_frames: Optional[int] = None,
+        scale_factor: float = 1.0,
+        uint8: bool = False,
+    ) -> Iterator[torch.Tensor]:
         """Like :meth:`decode`, but yields each chunk's frames ([B, 3, t, H, W] fp32, or with
         ``uint8=True`` [B, t, H, W, 3] uint8 for video writers) as soon as they are done.
 

@@ -66,41 +66,58 @@ ENV_VAR = "CDT_FAST_BACKEND"
 COMPOSED = "composed"
 
 # Where each backend keeps each op. Triton: one module per op family (issue 3 / issue 4 kernels).
-_TRITON_MODULES = MappingProxyType({
-    "causal_conv3d": "cdt_fast.kernels.causal_conv3d",
-    "causal_conv3d_history": "cdt_fast.kernels.causal_conv3d",
-    "causal_conv3d_norm": "cdt_fast.kernels.causal_conv3d",
-    "channel_norm": "cdt_fast.kernels.channel_norm",
-    "linear_attention": "cdt_fast.kernels.linear_attention",
-    "linear_attention_block": "cdt_fast.kernels.linear_attention",
-    "time_downsample": "cdt_fast.kernels.time_resample",
-    "time_upsample": "cdt_fast.kernels.time_resample",
-    "upsample_nearest2x": "cdt_fast.kernels.time_resample",
-    "conv_transpose_up2x": "cdt_fast.kernels.time_resample",
-    "ddim_update": "cdt_fast.kernels.denoise",
-    "to_uint8_frames": "cdt_fast.kernels.denoise",
-})
+_TRITON_MODULES = MappingProxyType(
+    {
+        "causal_conv3d": "cdt_fast.kernels.causal_conv3d",
+        "causal_conv3d_history": "cdt_fast.kernels.causal_conv3d",
+        "causal_conv3d_norm": "cdt_fast.kernels.causal_conv3d",
+        "channel_norm": "cdt_fast.kernels.channel_norm",
+        "linear_attention": "cdt_fast.kernels.linear_attention",
+        "linear_attention_block": "cdt_fast.kernels.linear_attention",
+        "time_downsample": "cdt_fast.kernels.time_resample",
+        "time_upsample": "cdt_fast.kernels.time_resample",
+        "upsample_nearest2x": "cdt_fast.kernels.time_resample",
+        "conv_transpose_up2x": "cdt_fast.kernels.time_resample",
+        "ddim_update": "cdt_fast.kernels.denoise",
+        "to_uint8_frames": "cdt_fast.kernels.denoise",
+    }
+)
 _CPP_MODULE = "cdt_fast._cpp_lib"
 
 
-def _conv_then_norm(table: "OpTable", x, weight, bias, g, b, eps=1e-5, *, relu=False,
-                    time_bias=None, residual=None, **conv):
+def _conv_then_norm(
+    table: "OpTable",
+    x,
+    weight,
+    bias,
+    g,
+    b,
+    eps=1e-5,
+    *,
+    relu=False,
+    time_bias=None,
+    residual=None,
+    **conv,
+):
     y = table("causal_conv3d", x, weight, bias, **conv)
     return table("channel_norm", y, g, b, eps, relu=relu, time_bias=time_bias, residual=residual)
 
 
-def _norm_then_attention(table: "OpTable", x, g, b, w_qkv, w_out, b_out, *, heads=1, scale=None,
-                         eps=1e-5):
+def _norm_then_attention(
+    table: "OpTable", x, g, b, w_qkv, w_out, b_out, *, heads=1, scale=None, eps=1e-5
+):
     normed = table("channel_norm", x, g, b, eps)
     return table("linear_attention", normed, w_qkv, w_out, b_out, heads=heads, scale=scale) + x
 
 
 # Block ops (defined in ``functional`` as compositions of other ops) -> (their parts, the same
 # composition through a table).
-_COMPOSITES = MappingProxyType({
-    "causal_conv3d_norm": (("causal_conv3d", "channel_norm"), _conv_then_norm),
-    "linear_attention_block": (("channel_norm", "linear_attention"), _norm_then_attention),
-})
+_COMPOSITES = MappingProxyType(
+    {
+        "causal_conv3d_norm": (("causal_conv3d", "channel_norm"), _conv_then_norm),
+        "linear_attention_block": (("channel_norm", "linear_attention"), _norm_then_attention),
+    }
+)
 
 
 def _modules_of(backend: str, op: str) -> Tuple[str, ...]:
@@ -340,8 +357,9 @@ class OpTable:
             if fn is not None:
                 self.table[op] = OpChoice(op, wanted, fn, reason)
             else:  # a block op the backend lacks runs as its parts, served as far as it can
-                self.table[op] = replace(self._composed(op) or torch_choice,
-                                         reason=f"fallback from {wanted}: {reason}")
+                self.table[op] = replace(
+                    self._composed(op) or torch_choice, reason=f"fallback from {wanted}: {reason}"
+                )
             return
         found, missing = [], []
         for name in preference(self.device):
@@ -373,8 +391,12 @@ class OpTable:
         parts, compose = _COMPOSITES[op]
         if not any(self.table[p].backend != "torch" or p in self.candidates for p in parts):
             return None
-        return OpChoice(op, COMPOSED, functools.partial(compose, self),
-                        f"the table's choices for {' then '.join(parts)}")
+        return OpChoice(
+            op,
+            COMPOSED,
+            functools.partial(compose, self),
+            f"the table's choices for {' then '.join(parts)}",
+        )
 
     def __call__(self, op: str, *args, **kwargs):
         """Run ``op`` with the table's function (auto-measured per call signature if enabled)."""

@@ -51,13 +51,20 @@ class Run:
 
 
 class Conv:
-    def __init__(self, module: L.CausalConv3d, dtype: torch.dtype, ops, upsample2x: bool = False,
-                 in_pad: int = 0):
+    def __init__(
+        self,
+        module: L.CausalConv3d,
+        dtype: torch.dtype,
+        ops,
+        upsample2x: bool = False,
+        in_pad: int = 0,
+    ):
         self.ops = ops
         self.weight, self.bias = pack(module.weight, dtype), pack(module.bias, dtype)
         if in_pad:  # zero weights for the zero channels appended to this conv's input
             self.weight = F.pad(self.weight, (0, 0, 0, 0, 0, 0, 0, in_pad)).contiguous(
-                memory_format=torch.channels_last_3d)
+                memory_format=torch.channels_last_3d
+            )
         self.kwargs = dict(
             history=module.history,
             space_padding=module.space_padding,
@@ -74,8 +81,9 @@ class Conv:
         """Run ``op`` (this conv, or a fused op that starts with it: the conv's arguments, then
         ``args``/``kwargs``) on chunk ``x``, reading and advancing the layer's history."""
         if not self.history:
-            return self.ops(op, x, self.weight, self.bias, *args, past=None, **self.kwargs,
-                            **kwargs)
+            return self.ops(
+                op, x, self.weight, self.bias, *args, past=None, **self.kwargs, **kwargs
+            )
         hist = run.state.history(self, self.history)
         past = hist.past(x)
         y = self.ops(op, x, self.weight, self.bias, *args, past=past, **self.kwargs, **kwargs)
@@ -112,8 +120,17 @@ class Block:
         self.g, self.b, self.eps = pack(norm.g, dtype), pack(norm.b, dtype), norm.eps
 
     def __call__(self, x: torch.Tensor, run: Run, time_bias=None, residual=None) -> torch.Tensor:
-        return self.conv.apply("causal_conv3d_norm", x, run, self.g, self.b, self.eps, relu=True,
-                               time_bias=time_bias, residual=residual)
+        return self.conv.apply(
+            "causal_conv3d_norm",
+            x,
+            run,
+            self.g,
+            self.b,
+            self.eps,
+            relu=True,
+            time_bias=time_bias,
+            residual=residual,
+        )
 
 
 class Resnet:
@@ -238,8 +255,10 @@ def node(module, dtype: torch.dtype, ops):
 def _level(modules, dtype, ops, in_pad: int = 0) -> List:
     """The nodes of one U-Net/context level; ``in_pad`` zero channels are appended to the input
     of its first node (a ResnetBlock)."""
-    return [Resnet(m, dtype, ops, in_pad) if in_pad and i == 0 else node(m, dtype, ops)
-            for i, m in enumerate(modules)]
+    return [
+        Resnet(m, dtype, ops, in_pad) if in_pad and i == 0 else node(m, dtype, ops)
+        for i, m in enumerate(modules)
+    ]
 
 
 def input_pad(block: L.ResnetBlock, align: int) -> int:
@@ -261,11 +280,17 @@ def concat_channels(parts: List[torch.Tensor], pad: int) -> torch.Tensor:
         return torch.cat(parts, dim=1)
     first = parts[0]
     width = sum(p.shape[1] for p in parts)
-    fmt = torch.channels_last_3d if (
-        first.is_contiguous(memory_format=torch.channels_last_3d) and not first.is_contiguous()
-    ) else torch.contiguous_format
-    out = torch.empty((first.shape[0], width + pad, *first.shape[2:]), dtype=first.dtype,
-                      device=first.device, memory_format=fmt)
+    fmt = (
+        torch.channels_last_3d
+        if (first.is_contiguous(memory_format=torch.channels_last_3d) and not first.is_contiguous())
+        else torch.contiguous_format
+    )
+    out = torch.empty(
+        (first.shape[0], width + pad, *first.shape[2:]),
+        dtype=first.dtype,
+        device=first.device,
+        memory_format=fmt,
+    )
     torch.cat(parts, dim=1, out=out[:, :width])
     out[:, width:].zero_()
     return out
@@ -320,19 +345,27 @@ class ContextDecoderPlan:
 class UNetPlan:
     """DenoisingUNet.forward with the time biases supplied by the caller (constants per step)."""
 
-    def __init__(self, model: DenoisingUNet, ops, memory_format=torch.channels_last_3d,
-                 align_channels: int = 1):
+    def __init__(
+        self,
+        model: DenoisingUNet,
+        ops,
+        memory_format=torch.channels_last_3d,
+        align_channels: int = 1,
+    ):
         self.to_activation = layout(memory_format)
         self.model = model
         self.dtype = dtype = model.dtype
         self.ops = ops
         self.condition_times = model.condition_times
         # Zero channels appended to each level's concatenated input (see input_pad).
-        self.down_pads = [input_pad(level[0], align_channels) if ind < self.condition_times
-                          else 0 for ind, level in enumerate(model.downs)]
+        self.down_pads = [
+            input_pad(level[0], align_channels) if ind < self.condition_times else 0
+            for ind, level in enumerate(model.downs)
+        ]
         self.up_pads = [input_pad(level[0], align_channels) for level in model.ups]
-        self.downs = [_level(level, dtype, ops, pad)
-                      for level, pad in zip(model.downs, self.down_pads)]
+        self.downs = [
+            _level(level, dtype, ops, pad) for level, pad in zip(model.downs, self.down_pads)
+        ]
         self.mid = _level([model.mid_block1, model.mid_attn, model.mid_block2], dtype, ops)
         self.ups = [_level(level, dtype, ops, pad) for level, pad in zip(model.ups, self.up_pads)]
         self.final_norm = Norm(model.final_conv[0], dtype, ops)

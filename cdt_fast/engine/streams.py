@@ -50,7 +50,7 @@ class FrameQueue:
     def _pull(self, need: int) -> bool:
         if self._sliced is not None:  # read exactly what is needed, in order
             stop = min(self.total, self._read + need)
-            piece = self._sliced[:, :, self._read:stop] if stop > self._read else None
+            piece = self._sliced[:, :, self._read : stop] if stop > self._read else None
             self._read = stop
         else:
             piece = next(self._source, None)

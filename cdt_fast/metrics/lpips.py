@@ -31,19 +31,58 @@ PathLike = Union[str, os.PathLike]
 # torchvision ``features`` layers: ("conv", in, out, kernel, stride, padding) | ("relu",) |
 # ("pool", kernel, stride); the index in the list is the index in the state dict. ``taps``: layer
 # indices whose outputs LPIPS compares.
-_VGG16 = ([("conv", 3, 64, 3, 1, 1), ("relu",), ("conv", 64, 64, 3, 1, 1), ("relu",), ("pool", 2, 2),
-           ("conv", 64, 128, 3, 1, 1), ("relu",), ("conv", 128, 128, 3, 1, 1), ("relu",), ("pool", 2, 2),
-           ("conv", 128, 256, 3, 1, 1), ("relu",), ("conv", 256, 256, 3, 1, 1), ("relu",),
-           ("conv", 256, 256, 3, 1, 1), ("relu",), ("pool", 2, 2),
-           ("conv", 256, 512, 3, 1, 1), ("relu",), ("conv", 512, 512, 3, 1, 1), ("relu",),
-           ("conv", 512, 512, 3, 1, 1), ("relu",), ("pool", 2, 2),
-           ("conv", 512, 512, 3, 1, 1), ("relu",), ("conv", 512, 512, 3, 1, 1), ("relu",),
-           ("conv", 512, 512, 3, 1, 1), ("relu",)],
-          (3, 8, 15, 22, 29))
-_ALEXNET = ([("conv", 3, 64, 11, 4, 2), ("relu",), ("pool", 3, 2), ("conv", 64, 192, 5, 1, 2), ("relu",),
-             ("pool", 3, 2), ("conv", 192, 384, 3, 1, 1), ("relu",), ("conv", 384, 256, 3, 1, 1),
-             ("relu",), ("conv", 256, 256, 3, 1, 1), ("relu",)],
-            (1, 4, 7, 9, 11))
+_VGG16 = (
+    [
+        ("conv", 3, 64, 3, 1, 1),
+        ("relu",),
+        ("conv", 64, 64, 3, 1, 1),
+        ("relu",),
+        ("pool", 2, 2),
+        ("conv", 64, 128, 3, 1, 1),
+        ("relu",),
+        ("conv", 128, 128, 3, 1, 1),
+        ("relu",),
+        ("pool", 2, 2),
+        ("conv", 128, 256, 3, 1, 1),
+        ("relu",),
+        ("conv", 256, 256, 3, 1, 1),
+        ("relu",),
+        ("conv", 256, 256, 3, 1, 1),
+        ("relu",),
+        ("pool", 2, 2),
+        ("conv", 256, 512, 3, 1, 1),
+        ("relu",),
+        ("conv", 512, 512, 3, 1, 1),
+        ("relu",),
+        ("conv", 512, 512, 3, 1, 1),
+        ("relu",),
+        ("pool", 2, 2),
+        ("conv", 512, 512, 3, 1, 1),
+        ("relu",),
+        ("conv", 512, 512, 3, 1, 1),
+        ("relu",),
+        ("conv", 512, 512, 3, 1, 1),
+        ("relu",),
+    ],
+    (3, 8, 15, 22, 29),
+)
+_ALEXNET = (
+    [
+        ("conv", 3, 64, 11, 4, 2),
+        ("relu",),
+        ("pool", 3, 2),
+        ("conv", 64, 192, 5, 1, 2),
+        ("relu",),
+        ("pool", 3, 2),
+        ("conv", 192, 384, 3, 1, 1),
+        ("relu",),
+        ("conv", 384, 256, 3, 1, 1),
+        ("relu",),
+        ("conv", 256, 256, 3, 1, 1),
+        ("relu",),
+    ],
+    (1, 4, 7, 9, 11),
+)
 BACKBONES = {"vgg": _VGG16, "alex": _ALEXNET}
 BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 
@@ -89,7 +128,7 @@ class LPIPS(nn.Module):
             raise ValueError(f"net must be one of {sorted(BACKBONES)}, got {net!r}")
         layers, taps = BACKBONES[net]
         self.net_name = net
-        self.features = _build_features(layers[:max(taps) + 1])
+        self.features = _build_features(layers[: max(taps) + 1])
         self.taps = tuple(taps)
         channels = [layers[i - 1][2] for i in taps]  # each tap follows a conv + relu
         self.lin = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
@@ -106,9 +145,11 @@ class LPIPS(nn.Module):
         missing = sorted(k for k in own if k not in state_dict)
         bad = sorted(k for k in own if k in state_dict and state_dict[k].shape != own[k].shape)
         if missing or bad:
-            raise ValueError(f"{source} is not a torchvision {self.net_name} state dict: "
-                             f"missing {missing[:4]}, mis-shaped {bad[:4]}")
-        self.features.load_state_dict({k[len("features."):]: state_dict[k].float() for k in own})
+            raise ValueError(
+                f"{source} is not a torchvision {self.net_name} state dict: "
+                f"missing {missing[:4]}, mis-shaped {bad[:4]}"
+            )
+        self.features.load_state_dict({k[len("features.") :]: state_dict[k].float() for k in own})
 
     def load_heads(self, state_dict: Dict[str, torch.Tensor], source: str = "heads") -> None:
         """Load the linear heads from the lpips package's format (``lin{k}.model.1.weight``)."""
@@ -116,28 +157,34 @@ class LPIPS(nn.Module):
         for k, lin in enumerate(self.lin):
             key = f"lin{k}.model.1.weight"
             if key not in state_dict or state_dict[key].shape != lin.weight.shape:
-                raise ValueError(f"{source} is not an LPIPS v0.1 {self.net_name} head file "
-                                 f"(needs {key} of shape {list(lin.weight.shape)})")
+                raise ValueError(
+                    f"{source} is not an LPIPS v0.1 {self.net_name} head file "
+                    f"(needs {key} of shape {list(lin.weight.shape)})"
+                )
             weights[f"{k}.weight"] = state_dict[key].float()
         self.lin.load_state_dict(weights)
 
     @classmethod
-    def from_pretrained(cls, backbone: Optional[PathLike], heads: Optional[PathLike] = None,
-                        net: str = "vgg") -> "LPIPS":
+    def from_pretrained(
+        cls, backbone: Optional[PathLike], heads: Optional[PathLike] = None, net: str = "vgg"
+    ) -> "LPIPS":
         """LPIPS with ImageNet ``backbone`` weights (torchvision format) and the v0.1 ``heads``
         (default: the installed ``lpips`` package's file)."""
         from ..checkpoint import read_state_dict
+
         if backbone is None:
             raise FileNotFoundError(
                 f"LPIPS needs ImageNet {net} weights in torchvision's format, which cdt_fast does "
                 f"not ship or download: get {BACKBONE_FILES[net]} (the torchvision model zoo file) "
-                f"and pass its path (--lpips-backbone PATH); or train with --lpips-weight 0")
+                f"and pass its path (--lpips-backbone PATH); or train with --lpips-weight 0"
+            )
         if heads is None:
             heads = installed_heads_path(net)
             if heads is None:
                 raise FileNotFoundError(
                     f"LPIPS heads not found: pip install lpips==0.1.4 (its wheel ships "
-                    f"weights/v0.1/{net}.pth) or pass the heads file (--lpips-heads PATH)")
+                    f"weights/v0.1/{net}.pth) or pass the heads file (--lpips-heads PATH)"
+                )
         model = cls(net)
         model.load_backbone(read_state_dict(backbone), str(backbone))
         model.load_heads(read_state_dict(heads), str(heads))
@@ -153,23 +200,28 @@ class LPIPS(nn.Module):
                 out.append(h)
         return out
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, spatial: bool = False,
-                normalize: bool = False) -> torch.Tensor:
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, spatial: bool = False, normalize: bool = False
+    ) -> torch.Tensor:
         if a.shape != b.shape or a.dim() != 4 or a.shape[1] != 3:
-            raise ValueError(f"LPIPS expects two [N, 3, H, W] images of the same shape, got "
-                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+            raise ValueError(
+                f"LPIPS expects two [N, 3, H, W] images of the same shape, got "
+                f"{tuple(a.shape)} and {tuple(b.shape)}"
+            )
         if normalize:
             a, b = 2 * a - 1, 2 * b - 1
         dtype = self.lin[0].weight.dtype
         total = 0
-        for fa, fb, lin in zip(self.tapped_features(a.to(dtype)), self.tapped_features(b.to(dtype)),
-                               self.lin):
+        for fa, fb, lin in zip(
+            self.tapped_features(a.to(dtype)), self.tapped_features(b.to(dtype)), self.lin
+        ):
             fa = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             fb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             d = lin((fa - fb) ** 2)
             if spatial:
-                total = total + F.interpolate(d, size=a.shape[2:], mode="bilinear",
-                                              align_corners=False)
+                total = total + F.interpolate(
+                    d, size=a.shape[2:], mode="bilinear", align_corners=False
+                )
             else:
                 total = total + d.mean(dim=(2, 3))
         return total if spatial else total.reshape(-1)

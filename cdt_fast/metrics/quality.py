@@ -21,8 +21,10 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError(f"{name}: expected two torch.Tensors")
     if a.shape != b.shape:
-        raise ValueError(f"{name}: the two videos must have the same shape, got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
+        raise ValueError(
+            f"{name}: the two videos must have the same shape, got {tuple(a.shape)} "
+            f"and {tuple(b.shape)}"
+        )
     if a.dim() < 3:
         raise ValueError(f"{name}: expected frames [..., C, H, W], got shape {tuple(a.shape)}")
 
@@ -43,7 +45,7 @@ def frame_psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
@@ -61,13 +63,14 @@ def frame_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     def blur(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.conv2d(t, kh), kw)
 
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = 0.01**2, 0.03**2
     mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1)
-                                                           * (var_x + var_y + c2))
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
     return ssim_map.flatten(1).mean(1).reshape(*lead, c).mean(-1)
 
 
@@ -79,4 +82,3 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean per-frame SSIM of videos [B, T, C, H, W] (or frames [N, C, H, W]) in [0, 1]."""
     return float(frame_ssim(a, b).mean())
-

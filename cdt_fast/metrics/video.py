@@ -30,8 +30,10 @@ class VideoMetrics:
     @torch.no_grad()
     def update(self, real: torch.Tensor, recon: torch.Tensor) -> Dict[str, List[float]]:
         a, b = to_unit_frames(real), to_unit_frames(recon)  # [B, T, 3, H, W] in [0, 1]
-        per_video = {"psnr": frame_psnr(a, b).mean(1).tolist(),
-                     "ssim": frame_ssim(a, b).mean(1).tolist()}
+        per_video = {
+            "psnr": frame_psnr(a, b).mean(1).tolist(),
+            "ssim": frame_ssim(a, b).mean(1).tolist(),
+        }
         if self.lpips is not None:
             device = self.lpips.lin[0].weight.device
             frames_a = a.flatten(0, 1).to(device)

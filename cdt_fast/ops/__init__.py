@@ -6,8 +6,21 @@
 """
 
 from .conv_cache import CausalConvCache
-from .conv_select import (BACKENDS, ConvSelector, apply_epilogue, causal_conv3d,
-                          conv_transpose_up2x, time_downsample)
+from .conv_select import (
+    BACKENDS,
+    ConvSelector,
+    apply_epilogue,
+    causal_conv3d,
+    conv_transpose_up2x,
+    time_downsample,
+)
 
-__all__ = ["BACKENDS", "CausalConvCache", "ConvSelector", "apply_epilogue", "causal_conv3d",
-           "conv_transpose_up2x", "time_downsample"]
+__all__ = [
+    "BACKENDS",
+    "CausalConvCache",
+    "ConvSelector",
+    "apply_epilogue",
+    "causal_conv3d",
+    "conv_transpose_up2x",
+    "time_downsample",
+]

@@ -36,10 +36,18 @@ class CausalConvCache:
     (default: a private ``"auto"`` one).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, history: int,
-                 space_padding: Tuple[int, int] = (0, 0), stride: Sequence[int] = (1, 1, 1),
-                 pad_mode: str = "zeros", upsample2x: bool = False,
-                 selector: Optional[ConvSelector] = None):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+        *,
+        history: int,
+        space_padding: Tuple[int, int] = (0, 0),
+        stride: Sequence[int] = (1, 1, 1),
+        pad_mode: str = "zeros",
+        upsample2x: bool = False,
+        selector: Optional[ConvSelector] = None,
+    ):
         if not isinstance(weight, torch.Tensor) or weight.dim() != 5:
             raise ValueError("weight must be a 5-D tensor [C_out, C_in, kt, kh, kw]")
         if not isinstance(history, int) or isinstance(history, bool) or history < 0:
@@ -61,13 +69,21 @@ class CausalConvCache:
         self._weights = {}  # dtype -> (packed weight, cuDNN weight, bias), prepared once
 
     @classmethod
-    def from_layer(cls, layer, selector: Optional[ConvSelector] = None, *,
-                   upsample2x: bool = False) -> "CausalConvCache":
+    def from_layer(
+        cls, layer, selector: Optional[ConvSelector] = None, *, upsample2x: bool = False
+    ) -> "CausalConvCache":
         """From a :class:`cdt_fast.reference.layers.CausalConv3d` (its weights are shared);
         ``upsample2x`` for the conv of CDT-base's ``Upsample``, fed the un-upsampled frames."""
-        return cls(layer.weight, layer.bias, history=layer.history,
-                   space_padding=layer.space_padding, stride=layer.stride,
-                   pad_mode=layer.pad_mode, upsample2x=upsample2x, selector=selector)
+        return cls(
+            layer.weight,
+            layer.bias,
+            history=layer.history,
+            space_padding=layer.space_padding,
+            stride=layer.stride,
+            pad_mode=layer.pad_mode,
+            upsample2x=upsample2x,
+            selector=selector,
+        )
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -89,23 +105,33 @@ class CausalConvCache:
             return None
         return self._interior(self.history - self._filled, self.history)
 
-    def reserve(self, batch: int, frames: int, height: int, width: int, *,
-                dtype: torch.dtype, device) -> None:
+    def reserve(
+        self, batch: int, frames: int, height: int, width: int, *, dtype: torch.dtype, device
+    ) -> None:
         """Make room for chunks of up to ``frames`` frames; keeps the history already cached."""
         cin = self.weight.shape[1]
         bh, bw = self.border
         shape = (batch, cin, self.history + frames, height + 2 * bh, width + 2 * bw)
         old = self._buffer
-        if (old is not None and old.shape[:2] == shape[:2] and old.shape[3:] == shape[3:]
-                and old.shape[2] >= shape[2] and old.dtype == dtype and old.device == torch.device(device)):
+        if (
+            old is not None
+            and old.shape[:2] == shape[:2]
+            and old.shape[3:] == shape[3:]
+            and old.shape[2] >= shape[2]
+            and old.dtype == dtype
+            and old.device == torch.device(device)
+        ):
             return
-        fresh = torch.empty(shape, dtype=dtype, device=device,
-                            memory_format=torch.channels_last_3d).zero_()
+        fresh = torch.empty(
+            shape, dtype=dtype, device=device, memory_format=torch.channels_last_3d
+        ).zero_()
         if old is not None and self._filled:
             if old.shape[:2] != shape[:2] or old.shape[3:] != shape[3:]:
-                raise ValueError(f"chunk of shape {(batch, cin, frames, height, width)} does not "
-                                 f"continue this stream's frames of {tuple(old.shape)}; reset() first")
-            fresh[:, :, :self.history] = old[:, :, :self.history]
+                raise ValueError(
+                    f"chunk of shape {(batch, cin, frames, height, width)} does not "
+                    f"continue this stream's frames of {tuple(old.shape)}; reset() first"
+                )
+            fresh[:, :, : self.history] = old[:, :, : self.history]
         self._buffer = fresh
 
     def input_view(self, frames: int) -> torch.Tensor:
@@ -114,17 +140,25 @@ class CausalConvCache:
         if self._buffer is None:
             raise RuntimeError("call reserve(batch, frames, height, width, dtype=, device=) first")
         if not 1 <= frames <= self._buffer.shape[2] - self.history:
-            raise ValueError(f"frames must be in [1, {self._buffer.shape[2] - self.history}], got {frames}")
+            raise ValueError(
+                f"frames must be in [1, {self._buffer.shape[2] - self.history}], got {frames}"
+            )
         return self._interior(self.history, self.history + frames)
 
     def _interior(self, t0: int, t1: int) -> torch.Tensor:
         bh, bw = self.border
         buf = self._buffer
-        return buf[:, :, t0:t1, bh:buf.shape[3] - bh, bw:buf.shape[4] - bw]
+        return buf[:, :, t0:t1, bh : buf.shape[3] - bh, bw : buf.shape[4] - bw]
 
     # -- running ---------------------------------------------------------------------------
-    def __call__(self, x: Optional[torch.Tensor] = None, *, frames: Optional[int] = None,
-                 out: Optional[torch.Tensor] = None, epilogue=None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: Optional[torch.Tensor] = None,
+        *,
+        frames: Optional[int] = None,
+        out: Optional[torch.Tensor] = None,
+        epilogue=None,
+    ) -> torch.Tensor:
         """The conv of the next chunk of the stream, then the cache refresh.
 
         Either pass the chunk ``x`` (copied into the buffer unless it already is
@@ -134,7 +168,9 @@ class CausalConvCache:
             if not isinstance(x, torch.Tensor) or x.dim() != 5:
                 raise ValueError("x must be a 5-D tensor [B, C, T, H, W]")
             if x.shape[1] != self.weight.shape[1]:
-                raise ValueError(f"x has {x.shape[1]} channels, the conv expects {self.weight.shape[1]}")
+                raise ValueError(
+                    f"x has {x.shape[1]} channels, the conv expects {self.weight.shape[1]}"
+                )
             if frames is not None and frames != x.shape[2]:
                 raise ValueError(f"frames={frames} disagrees with x's {x.shape[2]} frames")
             frames = x.shape[2]
@@ -147,11 +183,25 @@ class CausalConvCache:
             raise ValueError("pass the chunk x, or frames= after writing into input_view(frames)")
         view = self.input_view(frames)
         runners = {"triton": self._run_triton, "cudnn": self._run_cudnn, "torch": self._run_torch}
-        key = ("cache", tuple(view.shape), self._filled, tuple(self.weight.shape), view.dtype,
-               view.device, self.history, self.space_padding, self.stride, self.pad_mode,
-               self.upsample2x, epilogue is not None)
-        choice = self.selector.pick(key, view.device,
-                                    {n: (lambda r=r: r(frames, out, epilogue)) for n, r in runners.items()})
+        key = (
+            "cache",
+            tuple(view.shape),
+            self._filled,
+            tuple(self.weight.shape),
+            view.dtype,
+            view.device,
+            self.history,
+            self.space_padding,
+            self.stride,
+            self.pad_mode,
+            self.upsample2x,
+            epilogue is not None,
+        )
+        choice = self.selector.pick(
+            key,
+            view.device,
+            {n: (lambda r=r: r(frames, out, epilogue)) for n, r in runners.items()},
+        )
         y = runners[choice](frames, out, epilogue)
         self._refresh(frames)
         return y
@@ -170,9 +220,17 @@ class CausalConvCache:
         packed, _, bias = self._prepared(self._buffer.dtype)
         src = self._interior(self.history - self._filled, self.history + frames)
         return triton_conv_module().causal_conv3d_frames(
-            src, packed, bias, front=self.history - self._filled, space_padding=self.space_padding,
-            stride=self.stride, pad_mode=self.pad_mode, upsample2x=self.upsample2x, out=out,
-            epilogue=epilogue)
+            src,
+            packed,
+            bias,
+            front=self.history - self._filled,
+            space_padding=self.space_padding,
+            stride=self.stride,
+            pad_mode=self.pad_mode,
+            upsample2x=self.upsample2x,
+            out=out,
+            epilogue=epilogue,
+        )
 
     def _run_cudnn(self, frames, out, epilogue):
         _, dense, bias = self._prepared(self._buffer.dtype)
@@ -183,21 +241,39 @@ class CausalConvCache:
             if self.pad_mode == "replicate" and (ph or pw):
                 x = F.pad(x, (pw, pw, ph, ph, 0, 0), mode="replicate")
                 ph = pw = 0
-            y = F.conv3d(x.contiguous(memory_format=torch.channels_last_3d), dense, bias,
-                         self.stride, (0, ph, pw))
+            y = F.conv3d(
+                x.contiguous(memory_format=torch.channels_last_3d),
+                dense,
+                bias,
+                self.stride,
+                (0, ph, pw),
+            )
         elif self.pad_mode == "replicate":
             self._fill_border(frames)
-            y = F.conv3d(self._buffer[:, :, :self.history + frames], dense, bias, self.stride)
+            y = F.conv3d(self._buffer[:, :, : self.history + frames], dense, bias, self.stride)
         else:
-            y = F.conv3d(self._buffer[:, :, :self.history + frames], dense, bias, self.stride,
-                         (0, *self.space_padding))
+            y = F.conv3d(
+                self._buffer[:, :, : self.history + frames],
+                dense,
+                bias,
+                self.stride,
+                (0, *self.space_padding),
+            )
         return _finish(apply_epilogue(y, epilogue), out)
 
     def _run_torch(self, frames, out, epilogue):
         _, _, bias = self._prepared(self._buffer.dtype)
-        y = CF.causal_conv3d(self.input_view(frames), self.weight, bias, past=self.history_frames(),
-                             history=self.history, space_padding=self.space_padding,
-                             stride=self.stride, pad_mode=self.pad_mode, upsample2x=self.upsample2x)
+        y = CF.causal_conv3d(
+            self.input_view(frames),
+            self.weight,
+            bias,
+            past=self.history_frames(),
+            history=self.history,
+            space_padding=self.space_padding,
+            stride=self.stride,
+            pad_mode=self.pad_mode,
+            upsample2x=self.upsample2x,
+        )
         return _finish(apply_epilogue(y, epilogue), out)
 
     def _fill_front(self, frames: int) -> None:
@@ -210,21 +286,25 @@ class CausalConvCache:
         if self.pad_mode == "zeros":
             front.zero_()
         else:
-            front.copy_(self._buffer[:, :, missing:missing + 1].expand_as(front))
+            front.copy_(self._buffer[:, :, missing : missing + 1].expand_as(front))
 
     def _fill_border(self, frames: int) -> None:
         """Replicate the frames' edges into the spatial border (rows, then full-height columns, so
         corners take the corner pixel)."""
         bh, bw = self.border
-        region = self._buffer[:, :, :self.history + frames]
+        region = self._buffer[:, :, : self.history + frames]
         h, w = region.shape[3] - 2 * bh, region.shape[4] - 2 * bw
         if bh:
-            inner = region[..., bw:bw + w]
-            inner[:, :, :, :bh].copy_(inner[:, :, :, bh:bh + 1].expand_as(inner[:, :, :, :bh]))
-            inner[:, :, :, bh + h:].copy_(inner[:, :, :, bh + h - 1:bh + h].expand_as(inner[:, :, :, bh + h:]))
+            inner = region[..., bw : bw + w]
+            inner[:, :, :, :bh].copy_(inner[:, :, :, bh : bh + 1].expand_as(inner[:, :, :, :bh]))
+            inner[:, :, :, bh + h :].copy_(
+                inner[:, :, :, bh + h - 1 : bh + h].expand_as(inner[:, :, :, bh + h :])
+            )
         if bw:
-            region[..., :bw].copy_(region[..., bw:bw + 1].expand_as(region[..., :bw]))
-            region[..., bw + w:].copy_(region[..., bw + w - 1:bw + w].expand_as(region[..., bw + w:]))
+            region[..., :bw].copy_(region[..., bw : bw + 1].expand_as(region[..., :bw]))
+            region[..., bw + w :].copy_(
+                region[..., bw + w - 1 : bw + w].expand_as(region[..., bw + w :])
+            )
 
     def _refresh(self, frames: int) -> None:
         """Keep the last ``history`` frames of [history | chunk] at the front of the buffer.

@@ -25,8 +25,15 @@ import torch.nn.functional as F
 
 from .. import functional as CF
 
-__all__ = ["BACKENDS", "ConvSelector", "causal_conv3d", "conv_transpose_up2x", "time_downsample",
-           "apply_epilogue", "triton_conv_module"]
+__all__ = [
+    "BACKENDS",
+    "ConvSelector",
+    "causal_conv3d",
+    "conv_transpose_up2x",
+    "time_downsample",
+    "apply_epilogue",
+    "triton_conv_module",
+]
 
 BACKENDS = ("triton", "cudnn", "torch")
 
@@ -50,9 +57,15 @@ def apply_epilogue(y: torch.Tensor, epilogue) -> torch.Tensor:
     if epilogue is None:
         return y
     if epilogue.norm_weight is not None:
-        return CF.channel_norm(y, epilogue.norm_weight, epilogue.norm_bias, epilogue.eps,
-                               relu=epilogue.relu, time_bias=epilogue.channel_bias,
-                               residual=epilogue.residual)
+        return CF.channel_norm(
+            y,
+            epilogue.norm_weight,
+            epilogue.norm_bias,
+            epilogue.eps,
+            relu=epilogue.relu,
+            time_bias=epilogue.channel_bias,
+            residual=epilogue.residual,
+        )
     if epilogue.relu:
         y = torch.relu(y)
     if epilogue.channel_bias is not None:
@@ -67,7 +80,9 @@ def _finish(y: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
     if out is None:
         return y
     if out.shape != y.shape or out.dtype != y.dtype:
-        raise ValueError(f"out must be {tuple(y.shape)} {y.dtype}, got {tuple(out.shape)} {out.dtype}")
+        raise ValueError(
+            f"out must be {tuple(y.shape)} {y.dtype}, got {tuple(out.shape)} {out.dtype}"
+        )
     return out.copy_(y)
 
 
@@ -103,13 +118,16 @@ class ConvSelector:
         """The backend remembered for ``key`` (None if it was never decided)."""
         return self._choices.get(key)
 
-    def pick(self, key: Hashable, device: torch.device,
-             candidates: Dict[str, Callable[[], torch.Tensor]]) -> str:
+    def pick(
+        self, key: Hashable, device: torch.device, candidates: Dict[str, Callable[[], torch.Tensor]]
+    ) -> str:
         """The backend for ``key``; ``candidates`` run one conv each (used only for timing)."""
         reasons = self.available(device)
         if self.backend != "auto":
             if reasons[self.backend] is not None:
-                raise RuntimeError(f"backend {self.backend!r} requested but {reasons[self.backend]}")
+                raise RuntimeError(
+                    f"backend {self.backend!r} requested but {reasons[self.backend]}"
+                )
             return self.backend
         if key in self._choices:
             return self._choices[key]
@@ -130,7 +148,10 @@ class ConvSelector:
                 fn()
             times: List[float] = []
             for _ in range(self.reps):
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start, stop = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
                 start.record()
                 fn()
                 stop.record()
@@ -143,15 +164,25 @@ class ConvSelector:
 
 # -- the functional-signature launcher --------------------------------------------------------
 
-def _cudnn_causal_conv3d(x, weight, bias, *, past, history, space_padding, stride, pad_mode,
-                         upsample2x):
+
+def _cudnn_causal_conv3d(
+    x, weight, bias, *, past, history, space_padding, stride, pad_mode, upsample2x
+):
     """cuDNN on channels-last: temporal [pad | past | x] still assembled (separate tensors come
     in), spatial zero padding given to the conv instead of materialised."""
     fmt = torch.channels_last_3d
     if pad_mode != "zeros" or upsample2x:
-        return CF.causal_conv3d(x.contiguous(memory_format=fmt), weight, bias, past=past,
-                                history=history, space_padding=space_padding, stride=stride,
-                                pad_mode=pad_mode, upsample2x=upsample2x)
+        return CF.causal_conv3d(
+            x.contiguous(memory_format=fmt),
+            weight,
+            bias,
+            past=past,
+            history=history,
+            space_padding=space_padding,
+            stride=stride,
+            pad_mode=pad_mode,
+            upsample2x=upsample2x,
+        )
     front = history
     if past is not None and history:
         x = torch.cat([past[:, :, -history:], x], dim=2)
@@ -159,26 +190,48 @@ def _cudnn_causal_conv3d(x, weight, bias, *, past, history, space_padding, strid
     if front:
         x = F.pad(x, (0, 0, 0, 0, front, 0))
     x = x.contiguous(memory_format=fmt)
-    return F.conv3d(x, CF.cast_like(weight, x).contiguous(memory_format=fmt),
-                    CF.cast_like(bias, x), tuple(stride), (0, *space_padding))
+    return F.conv3d(
+        x,
+        CF.cast_like(weight, x).contiguous(memory_format=fmt),
+        CF.cast_like(bias, x),
+        tuple(stride),
+        (0, *space_padding),
+    )
 
 
-def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                  past: Optional[torch.Tensor] = None, history: int = 0,
-                  space_padding: Tuple[int, int] = (0, 0), stride: Sequence[int] = (1, 1, 1),
-                  pad_mode: str = "zeros", upsample2x: bool = False,
-                  out: Optional[torch.Tensor] = None, epilogue=None,
-                  selector: Optional[ConvSelector] = None, backend: Optional[str] = None
-                  ) -> torch.Tensor:
+def causal_conv3d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    past: Optional[torch.Tensor] = None,
+    history: int = 0,
+    space_padding: Tuple[int, int] = (0, 0),
+    stride: Sequence[int] = (1, 1, 1),
+    pad_mode: str = "zeros",
+    upsample2x: bool = False,
+    out: Optional[torch.Tensor] = None,
+    epilogue=None,
+    selector: Optional[ConvSelector] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.causal_conv3d` on the backend ``selector`` picks (or
     ``backend``, which forces one). Pass the same selector across calls to keep its measurements;
     without one a fresh selector is made per call."""
     if selector is None:
         selector = ConvSelector(backend or "auto")
     elif backend is not None and backend != selector.backend:
-        raise ValueError(f"backend={backend!r} conflicts with selector.backend={selector.backend!r}")
-    kw = dict(past=past, history=history, space_padding=space_padding, stride=stride,
-              pad_mode=pad_mode, upsample2x=upsample2x)
+        raise ValueError(
+            f"backend={backend!r} conflicts with selector.backend={selector.backend!r}"
+        )
+    kw = dict(
+        past=past,
+        history=history,
+        space_padding=space_padding,
+        stride=stride,
+        pad_mode=pad_mode,
+        upsample2x=upsample2x,
+    )
 
     def run_triton():
         return triton_conv_module().causal_conv3d(x, weight, bias, out=out, epilogue=epilogue, **kw)
@@ -190,34 +243,67 @@ def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         return _finish(apply_epilogue(CF.causal_conv3d(x, weight, bias, **kw), epilogue), out)
 
     runners = {"triton": run_triton, "cudnn": run_cudnn, "torch": run_torch}
-    key = ("conv", tuple(x.shape), tuple(past.shape) if past is not None else None,
-           tuple(weight.shape), x.dtype, x.device, history, tuple(space_padding), tuple(stride),
-           pad_mode, bool(upsample2x), _epilogue_key(epilogue))
+    key = (
+        "conv",
+        tuple(x.shape),
+        tuple(past.shape) if past is not None else None,
+        tuple(weight.shape),
+        x.dtype,
+        x.device,
+        history,
+        tuple(space_padding),
+        tuple(stride),
+        pad_mode,
+        bool(upsample2x),
+        _epilogue_key(epilogue),
+    )
     return runners[selector.pick(key, x.device, runners)]()
 
 
 def _epilogue_key(epilogue) -> Optional[Tuple[bool, ...]]:
     if epilogue is None:
         return None
-    return (epilogue.norm_weight is not None, bool(epilogue.relu),
-            epilogue.channel_bias is not None, epilogue.residual is not None)
+    return (
+        epilogue.norm_weight is not None,
+        bool(epilogue.relu),
+        epilogue.channel_bias is not None,
+        epilogue.residual is not None,
+    )
 
 
-def time_downsample(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
-                    past: Optional[torch.Tensor] = None, pad_mode: str = "zeros",
-                    selector: Optional[ConvSelector] = None, backend: Optional[str] = None
-                    ) -> torch.Tensor:
+def time_downsample(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    *,
+    past: Optional[torch.Tensor] = None,
+    pad_mode: str = "zeros",
+    selector: Optional[ConvSelector] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
     """:func:`cdt_fast.functional.time_downsample` as a causal conv with time stride 2: the first
     chunk has 2 frames of padding (history 2, no past), a later one its ``past`` frames."""
     if weight.dim() != 3 or weight.shape[2] != 3:
-        raise ValueError(f"weight must be a Conv1d weight [C_out, C_in, 3], got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must be a Conv1d weight [C_out, C_in, 3], got {tuple(weight.shape)}"
+        )
     history = past.shape[2] if past is not None else 2
-    return causal_conv3d(x, weight[..., None, None], bias, past=past, history=history,
-                         stride=(2, 1, 1), pad_mode=pad_mode, selector=selector, backend=backend)
+    return causal_conv3d(
+        x,
+        weight[..., None, None],
+        bias,
+        past=past,
+        history=history,
+        stride=(2, 1, 1),
+        pad_mode=pad_mode,
+        selector=selector,
+        backend=backend,
+    )
 
 
-def conv_transpose_up2x(x: torch.Tensor, weight: torch.Tensor,
-                        bias: Optional[torch.Tensor]) -> torch.Tensor:
+def conv_transpose_up2x(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
     """CDT-small's upsample (:func:`cdt_fast.functional.conv_transpose_up2x`) on channels-last
     activations and weight, where cuDNN has its fast transposed-conv kernels."""
     if x.is_cuda:

@@ -7,5 +7,14 @@ from .posterior import DiagonalGaussian
 from .tokenizer import CDT, CDTNetworks
 from .unet import DenoisingUNet
 
-__all__ = ["CDT", "CDTNetworks", "ContextModel", "DenoisingUNet", "DDIMSchedule",
-           "DiagonalGaussian", "cosine_alphas_cumprod", "q_sample", "randomize_"]
+__all__ = [
+    "CDT",
+    "CDTNetworks",
+    "ContextModel",
+    "DenoisingUNet",
+    "DDIMSchedule",
+    "DiagonalGaussian",
+    "cosine_alphas_cumprod",
+    "q_sample",
+    "randomize_",
+]

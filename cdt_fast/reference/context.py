@@ -9,8 +9,15 @@ from torch import nn
 
 from ..cache import FeatureCache
 from ..config import CDTConfig
-from .layers import (CausalConv3d, Downsample, Identity, ResnetBlock, TimeDownsample,
-                     TimeUpsample, Upsample)
+from .layers import (
+    CausalConv3d,
+    Downsample,
+    Identity,
+    ResnetBlock,
+    TimeDownsample,
+    TimeUpsample,
+    Upsample,
+)
 
 __all__ = ["ContextModel"]
 
@@ -36,11 +43,17 @@ class ContextModel(nn.Module):
 
         self.enc = nn.ModuleList()
         for ind, (dim_in, dim_out) in enumerate(in_out):
-            self.enc.append(nn.ModuleList([
-                ResnetBlock(dim_in, dim_out, None, large_filter=(ind == 0), pad_mode=pad),
-                Downsample(dim_out, pad_mode=pad) if config.space_down[ind] else Identity(),
-                TimeDownsample(dim_out, pad_mode=pad) if config.time_down[ind] else Identity(),
-            ]))
+            self.enc.append(
+                nn.ModuleList(
+                    [
+                        ResnetBlock(dim_in, dim_out, None, large_filter=(ind == 0), pad_mode=pad),
+                        Downsample(dim_out, pad_mode=pad) if config.space_down[ind] else Identity(),
+                        TimeDownsample(dim_out, pad_mode=pad)
+                        if config.time_down[ind]
+                        else Identity(),
+                    ]
+                )
+            )
 
         self.dec = nn.ModuleList()
         for ind, (dim_in, dim_out) in enumerate(rev_in_out):
@@ -51,20 +64,26 @@ class ContextModel(nn.Module):
                 up = ResnetBlock(dim_in, dim_out, pad_mode=pad)
             else:
                 up = Identity()
-            self.dec.append(nn.ModuleList([
-                ResnetBlock(dim_in, dim_in if is_last else dim_out, pad_mode=pad),
-                up,
-                TimeUpsample(dim_out) if rev_time_down[ind] else Identity(),
-            ]))
+            self.dec.append(
+                nn.ModuleList(
+                    [
+                        ResnetBlock(dim_in, dim_in if is_last else dim_out, pad_mode=pad),
+                        up,
+                        TimeUpsample(dim_out) if rev_time_down[ind] else Identity(),
+                    ]
+                )
+            )
 
         self.quant_conv = CausalConv3d(dims[-1], 2 * latent, 1)
         self.post_quant_conv = CausalConv3d(latent, dims[-1], 1)
         self.quant_conv_res = nn.ModuleList(
             [ResnetBlock(i, o, pad_mode=pad) for i, o in rev_in_out[:-1]]
-            + [CausalConv3d(rev_dims[-2], 2 * latent, 1)])
+            + [CausalConv3d(rev_dims[-2], 2 * latent, 1)]
+        )
         self.post_quant_conv_res = nn.ModuleList(
             [CausalConv3d(latent, dims[1], 1)]
-            + [ResnetBlock(i, o, pad_mode=pad) for i, o in in_out[1:]])
+            + [ResnetBlock(i, o, pad_mode=pad) for i, o in in_out[1:]]
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -79,7 +98,9 @@ class ContextModel(nn.Module):
 
     def decode(self, z: torch.Tensor, cache: Optional[FeatureCache] = None) -> List[torch.Tensor]:
         h = z.float()
-        h = (self.post_quant_conv(h) + _run_chain(self.post_quant_conv_res, h, cache)).to(self.dtype)
+        h = (self.post_quant_conv(h) + _run_chain(self.post_quant_conv_res, h, cache)).to(
+            self.dtype
+        )
         features = []
         for resnet, up, time_up in self.dec:
             h = resnet(h, cache=cache)
@@ -91,7 +112,9 @@ class ContextModel(nn.Module):
         return features[::-1]
 
 
-def _run_chain(layers: nn.ModuleList, h: torch.Tensor, cache: Optional[FeatureCache]) -> torch.Tensor:
+def _run_chain(
+    layers: nn.ModuleList, h: torch.Tensor, cache: Optional[FeatureCache]
+) -> torch.Tensor:
     for layer in layers:
         h = layer(h, cache=cache) if isinstance(layer, ResnetBlock) else layer(h)
     return h

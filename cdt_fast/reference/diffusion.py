@@ -26,8 +26,9 @@ def cosine_alphas_cumprod(num_timesteps: int, s: float = 0.008) -> torch.Tensor:
     return torch.tensor(np.cumprod(1.0 - betas, axis=0), dtype=torch.float32)
 
 
-def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-             alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def q_sample(
+    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """Forward diffusion at integer steps ``t`` ([B]) of the training schedule."""
     a = alphas_cumprod.to(x0.device)[t].reshape(-1, *([1] * (x0.dim() - 1)))
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -42,7 +43,7 @@ class DDIMSchedule:
 
     num_timesteps: int
     steps: int
-    index: torch.Tensor               # training step of each sampling step, long [steps]
+    index: torch.Tensor  # training step of each sampling step, long [steps]
     sqrt_alphas_cumprod_prev: torch.Tensor
     one_minus_alphas_cumprod_prev: torch.Tensor
     sqrt_recip_alphas_cumprod: torch.Tensor
@@ -78,9 +79,12 @@ class DDIMSchedule:
 
     def coefficients(self, step: int):
         """(a, b, c, d) with x_next = c*x0 + d*(a*x_t - x0)/b for this step (eta = 0)."""
-        return (self.sqrt_recip_alphas_cumprod[step], self.sqrt_recipm1_alphas_cumprod[step],
-                self.sqrt_alphas_cumprod_prev[step],
-                self.one_minus_alphas_cumprod_prev[step].clamp(min=0).sqrt())
+        return (
+            self.sqrt_recip_alphas_cumprod[step],
+            self.sqrt_recipm1_alphas_cumprod[step],
+            self.sqrt_alphas_cumprod_prev[step],
+            self.one_minus_alphas_cumprod_prev[step].clamp(min=0).sqrt(),
+        )
 
     def step(self, x_t: torch.Tensor, x0: torch.Tensor, step: int) -> torch.Tensor:
         """One deterministic DDIM update from ``x_t`` given the predicted clean sample ``x0``."""

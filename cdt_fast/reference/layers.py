@@ -24,8 +24,19 @@ from ..cache import FeatureCache
 from ..functional import PAD_MODES, cast_like
 
 __all__ = [
-    "CausalConv3d", "ChannelLayerNorm", "Block", "ResnetBlock", "LinearAttention", "PreNorm",
-    "Residual", "Downsample", "Upsample", "TimeDownsample", "TimeUpsample", "Identity", "Linear",
+    "CausalConv3d",
+    "ChannelLayerNorm",
+    "Block",
+    "ResnetBlock",
+    "LinearAttention",
+    "PreNorm",
+    "Residual",
+    "Downsample",
+    "Upsample",
+    "TimeDownsample",
+    "TimeUpsample",
+    "Identity",
+    "Linear",
     "PAD_MODES",
 ]
 
@@ -62,29 +73,47 @@ class CausalConv3d(nn.Conv3d):
     previous chunks' inputs; only a stream's first chunk is padded.
     """
 
-    def __init__(self, dim_in: int, dim_out: int, kernel_size: Triple, stride: Triple = 1,
-                 padding: Triple = 0, bias: bool = True, pad_mode: str = "zeros"):
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: int,
+        kernel_size: Triple,
+        stride: Triple = 1,
+        padding: Triple = 0,
+        bias: bool = True,
+        pad_mode: str = "zeros",
+    ):
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
-        super().__init__(dim_in, dim_out, _triple(kernel_size), stride=_triple(stride), padding=0,
-                         bias=bias)
+        super().__init__(
+            dim_in, dim_out, _triple(kernel_size), stride=_triple(stride), padding=0, bias=bias
+        )
         pt, ph, pw = _triple(padding)
         self.history = 2 * pt
         self.space_padding = (ph, pw)
         self.pad_mode = pad_mode
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f", history={self.history}, "
-                f"space_padding={self.space_padding}, pad_mode={self.pad_mode}")
+        return (
+            super().extra_repr() + f", history={self.history}, "
+            f"space_padding={self.space_padding}, pad_mode={self.pad_mode}"
+        )
 
     def forward(self, x: torch.Tensor, cache: Optional[FeatureCache] = None) -> torch.Tensor:
         past = None
         if self.history and cache is not None:
             past = cache.get(self)
             cache.put(self, CF.causal_conv3d_history(x, past, self.history))
-        return CF.causal_conv3d(x, self.weight, self.bias, past=past, history=self.history,
-                                space_padding=self.space_padding, stride=self.stride,
-                                pad_mode=self.pad_mode)
+        return CF.causal_conv3d(
+            x,
+            self.weight,
+            self.bias,
+            past=past,
+            history=self.history,
+            space_padding=self.space_padding,
+            stride=self.stride,
+            pad_mode=self.pad_mode,
+        )
 
 
 class ChannelLayerNorm(nn.Module):
@@ -106,11 +135,13 @@ class Block(nn.Module):
     def __init__(self, dim: int, dim_out: int, large_filter: bool = False, pad_mode: str = "zeros"):
         super().__init__()
         kernel, padding = ((3, 7, 7), (1, 3, 3)) if large_filter else ((3, 3, 3), (1, 1, 1))
-        self.block = nn.ModuleList([
-            CausalConv3d(dim, dim_out, kernel, padding=padding, pad_mode=pad_mode),
-            ChannelLayerNorm(dim_out),
-            nn.ReLU(),
-        ])
+        self.block = nn.ModuleList(
+            [
+                CausalConv3d(dim, dim_out, kernel, padding=padding, pad_mode=pad_mode),
+                ChannelLayerNorm(dim_out),
+                nn.ReLU(),
+            ]
+        )
 
     def forward(self, x: torch.Tensor, cache: Optional[FeatureCache] = None) -> torch.Tensor:
         conv, norm, _ = self.block
@@ -120,11 +151,20 @@ class Block(nn.Module):
 class ResnetBlock(nn.Module):
     """Two Blocks with an optional per-sample time bias between them, plus a 1x1x1 shortcut."""
 
-    def __init__(self, dim: int, dim_out: int, time_emb_dim: Optional[int] = None,
-                 large_filter: bool = False, pad_mode: str = "zeros"):
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        time_emb_dim: Optional[int] = None,
+        large_filter: bool = False,
+        pad_mode: str = "zeros",
+    ):
         super().__init__()
-        self.mlp = (nn.Sequential(nn.LeakyReLU(0.2), Linear(time_emb_dim, dim_out))
-                    if time_emb_dim is not None else None)
+        self.mlp = (
+            nn.Sequential(nn.LeakyReLU(0.2), Linear(time_emb_dim, dim_out))
+            if time_emb_dim is not None
+            else None
+        )
         self.block1 = Block(dim, dim_out, large_filter, pad_mode)
         self.block2 = Block(dim_out, dim_out, pad_mode=pad_mode)
         self.res_conv = CausalConv3d(dim, dim_out, 1) if dim != dim_out else Identity()
@@ -133,8 +173,12 @@ class ResnetBlock(nn.Module):
         """The [B, dim_out, 1, 1, 1] bias this block adds for a time embedding."""
         return self.mlp(time_emb)[:, :, None, None, None]
 
-    def forward(self, x: torch.Tensor, time_emb: Optional[torch.Tensor] = None,
-                cache: Optional[FeatureCache] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        time_emb: Optional[torch.Tensor] = None,
+        cache: Optional[FeatureCache] = None,
+    ) -> torch.Tensor:
         h = self.block1(x, cache)
         if time_emb is not None:
             h = h + self.time_bias(time_emb)
@@ -149,7 +193,7 @@ class LinearAttention(nn.Module):
     def __init__(self, dim: int, heads: int = 1, dim_head: Optional[int] = None):
         super().__init__()
         dim_head = dim_head or dim
-        self.scale = dim_head ** -0.5
+        self.scale = dim_head**-0.5
         self.heads = heads
         self.dim_head = dim_head
         hidden = dim_head * heads
@@ -157,8 +201,14 @@ class LinearAttention(nn.Module):
         self.to_out = CausalConv3d(hidden, dim, 1)
 
     def forward(self, x: torch.Tensor, cache: Optional[FeatureCache] = None) -> torch.Tensor:
-        return CF.linear_attention(x, self.to_qkv.weight, self.to_out.weight, self.to_out.bias,
-                                   heads=self.heads, scale=self.scale)
+        return CF.linear_attention(
+            x,
+            self.to_qkv.weight,
+            self.to_out.weight,
+            self.to_out.bias,
+            heads=self.heads,
+            scale=self.scale,
+        )
 
 
 class PreNorm(nn.Module):
@@ -190,8 +240,9 @@ class Downsample(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: Optional[int] = None, pad_mode: str = "zeros"):
         super().__init__()
-        self.conv = CausalConv3d(dim_in, dim_out or dim_in, (1, 3, 3), (1, 2, 2), (0, 1, 1),
-                                 pad_mode=pad_mode)
+        self.conv = CausalConv3d(
+            dim_in, dim_out or dim_in, (1, 3, 3), (1, 2, 2), (0, 1, 1), pad_mode=pad_mode
+        )
 
     def forward(self, x: torch.Tensor, cache: Optional[FeatureCache] = None) -> torch.Tensor:
         return self.conv(x)
@@ -201,17 +252,24 @@ class Upsample(nn.Module):
     """2x spatial upsample: nearest-exact + (1,5,5) causal conv (``new_upsample``, CDT-base) or a
     (1,5,5) transposed conv with stride (1,2,2) (CDT-small)."""
 
-    def __init__(self, dim_in: int, dim_out: Optional[int] = None, new_upsample: bool = False,
-                 pad_mode: str = "zeros"):
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: Optional[int] = None,
+        new_upsample: bool = False,
+        pad_mode: str = "zeros",
+    ):
         super().__init__()
         dim_out = dim_out or dim_in
         self.new_upsample = new_upsample
         if new_upsample:
-            self.conv = CausalConv3d(dim_in, dim_out, (1, 5, 5), padding=(0, 2, 2),
-                                     pad_mode=pad_mode)
+            self.conv = CausalConv3d(
+                dim_in, dim_out, (1, 5, 5), padding=(0, 2, 2), pad_mode=pad_mode
+            )
         else:
-            self.conv = nn.ConvTranspose3d(dim_in, dim_out, (1, 5, 5), (1, 2, 2), (0, 2, 2),
-                                           output_padding=(0, 1, 1))
+            self.conv = nn.ConvTranspose3d(
+                dim_in, dim_out, (1, 5, 5), (1, 2, 2), (0, 2, 2), output_padding=(0, 1, 1)
+            )
 
     def forward(self, x: torch.Tensor, cache: Optional[FeatureCache] = None) -> torch.Tensor:
         if self.new_upsample:
@@ -241,8 +299,9 @@ class TimeDownsample(nn.Module):
         past = cache.get(self) if cache is not None else None
         if cache is not None:
             cache.put(self, x[:, :, -1:].clone())
-        return CF.time_downsample(x, self.conv.weight, self.conv.bias, past=past,
-                                  pad_mode=self.pad_mode)
+        return CF.time_downsample(
+            x, self.conv.weight, self.conv.bias, past=past, pad_mode=self.pad_mode
+        )
 
 
 class TimeUpsample(nn.Module):

@@ -29,8 +29,9 @@ class DiagonalGaussian:
         """mean + std * N(0, 1). Without a generator the noise comes from the global CPU RNG, as
         upstream draws it, so seeded upstream scripts reproduce."""
         device = generator.device if generator is not None else torch.device("cpu")
-        noise = torch.randn(self.mean.shape, generator=generator, device=device,
-                            dtype=self.mean.dtype)
+        noise = torch.randn(
+            self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype
+        )
         return self.mean + self.std * noise.to(self.mean.device)
 
     def kl(self) -> torch.Tensor:

@@ -10,8 +10,14 @@ from torch import nn
 from .. import chunking
 from ..cache import FeatureCache
 from ..config import CDTConfig
-from ..validation import (check_chunk_frames, check_generator, check_latent, check_noise,
-                          check_steps, check_video)
+from ..validation import (
+    check_chunk_frames,
+    check_generator,
+    check_latent,
+    check_noise,
+    check_steps,
+    check_video,
+)
 from .context import ContextModel
 from .diffusion import DDIMSchedule
 from .posterior import DiagonalGaussian
@@ -75,9 +81,14 @@ class CDT(nn.Module):
 
     # -- encode ------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, return_posterior: bool = False,
-               chunk_frames: Optional[int] = None, scale_factor: float = 1.0, **_upstream_kwargs
-               ) -> Union[torch.Tensor, Tuple[torch.Tensor, DiagonalGaussian]]:
+    def encode(
+        self,
+        x: torch.Tensor,
+        return_posterior: bool = False,
+        chunk_frames: Optional[int] = None,
+        scale_factor: float = 1.0,
+        **_upstream_kwargs,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, DiagonalGaussian]]:
         """Video [B, 3, 1+4k, H, W] in [-1, 1] -> posterior mode [B, latent_dim, 1+k, H/8, W/8].
 
         ``chunk_frames``: video frames per chunk after the first frame (a multiple of 4); None uses
@@ -92,8 +103,9 @@ class CDT(nn.Module):
         return (z, posterior) if return_posterior else z
 
     @torch.no_grad()
-    def encode_chunks(self, x: torch.Tensor, chunk_frames: Optional[int] = None
-                      ) -> Iterator[torch.Tensor]:
+    def encode_chunks(
+        self, x: torch.Tensor, chunk_frames: Optional[int] = None
+    ) -> Iterator[torch.Tensor]:
         """Posterior parameters chunk by chunk (fp32, on the model's device). No input checks.
         Without gradients, like ``encode`` (training calls ``context_model.encode`` directly)."""
         _, _, frames, height, width = x.shape
@@ -106,36 +118,59 @@ class CDT(nn.Module):
     def output_shape(self, z_shape) -> Tuple[int, int, int, int, int]:
         b, _, t, h, w = z_shape
         s = self.config.space_factor
-        return (b, self.config.channels, chunking.video_frames(t, self.config.time_factor), h * s, w * s)
+        return (
+            b,
+            self.config.channels,
+            chunking.video_frames(t, self.config.time_factor),
+            h * s,
+            w * s,
+        )
 
-    def initial_noise(self, z: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def initial_noise(
+        self, z: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """Standard normal noise of the decode's output shape, drawn as upstream draws it
         (``time_factor`` frames per latent frame, the first ``time_factor - 1`` dropped)."""
         b, c, t, h, w = self.output_shape(z.shape)
         tf = self.config.time_factor
-        full = torch.randn((b, c, t + tf - 1, h, w), generator=generator, dtype=z.dtype,
-                           device=generator.device if generator is not None else z.device)
-        return full[:, :, tf - 1:].to(z.device)
+        full = torch.randn(
+            (b, c, t + tf - 1, h, w),
+            generator=generator,
+            dtype=z.dtype,
+            device=generator.device if generator is not None else z.device,
+        )
+        return full[:, :, tf - 1 :].to(z.device)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, steps: Optional[int] = None,
-               noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-               chunk_frames: Optional[int] = None, scale_factor: float = 1.0, **_upstream_kwargs
-               ) -> torch.Tensor:
+    def decode(
+        self,
+        z: torch.Tensor,
+        steps: Optional[int] = None,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        chunk_frames: Optional[int] = None,
+        scale_factor: float = 1.0,
+        **_upstream_kwargs,
+    ) -> torch.Tensor:
         """Latent [B, latent_dim, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] (fp32).
 
         ``steps``: DDIM steps (default ``self.sample_steps``, 1). ``noise``: standard normal of the
         output shape; None draws it from ``generator`` (or the global RNG). ``chunk_frames``: latent
         frames per chunk; None uses upstream's resolution-based default.
         """
-        return torch.cat(list(self.decode_stream(z, steps, noise, generator, chunk_frames,
-                                                 scale_factor)), dim=2)
+        return torch.cat(
+            list(self.decode_stream(z, steps, noise, generator, chunk_frames, scale_factor)), dim=2
+        )
 
-    def decode_stream(self, z: torch.Tensor, steps: Optional[int] = None,
-                      noise: Optional[torch.Tensor] = None,
-                      generator: Optional[torch.Generator] = None,
-                      chunk_frames: Optional[int] = None, scale_factor: float = 1.0
-                      ) -> Iterator[torch.Tensor]:
+    def decode_stream(
+        self,
+        z: torch.Tensor,
+        steps: Optional[int] = None,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        chunk_frames: Optional[int] = None,
+        scale_factor: float = 1.0,
+    ) -> Iterator[torch.Tensor]:
         """Like :meth:`decode`, but yields each chunk's frames as soon as they are done."""
         check_latent(z, self.config.latent_dim, "z")
         steps = check_steps(self.sample_steps if steps is None else steps)

@@ -10,8 +10,18 @@ from torch import nn
 
 from ..cache import FeatureCache
 from ..config import CDTConfig
-from .layers import (CausalConv3d, ChannelLayerNorm, Downsample, Identity, Linear, ResnetBlock,
-                     TimeDownsample, TimeUpsample, Upsample, attention_block)
+from .layers import (
+    CausalConv3d,
+    ChannelLayerNorm,
+    Downsample,
+    Identity,
+    Linear,
+    ResnetBlock,
+    TimeDownsample,
+    TimeUpsample,
+    Upsample,
+    attention_block,
+)
 
 __all__ = ["DenoisingUNet"]
 
@@ -26,7 +36,9 @@ class DenoisingUNet(nn.Module):
         levels = len(mults)
         dims = [config.channels] + [dim * m for m in mults]
         in_out = list(zip(dims[:-1], dims[1:]))
-        context_dims = [config.out_channels] + [config.context_dim * m for m in config.context_dim_mults]
+        context_dims = [config.out_channels] + [
+            config.context_dim * m for m in config.context_dim_mults
+        ]
         # The U-Net goes deeper than the context model: extra levels downsample in space (except
         # the bottom one) and never in time.
         extra = levels - len(config.space_down) - 1
@@ -42,14 +54,23 @@ class DenoisingUNet(nn.Module):
         self.downs = nn.ModuleList()
         for ind, (dim_in, dim_out) in enumerate(in_out):
             conditioned = ind < levels - 1 and ind < config.condition_times
-            self.downs.append(nn.ModuleList([
-                ResnetBlock(dim_in + (context_dims[ind] if conditioned else 0), dim_out, time_dim,
-                            large_filter=(ind == 0), pad_mode=pad),
-                ResnetBlock(dim_out, dim_out, time_dim, pad_mode=pad),
-                attention_block(dim_out),
-                Downsample(dim_out, pad_mode=pad) if space_down[ind] else Identity(),
-                TimeDownsample(dim_out, pad_mode=pad) if time_down[ind] else Identity(),
-            ]))
+            self.downs.append(
+                nn.ModuleList(
+                    [
+                        ResnetBlock(
+                            dim_in + (context_dims[ind] if conditioned else 0),
+                            dim_out,
+                            time_dim,
+                            large_filter=(ind == 0),
+                            pad_mode=pad,
+                        ),
+                        ResnetBlock(dim_out, dim_out, time_dim, pad_mode=pad),
+                        attention_block(dim_out),
+                        Downsample(dim_out, pad_mode=pad) if space_down[ind] else Identity(),
+                        TimeDownsample(dim_out, pad_mode=pad) if time_down[ind] else Identity(),
+                    ]
+                )
+            )
 
         mid = dims[-1]
         self.mid_block1 = ResnetBlock(mid, mid, time_dim, pad_mode=pad)
@@ -58,19 +79,26 @@ class DenoisingUNet(nn.Module):
 
         self.ups = nn.ModuleList()
         for ind, (dim_in, dim_out) in enumerate(reversed(in_out[1:])):
-            self.ups.append(nn.ModuleList([
-                ResnetBlock(dim_out * 2, dim_in, time_dim, pad_mode=pad),
-                ResnetBlock(dim_in, dim_in, time_dim, pad_mode=pad),
-                attention_block(dim_in),
-                Upsample(dim_in, new_upsample=config.new_upsample, pad_mode=pad)
-                if rev_space_down[ind] else Identity(),
-                TimeUpsample(dim_in) if rev_time_down[ind] else Identity(),
-            ]))
+            self.ups.append(
+                nn.ModuleList(
+                    [
+                        ResnetBlock(dim_out * 2, dim_in, time_dim, pad_mode=pad),
+                        ResnetBlock(dim_in, dim_in, time_dim, pad_mode=pad),
+                        attention_block(dim_in),
+                        Upsample(dim_in, new_upsample=config.new_upsample, pad_mode=pad)
+                        if rev_space_down[ind]
+                        else Identity(),
+                        TimeUpsample(dim_in) if rev_time_down[ind] else Identity(),
+                    ]
+                )
+            )
 
-        self.final_conv = nn.ModuleList([
-            ChannelLayerNorm(dim),
-            CausalConv3d(dim, config.channels, (3, 7, 7), padding=(1, 3, 3), pad_mode=pad),
-        ])
+        self.final_conv = nn.ModuleList(
+            [
+                ChannelLayerNorm(dim),
+                CausalConv3d(dim, config.channels, (3, 7, 7), padding=(1, 3, 3), pad_mode=pad),
+            ]
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -80,8 +108,13 @@ class DenoisingUNet(nn.Module):
         """[B, 1] times in [0, 1) -> [B, unet_dim] embedding, computed in fp32 as upstream."""
         return self.time_mlp(time.float()).to(self.dtype)
 
-    def forward(self, x: torch.Tensor, time: torch.Tensor, context: List[torch.Tensor],
-                cache: Optional[FeatureCache] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        time: torch.Tensor,
+        context: List[torch.Tensor],
+        cache: Optional[FeatureCache] = None,
+    ) -> torch.Tensor:
         t = self.time_embedding(time)
         h = x.to(self.dtype)
         skips = []

@@ -7,8 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["demo_model_path", "Trainer", "TrainConfig", "CDTLoss", "LossWeights", "EMA",
-           "lr_factor", "resolve_train_config"]
+__all__ = [
+    "demo_model_path",
+    "Trainer",
+    "TrainConfig",
+    "CDTLoss",
+    "LossWeights",
+    "EMA",
+    "lr_factor",
+    "resolve_train_config",
+]
 
 
 def demo_model_path() -> Path:
@@ -24,14 +32,18 @@ def __getattr__(name):
     # The trainer pulls in DataLoader and DDP; load it only when asked for.
     if name in ("Trainer", "lr_factor"):
         from . import trainer
+
         return getattr(trainer, name)
     if name in ("TrainConfig", "resolve_train_config"):
         from . import config
+
         return getattr(config, name)
     if name in ("CDTLoss", "LossWeights"):
         from . import losses
+
         return getattr(losses, name)
     if name == "EMA":
         from .ema import EMA
+
         return EMA
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,17 +21,17 @@ __all__ = ["TrainConfig", "PRESETS", "resolve_train_config"]
 @dataclass(frozen=True)
 class TrainConfig:
     model: CDTConfig = field(default_factory=CDTConfig.small)
-    frames: int = 17            # 1+4k frames per clip (upstream evaluates 17-frame clips)
-    size: int = 256             # square crop side
-    stride: int = 1             # take every stride-th frame of a video
-    batch_size: int = 1         # per process
-    steps: int = 100_000        # length of the LR schedule (a run may stop earlier)
-    lr: float = 1e-4            # peak learning rate (AdamW)
-    min_lr_ratio: float = 0.1   # cosine decays to lr * min_lr_ratio
+    frames: int = 17  # 1+4k frames per clip (upstream evaluates 17-frame clips)
+    size: int = 256  # square crop side
+    stride: int = 1  # take every stride-th frame of a video
+    batch_size: int = 1  # per process
+    steps: int = 100_000  # length of the LR schedule (a run may stop earlier)
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 1000
     betas: Tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.01
-    grad_clip: float = 1.0      # max global grad norm; 0 disables clipping
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     ema_decay: float = 0.999
     loss: LossWeights = field(default_factory=LossWeights)
     t_range: Tuple[float, float] = (0.0, 1.0)  # fractions of the schedule t is drawn from
@@ -48,16 +48,25 @@ class TrainConfig:
             object.__setattr__(self, "loss", LossWeights(**self.loss))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "t_range", tuple(float(b) for b in self.t_range))
-        for name in ("frames", "size", "stride", "batch_size", "steps", "log_every",
-                     "ckpt_every", "keep_checkpoints"):
+        for name in (
+            "frames",
+            "size",
+            "stride",
+            "batch_size",
+            "steps",
+            "log_every",
+            "ckpt_every",
+            "keep_checkpoints",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
         if (self.frames - 1) % 4:
             raise ValueError(f"TrainConfig.frames must be 1+4k, got {self.frames}")
         if self.size % self.model.space_factor:
-            raise ValueError(f"TrainConfig.size must be a multiple of {self.model.space_factor}, "
-                             f"got {self.size}")
+            raise ValueError(
+                f"TrainConfig.size must be a multiple of {self.model.space_factor}, got {self.size}"
+            )
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
@@ -66,7 +75,9 @@ class TrainConfig:
             raise ValueError("TrainConfig.warmup_steps, grad_clip and num_workers must be >= 0")
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        loss_changes = {k: changes.pop(k) for k in list(changes) if k in ("kl", "lpips", "lpips_frames")}
+        loss_changes = {
+            k: changes.pop(k) for k in list(changes) if k in ("kl", "lpips", "lpips_frames")
+        }
         if loss_changes:
             changes["loss"] = dataclasses.replace(self.loss, **loss_changes)
         return dataclasses.replace(self, **changes)
@@ -89,9 +100,19 @@ def _tiny() -> TrainConfig:
     # clips (the networks are convolutional: the model runs at any size). LPIPS is off because it
     # needs VGG16 weights that the package cannot ship.
     model = CDTConfig.small(name="tiny", context_dim=8, unet_dim=8, latent_dim=8)
-    return TrainConfig(model=model, frames=5, size=32, batch_size=4, steps=1000, lr=2e-3,
-                       warmup_steps=50, ema_decay=0.99, loss=LossWeights(lpips=0.0),
-                       log_every=10, ckpt_every=250)
+    return TrainConfig(
+        model=model,
+        frames=5,
+        size=32,
+        batch_size=4,
+        steps=1000,
+        lr=2e-3,
+        warmup_steps=50,
+        ema_decay=0.99,
+        loss=LossWeights(lpips=0.0),
+        log_every=10,
+        ckpt_every=250,
+    )
 
 
 PRESETS = {
@@ -111,10 +132,13 @@ def resolve_train_config(spec: str) -> Tuple[TrainConfig, Optional[Path]]:
     path = Path(spec)
     if path.suffix == ".safetensors":
         from ..api import config_from_file
+
         model = config_from_file(path)
         if model is None:
-            raise ValueError(f"config {spec!r}: a .safetensors file without a stored CDTConfig "
-                             "(write it with cdt_fast.save)")
+            raise ValueError(
+                f"config {spec!r}: a .safetensors file without a stored CDTConfig "
+                "(write it with cdt_fast.save)"
+            )
         return TrainConfig(model=model), path
     if path.suffix == ".json" and path.is_file():
         values = json.loads(path.read_text())
@@ -123,5 +147,7 @@ def resolve_train_config(spec: str) -> Tuple[TrainConfig, Optional[Path]]:
             model = dict(model)
             values["model"] = CDTConfig.preset(model.pop("preset"), **model)
         return TrainConfig.from_dict(values), None
-    raise ValueError(f"config must be one of {sorted(PRESETS)}, a .json file or a .safetensors "
-                     f"checkpoint, got {spec!r}")
+    raise ValueError(
+        f"config must be one of {sorted(PRESETS)}, a .json file or a .safetensors "
+        f"checkpoint, got {spec!r}"
+    )

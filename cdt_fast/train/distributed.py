@@ -63,8 +63,9 @@ def setup_distributed(device: Optional[str] = None) -> Dist:
         dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
-                                rank=rank, world_size=world)
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world
+        )
     return Dist(rank=rank, world_size=world, local_rank=local, device=dev)
 
 

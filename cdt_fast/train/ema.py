@@ -17,7 +17,8 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.shadow: Dict[str, torch.Tensor] = {
-            k: v.detach().float().clone() for k, v in model.state_dict().items()}
+            k: v.detach().float().clone() for k, v in model.state_dict().items()
+        }
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

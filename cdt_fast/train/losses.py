@@ -47,7 +47,9 @@ class LossWeights:
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"LossWeights.{name} must be a number >= 0, got {value!r}")
         if not isinstance(self.lpips_frames, int) or self.lpips_frames < 1:
-            raise ValueError(f"LossWeights.lpips_frames must be an int >= 1, got {self.lpips_frames!r}")
+            raise ValueError(
+                f"LossWeights.lpips_frames must be an int >= 1, got {self.lpips_frames!r}"
+            )
 
 
 class CDTLoss(nn.Module):
@@ -58,15 +60,22 @@ class CDTLoss(nn.Module):
     from ``generator`` so that a resumed run draws the same numbers.
     """
 
-    def __init__(self, model: CDT, weights: LossWeights = LossWeights(),
-                 lpips: Optional[nn.Module] = None, t_range: Tuple[float, float] = (0.0, 1.0)):
+    def __init__(
+        self,
+        model: CDT,
+        weights: LossWeights = LossWeights(),
+        lpips: Optional[nn.Module] = None,
+        t_range: Tuple[float, float] = (0.0, 1.0),
+    ):
         super().__init__()
         lo, hi = (float(v) for v in t_range)
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"t_range must be (lo, hi) with 0 <= lo < hi <= 1, got {t_range!r}")
         if weights.lpips > 0 and lpips is None:
-            raise ValueError("LossWeights.lpips > 0 needs an LPIPS network (cdt_fast.metrics.LPIPS "
-                             "with VGG16 weights); pass lpips=... or set the LPIPS weight to 0")
+            raise ValueError(
+                "LossWeights.lpips > 0 needs an LPIPS network (cdt_fast.metrics.LPIPS "
+                "with VGG16 weights); pass lpips=... or set the LPIPS weight to 0"
+            )
         self.model = model
         self.weights = weights
         self.lpips = lpips
@@ -77,8 +86,9 @@ class CDTLoss(nn.Module):
         # recipe); a range near the end trains the one-step decode harder (our option).
         self.t_lo = int(lo * self.num_timesteps)
         self.t_hi = max(self.t_lo + 1, int(round(hi * self.num_timesteps)))
-        self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(self.num_timesteps),
-                             persistent=False)
+        self.register_buffer(
+            "alphas_cumprod", cosine_alphas_cumprod(self.num_timesteps), persistent=False
+        )
 
     def train(self, mode: bool = True) -> "CDTLoss":
         super().train(mode)
@@ -86,8 +96,9 @@ class CDTLoss(nn.Module):
             self.lpips.eval()  # a frozen metric network: never in training mode
         return self
 
-    def forward(self, x0: torch.Tensor, generator: Optional[torch.Generator] = None
-                ) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, x0: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> Dict[str, torch.Tensor]:
         model = self.model
         b, _, frames, _, _ = x0.shape
         params = model.context_model.encode(x0)

@@ -50,10 +50,18 @@ class Trainer:
     ``resume=True`` continues from the latest checkpoint bit-for-bit (same world size).
     """
 
-    def __init__(self, config: TrainConfig, dataset: ClipDataset, out_dir: Union[str, Path],
-                 resume: bool = False, init_weights: Optional[Union[str, Path]] = None,
-                 lpips: Optional[torch.nn.Module] = None, device: Optional[str] = None,
-                 progress: bool = True, dist_info: Optional[Dist] = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: ClipDataset,
+        out_dir: Union[str, Path],
+        resume: bool = False,
+        init_weights: Optional[Union[str, Path]] = None,
+        lpips: Optional[torch.nn.Module] = None,
+        device: Optional[str] = None,
+        progress: bool = True,
+        dist_info: Optional[Dist] = None,
+    ):
         self.config = config
         self.out = Path(out_dir)
         self.dist = dist_info or setup_distributed(device)
@@ -63,32 +71,47 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same fresh initialisation on every rank
         self.model = CDT(cfg.model).float().train()
         if init_weights is not None:
-            load_into(self.model, read_state_dict(init_weights), strict=True, source=str(init_weights))
+            load_into(
+                self.model, read_state_dict(init_weights), strict=True, source=str(init_weights)
+            )
         self.model.to(dev)
-        self.loss_fn = CDTLoss(self.model, cfg.loss, lpips.to(dev) if lpips is not None else None,
-                               cfg.t_range)
+        self.loss_fn = CDTLoss(
+            self.model, cfg.loss, lpips.to(dev) if lpips is not None else None, cfg.t_range
+        )
         self.loss_fn.to(dev)
-        self.ddp = (DistributedDataParallel(self.loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None)
-                    if self.dist.enabled else self.loss_fn)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                           weight_decay=cfg.weight_decay)
+        self.ddp = (
+            DistributedDataParallel(
+                self.loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+            if self.dist.enabled
+            else self.loss_fn
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
+            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        )
         self.ema = EMA(self.model, cfg.ema_decay)
         self.generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1009 + self.dist.rank)
-        self.batches = StepBatches(dataset, cfg.batch_size, cfg.seed, self.dist.rank,
-                                   self.dist.world_size)
+        self.batches = StepBatches(
+            dataset, cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size
+        )
         self.step = 0
         if resume:
             self._resume()
             return
         if self.latest_checkpoint() is not None:
-            raise ValueError(f"{self.out} already holds a run's checkpoints: pass resume=True "
-                             "(--resume) to continue it, or choose another output folder")
+            raise ValueError(
+                f"{self.out} already holds a run's checkpoints: pass resume=True "
+                "(--resume) to continue it, or choose another output folder"
+            )
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             config_text = json.dumps(cfg.to_dict(), indent=2)
-            atomic_write(self.out / "train_config.json", lambda tmp: Path(tmp).write_text(config_text))
+            atomic_write(
+                self.out / "train_config.json", lambda tmp: Path(tmp).write_text(config_text)
+            )
             metrics = self.out / "metrics.jsonl"
             if metrics.exists():
                 metrics.unlink()
@@ -105,8 +128,12 @@ class Trainer:
         return self.checkpoint_dir / pointer.read_text().strip()
 
     def _rng_state(self) -> Dict:
-        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                 "python": random.getstate(), "generator": self.generator.get_state()}
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "generator": self.generator.get_state(),
+        }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -122,14 +149,20 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         save(self.model, folder / "model.safetensors")
         self._save_ema(folder / "ema.safetensors")
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": rng,
-                 "world_size": self.dist.world_size, "config": self.config.to_dict()}
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "world_size": self.dist.world_size,
+            "config": self.config.to_dict(),
+        }
         atomic_write(folder / STATE_FILE, lambda tmp: torch.save(state, tmp))
-        atomic_write(self.checkpoint_dir / "latest",
-                     lambda tmp: Path(tmp).write_text(folder.name + "\n"))
+        atomic_write(
+            self.checkpoint_dir / "latest", lambda tmp: Path(tmp).write_text(folder.name + "\n")
+        )
         old = sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir() and p != folder)
-        for stale in old[:max(0, len(old) - (self.config.keep_checkpoints - 1))]:
+        for stale in old[: max(0, len(old) - (self.config.keep_checkpoints - 1))]:
             shutil.rmtree(stale, ignore_errors=True)
         self.dist.barrier()
         return folder
@@ -144,10 +177,17 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.checkpoint_dir}")
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
         if state["world_size"] != self.dist.world_size:
-            warnings.warn(f"resuming a run of {state['world_size']} processes with "
-                          f"{self.dist.world_size}: training continues, but not bit-for-bit")
-        load_into(self.model, read_state_dict(folder / "model.safetensors"), strict=True,
-                  source=str(folder))
+            warnings.warn(
+                f"resuming a run of {state['world_size']} processes with "
+                f"{self.dist.world_size}: training continues, but not bit-for-bit",
+                stacklevel=2,
+            )
+        load_into(
+            self.model,
+            read_state_dict(folder / "model.safetensors"),
+            strict=True,
+            source=str(folder),
+        )
         self.ema.load_state_dict(read_state_dict(folder / "ema.safetensors"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -162,22 +202,29 @@ class Trainer:
         if self.dist.is_main:  # drop log lines written after the checkpoint
             metrics = self.out / "metrics.jsonl"
             if metrics.exists():
-                kept = [line for line in metrics.read_text().splitlines()
-                        if line.strip() and json.loads(line)["step"] <= self.step]
+                kept = [
+                    line
+                    for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.step
+                ]
                 text = "".join(line + "\n" for line in kept)
                 atomic_write(metrics, lambda tmp: Path(tmp).write_text(text))
 
     # -- loop --------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
-        return DataLoader(self.batches, batch_sampler=self.batches.batches(self.step),
-                          num_workers=self.config.num_workers,
-                          pin_memory=self.dist.device.type == "cuda")
+        return DataLoader(
+            self.batches,
+            batch_sampler=self.batches.batches(self.step),
+            num_workers=self.config.num_workers,
+            pin_memory=self.dist.device.type == "cuda",
+        )
 
     def train_step(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         dev = self.dist.device
         x = x.to(dev, non_blocking=True)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-                    else nullcontext())
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+        )
         with autocast:
             parts = self.ddp(x, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
@@ -201,6 +248,7 @@ class Trainer:
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
+
             bar = tqdm(total=until, initial=self.step, desc="train", dynamic_ncols=True)
         start = time.perf_counter()
         try:
@@ -226,8 +274,12 @@ class Trainer:
 
     def _log(self, parts: Dict[str, torch.Tensor], elapsed: float) -> Dict[str, float]:
         values = self.dist.mean(parts)
-        record = {"step": self.step, **values, "lr": self.scheduler.get_last_lr()[0],
-                  "elapsed_s": round(elapsed, 3)}
+        record = {
+            "step": self.step,
+            **values,
+            "lr": self.scheduler.get_last_lr()[0],
+            "elapsed_s": round(elapsed, 3),
+        }
         if self.dist.is_main:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
