@@ -13,9 +13,12 @@ a long stream replays its steady chunks from its third chunk on.
 A replay does no Python work, so the stream state a captured step leaves behind is recorded at
 capture and restored after each replay (:meth:`StreamState.snapshot` / ``restore``).
 
-Memory: all graphs of a session share one private pool (they never run concurrently and each
-keeps its output alive, so no graph can overwrite another's live tensor); the allocator's cache is
-emptied before a capture so that the pool can take back what the eager warm-up held. The chunk
+Memory: all graphs of a session share one private pool. They never run concurrently, and the
+only tensor of a graph that outlives its replay is its output, which the caller copies out before
+the next chunk runs; so a graph's temporaries may reuse another's (the pool holds about one
+chunk's activations, not one per graph), and an output is valid until the next replay of any of
+the session's graphs. The allocator's cache is emptied before a capture so that the pool can take
+back what the eager warm-up held. The chunk
 size accounts for this (:class:`~cdt_fast.engine.memory.MemoryModel`). A capture that runs out of
 memory leaves that key eager for the session (:attr:`ChunkGraphs.eager` says why) and the step
 runs eagerly at once, so the output is the same. Any other capture failure turns graphs off for
@@ -83,8 +86,8 @@ class ChunkGraphs:
     """The captured graphs of one session's step.
 
     ``capture``: the capture implementation (default :class:`CudaGraphCapture`). The output of a
-    replayed step lives in the graph's memory and is overwritten by its next replay: the caller
-    copies it out before the next chunk.
+    replayed step lives in the pool and may be overwritten by the next replay of any graph of
+    this session: the caller copies it out before the next chunk.
     """
 
     def __init__(self, device, enabled: bool = True, capture=None, max_graphs: int = 8) -> None:
