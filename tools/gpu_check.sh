@@ -173,7 +173,10 @@ run_phase() {  # name artifact-flag artifact-path
   local capture=$SCRATCH/$name.stdout
   # word splitting of $cmd is intended: the phase commands hold no quoted arguments
   # shellcheck disable=SC2086
-  timeout --signal=TERM --kill-after=$KILL_AFTER "$limit" $cmd > >(tee "$capture") 2>&1 || rc=$?
+  # pytest writes its junit XML on SIGINT (not on TERM); run.py writes its rows so far on TERM
+  local sig=TERM
+  [[ $name == tests ]] && sig=INT
+  timeout --signal=$sig --kill-after=$KILL_AFTER "$limit" $cmd > >(tee "$capture") 2>&1 || rc=$?
   sleep 0.2  # let tee flush the capture
   local note=""
   (( rc == 124 || rc == 137 )) && note="stopped by its ${limit}s limit"
