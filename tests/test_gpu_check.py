@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -250,3 +251,6 @@ def test_cpu_mode_runs_end_to_end(tmp_path):
     for name in ("compiled", "bench720"):  # done, or cut by its limit with the rows so far
         assert phases[name]["status"] in ("ok", "timeout"), phases[name]
     assert not list((ROOT / "benchmarks" / "results").glob("*tiny*")), "run.py wrote into the tree"
+    # what the device tool brings back: at most 8 plain files with plain names
+    files = list(out.iterdir())
+    assert len(files) <= 8 and all(f.is_file() and re.fullmatch(r"[\w.-]+", f.name) for f in files)

@@ -193,6 +193,9 @@ def phase_table(data: Dict[str, Any]) -> str:
             detail = f"{b['rows']} rows ({b['rows_with_error']} with an error) in {b['file']}"
         elif "result" in p:
             detail = json.dumps(p["result"])[:100]
+        elif name == "env" and data.get("environment"):
+            env = data["environment"]
+            detail = f"{env.get('device')}, torch {env.get('torch')}, triton {env.get('triton')}"
         for key in ("result_error", "tests_error", "bench_error"):
             if key in p:
                 detail = f"{detail} [{p[key]}]".strip()
