@@ -151,7 +151,7 @@ def test_record_statuses_and_artifacts(tmp_path):
         "</testsuite></testsuites>"
     )
     out = tmp_path / "warmup.txt"
-    out.write_text('compiling...\n{"kernels": 7, "seconds": 2.0}\n')
+    out.write_text('compiling...\n{"kernels": 7, "seconds": 2.0}\nwarning: on stderr\n')
     gpu_check.record(summary, "warmup", 0, 2.4, 90, json_file=out)
     gpu_check.record(summary, "tests", 1, 50, 120, junit=junit)
     gpu_check.record(summary, "bench", 124, 121, 120, bench=tmp_path / "missing.json")

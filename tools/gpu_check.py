@@ -128,6 +128,17 @@ def _junit(path: Path) -> Dict[str, Any]:
     return counts
 
 
+def _last_json_line(path: Path) -> Any:
+    """The last line of a command's console that is a JSON object (stderr is interleaved)."""
+    for line in reversed(path.read_text().splitlines()):
+        if line.lstrip().startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    raise ValueError(f"no JSON object line in {path.name}")
+
+
 def _bench(path: Path) -> Dict[str, Any]:
     data = json.loads(path.read_text())
     rows = data.get("rows", [])
@@ -164,7 +175,7 @@ def record(
     if note:
         entry["note"] = note
     for what, path, read in (
-        ("result", json_file, lambda p: json.loads(p.read_text().strip().splitlines()[-1])),
+        ("result", json_file, _last_json_line),
         ("tests", junit, _junit),
         ("bench", bench, _bench),
     ):
