@@ -340,6 +340,39 @@ def test_out_of_memory_in_a_stream_drops_idle_sessions_graphs(reference):
     assert not idle.graphs.graphs and idle.graphs.pool is None
 
 
+def test_out_of_memory_beside_held_graphs_retries_the_same_chunk_without_them(
+    reference, monkeypatch
+):
+    """An eager chunk (a new key) that runs out of memory while the session's graphs hold their
+    pool is retried at the same size once the graphs are dropped: the chunk plan is kept."""
+    ref = reference["small"]
+    fake = FakeCapture()
+    eng = accelerate(ref, backend="torch", cuda_graphs=fake)
+    z = _latent(ref, t=4)
+    for _ in range(2):
+        eng.decode(z)
+    session = eng._sessions[("decode", 1, 4, 4, 1)]
+    chunk, captures = session.chunk, session.graphs.captures
+    assert session.graphs.graphs and captures == 1
+    original = UNetPlan.__call__
+    faults = []
+
+    def faulty(self, *args, **kwargs):
+        if not faults and not fake.replaying:
+            faults.append(1)
+            raise torch.OutOfMemoryError("simulated CUDA out of memory")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNetPlan, "__call__", faulty)
+    z3 = _latent(ref, t=3, seed=5)  # a new chunk shape in the same session: eager
+    noise = torch.randn(eng.output_shape(z3.shape))
+    y = eng.decode(z3, noise=noise)
+    assert faults == [1], "the simulated fault never fired"
+    assert session.chunk == chunk and not session.graphs.graphs
+    monkeypatch.setattr(UNetPlan, "__call__", original)
+    torch.testing.assert_close(y, ref.decode(z3, noise=noise), rtol=0, atol=1e-4)
+
+
 # -- CUDA ------------------------------------------------------------------------------------------
 def _cuda_model(preset):
     ref = randomize_(CDT(tiny_config(preset)), seed=0).cuda().eval()

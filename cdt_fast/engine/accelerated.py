@@ -294,14 +294,17 @@ class AcceleratedCDT(nn.Module):
         session.reset()
         return session
 
-    def _after_oom(self, session: _Session) -> None:
-        # graphs hold their pools: drop this stream's and every idle session's before the retry
-        session.graphs.clear()
-        for other in self._sessions.values():
-            if not other.busy:
-                other.graphs.clear()
+    def _after_oom(self, session: _Session) -> bool:
+        """Free what can be freed before a retry: this stream's graphs and every idle session's
+        (their pools). True when some were held: the same chunk is then worth a retry (an eager
+        chunk can run out of memory only because a pool was held beside it)."""
+        held = False
+        for graphs in [session.graphs] + [o.graphs for o in self._sessions.values() if not o.busy]:
+            held |= bool(graphs.graphs)
+            graphs.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        return held
 
     # -- encode --------------------------------------------------------------------------------
     def _check_piece(self, piece, name: str) -> None:
@@ -362,6 +365,8 @@ class AcceleratedCDT(nn.Module):
                     )
                 params = _run_or_none_on_oom(session, queue.peek(n))
                 if params is None:  # out of memory: smaller chunks from the same position
+                    if self._after_oom(session):
+                        continue  # graphs held memory: the same chunk first, without them
                     smaller = halve(chunk, tf)
                     if pos == 0 and first > 1:
                         first, chunk = 1, smaller or chunk
@@ -373,7 +378,6 @@ class AcceleratedCDT(nn.Module):
                         chunk = smaller
                     if default:
                         session.chunk = chunk
-                    self._after_oom(session)
                     continue
                 queue.drop(n)
                 pos += n
@@ -501,6 +505,9 @@ class AcceleratedCDT(nn.Module):
                 x = noise_of(pos, pos + n)
                 out = _run_or_none_on_oom(session, z_chunk, x)
                 if out is None:  # out of memory: smaller chunks from the same position
+                    del z_chunk, x
+                    if self._after_oom(session):
+                        continue  # graphs held memory: the same chunk first, without them
                     chunk = halve(chunk)
                     if chunk is None:
                         raise torch.OutOfMemoryError(
@@ -508,8 +515,6 @@ class AcceleratedCDT(nn.Module):
                         )
                     if default:
                         session.chunk = chunk
-                    del z_chunk, x
-                    self._after_oom(session)
                     continue
                 queue.drop(n)
                 noise_of.release(pos + n)

@@ -20,6 +20,9 @@ output (2 * 3 elements) and the latent's share for a decode; the video and the p
 parameters' share (3 + 2 * latent_dim / space_factor^2) for an encode -- small next to the
 activations, but counted.
 A session keeps the chunk size its first stream chose, so later streams replay the same graphs.
+Not modelled: an eager chunk (a key's warm-up) that runs while the session's pool is held peaks
+at about two chunks' activations; if that runs out of memory, the engine drops the graphs and
+retries the same chunk before it halves anything.
 
 Every chunk plan gives the same result (chunk invariance), so when a chunk runs out of memory
 the engine halves the chunk and retries from the same position; see :func:`halve`.
