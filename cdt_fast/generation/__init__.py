@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import importlib
 
+# Eager, and light (torch only): the submodule shares the function's name, and a lazy attribute
+# would be replaced by the submodule once anything imports it.
+from .attention import attention, attention_backends
+
 __all__ = [
     "GenConfig",
     "VideoDiT",
@@ -24,8 +28,6 @@ _WHERE = {
     "GenConfig": "model",
     "VideoDiT": "model",
     "KVCache": "model",
-    "attention": "attention",
-    "attention_backends": "attention",
     "ChannelMoments": "stats",
     "latent_stats": "stats",
     "sample": "sampling",

@@ -51,6 +51,9 @@ def attention_backends(
             reason = reason + "; forward only (sampling), training falls back"
             if ok and device.type == "cpu" and not _interpreting():
                 ok, reason = False, "CPU tensors need TRITON_INTERPRET=1 (a debugging mode)"
+            elif ok and device.type == "cpu" and dtype == torch.bfloat16:
+                # The interpreter computes through NumPy, which has no bfloat16.
+                ok, reason = False, "the Triton interpreter (CPU) cannot compute in bfloat16"
         out[name] = BackendStatus(name, bool(ok), reason)
     out["math"] = BackendStatus("math", True, "plain fp32 softmax attention (the oracle)")
     return out
