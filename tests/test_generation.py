@@ -27,9 +27,7 @@ CPU_BACKENDS = [n for n, s in attention_backends().items() if s.available]
 
 def _qkv(s, heads, tq, tk, d, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(s, heads, t, d, generator=g).to(dtype) for t in (tq, tk, tk)
-    ]  # q, k, v
+    return [torch.randn(s, heads, t, d, generator=g).to(dtype) for t in (tq, tk, tk)]  # q, k, v
 
 
 # -- attention ------------------------------------------------------------------------------------
@@ -210,7 +208,9 @@ def test_latent_stats_writes_manifest_and_normaliser_uses_it(tmp_path):
     g = torch.Generator().manual_seed(0)
     zs = [torch.randn(1, 4, 2, 2, 2, generator=g) * 2 + 1 for _ in range(5)]
     write_latent_folder(tmp_path, zs, config)
-    fallback = LatentNormalizer.from_manifest(json.loads((tmp_path / "manifest.json").read_text()), 4)
+    fallback = LatentNormalizer.from_manifest(
+        json.loads((tmp_path / "manifest.json").read_text()), 4
+    )
     assert fallback.source == "latent_scale" and fallback.scale == (config.latent_scale,) * 4
     # two ranks' shares, merged through a stand-in all-gather
     parts = [latent_stats(tmp_path, rank=r, world_size=2, write=False) for r in range(2)]
@@ -279,3 +279,17 @@ def test_fvd_needs_weights_and_uses_a_torchscript_i3d(tmp_path):
     torch.jit.script(PoolI3D()).save(str(path))
     assert fvd(videos, videos, i3d_weights=path) == pytest.approx(0.0, abs=1e-8)
     assert fvd(videos, -videos, i3d_weights=path) > 0
+
+
+def test_generation_benchmark_rows():
+    from benchmarks.bench_generation import markdown, run
+
+    rows = run("tiny", batch=1, repeats=1, warmup=0, backends=["sdpa", "math"])
+    assert [(r["kind"], r["backend"]) for r in rows] == [
+        ("train_step", "sdpa"),
+        ("train_step", "math"),
+        ("sample_step", "sdpa"),
+        ("sample_step", "math"),
+    ]
+    assert all(r["p50_ms"] > 0 and r["latent_frames_per_s"] > 0 for r in rows)
+    assert "| train_step | tiny | sdpa |" in markdown(rows)

@@ -83,7 +83,9 @@ def test_training_lowers_latent_frechet_distance(toy_data, tmp_path):
 
 def test_resume_is_bit_exact(toy_data, tmp_path):
     dataset = LatentClips(toy_data / "train", frames=2, size=(2, 4))
-    config = _config(6, frames=2, size=(2, 4), ckpt_every=3, model=_config(1).model.replace(num_classes=2))
+    config = _config(
+        6, frames=2, size=(2, 4), ckpt_every=3, model=_config(1).model.replace(num_classes=2)
+    )
     straight = GenTrainer(config, dataset, tmp_path / "a", progress=False, dist_info=Dist())
     straight.fit()
     first = GenTrainer(config, dataset, tmp_path / "b", progress=False, dist_info=Dist())
@@ -156,11 +158,15 @@ def test_cli_loop_end_to_end(tmp_path):
     assert "latent_stats" in json.loads((tmp_path / "latents" / "manifest.json").read_text())
     run = tmp_path / "run"
     args = ["gen-train", str(tmp_path / "latents"), "--out", str(run), "--steps", "2"]
-    assert main(args + ["--frames", "2", "--batch-size", "2", "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(args + ["--frames", "2", "--batch-size", "2", "--no-progress", "--device", "cpu"]) == 0
+    )
     assert (run / "ema.safetensors").is_file() and (run / "metrics.jsonl").is_file()
     out = tmp_path / "gen.mp4"
     argv = ["generate", str(run), "-o", str(out), "--frames", "5", "--steps", "2"]
-    assert main(argv + ["--save-latents", str(tmp_path / "gen.safetensors"), "--device", "cpu"]) == 0
+    assert (
+        main(argv + ["--save-latents", str(tmp_path / "gen.safetensors"), "--device", "cpu"]) == 0
+    )
     assert video_io.probe(str(out)).frames == 5
     assert main(["generate", str(run), "--frames", "4", "-o", str(tmp_path / "bad.mp4")]) == 2
     assert not Path(tmp_path / "bad.mp4").exists()

@@ -116,8 +116,12 @@ def build_demo(
     cfg = GEN_PRESETS["tiny"]().replace(steps=steps, ckpt_every=max(1, steps // 4))
     run = work / "run"
     trainer = GenTrainer(
-        cfg, dataset, run, resume=(run / "checkpoints" / "latest").is_file(),
-        progress=progress, dist_info=Dist(),
+        cfg,
+        dataset,
+        run,
+        resume=(run / "checkpoints" / "latest").is_file(),
+        progress=progress,
+        dist_info=Dist(),
     )
     shape = (samples,) + tuple(reference.shape[1:])
     from .model import VideoDiT
