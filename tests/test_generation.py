@@ -12,8 +12,8 @@ import torch
 from cdt_fast.backends import BackendStatus
 from cdt_fast.generation import attention, attention_backends
 from cdt_fast.generation.evaluation import (
-    fvd,
     frechet_distance,
+    fvd,
     gaussian_stats,
     latent_features,
     latent_frechet_distance,
@@ -196,7 +196,7 @@ def test_channel_moments_rejects_wrong_channels():
     with pytest.raises(ValueError, match="channels"):
         ChannelMoments(3).update(torch.zeros(1, 4, 2))
     with pytest.raises(ValueError, match="no data"):
-        ChannelMoments(2).std
+        _ = ChannelMoments(2).std
 
 
 def test_latent_stats_writes_manifest_and_normaliser_uses_it(tmp_path):
