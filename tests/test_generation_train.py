@@ -170,3 +170,15 @@ def test_cli_loop_end_to_end(tmp_path):
     assert video_io.probe(str(out)).frames == 5
     assert main(["generate", str(run), "--frames", "4", "-o", str(tmp_path / "bad.mp4")]) == 2
     assert not Path(tmp_path / "bad.mp4").exists()
+
+
+def test_latent_clips_check_their_inputs(toy_data, tmp_path):
+    with pytest.raises(ValueError, match="fewer than 4 latent frames"):
+        LatentClips(toy_data / "train", frames=4)
+    with pytest.raises(ValueError, match="labels"):
+        LatentClips(toy_data / "train", frames=3, labels="files")
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        LatentClips(tmp_path, frames=3)
+    clips = LatentClips(toy_data / "train", frames=2, size=(2, 2))
+    z, y = clips.clip(0, torch.Generator().manual_seed(0))
+    assert z.shape == (4, 2, 2, 2) and y.dtype == torch.long

@@ -10,6 +10,7 @@ semi-definite inputs and needs no general matrix square root.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -109,7 +110,9 @@ def load_i3d(path: Optional[PathLike], device: Union[str, torch.device] = "cpu")
     if not path.is_file():
         raise FileNotFoundError(f"I3D weights not found: {path}")
     try:
-        return torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():  # TorchScript is deprecated, but it is how I3D ships
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location=device).eval()
     except RuntimeError as err:
         raise ValueError(
             f"{path} is not a TorchScript module ({str(err).splitlines()[0]})"

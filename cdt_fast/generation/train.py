@@ -158,9 +158,9 @@ class LatentClips(ClipDataset):
         self.tokenizer = first.config
         self.fps = str(first.video["fps"])
         self.frames, self.size = frames, size
-        short = [
-            p.name for p in self.paths if read_latent_metadata(p).shape[2] < frames
-        ]  # metadata only: cheap
+        # The manifest records every latent's shape: no need to open the files.
+        ok = [e for e in self.manifest["items"] if e["status"] == "ok"]
+        short = [e["source"] for e in ok if e.get("latent_shape", [0, 0, frames])[2] < frames]
         if short:
             raise ValueError(
                 f"{len(short)} latents have fewer than {frames} latent frames (e.g. {short[0]}); "
