@@ -120,8 +120,12 @@ def load_i3d(path: Optional[PathLike], device: Union[str, torch.device] = "cpu")
 
 
 @torch.no_grad()
-def i3d_features(i3d, videos: torch.Tensor, batch: int = 8) -> torch.Tensor:
-    """[N, D] I3D features of videos [N, 3, T, H, W] in [-1, 1] (resized to 224x224)."""
+def i3d_features(
+    i3d, videos: torch.Tensor, batch: int = 8, i3d_kwargs: Optional[dict] = None
+) -> torch.Tensor:
+    """[N, D] I3D features of videos [N, 3, T, H, W] in [-1, 1] (resized to 224x224 here).
+    ``i3d_kwargs`` go to each call: StyleGAN-V's TorchScript I3D, for instance, is called with
+    ``rescale=False, resize=False, return_features=True`` for [-1, 1] input already at 224x224."""
     if videos.dim() != 5 or videos.shape[1] != 3:
         raise ValueError(f"videos must be [N, 3, T, H, W], got {list(videos.shape)}")
     device = next(iter(i3d.parameters()), torch.empty(0)).device
@@ -132,7 +136,7 @@ def i3d_features(i3d, videos: torch.Tensor, batch: int = 8) -> torch.Tensor:
         frames = v.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
         frames = F.interpolate(frames, size=(224, 224), mode="bilinear", align_corners=False)
         v = frames.reshape(n, t, c, 224, 224).permute(0, 2, 1, 3, 4)
-        out.append(i3d(v).reshape(n, -1).double().cpu())
+        out.append(i3d(v, **(i3d_kwargs or {})).reshape(n, -1).double().cpu())
     return torch.cat(out)
 
 
@@ -141,10 +145,12 @@ def fvd(
     reference: torch.Tensor,
     i3d_weights: Optional[PathLike] = None,
     device: Union[str, torch.device] = "cpu",
+    i3d_kwargs: Optional[dict] = None,
 ) -> float:
     """Fréchet video distance: the Fréchet distance of I3D features of two sets of videos
     [N, 3, T, H, W] in [-1, 1]. Needs ``i3d_weights`` (see :func:`load_i3d`)."""
     i3d = load_i3d(i3d_weights, device)
     return frechet_distance(
-        *gaussian_stats(i3d_features(i3d, generated)), *gaussian_stats(i3d_features(i3d, reference))
+        *gaussian_stats(i3d_features(i3d, generated, i3d_kwargs=i3d_kwargs)),
+        *gaussian_stats(i3d_features(i3d, reference, i3d_kwargs=i3d_kwargs)),
     )
