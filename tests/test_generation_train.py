@@ -182,3 +182,11 @@ def test_latent_clips_check_their_inputs(toy_data, tmp_path):
     clips = LatentClips(toy_data / "train", frames=2, size=(2, 2))
     z, y = clips.clip(0, torch.Generator().manual_seed(0))
     assert z.shape == (4, 2, 2, 2) and y.dtype == torch.long
+
+
+def test_labels_from_source_folders(tmp_path):
+    sources = ["dogs/a.mp4", "cats/b.mp4", "dogs/c.mp4"]
+    write_latent_folder(tmp_path, _toy_clips(3, 2), latent_config(), sources=sources)
+    clips = LatentClips(tmp_path, frames=3, labels="dirs")
+    assert clips.class_names == ["cats", "dogs"]
+    assert [int(clips.clip(i)[1]) for i in range(3)] == [1, 0, 1]

@@ -27,15 +27,17 @@ from ..checkpoint import atomic_write
 __all__ = ["write_latent_folder", "encode_synthetic", "build_demo"]
 
 
-def write_latent_folder(folder, latents: List[torch.Tensor], config, fps: str = "8") -> Path:
-    """Latents [1, C, T, h, w] as an ``encode-dataset`` folder: ``clip_NNNNN.mp4.safetensors``
-    files and a ``manifest.json`` with the same fields."""
+def write_latent_folder(
+    folder, latents: List[torch.Tensor], config, fps: str = "8", sources: Optional[List[str]] = None
+) -> Path:
+    """Latents [1, C, T, h, w] as an ``encode-dataset`` folder: ``<source>.safetensors`` files
+    (sources default to ``clip_NNNNN.mp4``) and a ``manifest.json`` with the same fields."""
     from ..latents import save_latent
 
     folder = Path(folder)
     items = []
     for i, z in enumerate(latents):
-        source = f"clip_{i:05d}.mp4"
+        source = f"clip_{i:05d}.mp4" if sources is None else sources[i]
         t, h, w = z.shape[2:]
         frames = 1 + (t - 1) * config.time_factor
         height, width = h * config.space_factor, w * config.space_factor
