@@ -190,3 +190,15 @@ def test_labels_from_source_folders(tmp_path):
     clips = LatentClips(tmp_path, frames=3, labels="dirs")
     assert clips.class_names == ["cats", "dogs"]
     assert [int(clips.clip(i)[1]) for i in range(3)] == [1, 0, 1]
+
+
+def test_bundled_demo_generator_generates(tmp_path):
+    from cdt_fast import video_io
+    from cdt_fast.cli import main
+    from cdt_fast.generation.sampling import demo_generator_path
+
+    gen = load_generator(demo_generator_path())  # the asset ships with the package
+    assert gen.tokenizer.name == "tiny" and gen.model.config.name == "tiny"
+    out = tmp_path / "demo.mp4"
+    assert main(["generate", "demo", "-o", str(out), "--frames", "5", "--steps", "2"]) == 0
+    assert video_io.probe(str(out)).frames == 5
