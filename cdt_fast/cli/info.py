@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, Tuple
 
-from .. import latents, video_io
+from .. import video_io
 
 _PICKLES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -66,6 +66,8 @@ def _describe_checkpoint(path: Path) -> dict:
 
 def describe(path: str) -> dict:
     """A JSON-able summary of ``path``: a latent file, a checkpoint or a video."""
+    from .. import latents
+
     p = Path(path)
     if not p.exists() and not video_io._is_glob(path):
         raise FileNotFoundError(f"not found: {path}")
