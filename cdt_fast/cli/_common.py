@@ -54,7 +54,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="video frames per chunk, a multiple of 4 (latent chunks are N/4); "
-        "default: upstream's resolution-based choice",
+        "default: upstream's resolution-based choice, at most 32 on CPU",
     )
     group.add_argument(
         "--reference",
