@@ -265,20 +265,22 @@ def _truncation(source: str, scan: dict, rate: Fraction) -> Optional[Tuple[Optio
     """(frames the container lists, or None where it lists none; why the file looks cut short),
     or None if it looks whole."""
     listed = scan["listed"]
-    if listed and scan["packets"] < listed:  # MP4/MOV sample index, AVI header frame count
+    duration, end = scan["duration"], scan["end"]
+    slack = Fraction(3, 2) / rate + Fraction(1, 500)
+    short = bool(duration) and end is not None and end + slack < duration
+    # The MP4/MOV sample index and the AVI header count every frame. FFmpeg leaves samples that an
+    # MP4 edit list cuts off out of its index, so there the packets must also end early.
+    if listed and scan["packets"] < listed and ("mov" not in scan["format"] or short):
         return listed - scan["discarded"], f"{scan['packets']} of {listed} packets in the file"
     if scan["error"] is not None:
         return None, f"reading stopped: {scan['error']}"
     if scan["last_corrupt"]:
         return None, "the last packet is incomplete"
-    duration, end = scan["duration"], scan["end"]
-    if "matroska" in scan["format"] and duration and end is not None:
+    if "matroska" in scan["format"] and short:
         # Matroska/WebM write the segment's duration in the header once the file is complete;
         # PS/TS durations are estimated from the file itself, so they cannot show a cut.
-        slack = Fraction(3, 2) / rate + Fraction(1, 500)
-        if end + slack < duration:
-            expected = scan["frames"] + max(1, round((duration - end) * rate))
-            return expected, f"{float(end):.3f} s of the {float(duration):.3f} s it lists"
+        expected = scan["frames"] + max(1, round((duration - end) * rate))
+        return expected, f"{float(end):.3f} s of the {float(duration):.3f} s it lists"
     fmt = scan["format"]
     if fmt in ("mpeg", "mpegvideo") or fmt.startswith("mpegts"):
         why = _mpeg_stream_cut(source, transport=fmt.startswith("mpegts"))

@@ -344,6 +344,27 @@ def test_mp4_with_a_discarded_packet_is_accepted(tmp_path):
     assert _decoded(path, expected=info.frames) == FRAMES - 1
 
 
+def test_mp4_index_count_needs_the_packets_to_end_early():
+    """FFmpeg drops the samples an MP4 edit list cuts off from its index, so an MP4 with fewer
+    packets than its sample count is truncated only if its packets also end before its duration;
+    an AVI's header count is enough."""
+    scan = {
+        "frames": 19,
+        "packets": 19,
+        "listed": 20,
+        "discarded": 0,
+        "format": "mov,mp4,m4a,3gp,3g2,mj2",
+        "duration": Fraction(20, 24),
+        "end": Fraction(19, 24),
+        "last_corrupt": False,
+        "error": None,
+    }
+    assert video_io._truncation("a.mp4", scan, Fraction(24)) is None  # trimmed by its edit list
+    cut = dict(scan, frames=12, packets=12, end=Fraction(12, 24))
+    assert video_io._truncation("a.mp4", cut, Fraction(24))[0] == 20
+    assert video_io._truncation("a.avi", dict(scan, format="avi"), Fraction(24))[0] == 20
+
+
 def test_program_stream_walk_finds_a_cut_packet():
     """The MPEG-PS check on hand-made bytes: a pack header, then a PES packet of 10 bytes."""
     pack = b"\x00\x00\x01\xba" + bytes([0x44]) + bytes(8) + bytes([0xF8])  # MPEG-2, no stuffing
