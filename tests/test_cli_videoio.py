@@ -329,9 +329,10 @@ def _peak_rss_mb(argv) -> float:
 
 @pytest.mark.slow
 def test_reconstruct_peak_memory_is_flat_in_clip_length(work, tmp_path):
-    """Peak RSS of ``reconstruct`` at 33 and 129 frames of 64x64. Holding the clip, upstream's
-    whole-clip chunk at this size or the whole video's noise grew it by ~245 MB (measured:
-    464 -> 709 MB); streamed, it grows by ~20 MB."""
+    """Peak RSS of ``reconstruct`` at 33 and 129 frames of 64x64. With upstream's whole-clip
+    chunk at this size and the whole video's noise it grew by ~245 MB (measured: 464 -> 709 MB,
+    and 1147 MB at 257 frames); streamed, it grew by 19-85 MB in runs on a loaded machine
+    (allocator noise at the shorter length) and 9 MB more from 129 to 257 frames."""
     rng = np.random.default_rng(0)
     peaks = {}
     for n in (33, 129):
@@ -342,7 +343,7 @@ def test_reconstruct_peak_memory_is_flat_in_clip_length(work, tmp_path):
             ["reconstruct", src, "-o", tmp_path / f"o{n}.mp4", "--model", work["model"], "-q"]
             + ["--device", "cpu"]
         )
-    assert peaks[129] - peaks[33] < 80, peaks
+    assert peaks[129] - peaks[33] < 150, peaks
 
 
 def test_cli_streams_chunks_of_bounded_length(capsys, work, tmp_path, monkeypatch):
