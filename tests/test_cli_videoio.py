@@ -385,3 +385,12 @@ def test_cli_streams_chunks_of_bounded_length(capsys, work, tmp_path, monkeypatc
     assert seen["chunk"] <= _common.MAX_CPU_CHUNK_FRAMES
     assert seen["latent_chunk"] <= _common.MAX_CPU_CHUNK_FRAMES // config.time_factor
     assert seen["tensor"] is False
+
+
+def test_info_reports_a_truncated_video_on_request(capsys, tmp_path):
+    cut = _cut_avi(tmp_path)
+    rc, _, err = run(capsys, "info", cut)
+    assert_one_line_error(rc, err, "truncated")
+    rc, out, _ = run(capsys, "info", cut, "--json", "--allow-truncated")
+    summary = json.loads(out)
+    assert rc == 0 and summary["truncated"] is True and 0 < summary["frames"] < 12
