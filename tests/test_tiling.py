@@ -182,3 +182,43 @@ def test_1080p_decode_memory_bounded_by_tile(model):
     small = _largest_decode(model, 32, 32, 256)
     full_hd = _largest_decode(model, 135, 240, 256)
     assert full_hd == small
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_tile_option(tmp_path):
+    import numpy as np
+
+    from cdt_fast.cli import main
+
+    from .video_clips import pattern, read_pngs, tiny_model_file, write_pngs
+
+    model_file = tiny_model_file(tmp_path / "small.safetensors", "small")
+    src = write_pngs(tmp_path / "src", pattern(5, 30, 44, seed=2))
+    common = ["--model", str(model_file), "--seed", "1", "--quiet"]
+
+    def reconstruct(name, *extra):
+        out = tmp_path / name
+        assert main(["reconstruct", str(src), "-o", str(out), *common, *extra]) == 0
+        return read_pngs(out)
+
+    tile = ["--tile", "24", "--tile-overlap", "8"]
+    tiled = reconstruct("tiled", *tile)
+    assert tiled.shape == (5, 30, 44, 3)
+    latent = tmp_path / "z.safetensors"
+    assert main(["encode", str(src), "-o", str(latent), *common[:2], "--quiet", *tile]) == 0
+    decoded = tmp_path / "decoded"
+    assert main(["decode", str(latent), "-o", str(decoded), *common, *tile]) == 0
+    np.testing.assert_array_equal(read_pngs(decoded), tiled)
+
+
+def test_cli_rejects_bad_tile(tmp_path, capsys):
+    from cdt_fast.cli import main
+
+    from .video_clips import pattern, tiny_model_file, write_pngs
+
+    model_file = tiny_model_file(tmp_path / "small.safetensors", "small")
+    src = write_pngs(tmp_path / "src", pattern(1, 16, 16))
+    argv = ["reconstruct", str(src), "-o", str(tmp_path / "out"), "--model", str(model_file)]
+    assert main([*argv, "--quiet", "--tile", "20"]) != 0
+    assert "multiple of 8" in capsys.readouterr().err

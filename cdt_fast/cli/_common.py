@@ -62,6 +62,23 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tile_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("spatial tiling")
+    group.add_argument(
+        "--tile",
+        type=int,
+        metavar="PX",
+        help="encode/decode in overlapping spatial tiles of PX pixels (a multiple of 8): memory "
+        "bounded by the tile at any resolution; default: whole frames",
+    )
+    group.add_argument(
+        "--tile-overlap",
+        type=int,
+        metavar="PX",
+        help="pixels shared by neighbouring tiles, blended (a multiple of 8; default tile/4)",
+    )
+
+
 def add_video_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size",
@@ -239,15 +256,27 @@ def open_clip(
     return clip, info, (height, width)
 
 
-def encode_clip(model, clip: "video_io.PaddedClip", chunk_frames: Optional[int]) -> torch.Tensor:
+def encode_clip(
+    model,
+    clip: "video_io.PaddedClip",
+    chunk_frames: Optional[int],
+    tile: Optional[int] = None,
+    tile_overlap: Optional[int] = None,
+) -> torch.Tensor:
     """The posterior mode of a clip, as ``model.encode`` computes it, reading frames chunk by chunk
-    when the model offers ``encode_chunks`` (else the whole padded clip at once)."""
+    when the model offers ``encode_chunks`` (else the whole padded clip at once). With ``tile``,
+    the clip is read whole and encoded one spatial tile at a time."""
     from .. import DiagonalGaussian
 
     # no_grad: encode_chunks is a plain generator, and with autograd on, the feature cache would
     # chain every chunk's graph to the next (memory growing with the video's length).
     with torch.no_grad():
-        if hasattr(model, "encode_chunks"):
+        if tile is not None:
+            z = model.encode(
+                clip.read_all(), chunk_frames=chunk_frames, tile=tile, tile_overlap=tile_overlap
+            )
+            z = z.float().cpu()
+        elif hasattr(model, "encode_chunks"):
             params = torch.cat(
                 [p.float().cpu() for p in model.encode_chunks(clip, chunk_frames)], 2
             )
@@ -281,15 +310,19 @@ def decode_frames(
     seed: int,
     chunk_frames: Optional[int],
     on_frames: Optional[Callable[[int], None]] = None,
+    tile: Optional[int] = None,
+    tile_overlap: Optional[int] = None,
 ) -> Iterator[np.ndarray]:
     """Decode ``z`` chunk by chunk into uint8 [N, height, width, 3] frames: the padding frames at
     the end are dropped and the padded rows/columns cropped. Noise comes from a CPU generator
-    seeded with ``seed``, so a decode repeats whatever the device."""
+    seeded with ``seed``, so a decode repeats whatever the device. ``tile``: spatial tiles that
+    advance chunk by chunk together."""
+    tiles = {} if tile is None else {"tile": tile, "tile_overlap": tile_overlap}
     generator = torch.Generator().manual_seed(seed)
     latent_chunk = None if chunk_frames is None else chunk_frames // loaded.config.time_factor
     left = frames
     for chunk in loaded.model.decode_stream(
-        z.to(loaded.device), steps=steps, generator=generator, chunk_frames=latent_chunk
+        z.to(loaded.device), steps=steps, generator=generator, chunk_frames=latent_chunk, **tiles
     ):
         if left <= 0:
             continue

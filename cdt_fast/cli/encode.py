@@ -20,7 +20,9 @@ def _encode(args: argparse.Namespace) -> int:
         )
         bar.reset(total=info.frames)
         with _common.timed(times, "encode", loaded.device):
-            z = _common.encode_clip(loaded.model, clip, chunk_frames)
+            z = _common.encode_clip(
+                loaded.model, clip, chunk_frames, tile=args.tile, tile_overlap=args.tile_overlap
+            )
     latents.save_latent(args.output, z, loaded.config, _common.video_metadata(info, clip))
     print(
         f"{args.input}: {info.describe()} -> {args.output} latent {list(z.shape)} "
@@ -41,5 +43,6 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="LATENT.safetensors")
     _common.add_video_args(p)
     _common.add_model_args(p)
+    _common.add_tile_args(p)
     _common.add_quiet_arg(p)
     p.set_defaults(func=_encode)

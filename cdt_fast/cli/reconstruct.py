@@ -37,7 +37,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
         )
         bar.reset(total=info.frames)
         with _common.timed(times, "encode", loaded.device):
-            z = _common.encode_clip(loaded.model, clip, chunk_frames)
+            z = _common.encode_clip(
+                loaded.model, clip, chunk_frames, tile=args.tile, tile_overlap=args.tile_overlap
+            )
 
     # The input is read a second time, in step with the decoded chunks, so that quality is
     # measured without holding either video whole.
@@ -64,6 +66,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
                 args.seed,
                 chunk_frames,
                 bar.update,
+                tile=args.tile,
+                tile_overlap=args.tile_overlap,
             )
             written = video_io.write_video(args.output, scored(frames), info.fps, args.crf)
     total = times["encode"] + times["decode"]
@@ -93,5 +97,6 @@ def register(sub) -> None:
     _common.add_video_args(p)
     _common.add_video_output_args(p)
     _common.add_model_args(p)
+    _common.add_tile_args(p)
     _common.add_quiet_arg(p)
     p.set_defaults(func=_reconstruct)
