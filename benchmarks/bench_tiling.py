@@ -79,6 +79,8 @@ def quality(args) -> dict:
 
 def _child(args) -> None:
     """One decode in this (fresh) process; prints a JSON line."""
+    from cdt_fast import tiling
+
     torch.set_num_threads(args.threads)
     model = _model(args.model, args.width)
     h, w = RESOLUTIONS[args.resolution]
@@ -95,7 +97,9 @@ def _child(args) -> None:
             {
                 "resolution": args.resolution,
                 "tile": args.tile or None,
-                "overlap": args.overlap if args.tile else None,
+                "overlap": tiling.resolve(args.tile, args.overlap).overlap[0]
+                if args.tile
+                else None,
                 "output_mib": out.numel() * out.element_size() / 2**20,
                 "rss_before_mib": before / 1024,
                 "peak_rss_mib": peak / 1024,
