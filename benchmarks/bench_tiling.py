@@ -55,7 +55,8 @@ def quality(args) -> dict:
     ref = model.decode(z, noise=noise)
     rows = []
     for tile in args.tiles:
-        for overlap in sorted({0, tile // 4 // 8 * 8, tile // 2 // 8 * 8}):
+        default = sorted({0, tile // 4 // 8 * 8, tile // 2 // 8 * 8})
+        for overlap in args.overlaps or default:
             kw = dict(tile=tile, tile_overlap=overlap)
             z_t = model.encode(x, **kw)
             row = {
@@ -133,6 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="256x384", help="quality: HxW of the clip")
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--tiles", default="64,128", help="quality: tile sides to try")
+    p.add_argument(
+        "--overlaps", help="quality: overlaps to try per tile (default 0, tile/4, tile/2)"
+    )
     p.add_argument("--resolutions", default="720p,1080p,4k")
     p.add_argument("--untiled", default="720p", help="memory: resolutions also run untiled")
     p.add_argument("--resolution", default="720p")
@@ -142,6 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="write the result as JSON here")
     args = p.parse_args(argv)
     args.tiles = [int(t) for t in str(args.tiles).split(",")]
+    args.overlaps = [int(o) for o in args.overlaps.split(",")] if args.overlaps else None
     args.resolutions = [r for r in args.resolutions.split(",") if r]
     args.untiled = [r for r in args.untiled.split(",") if r]
     if args.what == "_child":
