@@ -126,7 +126,7 @@ def memory(args) -> dict:
     return {"model": args.model, "width": args.width, "threads": args.threads, "rows": rows}
 
 
-def main(argv=None) -> int:
+def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("what", choices=["quality", "memory", "_child"])
     p.add_argument("--model", default="width", help="demo (bundled, trained) | width (random)")
@@ -147,6 +147,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.tiles = [int(t) for t in str(args.tiles).split(",")]
     args.overlaps = [int(o) for o in args.overlaps.split(",")] if args.overlaps else None
+    return args
+
+
+def run_summary() -> list:
+    """A short case for ``run.py --kernels``: tiled vs untiled PSNR of a random width-4 model on
+    a 64x96 frame with 32-pixel tiles overlapping by 8."""
+    args = _parse(
+        ["quality", "--size", "64x96", "--frames", "1", "--tiles", "32", "--overlaps", "8"]
+    )
+    return quality(args)["rows"]
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
     args.resolutions = [r for r in args.resolutions.split(",") if r]
     args.untiled = [r for r in args.untiled.split(",") if r]
     if args.what == "_child":
