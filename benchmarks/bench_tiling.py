@@ -47,9 +47,10 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def quality(args) -> dict:
     from cdt_fast.data import SyntheticVideos
 
-    model = _model(args.model, args.width)
+    model = _model(args.model, args.width).to(args.device)
     h, w = (int(v) for v in args.size.split("x"))
     x = SyntheticVideos(length=1, frames=args.frames, size=(h, w), seed=1000).clip(0)[None]
+    x = x.to(args.device)
     z = model.encode(x)
     noise = model.initial_noise(z, torch.Generator().manual_seed(0))
     ref = model.decode(z, noise=noise)
@@ -143,6 +144,7 @@ def _parse(argv):
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--overlap", type=int)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="quality: device of the model")
     p.add_argument("--out", help="write the result as JSON here")
     args = p.parse_args(argv)
     args.tiles = [int(t) for t in str(args.tiles).split(",")]
@@ -152,9 +154,13 @@ def _parse(argv):
 
 def run_summary() -> list:
     """A short case for ``run.py --kernels``: tiled vs untiled PSNR of a random width-4 model on
-    a 64x96 frame with 32-pixel tiles overlapping by 8."""
+    a 64x96 frame with 32-pixel tiles overlapping by 8, on CUDA (the other microbenchmarks' rule;
+    on CPU it would only slow the suite that runs them)."""
+    if not torch.cuda.is_available():
+        return [{"skipped": "needs CUDA (on CPU: python benchmarks/bench_tiling.py quality)"}]
     args = _parse(
         ["quality", "--size", "64x96", "--frames", "1", "--tiles", "32", "--overlaps", "8"]
+        + ["--device", "cuda"]
     )
     return quality(args)["rows"]
 
