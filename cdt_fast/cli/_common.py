@@ -95,6 +95,23 @@ def add_size_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tile_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("spatial tiling")
+    group.add_argument(
+        "--tile",
+        type=int,
+        metavar="PX",
+        help="encode/decode in overlapping spatial tiles of PX pixels (a multiple of 8): memory "
+        "bounded by the tile at any resolution; default: whole frames",
+    )
+    group.add_argument(
+        "--tile-overlap",
+        type=int,
+        metavar="PX",
+        help="pixels shared by neighbouring tiles, blended (a multiple of 8; default tile/4)",
+    )
+
+
 def add_video_args(parser: argparse.ArgumentParser) -> None:
     """The options of everything that reads a video."""
     add_size_arg(parser)
@@ -378,10 +395,17 @@ def encode_chunk_frames(config, clip: "video_io.PaddedClip", device, chunk_frame
     return min(config.encode_chunk_frames(height, width), MAX_CPU_CHUNK_FRAMES)
 
 
-def encode_clip(model, clip: "video_io.PaddedClip", chunk_frames: Optional[int]) -> "torch.Tensor":
+def encode_clip(
+    model,
+    clip: "video_io.PaddedClip",
+    chunk_frames: Optional[int],
+    tile: Optional[int] = None,
+    tile_overlap: Optional[int] = None,
+) -> "torch.Tensor":
     """The posterior mode of a clip, as ``model.encode`` computes it, reading frames chunk by chunk
     when the model offers ``encode_chunks`` (else the whole padded clip at once). Only the latent
-    (16x smaller per frame in space, 4x in time) is kept whole."""
+    (16x smaller per frame in space, 4x in time) is kept whole. With ``tile``, the clip is read
+    whole and encoded one spatial tile at a time."""
     import torch
 
     from .. import DiagonalGaussian
@@ -389,7 +413,12 @@ def encode_clip(model, clip: "video_io.PaddedClip", chunk_frames: Optional[int])
     # no_grad: encode_chunks is a plain generator, and with autograd on, the feature cache would
     # chain every chunk's graph to the next (memory growing with the video's length).
     with torch.no_grad():
-        if hasattr(model, "encode_chunks"):
+        if tile is not None:
+            z = model.encode(
+                clip.read_all(), chunk_frames=chunk_frames, tile=tile, tile_overlap=tile_overlap
+            )
+            z = z.float().cpu()
+        elif hasattr(model, "encode_chunks"):
             params = torch.cat(
                 [p.float().cpu() for p in model.encode_chunks(clip, chunk_frames)], 2
             )
@@ -426,6 +455,8 @@ def decode_frames(
     seed: int,
     chunk_frames: Optional[int],
     on_frames: Optional[Callable[[int], None]] = None,
+    tile: Optional[int] = None,
+    tile_overlap: Optional[int] = None,
 ) -> "Iterator[np.ndarray]":
     """Decode ``z`` chunk by chunk into uint8 [N, height, width, 3] frames: the padding frames at
     the end are dropped and the padded rows/columns cropped. Noise comes from a CPU generator
@@ -433,9 +464,11 @@ def decode_frames(
 
     The engine is fed the latent one frame at a time, so that it draws each latent frame's noise
     as it gets there (memory flat in the clip's length); the reference model draws the noise of
-    the whole video at once."""
+    the whole video at once. ``tile``: spatial tiles that advance chunk by chunk together (the
+    engine tiles a whole latent tensor)."""
     import torch
 
+    tiles = {} if tile is None else {"tile": tile, "tile_overlap": tile_overlap}
     generator = torch.Generator().manual_seed(seed)
     tf = loaded.config.time_factor
     latent_chunk = None if chunk_frames is None else chunk_frames // tf
@@ -443,13 +476,14 @@ def decode_frames(
         latent_chunk = min(
             loaded.config.decode_chunk_frames(z.shape[3], z.shape[4]), MAX_CPU_CHUNK_FRAMES // tf
         )
-    if hasattr(loaded.model, "encode_params"):  # the engine: takes an iterable of latent chunks
+    if hasattr(loaded.model, "encode_params") and tile is None:
+        # the engine takes an iterable of latent chunks (tiling needs the whole tensor)
         latent = (z[:, :, i : i + 1].to(loaded.device) for i in range(z.shape[2]))
     else:
         latent = z.to(loaded.device)
     left = frames
     for chunk in loaded.model.decode_stream(
-        latent, steps=steps, generator=generator, chunk_frames=latent_chunk
+        latent, steps=steps, generator=generator, chunk_frames=latent_chunk, **tiles
     ):
         if left <= 0:
             continue

@@ -31,6 +31,8 @@ def _decode(args: argparse.Namespace) -> int:
                 args.seed,
                 chunk_frames,
                 bar.update,
+                tile=args.tile,
+                tile_overlap=args.tile_overlap,
             )
             written = video_io.write_video(args.output, frames, info.fps, args.crf, args.pix_fmt)
     out_h, out_w = video_io.output_size(args.output, video["height"], video["width"], args.pix_fmt)
@@ -53,5 +55,6 @@ def register(sub) -> None:
     p.add_argument("input", metavar="LATENT", help="latent .safetensors from cdt-fast encode")
     _common.add_video_output_args(p)
     _common.add_model_args(p)
+    _common.add_tile_args(p)
     _common.add_quiet_arg(p)
     p.set_defaults(func=_decode)

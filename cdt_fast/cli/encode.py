@@ -28,7 +28,9 @@ def _encode(args: argparse.Namespace) -> int:
         bar.reset(total=clip.frames)
         chunk = _common.encode_chunk_frames(loaded.config, clip, loaded.device, args.chunk_frames)
         with _common.timed(times, "encode", loaded.device):
-            z = _common.encode_clip(loaded.model, clip, chunk)
+            z = _common.encode_clip(
+                loaded.model, clip, chunk, tile=args.tile, tile_overlap=args.tile_overlap
+            )
     metadata = _common.video_metadata(info, clip, args.start)
     latents.save_latent(args.output, z, loaded.config, metadata)
     print(
@@ -50,5 +52,6 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="LATENT.safetensors")
     _common.add_video_args(p)
     _common.add_model_args(p)
+    _common.add_tile_args(p)
     _common.add_quiet_arg(p)
     p.set_defaults(func=_encode)

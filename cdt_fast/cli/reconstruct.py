@@ -81,7 +81,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
         bar.reset(total=clip.frames)
         chunk = _common.encode_chunk_frames(loaded.config, clip, loaded.device, args.chunk_frames)
         with _common.timed(times, "encode", loaded.device):
-            z = _common.encode_clip(loaded.model, clip, chunk)
+            z = _common.encode_clip(
+                loaded.model, clip, chunk, tile=args.tile, tile_overlap=args.tile_overlap
+            )
 
     out_size = video_io.output_size(args.output, height, width, args.pix_fmt)
     scores = _Scores(args, info, (height, width), out_size)
@@ -97,6 +99,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
                 args.seed,
                 args.chunk_frames,
                 bar.update,
+                tile=args.tile,
+                tile_overlap=args.tile_overlap,
             )
             written = video_io.write_video(
                 args.output, scores.scored(frames), info.fps, args.crf, args.pix_fmt
@@ -147,5 +151,6 @@ def register(sub) -> None:
         help="also measure PSNR/SSIM of the file written, after its video encoding (--crf)",
     )
     _common.add_model_args(p)
+    _common.add_tile_args(p)
     _common.add_quiet_arg(p)
     p.set_defaults(func=_reconstruct)

@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Iterator, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .. import chunking
+from .. import chunking, tiling
 from ..config import CDTConfig
 from ..reference import CDT, DDIMSchedule, DiagonalGaussian
 from ..validation import (
@@ -316,13 +316,21 @@ class AcceleratedCDT(nn.Module):
             check_video(piece, name, self.config.space_factor)
 
     def encode_params(
-        self, x: Frames, chunk_frames: Optional[int] = None
+        self,
+        x: Frames,
+        chunk_frames: Optional[int] = None,
+        tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
+        tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
     ) -> Iterator[torch.Tensor]:
         """Posterior parameters (fp32) chunk by chunk, from a video tensor, a lazily sliced clip
         (``shape`` + ``x[:, :, a:b]``, read front to back) or an iterable of frame chunks
-        [B, 3, t, H, W] of any lengths (1+4k frames in all)."""
+        [B, 3, t, H, W] of any lengths (1+4k frames in all). ``tile`` (tensor ``x`` only): all
+        spatial tiles advance chunk by chunk together, as :meth:`cdt_fast.CDT.encode_chunks`."""
         tf = self.config.time_factor
         chunk = check_chunk_frames(chunk_frames, tf)
+        tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
+        if tiles is not None:
+            return self._tiled_encode(x, chunk, tiles, lockstep=True)
         if isinstance(x, torch.Tensor):
             check_video(x, "x", self.config.space_factor)
             queue = FrameQueue(x, lambda *_: None, "x")
@@ -334,6 +342,19 @@ class AcceleratedCDT(nn.Module):
 
     # the reference's name for the same thing (the CLI streams clips through it)
     encode_chunks = encode_params
+
+    def _tiled_encode(self, x, chunk: Optional[int], tiles: tiling.Tiling, lockstep: bool):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor when tiling, got {type(x).__name__}")
+        check_video(x, "x", self.config.space_factor)
+        return tiling.tiled_encode(
+            x,
+            tiles,
+            self.config.space_factor,
+            lambda x_tile: self.encode_params(x_tile.contiguous(), chunk),
+            lockstep=lockstep,
+            time_factor=self.config.time_factor,
+        )
 
     @torch.no_grad()  # on the generator itself: it runs after encode_params has returned
     def _encode_chunks(self, queue: FrameQueue, chunk: Optional[int]) -> Iterator[torch.Tensor]:
@@ -392,21 +413,34 @@ class AcceleratedCDT(nn.Module):
         return_posterior: bool = False,
         chunk_frames: Optional[int] = None,
         scale_factor: float = 1.0,
+        tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
+        tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
         **_upstream_kwargs,
     ):
-        """As :meth:`cdt_fast.CDT.encode`; ``x`` may also be an iterable of frame chunks."""
-        params = torch.cat(list(self.encode_params(x, chunk_frames)), dim=2)
+        """As :meth:`cdt_fast.CDT.encode` (``tile``: one spatial tile at a time, tensor ``x``
+        only); ``x`` may also be an iterable of frame chunks."""
+        tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
+        if tiles is None:
+            params = torch.cat(list(self.encode_params(x, chunk_frames)), dim=2)
+        else:
+            chunk = check_chunk_frames(chunk_frames, self.config.time_factor)
+            params = self._tiled_encode(x, chunk, tiles, lockstep=False)
         posterior = DiagonalGaussian(params)
         z = posterior.mode() * scale_factor
         return (z, posterior) if return_posterior else z
 
     @torch.no_grad()
     def encode_stream(
-        self, x: Frames, chunk_frames: Optional[int] = None, scale_factor: float = 1.0
+        self,
+        x: Frames,
+        chunk_frames: Optional[int] = None,
+        scale_factor: float = 1.0,
+        tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
+        tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
     ) -> Iterator[torch.Tensor]:
         """Latent chunks (posterior mode) as each encode chunk finishes; they can feed
         :meth:`decode_stream` directly."""
-        params = self.encode_params(x, chunk_frames)  # validates now, runs lazily
+        params = self.encode_params(x, chunk_frames, tile, tile_overlap)  # validates now
         return (DiagonalGaussian(p).mode() * scale_factor for p in params)
 
     # -- decode --------------------------------------------------------------------------------
@@ -419,10 +453,16 @@ class AcceleratedCDT(nn.Module):
         generator: Optional[torch.Generator] = None,
         chunk_frames: Optional[int] = None,
         scale_factor: float = 1.0,
+        tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
+        tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
         **_upstream_kwargs,
     ) -> torch.Tensor:
         """As :meth:`cdt_fast.CDT.decode` (same noise draw for a latent tensor, so the same RNG
-        state gives the same video); ``z`` may also be an iterable of latent chunks."""
+        state gives the same video; ``tile``: one spatial tile at a time, tensor ``z`` only);
+        ``z`` may also be an iterable of latent chunks."""
+        tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
+        if tiles is not None:
+            return self._tiled_decode(z, steps, noise, generator, chunk_frames, scale_factor, tiles)
         chunks = self._decode_chunks(z, steps, noise, generator, chunk_frames, scale_factor)
         if not isinstance(z, torch.Tensor):
             return torch.cat([x.clone() for _, _, x in chunks], dim=2)  # clones: x is reused
@@ -440,6 +480,8 @@ class AcceleratedCDT(nn.Module):
         chunk_frames: Optional[int] = None,
         scale_factor: float = 1.0,
         uint8: bool = False,
+        tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
+        tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
     ) -> Iterator[torch.Tensor]:
         """Like :meth:`decode`, but yields each chunk's frames ([B, 3, t, H, W] fp32, or with
         ``uint8=True`` [B, t, H, W, 3] uint8 for video writers) as soon as they are done.
@@ -447,11 +489,39 @@ class AcceleratedCDT(nn.Module):
         ``z`` may be an iterable of latent chunks [B, C, t, h, w] (any lengths): then memory stays
         constant however long the stream, and without ``noise`` each latent frame's noise is drawn
         separately (same distribution as the reference's one-shot draw, not the same values).
+        ``tile`` (tensor ``z`` only): all spatial tiles advance chunk by chunk together.
         """
+        tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
+        if tiles is not None:
+            blended = self._tiled_decode(
+                z, steps, noise, generator, chunk_frames, scale_factor, tiles, lockstep=True
+            )
+            if uint8:
+                return (self.ops("to_uint8_frames", x) for x in blended)
+            return blended
         chunks = self._decode_chunks(z, steps, noise, generator, chunk_frames, scale_factor)
         if uint8:
             return (self.ops("to_uint8_frames", x) for _, _, x in chunks)
         return (x.clone(memory_format=torch.contiguous_format) for _, _, x in chunks)
+
+    def _tiled_decode(
+        self, z, steps, noise, generator, chunk_frames, scale_factor, tiles, lockstep=False
+    ):
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"z must be a torch.Tensor when tiling, got {type(z).__name__}")
+        check_latent(z, self.config.latent_dim, "z")
+        check_noise(noise, self.output_shape(z.shape))
+        check_generator(generator)
+        if noise is None:  # drawn whole, as untiled, so that each tile sees its slice of it
+            noise = self._reference_noise(z, generator)
+
+        def stream_of(z_tile, noise_tile):
+            chunks = self._decode_chunks(z_tile, steps, noise_tile, None, chunk_frames, 1.0)
+            return (x for _, _, x in chunks)
+
+        return tiling.tiled_decode(
+            z / scale_factor, noise, tiles, self.config.space_factor, stream_of, lockstep=lockstep
+        )
 
     def _decode_chunks(self, z, steps, noise, generator, chunk_frames, scale_factor):
         steps = check_steps(self.sample_steps if steps is None else steps)

@@ -7,7 +7,7 @@ from typing import Iterator, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .. import chunking
+from .. import chunking, tiling
 from ..cache import FeatureCache
 from ..config import CDTConfig
 from ..validation import (
@@ -87,27 +87,62 @@ class CDT(nn.Module):
         return_posterior: bool = False,
         chunk_frames: Optional[int] = None,
         scale_factor: float = 1.0,
+        tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
+        tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
         **_upstream_kwargs,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, DiagonalGaussian]]:
         """Video [B, 3, 1+4k, H, W] in [-1, 1] -> posterior mode [B, latent_dim, 1+k, H/8, W/8].
 
         ``chunk_frames``: video frames per chunk after the first frame (a multiple of 4); None uses
         upstream's resolution-based default. ``scale_factor`` multiplies the latent (upstream API).
-        With ``return_posterior=True`` returns ``(z, posterior)``.
+        With ``return_posterior=True`` returns ``(z, posterior)``. ``tile``: encode in
+        overlapping spatial tiles of this many pixels (side or (height, width)), one tile at a
+        time, with ``tile_overlap`` pixels shared by neighbours (see :mod:`cdt_fast.tiling`).
         """
         check_video(x, "x", self.config.space_factor)
         chunk = check_chunk_frames(chunk_frames, self.config.time_factor)
-        params = torch.cat(list(self.encode_chunks(x, chunk)), dim=2)
+        tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
+        if tiles is None:
+            params = torch.cat(list(self.encode_chunks(x, chunk)), dim=2)
+        else:
+            params = tiling.tiled_encode(
+                x,
+                tiles,
+                self.config.space_factor,
+                lambda x_tile: self._encode_chunks(x_tile, chunk),
+                time_factor=self.config.time_factor,
+            )
         posterior = DiagonalGaussian(params)
         z = posterior.mode() * scale_factor
         return (z, posterior) if return_posterior else z
 
-    @torch.no_grad()
     def encode_chunks(
-        self, x: torch.Tensor, chunk_frames: Optional[int] = None
+        self,
+        x: torch.Tensor,
+        chunk_frames: Optional[int] = None,
+        tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
+        tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
     ) -> Iterator[torch.Tensor]:
-        """Posterior parameters chunk by chunk (fp32, on the model's device). No input checks.
-        Without gradients, like ``encode`` (training calls ``context_model.encode`` directly)."""
+        """Posterior parameters chunk by chunk (fp32, on the model's device). No input checks
+        (``x`` may be a lazily sliced clip). Without gradients, like ``encode`` (training calls
+        ``context_model.encode`` directly). With ``tile``, ``x`` must be a tensor; all tiles
+        advance chunk by chunk together, each with its own feature cache."""
+        tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
+        if tiles is None:
+            return self._encode_chunks(x, chunk_frames)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor when tiling, got {type(x).__name__}")
+        return tiling.tiled_encode(
+            x,
+            tiles,
+            self.config.space_factor,
+            lambda x_tile: self._encode_chunks(x_tile, chunk_frames),
+            lockstep=True,
+            time_factor=self.config.time_factor,
+        )
+
+    @torch.no_grad()
+    def _encode_chunks(self, x, chunk_frames: Optional[int]) -> Iterator[torch.Tensor]:
         _, _, frames, height, width = x.shape
         chunk = chunk_frames or self.config.encode_chunk_frames(height, width)
         cache = FeatureCache()
@@ -150,16 +185,33 @@ class CDT(nn.Module):
         generator: Optional[torch.Generator] = None,
         chunk_frames: Optional[int] = None,
         scale_factor: float = 1.0,
+        tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
+        tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
         **_upstream_kwargs,
     ) -> torch.Tensor:
         """Latent [B, latent_dim, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] (fp32).
 
         ``steps``: DDIM steps (default ``self.sample_steps``, 1). ``noise``: standard normal of the
         output shape; None draws it from ``generator`` (or the global RNG). ``chunk_frames``: latent
-        frames per chunk; None uses upstream's resolution-based default.
+        frames per chunk; None uses upstream's resolution-based default. ``tile``: decode in
+        overlapping spatial tiles of this many video pixels, one tile at a time through all its
+        chunks (activation memory bounded by the tile), ``tile_overlap`` pixels shared by
+        neighbours; the noise is drawn whole, as without tiling.
         """
-        return torch.cat(
-            list(self.decode_stream(z, steps, noise, generator, chunk_frames, scale_factor)), dim=2
+        tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
+        if tiles is None:
+            return torch.cat(
+                list(self.decode_stream(z, steps, noise, generator, chunk_frames, scale_factor)),
+                dim=2,
+            )
+        z, steps, noise, chunk = self._check_decode(z, steps, noise, generator, chunk_frames)
+        noise = self.initial_noise(z, generator) if noise is None else noise
+        return tiling.tiled_decode(
+            z / scale_factor,
+            noise,
+            tiles,
+            self.config.space_factor,
+            lambda z_tile, noise_tile: self._decode_stream(z_tile, steps, noise_tile, None, chunk),
         )
 
     def decode_stream(
@@ -170,14 +222,35 @@ class CDT(nn.Module):
         generator: Optional[torch.Generator] = None,
         chunk_frames: Optional[int] = None,
         scale_factor: float = 1.0,
+        tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
+        tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
     ) -> Iterator[torch.Tensor]:
-        """Like :meth:`decode`, but yields each chunk's frames as soon as they are done."""
+        """Like :meth:`decode`, but yields each chunk's frames as soon as they are done. With
+        ``tile``, all tiles advance chunk by chunk together, each with its own feature caches."""
+        tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
+        if tiles is None:
+            z, steps, noise, chunk = self._check_decode(z, steps, noise, generator, chunk_frames)
+            return self._decode_stream(z / scale_factor, steps, noise, generator, chunk)
+        z, steps, noise, chunk = self._check_decode(z, steps, noise, generator, chunk_frames)
+        noise = self.initial_noise(z, generator) if noise is None else noise
+        return tiling.tiled_decode(
+            z / scale_factor,
+            noise,
+            tiles,
+            self.config.space_factor,
+            lambda z_tile, noise_tile: self._decode_stream(z_tile, steps, noise_tile, None, chunk),
+            lockstep=True,
+        )
+
+    def _check_decode(self, z, steps, noise, generator, chunk_frames):
+        """Validated decode arguments (tiled decodes then draw the noise whole, as an untiled
+        decode draws it, and give each tile its slice)."""
         check_latent(z, self.config.latent_dim, "z")
         steps = check_steps(self.sample_steps if steps is None else steps)
         check_noise(noise, self.output_shape(z.shape))
         check_generator(generator)
         chunk = check_chunk_frames(chunk_frames)
-        return self._decode_stream(z / scale_factor, steps, noise, generator, chunk)
+        return z, steps, noise, chunk
 
     @torch.no_grad()
     def _decode_stream(self, z, steps, noise, generator, chunk) -> Iterator[torch.Tensor]:
