@@ -51,4 +51,4 @@ echo "kernel parity tests under the Triton $got interpreter"
   tests/test_denoise.py \
   tests/test_temporal_attention.py \
   tests/test_int64_offsets.py \
-  "${pytest_args[@]}"
+  ${pytest_args[@]+"${pytest_args[@]}"}
