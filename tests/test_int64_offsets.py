@@ -8,8 +8,9 @@ of 2**32 elements whose batch, channel, frame or voxel dimension (size 3) has a 
 2**30. Triton passes that stride as a 32-bit integer (it is < 2**31), and index 2 times it passes
 2**31. A kernel that multiplies in 32 bits then reads and writes 2**32 elements too low: still
 inside the storage (every view starts 2**31 elements in), so the test sees wrong values or
-untouched NaN outputs instead of a crash. The storage is ``torch.empty``: only the pages the
-views touch are ever backed by memory (a few MB), on CPU under the interpreter and on CUDA alike.
+untouched NaN outputs instead of a crash. On CPU (the interpreter) the storage is
+``torch.empty`` address space: only the pages the views touch are backed by memory (a few MB).
+On CUDA it is a real 8 GiB allocation (skipped where that fails).
 """
 
 import os
