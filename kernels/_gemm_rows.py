@@ -26,8 +26,11 @@ def accumulate_rows(
     for c0 in range(0, C, BLOCK_K):
         ck = c0 + offs_k
         ok_k = ck < C
+        # 64-bit channel offsets: in a contiguous [B, C, T, H, W] tensor s_c is T*H*W.
         a = tl.load(
-            rows[:, None] + ck[None, :] * s_c, mask=ok_rows[:, None] & ok_k[None, :], other=0.0
+            rows[:, None] + ck.to(tl.int64)[None, :] * s_c,
+            mask=ok_rows[:, None] & ok_k[None, :],
+            other=0.0,
         )
         # Loaded [N, K] and transposed for the dot: a weight with Cin innermost (what the engine
         # holds) then gives 16-byte loads; [K, N] would read one element per load.

@@ -58,14 +58,17 @@ def _temporal_attention_kernel(
     pid_m = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     g_q = rows // TQ
-    i_q = rows % TQ
+    # Sequence, frame and feature offsets in 64 bits: q, k, v are often strided views of a
+    # [B, C, T, H, W] activation, where a frame's stride is H*W*C and a feature's T*H*W.
+    i_q = (rows % TQ).to(tl.int64)
     seq_q = (pid_g * G + g_q).to(tl.int64)
     ok_q = (g_q < G) & (seq_q < NH)
     offs_d = tl.arange(0, BLOCK_D)
     ok_d = offs_d < D
+    offs_d_64 = offs_d.to(tl.int64)
     q_off = (seq_q // HEADS) * s_qs + (seq_q % HEADS) * s_qh + i_q * s_qt
     q = tl.load(
-        q_ptr + q_off[:, None] + offs_d[None, :] * s_qd,
+        q_ptr + q_off[:, None] + offs_d_64[None, :] * s_qd,
         mask=ok_q[:, None] & ok_d[None, :],
         other=0.0,
     )
@@ -83,14 +86,14 @@ def _temporal_attention_kernel(
         if start < key_end:
             cols = start + tl.arange(0, BLOCK_N)
             g_k = cols // TK
-            j_k = cols % TK
+            j_k = (cols % TK).to(tl.int64)
             seq_k = (pid_g * G + g_k).to(tl.int64)
             ok_k = (g_k < G) & (seq_k < NH)
             kv_mask = ok_k[:, None] & ok_d[None, :]
             k = tl.load(
                 k_ptr
                 + ((seq_k // HEADS) * s_ks + (seq_k % HEADS) * s_kh + j_k * s_kt)[:, None]
-                + offs_d[None, :] * s_kd,
+                + offs_d_64[None, :] * s_kd,
                 mask=kv_mask,
                 other=0.0,
             )
@@ -110,7 +113,7 @@ def _temporal_attention_kernel(
             v = tl.load(
                 v_ptr
                 + ((seq_k // HEADS) * s_vs + (seq_k % HEADS) * s_vh + j_k * s_vt)[:, None]
-                + offs_d[None, :] * s_vd,
+                + offs_d_64[None, :] * s_vd,
                 mask=kv_mask,
                 other=0.0,
             )
@@ -122,7 +125,7 @@ def _temporal_attention_kernel(
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     o_off = (seq_q // HEADS) * s_os + (seq_q % HEADS) * s_oh + i_q * s_ot
     tl.store(
-        o_ptr + o_off[:, None] + offs_d[None, :] * s_od,
+        o_ptr + o_off[:, None] + offs_d_64[None, :] * s_od,
         out.to(o_ptr.dtype.element_ty),
         mask=ok_q[:, None] & ok_d[None, :],
     )

@@ -281,6 +281,9 @@ def _causal_conv3d_kernel(
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < N
+    # Channel offsets of activations in 64 bits too: in a contiguous [B, C, T, H, W] tensor the
+    # channel stride is T*H*W, and c * T*H*W passes 2**31 at 720p.
+    rn_64 = rn.to(tl.int64)
 
     # Output voxel of each row (32-bit division: M < 2**31), then 64-bit so that offsets into
     # huge activations cannot overflow.
@@ -325,6 +328,7 @@ def _causal_conv3d_kernel(
             wv = wv // 2
         cin = c0 + rk
         k_ok = cin < CIN
+        cin_64 = cin.to(tl.int64)
         if HAS_PAST:
             in_past = tv < P_FRAMES
             xt = tl.maximum(tv - P_FRAMES, 0)
@@ -332,19 +336,19 @@ def _causal_conv3d_kernel(
             x_off = b * sxb + xt * sxt + hv * sxh + wv * sxw
             p_off = b * spb + pt * spt + hv * sph + wv * spw
             a = tl.load(
-                x_ptr + x_off[:, None] + cin[None, :] * sxc,
+                x_ptr + x_off[:, None] + cin_64[None, :] * sxc,
                 mask=(ok & ~in_past)[:, None] & k_ok[None, :],
                 other=0.0,
             )
             a += tl.load(
-                p_ptr + p_off[:, None] + cin[None, :] * spc,
+                p_ptr + p_off[:, None] + cin_64[None, :] * spc,
                 mask=(ok & in_past)[:, None] & k_ok[None, :],
                 other=0.0,
             )
         else:
             x_off = b * sxb + tv * sxt + hv * sxh + wv * sxw
             a = tl.load(
-                x_ptr + x_off[:, None] + cin[None, :] * sxc,
+                x_ptr + x_off[:, None] + cin_64[None, :] * sxc,
                 mask=ok[:, None] & k_ok[None, :],
                 other=0.0,
             )
@@ -357,7 +361,7 @@ def _causal_conv3d_kernel(
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
 
     mask = m_ok[:, None] & n_ok[None, :]
-    res_off = (b * srb + to * srt + ho * srh + wo * srw)[:, None] + rn[None, :] * src
+    res_off = (b * srb + to * srt + ho * srh + wo * srw)[:, None] + rn_64[None, :] * src
     acc = _conv_epilogue(
         acc,
         rn,
@@ -380,7 +384,7 @@ def _causal_conv3d_kernel(
         HAS_CBIAS,
         HAS_RES,
     )
-    out_off = (b * sob + to * sot + ho * soh + wo * sow)[:, None] + rn[None, :] * soc
+    out_off = (b * sob + to * sot + ho * soh + wo * sow)[:, None] + rn_64[None, :] * soc
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 

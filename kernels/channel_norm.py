@@ -120,9 +120,12 @@ def _channel_norm_kernel(
     cols = tl.arange(0, BLOCK_C)
     mask_c = cols < C
     mask = mask_m[:, None] & mask_c[None, :]
+    cols_64 = cols.to(tl.int64)  # the channel stride of a contiguous tensor is T*H*W
 
     x = tl.load(
-        x_ptr + (sample * sx_b + voxel * sx_s)[:, None] + cols[None, :] * sx_c, mask=mask, other=0.0
+        x_ptr + (sample * sx_b + voxel * sx_s)[:, None] + cols_64[None, :] * sx_c,
+        mask=mask,
+        other=0.0,
     ).to(tl.float32)
     g = tl.load(g_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)
@@ -134,7 +137,7 @@ def _channel_norm_kernel(
     residual = 0.0
     if HAS_RESIDUAL:
         residual = tl.load(
-            res_ptr + (sample * sr_b + voxel * sr_s)[:, None] + cols[None, :] * sr_c,
+            res_ptr + (sample * sr_b + voxel * sr_s)[:, None] + cols_64[None, :] * sr_c,
             mask=mask,
             other=0.0,
         ).to(tl.float32)
@@ -142,7 +145,7 @@ def _channel_norm_kernel(
         x, g, b, time_bias, residual, mask_c, C, eps, RELU, HAS_TIME_BIAS, HAS_RESIDUAL
     )
     tl.store(
-        out_ptr + (sample * so_b + voxel * so_s)[:, None] + cols[None, :] * so_c,
+        out_ptr + (sample * so_b + voxel * so_s)[:, None] + cols_64[None, :] * so_c,
         y.to(out_ptr.dtype.element_ty),
         mask=mask,
     )

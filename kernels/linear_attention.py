@@ -102,7 +102,10 @@ def _norm_project_kernel(
     cols = tl.arange(0, BLOCK_K)
     mask_k = cols < C
     x = tl.load(
-        x_ptr + ((rows // S) * sx_b + (rows % S) * sx_s)[:, None] + cols[None, :] * sx_c,
+        # 64-bit channel offsets: the channel stride of a contiguous tensor is T*H*W.
+        x_ptr
+        + ((rows // S) * sx_b + (rows % S) * sx_s)[:, None]
+        + cols.to(tl.int64)[None, :] * sx_c,
         mask=mask_m[:, None] & mask_k[None, :],
         other=0.0,
     ).to(tl.float32)
@@ -189,9 +192,11 @@ def _context_partial_kernel(
         m = m_new
 
     part = pid_fh * NUM_SPLITS + pid_s
-    first_e = pid_e == 0
-    tl.store(m_ptr + part * DH + offs_d, m, mask=mask_d & first_e)
-    tl.store(l_ptr + part * DH + offs_d, l, mask=mask_d & first_e)
+    # The statistics of a d block are the same for every e block: the first one writes them. A
+    # branch, not a mask: Triton >= 3.9 rejects a vector mask combined with a scalar predicate.
+    if pid_e == 0:
+        tl.store(m_ptr + part * DH + offs_d, m, mask=mask_d)
+        tl.store(l_ptr + part * DH + offs_d, l, mask=mask_d)
     tl.store(
         acc_ptr + (part * DH + offs_d)[:, None].to(tl.int64) * DH + offs_e[None, :],
         acc,
@@ -319,14 +324,15 @@ def _attention_apply_kernel(
     sample = rows // S
     voxel = rows % S
     mask = mask_n[:, None] & mask_c[None, :]
+    offs_c_64 = offs_c.to(tl.int64)  # the channel stride of a contiguous tensor is T*H*W
     if HAS_RESIDUAL:
         y += tl.load(
-            res_ptr + (sample * sr_b + voxel * sr_s)[:, None] + offs_c[None, :] * sr_c,
+            res_ptr + (sample * sr_b + voxel * sr_s)[:, None] + offs_c_64[None, :] * sr_c,
             mask=mask,
             other=0.0,
         ).to(tl.float32)
     tl.store(
-        out_ptr + (sample * so_b + voxel * so_s)[:, None] + offs_c[None, :] * so_c,
+        out_ptr + (sample * so_b + voxel * so_s)[:, None] + offs_c_64[None, :] * so_c,
         y.to(out_ptr.dtype.element_ty),
         mask=mask,
     )
@@ -698,8 +704,8 @@ def linear_attention(
 
 def linear_attention_block(
     x: torch.Tensor,
-    norm_g: torch.Tensor,
-    norm_b: torch.Tensor,
+    g: torch.Tensor,
+    b: torch.Tensor,
     w_qkv: torch.Tensor,
     w_out: torch.Tensor,
     b_out: Optional[torch.Tensor],
@@ -709,7 +715,7 @@ def linear_attention_block(
     eps: float = 1e-5,
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``x + linear_attention(channel_norm(x, norm_g, norm_b, eps), ...)``: CDT's
+    """``x + linear_attention(channel_norm(x, g, b, eps), ...)``: CDT's
     ``Residual(PreNorm(LinearAttention))`` block (``attention_block``); the result is
     channels-last unless ``out`` is given (it may be ``x``: the block then runs in place)."""
     weights = LinearAttentionWeights.pack(
@@ -718,8 +724,8 @@ def linear_attention_block(
         b_out,
         heads=heads,
         scale=scale,
-        norm_g=norm_g,
-        norm_b=norm_b,
+        norm_g=g,
+        norm_b=b,
         eps=eps,
         dtype=getattr(x, "dtype", None),
     )

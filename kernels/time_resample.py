@@ -89,14 +89,16 @@ def _time_downsample_kernel(
     pid_m = tl.program_id(0)
     pid_bt = tl.program_id(1)
     pid_n = tl.program_id(2)
-    b = (pid_bt // T_OUT).to(tl.int64)  # batch strides can pass 2**31 elements
-    to = pid_bt % T_OUT
+    # Batch, frame, row and channel offsets in 64 bits: a 720p chunk passes 2**31 elements, so
+    # `to * s_ot` (channels-last) or `c * s_oc` (contiguous) would wrap in 32 bits.
+    b = (pid_bt // T_OUT).to(tl.int64)
+    to = (pid_bt % T_OUT).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < HW
     mask_n = offs_n < C_OUT
-    hh = offs_m // WIDTH
-    ww = offs_m % WIDTH
+    hh = (offs_m // WIDTH).to(tl.int64)
+    ww = (offs_m % WIDTH).to(tl.int64)
     x_rows = x_ptr + b * s_xb + hh * s_xh + ww * s_xw
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in tl.static_range(3):
@@ -136,7 +138,13 @@ def _time_downsample_kernel(
             )
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    out = out_ptr + b * s_ob + to * s_ot + (hh * s_oh + ww * s_ow)[:, None] + offs_n[None, :] * s_oc
+    out = (
+        out_ptr
+        + b * s_ob
+        + to * s_ot
+        + (hh * s_oh + ww * s_ow)[:, None]
+        + offs_n.to(tl.int64)[None, :] * s_oc
+    )
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
@@ -174,15 +182,15 @@ def _time_upsample_kernel(
     pid_m = tl.program_id(0)
     pid_bt = tl.program_id(1)
     pid_n = tl.program_id(2)
-    b = (pid_bt // T_IN).to(tl.int64)
-    t = pid_bt % T_IN
+    b = (pid_bt // T_IN).to(tl.int64)  # 64-bit offsets, as in the downsample
+    t = (pid_bt % T_IN).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < HW
     mask_n = offs_n < C
-    hh = offs_m // WIDTH
-    ww = offs_m % WIDTH
+    hh = (offs_m // WIDTH).to(tl.int64)
+    ww = (offs_m % WIDTH).to(tl.int64)
     x_rows = x_ptr + b * s_xb + t * s_xt + hh * s_xh + ww * s_xw
     acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -190,7 +198,9 @@ def _time_upsample_kernel(
         ck = c0 + offs_k
         mask_k = ck < C
         a = tl.load(
-            x_rows[:, None] + ck[None, :] * s_xc, mask=mask_m[:, None] & mask_k[None, :], other=0.0
+            x_rows[:, None] + ck.to(tl.int64)[None, :] * s_xc,
+            mask=mask_m[:, None] & mask_k[None, :],
+            other=0.0,
         )
         # The weight tiles are loaded [N, K] and transposed for the dot: upstream's [2C, C] weight
         # is contiguous along K (Cin), so this way the loads are 16 bytes wide instead of one
@@ -208,7 +218,9 @@ def _time_upsample_kernel(
     if HAS_BIAS:
         acc0 += tl.load(b_ptr + 2 * offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         acc1 += tl.load(b_ptr + 2 * offs_n + 1, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    out = out_ptr + b * s_ob + (hh * s_oh + ww * s_ow)[:, None] + offs_n[None, :] * s_oc
+    out = (
+        out_ptr + b * s_ob + (hh * s_oh + ww * s_ow)[:, None] + offs_n.to(tl.int64)[None, :] * s_oc
+    )
     mask = mask_m[:, None] & mask_n[None, :]
     t0 = 2 * t - DROP
     if t0 >= 0:

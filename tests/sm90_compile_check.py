@@ -1,5 +1,5 @@
-"""Compiles the fusedB Triton kernels (time resampling, final denoise stage, initial noise,
-temporal attention) to sm_90 cubins with no GPU present: catches what the interpreter cannot
+"""Compiles the Triton kernels of time resampling, temporal attention and the sampler's
+elementwise steps to sm_90 cubins with no GPU present: catches what the interpreter cannot
 (typing of branches, tl.dot shapes, register allocation). Run by test_kernels_sm90_compile.py in
 a subprocess without TRITON_INTERPRET; prints one line per kernel variant."""
 
@@ -23,10 +23,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 def compile_kernel(label, fn, pointer_types, constexprs, num_warps=4):
     scalar_types = {
         "eps": "fp32",
-        "gamma": "fp32",
         "qk_scale": "fp32",
-        "seed": "i64",
-        "offset": "i64",
         "NUMEL": "i64",
     }
     signature = {
@@ -71,45 +68,6 @@ def main(dtypes=("bf16", "fp16")):
             ptrs,
             dict(C=192, HAS_BIAS=True, IEEE=False, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
         )
-        compile_kernel(
-            f"channel_norm {dt}",
-            dn._channel_norm_kernel,
-            {"x_ptr": f"*{dt}", "g_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": f"*{dt}"},
-            dict(C=64, BLOCK_C=64, BLOCK_V=64),
-        )
-        for replicate in (False, True):
-            compile_kernel(
-                f"final_conv_ddim {dt} replicate={replicate}",
-                dn._final_conv_ddim_kernel,
-                {
-                    "h_ptr": f"*{dt}",
-                    "past_ptr": f"*{dt}",
-                    "w_ptr": f"*{dt}",
-                    "bias_ptr": f"*{dt}",
-                    "xt_ptr": "*fp32",
-                    "out_ptr": "*fp32",
-                    "u8_ptr": "*u8",
-                    "coef_ptr": "*fp32",
-                },
-                dict(
-                    C=64,
-                    N_OUT=3,
-                    NP=16,
-                    KT=3,
-                    KH=7,
-                    KW=7,
-                    PH=3,
-                    PW=3,
-                    HISTORY=2,
-                    REPLICATE=replicate,
-                    HAS_BIAS=True,
-                    CLAMP=True,
-                    UINT8=True,
-                    IEEE=False,
-                    BLOCK_M=128,
-                    BLOCK_K=64,
-                ),
-            )
         for causal in (True, False):
             for tq, g in ((5, 12), (128, 1)):
                 compile_kernel(
@@ -128,9 +86,6 @@ def main(dtypes=("bf16", "fp16")):
                         BLOCK_D=64,
                     ),
                 )
-    compile_kernel(
-        "initial_noise fp32", dn._initial_noise_kernel, {"out_ptr": "*fp32"}, dict(BLOCK=1024)
-    )
     compile_kernel(
         "ddim_update",
         dn._ddim_update_kernel,

@@ -17,4 +17,4 @@ def test_kernels_compile_for_sm90():
         [sys.executable, str(script), "bf16"], env=env, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("ok ") == 13, result.stdout
+    assert result.stdout.count("ok ") == 9, result.stdout
