@@ -6,7 +6,7 @@ Public API: :class:`CDTConfig`, :class:`CDT` (the reference model), :func:`load`
 """
 
 from .api import load, load_cdt, save
-from .backends import backends  # noqa: F401  (shadows the submodule name: cdt_fast.backends())
+from .availability import backends
 from .cache import FeatureCache
 from .checkpoint import CheckpointMismatchError
 from .config import CDTConfig

@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import torch
-import triton
 import triton.language as tl
+
+from cdt_fast.availability import triton_interpreted
 
 __all__ = [
     "voxel_rows",
@@ -58,7 +59,7 @@ def voxel_rows(t: torch.Tensor) -> Tuple[torch.Tensor, int, int, int]:
 
 def interpreting() -> bool:
     """True under ``TRITON_INTERPRET=1`` (kernels then run on CPU tensors, one config, no tuning)."""
-    return bool(triton.knobs.runtime.interpret)
+    return triton_interpreted()
 
 
 def check_launchable(x: torch.Tensor, op: str, instead: str = "cdt_fast.functional") -> None:

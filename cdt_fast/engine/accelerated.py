@@ -190,7 +190,7 @@ class AcceleratedCDT(nn.Module):
         backend: str = "auto",
         dtype: Optional[torch.dtype] = None,
         device=None,
-        measure: Optional[bool] = None,
+        table=None,
         cuda_graphs: bool = True,
         measurements: Optional[Measurements] = None,
         env=None,
@@ -202,7 +202,7 @@ class AcceleratedCDT(nn.Module):
             raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         device = torch.device(device) if device is not None else cdt.device
         dtype = dtype or cdt.dtype
-        self.ops = OpTable(backend, device, measure=measure, measurements=measurements, env=env)
+        self.ops = OpTable(backend, device, table=table, measurements=measurements, env=env)
         self.memory_format = activation_layout(device, self.ops)
         cdt = cdt.to(device=device, dtype=dtype).to(memory_format=self.memory_format).eval()
         cdt.requires_grad_(False)  # inference only: no autograd graph may chain chunks
@@ -259,12 +259,18 @@ class AcceleratedCDT(nn.Module):
     def extra_repr(self) -> str:
         return f"config={self.config}, dtype={self.dtype}, device={self.device}, ops={self.ops!r}"
 
+    @property
+    def dispatch_table(self):
+        """The :class:`~cdt_fast.engine.DispatchTable` this engine decides by (with
+        ``backend="tune"``: the winners measured so far, to ``save`` and give to ``table=``)."""
+        return self.ops.decisions
+
     def backend_report(self) -> dict:
-        """Which backend runs each op and why, plus auto's measured winners and the CUDA graph
-        state of each live session."""
+        """Which backend runs each op and why, the choice made per (op, shape class), tune's
+        rejected candidates and the CUDA graph state of each live session."""
         return {
             "ops": self.ops.report(),
-            "measured": dict(self.ops.measurements.winner),
+            "decided": self.ops.decided(),
             "rejected": dict(self.ops.measurements.rejected),
             "graphs": {
                 k: (s.graphs.reason or "enabled", s.graphs.captures, s.graphs.replays)
@@ -520,7 +526,7 @@ def accelerate(
     *,
     config: Optional[CDTConfig] = None,
     device=None,
-    measure: Optional[bool] = None,
+    table=None,
     cuda_graphs: bool = True,
     measurements: Optional[Measurements] = None,
 ) -> AcceleratedCDT:
@@ -529,19 +535,20 @@ def accelerate(
     ``model``: a :class:`cdt_fast.CDT`, a module with an upstream-format state dict (e.g.
     upstream's ``ConditionedDiffusionTokenizer``) or such a state dict; without ``config`` the
     architecture is inferred from the weights' shapes (see :func:`cdt_fast.engine.infer_config`).
-    The given model is not modified. ``backend``: "auto" (per op, fastest measured on CUDA,
-    preference order elsewhere), "triton", "cuda", "cpp" or "torch", or a spec such as
-    "auto,causal_conv3d=torch"; the ``CDT_FAST_BACKEND`` environment variable overrides it.
-    ``dtype``: compute dtype (default: the model's). ``device``: default the model's.
-    ``measure``: time backends per call shape (default: on CUDA only). ``cuda_graphs``: capture
-    steady-state chunks on CUDA.
+    The given model is not modified. ``backend``: "auto" (per op and shape class, from the
+    decision table ``table``: a saved :class:`~cdt_fast.engine.DispatchTable`, its path, or None
+    for the committed one), "tune" (measured on the first call of each shape class; the winners
+    are ``engine.dispatch_table``), "triton", "cuda", "cpp" or "torch", or a spec such as
+    "auto,causal_conv3d=torch"; the ``CDT_FAST_BACKEND`` environment variable fills it in only
+    when it is left at "auto". ``dtype``: compute dtype (default: the model's). ``device``:
+    default the model's. ``cuda_graphs``: capture steady-state chunks on CUDA.
     """
     return AcceleratedCDT(
         as_cdt(model, config),
         backend=backend,
         dtype=dtype,
         device=device,
-        measure=measure,
+        table=table,
         cuda_graphs=cuda_graphs,
         measurements=measurements,
     )
