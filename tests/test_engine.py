@@ -434,7 +434,7 @@ def test_accelerate_argument_beats_env_var(engines, monkeypatch):
     monkeypatch.setenv("CDT_FAST_BACKEND", "auto,channel_norm=cuda")
     eng = accelerate(ref, backend="torch")
     assert eng.ops.source == "argument"
-    assert all(b == "torch" and r.startswith("reference ops") for b, r in eng.ops.report().values())
+    assert all(b == "torch" and "reference ops" in r for b, r in eng.ops.report().values())
     eng = accelerate(ref)  # left at "auto": the variable fills it in
     backend, reason = eng.backend_report()["ops"]["channel_norm"]
     assert eng.ops.source == "CDT_FAST_BACKEND" and backend == "torch"
@@ -476,8 +476,8 @@ def test_triton_ops_looked_up_in_their_declared_module(monkeypatch):
     assert "does not implement 'conv_transpose_up2x'" in report["conv_transpose_up2x"][1]
     assert report["channel_norm"][0] == "torch"
     assert "cdt_fast.kernels.channel_norm is not importable" in report["channel_norm"][1]
-    assert report["causal_conv3d_norm"][0] == "torch"
-    assert "has no function 'causal_conv3d_norm'" in report["causal_conv3d_norm"][1]
+    backend, reason = report["causal_conv3d_norm"]  # the fake module lacks it: its parts run
+    assert backend == "composed" and "has no function 'causal_conv3d_norm'" in reason
 
 
 # auto on CPU with a table that sends every op to the extension where it has one, except ddim.

@@ -237,7 +237,9 @@ class DispatchTable:
 
     def __init__(self, entries: Optional[Mapping] = None):
         self.entries: Dict[str, Dict[str, Dict[str, Tuple[str, ...]]]] = {}
-        for arch, ops in (entries or {}).items():
+        for arch, ops in _check_mapping(entries or {}, "entries").items():
+            if arch not in ARCH_FAMILIES:
+                raise ValueError(f"table arch must be one of {ARCH_FAMILIES}, got {arch!r}")
             for op, classes in _check_mapping(ops, f"entries[{arch!r}]").items():
                 for cls, order in _check_mapping(classes, f"entries[{arch!r}][{op!r}]").items():
                     self._set(arch, op, cls, order)
