@@ -578,6 +578,8 @@ def test_dispatch_table_format_and_bad_tables(tmp_path):
         DispatchTable.load(tmp_path / "other.json")
     with pytest.raises(TypeError, match="table must be"):
         OpTable("auto", env={}, table=3)
+    with pytest.raises(ValueError, match="tune"):
+        OpTable("tune", env={}, table=table)
 
 
 def test_composed_candidate_only_where_a_part_has_a_kernel(monkeypatch):

@@ -460,6 +460,11 @@ class OpTable:
         given = as_table(table)
         self.committed = DispatchTable.default()
         self.tuning = default == TUNE
+        if self.tuning and given is not None:
+            raise ValueError(
+                'table= is what backend="auto" decides by; backend="tune" measures and builds '
+                "its own (engine.dispatch_table)"
+            )
         # tune's winners go to a table of their own (what ``save`` writes); auto reads the given
         # table, falling back to the committed one where it is silent.
         self.decisions = DispatchTable() if self.tuning else (given or self.committed)
