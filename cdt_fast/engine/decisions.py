@@ -51,7 +51,8 @@ def shape_class(op: str, args, kwargs) -> str:
 
 
 def arch_family(device) -> str:
-    """ "cpu", "sm_80" (Ampere/Ada, and older CUDA GPUs) or "sm_90" (Hopper and newer)."""
+    """The arch family of ``device``: "cpu", "sm_80" (Ampere/Ada, and older CUDA GPUs) or
+    "sm_90" (Hopper and newer)."""
     device = torch.device(device)
     if device.type != "cuda":
         return "cpu"
@@ -71,11 +72,10 @@ def _frozen(table) -> Mapping:
 
 
 # Where the entries come from:
-# - cpu: measured on this project's 2-core CPU machine (docs/engine.md, "auto on CPU"): the C++
-#   extension's ops are not clearly faster than torch's on CDT-small/CDT-base decode shapes,
-#   and any op they serve turns the whole engine channels-last, which slows torch's CPU conv3d
-#   (NCDHW-native) more than they save. So auto on CPU is the reference ops, bit-identical to
-#   the reference model; backend="cpp" still runs the extension.
+# - cpu: measured on this project's shared 2-core CPU machine (docs/engine.md, "auto on CPU"):
+#   decodes of CDT-small and CDT-base at 9x64x64 ran 1.3-1.5x faster (wall and CPU time) with the
+#   C++ extension's ops (Blocks as torch's conv then the extension's norm) than with torch's, the
+#   engine then working channels-last. So the extension where it has the op, torch elsewhere.
 # - sm_80 / sm_90: no GPU has timed these kernels yet. The order is the one auto used when it did
 #   not measure (compiled code first: the CUDA extension, then Triton, then torch), with two
 #   facts from the code: the Triton Block op fuses the norm into the conv's epilogue only up to
@@ -95,7 +95,7 @@ _GPU = {
 }
 DECISIONS: Mapping[str, Mapping[str, Mapping[str, Tuple[str, ...]]]] = _frozen(
     {
-        "cpu": {"*": {"*": ("torch",)}},
+        "cpu": {"*": {"*": ("cpp", "composed", "torch")}},
         "sm_80": _GPU,
         "sm_90": _GPU,
     }
