@@ -4,8 +4,10 @@ Three arrangements of the same conv, per chunk, steady state (the cache already 
 
 - ``upstream``: ``cat([cache, x])`` + ``F.pad`` + NCDHW cuDNN conv + ``clone`` of the new cache
   (:func:`cdt_fast.functional.causal_conv3d` + ``causal_conv3d_history`` on NCDHW tensors);
-- ``cudnn_cl``: cuDNN on ``channels_last_3d`` over the zero-copy buffer (:class:`CausalConvCache`);
-- ``triton``: the implicit-GEMM kernel over the same buffer.
+- ``cudnn_cl``: cuDNN on ``channels_last_3d`` tensors, ``past`` a view of the held history and the
+  history refreshed by copying the chunk's last frames into a second buffer (what the engine's
+  stream state does);
+- ``triton``: the implicit-GEMM kernel reading the same channels-last chunk and history.
 
 The layer shapes are read off the reference model itself: a decode at 16x16 with the preset's real
 channel widths and the chunk plan of the target resolution, hooks recording every conv's input,
@@ -105,9 +107,9 @@ class ConvShape:
         weight = self.cout * self.cin * self.kernel[0] * self.kernel[1] * self.kernel[2] * itemsize
         out = self.batch * self.cout * t * h * w * itemsize
         window = self.history + self.frames
-        if self.transposed or path != "upstream":
+        if self.transposed or path == "triton":
             # One read of [history | chunk] (upsampling folded into the loads), the output, and
-            # the refresh of the cached frames.
+            # the refresh of the cached frames. cuDNN's arrangements concatenate and pad first.
             return window * frame + weight + out + 2 * self.past * frame
         scale = 2 if self.upsample2x else 1
         big = frame * scale * scale  # a frame at the conv's resolution
@@ -230,26 +232,25 @@ def decode_shapes(
 class ConvBench:
     """Inputs, weights and per-path callables for one shape (steady state: the cache is full).
 
-    Each path's first call computes the same conv as ``upstream``; later calls of a buffer path
-    see the history its previous call refreshed (other values, the same work)."""
+    Every path computes the same conv as ``upstream`` on every call (the refreshed history goes to
+    a second buffer, as in the engine, so the inputs never change)."""
 
     def __init__(self, shape: ConvShape, dtype: torch.dtype, device: str):
-        from cdt_fast.ops import CausalConvCache, ConvSelector, conv_transpose_up2x
-
         self.shape = s = shape
         g = torch.Generator(device="cpu").manual_seed(0)
 
         def rnd(*size):
             return torch.randn(*size, generator=g).to(device=device, dtype=dtype)
 
+        cl = torch.channels_last_3d
         if s.transposed:
             self.weight = rnd(s.cin, s.cout, *s.kernel) * 0.05
             self.bias = rnd(s.cout)
             x_nc = rnd(s.batch, s.cin, s.frames, s.h, s.w)
-            x_cl = x_nc.contiguous(memory_format=torch.channels_last_3d)
+            x_cl = x_nc.contiguous(memory_format=cl)
             self.runs = {
                 "upstream": lambda: CF.conv_transpose_up2x(x_nc, self.weight, self.bias),
-                "cudnn_cl": lambda: conv_transpose_up2x(x_cl, self.weight, self.bias),
+                "cudnn_cl": lambda: CF.conv_transpose_up2x(x_cl, self.weight, self.bias),
             }
             return
         self.weight = (
@@ -273,21 +274,38 @@ class ConvBench:
             return y
 
         self.runs = {"upstream": upstream}
-        for path, backend in (("cudnn_cl", "cudnn"), ("triton", "triton")):
-            cache = CausalConvCache(self.weight, self.bias, selector=ConvSelector(backend), **kw)
-            cache.reserve(s.batch, s.frames, s.h, s.w, dtype=dtype, device=device)
-            if s.past:  # bring the cache to the steady state: `past` frames held
-                cache(past_nc)
-            cache.input_view(s.frames).copy_(x_nc)
+        x_cl = x_nc.contiguous(memory_format=cl)
+        weight_cl = self.weight.contiguous(memory_format=cl)
+        past_cl = past_nc.contiguous(memory_format=cl) if s.past else None
+        # The engine's steady state: `past` is the held history, and the next chunk's history
+        # (the last frames of [past | x]) is copied into a second buffer of the same shape.
+        nxt = torch.empty_like(past_cl) if s.past else None
+        keep = min(s.past, s.frames) if s.past else 0
 
-            def run(cache=cache):
-                # The chunk is already in the buffer (the producer wrote it there); the refresh
-                # leaves it in place. A stream-start shape restarts the stream each call.
-                if not s.past:
-                    cache.reset()
-                return cache(frames=s.frames)
+        def refresh():
+            if nxt is None:
+                return
+            if keep < s.past:
+                nxt[:, :, : s.past - keep].copy_(past_cl[:, :, keep:])
+            nxt[:, :, s.past - keep :].copy_(x_cl[:, :, s.frames - keep :])
 
-            self.runs[path] = run
+        def cudnn_cl():
+            y = CF.causal_conv3d(x_cl, weight_cl, self.bias, past=past_cl, **kw)
+            refresh()
+            return y
+
+        self.runs["cudnn_cl"] = cudnn_cl
+        try:
+            from cdt_fast.kernels.causal_conv3d import causal_conv3d as triton_conv
+        except ImportError:  # no triton here: the cuDNN arrangements still compare
+            return
+
+        def triton():
+            y = triton_conv(x_cl, weight_cl, self.bias, past=past_cl, **kw)
+            refresh()
+            return y
+
+        self.runs["triton"] = triton
 
 
 def measure(fn, device: str) -> float:

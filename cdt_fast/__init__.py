@@ -6,8 +6,6 @@ Public API: :class:`CDTConfig`, :class:`CDT` (the reference model), :func:`load`
 """
 
 import importlib as _importlib
-import sys as _sys
-import types as _types
 
 # Public names and the submodule defining each. They are imported on first use, so that
 # ``python -m cdt_fast --help`` and other work without the model answers without importing torch.
@@ -15,7 +13,7 @@ _EXPORTS = {
     "load": ".api",
     "load_cdt": ".api",
     "save": ".api",
-    "backends": ".backends",
+    "backends": ".availability",
     "FeatureCache": ".cache",
     "CheckpointMismatchError": ".checkpoint",
     "CDTConfig": ".config",
@@ -38,18 +36,6 @@ def __getattr__(name: str):
 def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
-
-class _Package(_types.ModuleType):
-    """Keeps ``cdt_fast.backends`` the function: importing the submodule of the same name would
-    otherwise bind the module object to the package attribute."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "backends" and isinstance(value, _types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
 
 __version__ = "0.1.0"
 

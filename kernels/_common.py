@@ -12,12 +12,12 @@ whose T, H, W dims collapse into one stride; anything else is copied to channels
 
 from __future__ import annotations
 
-import os
 from typing import Sequence, Tuple
 
 import torch
-import triton
 import triton.language as tl
+
+from cdt_fast.availability import triton_interpreted
 
 __all__ = [
     "voxel_rows",
@@ -59,10 +59,7 @@ def voxel_rows(t: torch.Tensor) -> Tuple[torch.Tensor, int, int, int]:
 
 def interpreting() -> bool:
     """True under ``TRITON_INTERPRET=1`` (kernels then run on CPU tensors, one config, no tuning)."""
-    knobs = getattr(triton, "knobs", None)  # Triton < 3.4 has no knobs: it reads the variable
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return triton_interpreted()
 
 
 def check_launchable(x: torch.Tensor, op: str, instead: str = "cdt_fast.functional") -> None:

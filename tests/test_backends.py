@@ -1,19 +1,32 @@
 """cdt_fast.backends(): every backend reports availability and a reason, computed on call; a
-missing or mismatched extension is one warning and an unavailable backend, never an import error."""
+missing or mismatched extension is one warning and an unavailable backend, never an import error.
+The engine's op table asks the same function (cdt_fast.availability.backend_status)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 import cdt_fast
-from cdt_fast import _cpp_lib
-from cdt_fast.backends import BACKEND_NAMES, BackendStatus, _arch_runs
+from cdt_fast import _cpp_lib, availability
+from cdt_fast.availability import (
+    BACKEND_NAMES,
+    BackendStatus,
+    _arch_runs,
+    backend_status,
+    triton_interpreted,
+    version_problem,
+)
+from cdt_fast.engine.dispatch import OpTable
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_backend_reports():
@@ -104,3 +117,78 @@ def test_import_never_fails_without_the_extension():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_backends_is_a_function_not_a_module():
+    assert callable(cdt_fast.backends) and cdt_fast.backends is availability.backends
+    import importlib.util
+
+    assert importlib.util.find_spec("cdt_fast.backends") is None
+
+
+def test_per_device_status():
+    cpu, cuda = cdt_fast.backends("cpu"), cdt_fast.backends(torch.device("cuda"))
+    assert not cpu["cuda"].available and "CUDA tensors only" in cpu["cuda"].reason
+    assert not cuda["cpp"].available and "CPU tensors only" in cuda["cpp"].reason
+    assert cpu["cpp"].available == _cpp_lib.is_available()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backend_status("fast")
+
+
+def test_op_table_reports_what_backends_reports(monkeypatch):
+    """One source of truth: the table's fallback reason is the status function's reason."""
+    monkeypatch.setattr(
+        availability, "_cpp", lambda device: BackendStatus("cpp", False, "switched off for a test")
+    )
+    assert cdt_fast.backends()["cpp"].reason == "switched off for a test"
+    backend, reason = OpTable("cpp", env={}).report()["channel_norm"]
+    assert backend == "torch" and reason == "fallback from cpp: switched off for a test"
+
+
+@pytest.mark.parametrize(
+    "value,on",
+    [("1", True), ("true", True), ("ON", True), ("yes", True), ("0", False), ("", False)],
+)
+def test_triton_interpreted_parses_as_triton_does(value, on):
+    assert triton_interpreted({"TRITON_INTERPRET": value}) is on
+    assert triton_interpreted({}) is False
+
+
+@pytest.mark.parametrize(
+    "triton_v,torch_v,bad",
+    [
+        ("3.6.0", "2.13.0+cpu", None),
+        ("3.5.0", "2.4.0", None),
+        ("3.9.1", "2.11.0+cu128", None),
+        ("3.10.0", "2.13.0", "triton 3.10.0"),
+        ("3.4.0", "2.13.0", "triton 3.4.0"),
+        ("3.6.0", "2.3.1", "torch 2.3.1"),
+    ],
+)
+def test_supported_version_ranges(triton_v, torch_v, bad):
+    problem = version_problem(triton_v, torch_v)
+    if bad is None:
+        assert problem is None
+    else:
+        assert bad in problem and "supported: triton >=3.5,<3.10 with torch >=2.4" in problem
+
+
+def test_unsupported_triton_is_unavailable_with_the_ranges(monkeypatch):
+    monkeypatch.setattr(availability, "_triton_version", lambda: ("3.10.0", ""))
+    status = backend_status("triton", "cpu", env={"TRITON_INTERPRET": "1"})
+    assert not status.available
+    assert "triton 3.10.0 not supported (supported: triton >=3.5,<3.10" in status.reason
+
+
+def test_triton_interpret_is_read_in_one_place():
+    """Every other reader in the package calls availability.triton_interpreted()."""
+    readers = []
+    for path in sorted((ROOT / "cdt_fast").rglob("*.py")) + sorted(
+        (ROOT / "kernels").rglob("*.py")
+    ):
+        text = path.read_text()
+        if re.search(
+            r"(environ|getenv|\.get\()[^\n]*TRITON_INTERPRET|knobs\.runtime\.interpret", text
+        ):
+            readers.append(path.relative_to(ROOT).as_posix())
+    assert readers == ["cdt_fast/availability.py"]

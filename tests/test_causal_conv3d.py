@@ -1,4 +1,4 @@
-"""Causal conv3d: the Triton kernel (interpreter on CPU), the zero-copy cache, the selector.
+"""Causal conv3d: the Triton kernel (interpreter on CPU), alone and over a stream of chunks.
 
 Oracle: :func:`cdt_fast.functional.causal_conv3d` (+ ``causal_conv3d_history`` for streams).
 """
@@ -14,13 +14,6 @@ import pytest  # noqa: E402
 
 from cdt_fast import functional as CF  # noqa: E402
 from cdt_fast.cache import FeatureCache  # noqa: E402
-from cdt_fast.ops import (  # noqa: E402
-    CausalConvCache,
-    ConvSelector,
-    causal_conv3d,
-    conv_transpose_up2x,
-    time_downsample,
-)
 from cdt_fast.reference.layers import CausalConv3d  # noqa: E402
 
 kernels = pytest.importorskip("cdt_fast.kernels.causal_conv3d")
@@ -177,9 +170,6 @@ def test_triton_epilogue_matches_channel_norm(norm):
         ref = torch.relu(conv) + residual
     y = kernels.causal_conv3d(x, weight, bias, epilogue=ep, **kw)
     assert_close_conv(y, ref, k_len, torch.float32)
-    # The torch backends apply the same epilogue unfused.
-    y_torch = causal_conv3d(x, weight, bias, epilogue=ep, backend="torch", **kw)
-    assert_close_conv(y_torch, ref, k_len, torch.float32)
 
 
 def _norm_block_args(x, weight, with_adds, dtype=torch.float32):
@@ -267,8 +257,7 @@ def test_full_row_tiles_keep_the_accumulator_in_registers(monkeypatch):
         assert all(c.kwargs["BLOCK_M"] * bn <= 128 * 128 for c in kept)
 
 
-# -- the zero-copy cache over a stream --------------------------------------------------------
-# -- the zero-copy cache over a stream --------------------------------------------------------
+# -- a stream of chunks, history as the engine holds it ------------------------------------------
 
 STREAMS = {  # kernel, padding, stride, Cin, Cout, (H, W), chunk lengths
     "333": ((3, 3, 3), (1, 1, 1), (1, 1, 1), 5, 6, (4, 5), [1, 2, 1, 3]),
@@ -277,165 +266,36 @@ STREAMS = {  # kernel, padding, stride, Cin, Cout, (H, W), chunk lengths
 }
 
 
-@pytest.mark.parametrize("backend", ["triton", "cudnn", "torch"])
 @pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
 @pytest.mark.parametrize("stream", sorted(STREAMS))
-def test_cache_stream_equals_whole_clip(stream, pad_mode, backend):
-    if stream != "333" and backend == "torch":
-        pytest.skip("the torch backend is the reference itself; one stream suffices")
+def test_kernel_stream_equals_whole_clip(stream, pad_mode):
+    """Chunk by chunk, ``past`` being the layer's history (``causal_conv3d_history``, what the
+    engine's stream state keeps): the reference layer's output, chunk and whole clip."""
     kernel, padding, stride, cin, cout, (h, w), chunks = STREAMS[stream]
     layer = CausalConv3d(cin, cout, kernel, stride=stride, padding=padding, pad_mode=pad_mode).to(
         DEVICE
     )
+    kw = dict(
+        history=layer.history,
+        space_padding=layer.space_padding,
+        stride=stride,
+        pad_mode=pad_mode,
+    )
     clip = rand(2, cin, sum(chunks), h, w)
-    cache = CausalConvCache.from_layer(layer, ConvSelector(backend))
-    ref_cache = FeatureCache()
-    outs, start = [], 0
+    ref_cache, past, outs, start = FeatureCache(), None, [], 0
     k_len = cin * kernel[0] * kernel[1] * kernel[2]
     with torch.no_grad():
         whole = layer(clip)
         for n in chunks:
             chunk = clip[:, :, start : start + n]
             start += n
-            y = cache(chunk)
-            ref = layer(chunk, ref_cache)
-            assert_close_conv(y, ref, k_len, torch.float32)
+            y = kernels.causal_conv3d(chunk, layer.weight, layer.bias, past=past, **kw)
+            assert_close_conv(y, layer(chunk, ref_cache), k_len, torch.float32)
             outs.append(y)
             if layer.history:
-                assert torch.equal(cache.history_frames(), ref_cache.get(layer))
+                past = CF.causal_conv3d_history(chunk, past, layer.history)
+                assert torch.equal(past, ref_cache.get(layer))
     assert_close_conv(torch.cat(outs, dim=2), whole, k_len, torch.float32)
-
-
-@pytest.mark.parametrize("backend", ["triton", "cudnn"])
-@pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
-def test_cache_upsample2x_stream(pad_mode, backend):
-    """Upsample-folded convs over the buffer: CDT-base's (1,5,5), and a causal (3,3,3) whose
-    history is kept at the source resolution."""
-    for kernel, padding, history in (((1, 5, 5), (2, 2), 0), ((3, 3, 3), (1, 1), 2)):
-        weight, bias = torch.randn(6, 5, *kernel, device=DEVICE), torch.randn(6, device=DEVICE)
-        cache = CausalConvCache(
-            weight,
-            bias,
-            history=history,
-            space_padding=padding,
-            pad_mode=pad_mode,
-            upsample2x=True,
-            selector=ConvSelector(backend),
-        )
-        past = None
-        for n in (1, 2):
-            x = rand(1, 5, n, 2, 3)
-            ref = CF.causal_conv3d(
-                x,
-                weight,
-                bias,
-                past=past,
-                history=history,
-                space_padding=padding,
-                pad_mode=pad_mode,
-                upsample2x=True,
-            )
-            past = CF.causal_conv3d_history(x, past, history) if history else None
-            assert_close_conv(cache(x), ref, 5 * kernel[0] * kernel[1] * kernel[2], torch.float32)
-
-
-def test_cache_producer_writes_into_input_view():
-    """The previous conv writes its output straight into the next conv's buffer (``out=``)."""
-    first = CausalConv3d(3, 5, (3, 3, 3), padding=(1, 1, 1)).to(DEVICE)
-    second = CausalConv3d(5, 6, (3, 3, 3), padding=(1, 1, 1), pad_mode="zeros").to(DEVICE)
-    sel = ConvSelector("triton")
-    c1, c2 = CausalConvCache.from_layer(first, sel), CausalConvCache.from_layer(second, sel)
-    c2.reserve(1, 2, 4, 5, dtype=torch.float32, device=DEVICE)
-    buffer = c2.buffer
-    fc = FeatureCache()
-    with torch.no_grad():
-        for n in (1, 2, 2):
-            x = rand(1, 3, n, 4, 5)
-            c1(x, out=c2.input_view(n))
-            y = c2(frames=n)
-            ref = second(first(x, fc), fc)
-            assert_close_conv(y, ref, 5 * 27 * 4, torch.float32)
-    assert c2.buffer is buffer  # no reallocation in the steady state
-    assert c2.filled == 2
-
-
-def test_cache_reserve_and_reset():
-    layer = CausalConv3d(5, 6, (3, 3, 3), padding=(1, 1, 1)).to(DEVICE)
-    cache = CausalConvCache.from_layer(layer, ConvSelector("cudnn"))
-    with torch.no_grad():
-        cache(rand(1, 5, 1, 4, 5))
-        cache(rand(1, 5, 3, 4, 5))  # grows the buffer, keeps the history
-        assert cache.buffer.shape[2] == 5 and cache.filled == 2
-        with pytest.raises(ValueError, match="reset"):
-            cache(rand(1, 5, 1, 6, 5))
-        cache.reset()  # same buffer, stale history: a new stream must not see it
-        x = rand(1, 5, 2, 4, 5)
-        assert_close_conv(cache(x), layer(x), 5 * 27, torch.float32)
-        cache.reset()
-        x = rand(1, 5, 2, 6, 5)
-        assert_close_conv(cache(x), layer(x), 5 * 27, torch.float32)
-    with pytest.raises(ValueError, match="frames"):
-        cache.input_view(9)
-
-
-# -- selection and the other ops --------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_cudnn_launcher_matches_reference(name):
-    """The functional-signature cuDNN path (channels-last, zero padding given to the conv)."""
-    x, weight, bias, kw, k_len = _case(name, torch.float32)
-    y = causal_conv3d(x, weight, bias, backend="cudnn", **kw)
-    assert_close_conv(y, CF.causal_conv3d(x, weight, bias, **kw), k_len, torch.float32)
-
-
-def test_selector_override_and_auto(monkeypatch):
-    x, weight, bias, kw, _ = _case("333-zeros-first1", torch.float32)
-    ref = CF.causal_conv3d(x, weight, bias, **kw)
-    for backend in ("triton", "cudnn", "torch"):
-        sel = ConvSelector(backend)
-        assert_close_conv(
-            causal_conv3d(x, weight, bias, selector=sel, **kw), ref, 135, torch.float32
-        )
-    with pytest.raises(ValueError, match="backend"):
-        ConvSelector("cuda")
-    with pytest.raises(ValueError, match="conflicts"):
-        causal_conv3d(x, weight, bias, selector=ConvSelector("torch"), backend="triton", **kw)
-    if ON_GPU:
-        sel = ConvSelector("auto")
-        causal_conv3d(x, weight, bias, selector=sel, **kw)
-        ((key, times),) = sel.timings.items()
-        assert sel.choice(key) == min(times, key=times.get) and "torch" in times
-        return
-    auto = ConvSelector()
-    causal_conv3d(x, weight, bias, selector=auto, **kw)
-    assert list(auto._choices.values()) == ["triton"]  # interpreter requested
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    cpu = ConvSelector()
-    assert_close_conv(causal_conv3d(x, weight, bias, selector=cpu, **kw), ref, 135, torch.float32)
-    assert list(cpu._choices.values()) == ["torch"]
-    assert cpu.available(torch.device("cpu"))["triton"] is not None
-    with pytest.raises(RuntimeError, match="triton"):
-        causal_conv3d(x, weight, bias, backend="triton", **kw)
-
-
-@pytest.mark.parametrize("with_past", [False, True])
-def test_time_downsample_as_strided_causal_conv(with_past):
-    x = rand(1, 5, 4, 3, 4)
-    past = rand(1, 5, 1, 3, 4) if with_past else None
-    weight, bias = torch.randn(6, 5, 3, device=DEVICE), torch.randn(6, device=DEVICE)
-    for mode in ("zeros", "replicate"):
-        ref = CF.time_downsample(x, weight, bias, past=past, pad_mode=mode)
-        y = time_downsample(x, weight, bias, past=past, pad_mode=mode, backend="triton")
-        assert_close_conv(y, ref, 15, torch.float32)
-
-
-def test_conv_transpose_up2x_channels_last():
-    x = rand(1, 5, 2, 3, 4)
-    weight, bias = torch.randn(5, 6, 1, 5, 5, device=DEVICE), torch.randn(6, device=DEVICE)
-    y = conv_transpose_up2x(x, weight, bias)
-    assert y.shape == (1, 6, 2, 6, 8)
-    assert_close_conv(y, CF.conv_transpose_up2x(x.contiguous(), weight, bias), 125, torch.float32)
 
 
 def test_bad_input_raises_clear_errors(monkeypatch):
@@ -479,12 +339,6 @@ def test_bad_input_raises_clear_errors(monkeypatch):
         conv(x, weight, bias, epilogue=Epilogue(norm_weight=bias), **kw)
     with pytest.raises(ValueError, match="channel_bias"):
         conv(x, weight, bias, epilogue=Epilogue(channel_bias=bias), **kw)
-    with pytest.raises(ValueError, match="pad_mode"):
-        CausalConvCache(weight, bias, history=2, pad_mode="circular")
-    with pytest.raises(ValueError, match="channels"):
-        CausalConvCache(weight, bias, history=2)(rand(1, 4, 1, 3, 3))
-    with pytest.raises(ValueError, match="frames="):
-        CausalConvCache(weight, bias, history=2)()
     if not ON_GPU:
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(RuntimeError, match="CUDA"):
@@ -520,21 +374,6 @@ def test_gpu_triton_matches_reference(name, dtype):
     )
     assert y.dtype == dtype
     assert_close_conv(y, ref, k_len, dtype)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not ON_GPU, reason="needs CUDA")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_cache_auto_stream(dtype):
-    layer = CausalConv3d(64, 64, (3, 3, 3), padding=(1, 1, 1)).to(DEVICE)
-    with torch.no_grad():  # unit-variance products, weights exactly representable in `dtype`
-        layer.weight.normal_().copy_(layer.weight.to(dtype).float())
-    clip = rand(1, 64, 5, 32, 32, dtype=dtype)
-    cache = CausalConvCache.from_layer(layer, ConvSelector("auto"))
-    with torch.no_grad():
-        outs = [cache(clip[:, :, :1]), cache(clip[:, :, 1:3]), cache(clip[:, :, 3:])]
-        whole = layer(clip.float())
-    assert_close_conv(torch.cat(outs, 2), whole, 64 * 27, dtype)
 
 
 _SM90_COMPILE = r"""
@@ -594,7 +433,7 @@ def test_benchmark_harness_paths_agree():
     shape = bench.ConvShape(5, 6, (3, 3, 3), (1, 1, 1), (1, 1), 2, "replicate", False, 2, 2, 4, 5)
     assert shape.out_size() == (2, 4, 5)
     assert shape.flops() == 2 * 2 * 4 * 5 * 6 * 5 * 27
-    assert shape.bytes_moved("upstream", 2) > shape.bytes_moved("cudnn_cl", 2)
+    assert shape.bytes_moved("upstream", 2) > shape.bytes_moved("triton", 2)
     runs = bench.ConvBench(shape, torch.float32, DEVICE).runs
     ref = runs["upstream"]()
     for path in ("cudnn_cl", "triton"):  # first call: same past as upstream's

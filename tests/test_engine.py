@@ -17,7 +17,14 @@ import pytest  # noqa: E402
 import cdt_fast  # noqa: E402
 from cdt_fast import CDT  # noqa: E402
 from cdt_fast import functional as CF
-from cdt_fast.engine import AcceleratedCDT, Measurements, OpTable, accelerate, infer_config  # noqa: E402
+from cdt_fast.engine import (  # noqa: E402
+    AcceleratedCDT,
+    DispatchTable,
+    Measurements,
+    OpTable,
+    accelerate,
+    infer_config,
+)
 from cdt_fast.engine.dispatch import OPS, OpChoice  # noqa: E402
 from cdt_fast.engine.memory import MemoryModel, halve  # noqa: E402
 from cdt_fast.engine.plan import TimeDownsample, UNetPlan  # noqa: E402
@@ -106,7 +113,7 @@ def test_channel_alignment_follows_the_conv_backend():
         == 16
     )
     assert channel_alignment(torch.device("cpu"), OpTable("torch", env=interp)) == 1
-    assert channel_alignment(torch.device("cpu"), OpTable("auto", env={}, measure=False)) == 1
+    assert channel_alignment(torch.device("cpu"), OpTable("auto", env={})) == 1
     assert channel_alignment(torch.device("cuda"), OpTable("torch", env={})) == 8  # cuDNN
 
 
@@ -400,32 +407,42 @@ def test_backend_table_reasons():
     assert auto[0] in ("cpp", "torch") and auto[1].startswith("auto")
 
 
-def test_env_override_and_specs():
-    table = OpTable("triton", env={"CDT_FAST_BACKEND": "torch"})
+def test_env_var_fills_in_only_for_auto():
+    """An explicit backend wins over CDT_FAST_BACKEND; the variable replaces only "auto"."""
+    env = {"CDT_FAST_BACKEND": "torch"}
+    table = OpTable("triton", env=dict(env, TRITON_INTERPRET="1"))
+    assert table.requested == "triton" and table.source == "argument"
+    assert table.report()["channel_norm"][0] == "triton"
+    table = OpTable("auto", env=env)
     assert table.requested == "torch" and table.source == "CDT_FAST_BACKEND"
     assert all(b == "torch" for b, _ in table.report().values())
-    spec = OpTable("auto,channel_norm=cpp", env={})
+    spec = OpTable("auto,channel_norm=cpp", env={"CDT_FAST_BACKEND": "auto,channel_norm=torch"})
+    assert spec.source == "argument"
     assert (
         spec.report()["channel_norm"][1].startswith("fallback from cpp")
         or spec.report()["channel_norm"][0] == "cpp"
     )
-    for bad in ("fast", "auto,conv=torch", "auto,channel_norm=auto"):
+    for bad in ("fast", "auto,conv=torch", "auto,channel_norm=auto", "auto,channel_norm=tune"):
         with pytest.raises(ValueError, match="backend|op"):
             OpTable(bad, env={})
     with pytest.raises(TypeError):
         OpTable(1, env={})
 
 
-def test_env_var_overrides_accelerate_argument(engines, monkeypatch):
+def test_accelerate_argument_beats_env_var(engines, monkeypatch):
     ref, _ = engines["small"]
     monkeypatch.setenv("CDT_FAST_BACKEND", "auto,channel_norm=cuda")
     eng = accelerate(ref, backend="torch")
+    assert eng.ops.source == "argument"
+    assert all(b == "torch" and "reference ops" in r for b, r in eng.ops.report().values())
+    eng = accelerate(ref)  # left at "auto": the variable fills it in
     backend, reason = eng.backend_report()["ops"]["channel_norm"]
     assert eng.ops.source == "CDT_FAST_BACKEND" and backend == "torch"
     assert reason.startswith("fallback from cuda")
     monkeypatch.setenv("CDT_FAST_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="backend must be one of"):
         accelerate(ref)
+    assert accelerate(ref, backend="torch").ops.source == "argument"
 
 
 @pytest.fixture
@@ -446,40 +463,50 @@ def fake_cpp(monkeypatch):
     return calls
 
 
-def test_triton_ops_found_in_any_kernel_module(monkeypatch):
-    """A kernel may live beside a sibling op (here the transposed conv in the conv's module)."""
+def test_triton_ops_looked_up_in_their_declared_module(monkeypatch):
+    """Each backend declares where each op lives; an op it does not declare, or a module that
+    does not import, falls back to torch with the reason."""
     conv = types.ModuleType("cdt_fast.kernels.causal_conv3d")
     conv.causal_conv3d, conv.conv_transpose_up2x = CF.causal_conv3d, CF.conv_transpose_up2x
     monkeypatch.setitem(sys.modules, "cdt_fast.kernels.causal_conv3d", conv)
     monkeypatch.setitem(sys.modules, "cdt_fast.kernels.channel_norm", None)  # hide its kernel
     report = OpTable("triton", env={"TRITON_INTERPRET": "1"}).report()
-    assert report["causal_conv3d"][0] == "triton" and report["conv_transpose_up2x"][0] == "triton"
+    assert report["causal_conv3d"][0] == "triton"
+    assert report["conv_transpose_up2x"][0] == "torch"
+    assert "does not implement 'conv_transpose_up2x'" in report["conv_transpose_up2x"][1]
     assert report["channel_norm"][0] == "torch"
-    assert "has no function 'channel_norm'" in report["channel_norm"][1]
+    assert "cdt_fast.kernels.channel_norm is not importable" in report["channel_norm"][1]
+    backend, reason = report["causal_conv3d_norm"]  # the fake module lacks it: its parts run
+    assert backend == "composed" and "has no function 'causal_conv3d_norm'" in reason
 
 
-def test_auto_prefers_available_extension_and_records_fallbacks(engines, upstream_io, fake_cpp):
-    table = OpTable("auto", env={}, measure=False)
+# auto on CPU with a table that sends every op to the extension where it has one, except ddim.
+CPP_TABLE = {"cpu": {"*": {"*": ["cpp", "composed", "torch"]}, "ddim_update": {"*": ["torch"]}}}
+
+
+def test_auto_follows_its_table_and_records_fallbacks(engines, upstream_io, fake_cpp):
+    table = OpTable("auto", env={}, table=CPP_TABLE)
     report = table.report()
     assert report["channel_norm"][0] == "cpp"
+    assert report["ddim_update"][0] == "torch"
     assert (
         report["causal_conv3d"][0] == "torch"
-        and "has no function 'causal_conv3d'" in report["causal_conv3d"][1]
+        and "does not implement 'causal_conv3d'" in report["causal_conv3d"][1]
     )
     ref, _ = engines["small"]
     z, noise = upstream_io["small.z"], upstream_io["small.s1.noise"]
-    vetted = AcceleratedCDT(ref, backend="auto", measure=False, env={})
+    eng = AcceleratedCDT(ref, backend="auto", table=CPP_TABLE, env={})
     torch.testing.assert_close(
-        vetted.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
     )
-    assert vetted.memory_format == torch.channels_last_3d  # a kernel serves ops: NDHWC
+    assert eng.memory_format == torch.channels_last_3d  # a kernel serves ops: NDHWC
     assert engines["small"][1].memory_format == torch.contiguous_format  # torch on CPU: NCDHW
-    m = vetted.ops.measurements
-    assert {m.winner[k] for k in m.winner if k[0] == "ddim_update"} == {"torch"}
-    assert {m.winner[k] for k in m.winner if k[0] == "channel_norm"} == {"cpp"}
+    decided = eng.ops.decided()
+    assert {b for (op, _), b in decided.items() if op == "ddim_update"} == {"torch"}
+    assert {b for (op, _), b in decided.items() if op == "channel_norm"} == {"cpp"}
     # The stand-in has no fused Block op: its Blocks run as the table's conv, then cpp's norm.
-    assert {m.winner[k] for k in m.winner if k[0] == "causal_conv3d_norm"} == {"composed"}
-    assert not any(m.timings.values())  # vetted in preference order, not timed
+    assert {b for (op, _), b in decided.items() if op == "causal_conv3d_norm"} == {"composed"}
+    assert not eng.ops.measurements.timings  # auto never times anything
     eng = AcceleratedCDT(ref, backend="cpp,ddim_update=torch", env={})
     torch.testing.assert_close(
         eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
@@ -489,31 +516,82 @@ def test_auto_prefers_available_extension_and_records_fallbacks(engines, upstrea
     assert not torch.allclose(wrong.decode(z, noise=noise), upstream_io["small.s1.y"], atol=0.5)
 
 
-def test_auto_measures_and_rejects_wrong_backends(engines, upstream_io, fake_cpp):
+def test_tune_measures_rejects_wrong_backends_and_saves_its_table(
+    engines, upstream_io, fake_cpp, tmp_path
+):
     ref, _ = engines["small"]
-    eng = AcceleratedCDT(ref, backend="auto", measure=True, env={})
+    eng = AcceleratedCDT(ref, backend="tune", env={})
     z, noise = upstream_io["small.z"], upstream_io["small.s1.noise"]
     torch.testing.assert_close(
         eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
     )
     m = eng.ops.measurements
-    ddim_keys = [k for k in m.winner if k[0] == "ddim_update"]
+    ddim_keys = [k for k in m.winner if k[1] == "ddim_update"]
     assert ddim_keys and all(m.winner[k] == "torch" for k in ddim_keys)
     assert all("differs from torch" in m.rejected[k]["cpp"] for k in ddim_keys)
-    norm_keys = [k for k in m.timings if k[0] == "channel_norm"]
+    norm_keys = [k for k in m.timings if k[1] == "channel_norm"]
     assert norm_keys and all(set(m.timings[k]) == {"torch", "cpp"} for k in norm_keys)
+    path = eng.dispatch_table.save(tmp_path / "table.json", device="cpu")
+    loaded = DispatchTable.load(path)
+    assert loaded == eng.dispatch_table
+    assert {(op, cls) for _, op, cls in m.winner} == {
+        (op, cls) for op, classes in loaded.entries["cpu"].items() for cls in classes
+    }
+    again = accelerate(ref, table=path)  # auto, deciding by what tune measured
+    torch.testing.assert_close(
+        again.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+    )
+    tuned = eng.ops.decided()
+    assert all(tuned[key] == backend for key, backend in again.ops.decided().items())
+    assert not again.ops.measurements.timings
+
+
+def test_dispatch_table_format_and_bad_tables(tmp_path):
+    table = DispatchTable({"cpu": {"channel_norm": {"fp32/c64": ["cpp"], "*": ["torch"]}}})
+    assert table.order("cpu", "channel_norm", "fp32/c64") == ("cpp",)
+    assert table.order("cpu", "channel_norm", "bf16/c64") == ("torch",)
+    assert table.order("cpu", "ddim_update", "fp32") is None
+    assert table.order("sm_90", "channel_norm", "fp32/c64") is None
+    committed = DispatchTable.default()
+    assert committed.order("cpu", "channel_norm", "fp32/c64") == ("cpp", "composed", "torch")
+    assert committed.order("sm_90", "causal_conv3d_norm", "bf16/cin64/cout128/k3x3x3") == (
+        "triton",
+        "composed",
+    )
+    assert committed.order("sm_90", "causal_conv3d_norm", "bf16/cin64/cout256/k3x3x3") == (
+        "composed",
+    )
+    path = table.save(tmp_path / "t.json")
+    assert DispatchTable.load(path) == table and not list(tmp_path.glob(".t.json*"))
+    for bad in (
+        {"tpu": {}},
+        {"cpu": {"conv": {"*": ["torch"]}}},
+        {"cpu": {"channel_norm": {"*": ["fast"]}}},
+        {"cpu": {"channel_norm": {"*": "torch"}}},
+        {"cpu": {"channel_norm": {"*": []}}},
+        {"cpu": ["torch"]},
+    ):
+        with pytest.raises(ValueError, match="table"):
+            DispatchTable(bad)
+    (tmp_path / "other.json").write_text('{"format": 99}')
+    with pytest.raises(ValueError, match="dispatch table"):
+        DispatchTable.load(tmp_path / "other.json")
+    with pytest.raises(TypeError, match="table must be"):
+        OpTable("auto", env={}, table=3)
+    with pytest.raises(ValueError, match="tune"):
+        OpTable("tune", env={}, table=table)
 
 
 def test_composed_candidate_only_where_a_part_has_a_kernel(monkeypatch):
-    """auto offers "composed" for a block op when one of its parts has a non-torch backend; with
+    """tune offers "composed" for a block op when one of its parts has a non-torch backend; with
     torch alone there is nothing to compose (and the CPU engine keeps NCDHW)."""
     monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", None)  # no C++ extension here
     interp = {"TRITON_INTERPRET": "1"}
-    table = OpTable("auto,causal_conv3d=triton", env=interp, measure=False)
+    table = OpTable("tune,causal_conv3d=triton", env=interp)
     names = [c.backend for c in table.candidates["causal_conv3d_norm"]]
-    assert names == ["composed", "torch"]  # auto never picks the interpreter's fused op itself
+    assert names == ["composed", "torch"]  # the interpreter's fused op is never a candidate
     assert "linear_attention_block" not in table.candidates  # its parts are torch here
-    plain = OpTable("auto", env={}, measure=False)
+    plain = OpTable("auto", env={})
     assert not plain.candidates
     assert accelerated_layout(plain) == torch.contiguous_format
 

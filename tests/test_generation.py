@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from cdt_fast.backends import BackendStatus
+from cdt_fast.availability import BackendStatus
 from cdt_fast.generation import attention, attention_backends
 from cdt_fast.generation.evaluation import (
     frechet_distance,

@@ -1,21 +1,23 @@
 """The cdt_fast engine: ``accelerate(model)`` turns a reference CDT into a drop-in accelerated one.
 
-Pieces, one per module: ``dispatch`` (op name -> backend function table, auto-selection by
-measurement), ``plan`` (the networks compiled into nodes with packed weights), ``state``
-(preallocated double-buffered causal state), ``graphs`` (CUDA graph capture/replay of chunk steps, keyed by their launch sequence),
+Pieces, one per module: ``dispatch`` (op name -> backend function table; ``auto`` follows the
+committed decision table in ``decisions``, ``tune`` measures), ``plan`` (the networks compiled
+into nodes with packed weights), ``state`` (preallocated double-buffered causal state),
+``graphs`` (CUDA graph capture/replay of chunk steps, keyed by their launch sequence),
 ``memory`` (chunk size from free memory, halving on OOM), ``streams`` (rebuffering of frame
 iterators), ``convert`` (a CDT from an upstream-format model or state dict).
 """
 
 from .accelerated import AcceleratedCDT, accelerate
 from .convert import infer_config
-from .dispatch import ENV_VAR, OPS, Measurements, OpTable
+from .dispatch import ENV_VAR, OPS, DispatchTable, Measurements, OpTable
 from .memory import MemoryModel
 
 __all__ = [
     "AcceleratedCDT",
     "accelerate",
     "infer_config",
+    "DispatchTable",
     "ENV_VAR",
     "OPS",
     "Measurements",

@@ -194,7 +194,7 @@ class AcceleratedCDT(nn.Module):
         backend: str = "auto",
         dtype: Optional[torch.dtype] = None,
         device=None,
-        measure: Optional[bool] = None,
+        table=None,
         cuda_graphs=True,
         measurements: Optional[Measurements] = None,
         env=None,
@@ -206,7 +206,7 @@ class AcceleratedCDT(nn.Module):
             raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         device = torch.device(device) if device is not None else cdt.device
         dtype = dtype or cdt.dtype
-        self.ops = OpTable(backend, device, measure=measure, measurements=measurements, env=env)
+        self.ops = OpTable(backend, device, table=table, measurements=measurements, env=env)
         self.memory_format = activation_layout(device, self.ops)
         cdt = cdt.to(device=device, dtype=dtype).to(memory_format=self.memory_format).eval()
         cdt.requires_grad_(False)  # inference only: no autograd graph may chain chunks
@@ -270,12 +270,18 @@ class AcceleratedCDT(nn.Module):
     def extra_repr(self) -> str:
         return f"config={self.config}, dtype={self.dtype}, device={self.device}, ops={self.ops!r}"
 
+    @property
+    def dispatch_table(self):
+        """The :class:`~cdt_fast.engine.DispatchTable` this engine decides by (with
+        ``backend="tune"``: the winners measured so far, to ``save`` and give to ``table=``)."""
+        return self.ops.decisions
+
     def backend_report(self) -> dict:
-        """Which backend runs each op and why, plus auto's measured winners and the CUDA graph
-        state of each live session."""
+        """Which backend runs each op and why, the choice made per (op, shape class), tune's
+        rejected candidates and the CUDA graph state of each live session."""
         return {
             "ops": self.ops.report(),
-            "measured": dict(self.ops.measurements.winner),
+            "decided": self.ops.decided(),
             "rejected": dict(self.ops.measurements.rejected),
             "graphs": {k: _graph_state(s.graphs) for k, s in self._sessions.items()},
         }
@@ -632,7 +638,7 @@ def accelerate(
     *,
     config: Optional[CDTConfig] = None,
     device=None,
-    measure: Optional[bool] = None,
+    table=None,
     cuda_graphs=True,
     measurements: Optional[Measurements] = None,
 ) -> AcceleratedCDT:
@@ -641,22 +647,24 @@ def accelerate(
     ``model``: a :class:`cdt_fast.CDT`, a module with an upstream-format state dict (e.g.
     upstream's ``ConditionedDiffusionTokenizer``) or such a state dict; without ``config`` the
     architecture is inferred from the weights' shapes (see :func:`cdt_fast.engine.infer_config`).
-    The given model is not modified. ``backend``: "auto" (per op, fastest measured on CUDA,
-    preference order elsewhere), "triton", "cuda", "cpp" or "torch", or a spec such as
-    "auto,causal_conv3d=torch"; the ``CDT_FAST_BACKEND`` environment variable overrides it.
-    ``dtype``: compute dtype (default: the model's). ``device``: default the model's.
-    ``measure``: time backends per call shape (default: on CUDA only). ``cuda_graphs``: on CUDA,
-    capture each chunk step the second time its key (shapes, steps, stream position) is seen and
-    replay it from then on, e.g. from the second decode of a clip shape (``False`` opts out; a
-    capture object such as :class:`cdt_fast.engine.graphs.CudaGraphCapture` replaces the CUDA
-    one, e.g. a stand-in for tests).
+    The given model is not modified. ``backend``: "auto" (per op and shape class, from the
+    decision table ``table``: a saved :class:`~cdt_fast.engine.DispatchTable`, its path, or None
+    for the committed one), "tune" (measured on the first call of each shape class; the winners
+    are ``engine.dispatch_table``), "triton", "cuda", "cpp" or "torch", or a spec such as
+    "auto,causal_conv3d=torch"; the ``CDT_FAST_BACKEND`` environment variable fills it in only
+    when it is left at "auto". ``dtype``: compute dtype (default: the model's). ``device``:
+    default the model's. ``cuda_graphs``: on CUDA, capture each chunk step the second time its
+    key (shapes, steps, stream position) is seen and replay it from then on, e.g. from the second
+    decode of a clip shape (``False`` opts out; a capture object such as
+    :class:`cdt_fast.engine.graphs.CudaGraphCapture` replaces the CUDA one, e.g. a stand-in for
+    tests).
     """
     return AcceleratedCDT(
         as_cdt(model, config),
         backend=backend,
         dtype=dtype,
         device=device,
-        measure=measure,
+        table=table,
         cuda_graphs=cuda_graphs,
         measurements=measurements,
     )

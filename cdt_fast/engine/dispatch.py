@@ -1,47 +1,64 @@
 """Which function runs each op: a table from op name to (backend, function, reason).
 
-Every backend implements the signatures of :mod:`cdt_fast.functional` under the same names, so a
-backend is just "where to look the name up". Modules are imported lazily, when a table is built;
-an op whose module or function is missing falls back to torch and the table records why. Calls are
-never wrapped in try/except: the table is decided before the first call.
+Every backend implements the signatures of :mod:`cdt_fast.functional` under the same names; which
+ops a backend implements, and in which module, is declared here (:func:`implementations`).
+Modules are imported lazily, when a table is built; an op whose backend is unavailable (per
+:func:`cdt_fast.availability.backend_status`) or whose function is missing falls back to torch and
+the table records why. Calls are never wrapped in try/except: the table is decided before the
+first call.
 
-``auto`` picks, per op, the fastest backend from timings measured on the real call shapes and kept
-in an explicit :class:`Measurements` object (or, when measuring is off, the first available backend
-in a fixed preference order). Either way a non-torch candidate is vetted once per call signature
-(it must run and agree with torch), so a kernel lacking a case falls back for that case only. An
-explicitly named backend is not vetted: asking for it means wanting its errors. For the block ops
-(``causal_conv3d_norm``, ``linear_attention_block``) ``auto`` also tries ``"composed"``: the
-table's own choices for the block's parts run one after the other, so a fused kernel is only kept
-where it beats the best unfused arrangement; a named backend that lacks a block op runs it the
-same way, as its parts, rather than falling back to torch for the whole block.
-``CDT_FAST_BACKEND`` overrides the requested backend, e.g.
-``CDT_FAST_BACKEND=torch`` or ``CDT_FAST_BACKEND=auto,causal_conv3d=triton``.
+``backend`` is "auto" (the default), a backend name, "tune", or a spec such as
+"auto,causal_conv3d=torch".
+
+- ``auto`` decides from availability and a committed decision table (:class:`DispatchTable`,
+  default :data:`cdt_fast.engine.decisions.DECISIONS`), keyed by arch family, op and shape class:
+  the same inputs, device, versions and table give the same choices, hence the same output, in
+  every process. Nothing is timed or vetted.
+- ``tune`` measures instead: on the first call of each (op, shape class) it runs every available
+  backend, drops those that raise or disagree with torch, times the rest and keeps the fastest.
+  Its winners form a :class:`DispatchTable` (``engine.dispatch_table``) that can be saved and
+  given back to ``auto`` (``accelerate(model, table=path)``).
+- A named backend is not vetted: asking for it means wanting its errors.
+
+For the block ops (``causal_conv3d_norm``, ``linear_attention_block``) there is one more choice,
+``"composed"``: the table's own choices for the block's parts run one after the other. A named
+backend that lacks a block op runs it the same way, as its parts.
+
+``CDT_FAST_BACKEND`` (e.g. ``torch`` or ``auto,causal_conv3d=triton``) fills in the backend only
+when the caller left it at ``"auto"``: an argument the caller wrote wins.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
+import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
+from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
+
+from ..availability import backend_status as _availability
+from .decisions import ARCH_FAMILIES, DECISIONS, arch_family, shape_class
 
 __all__ = [
     "OPS",
     "BACKENDS",
     "ENV_VAR",
+    "COMPOSED",
     "OpChoice",
     "OpTable",
+    "DispatchTable",
     "Measurements",
-    "backend_status",
+    "implementations",
     "resolve",
     "parse_backend_spec",
-    "COMPOSED",
 ]
 
 OPS = (
@@ -53,36 +70,59 @@ OPS = (
     "linear_attention_block",
     "time_downsample",
     "time_upsample",
-    "upsample_nearest2x",
     "conv_transpose_up2x",
     "ddim_update",
     "to_uint8_frames",
 )
 BACKENDS = ("torch", "triton", "cuda", "cpp")
 ENV_VAR = "CDT_FAST_BACKEND"
-# auto's extra candidate for a block op: the table's own choices for its parts, run one after the
-# other (e.g. cuDNN's conv, then the Triton norm pass), so a fused kernel is kept only where it
-# beats the best unfused arrangement.
+# A block op as the table's own choices for its parts, run one after the other.
 COMPOSED = "composed"
+TUNE = "tune"
 
-# Where each backend keeps each op. Triton: one module per op family (issue 3 / issue 4 kernels).
+_FUNCTIONAL = "cdt_fast.functional"
+_CPP_MODULE = "cdt_fast._cpp_lib"
+# Which ops each backend implements, and where. Triton: one module per op family.
 _TRITON_MODULES = MappingProxyType(
     {
         "causal_conv3d": "cdt_fast.kernels.causal_conv3d",
-        "causal_conv3d_history": "cdt_fast.kernels.causal_conv3d",
         "causal_conv3d_norm": "cdt_fast.kernels.causal_conv3d",
         "channel_norm": "cdt_fast.kernels.channel_norm",
         "linear_attention": "cdt_fast.kernels.linear_attention",
         "linear_attention_block": "cdt_fast.kernels.linear_attention",
         "time_downsample": "cdt_fast.kernels.time_resample",
         "time_upsample": "cdt_fast.kernels.time_resample",
-        "upsample_nearest2x": "cdt_fast.kernels.time_resample",
-        "conv_transpose_up2x": "cdt_fast.kernels.time_resample",
         "ddim_update": "cdt_fast.kernels.denoise",
         "to_uint8_frames": "cdt_fast.kernels.denoise",
     }
 )
-_CPP_MODULE = "cdt_fast._cpp_lib"
+# The C++ extension (CPU) and its CUDA build share one module; it has no conv.
+_CPP_OPS = (
+    "causal_conv3d_history",
+    "channel_norm",
+    "linear_attention",
+    "linear_attention_block",
+    "time_downsample",
+    "time_upsample",
+    "ddim_update",
+    "to_uint8_frames",
+)
+_IMPLEMENTATIONS = MappingProxyType(
+    {
+        "torch": MappingProxyType({op: _FUNCTIONAL for op in OPS}),
+        "triton": _TRITON_MODULES,
+        "cpp": MappingProxyType({op: _CPP_MODULE for op in _CPP_OPS}),
+        "cuda": MappingProxyType({op: _CPP_MODULE for op in _CPP_OPS}),
+    }
+)
+
+
+def implementations(backend: str) -> Mapping[str, str]:
+    """op -> module that implements it, for ``backend`` (the op contract: same name, same
+    parameters as :mod:`cdt_fast.functional`)."""
+    if backend not in _IMPLEMENTATIONS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _IMPLEMENTATIONS[backend]
 
 
 def _conv_then_norm(
@@ -120,53 +160,6 @@ _COMPOSITES = MappingProxyType(
 )
 
 
-def _modules_of(backend: str, op: str) -> Tuple[str, ...]:
-    """Where to look ``op`` up, in order: for Triton the op's own module first, then the other
-    kernel modules (a kernel may live beside a sibling op, e.g. the transposed conv)."""
-    if backend == "torch":
-        return ("cdt_fast.functional",)
-    if backend == "triton":
-        own = _TRITON_MODULES[op]
-        return (own,) + tuple(sorted(set(_TRITON_MODULES.values()) - {own}))
-    return (_CPP_MODULE,)
-
-
-def backend_status(
-    backend: str, device: torch.device, env: Optional[Mapping[str, str]] = None
-) -> Tuple[bool, str]:
-    """Whether ``backend`` can run on ``device`` at all, and why (not) -- before any op lookup."""
-    env = os.environ if env is None else env
-    if backend == "torch":
-        return True, "reference ops (cdt_fast.functional), always available"
-    if backend == "triton":
-        interpreted = env.get("TRITON_INTERPRET") == "1"
-        if device.type != "cuda" and not interpreted:
-            return False, "Triton needs a CUDA device (or TRITON_INTERPRET=1 on CPU)"
-        if importlib.util.find_spec("triton") is None:
-            return False, "triton is not installed (pip install cdt_fast[triton])"
-        return True, "Triton kernels" + (" under the interpreter" if interpreted else "")
-    if backend == "cuda" and device.type != "cuda":
-        return False, "the CUDA extension runs on CUDA tensors only"
-    if backend == "cpp" and device.type != "cpu":
-        return False, "the C++ extension runs on CPU tensors only"
-    if backend in ("cuda", "cpp"):
-        declared = _declared_status(backend)
-        if declared is not None and not declared[0]:
-            return False, declared[1]
-        return True, f"{_CPP_MODULE} ({backend})"
-    raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {backend!r}")
-
-
-def _declared_status(backend: str) -> Optional[Tuple[bool, str]]:
-    """What ``cdt_fast.backends()`` (the extension's own report, when present) says."""
-    try:
-        report = importlib.import_module("cdt_fast.backends").backends()
-        info = report[backend]
-        return bool(info.available), str(info.reason)
-    except Exception:  # noqa: BLE001 - no report (yet) means: find out by importing the ops
-        return None
-
-
 def resolve(
     backend: str,
     op: str,
@@ -178,23 +171,24 @@ def resolve(
     ``memo`` (a dict owned by the caller) keeps statuses and imports for the ops that follow."""
     memo = {} if memo is None else memo
     if backend not in memo:
-        memo[backend] = backend_status(backend, device, env)
+        status = _availability(backend, device, env)
+        memo[backend] = (status.available, status.reason)
     ok, reason = memo[backend]
     if not ok:
         return None, reason
-    missing = []
-    for name in _modules_of(backend, op):
-        if name not in memo:
-            try:
-                memo[name] = (importlib.import_module(name), None)
-            except Exception as err:  # noqa: BLE001 - a backend not built/merged yet is fine
-                memo[name] = (None, f"{name} is not importable ({type(err).__name__}: {err})")
-        module, error = memo[name]
-        fn = getattr(module, op, None) if module is not None else None
-        if callable(fn):
-            return fn, reason
-        missing.append(error or f"{name} has no function {op!r}")
-    return None, "; ".join(missing)
+    name = implementations(backend).get(op)
+    if name is None:
+        return None, f"the {backend} backend does not implement {op!r}"
+    if name not in memo:
+        try:
+            memo[name] = (importlib.import_module(name), None)
+        except Exception as err:  # noqa: BLE001 - a backend not built is a fallback, not an error
+            memo[name] = (None, f"{name} is not importable ({type(err).__name__}: {err})")
+    module, error = memo[name]
+    fn = getattr(module, op, None) if module is not None else None
+    if callable(fn):
+        return fn, reason
+    return None, error or f"{name} has no function {op!r}"
 
 
 def parse_backend_spec(spec: str) -> Tuple[str, Dict[str, str]]:
@@ -212,18 +206,157 @@ def parse_backend_spec(spec: str) -> Tuple[str, Dict[str, str]]:
 
 
 def _check_backend_name(name: str, allow_auto: bool) -> str:
-    allowed = BACKENDS + (("auto",) if allow_auto else ())
+    allowed = BACKENDS + (("auto", TUNE) if allow_auto else ())
     if name not in allowed:
         raise ValueError(f"backend must be one of {allowed}, got {name!r}")
     return name
 
 
-def preference(device: torch.device) -> Tuple[str, ...]:
-    """Fixed order used by ``auto`` when it does not measure: compiled code first, torch last.
-    Triton under the CPU interpreter is far slower than torch, so it is never auto-picked there."""
+def _tune_order(device: torch.device) -> Tuple[str, ...]:
+    """The backends ``tune`` times, compiled code first. Triton under the CPU interpreter is far
+    slower than torch, so it is never a candidate there."""
     if device.type == "cuda":
         return ("cuda", "triton", "torch")
     return ("cpp", "torch")
+
+
+# -- the decision table -----------------------------------------------------------------------
+
+_FORMAT = 1
+_CHOICES = BACKENDS + (COMPOSED,)
+
+
+class DispatchTable:
+    """``auto``'s decisions: arch family -> op -> shape class (or glob, or "*") -> the backends
+    to try in order. :meth:`default` is the committed table; ``tune`` fills a new one.
+
+    ``save(path)`` writes JSON (atomically); ``DispatchTable.load(path)`` reads it back. A table
+    given to an engine is consulted first; where it has no entry for a call, the committed table
+    decides.
+    """
+
+    def __init__(self, entries: Optional[Mapping] = None):
+        self.entries: Dict[str, Dict[str, Dict[str, Tuple[str, ...]]]] = {}
+        for arch, ops in _check_mapping(entries or {}, "entries").items():
+            if arch not in ARCH_FAMILIES:
+                raise ValueError(f"table arch must be one of {ARCH_FAMILIES}, got {arch!r}")
+            for op, classes in _check_mapping(ops, f"entries[{arch!r}]").items():
+                for cls, order in _check_mapping(classes, f"entries[{arch!r}][{op!r}]").items():
+                    self._set(arch, op, cls, order)
+
+    @classmethod
+    def default(cls) -> "DispatchTable":
+        return cls(DECISIONS)
+
+    def _set(self, arch: str, op: str, cls: str, order) -> None:
+        if arch not in ARCH_FAMILIES:
+            raise ValueError(f"table arch must be one of {ARCH_FAMILIES}, got {arch!r}")
+        if op != "*" and op not in OPS:
+            raise ValueError(f"table names an unknown op {op!r}; ops: {OPS}")
+        if not isinstance(cls, str) or not cls:
+            raise ValueError(f"table shape class must be a non-empty str, got {cls!r}")
+        if isinstance(order, str) or not all(b in _CHOICES for b in order) or not order:
+            raise ValueError(
+                f"table entry {arch}/{op}/{cls} must be a list of backends from {_CHOICES}, "
+                f"got {order!r}"
+            )
+        self.entries.setdefault(arch, {}).setdefault(op, {})[cls] = tuple(order)
+
+    def record(self, arch: str, op: str, cls: str, backend: str) -> None:
+        """Make ``backend`` the decision for exactly this shape class."""
+        self._set(arch, op, cls, (backend,))
+
+    def order(self, arch: str, op: str, cls: str) -> Optional[Tuple[str, ...]]:
+        """The backends to try for a call of class ``cls``, or None when the table is silent."""
+        ops = self.entries.get(arch, {})
+        for key in (op, "*"):
+            classes = ops.get(key)
+            if not classes:
+                continue
+            if cls in classes:
+                return classes[cls]
+            for pattern, order in classes.items():
+                if pattern != "*" and fnmatchcase(cls, pattern):
+                    return order
+            if "*" in classes:
+                return classes["*"]
+        return None
+
+    def named(self, arch: str, op: str) -> Tuple[str, ...]:
+        """Every backend any entry for ``op`` on ``arch`` may choose, in first-seen order."""
+        ops = self.entries.get(arch, {})
+        seen: List[str] = []
+        for key in (op, "*"):
+            for order in ops.get(key, {}).values():
+                seen += [b for b in order if b not in seen]
+        return tuple(seen)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": _FORMAT,
+            "entries": {
+                arch: {op: {c: list(o) for c, o in classes.items()} for op, classes in ops.items()}
+                for arch, ops in self.entries.items()
+            },
+        }
+
+    def save(self, path: Union[str, os.PathLike], **metadata) -> Path:
+        """Write the table as JSON (with ``metadata``, e.g. the device and versions, kept for
+        readers and ignored by :meth:`load`), atomically: a reader never sees half a file."""
+        path = Path(path)
+        payload = dict(self.to_dict(), **({"metadata": metadata} if metadata else {}))
+        fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(payload, handle, indent=1, sort_keys=True)
+                handle.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "DispatchTable":
+        with open(path) as handle:
+            payload = json.load(handle)
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(
+                f"{path}: not a cdt_fast dispatch table (format {_FORMAT}): "
+                f"got format {payload.get('format') if isinstance(payload, dict) else None!r}"
+            )
+        return cls(payload.get("entries", {}))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, DispatchTable) and self.entries == other.entries
+
+    def __repr__(self) -> str:
+        n = sum(len(c) for ops in self.entries.values() for c in ops.values())
+        return f"DispatchTable({n} entries for {sorted(self.entries)})"
+
+
+def _check_mapping(value, name: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"table {name} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def as_table(table) -> Optional[DispatchTable]:
+    """``table`` argument -> DispatchTable: None, a DispatchTable, a path to a saved one, or a
+    mapping of entries."""
+    if table is None or isinstance(table, DispatchTable):
+        return table
+    if isinstance(table, (str, os.PathLike)):
+        return DispatchTable.load(table)
+    if isinstance(table, Mapping):
+        return DispatchTable(table)
+    raise TypeError(
+        f"table must be a DispatchTable, a path to a saved one, a mapping or None, "
+        f"got {type(table).__name__}"
+    )
+
+
+# -- choices and measurements -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -235,11 +368,9 @@ class OpChoice:
 
 
 class Measurements:
-    """Timings of each candidate backend per (op, call signature, dtype, device), and the winner.
-
-    Owned by an engine (or shared between engines on purpose); nothing global. ``rejected``
-    records candidates that raised or disagreed with torch on the measured call.
-    """
+    """``tune``'s record: timings of each candidate per (arch, op, shape class), the rejected
+    candidates (raised, or disagreed with torch) and the winner. Owned by an engine (or shared
+    between engines on purpose); nothing global."""
 
     def __init__(self, repeats: int = 3):
         self.repeats = repeats
@@ -247,23 +378,21 @@ class Measurements:
         self.winner: Dict[tuple, str] = {}
         self.rejected: Dict[tuple, Dict[str, str]] = {}
 
-    def pick(
-        self, key: tuple, candidates: List[OpChoice], args, kwargs, timed: bool = True
-    ) -> OpChoice:
-        """The winner for ``key``: fastest of the candidates that agree with torch (``timed``), or
-        the first one that agrees, in the candidates' (preference) order."""
+    def pick(self, key: tuple, candidates: List[OpChoice], args, kwargs) -> OpChoice:
+        """The fastest of the candidates that agree with torch on this call (measured once per
+        ``key``)."""
         if key not in self.winner:
-            self._select(key, candidates, args, kwargs, timed)
+            self._select(key, candidates, args, kwargs)
         name = self.winner[key]
         return next(c for c in candidates if c.backend == name)
 
-    def _select(self, key, candidates: List[OpChoice], args, kwargs, timed: bool) -> None:
+    def _select(self, key, candidates: List[OpChoice], args, kwargs) -> None:
         torch_choice = next(c for c in candidates if c.backend == "torch")
         expected = torch_choice.fn(*args, **kwargs)
-        times, rejected, first_ok = {}, {}, None
+        times, rejected = {}, {}
         for choice in candidates:
             if choice.backend != "torch":
-                try:  # vetting a candidate once per call signature, not guarding calls
+                try:  # vetting a candidate once per shape class, not guarding calls
                     out = choice.fn(*args, **kwargs)
                 except Exception as err:  # noqa: BLE001 - any failure disqualifies it
                     rejected[choice.backend] = f"{type(err).__name__}: {err}"
@@ -271,12 +400,9 @@ class Measurements:
                 if not _close(out, expected):
                     rejected[choice.backend] = "result differs from torch beyond tolerance"
                     continue
-            if not timed:
-                first_ok = choice.backend
-                break
             times[choice.backend] = self._time(choice.fn, args, kwargs)
         self.timings[key], self.rejected[key] = times, rejected
-        self.winner[key] = first_ok if not timed else min(times, key=times.get)
+        self.winner[key] = min(times, key=times.get)
 
     def _time(self, fn, args, kwargs) -> float:
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
@@ -301,32 +427,24 @@ def _close(out, expected) -> bool:
     return bool(torch.allclose(out.float(), expected.float(), rtol=tol, atol=tol))
 
 
-def call_key(op: str, args, kwargs) -> tuple:
-    """What decides an op's speed: shapes, dtype, device and the static keyword arguments."""
-    parts = [op]
-    for value in list(args) + [kwargs[k] for k in sorted(kwargs)]:
-        if isinstance(value, torch.Tensor):
-            parts.append((tuple(value.shape), value.dtype, str(value.device)))
-        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
-            parts.append(len(value))
-        else:
-            parts.append(value)
-    return tuple(parts)
+# -- the engine's table -----------------------------------------------------------------------
 
 
 class OpTable:
-    """The dispatch table of one engine: op -> :class:`OpChoice`, plus ``auto``'s candidates.
+    """The dispatch table of one engine: op -> :class:`OpChoice`, plus the other choices ``auto``
+    or ``tune`` may make per shape class (``candidates``).
 
-    ``backend``: "auto", a backend name, or a spec like "auto,causal_conv3d=torch";
-    ``env`` (default ``os.environ``) may override it through ``CDT_FAST_BACKEND``.
-    ``measure``: None measures on CUDA only; True/False force it.
+    ``backend``: "auto", "tune", a backend name, or a spec like "auto,causal_conv3d=torch"; when
+    it is "auto", ``CDT_FAST_BACKEND`` in ``env`` (default ``os.environ``) may replace it.
+    ``table``: auto's decisions (a :class:`DispatchTable`, a path to a saved one, or None for
+    the committed table). ``measurements``: where ``tune`` records its timings.
     """
 
     def __init__(
         self,
         backend: str = "auto",
         device="cpu",
-        measure: Optional[bool] = None,
+        table=None,
         measurements: Optional[Measurements] = None,
         env: Optional[Mapping[str, str]] = None,
     ):
@@ -334,17 +452,43 @@ class OpTable:
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         self.env = env = os.environ if env is None else env
         self.device = torch.device(device)
-        self.requested = env.get(ENV_VAR) or backend
-        self.source = ENV_VAR if env.get(ENV_VAR) else "argument"
+        from_env = backend == "auto" and bool(env.get(ENV_VAR))
+        self.requested = env[ENV_VAR] if from_env else backend
+        self.source = ENV_VAR if from_env else "argument"
         default, per_op = parse_backend_spec(self.requested)
-        self.measure = (self.device.type == "cuda") if measure is None else bool(measure)
+        self.arch = arch_family(self.device)
+        given = as_table(table)
+        self.committed = DispatchTable.default()
+        self.tuning = default == TUNE
+        if self.tuning and given is not None:
+            raise ValueError(
+                'table= is what backend="auto" decides by; backend="tune" measures and builds '
+                "its own (engine.dispatch_table)"
+            )
+        # tune's winners go to a table of their own (what ``save`` writes); auto reads the given
+        # table, falling back to the committed one where it is silent.
+        self.decisions = DispatchTable() if self.tuning else (given or self.committed)
         self.measurements = measurements if measurements is not None else Measurements()
         self._memo: Dict[str, tuple] = {}  # backend statuses and module imports, this build
+        self._options: Dict[str, Dict[str, OpChoice]] = {}  # auto/tune: backend -> choice
+        self._decided: Dict[Tuple[str, str], OpChoice] = {}  # auto: (op, class) -> choice
         self.table: Dict[str, OpChoice] = {}
         self.candidates: Dict[str, List[OpChoice]] = {}
-        # Block ops last: their composed candidate depends on how their parts are served.
+        # Block ops last: their composed choice depends on how their parts are served.
         for op in sorted(OPS, key=lambda name: name in _COMPOSITES):
             self._fill(op, per_op.get(op, default))
+
+    def _order(self, op: str, cls: str) -> Tuple[str, ...]:
+        order = self.decisions.order(self.arch, op, cls)
+        if order is None and self.decisions is not self.committed:
+            order = self.committed.order(self.arch, op, cls)
+        return order or ("torch",)
+
+    def _named(self, op: str) -> Tuple[str, ...]:
+        named = self.decisions.named(self.arch, op)
+        if self.decisions is not self.committed:
+            named += tuple(b for b in self.committed.named(self.arch, op) if b not in named)
+        return named
 
     def _fill(self, op: str, wanted: str) -> None:
         torch_fn, torch_reason = resolve("torch", op, self.device, self.env, self._memo)
@@ -352,7 +496,7 @@ class OpTable:
         if wanted == "torch":
             self.table[op] = torch_choice
             return
-        if wanted != "auto":
+        if wanted not in ("auto", TUNE):
             fn, reason = resolve(wanted, op, self.device, self.env, self._memo)
             if fn is not None:
                 self.table[op] = OpChoice(op, wanted, fn, reason)
@@ -361,27 +505,32 @@ class OpTable:
                     self._composed(op) or torch_choice, reason=f"fallback from {wanted}: {reason}"
                 )
             return
-        found, missing = [], []
-        for name in preference(self.device):
-            fn, reason = (
-                (torch_fn, torch_reason)
-                if name == "torch"
-                else resolve(name, op, self.device, self.env, self._memo)
-            )
+        names = _tune_order(self.device) if wanted == TUNE else self._named(op)
+        options, missing = {"torch": torch_choice}, []
+        for name in names:
+            if name in (COMPOSED, "torch"):
+                continue
+            fn, reason = resolve(name, op, self.device, self.env, self._memo)
             if fn is None:
                 missing.append(f"{name}: {reason}")
             else:
-                found.append(OpChoice(op, name, fn, reason))
+                options[name] = OpChoice(op, name, fn, reason)
         composed = self._composed(op)
-        if composed is not None:
-            found.insert(len(found) - 1, composed)
-        first = found[0]
-        why = "auto, first available in preference order" + (
+        if composed is not None and (wanted == TUNE or COMPOSED in names):
+            options[COMPOSED] = composed
+        self._options[op] = options
+        why = ("tune, measured per shape class" if wanted == TUNE else "auto, decision table") + (
             f" ({'; '.join(missing)})" if missing else ""
         )
-        self.table[op] = OpChoice(op, first.backend, first.fn, why)
-        if len(found) > 1:  # vetted (and, if measuring, timed) per call signature
-            self.candidates[op] = found
+        first = self._first(op, self._order(op, "*"))
+        self.table[op] = replace(first, reason=why)
+        if len(options) > 1:
+            # torch last: a tuned call's reference, an auto call's fallback
+            self.candidates[op] = [c for n, c in options.items() if n != "torch"] + [torch_choice]
+
+    def _first(self, op: str, order: Tuple[str, ...]) -> OpChoice:
+        options = self._options[op]
+        return next((options[n] for n in order if n in options), options["torch"])
 
     def _composed(self, op: str) -> Optional[OpChoice]:
         """A block op as the table's own choices for its parts, run one after the other; None for
@@ -399,22 +548,36 @@ class OpTable:
         )
 
     def __call__(self, op: str, *args, **kwargs):
-        """Run ``op`` with the table's function (auto-measured per call signature if enabled)."""
+        """Run ``op`` with the function the table chooses for this call."""
         return self.choice(op, args, kwargs).fn(*args, **kwargs)
 
     def choice(self, op: str, args=(), kwargs=None) -> OpChoice:
         candidates = self.candidates.get(op)
         if not candidates:
             return self.table[op]
-        key = call_key(op, args, kwargs or {})
-        if key not in self.measurements.winner and _capturing(self.device):
-            return self.table[op]
-        return self.measurements.pick(key, candidates, args, kwargs or {}, timed=self.measure)
+        cls = shape_class(op, args, kwargs or {})
+        if self.tuning:
+            key = (self.arch, op, cls)
+            if key not in self.measurements.winner and _capturing(self.device):
+                return self._first(op, self.committed.order(self.arch, op, cls) or ("torch",))
+            chosen = self.measurements.pick(key, candidates, args, kwargs or {})
+            if self.decisions.order(self.arch, op, cls) != (chosen.backend,):
+                self.decisions.record(self.arch, op, cls, chosen.backend)
+            return chosen
+        decided = self._decided.get((op, cls))
+        if decided is None:
+            decided = self._decided[(op, cls)] = self._first(op, self._order(op, cls))
+        return decided
 
     def report(self) -> Dict[str, Tuple[str, str]]:
-        """op -> (backend, reason) of the static table (auto's measured winners are in
-        ``self.measurements.winner``)."""
+        """op -> (backend, reason) of the static table (per-shape-class choices: ``decided()``)."""
         return {op: (c.backend, c.reason) for op, c in self.table.items()}
+
+    def decided(self) -> Dict[Tuple[str, str], str]:
+        """(op, shape class) -> backend, for every class met so far (auto and tune)."""
+        if self.tuning:
+            return {(op, cls): b for (_, op, cls), b in self.measurements.winner.items()}
+        return {key: c.backend for key, c in self._decided.items()}
 
     def __repr__(self) -> str:
         rows = ", ".join(f"{op}={c.backend}" for op, c in self.table.items())
@@ -422,6 +585,6 @@ class OpTable:
 
 
 def _capturing(device: torch.device) -> bool:
-    # Measuring syncs the device, which a CUDA graph capture forbids; captured shapes were
-    # measured in the eager warm-up chunk anyway.
+    # Measuring syncs the device, which a CUDA graph capture forbids; a class first met inside a
+    # capture takes the committed table's decision.
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()

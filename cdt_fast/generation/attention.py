@@ -20,7 +20,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..backends import BackendStatus
+from ..availability import BackendStatus
 
 __all__ = ["BACKENDS", "attention", "attention_backends"]
 
@@ -39,7 +39,7 @@ def _kernels():
 def attention_backends(
     device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
 ) -> Dict[str, BackendStatus]:
-    """name -> :class:`~cdt_fast.backends.BackendStatus` (available, and why or why not) for
+    """name -> :class:`~cdt_fast.availability.BackendStatus` (available, and why or why not) for
     tensors on ``device`` (default CPU) of ``dtype`` (default float32)."""
     device = torch.device("cpu" if device is None else device)
     dtype = torch.float32 if dtype is None else dtype

@@ -1,0 +1,228 @@
+"""Which compute backends can run, and why (not): the one place that decides it.
+
+:func:`backend_status` answers for one backend, for the whole process or for one device; the
+public :func:`cdt_fast.backends` and the engine's op table both call it, so a user reading
+``cdt_fast.backends()`` sees the reasons the engine acts on. Everything is computed on call (the
+environment and the visible devices may change); only the pure, expensive probes (importing
+triton, loading the extension) are cached.
+
+The supported Triton and torch versions are stated here once (:data:`TRITON_VERSIONS`,
+:data:`TORCH_MIN_FOR_TRITON`): outside them the Triton backend reports itself unavailable and says
+which versions it needs. Whether Triton runs its interpreter is read here once too
+(:func:`triton_interpreted`); the kernels ask this function instead of the environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+
+__all__ = [
+    "BackendStatus",
+    "BACKEND_NAMES",
+    "TRITON_VERSIONS",
+    "TORCH_MIN_FOR_TRITON",
+    "backend_status",
+    "backends",
+    "triton_interpreted",
+    "version_problem",
+]
+
+BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
+
+# The Triton releases the kernels are tested with (interpreter parity on 3.5, 3.6, 3.8, 3.9):
+# 3.2-3.3 cannot import the kernel modules without a GPU driver and 3.4's interpreter rejects the
+# autotune path; from 3.10 on nothing has been tested (3.9 already changed tile register use and
+# interpreter mask rules). [low, high) as (major, minor).
+TRITON_VERSIONS = ((3, 5), (3, 10))
+# The oldest torch whose CUDA wheels ship a Triton in that range (torch 2.4 brought Triton 3.0,
+# its tensor subclass and memory-format behaviour the launchers rely on).
+TORCH_MIN_FOR_TRITON = (2, 4)
+
+# What Triton itself accepts as "on" for TRITON_INTERPRET (its env_bool), so this module and
+# Triton never disagree about whether a kernel is interpreted.
+_TRUE = ("1", "true", "on", "yes")
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    reason: str  # why it is unavailable, or what it runs on
+
+    def __bool__(self) -> bool:
+        return self.available
+
+
+def triton_interpreted(env: Optional[Mapping[str, str]] = None) -> bool:
+    """True when ``TRITON_INTERPRET`` (in ``env``, default ``os.environ``) asks Triton to run its
+    kernels in the interpreter, on CPU tensors."""
+    env = os.environ if env is None else env
+    return str(env.get("TRITON_INTERPRET", "")).strip().lower() in _TRUE
+
+
+def _major_minor(version: str) -> Optional[Tuple[int, int]]:
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _range_text() -> str:
+    (lo, hi), tmin = TRITON_VERSIONS, TORCH_MIN_FOR_TRITON
+    return f"supported: triton >={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]} with torch >={tmin[0]}.{tmin[1]}"
+
+
+def version_problem(triton_version: str, torch_version: str) -> Optional[str]:
+    """Why these versions are outside the supported ranges, or None when they are inside."""
+    (lo, hi), problems = TRITON_VERSIONS, []
+    tv = _major_minor(triton_version)
+    if tv is None or not lo <= tv < hi:
+        problems.append(f"triton {triton_version}")
+    pv = _major_minor(torch_version)
+    if pv is None or pv < TORCH_MIN_FOR_TRITON:
+        problems.append(f"torch {torch_version}")
+    if not problems:
+        return None
+    return f"{' and '.join(problems)} not supported ({_range_text()})"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_version() -> Tuple[Optional[str], str]:
+    """(version, "") when triton imports, else (None, why)."""
+    try:
+        import triton
+    except ImportError as exc:
+        return None, f"triton is not installed ({exc}); pip install triton"
+    except Exception as exc:  # a broken install raises anything
+        return None, f"triton fails to import: {type(exc).__name__}: {exc}"
+    return getattr(triton, "__version__", "?"), ""
+
+
+def _torch(device: Optional[torch.device]) -> BackendStatus:
+    where = device.type if device is not None else None
+    if where is None:
+        where = "CUDA and CPU" if torch.cuda.is_available() else "CPU"
+    return BackendStatus("torch", True, f"torch {torch.__version__} reference ops on {where}")
+
+
+def _triton(device: Optional[torch.device], env: Optional[Mapping[str, str]]) -> BackendStatus:
+    version, why = _triton_version()
+    if version is None:
+        return BackendStatus("triton", False, why)
+    problem = version_problem(version, torch.__version__)
+    if problem is not None:
+        return BackendStatus("triton", False, problem)
+    interpreted = triton_interpreted(env)
+    on_cpu = device is not None and device.type == "cpu"
+    if torch.cuda.is_available() and not on_cpu:
+        return BackendStatus("triton", True, f"triton {version} on CUDA")
+    if interpreted and (device is None or on_cpu):
+        return BackendStatus(
+            "triton",
+            True,
+            f"triton {version} under the interpreter (TRITON_INTERPRET=1; for tests, slow)",
+        )
+    if on_cpu:
+        return BackendStatus(
+            "triton",
+            False,
+            f"triton {version} needs a CUDA device (or TRITON_INTERPRET=1 on CPU)",
+        )
+    return BackendStatus(
+        "triton",
+        False,
+        f"triton {version} needs a CUDA device (torch sees none) or TRITON_INTERPRET=1",
+    )
+
+
+def _cpp(device: Optional[torch.device]) -> BackendStatus:
+    from . import _cpp_lib
+
+    if device is not None and device.type != "cpu":
+        return BackendStatus("cpp", False, "the C++ extension runs on CPU tensors only")
+    if not _cpp_lib.is_available():
+        return BackendStatus("cpp", False, _cpp_lib.unavailable_reason())
+    lib = _cpp_lib.library()
+    threads = "OpenMP" if lib.WITH_OPENMP else "single-threaded (built without OpenMP)"
+    return BackendStatus("cpp", True, f"cdt_fast._C ABI {lib.ABI_VERSION}, CPU, {threads}")
+
+
+def _arch_runs(archs: str, major: int, minor: int) -> bool:
+    """SASS for sm_XY runs on X.Z >= Y of the same major; PTX of the newest arch JITs upward."""
+    built = sorted(int(a) for a in archs.replace(",", ";").split(";") if a.strip().isdigit())
+    cap = 10 * major + minor
+    return any(a // 10 == major and a <= cap for a in built) or (bool(built) and cap >= built[-1])
+
+
+def _cuda(device: Optional[torch.device]) -> BackendStatus:
+    from . import _cpp_lib
+
+    if device is not None and device.type != "cuda":
+        return BackendStatus("cuda", False, "the CUDA extension runs on CUDA tensors only")
+    if not _cpp_lib.is_available():
+        return BackendStatus("cuda", False, _cpp_lib.unavailable_reason())
+    lib = _cpp_lib.library()
+    if not lib.WITH_CUDA:
+        return BackendStatus(
+            "cuda",
+            False,
+            "cdt_fast._C was built without CUDA (nvcc was not found "
+            "or CDT_FAST_SKIP_CUDA_BUILD=1); rebuild where nvcc is",
+        )
+    if not torch.cuda.is_available():
+        return BackendStatus(
+            "cuda", False, "no CUDA device visible to torch (a CPU build of torch, or no GPU)"
+        )
+    runtime = lib.cuda_runtime_status()
+    if runtime:
+        return BackendStatus(
+            "cuda",
+            False,
+            f"cdt_fast._C's CUDA runtime (static, from the nvcc "
+            f"that built it) cannot use the GPU: {runtime}",
+        )
+    major, minor = torch.cuda.get_device_capability(device)
+    if not _arch_runs(lib.CUDA_ARCHS, major, minor):
+        return BackendStatus(
+            "cuda",
+            False,
+            f"cdt_fast._C holds code for sm_{lib.CUDA_ARCHS}, not "
+            f"this GPU's sm_{major}{minor}; rebuild with "
+            f"CDT_FAST_CUDA_ARCHS={major}{minor}",
+        )
+    return BackendStatus(
+        "cuda",
+        True,
+        f"cdt_fast._C CUDA kernels (sm_{lib.CUDA_ARCHS}) on {torch.cuda.get_device_name(device)}",
+    )
+
+
+def backend_status(
+    name: str, device=None, env: Optional[Mapping[str, str]] = None
+) -> BackendStatus:
+    """Whether backend ``name`` can run, and why (not).
+
+    ``device``: None asks about this process (any device it sees); a device asks whether the
+    backend runs on tensors there. ``env``: where ``TRITON_INTERPRET`` is read (default
+    ``os.environ``).
+    """
+    if not isinstance(name, str) or name not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+    device = torch.device(device) if device is not None else None
+    if name == "torch":
+        return _torch(device)
+    if name == "triton":
+        return _triton(device, env)
+    if name == "cpp":
+        return _cpp(device)
+    return _cuda(device)
+
+
+def backends(device=None) -> Dict[str, BackendStatus]:
+    """Per backend name ('torch', 'triton', 'cpp', 'cuda'): ``.available`` and ``.reason``; with
+    ``device``, whether it runs on tensors on that device."""
+    return {name: backend_status(name, device) for name in BACKEND_NAMES}
