@@ -8,7 +8,17 @@ import sys
 from typing import List, Optional
 
 # Command modules of this package, in the order --help lists them.
-COMMANDS = ["demo", "reconstruct", "encode", "decode", "encode_dataset", "info", "train", "eval"]
+COMMANDS = [
+    "demo",
+    "reconstruct",
+    "encode",
+    "decode",
+    "encode_dataset",
+    "info",
+    "train",
+    "eval",
+    "warmup",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
