@@ -241,10 +241,12 @@ def launch(
     shape_class: Mapping[str, object],
     tile: Tile,
     autotune: bool,
+    derived: Optional[Callable[[Mapping[str, object]], Mapping[str, object]]] = None,
 ) -> Tile:
     """Launch ``kernel`` with ``tile`` (after the tile file's override), or with ``autotune``
     through ``tuned`` (a ``triton.autotune`` wrapper of ``kernel``), recording a new winner.
-    Returns the tile that ran (the tuned one when tuning)."""
+    ``derived(kwargs)``: launch arguments that follow from the tile (e.g. a loop bound rounded to
+    its BLOCK_K), for the fixed tile. Returns the tile that ran (the tuned one when tuning)."""
     if autotune:
         seen = len(tuned.cache)
         tuned[grid](*args, **meta)
@@ -255,5 +257,7 @@ def launch(
     tile = lookup(name, arch, shape_class, tile)
     # A constexpr the launcher fixes (e.g. the fused norm's full-row BLOCK_N) wins over the tile.
     kwargs = {**tile.launch_kwargs(), **meta}
+    if derived is not None:
+        kwargs.update(derived(kwargs))
     kernel[grid(kwargs)](*args, **kwargs)
     return tile

@@ -131,6 +131,10 @@ def _prune_configs(configs, named_args, **kwargs):
     """Drop tiles far wider than the problem (Cin=3 or Cout=16 layers). The autotuner passes the
     positional arguments in ``named_args`` and the keyword ones (constexprs) in ``kwargs``."""
     args = {**named_args, **kwargs}
+    # The kernel's K loop steps over taps of CIN_PAD channels: BLOCK_K must divide it.
+    cin_pad = int(args.get("CIN_PAD", 0))
+    if cin_pad:
+        configs = [c for c in configs if cin_pad % c.kwargs["BLOCK_K"] == 0] or configs
     max_k = max(16, triton.next_power_of_2(args["CIN"]))
     max_n = max(16, triton.next_power_of_2(args["N"]))
     # Full-row tiles (fused norm): BLOCK_N is the launcher's, so bound the accumulator instead.
@@ -305,6 +309,8 @@ def _causal_conv3d_kernel(
     scc,
     eps,
     CIN,
+    CIN_PAD,
+    K_TOTAL,
     KT: tl.constexpr,
     KH: tl.constexpr,
     KW: tl.constexpr,
@@ -359,13 +365,13 @@ def _causal_conv3d_kernel(
         w_virtual = W_IN
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # CIN is a run-time bound when compiled (one kernel serves every width of a layer kind: fewer
-    # compilations) and a constexpr under the interpreter (``loop_arg``: it cannot loop over a
-    # run-time bound with numpy >= 2.3).
-    n_cblocks = (CIN + BLOCK_K - 1) // BLOCK_K
-    for it in range(0, n_cblocks * (KT * KH * KW)):
-        tap = it // n_cblocks
-        c0 = (it - tap * n_cblocks) * BLOCK_K
+    # The channel count is a run-time bound when compiled (one kernel serves every width of a
+    # layer kind: fewer compilations). K runs over taps of CIN_PAD channels (CIN rounded up to a
+    # multiple of BLOCK_K), K_TOTAL = taps * CIN_PAD in all; the launcher passes both through
+    # ``loop_arg`` (the interpreter cannot loop over a bound computed in the kernel).
+    for k0 in range(0, K_TOTAL, BLOCK_K):
+        tap = k0 // CIN_PAD
+        c0 = k0 - tap * CIN_PAD
         dt = tap // (KH * KW)
         dh = (tap // KW) % KH
         dw = tap % KW
@@ -723,7 +729,7 @@ def causal_conv3d_frames(
         float(ep.eps),
     )
     flags = dict(
-        CIN=loop_arg(cin),
+        CIN=cin,
         KT=kt,
         KH=kh,
         KW=kw,
@@ -742,6 +748,11 @@ def causal_conv3d_frames(
     )
 
     full_n = max(16, triton.next_power_of_2(cout))
+    taps = kt * kh * kw
+
+    def k_loop(block_k: int) -> dict:
+        cin_pad = triton.cdiv(cin, block_k) * block_k
+        return dict(CIN_PAD=loop_arg(cin_pad), K_TOTAL=loop_arg(taps * cin_pad))
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout, meta.get("BLOCK_N", full_n)),)
@@ -753,7 +764,9 @@ def causal_conv3d_frames(
                 tile = Tile.of(
                     tile.num_warps, tile.num_stages, **{**tile.kwargs, "BLOCK_N": full_n}
                 )
-            _causal_conv3d_kernel[grid(tile.kwargs)](*args, **flags, **tile.launch_kwargs())
+            _causal_conv3d_kernel[grid(tile.kwargs)](
+                *args, **flags, **k_loop(tile.kwargs["BLOCK_K"]), **tile.launch_kwargs()
+            )
             return out
         arch = arch_family(x)
         shape_class = dict(
@@ -771,7 +784,11 @@ def causal_conv3d_frames(
             PRECISION=precision,
         )
         tile = conv_tile(arch, cin=cin, cout=cout, full_row=g is not None, ieee=precision == "ieee")
-        meta = dict(flags, BLOCK_N=full_n) if g is not None else flags
+        # Tuning: channels rounded to 16, and only the candidates whose BLOCK_K divides that
+        # (see _prune_configs); the fixed tile rounds to its own BLOCK_K.
+        meta = dict(flags, **k_loop(16))
+        if g is not None:
+            meta["BLOCK_N"] = full_n
         _tiles.launch(
             _causal_conv3d_kernel,
             _conv_tuned_full_n if g is not None else _conv_tuned,
@@ -783,6 +800,7 @@ def causal_conv3d_frames(
             shape_class=shape_class,
             tile=tile,
             autotune=autotune_enabled(),
+            derived=lambda kw: k_loop(kw["BLOCK_K"]),
         )
     return out
 
