@@ -13,7 +13,7 @@ voxel: contiguous in channels-last ``NDHWC`` memory). Any strides are accepted; 
 activations (``torch.channels_last_3d``) give coalesced loads. The weight is read as it comes when
 either Cin or Cout is its innermost dim: a ``channels_last_3d`` weight (what the engine holds, and
 what cuDNN wants) or one from :func:`pack_weight` compile to the same 16-byte ``cp.async`` loads
-and ``wgmma`` on sm_90 (``benchmarks/sass_audit.py``); any other layout is repacked per call. Accumulation is fp32 for fp16/bf16/fp32 inputs; the output has ``x``'s dtype.
+and ``wgmma`` on sm_90 (``tools/sass_audit.py``); any other layout is repacked per call. Accumulation is fp32 for fp16/bf16/fp32 inputs; the output has ``x``'s dtype.
 
 Epilogue hook (the contract other kernels build on)
 ---------------------------------------------------
