@@ -554,8 +554,9 @@ const = dict(KT=3, KH=3, KW=3, ST=1, SH=1, SW=1, HAS_PAST=True, ZERO_PAD=True,
              sxc=1, spc=1, swo=1, soc=1, src=1)  # what the JIT specialises for channels-last
 sig = {n: "constexpr" if n in const else "*bf16" if n in pointers else "fp32" if n == "eps"
        else "i32" for n in fn.arg_names}
-# CIN (40) is a run-time int; CIN_PAD and K_TOTAL are multiples of 16
-aligned = [n for n in fn.arg_names if n in pointers or n in ("CIN_PAD", "K_TOTAL")
+# CIN is a run-time int: 48 as the JIT specialises a multiple of 16 (every CDT width but the RGB
+# input's); CIN_PAD and K_TOTAL are multiples of 16 by construction
+aligned = [n for n in fn.arg_names if n in pointers or n in ("CIN", "CIN_PAD", "K_TOTAL")
            or (n.startswith("s") and n not in const)]
 attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
 kernel = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
