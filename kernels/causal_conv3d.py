@@ -189,7 +189,8 @@ def conv_tile(arch: str, *, cin: int, cout: int, full_row: bool, ieee: bool) -> 
       a 128-wide N tile over 3 channels was 97% idle and spilled;
     * fewer than 4 warps or 64-row tiles with 2 warps fall back to ``mma.sync`` (no wgmma), so
       every tile has at least one full warpgroup;
-    * K tiles of 16 for Cin <= 16 (the padded U-Net input): wider ones would load zeros.
+    * K tiles of 16 for Cin <= 16 (the padded U-Net input): wider ones would load zeros;
+    * 64 rows for Cin < 16 (the RGB input, gathered 16 bits at a time).
 
     Exact fp32 dots unroll into FMAs: small tiles there keep compile time and registers sane.
     ``arch`` (``sm_80``/``sm_90``): the narrow tiles' fourth stage is for Hopper's deeper
@@ -205,6 +206,18 @@ def conv_tile(arch: str, *, cin: int, cout: int, full_row: bool, ieee: bool) -> 
             2,
             BLOCK_M=64,
             BLOCK_N=min(block_n, 64) if not full_row else block_n,
+            BLOCK_K=16,
+            GROUP_M=8,
+        )
+    if cin < 16:
+        # The RGB input: voxels of 3 channels are never 16-byte aligned, so every tap is a 16-bit
+        # gather; with 128 rows its convs sat at 253-255 registers (the cap) on both presets,
+        # with 64 rows they need 128-174 and keep wgmma (8 warps split a 128-wide N).
+        return Tile.of(
+            8 if block_n >= 128 else 4,
+            4 if arch == "sm_90" else 3,
+            BLOCK_M=64,
+            BLOCK_N=block_n,
             BLOCK_K=16,
             GROUP_M=8,
         )
