@@ -127,9 +127,11 @@ def check_out(
 
 
 def use_autotune(x: torch.Tensor) -> bool:
-    """Autotuning times configs on the device; under the Triton interpreter (CPU tensors) the
-    launchers run one fixed small config instead."""
-    return x.device.type == "cuda"
+    """Whether to time configs on the device: only on request (``CDT_FAST_AUTOTUNE=1`` or
+    :func:`cdt_fast.kernels._tiles.tile_options`), and never under the Triton interpreter."""
+    from ._tiles import autotune_enabled
+
+    return x.device.type == "cuda" and autotune_enabled()
 
 
 def exact_fp32(x: torch.Tensor) -> bool:

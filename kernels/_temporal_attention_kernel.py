@@ -13,7 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, use_autotune
+from . import _tiles
+from ._common import check_launchable, interpreting
+from ._tiles import Tile, arch_family, autotune_enabled
 
 _LOG2E = 1.4426950408889634
 _PACK_TILE = 64  # rows (queries or keys) of a packed tile
@@ -132,12 +134,15 @@ def _temporal_attention_kernel(
 
 
 _CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w, s in [(4, 2), (4, 3), (8, 2)]]
+# The tiles follow from the sequence lengths (:func:`_tiles`); the table picks warps and stages:
+# the first candidate, one warpgroup, two stages. Other candidates only by opt-in autotuning.
+_TILE = Tile.from_config(_CONFIGS[0])
 _temporal_attention_tuned = triton.autotune(_CONFIGS, key=["TQ", "TK", "D", "G"])(
     _temporal_attention_kernel
 )
 
 
-def _tiles(tq: int, tk: int, d: int, interpret: bool):
+def _tile_shape(tq: int, tk: int, d: int, interpret: bool):
     """(G, BLOCK_M, BLOCK_N, BLOCK_D): whole sequences per tile when they fit, else G = 1."""
     block_d = max(16, triton.next_power_of_2(d))
     longest = max(tq, tk)
@@ -155,7 +160,8 @@ def _tiles(tq: int, tk: int, d: int, interpret: bool):
 
 def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
     check_launchable(q, "temporal_attention", "temporal_attention(..., backend='sdpa')")
-    g, block_m, block_n, block_d = _tiles(tq, tk, d, not use_autotune(q))
+    interpret = interpreting()
+    g, block_m, block_n, block_d = _tile_shape(tq, tk, d, interpret)
     grid = (triton.cdiv(nh, g), triton.cdiv(g * tq, block_m))
     args = (
         q,
@@ -181,7 +187,19 @@ def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
         BLOCK_N=block_n,
         BLOCK_D=block_d,
     )
-    if use_autotune(q):
-        _temporal_attention_tuned[grid](*args, **meta)
-    else:
+    if interpret:
         _temporal_attention_kernel[grid](*args, **meta)
+        return
+    arch = arch_family(q)
+    _tiles.launch(
+        _temporal_attention_kernel,
+        _temporal_attention_tuned,
+        lambda cfg: grid,
+        args,
+        meta,
+        name="temporal_attention",
+        arch=arch,
+        shape_class=dict(meta, DTYPE=q.dtype),
+        tile=_TILE,
+        autotune=autotune_enabled(),
+    )

@@ -13,7 +13,7 @@ voxel: contiguous in channels-last ``NDHWC`` memory). Any strides are accepted; 
 activations (``torch.channels_last_3d``) give coalesced loads. The weight is read as it comes when
 either Cin or Cout is its innermost dim: a ``channels_last_3d`` weight (what the engine holds, and
 what cuDNN wants) or one from :func:`pack_weight` compile to the same 16-byte ``cp.async`` loads
-and ``wgmma`` on sm_90 (``benchmarks/sass_audit.py``); any other layout is repacked per call. Accumulation is fp32 for fp16/bf16/fp32 inputs; the output has ``x``'s dtype.
+and ``wgmma`` on sm_90 (``tools/sass_audit.py``); any other layout is repacked per call. Accumulation is fp32 for fp16/bf16/fp32 inputs; the output has ``x``'s dtype.
 
 Epilogue hook (the contract other kernels build on)
 ---------------------------------------------------
@@ -32,9 +32,10 @@ In the kernel each stage is a ``tl.constexpr`` flag (``NORM``, ``RELU``, ``HAS_C
 ``HAS_RES``) read by :func:`_conv_epilogue`, so a disabled stage costs nothing and a new stage is one
 more flag and pointer there, not a copy of the main loop.
 
-Autotuning: the configs live beside the kernel (:func:`_autotune_configs`), keyed on the GEMM shape
-and the conv geometry; under the Triton interpreter (``TRITON_INTERPRET=1``) there is a single small
-config so nothing is benchmarked. Programs are ordered in groups of ``GROUP_M`` row tiles
+Tiles: one config per shape class from :func:`conv_tile` beside the kernel (see
+``kernels/_tiles.py``); autotuning over :func:`_autotune_configs` only on request, keyed on the
+conv geometry (never the row count). Under the Triton interpreter (``TRITON_INTERPRET=1``) one
+small tile keeps CPU runs short. Programs are ordered in groups of ``GROUP_M`` row tiles
 (program-id swizzle) so neighbouring programs reuse the same weight columns from L2.
 """
 
@@ -50,7 +51,9 @@ import triton.language as tl
 
 from cdt_fast.functional import PAD_MODES
 
-from ._common import check_launchable, interpreting
+from . import _tiles
+from ._common import check_launchable, interpreting, loop_arg
+from ._tiles import Tile, arch_family, autotune_enabled
 from .channel_norm import channel_norm, channel_norm_tile
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "pack_weight",
     "output_shape",
     "FUSED_NORM_MAX_CHANNELS",
+    "conv_tile",
 ]
 
 # Widest conv whose LayerNorm runs in its epilogue. The norm needs a voxel's every channel in one
@@ -127,6 +131,10 @@ def _prune_configs(configs, named_args, **kwargs):
     """Drop tiles far wider than the problem (Cin=3 or Cout=16 layers). The autotuner passes the
     positional arguments in ``named_args`` and the keyword ones (constexprs) in ``kwargs``."""
     args = {**named_args, **kwargs}
+    # The kernel's K loop steps over taps of CIN_PAD channels: BLOCK_K must divide it.
+    cin_pad = int(args.get("CIN_PAD", 0))
+    if cin_pad:
+        configs = [c for c in configs if cin_pad % c.kwargs["BLOCK_K"] == 0] or configs
     max_k = max(16, triton.next_power_of_2(args["CIN"]))
     max_n = max(16, triton.next_power_of_2(args["N"]))
     # Full-row tiles (fused norm): BLOCK_N is the launcher's, so bound the accumulator instead.
@@ -149,7 +157,75 @@ def _prune_configs(configs, named_args, **kwargs):
     return [c for c in configs if waste(c) == least]
 
 
-_AUTOTUNE_KEY = ["M", "N", "CIN", "KT", "KH", "KW", "SH", "ST", "HAS_PAST", "UPSAMPLE", "NORM"]
+# Opt-in autotuning's key: the shape class (the row count M is left out on purpose: tuning per
+# frame size would retime every resolution and chunk length).
+_AUTOTUNE_KEY = [
+    "N",
+    "CIN",
+    "KT",
+    "KH",
+    "KW",
+    "ST",
+    "SH",
+    "SW",
+    "UPSAMPLE",
+    "NORM",
+    "DOT_PRECISION",
+]
+
+# The interpreter's tile: small, so CPU runs stay short (one tile, nothing timed).
+_INTERPRET_TILE = Tile.of(num_warps=1, num_stages=1, BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, GROUP_M=8)
+
+
+def conv_tile(arch: str, *, cin: int, cout: int, full_row: bool, ieee: bool) -> Tile:
+    """The one tile of a conv shape class (``full_row``: the fused norm's BLOCK_N =
+    next_pow2(Cout); ``ieee``: exact fp32 products). Read off the sm_90 code of every conv of a
+    CDT encode and decode (``tools/sass_audit.py``):
+
+    * 128 x 128 accumulators with 8 warps (two warpgroups, 64 fp32 registers each) and 32-wide
+      K tiles in 3 stages compile to ``wgmma`` with 16-byte ``cp.async`` loads and no spills;
+      64-wide K tiles or 256-row tiles spill on the 3x3x3 convs;
+    * narrower N (Cout <= 64, the 3-channel output conv) keeps 128 rows with one warpgroup;
+      a 128-wide N tile over 3 channels was 97% idle and spilled;
+    * fewer than 4 warps or 64-row tiles with 2 warps fall back to ``mma.sync`` (no wgmma), so
+      every tile has at least one full warpgroup;
+    * K tiles of 16 for Cin <= 16 (the padded U-Net input): wider ones would load zeros;
+    * 64 rows for Cin < 16 (the RGB input, gathered 16 bits at a time).
+
+    Exact fp32 dots unroll into FMAs: small tiles there keep compile time and registers sane.
+    ``arch`` (``sm_80``/``sm_90``): the narrow tiles' fourth stage is for Hopper's deeper
+    ``cp.async`` pipeline; sm_80 keeps 3 (not yet measured on either)."""
+    block_k = 16 if cin <= 16 else 32
+    if full_row:
+        block_n = max(16, triton.next_power_of_2(cout))
+    else:
+        block_n = min(128, max(16, triton.next_power_of_2(cout)))
+    if ieee:
+        return Tile.of(
+            4,
+            2,
+            BLOCK_M=64,
+            BLOCK_N=min(block_n, 64) if not full_row else block_n,
+            BLOCK_K=16,
+            GROUP_M=8,
+        )
+    if cin < 16:
+        # The RGB input: voxels of 3 channels are never 16-byte aligned, so every tap is a 16-bit
+        # gather; with 128 rows its convs sat at 253-255 registers (the cap) on both presets,
+        # with 64 rows they need 128-174 and keep wgmma (8 warps split a 128-wide N).
+        return Tile.of(
+            8 if block_n >= 128 else 4,
+            4 if arch == "sm_90" else 3,
+            BLOCK_M=64,
+            BLOCK_N=block_n,
+            BLOCK_K=16,
+            GROUP_M=8,
+        )
+    wide = block_n >= 128
+    stages = 3 if wide or arch == "sm_80" else 4
+    return Tile.of(
+        8 if wide else 4, stages, BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8
+    )
 
 
 @triton.jit
@@ -245,7 +321,9 @@ def _causal_conv3d_kernel(
     scb,
     scc,
     eps,
-    CIN: tl.constexpr,
+    CIN,
+    CIN_PAD,
+    K_TOTAL,
     KT: tl.constexpr,
     KH: tl.constexpr,
     KW: tl.constexpr,
@@ -303,12 +381,13 @@ def _causal_conv3d_kernel(
         w_virtual = W_IN
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # CIN is a compile-time constant: the trip count is then static (a layer's Cin never changes,
-    # and the Triton interpreter cannot loop over a runtime bound with numpy >= 2.3).
-    n_cblocks: tl.constexpr = (CIN + BLOCK_K - 1) // BLOCK_K
-    for it in range(0, KT * KH * KW * n_cblocks):
-        tap = it // n_cblocks
-        c0 = (it - tap * n_cblocks) * BLOCK_K
+    # The channel count is a run-time bound when compiled (one kernel serves every width of a
+    # layer kind: fewer compilations). K runs over taps of CIN_PAD channels (CIN rounded up to a
+    # multiple of BLOCK_K), K_TOTAL = taps * CIN_PAD in all; the launcher passes both through
+    # ``loop_arg`` (the interpreter cannot loop over a bound computed in the kernel).
+    for k0 in range(0, K_TOTAL, BLOCK_K):
+        tap = k0 // CIN_PAD
+        c0 = k0 - tap * CIN_PAD
         dt = tap // (KH * KW)
         dh = (tap // KW) % KH
         dw = tap % KW
@@ -388,8 +467,9 @@ def _causal_conv3d_kernel(
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-# Two tuned entry points over one kernel: the fused LayerNorm needs the whole channel row in one
-# tile, so there BLOCK_N is the launcher's choice and only the other tile sizes are tuned.
+# Two entry points for opt-in autotuning over one kernel: the fused LayerNorm needs the whole
+# channel row in one tile, so there BLOCK_N is the launcher's choice and only the other tile sizes
+# are tuned.
 _conv_tuned = triton.autotune(
     _autotune_configs(with_block_n=True),
     key=_AUTOTUNE_KEY,
@@ -684,14 +764,61 @@ def causal_conv3d_frames(
         DOT_PRECISION=precision,
     )
 
+    full_n = max(16, triton.next_power_of_2(cout))
+    taps = kt * kh * kw
+
+    def k_loop(block_k: int) -> dict:
+        cin_pad = triton.cdiv(cin, block_k) * block_k
+        return dict(CIN_PAD=loop_arg(cin_pad), K_TOTAL=loop_arg(taps * cin_pad))
+
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout, meta["BLOCK_N"]),)
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout, meta.get("BLOCK_N", full_n)),)
 
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        if interpreting():
+            tile = _INTERPRET_TILE
+            if g is not None:
+                tile = Tile.of(
+                    tile.num_warps, tile.num_stages, **{**tile.kwargs, "BLOCK_N": full_n}
+                )
+            _causal_conv3d_kernel[grid(tile.kwargs)](
+                *args, **flags, **k_loop(tile.kwargs["BLOCK_K"]), **tile.launch_kwargs()
+            )
+            return out
+        arch = arch_family(x)
+        shape_class = dict(
+            CIN=cin,
+            COUT=cout,
+            KT=kt,
+            KH=kh,
+            KW=kw,
+            ST=stride[0],
+            SH=stride[1],
+            SW=stride[2],
+            UPSAMPLE=bool(upsample2x),
+            NORM=g is not None,
+            DTYPE=x.dtype,
+            PRECISION=precision,
+        )
+        tile = conv_tile(arch, cin=cin, cout=cout, full_row=g is not None, ieee=precision == "ieee")
+        # Tuning: channels rounded to 16, and only the candidates whose BLOCK_K divides that
+        # (see _prune_configs); the fixed tile rounds to its own BLOCK_K.
+        meta = dict(flags, **k_loop(16))
         if g is not None:
-            _conv_tuned_full_n[grid](*args, **flags, BLOCK_N=max(16, triton.next_power_of_2(cout)))
-        else:
-            _conv_tuned[grid](*args, **flags)
+            meta["BLOCK_N"] = full_n
+        _tiles.launch(
+            _causal_conv3d_kernel,
+            _conv_tuned_full_n if g is not None else _conv_tuned,
+            grid,
+            args,
+            meta,
+            name="causal_conv3d",
+            arch=arch,
+            shape_class=shape_class,
+            tile=tile,
+            autotune=autotune_enabled(),
+            derived=lambda kw: k_loop(kw["BLOCK_K"]),
+        )
     return out
 
 

@@ -29,7 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _tiles
 from ._common import check_launchable, interpreting, param_vector, voxel_rows
+from ._tiles import Tile, arch_family, autotune_enabled
 
 __all__ = ["channel_norm", "channel_norm_tile"]
 
@@ -40,6 +42,14 @@ _CONFIGS = [
     for w in (2, 4, 8)
 ]
 _DEFAULT_TILE = 4096
+
+
+def norm_tile(arch: str, *, block_c: int) -> Tile:
+    """The one tile of a channel-norm shape class: rows of ``block_c`` (next_pow2(C)) channels,
+    4096 elements per program (32 fp32 values per thread of 4 warps: no spills on sm_90 at
+    C = 16..512, ``tools/sass_audit.py``). A memory-bound row reduction: nothing in it depends on
+    the arch family, which stays in the shape class for tables to come."""
+    return Tile.of(4, 3, BLOCK_M=max(1, min(128, _DEFAULT_TILE // block_c)))
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -151,7 +161,7 @@ def _channel_norm_kernel(
     )
 
 
-# restore_value: tuning reruns the kernel, and ``out`` may be ``x`` or ``residual`` (in place).
+# Opt-in autotuning (kernels/_tiles.py). restore_value: tuning reruns the kernel, and ``out`` may be ``x`` or ``residual`` (in place).
 _channel_norm_tuned = triton.autotune(
     _CONFIGS,
     key=["C", "RELU", "HAS_TIME_BIAS", "HAS_RESIDUAL", "BLOCK_C"],
@@ -259,7 +269,19 @@ def channel_norm(
         block_m = max(1, min(128, _DEFAULT_TILE // block_c))
         _channel_norm_kernel[(triton.cdiv(rows, block_m),)](*args, BLOCK_M=block_m, **flags)
     else:
-        _channel_norm_tuned[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)](*args, **flags)
+        arch = arch_family(x)
+        _tiles.launch(
+            _channel_norm_kernel,
+            _channel_norm_tuned,
+            lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),),
+            args,
+            flags,
+            name="channel_norm",
+            arch=arch,
+            shape_class=dict(flags, C=c, DTYPE=x.dtype, OUT_DTYPE=dtype),
+            tile=norm_tile(arch, block_c=block_c),
+            autotune=autotune_enabled(),
+        )
     if out_rows is not out:  # out had a layout the kernel cannot address: copy the result back
         out.copy_(out_rows)
     return out

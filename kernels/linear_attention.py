@@ -37,7 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _tiles
 from ._common import check_launchable, interpreting, loop_arg, param_vector, voxel_rows
+from ._tiles import Tile, arch_family, autotune_enabled
 from .channel_norm import channel_norm_tile
 
 __all__ = ["LinearAttentionWeights", "linear_attention", "linear_attention_block"]
@@ -354,6 +356,33 @@ def _prune_project_configs(configs, named_args, **kwargs):
     ]
 
 
+def project_tile(arch: str, *, block_k: int, n_out: int, size: int) -> Tile:
+    """The qkv projection's tile: each program holds its rows' whole channel vector (BLOCK_K =
+    next_pow2(C)) in registers for the norm, so the row count shrinks as C grows (4096 elements:
+    no spills at C = 512 on sm_90, ``tools/sass_audit.py``); from 64 rows, with 4 warps, the
+    product runs on ``wgmma``. Output columns in tiles of 64 while the weight tile stays within
+    its shared-memory budget, else 32."""
+    block_m = max(16, min(64, 4096 // block_k))
+    widest = max(32, triton.next_power_of_2(n_out))
+    block_n = 64 if 64 * block_k * size <= _W_TILE_BYTES // 2 and widest >= 64 else 32
+    while block_m > 16 and block_m * block_k * size > _X_TILE_BYTES:
+        block_m //= 2
+    return Tile.of(4, 1, BLOCK_M=block_m, BLOCK_N=block_n)
+
+
+def partial_tile(arch: str, *, block_d: int, block_e: int) -> Tile:
+    """The context pass's tile: 64 positions per step, 4 warps, 2 stages (``wgmma``, no spills
+    at d = 32..128 on sm_90)."""
+    return Tile.of(4, 2, BLOCK_N=64)
+
+
+def apply_tile(arch: str, *, dh: int) -> Tile:
+    """The apply pass's tile: 64 positions (from 64 rows the product runs on ``wgmma``; 32 fell
+    back to ``mma.sync``), head dims in tiles of up to 64, 4 warps, 2 stages."""
+    return Tile.of(4, 2, BLOCK_N=64, BLOCK_D=_block_width(dh, 64))
+
+
+# Opt-in autotuning (kernels/_tiles.py).
 _norm_project_tuned = triton.autotune(
     _PROJECT_CONFIGS,
     key=["C", "N_OUT", "NORM", "BLOCK_K", "DOT_PRECISION"],
@@ -422,7 +451,19 @@ def project_qkv(
     if interpreting():
         _norm_project_kernel[(triton.cdiv(rows, 16),)](*args, BLOCK_M=16, BLOCK_N=32, **meta)
     else:
-        _norm_project_tuned[lambda cfg: (triton.cdiv(rows, cfg["BLOCK_M"]),)](*args, **meta)
+        arch = arch_family(x)
+        _tiles.launch(
+            _norm_project_kernel,
+            _norm_project_tuned,
+            lambda cfg: (triton.cdiv(rows, cfg["BLOCK_M"]),),
+            args,
+            meta,
+            name="norm_project",
+            arch=arch,
+            shape_class=dict(meta, C=c, N_OUT=n_out, DTYPE=x.dtype),
+            tile=project_tile(arch, block_k=block_k, n_out=n_out, size=w_t.element_size()),
+            autotune=autotune_enabled(),
+        )
     return out
 
 
@@ -445,8 +486,17 @@ def attention_context(
     block_d = _block_width(dh, 64)
     block_e = _block_width(dh, 128 if not interpreting() else 64)
     blocks = triton.cdiv(dh, block_d) * triton.cdiv(dh, block_e)
-    tuned = not interpreting()
-    partial_block_n = 128 if tuned else 16  # the largest tuned BLOCK_N: slices hold whole blocks
+    compiled = not interpreting()
+    tuned = compiled and autotune_enabled()
+    arch = arch_family(qkv)
+    meta = dict(BLOCK_D=block_d, BLOCK_E=block_e, DOT_PRECISION=_dot_precision(qkv.dtype))
+    shape_class = dict(meta, DH=dh, HIDDEN=hidden, DTYPE=qkv.dtype)
+    # The tile file's override, if any, before the slicing that depends on its BLOCK_N.
+    tile = _tiles.lookup(
+        "context_partial", arch, shape_class, partial_tile(arch, block_d=block_d, block_e=block_e)
+    )
+    # Slices hold whole blocks: the tile's BLOCK_N, or the largest tuned one when tuning.
+    partial_block_n = (128 if tuned else tile.kwargs["BLOCK_N"]) if compiled else 16
     num_splits, split_len = _slices(positions, fh * blocks, partial_block_n, splits)
 
     m = torch.empty(fh * num_splits * dh, device=device, dtype=torch.float32)
@@ -466,9 +516,19 @@ def attention_context(
         qkv.stride(0),
         num_splits,
     )
-    meta = dict(BLOCK_D=block_d, BLOCK_E=block_e, DOT_PRECISION=_dot_precision(qkv.dtype))
-    if tuned:
-        _context_partial_tuned[(fh, num_splits, blocks)](*args, **meta)
+    if compiled:
+        _tiles.launch(
+            _context_partial_kernel,
+            _context_partial_tuned,
+            lambda cfg: (fh, num_splits, blocks),
+            args,
+            meta,
+            name="context_partial",
+            arch=arch,
+            shape_class=shape_class,
+            tile=tile,
+            autotune=tuned,
+        )
     else:
         _context_partial_kernel[(fh, num_splits, blocks)](*args, BLOCK_N=partial_block_n, **meta)
     _context_combine_kernel[(fh, triton.cdiv(dh, block_d))](
@@ -549,9 +609,19 @@ def apply_attention(
     )
     blocks_c = triton.cdiv(c_out, block_c)
     if not interpreting():
-        _attention_apply_tuned[
-            lambda cfg: (frames, triton.cdiv(positions, cfg["BLOCK_N"]), blocks_c)
-        ](*args, **meta)
+        arch = arch_family(qkv)
+        _tiles.launch(
+            _attention_apply_kernel,
+            _attention_apply_tuned,
+            lambda cfg: (frames, triton.cdiv(positions, cfg["BLOCK_N"]), blocks_c),
+            args,
+            meta,
+            name="attention_apply",
+            arch=arch,
+            shape_class=dict(meta, DH=dh, HEADS=heads, C_OUT=c_out, DTYPE=qkv.dtype),
+            tile=apply_tile(arch, dh=dh),
+            autotune=autotune_enabled(),
+        )
     else:
         _attention_apply_kernel[(frames, triton.cdiv(positions, 16), blocks_c)](
             *args, BLOCK_N=16, BLOCK_D=_block_width(dh, 64), **meta

@@ -22,8 +22,10 @@ import triton.language as tl
 
 from cdt_fast.functional import PAD_MODES, cast_like
 
-from ._common import check_launchable, check_out, empty_like_layout, exact_fp32, use_autotune
+from . import _tiles
+from ._common import check_launchable, check_out, empty_like_layout, exact_fp32, interpreting
 from ._gemm_rows import accumulate_rows
+from ._tiles import Tile, arch_family, autotune_enabled
 
 __all__ = ["time_downsample", "time_upsample"]
 
@@ -239,15 +241,31 @@ def _prune_ieee(configs, named_args, **kwargs):
 _IEEE_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2)
 ]
+
+
+def resample_tile(arch: str, *, c_in: int, c_out: int, ieee: bool) -> Tile:
+    """The one tile of a temporal down/upsample shape class (``c_out``: the GEMM's N, the output
+    channels of one phase). 128 x 128 x 64 in 3 stages with 8 warps compiles to ``wgmma`` with
+    16-byte ``cp.async`` loads and no spills on sm_90 (``tools/sass_audit.py``); fewer than 128
+    channels take a 64-wide N tile and one warpgroup. Exact fp32 dots unroll into FMAs: one
+    small tile (big ones take minutes to compile)."""
+    if ieee:
+        return Tile.from_config(_IEEE_CONFIGS[0])
+    if c_out >= 128:
+        return Tile.of(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)
+    return Tile.of(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64 if c_in >= 64 else 32)
+
+
+# Opt-in autotuning (kernels/_tiles.py); keyed on the channels, not the frame size.
 _time_downsample_tuned = triton.autotune(
     _CONFIGS + _IEEE_CONFIGS,
-    key=["C_IN", "C_OUT", "HW", "IEEE"],
+    key=["C_IN", "C_OUT", "IEEE"],
     prune_configs_by={"early_config_prune": _prune_ieee},
 )(_time_downsample_kernel)
 # Two accumulators (one per output phase): keep tiles at most 128x128.
 _time_upsample_tuned = triton.autotune(
     [c for c in _CONFIGS if c.kwargs["BLOCK_N"] <= 128] + _IEEE_CONFIGS,
-    key=["C", "HW", "IEEE"],
+    key=["C", "IEEE"],
     prune_configs_by={"early_config_prune": _prune_ieee},
 )(_time_upsample_kernel)
 
@@ -276,8 +294,8 @@ def _check_bias(bias, channels: int) -> None:
         )
 
 
-def _launch(kernel, tuned, x, grid_frames, hw, args, meta):
-    if use_autotune(x):
+def _launch(kernel, tuned, x, grid_frames, hw, args, meta, name, c_in):
+    if not interpreting():
 
         def grid(m):
             return (
@@ -286,7 +304,19 @@ def _launch(kernel, tuned, x, grid_frames, hw, args, meta):
                 triton.cdiv(args["n"], m["BLOCK_N"]),
             )
 
-        tuned[grid](*args["tensors"], *args["scalars"], **meta)
+        arch = arch_family(x)
+        _tiles.launch(
+            kernel,
+            tuned,
+            grid,
+            (*args["tensors"], *args["scalars"]),
+            meta,
+            name=name,
+            arch=arch,
+            shape_class=dict(meta, DTYPE=x.dtype),
+            tile=resample_tile(arch, c_in=c_in, c_out=args["n"], ieee=meta["IEEE"]),
+            autotune=autotune_enabled(),
+        )
     else:
         m = _INTERPRET_META
         grid = (triton.cdiv(hw, m["BLOCK_M"]), grid_frames, triton.cdiv(args["n"], m["BLOCK_N"]))
@@ -356,7 +386,17 @@ def time_downsample(
         REPLICATE=pad_mode == "replicate",
         IEEE=exact_fp32(x),
     )
-    _launch(_time_downsample_kernel, _time_downsample_tuned, x, bsz * t_out, h * w, args, meta)
+    _launch(
+        _time_downsample_kernel,
+        _time_downsample_tuned,
+        x,
+        bsz * t_out,
+        h * w,
+        args,
+        meta,
+        "time_downsample",
+        c_in,
+    )
     return out
 
 
@@ -397,5 +437,15 @@ def time_upsample(
         ),
     }
     meta = dict(C=c, HAS_BIAS=bias is not None, IEEE=exact_fp32(x))
-    _launch(_time_upsample_kernel, _time_upsample_tuned, x, bsz * t_in, h * w, args, meta)
+    _launch(
+        _time_upsample_kernel,
+        _time_upsample_tuned,
+        x,
+        bsz * t_in,
+        h * w,
+        args,
+        meta,
+        "time_upsample",
+        c,
+    )
     return out

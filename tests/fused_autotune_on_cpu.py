@@ -5,11 +5,13 @@ are otherwise only exercised on a GPU. Used by the fused-kernel tests through ``
 from __future__ import annotations
 
 
-def tune_on_cpu(monkeypatch, module, tuned, configs: int = 3) -> None:
-    """Make ``module``'s launcher take its autotuned branch with ``tuned``: a few configs, no
-    cached choice, and a stand-in timer that runs each config twice (as a benchmark reruns it)
-    and ranks them by their order."""
+def tune_on_cpu(monkeypatch, module, tuned, tiles, configs: int = 3) -> None:
+    """Make ``module``'s launcher take its (opt-in) autotuned branch with ``tuned``: a few configs,
+    no cached choice, and a stand-in timer that runs each config twice (as a benchmark reruns it)
+    and ranks them by their order; winners go to the tile file ``tiles``."""
     monkeypatch.setattr(module, "interpreting", lambda: False)
+    monkeypatch.setenv("CDT_FAST_AUTOTUNE", "1")
+    monkeypatch.setenv("CDT_FAST_TILES", str(tiles))
     monkeypatch.setattr(tuned, "configs", tuned.configs[:configs])
     monkeypatch.setattr(tuned, "cache", {})
     timings = iter(range(1, 1 << 20))

@@ -248,12 +248,12 @@ def test_autotune_pruning_keeps_tiles_in_range():
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="the interpreter stand-in for GPU autotuning")
-def test_autotuned_path_in_place(monkeypatch):
+def test_autotuned_path_in_place(monkeypatch, tmp_path):
     from cdt_fast.kernels import channel_norm as op
 
     from .fused_autotune_on_cpu import tune_on_cpu
 
-    tune_on_cpu(monkeypatch, op, op._channel_norm_tuned)
+    tune_on_cpu(monkeypatch, op, op._channel_norm_tuned, tmp_path / "tiles.json")
     x = _activation((2, 20, 2, 5, 7))
     res = _activation((2, 20, 2, 5, 7))
     g, b = _affine(20)

@@ -236,13 +236,15 @@ def test_projection_autotune_pruning_fits_shared_memory(dtype, c):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter stand-in for GPU autotuning")
-def test_autotuned_path_in_place(monkeypatch):
+def test_autotuned_path_in_place(monkeypatch, tmp_path):
+    from cdt_fast.kernels import _tiles
     from cdt_fast.kernels import linear_attention as op
 
     from .fused_autotune_on_cpu import tune_on_cpu
 
+    tiles = tmp_path / "tiles.json"
     for tuned in (op._norm_project_tuned, op._context_partial_tuned, op._attention_apply_tuned):
-        tune_on_cpu(monkeypatch, op, tuned, configs=2)
+        tune_on_cpu(monkeypatch, op, tuned, tiles, configs=2)
     x = _activation((1, 20, 2, 5, 7))
     w_qkv, w_out, b_out = _weights(20)
     g, b = torch.randn(20, device=DEVICE), torch.randn(20, device=DEVICE)
@@ -250,3 +252,6 @@ def test_autotuned_path_in_place(monkeypatch):
     assert linear_attention_block(x, g, b, w_qkv, w_out, b_out, out=x) is x
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=2e-5)
     assert op._attention_apply_tuned.cache and op._norm_project_tuned.cache
+    # every tuned kernel's winner went to the tile file, keyed by its shape class
+    kernels = {kernel for _, kernel, _ in _tiles.load_tiles(tiles)}
+    assert kernels == {"norm_project", "context_partial", "attention_apply"}

@@ -1,4 +1,4 @@
-"""benchmarks/sass_audit.py: the engine's Triton launches, compiled for sm_90 without a GPU.
+"""tools/sass_audit.py: the engine's Triton launches, compiled for sm_90 without a GPU.
 
 These guard code-generation facts that the interpreter cannot see and that were once wrong:
 the temporal downsample read its weights one element per load (it now reads a Cin-innermost
@@ -6,6 +6,7 @@ weight with 16-byte async copies), the conv kernel's pruning left the 3-channel 
 128-wide tile that spilled registers, and the U-Net's 6- or 19-channel input conv read one element
 per load (its input is now padded to 16 channels)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _SCRIPT = """
 import json, sys
-sys.path.insert(0, {root!r})
-from benchmarks import sass_audit as sa
-launches = sa.capture_decode("small", 64, frames=5, context_dim=32, unet_dim=32)
+sys.path.insert(0, {tools!r})
+import sass_audit as sa
+launches = sa.capture_run("small", 64, frames=5, encode=False, context_dim=32, unet_dim=32)
 names = sorted({{l.name for l in launches}})
 reports = sa.audit_launches(launches, kernels=["_time_downsample_kernel", "_time_upsample_kernel"])
 final = [l for l in launches if l.name == "_causal_conv3d_kernel" and l.args[2].shape[0] == 3]
@@ -29,7 +30,7 @@ unet_in = [l for l in launches if l.name == "_causal_conv3d_kernel" and l.kwargs
            and l.args[2].shape[0] != 3]
 out = dict(names=names, reports=[dict(kernel=r.kernel, tc=r.tensor_core, flags=r.flags,
                                       loads=r.global_loads) for r in reports],
-           final_block_n=sorted({{c.kwargs["BLOCK_N"] for l in final for c in l.configs}}),
+           final_block_n=sorted({{l.kwargs["BLOCK_N"] for l in final}}),
            unet_in=[dict(cin=l.kwargs["CIN"], norm=l.kwargs["NORM"]) for l in unet_in],
            unet_in_flags=[r.flags for r in sa.audit_launches(unet_in)])
 print(json.dumps(out))
@@ -42,7 +43,7 @@ def test_engine_decode_kernels_compile_for_sm90_with_wide_loads():
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT.format(root=str(ROOT))],
+        [sys.executable, "-c", _SCRIPT.format(tools=str(ROOT / "tools"))],
         env=env,
         capture_output=True,
         text=True,
@@ -75,11 +76,13 @@ def test_engine_decode_kernels_compile_for_sm90_with_wide_loads():
     ], result
 
 
-def test_sass_line_parsing_handles_long_kernels_and_widths():
+def test_sass_line_parsing_handles_long_kernels_and_widths(monkeypatch):
     """Addresses grow past four hex digits in big kernels (a 13k-line conv was once read as
     having no loads at all); widths come from the opcode's suffix."""
-    from benchmarks import sass_audit as sa
-
+    spec = importlib.util.spec_from_file_location("sass_audit", ROOT / "tools" / "sass_audit.py")
+    sa = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "sass_audit", sa)  # its dataclasses look their module up
+    spec.loader.exec_module(sa)
     lines = [
         "        /*0090*/                   LDC R82, c[0x0][0x268] ;",
         "        /*14430*/               @P5 LDG.E.U16 R7, desc[UR28][R166.64] ;",

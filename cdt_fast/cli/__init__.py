@@ -8,10 +8,20 @@ import sys
 from typing import List, Optional
 
 # Command modules of this package, in the order --help lists them.
-COMMANDS = ["demo", "reconstruct", "encode", "decode", "encode_dataset", "info", "train", "eval"]
-COMMANDS += ["latent_stats"]
-COMMANDS += ["gen_train"]
-COMMANDS += ["generate"]
+COMMANDS = [
+    "demo",
+    "reconstruct",
+    "encode",
+    "decode",
+    "encode_dataset",
+    "info",
+    "eval",
+    "train",
+    "warmup",
+    "latent_stats",
+    "gen_train",
+    "generate",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """What the Triton kernels become on a Hopper GPU, read without one.
 
-    python benchmarks/sass_audit.py                       # CDT-base and CDT-small decode, 256x256
-    python benchmarks/sass_audit.py --presets base --size 720 --all-configs
+    python tools/sass_audit.py                     # CDT-base and CDT-small encode+decode, 256x256
+    python tools/sass_audit.py --presets base --size 720 --all-configs
 
-It runs a real engine decode (``cdt_fast.accelerate(model, backend="triton")``, bf16) on CPU
-tensors of the real shapes with every Triton launch intercepted instead of run, then compiles each
-distinct launch for ``sm_90a`` exactly as the JIT would on the GPU (same argument specialisation:
-16-byte alignment of pointers and strides, strides equal to 1, constexprs, autotune configs after
-pruning) and reads the cubin with Triton's bundled ``cuobjdump``:
+It captures a real engine encode and decode (``cdt_fast.accelerate(model, backend="triton")``,
+bf16) on CPU tensors of the real shapes with every Triton launch intercepted instead of run, then
+compiles each distinct launch for ``sm_90a`` exactly as the JIT would on the GPU (same argument
+specialisation: 16-byte alignment of pointers and integers, integers equal to 1, constexprs, the
+tile the kernel's table chooses) -- the mechanism of ``cdt-fast warmup``
+(:mod:`cdt_fast.engine.warmup`) -- and reads the cubin with Triton's bundled ``cuobjdump``:
 
 * registers per thread, stack (spill) bytes, shared memory per program vs the 227 KiB limit;
 * tensor-core instructions: ``HGMMA`` (wgmma, Hopper's fast path), ``HMMA`` (mma.sync, the
@@ -17,16 +18,15 @@ pruning) and reads the cubin with Triton's bundled ``cuobjdump``:
   with 128/64/32/16-bit accesses (narrow accesses on a contiguous channel axis waste bandwidth);
 * local-memory traffic (``LDL``/``STL``: register arrays spilled to memory).
 
-It measures nothing: these are the compiler's facts, the leads METHOD.md says to read before
-spending device time. The verdict column flags what usually costs speed. Results go to
+It measures nothing: these are the compiler's facts, read before spending device time. The
+verdict column flags what usually costs speed. ``--all-configs`` compiles every candidate of the
+opt-in autotuning instead of the tables' single tile. Results go to
 ``benchmarks/results/sass-sm90-<versions>.{json,md}`` (atomically).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import json
 import os
 import re
@@ -37,57 +37,40 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
+from cdt_fast.engine.warmup import (
+    Launch,
+    capture_launches,
+    capture_model,
+    compile_launch,
+    distinct_launches,
+)
 
 __all__ = [
     "Launch",
     "KernelReport",
     "capture_launches",
+    "capture_run",
     "compile_launch",
     "read_cubin",
-    "audit_decode",
+    "audit_launches",
+    "audit_run",
     "main",
 ]
 
-KERNEL_MODULES = (
-    "_common",
-    "causal_conv3d",
-    "channel_norm",
-    "linear_attention",
-    "time_resample",
-    "denoise",
-    "_temporal_attention_kernel",
-    "temporal_attention",
-)
+ROOT = Path(__file__).resolve().parent.parent
 # Shared memory a Hopper SM gives one block (228 KiB per SM, 1 KiB reserved per block).
 HOPPER_SMEM_LIMIT = 227 * 1024
-
-
-@dataclass
-class Launch:
-    """One intercepted kernel launch: the JIT function, its arguments, and the configs an
-    autotuner would try (after its pruning), or None for a plain launch."""
-
-    fn: object
-    args: tuple
-    kwargs: dict
-    configs: Optional[list]
-
-    @property
-    def name(self) -> str:
-        return getattr(self.fn, "__name__", str(self.fn))
 
 
 @dataclass
 class KernelReport:
     kernel: str
     config: str
-    count: int  # launches of one decode with this specialisation
+    count: int  # launches of one encode+decode with this specialisation
     registers: int
     stack_bytes: int
     shared_bytes: int
@@ -98,96 +81,7 @@ class KernelReport:
     global_stores: Dict[str, int] = field(default_factory=dict)
     flags: List[str] = field(default_factory=list)
     compile_s: float = 0.0
-    launch: int = 0  # which distinct launch (specialisation) of the decode
-
-
-@contextlib.contextmanager
-def capture_launches() -> Iterator[List[Launch]]:
-    """Within the block, Triton launches are recorded instead of run, and the launchers take CPU
-    tensors as if they were on a GPU (GPU configs, autotuning, no interpreter). Outputs stay
-    uninitialised: only shapes, strides and dtypes matter here. Everything is restored on exit."""
-    from triton.runtime.autotuner import Autotuner
-    from triton.runtime.jit import JITFunction
-
-    launches: List[Launch] = []
-
-    def jit_run(self, *args, grid, warmup=False, **kwargs):
-        launches.append(Launch(self, args, kwargs, None))
-
-    def tuner_run(self, *args, **kwargs):
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
-        self.nargs = dict(zip(self.arg_names, args))
-        try:
-            configs = self.prune_configs(kwargs)
-        finally:
-            self.nargs = None
-        launches.append(Launch(self.fn, args, kwargs, list(configs)))
-
-    def nothing(*args, **kwargs):
-        return None
-
-    replacements = [(JITFunction, "run", jit_run), (Autotuner, "run", tuner_run)]
-    for name in KERNEL_MODULES:
-        module = importlib.import_module(f"cdt_fast.kernels.{name}")
-        for attr, value in (
-            ("interpreting", lambda: False),
-            ("check_launchable", nothing),
-            ("use_autotune", lambda *a, **k: True),
-        ):
-            if hasattr(module, attr):
-                replacements.append((module, attr, value))
-    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in replacements]
-    # The engine's backend check and the conv selector accept CPU tensors for Triton only under
-    # the interpreter; the kernels were decorated before this, so they stay compiled kernels.
-    env_before = os.environ.get("TRITON_INTERPRET")
-    try:
-        for owner, attr, value in replacements:
-            setattr(owner, attr, value)
-        os.environ["TRITON_INTERPRET"] = "1"
-        yield launches
-    finally:
-        for owner, attr, value in saved:
-            setattr(owner, attr, value)
-        if env_before is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = env_before
-
-
-def _specialise(fn, args, kwargs, arch: int):
-    """The JIT's own binding of ``args``: (signature, constexprs, attrs, options, key)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.runtime.jit import create_function_from_signature
-
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
-    kwargs.setdefault("debug", False)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(
-        backend, kwargs, bound, specialization, options
-    )
-    key = (
-        fn.__name__,
-        str(sorted(signature.items())),
-        str(sorted(constexprs.items())),
-        str(sorted(attrs.items())),
-        str(sorted(options.__dict__.items())),
-    )
-    return target, signature, constexprs, attrs, options, key
-
-
-def compile_launch(fn, args, kwargs, arch: int = 90):
-    """The compiled kernel the JIT would build for this launch on an ``sm_{arch}`` GPU."""
-    import triton
-    from triton.compiler import ASTSource
-
-    target, signature, constexprs, attrs, options, _ = _specialise(fn, args, kwargs, arch)
-    return triton.compile(
-        ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
-    )
+    launch: int = 0  # which distinct launch (specialisation) of the run
 
 
 def _tool(name: str) -> str:
@@ -312,11 +206,17 @@ def verdict(r: KernelReport) -> List[str]:
     return flags
 
 
-def _config_label(config) -> str:
-    if config is None:
-        return "-"
-    meta = ",".join(f"{k}={v}" for k, v in sorted(config.kwargs.items()))
-    return f"{meta},w={config.num_warps},s={config.num_stages}"
+def _config_label(launch: Launch, config) -> str:
+    """The tile of one compiled variant: an autotune candidate's, or the table's (the tile
+    constexprs and warps/stages among the launch's keyword arguments)."""
+    if config is not None:
+        meta, warps, stages = config.kwargs, config.num_warps, config.num_stages
+    else:
+        kw = launch.kwargs
+        meta = {k: v for k, v in kw.items() if k.startswith("BLOCK_") or k == "GROUP_M"}
+        warps, stages = kw.get("num_warps", 4), kw.get("num_stages", 3)
+    text = ",".join(f"{k}={v}" for k, v in sorted(meta.items()))
+    return f"{text},w={warps},s={stages}"
 
 
 def audit_launches(
@@ -326,20 +226,12 @@ def audit_launches(
     progress=None,
     kernels: Optional[Sequence[str]] = None,
 ) -> List[KernelReport]:
-    """Compile every distinct launch among ``launches`` (same kernel, same specialisation) for
-    each of its autotune configs, or its first config after pruning without ``all_configs``;
-    ``kernels``: only kernels whose name contains one of these strings."""
-    distinct: Dict[tuple, List] = {}
-    for launch in launches:
-        if kernels is not None and not any(k in launch.name for k in kernels):
-            continue
-        kwargs = dict(launch.kwargs)
-        if launch.configs:  # the tuned meta-parameters are constexprs the binder needs
-            kwargs.update(launch.configs[0].all_kwargs())
-        key = _specialise(launch.fn, launch.args, kwargs, arch)[-1]
-        distinct.setdefault(key, [launch, 0])[1] += 1
+    """Compile every distinct launch among ``launches`` (same kernel, same specialisation) with
+    its tile, or with each autotune candidate for launches captured with autotuning
+    (``all_configs``; else the first); ``kernels``: only kernels whose name contains one of
+    these strings."""
     work = []
-    for launch_id, (launch, count) in enumerate(distinct.values()):
+    for launch_id, (launch, count) in enumerate(distinct_launches(launches, arch, kernels)):
         configs = launch.configs if launch.configs else [None]
         for config in configs if all_configs else configs[:1]:
             work.append((launch_id, launch, count, config))
@@ -352,7 +244,7 @@ def audit_launches(
         kernel = compile_launch(launch.fn, launch.args, kwargs, arch)
         report = _report(
             launch.name,
-            _config_label(config),
+            _config_label(launch, config),
             count,
             kernel,
             time.time() - started,
@@ -365,28 +257,35 @@ def audit_launches(
     return reports
 
 
-def capture_decode(
-    preset: str, size: int, frames: int = 17, dtype=torch.bfloat16, **overrides
+def capture_run(
+    preset: str,
+    size: int,
+    frames: int = 17,
+    dtype=torch.bfloat16,
+    *,
+    arch: int = 90,
+    encode: bool = True,
+    decode: bool = True,
+    autotune: bool = False,
+    **overrides,
 ) -> List[Launch]:
-    """The Triton launches of one engine decode of ``frames`` frames at ``size`` x ``size``
-    (random weights; ``overrides``: :class:`~cdt_fast.CDTConfig` fields, e.g. narrower networks
-    for tests)."""
-    from cdt_fast import CDT, CDTConfig, accelerate
-    from cdt_fast.chunking import latent_frames
-
-    cfg = CDTConfig.preset(preset, **overrides)
-    model = CDT(cfg).eval()
-    factor = cfg.space_factor
-    z = torch.zeros(
-        1, cfg.latent_dim, latent_frames(frames, cfg.time_factor), size // factor, size // factor
+    """The Triton launches of one engine encode and/or decode of ``frames`` frames at ``size``
+    x ``size`` (random weights; ``overrides``: :class:`~cdt_fast.CDTConfig` fields, e.g.
+    narrower networks for tests). ``autotune``: capture the autotuners' candidates."""
+    return capture_model(
+        preset,
+        (size, size),
+        frames,
+        dtype,
+        arch=arch,
+        encode=encode,
+        decode=decode,
+        autotune=autotune,
+        **overrides,
     )
-    with capture_launches() as launches, torch.no_grad():
-        engine = accelerate(model, backend="triton", dtype=dtype)
-        engine.decode(z, noise=torch.zeros(engine.output_shape(z.shape)))
-    return launches
 
 
-def audit_decode(
+def audit_run(
     preset: str,
     size: int,
     *,
@@ -395,11 +294,13 @@ def audit_decode(
     all_configs: bool = False,
     progress=None,
     kernels: Optional[Sequence[str]] = None,
+    encode: bool = True,
     **overrides,
 ) -> List[KernelReport]:
-    return audit_launches(
-        capture_decode(preset, size, frames, **overrides), arch, all_configs, progress, kernels
+    launches = capture_run(
+        preset, size, frames, arch=arch, encode=encode, autotune=all_configs, **overrides
     )
+    return audit_launches(launches, arch, all_configs, progress, kernels)
 
 
 def _versions() -> Dict[str, str]:
@@ -414,10 +315,11 @@ def to_markdown(results: Dict[str, List[dict]], versions: Dict[str, str], arch: 
         f"# Triton kernels compiled for sm_{arch}a (static, no GPU)",
         "",
         f"Triton {versions['triton']}, torch {versions['torch']}. Written by "
-        "`python benchmarks/sass_audit.py`: every distinct launch of an engine decode "
+        "`python tools/sass_audit.py`: every distinct launch of an engine encode and decode "
         "(bf16, random weights), compiled as the JIT would compile it on an H100 and read with "
-        "cuobjdump. A variant is one launch specialisation with one autotune config. Nothing "
-        "here is a timing; the flags are leads for the GPU session.",
+        "cuobjdump. A variant is one launch specialisation with its tile (the kernel table's "
+        "single tile, or with --all-configs each autotune candidate). Nothing here is a "
+        "timing; the flags are leads for a GPU run.",
         "",
     ]
     for setting, rows in results.items():
@@ -470,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--all-configs",
         action="store_true",
-        help="compile every autotune config, not only the first after pruning (slow: "
+        help="compile every candidate of the opt-in autotuning, not the tables' tiles (slow: "
         "about a second per variant, hundreds of variants per preset)",
     )
     p.add_argument(
@@ -478,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma list: audit only kernels whose name contains one of these",
     )
-    p.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--decode-only", action="store_true", help="audit the decode alone")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--no-write", action="store_true", help="print only")
     return p
 
@@ -502,9 +405,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     results: Dict[str, List[KernelReport]] = {}
     for preset in presets:
-        setting = f"CDT-{preset} decode, {args.frames} frames {args.size}x{args.size}, bf16"
+        run = "decode" if args.decode_only else "encode+decode"
+        setting = f"CDT-{preset} {run}, {args.frames} frames {args.size}x{args.size}, bf16"
         print(f"{setting}: capturing and compiling", file=sys.stderr, flush=True)
-        results[setting] = audit_decode(
+        results[setting] = audit_run(
             preset,
             args.size,
             frames=args.frames,
@@ -512,6 +416,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             all_configs=args.all_configs,
             progress=progress,
             kernels=args.kernels.split(",") if args.kernels else None,
+            encode=not args.decode_only,
         )
     versions = _versions()
     rows = {k: [asdict(r) for r in v] for k, v in results.items()}

@@ -1,0 +1,364 @@
+"""Ahead-of-time compilation of the Triton kernels an encode and a decode of one shape launch.
+
+:func:`capture_launches` runs the engine with every Triton launch recorded instead of run (on CPU
+tensors of the real shapes when no GPU is there); :func:`distinct_launches` groups them by the
+JIT's own specialisation (constexprs, 16-byte alignment of pointers and integers, integers equal
+to 1, compile options), and :func:`compile_launch` compiles one for a given GPU architecture
+exactly as ``JITFunction.run`` would on that GPU. :func:`warmup` does all three for a model
+preset, a frame size, a frame count and a dtype, filling Triton's on-disk cache.
+
+A cache made this way on a machine without a GPU (``arch=90``) is the cache the JIT reads on an
+sm_90 GPU, provided Triton itself (the same wheel: its key hashes Triton's compiler sources,
+``libtriton`` and the bundled ``ptxas`` version), the kernel sources and the cache-invalidating
+``TRITON_*``/``MLIR_*`` environment variables are the same: Triton's cache key
+(``triton.runtime.cache.get_cache_key``) holds no driver, device or host detail beyond the
+target's compute capability and warp size. Copy ``~/.triton/cache`` (or ``TRITON_CACHE_DIR``)
+across. ``tools/sass_audit.py`` reads the compiled code of the same launches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = [
+    "KERNEL_MODULES",
+    "Launch",
+    "WarmupResult",
+    "parse_arch",
+    "capture_launches",
+    "capture_model",
+    "specialise",
+    "distinct_launches",
+    "compile_launch",
+    "warmup",
+]
+
+# The kernel modules whose launchers the capture redirects (their device checks and arch).
+KERNEL_MODULES = (
+    "_common",
+    "causal_conv3d",
+    "channel_norm",
+    "linear_attention",
+    "time_resample",
+    "denoise",
+    "_temporal_attention_kernel",
+    "temporal_attention",
+)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class Launch:
+    """One intercepted kernel launch: the JIT function, its arguments (the tile config among the
+    keyword ones), and the configs an autotuner would try (after its pruning) when autotuning was
+    on, else None."""
+
+    fn: object
+    args: tuple
+    kwargs: dict
+    configs: Optional[list] = None
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__name__", str(self.fn))
+
+
+@dataclass
+class WarmupResult:
+    """What :func:`warmup` compiled: ``kernels`` distinct compilations (JIT specialisations),
+    ``launches`` kernel launches of the captured encode and decode, ``seconds`` of wall time."""
+
+    kernels: int
+    seconds: float
+    launches: int
+    arch: int
+    preset: str
+    size: Tuple[int, int]
+    frames: int
+    dtype: str
+    compiled: bool
+    per_kernel: Dict[str, int] = field(default_factory=dict)
+    capture_seconds: float = 0.0
+    triton: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "kernels": self.kernels,
+            "seconds": round(self.seconds, 2),
+            "launches": self.launches,
+            "arch": f"sm_{self.arch}" + ("a" if self.arch == 90 else ""),
+            "model": self.preset,
+            "size": list(self.size),
+            "frames": self.frames,
+            "dtype": self.dtype,
+            "compiled": self.compiled,
+            "capture_seconds": round(self.capture_seconds, 2),
+            "per_kernel": dict(self.per_kernel),
+            "triton": self.triton,
+        }
+
+
+def parse_arch(arch) -> int:
+    """``"sm_90a"``, ``"sm_80"``, ``"90"`` or 90 -> 90 / 80 (compute capability x 10)."""
+    if isinstance(arch, bool):
+        raise TypeError(f"arch must be like 'sm_90a' or 90, got {arch!r}")
+    if isinstance(arch, int):
+        value = arch
+    elif isinstance(arch, str) and re.fullmatch(r"(sm_?)?(\d{2,3})a?", arch.strip()):
+        value = int(re.fullmatch(r"(sm_?)?(\d{2,3})a?", arch.strip()).group(2))
+    else:
+        raise ValueError(f"arch must be like 'sm_90a', 'sm_80' or 90, got {arch!r}")
+    if not 70 <= value < 200:
+        raise ValueError(f"arch must be a CUDA compute capability from sm_70, got {arch!r}")
+    return value
+
+
+def _family(arch: int) -> str:
+    return "sm_90" if arch >= 90 else "sm_80"
+
+
+@contextlib.contextmanager
+def capture_launches(arch: int = 90) -> Iterator[List[Launch]]:
+    """Within the block, Triton launches are recorded instead of run, and the launchers take CPU
+    tensors as if they were on an ``sm_{arch}`` GPU (its tile table, no interpreter). Outputs stay
+    uninitialised: only shapes, strides and dtypes matter here. Everything is restored on exit."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    launches: List[Launch] = []
+    family = _family(arch)
+
+    def jit_run(self, *args, grid, warmup=False, **kwargs):
+        launches.append(Launch(self, args, kwargs, None))
+
+    def tuner_run(self, *args, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+        self.nargs = dict(zip(self.arg_names, args))
+        try:
+            configs = self.prune_configs(kwargs)
+        finally:
+            self.nargs = None
+        self.best_config = configs[0]
+        launches.append(Launch(self.fn, args, kwargs, list(configs)))
+
+    def nothing(*args, **kwargs):
+        return None
+
+    replacements = [(JITFunction, "run", jit_run), (Autotuner, "run", tuner_run)]
+    for name in (*KERNEL_MODULES, "_tiles"):
+        module = importlib.import_module(f"cdt_fast.kernels.{name}")
+        for attr, value in (
+            ("interpreting", lambda: False),
+            ("check_launchable", nothing),
+            ("arch_family", lambda *a, **k: family),
+        ):
+            if hasattr(module, attr):
+                replacements.append((module, attr, value))
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in replacements]
+    # The engine's backend check accepts CPU tensors for Triton only under the interpreter; the
+    # kernels were decorated before this, so they stay compiled kernels.
+    env_before = os.environ.get("TRITON_INTERPRET")
+    try:
+        for owner, attr, value in replacements:
+            setattr(owner, attr, value)
+        os.environ["TRITON_INTERPRET"] = "1"
+        yield launches
+    finally:
+        for owner, attr, value in saved:
+            setattr(owner, attr, value)
+        if env_before is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = env_before
+
+
+def capture_model(
+    preset: str,
+    size: Tuple[int, int],
+    frames: int = 17,
+    dtype: torch.dtype = torch.bfloat16,
+    *,
+    arch: int = 90,
+    encode: bool = True,
+    decode: bool = True,
+    autotune: bool = False,
+    **overrides,
+) -> List[Launch]:
+    """The Triton launches of one engine encode and/or decode of ``frames`` frames of
+    ``size`` = (H, W) pixels (random weights; ``overrides``: :class:`~cdt_fast.CDTConfig` fields,
+    e.g. narrower networks for tests). ``autotune``: record the autotuners' candidate configs
+    (:attr:`Launch.configs`) instead of the tables' tiles."""
+    from cdt_fast import CDT, CDTConfig, accelerate
+    from cdt_fast.chunking import latent_frames
+    from cdt_fast.kernels._tiles import tile_options
+
+    height, width = size
+    cfg = CDTConfig.preset(preset, **overrides)
+    factor = cfg.space_factor
+    if height <= 0 or width <= 0 or height % factor or width % factor:
+        raise ValueError(f"size must be positive multiples of {factor}, got {height}x{width}")
+    if not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"frames must be an int >= 1, got {frames!r}")
+    model = CDT(cfg).eval()
+    # The tables' tiles unless asked: warm-up compiles what a default run launches.
+    with tile_options(autotune=autotune), capture_launches(arch) as launches, torch.no_grad():
+        engine = accelerate(model, backend="triton", dtype=dtype)
+        if encode:
+            engine.encode(torch.zeros(1, 3, frames, height, width))
+        if decode:
+            z = torch.zeros(
+                1,
+                cfg.latent_dim,
+                latent_frames(frames, cfg.time_factor),
+                height // factor,
+                width // factor,
+            )
+            engine.decode(z, noise=torch.zeros(engine.output_shape(z.shape)))
+    return launches
+
+
+def specialise(fn, args, kwargs, arch: int):
+    """The JIT's own binding of ``args`` for an ``sm_{arch}`` target: (target, signature,
+    constexprs, attrs, options, key); equal keys compile to the same kernel."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+    # as JITFunction.run sets them
+    kwargs["debug"] = kwargs.get("debug", getattr(fn, "debug", False)) or knobs.runtime.debug
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(
+        backend, kwargs, bound, specialization, options
+    )
+    key = (
+        fn.__name__,
+        str(sorted(signature.items())),
+        str(sorted(constexprs.items())),
+        str(sorted(attrs.items())),
+        str(sorted(options.__dict__.items())),
+    )
+    return target, signature, constexprs, attrs, options, key
+
+
+def distinct_launches(
+    launches: Sequence[Launch], arch: int = 90, kernels: Optional[Sequence[str]] = None
+) -> List[Tuple[Launch, int]]:
+    """``(launch, how many launches share its specialisation)`` for each distinct compilation
+    among ``launches`` (an autotuned launch counts with its first config);
+    ``kernels``: only kernels whose name contains one of these strings."""
+    distinct: Dict[tuple, list] = {}
+    for launch in launches:
+        if kernels is not None and not any(k in launch.name for k in kernels):
+            continue
+        kwargs = dict(launch.kwargs)
+        if launch.configs:  # the tuned meta-parameters are constexprs the binder needs
+            kwargs.update(launch.configs[0].all_kwargs())
+        key = specialise(launch.fn, launch.args, kwargs, arch)[-1]
+        distinct.setdefault(key, [launch, 0])[1] += 1
+    return [(launch, count) for launch, count in distinct.values()]
+
+
+def compile_launch(fn, args, kwargs, arch: int = 90):
+    """The compiled kernel the JIT would build for this launch on an ``sm_{arch}`` GPU (through
+    Triton's cache: a second call, here or in the JIT there, is a cache hit)."""
+    import triton
+    from triton.compiler import ASTSource
+
+    target, signature, constexprs, attrs, options, _ = specialise(fn, args, kwargs, arch)
+    return triton.compile(
+        ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
+    )
+
+
+def _current_arch() -> int:
+    if not torch.cuda.is_available():
+        raise ValueError(
+            "warmup: no CUDA GPU here; pass arch (e.g. 'sm_90a') to compile for one without it"
+        )
+    major, minor = torch.cuda.get_device_capability()
+    return major * 10 + minor
+
+
+def warmup(
+    preset: str = "small",
+    size: Tuple[int, int] = (256, 256),
+    frames: int = 17,
+    dtype="bf16",
+    *,
+    arch=None,
+    compile: bool = True,
+    encode: bool = True,
+    decode: bool = True,
+    progress=None,
+    **overrides,
+) -> WarmupResult:
+    """Compile every Triton kernel that an encode and a decode of ``frames`` frames of ``size``
+    (H, W) in ``dtype`` ("bf16", "fp16", "fp32" or a torch dtype) will launch into Triton's
+    cache. ``arch``: the target ("sm_90a", 90, ...; default: this machine's GPU); with it no GPU
+    is needed. ``compile=False`` only counts. ``progress(done, total, name)`` after each kernel."""
+    import triton
+
+    if preset not in ("base", "small"):
+        raise ValueError(f"model must be 'base' or 'small', got {preset!r}")
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise TypeError(f"dtype must be bf16, fp16 or fp32, got {dtype!r}")
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise TypeError(f"size must be (height, width), got {size!r}") from None
+    target = _current_arch() if arch is None else parse_arch(arch)
+    started = time.perf_counter()
+    launches = capture_model(
+        preset,
+        (height, width),
+        frames,
+        dtype,
+        arch=target,
+        encode=encode,
+        decode=decode,
+        **overrides,
+    )
+    captured = time.perf_counter()
+    distinct = distinct_launches(launches, target)
+    for i, (launch, _) in enumerate(distinct):
+        if compile:
+            kwargs = dict(launch.kwargs)
+            if launch.configs:
+                kwargs.update(launch.configs[0].all_kwargs())
+            compile_launch(launch.fn, launch.args, kwargs, target)
+        if progress is not None:
+            progress(i + 1, len(distinct), launch.name)
+    short = {v: k for k, v in DTYPES.items()}[dtype]
+    return WarmupResult(
+        kernels=len(distinct),
+        seconds=time.perf_counter() - started,
+        launches=len(launches),
+        arch=target,
+        preset=preset,
+        size=(height, width),
+        frames=frames,
+        dtype=short,
+        compiled=compile,
+        per_kernel=dict(Counter(launch.name for launch, _ in distinct)),
+        capture_seconds=captured - started,
+        triton=triton.__version__,
+    )

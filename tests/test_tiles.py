@@ -1,0 +1,177 @@
+"""Tile choice without run-time autotuning (``kernels/_tiles.py``): one tile per shape class from
+the tables beside the kernels, autotuning only on request, its winners in a JSON tile file that
+is read back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import triton
+
+from cdt_fast.kernels import _temporal_attention_kernel as temporal
+from cdt_fast.kernels import _tiles
+from cdt_fast.kernels import causal_conv3d as conv
+from cdt_fast.kernels import channel_norm as norm
+from cdt_fast.kernels import linear_attention as attention
+from cdt_fast.kernels import time_resample as resample
+from cdt_fast.kernels._tiles import Tile
+
+TUNED = {
+    "causal_conv3d": conv._conv_tuned,
+    "causal_conv3d full row": conv._conv_tuned_full_n,
+    "channel_norm": norm._channel_norm_tuned,
+    "norm_project": attention._norm_project_tuned,
+    "context_partial": attention._context_partial_tuned,
+    "attention_apply": attention._attention_apply_tuned,
+    "time_downsample": resample._time_downsample_tuned,
+    "time_upsample": resample._time_upsample_tuned,
+    "temporal_attention": temporal._temporal_attention_tuned,
+}
+
+
+def test_autotuning_is_off_unless_asked(monkeypatch):
+    monkeypatch.delenv(_tiles.AUTOTUNE_ENV, raising=False)
+    assert _tiles.autotune_enabled() is False
+    monkeypatch.setenv(_tiles.AUTOTUNE_ENV, "1")
+    assert _tiles.autotune_enabled() is True
+    # an explicit argument, or tile_options, beats the variable
+    assert _tiles.autotune_enabled(False) is False
+    with _tiles.tile_options(autotune=False):
+        assert _tiles.autotune_enabled() is False
+        with _tiles.tile_options(autotune=True):
+            assert _tiles.autotune_enabled() is True
+        assert _tiles.autotune_enabled(True) is True
+    monkeypatch.setenv(_tiles.AUTOTUNE_ENV, "0")
+    assert _tiles.autotune_enabled() is False
+    with _tiles.tile_options(autotune=True):
+        assert _tiles.autotune_enabled() is True
+    monkeypatch.setenv(_tiles.AUTOTUNE_ENV, "yes")
+    with pytest.raises(ValueError, match=_tiles.AUTOTUNE_ENV):
+        _tiles.autotune_enabled()
+    with pytest.raises(TypeError, match="autotune"):
+        _tiles.autotune_enabled("1")
+    with pytest.raises(TypeError, match="autotune"):
+        with _tiles.tile_options(autotune=1):
+            pass
+
+
+@pytest.mark.parametrize("name", sorted(TUNED))
+def test_no_autotune_key_holds_a_row_or_pixel_count(name):
+    """Keyed on a raw row (or pixel) count, tuning would rerun for every resolution and chunk."""
+    keys = set(TUNED[name].keys)
+    assert not keys & {"M", "HW", "N_ROWS", "rows", "S", "positions"}, keys
+
+
+def test_tile_file_round_trip_and_override(tmp_path, monkeypatch):
+    path = tmp_path / "tiles.json"
+    monkeypatch.setenv(_tiles.TILES_ENV, str(path))
+    shape = dict(CIN=64, COUT=128, DTYPE=torch.bfloat16, NORM=False)
+    default = Tile.of(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8)
+    assert _tiles.lookup("causal_conv3d", "sm_90", shape, default) == default  # no file yet
+    won = Tile.of(4, 4, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8)
+    _tiles.record("causal_conv3d", "sm_90", shape, won)
+    _tiles.record("channel_norm", "sm_80", dict(C=64), Tile.of(2, 3, BLOCK_M=32))
+    data = json.loads(path.read_text())
+    assert data["schema"] == _tiles.SCHEMA and data["triton"] == triton.__version__
+    assert data["tiles"]["sm_90"]["causal_conv3d"]["CIN=64,COUT=128,DTYPE=bf16,NORM=False"] == {
+        "meta": {"BLOCK_K": 64, "BLOCK_M": 64, "BLOCK_N": 128, "GROUP_M": 8},
+        "num_warps": 4,
+        "num_stages": 4,
+    }
+    assert _tiles.lookup("causal_conv3d", "sm_90", shape, default) == won
+    # another arch family or shape class keeps the table's tile
+    assert _tiles.lookup("causal_conv3d", "sm_80", shape, default) == default
+    assert _tiles.lookup("causal_conv3d", "sm_90", dict(shape, CIN=32), default) == default
+    # an explicit file wins over the variable
+    other = tmp_path / "other.json"
+    with _tiles.tile_options(tiles=other):
+        assert _tiles.lookup("causal_conv3d", "sm_90", shape, default) == default
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="tile file"):
+        _tiles.lookup("causal_conv3d", "sm_90", shape, default)
+
+
+class _Recorder:
+    """Stands in for a JIT kernel and its autotuner: records what a launch was given."""
+
+    def __init__(self, best=None):
+        self.calls, self.cache, self.best_config = [], {}, best
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.calls.append((grid, args, kwargs))
+            if self.best_config is not None:
+                self.cache[len(self.cache)] = self.best_config
+
+        return run
+
+
+def test_launch_runs_the_tables_tile_or_tunes_and_records(tmp_path, monkeypatch):
+    monkeypatch.setenv(_tiles.TILES_ENV, str(tmp_path / "tiles.json"))
+    kernel = _Recorder()
+    tuned = _Recorder(best=triton.Config({"BLOCK_M": 32}, num_warps=2, num_stages=2))
+    tile = Tile.of(4, 3, BLOCK_M=64)
+    common = dict(name="k", arch="sm_90", shape_class=dict(C=8), tile=tile)
+
+    def grid(meta):
+        return (100 // meta["BLOCK_M"],)
+
+    ran = _tiles.launch(kernel, tuned, grid, (1, 2), dict(FLAG=True), autotune=False, **common)
+    assert ran == tile and not tuned.calls
+    assert kernel.calls == [((1,), (1, 2), dict(FLAG=True, BLOCK_M=64, num_warps=4, num_stages=3))]
+    ran = _tiles.launch(kernel, tuned, grid, (1, 2), dict(FLAG=True), autotune=True, **common)
+    assert ran == Tile.of(2, 2, BLOCK_M=32) and len(tuned.calls) == 1
+    # the winner went to the tile file, and the fixed path now runs it
+    assert _tiles.load_tiles(tmp_path / "tiles.json") == {("sm_90", "k", "C=8"): ran}
+    _tiles.launch(kernel, tuned, grid, (1, 2), dict(FLAG=True), autotune=False, **common)
+    assert kernel.calls[-1] == (
+        (3,),
+        (1, 2),
+        dict(FLAG=True, BLOCK_M=32, num_warps=2, num_stages=2),
+    )
+    # a constexpr the launcher fixes wins over the tile (the fused norm's full-row BLOCK_N)
+    _tiles.launch(kernel, tuned, grid, (), dict(BLOCK_M=50), autotune=False, **common)
+    assert kernel.calls[-1][0] == (2,) and kernel.calls[-1][2]["BLOCK_M"] == 50
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_conv_tiles_keep_a_warpgroup_and_bounded_accumulators(arch):
+    """What the sm_90 audit found: fewer than 4 warps or fewer than 64 rows lose wgmma, and a
+    full-row (fused norm) accumulator above 128 x 128 fp32 spills."""
+    for cin in (3, 16, 19, 64, 192, 768):
+        for cout in (3, 16, 64, 128, 192, 512):
+            for full_row in (False, True):
+                if full_row and cout > conv.FUSED_NORM_MAX_CHANNELS:
+                    continue
+                t = conv.conv_tile(arch, cin=cin, cout=cout, full_row=full_row, ieee=False)
+                m, n, k = (t.kwargs[f"BLOCK_{d}"] for d in "MNK")
+                # (the RGB input's gathers take 64 rows, its 8 warps then split N)
+                rows = 64 if cin < 16 else 64 * (t.num_warps // 4)
+                assert t.num_warps >= 4 and m >= rows, t
+                assert m * n <= 128 * 128 and 16 <= k <= 32 and n >= 16, t
+                assert n <= max(16, triton.next_power_of_2(cout)), t  # no idle columns beyond
+                if full_row:
+                    assert n == max(16, triton.next_power_of_2(cout)), t
+    # narrow output (the 3-channel final conv): a 16-wide N tile
+    assert (
+        conv.conv_tile("sm_90", cin=64, cout=3, full_row=False, ieee=False).kwargs["BLOCK_N"] == 16
+    )
+
+
+def test_other_tables_stay_in_their_budgets():
+    for block_c in (16, 64, 256, 512, 4096):
+        t = norm.norm_tile("sm_90", block_c=block_c)
+        assert 1 <= t.kwargs["BLOCK_M"] <= 128 and t.kwargs["BLOCK_M"] * block_c <= 16384
+        assert t.num_warps * 32 <= max(t.kwargs["BLOCK_M"] * block_c, 128)
+    for c in (64, 128, 256, 512):
+        for size in (2, 4):
+            t = attention.project_tile("sm_90", block_k=c, n_out=3 * c, size=size)
+            assert t.kwargs["BLOCK_M"] * c * size <= attention._X_TILE_BYTES, (c, size, t)
+            assert t.kwargs["BLOCK_N"] * c * size * t.num_stages <= attention._W_TILE_BYTES
+    for c_in, c_out in ((64, 128), (256, 256), (192, 384)):
+        t = resample.resample_tile("sm_90", c_in=c_in, c_out=c_out, ieee=False)
+        assert t.num_warps >= 4 and t.kwargs["BLOCK_M"] >= 64
+        ieee = resample.resample_tile("sm_90", c_in=c_in, c_out=c_out, ieee=True)
+        assert ieee.kwargs["BLOCK_M"] * ieee.kwargs["BLOCK_N"] <= 64 * 64

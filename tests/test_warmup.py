@@ -1,0 +1,152 @@
+"""Ahead-of-time warm-up: ``cdt_fast.engine.warmup`` and ``cdt-fast warmup``.
+
+Capturing needs compiled (not interpreted) kernel objects, so those checks run in a fresh process
+without ``TRITON_INTERPRET``; they use a narrow network so they stay CI-sized. Compiling for sm_90a
+needs Triton's CUDA backend (bundled ptxas), not a GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdt_fast.cli import main
+from cdt_fast.engine import warmup as W
+
+from .compile_fused_kernels import has_cuda_toolchain
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(context_dim=32, unet_dim=32)
+
+
+def _python(code: str, timeout: int = 600, **env) -> dict:
+    """Run ``code`` in a fresh interpreter without TRITON_INTERPRET; its last stdout line, as JSON."""
+    environ = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    environ.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+_COUNT = """
+import json
+from cdt_fast.engine.warmup import warmup
+kw = dict(arch="sm_90a", compile=False, context_dim=32, unet_dim=32)
+print(json.dumps(warmup("small", (64, 64), 5, "bf16", **kw).to_dict()))
+"""
+
+
+def test_count_only_captures_encode_and_decode_kernels():
+    first = _python(_COUNT)
+    assert first["compiled"] is False and first["arch"] == "sm_90a"
+    assert 0 < first["kernels"] <= first["launches"]
+    assert sum(first["per_kernel"].values()) == first["kernels"]
+    # encode (downsampling) and decode (U-Net attention, upsampling, DDIM) kernels are all there
+    assert {
+        "_causal_conv3d_kernel",
+        "_channel_norm_kernel",
+        "_time_downsample_kernel",
+        "_time_upsample_kernel",
+        "_attention_apply_kernel",
+        "_ddim_update_kernel",
+    } <= set(first["per_kernel"])
+
+
+_COMPILE = """
+import json, os
+from cdt_fast.engine.warmup import warmup
+kw = dict(arch="sm_90a", context_dim=32, unet_dim=32, encode=False)
+cold = warmup("small", (64, 64), 5, "bf16", **kw).to_dict()
+entries = len(os.listdir(os.environ["TRITON_CACHE_DIR"]))
+warm = warmup("small", (64, 64), 5, "bf16", **kw).to_dict()
+print(json.dumps(dict(cold=cold, warm=warm, entries=entries,
+                      after=len(os.listdir(os.environ["TRITON_CACHE_DIR"])))))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_cuda_toolchain(), reason="this triton has no CUDA backend/ptxas")
+def test_compiles_into_tritons_cache_once(tmp_path):
+    out = _python(_COMPILE, TRITON_CACHE_DIR=str(tmp_path))
+    assert out["cold"]["compiled"] and out["cold"]["kernels"] > 0
+    # one cache entry per compiled kernel; the second warm-up finds them all
+    assert out["entries"] >= out["cold"]["kernels"]
+    assert out["after"] == out["entries"]
+    assert out["warm"]["seconds"] < out["cold"]["seconds"]
+
+
+_PRESETS = """
+import json
+from cdt_fast.engine.warmup import warmup
+print(json.dumps({p: warmup(p, (256, 256), 17, "bf16", arch="sm_90a", compile=False).kernels
+                  for p in ("base", "small")}))
+"""
+
+
+@pytest.mark.slow
+def test_presets_need_at_most_60_kernels_at_256():
+    counts = _python(_PRESETS)
+    assert all(0 < n <= 60 for n in counts.values()), counts
+
+
+def test_cli_prints_json(monkeypatch, capsys):
+    seen = {}
+
+    def fake(preset, size, frames, dtype, *, arch, compile, progress):
+        seen.update(
+            preset=preset, size=size, frames=frames, dtype=dtype, arch=arch, compile=compile
+        )
+        return W.WarmupResult(
+            kernels=7, seconds=1.5, launches=20, arch=90, preset=preset, size=size,
+            frames=frames, dtype=dtype, compiled=compile,
+        )  # fmt: skip
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(W, "warmup", fake)
+    args = ["warmup", "--model", "base", "--size", "720x1280", "--frames", "9"]
+    assert main(args + ["--dtype", "fp16", "--arch", "sm_90a", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kernels"] == 7 and out["seconds"] == 1.5 and out["arch"] == "sm_90a"
+    assert seen == dict(
+        preset="base", size=(720, 1280), frames=9, dtype="fp16", arch="sm_90a", compile=True
+    )
+    assert main(["warmup", "--size", "256", "--count-only"]) == 0
+    assert seen["size"] == (256, 256) and seen["compile"] is False
+    assert "counted 7 kernels" in capsys.readouterr().out
+
+
+def test_cli_refuses_the_interpreter(monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert main(["warmup", "--arch", "sm_90a"]) == 2
+    assert "TRITON_INTERPRET" in capsys.readouterr().err
+
+
+def test_bad_arguments_raise_clear_errors(capsys):
+    assert W.parse_arch("sm_90a") == 90 and W.parse_arch("sm_80") == 80 and W.parse_arch(89) == 89
+    for bad in ("hopper", "sm_9", True):
+        with pytest.raises((ValueError, TypeError), match="arch"):
+            W.parse_arch(bad)
+    with pytest.raises(ValueError, match="model"):
+        W.warmup("large", arch="sm_90a")
+    with pytest.raises(ValueError, match="dtype"):
+        W.warmup("small", dtype="int8", arch="sm_90a")
+    with pytest.raises(SystemExit):
+        main(["warmup", "--size", "256y256"])
+    assert "size must be HxW" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU message")
+def test_without_gpu_an_arch_is_required():
+    with pytest.raises(ValueError, match="arch"):
+        W.warmup("small")
