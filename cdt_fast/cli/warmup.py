@@ -22,11 +22,10 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def _warmup(args) -> int:
-    import os
-
+    from ..availability import triton_interpreted
     from ..engine.warmup import warmup
 
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if triton_interpreted():
         raise ValueError("unset TRITON_INTERPRET: the Triton interpreter compiles nothing")
 
     def progress(done, total, name):

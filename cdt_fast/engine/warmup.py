@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import re
 import time
 from collections import Counter
@@ -164,21 +163,13 @@ def capture_launches(arch: int = 90) -> Iterator[List[Launch]]:
             if hasattr(module, attr):
                 replacements.append((module, attr, value))
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in replacements]
-    # The engine's backend check accepts CPU tensors for Triton only under the interpreter; the
-    # kernels were decorated before this, so they stay compiled kernels.
-    env_before = os.environ.get("TRITON_INTERPRET")
     try:
         for owner, attr, value in replacements:
             setattr(owner, attr, value)
-        os.environ["TRITON_INTERPRET"] = "1"
         yield launches
     finally:
         for owner, attr, value in saved:
             setattr(owner, attr, value)
-        if env_before is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = env_before
 
 
 def capture_model(
@@ -197,8 +188,9 @@ def capture_model(
     ``size`` = (H, W) pixels (random weights; ``overrides``: :class:`~cdt_fast.CDTConfig` fields,
     e.g. narrower networks for tests). ``autotune``: record the autotuners' candidate configs
     (:attr:`Launch.configs`) instead of the tables' tiles."""
-    from cdt_fast import CDT, CDTConfig, accelerate
+    from cdt_fast import CDT, CDTConfig
     from cdt_fast.chunking import latent_frames
+    from cdt_fast.engine.accelerated import AcceleratedCDT
     from cdt_fast.kernels._tiles import tile_options
 
     height, width = size
@@ -211,7 +203,9 @@ def capture_model(
     model = CDT(cfg).eval()
     # The tables' tiles unless asked: warm-up compiles what a default run launches.
     with tile_options(autotune=autotune), capture_launches(arch) as launches, torch.no_grad():
-        engine = accelerate(model, backend="triton", dtype=dtype)
+        # The engine's backend check accepts CPU tensors for Triton only under the interpreter
+        # (told here through its env); the kernels were decorated before, so they stay compiled.
+        engine = AcceleratedCDT(model, backend="triton", dtype=dtype, env={"TRITON_INTERPRET": "1"})
         if encode:
             engine.encode(torch.zeros(1, 3, frames, height, width))
         if decode:

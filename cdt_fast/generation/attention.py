@@ -15,12 +15,11 @@ status report, the choice for each kind of sequence, and the autograd rule.
 
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional
 
 import torch
 
-from ..availability import BackendStatus
+from ..availability import BackendStatus, triton_interpreted
 
 __all__ = ["BACKENDS", "attention", "attention_backends"]
 
@@ -60,8 +59,7 @@ def attention_backends(
 
 
 def _interpreting() -> bool:
-    # The interpreter is Triton's own switch, read by Triton itself; we only mirror it.
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return triton_interpreted()
 
 
 def _auto(q: torch.Tensor, axis: str, needs_grad: bool) -> str:
