@@ -9,13 +9,13 @@ import time
 
 assert not os.environ.get("TRITON_INTERPRET"), "AOT compilation needs the real Triton JIT"
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-from cdt_fast.kernels import _temporal_attention_kernel as ta  # noqa: E402
-from cdt_fast.kernels import denoise as dn  # noqa: E402
-from cdt_fast.kernels import time_resample as tr  # noqa: E402
+from cdt_fast.kernels import _temporal_attention_kernel as ta
+from cdt_fast.kernels import denoise as dn
+from cdt_fast.kernels import time_resample as tr
 
 TARGET = GPUTarget("cuda", 90, 32)
 

@@ -1,23 +1,17 @@
 """The single-step denoise pieces: in-kernel noise, per-decode time biases, the fused last stage."""
 
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first `import triton` in the process
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from cdt_fast import CDT, FeatureCache, randomize_
+from cdt_fast import functional as CF
+from cdt_fast.reference.diffusion import DDIMSchedule
+from cdt_fast.reference.layers import ResnetBlock
 
-import pytest  # noqa: E402
-
-from cdt_fast import CDT, FeatureCache, randomize_  # noqa: E402
-from cdt_fast import functional as CF  # noqa: E402
-from cdt_fast.reference.diffusion import DDIMSchedule  # noqa: E402
-from cdt_fast.reference.layers import ResnetBlock  # noqa: E402
-
-from .conftest import tiny_config  # noqa: E402
+from .conftest import tiny_config
 
 triton = pytest.importorskip("triton")
-from cdt_fast.kernels.denoise import (  # noqa: E402
+from cdt_fast.kernels.denoise import (
     ddim_update,
     denoise_final,
     denoise_final_reference,
@@ -28,7 +22,8 @@ from cdt_fast.kernels.denoise import (  # noqa: E402
     to_uint8_frames,
 )
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from .helpers import DEVICE
+
 SCHEDULE = DDIMSchedule.create(8192, 4)
 
 
