@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-# Without a GPU, Triton kernels run under the interpreter. The variable must be set before the
-# first `import triton` in the process, which is why it lives here and not in a test module.
-if os.environ.get("CDT_FAST_TEST_DEVICE", "auto") != "cuda":
-    try:
-        import torch as _torch
+from .helpers import use_triton_interpreter
 
-        _cuda = _torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        _cuda = False
-    if not _cuda:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+# Before any test module imports triton: the one place where the interpreter is switched on.
+use_triton_interpreter()
 
 import pytest
 import torch

@@ -5,22 +5,17 @@ Oracle: :func:`cdt_fast.functional.causal_conv3d` (+ ``causal_conv3d_history`` f
 
 import os
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the kernel module's `import triton`
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from cdt_fast import functional as CF
+from cdt_fast.cache import FeatureCache
+from cdt_fast.reference.layers import CausalConv3d
 
-import pytest  # noqa: E402
-
-from cdt_fast import functional as CF  # noqa: E402
-from cdt_fast.cache import FeatureCache  # noqa: E402
-from cdt_fast.reference.layers import CausalConv3d  # noqa: E402
+from .helpers import DEVICE, EPS, ON_GPU
 
 kernels = pytest.importorskip("cdt_fast.kernels.causal_conv3d")
 Epilogue = kernels.Epilogue
-ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
-EPS = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
 def assert_close_conv(y, ref, k_len, dtype):

@@ -1,23 +1,17 @@
 """Parity of the Triton norm block (kernels/channel_norm.py) with cdt_fast.functional.channel_norm
 and the reference layers, under the Triton interpreter on CPU (real kernels on CUDA)."""
 
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():  # must precede the first `import triton` of the process
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
-from cdt_fast import functional as CF  # noqa: E402
-from cdt_fast.kernels.channel_norm import channel_norm, channel_norm_tile  # noqa: E402
-from cdt_fast.reference.layers import Block, ChannelLayerNorm, ResnetBlock  # noqa: E402
+from cdt_fast import functional as CF
+from cdt_fast.kernels.channel_norm import channel_norm, channel_norm_tile
+from cdt_fast.reference.layers import Block, ChannelLayerNorm, ResnetBlock
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-INTERPRETED = not torch.cuda.is_available()
+from .helpers import DEVICE, INTERPRETED
 
 
 def _activation(shape, dtype=torch.float32, channels_last=True, device=DEVICE):

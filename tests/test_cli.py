@@ -16,13 +16,13 @@ import torch
 
 pytest.importorskip("av")
 
-import cdt_fast  # noqa: E402
-from cdt_fast import latents, video_io  # noqa: E402
-from cdt_fast.cli import COMMANDS, main  # noqa: E402
-from cdt_fast.cli._common import default_model_path  # noqa: E402
+import cdt_fast
+from cdt_fast import latents, video_io
+from cdt_fast.cli import COMMANDS, main
+from cdt_fast.cli._common import default_model_path
 
-from . import test_video_io as bad  # noqa: E402
-from .video_clips import pattern, read_pngs, tiny_model_file, write_clip, write_pngs  # noqa: E402
+from . import test_video_io as bad
+from .video_clips import pattern, read_pngs, tiny_model_file, write_clip, write_pngs
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,10 +14,10 @@ import pytest
 
 pytest.importorskip("av")
 
-from cdt_fast import video_io  # noqa: E402
-from cdt_fast.cli import _common, build_parser, main  # noqa: E402
+from cdt_fast import video_io
+from cdt_fast.cli import _common, build_parser, main
 
-from .video_clips import pattern, tiny_model_file, write_clip  # noqa: E402
+from .video_clips import pattern, tiny_model_file, write_clip
 
 
 @pytest.fixture(scope="module")

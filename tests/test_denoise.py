@@ -1,21 +1,16 @@
 """The sampler's elementwise kernels: the DDIM update and the uint8 frames."""
 
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first `import triton` in the process
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-from cdt_fast import functional as CF  # noqa: E402
-from cdt_fast.reference.diffusion import DDIMSchedule  # noqa: E402
+from cdt_fast import functional as CF
+from cdt_fast.reference.diffusion import DDIMSchedule
 
 triton = pytest.importorskip("triton")
-from cdt_fast.kernels.denoise import ddim_update, to_uint8_frames  # noqa: E402
+from cdt_fast.kernels.denoise import ddim_update, to_uint8_frames
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from .helpers import DEVICE
+
 SCHEDULE = DDIMSchedule.create(8192, 4)
 
 

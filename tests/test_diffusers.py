@@ -9,9 +9,9 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-import cdt_fast  # noqa: E402
-from cdt_fast import CDT, CDTConfig, randomize_  # noqa: E402
-from cdt_fast.integrations.diffusers import AutoencoderCDT, read_latent_stats  # noqa: E402
+import cdt_fast
+from cdt_fast import CDT, CDTConfig, randomize_
+from cdt_fast.integrations.diffusers import AutoencoderCDT, read_latent_stats
 
 
 def _cdt() -> CDT:

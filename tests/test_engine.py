@@ -3,21 +3,16 @@ out-of-memory fallback, backend selection, accelerating plain state dicts."""
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # Triton kernels run under the interpreter on CPU
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-import cdt_fast  # noqa: E402
-from cdt_fast import CDT  # noqa: E402
+import cdt_fast
+from cdt_fast import CDT
 from cdt_fast import functional as CF
-from cdt_fast.engine import (  # noqa: E402
+from cdt_fast.engine import (
     AcceleratedCDT,
     DispatchTable,
     Measurements,
@@ -25,14 +20,13 @@ from cdt_fast.engine import (  # noqa: E402
     accelerate,
     infer_config,
 )
-from cdt_fast.engine.dispatch import OPS, OpChoice  # noqa: E402
-from cdt_fast.engine.memory import MemoryModel, halve  # noqa: E402
-from cdt_fast.engine.plan import TimeDownsample, UNetPlan  # noqa: E402
-from cdt_fast.reference import randomize_  # noqa: E402
+from cdt_fast.engine.dispatch import OPS, OpChoice
+from cdt_fast.engine.memory import MemoryModel, halve
+from cdt_fast.engine.plan import TimeDownsample, UNetPlan
+from cdt_fast.reference import randomize_
 
-from .conftest import tiny_config, upstream_state_dict  # noqa: E402
-
-TOL = 1e-4
+from .conftest import tiny_config, upstream_state_dict
+from .helpers import UPSTREAM_TOL
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +57,10 @@ def test_encode_matches_reference(engines, upstream_io, preset, chunk):
     ref, eng = engines[preset]
     x = upstream_io[f"{preset}.x"]
     z, post = eng.encode(x, return_posterior=True, chunk_frames=chunk)
-    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=TOL)
-    torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=TOL)
+    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=UPSTREAM_TOL)
+    torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=UPSTREAM_TOL)
     torch.testing.assert_close(
-        post.parameters, upstream_io[f"{preset}.posterior"], rtol=0, atol=TOL
+        post.parameters, upstream_io[f"{preset}.posterior"], rtol=0, atol=UPSTREAM_TOL
     )
 
 
@@ -77,8 +71,10 @@ def test_decode_matches_reference_and_upstream(engines, upstream_io, preset, ste
     z, noise = upstream_io[f"{preset}.z"], upstream_io[f"{preset}.s{steps}.noise"]
     y = eng.decode(z, steps=steps, noise=noise, chunk_frames=chunk)
     assert y.shape == noise.shape and y.dtype == torch.float32 and y.is_contiguous()
-    torch.testing.assert_close(y, ref.decode(z, steps=steps, noise=noise), rtol=0, atol=TOL)
-    torch.testing.assert_close(y, upstream_io[f"{preset}.s{steps}.y"], rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        y, ref.decode(z, steps=steps, noise=noise), rtol=0, atol=UPSTREAM_TOL
+    )
+    torch.testing.assert_close(y, upstream_io[f"{preset}.s{steps}.y"], rtol=0, atol=UPSTREAM_TOL)
 
 
 @pytest.mark.parametrize("preset", ["base", "small"])
@@ -97,7 +93,10 @@ def test_channel_padded_unet_inputs_match_reference(upstream_io, preset, monkeyp
     assert first.block1.conv.weight.shape[1] % 16 == 0 == first.shortcut.weight.shape[1] % 16
     z, noise = upstream_io[f"{preset}.z"], upstream_io[f"{preset}.s1.noise"]
     torch.testing.assert_close(
-        eng.decode(z, noise=noise, chunk_frames=1), upstream_io[f"{preset}.s1.y"], rtol=0, atol=TOL
+        eng.decode(z, noise=noise, chunk_frames=1),
+        upstream_io[f"{preset}.s1.y"],
+        rtol=0,
+        atol=UPSTREAM_TOL,
     )
 
 
@@ -122,7 +121,7 @@ def test_same_rng_gives_same_video_as_reference(engines):
     z = _latent(ref)
     y_ref = ref.decode(z, generator=torch.Generator().manual_seed(5))
     y = eng.decode(z, generator=torch.Generator().manual_seed(5), chunk_frames=1)
-    torch.testing.assert_close(y, y_ref, rtol=0, atol=TOL)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=UPSTREAM_TOL)
 
 
 @pytest.mark.parametrize("preset", ["base", "small"])
@@ -132,10 +131,13 @@ def test_awkward_shapes_batch2_odd_latent(preset):
     eng = accelerate(ref, backend="torch")
     x = _video(b=2, t=5, h=24, w=40)
     z = eng.encode(x, chunk_frames=4)
-    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=TOL)
+    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=UPSTREAM_TOL)
     noise = torch.randn(ref.output_shape(z.shape))
     torch.testing.assert_close(
-        eng.decode(z, noise=noise, chunk_frames=1), ref.decode(z, noise=noise), rtol=0, atol=TOL
+        eng.decode(z, noise=noise, chunk_frames=1),
+        ref.decode(z, noise=noise),
+        rtol=0,
+        atol=UPSTREAM_TOL,
     )
 
 
@@ -163,9 +165,9 @@ def test_forward_and_forward_with_info(engines, upstream_io):
     ref, eng = engines["base"]
     x = upstream_io["base.x"]
     noise = upstream_io["base.s1.noise"]
-    torch.testing.assert_close(eng(x, noise=noise), ref(x, noise=noise), rtol=0, atol=TOL)
+    torch.testing.assert_close(eng(x, noise=noise), ref(x, noise=noise), rtol=0, atol=UPSTREAM_TOL)
     y, mu, logvar, std = eng.forward_with_info(x, noise=noise)
-    torch.testing.assert_close(mu, upstream_io["base.z"], rtol=0, atol=TOL)
+    torch.testing.assert_close(mu, upstream_io["base.z"], rtol=0, atol=UPSTREAM_TOL)
     assert eng.latent_scale == ref.latent_scale and eng.config == ref.config
 
 
@@ -176,7 +178,7 @@ def test_decode_stream_equals_one_shot(engines):
     one = eng.decode(z, generator=torch.Generator().manual_seed(7), chunk_frames=2)
     parts = list(eng.decode_stream(z, generator=torch.Generator().manual_seed(7), chunk_frames=1))
     assert [p.shape[2] for p in parts] == [1, 4, 4, 4]
-    torch.testing.assert_close(torch.cat(parts, dim=2), one, rtol=0, atol=TOL)
+    torch.testing.assert_close(torch.cat(parts, dim=2), one, rtol=0, atol=UPSTREAM_TOL)
 
 
 def test_decode_from_latent_iterator(engines):
@@ -186,7 +188,7 @@ def test_decode_from_latent_iterator(engines):
     whole = eng.decode(z, noise=noise, chunk_frames=5)
     pieces = iter([z[:, :, :2], z[:, :, 2:3], z[:, :, 3:]])
     streamed = torch.cat(list(eng.decode_stream(pieces, noise=noise, chunk_frames=2)), dim=2)
-    torch.testing.assert_close(streamed, whole, rtol=0, atol=TOL)
+    torch.testing.assert_close(streamed, whole, rtol=0, atol=UPSTREAM_TOL)
 
 
 def test_iterator_without_noise_is_chunk_plan_invariant(engines):
@@ -198,7 +200,7 @@ def test_iterator_without_noise_is_chunk_plan_invariant(engines):
         iter(z.split(1, dim=2)), generator=torch.Generator().manual_seed(3), chunk_frames=3
     )
     assert a.shape == eng.output_shape(z.shape)
-    torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+    torch.testing.assert_close(a, b, rtol=0, atol=UPSTREAM_TOL)
 
 
 def test_stream_state_does_not_grow_with_length(engines):
@@ -232,8 +234,12 @@ def test_two_streams_interleaved(engines):
     for a, b in zip(s1, s2):
         got1.append(a)
         got2.append(b)
-    torch.testing.assert_close(torch.cat(got1, 2), eng.decode(z1, noise=n1), rtol=0, atol=TOL)
-    torch.testing.assert_close(torch.cat(got2, 2), eng.decode(z2, noise=n2), rtol=0, atol=TOL)
+    torch.testing.assert_close(
+        torch.cat(got1, 2), eng.decode(z1, noise=n1), rtol=0, atol=UPSTREAM_TOL
+    )
+    torch.testing.assert_close(
+        torch.cat(got2, 2), eng.decode(z2, noise=n2), rtol=0, atol=UPSTREAM_TOL
+    )
 
 
 @pytest.mark.parametrize("pieces", [[9], [2, 3, 4], [1, 4, 4], [5, 1, 1, 1, 1]])
@@ -242,9 +248,9 @@ def test_encode_from_frame_iterator(engines, upstream_io, pieces, chunk):
     _, eng = engines["base"]
     x = upstream_io["base.x"]
     z = eng.encode(iter(x.split(pieces, dim=2)), chunk_frames=chunk)
-    torch.testing.assert_close(z, eng.encode(x), rtol=0, atol=TOL)
+    torch.testing.assert_close(z, eng.encode(x), rtol=0, atol=UPSTREAM_TOL)
     streamed = torch.cat(list(eng.encode_stream(iter(x.split(pieces, dim=2)))), dim=2)
-    torch.testing.assert_close(streamed, z, rtol=0, atol=TOL)
+    torch.testing.assert_close(streamed, z, rtol=0, atol=UPSTREAM_TOL)
 
 
 def test_encode_stream_feeds_decode_stream(engines, upstream_io):
@@ -253,7 +259,7 @@ def test_encode_stream_feeds_decode_stream(engines, upstream_io):
     x, noise = upstream_io["base.x"], upstream_io["base.s1.noise"]
     latents = eng.encode_stream(iter(x.split([1, 4, 4], dim=2)), chunk_frames=4)
     frames = torch.cat(list(eng.decode_stream(latents, noise=noise, chunk_frames=1)), dim=2)
-    torch.testing.assert_close(frames, eng(x, noise=noise), rtol=0, atol=TOL)
+    torch.testing.assert_close(frames, eng(x, noise=noise), rtol=0, atol=UPSTREAM_TOL)
 
 
 class _SlicedClip:
@@ -273,7 +279,7 @@ def test_encode_chunks_reads_a_sliced_clip_front_to_back(engines, upstream_io):
     _, eng = engines["small"]
     x = upstream_io["small.x"]
     params = torch.cat(list(eng.encode_chunks(_SlicedClip(x), 4)), dim=2)
-    torch.testing.assert_close(params, upstream_io["small.posterior"], rtol=0, atol=TOL)
+    torch.testing.assert_close(params, upstream_io["small.posterior"], rtol=0, atol=UPSTREAM_TOL)
     assert eng.encode(_SlicedClip(x)).shape == upstream_io["small.z"].shape
     with pytest.raises(ValueError, match="1\\+4k"):
         eng.encode(_SlicedClip(x[:, :, :8]))
@@ -334,7 +340,7 @@ def test_decode_oom_halves_chunk_with_identical_output(engines, monkeypatch):
     faults = _oom_when(monkeypatch, UNetPlan, lambda n: n == 8)
     y = eng.decode(z, noise=noise, chunk_frames=2)
     assert faults == [8], "the simulated fault never fired"
-    torch.testing.assert_close(y, expected, rtol=0, atol=TOL)
+    torch.testing.assert_close(y, expected, rtol=0, atol=UPSTREAM_TOL)
 
 
 def test_encode_oom_halves_chunk_with_identical_output(engines, monkeypatch):
@@ -356,7 +362,10 @@ def test_oom_at_smallest_chunk_raises(engines, upstream_io, monkeypatch):
     monkeypatch.undo()  # the engine still works after the failed stream
     noise = upstream_io["small.s1.noise"]
     torch.testing.assert_close(
-        eng.decode(upstream_io["small.z"], noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+        eng.decode(upstream_io["small.z"], noise=noise),
+        upstream_io["small.s1.y"],
+        rtol=0,
+        atol=UPSTREAM_TOL,
     )
 
 
@@ -497,7 +506,7 @@ def test_auto_follows_its_table_and_records_fallbacks(engines, upstream_io, fake
     z, noise = upstream_io["small.z"], upstream_io["small.s1.noise"]
     eng = AcceleratedCDT(ref, backend="auto", table=CPP_TABLE, env={})
     torch.testing.assert_close(
-        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=UPSTREAM_TOL
     )
     assert eng.memory_format == torch.channels_last_3d  # a kernel serves ops: NDHWC
     assert engines["small"][1].memory_format == torch.contiguous_format  # torch on CPU: NCDHW
@@ -509,7 +518,7 @@ def test_auto_follows_its_table_and_records_fallbacks(engines, upstream_io, fake
     assert not eng.ops.measurements.timings  # auto never times anything
     eng = AcceleratedCDT(ref, backend="cpp,ddim_update=torch", env={})
     torch.testing.assert_close(
-        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=UPSTREAM_TOL
     )
     assert fake_cpp, "the cpp backend was never called"
     wrong = AcceleratedCDT(ref, backend="cpp", env={})  # named explicitly: no vetting
@@ -523,7 +532,7 @@ def test_tune_measures_rejects_wrong_backends_and_saves_its_table(
     eng = AcceleratedCDT(ref, backend="tune", env={})
     z, noise = upstream_io["small.z"], upstream_io["small.s1.noise"]
     torch.testing.assert_close(
-        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+        eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=UPSTREAM_TOL
     )
     m = eng.ops.measurements
     ddim_keys = [k for k in m.winner if k[1] == "ddim_update"]
@@ -539,7 +548,7 @@ def test_tune_measures_rejects_wrong_backends_and_saves_its_table(
     }
     again = accelerate(ref, table=path)  # auto, deciding by what tune measured
     torch.testing.assert_close(
-        again.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=TOL
+        again.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=UPSTREAM_TOL
     )
     tuned = eng.ops.decided()
     assert all(tuned[key] == backend for key, backend in again.ops.decided().items())
@@ -644,10 +653,10 @@ def test_triton_backend_under_interpreter_matches_reference():
         assert backend == "triton" or reason.startswith("fallback from triton")
     x = _video(t=1, h=16, w=16).to(device)
     z = eng.encode(x)
-    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=5 * TOL)
+    torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=5 * UPSTREAM_TOL)
     noise = torch.randn(ref.output_shape(z.shape), device=device)
     torch.testing.assert_close(
-        eng.decode(z, noise=noise), ref.decode(z, noise=noise), rtol=0, atol=5 * TOL
+        eng.decode(z, noise=noise), ref.decode(z, noise=noise), rtol=0, atol=5 * UPSTREAM_TOL
     )
 
 

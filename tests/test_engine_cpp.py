@@ -7,11 +7,11 @@ import torch
 
 import cdt_fast
 
+from .helpers import UPSTREAM_TOL
+
 pytestmark = pytest.mark.skipif(
     not cdt_fast.backends()["cpp"].available, reason=cdt_fast.backends()["cpp"].reason
 )
-
-TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,11 @@ def test_cpp_backend_serves_the_memory_bound_ops(cpp_engines):
 def test_cpp_engine_matches_upstream(cpp_engines, upstream_io, preset, steps, chunk):
     engine = cpp_engines[preset]
     z = engine.encode(upstream_io[f"{preset}.x"], chunk_frames=4)
-    torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=TOL)
+    torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=UPSTREAM_TOL)
     y = engine.decode(
         upstream_io[f"{preset}.z"],
         steps=steps,
         chunk_frames=chunk,
         noise=upstream_io[f"{preset}.s{steps}.noise"],
     )
-    torch.testing.assert_close(y, upstream_io[f"{preset}.s{steps}.y"], rtol=0, atol=TOL)
+    torch.testing.assert_close(y, upstream_io[f"{preset}.s{steps}.y"], rtol=0, atol=UPSTREAM_TOL)

@@ -20,7 +20,7 @@ SCRIPT = ROOT / "tools" / "gpu_check.sh"
 PHASES = ["env", "warmup", "tests", "bench", "compiled", "bench720"]
 
 sys.path.insert(0, str(ROOT / "tools"))
-import gpu_check  # noqa: E402
+import gpu_check
 
 needs_bash = pytest.mark.skipif(
     shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash, timeout"

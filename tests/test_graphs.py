@@ -9,24 +9,18 @@ the real thing and compare replays with eager runs bitwise.
 
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # Triton kernels run under the interpreter on CPU
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from cdt_fast import CDT, CDTConfig
+from cdt_fast.engine import MemoryModel, accelerate
+from cdt_fast.engine import memory as memory_mod
+from cdt_fast.engine.graphs import ChunkGraphs, CudaGraphCapture, graph_key
+from cdt_fast.engine.plan import UNetPlan
+from cdt_fast.engine.state import StreamState
+from cdt_fast.reference import randomize_
 
-import pytest  # noqa: E402
-
-from cdt_fast import CDT, CDTConfig  # noqa: E402
-from cdt_fast.engine import MemoryModel, accelerate  # noqa: E402
-from cdt_fast.engine import memory as memory_mod  # noqa: E402
-from cdt_fast.engine.graphs import ChunkGraphs, CudaGraphCapture, graph_key  # noqa: E402
-from cdt_fast.engine.plan import UNetPlan  # noqa: E402
-from cdt_fast.engine.state import StreamState  # noqa: E402
-from cdt_fast.reference import randomize_  # noqa: E402
-
-from .conftest import tiny_config, upstream_state_dict  # noqa: E402
+from .conftest import tiny_config, upstream_state_dict
 
 
 class _FakeGraph:

@@ -13,29 +13,24 @@ untouched NaN outputs instead of a crash. On CPU (the interpreter) the storage i
 On CUDA it is a real 8 GiB allocation (skipped where that fails).
 """
 
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first `import triton` in the process
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-from cdt_fast import functional as CF  # noqa: E402
+from cdt_fast import functional as CF
 
 triton = pytest.importorskip("triton")
-from cdt_fast.kernels.causal_conv3d import causal_conv3d, causal_conv3d_norm  # noqa: E402
-from cdt_fast.kernels.channel_norm import channel_norm  # noqa: E402
-from cdt_fast.kernels.denoise import ddim_update, to_uint8_frames  # noqa: E402
-from cdt_fast.kernels.linear_attention import linear_attention_block  # noqa: E402
-from cdt_fast.kernels.temporal_attention import (  # noqa: E402
+from cdt_fast.kernels.causal_conv3d import causal_conv3d, causal_conv3d_norm
+from cdt_fast.kernels.channel_norm import channel_norm
+from cdt_fast.kernels.denoise import ddim_update, to_uint8_frames
+from cdt_fast.kernels.linear_attention import linear_attention_block
+from cdt_fast.kernels.temporal_attention import (
     temporal_attention_reference,
     temporal_attention_triton,
 )
-from cdt_fast.kernels.time_resample import time_downsample, time_upsample  # noqa: E402
+from cdt_fast.kernels.time_resample import time_downsample, time_upsample
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from .helpers import DEVICE
+
 DTYPE = torch.float16
 TOL = dict(atol=2e-2, rtol=2e-2)  # fp16 results against an fp32 reference of the same inputs
 HUGE = 2**30 + 2**16  # < 2**31: a 32-bit kernel argument; 2 * HUGE > 2**31

@@ -2,25 +2,20 @@
 cdt_fast.functional.linear_attention and the reference ``attention_block``, under the Triton
 interpreter on CPU (real kernels on CUDA)."""
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first `import triton` of the process
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 pytest.importorskip("triton")
 
-from cdt_fast import functional as CF  # noqa: E402
-from cdt_fast.kernels.linear_attention import (  # noqa: E402
+from cdt_fast import functional as CF
+from cdt_fast.kernels.linear_attention import (
     LinearAttentionWeights,
     linear_attention,
     linear_attention_block,
 )
-from cdt_fast.reference.layers import LinearAttention, attention_block  # noqa: E402
+from cdt_fast.reference.layers import LinearAttention, attention_block
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from .helpers import DEVICE
 
 
 def _weights(c, heads=1, dim_head=None, bias=True, k_gain=1.0, c_out=None):

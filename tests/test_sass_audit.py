@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .compile_fused_kernels import has_cuda_toolchain
+from .compile_kernels import has_cuda_toolchain
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,21 +1,17 @@
 """Causal temporal softmax attention: the Triton kernel and every dispatcher path vs the reference."""
 
-import os
 import sys
 import types
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first `import triton` in the process
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
 triton = pytest.importorskip("triton")
-from cdt_fast.kernels import temporal_attention as ta  # noqa: E402
-from cdt_fast.kernels.temporal_attention import temporal_attention, temporal_attention_reference  # noqa: E402
+from cdt_fast.kernels import temporal_attention as ta
+from cdt_fast.kernels.temporal_attention import temporal_attention, temporal_attention_reference
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from .helpers import DEVICE
+
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=4e-3, rtol=4e-3)}
 
 

@@ -1,22 +1,17 @@
 """Parity of the Triton temporal down/upsampling with cdt_fast.functional and the reference layers."""
 
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first `import triton` in the process
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-from cdt_fast import FeatureCache  # noqa: E402
-from cdt_fast import functional as CF  # noqa: E402
-from cdt_fast.reference.layers import TimeDownsample, TimeUpsample  # noqa: E402
+from cdt_fast import FeatureCache
+from cdt_fast import functional as CF
+from cdt_fast.reference.layers import TimeDownsample, TimeUpsample
 
 triton = pytest.importorskip("triton")
-from cdt_fast.kernels.time_resample import time_downsample, time_upsample  # noqa: E402
+from cdt_fast.kernels.time_resample import time_downsample, time_upsample
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from .helpers import DEVICE
+
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
 
 

@@ -8,8 +8,7 @@ import torch
 from cdt_fast import CDT
 
 from .conftest import tiny_config, upstream_state_dict
-
-TOL = 1e-4
+from .helpers import UPSTREAM_TOL
 
 
 def test_state_dict_keys_and_shapes_equal_upstream(preset):
@@ -31,9 +30,9 @@ def test_parameter_count_matches_fixture(preset, upstream_model):
 
 def test_encode_matches_upstream(preset, upstream_model, upstream_io):
     z, posterior = upstream_model.encode(upstream_io[f"{preset}.x"], return_posterior=True)
-    torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=TOL)
+    torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=UPSTREAM_TOL)
     torch.testing.assert_close(
-        posterior.parameters, upstream_io[f"{preset}.posterior"], rtol=0, atol=TOL
+        posterior.parameters, upstream_io[f"{preset}.posterior"], rtol=0, atol=UPSTREAM_TOL
     )
     torch.testing.assert_close(posterior.mean, z, rtol=0, atol=0)
 
@@ -45,7 +44,7 @@ def test_decode_matches_upstream(preset, steps, upstream_model, upstream_io):
     )
     expected = upstream_io[f"{preset}.s{steps}.y"]
     assert y.shape == expected.shape and y.dtype == torch.float32
-    torch.testing.assert_close(y, expected, rtol=0, atol=TOL)
+    torch.testing.assert_close(y, expected, rtol=0, atol=UPSTREAM_TOL)
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -57,9 +56,9 @@ def test_chunked_decode_matches_upstream_whole_clip(preset, steps, upstream_mode
         chunk_frames=1,
         noise=upstream_io[f"{preset}.s{steps}.noise"],
     )
-    torch.testing.assert_close(y, upstream_io[f"{preset}.s{steps}.y"], rtol=0, atol=TOL)
+    torch.testing.assert_close(y, upstream_io[f"{preset}.s{steps}.y"], rtol=0, atol=UPSTREAM_TOL)
 
 
 def test_encode_chunked_matches_upstream(preset, upstream_model, upstream_io):
     z = upstream_model.encode(upstream_io[f"{preset}.x"], chunk_frames=4)
-    torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=TOL)
+    torch.testing.assert_close(z, upstream_io[f"{preset}.z"], rtol=0, atol=UPSTREAM_TOL)

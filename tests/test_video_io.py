@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("av")
 
-from cdt_fast import video_io  # noqa: E402
-from cdt_fast.video_io import PaddedClip, VideoError  # noqa: E402
+from cdt_fast import video_io
+from cdt_fast.video_io import PaddedClip, VideoError
 
-from .video_clips import pattern, read_pngs, write_clip, write_pngs  # noqa: E402
+from .video_clips import pattern, read_pngs, write_clip, write_pngs
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import pytest
 from cdt_fast.cli import main
 from cdt_fast.engine import warmup as W
 
-from .compile_fused_kernels import has_cuda_toolchain
+from .compile_kernels import has_cuda_toolchain
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(context_dim=32, unet_dim=32)

@@ -1,0 +1,80 @@
+"""What the test modules share: where they run, tolerances, random inputs.
+
+Where Triton runs is decided once, in ``conftest.py`` (which calls :func:`use_triton_interpreter`
+before any test module imports triton); the modules read the outcome from here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = [
+    "DEVICE",
+    "EPS",
+    "INTERPRETED",
+    "ON_GPU",
+    "UPSTREAM_TOL",
+    "rand",
+    "rand_latent",
+    "rand_video",
+    "tolerance",
+    "use_triton_interpreter",
+]
+
+
+def use_triton_interpreter() -> bool:
+    """Without a GPU, Triton kernels run under the interpreter. The variable must be set before
+    the process first imports triton, so conftest.py calls this at import time.
+    ``CDT_FAST_TEST_DEVICE=cuda`` keeps the compiled path (on a GPU machine)."""
+    if os.environ.get("CDT_FAST_TEST_DEVICE", "auto") != "cuda" and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+INTERPRETED = use_triton_interpreter()
+
+# Unit roundoff of each storage dtype.
+EPS = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+# Upstream parity of the fp32 reference model (measured: about 1e-5).
+UPSTREAM_TOL = 1e-4
+
+
+def tolerance(dtype: torch.dtype, k: int = 1) -> dict:
+    """``atol``/``rtol`` for ``torch.testing.assert_close`` of a result whose every element is a
+    reduction of length ``k`` in ``dtype`` storage with fp32 accumulation, against an fp32 oracle
+    on the same inputs. fp32 error grows like eps*k (worst case); 16-bit storage is dominated by
+    the input and output rounding, ~eps*sqrt(k) for unit-variance products."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    eps = EPS[dtype]
+    if dtype == torch.float32:
+        return {"atol": max(1e-6, 8 * eps * k), "rtol": 1e-5}
+    return {"atol": 4 * eps * k**0.5 + eps, "rtol": 2 * eps}
+
+
+def rand(
+    *shape,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    scale: float = 1.0,
+    shift: float = 0.0,
+    device=DEVICE,
+) -> torch.Tensor:
+    """Standard normal ``* scale + shift`` in ``dtype`` (drawn in fp32, so one seed gives the same
+    values in every dtype), channels-last for 5-D tensors on request."""
+    x = (torch.randn(*shape, device=device) * scale + shift).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+
+
+def rand_video(b: int, t: int, h: int, w: int, *, dtype=torch.float32, device=DEVICE):
+    """A video ``[B, 3, T, H, W]`` in ``[-1, 1]``, as CDT's encoder takes it."""
+    return (torch.rand(b, 3, t, h, w, device=device) * 2 - 1).to(dtype)
+
+
+def rand_latent(b: int, c: int, t: int, h: int, w: int, *, dtype=torch.float32, device=DEVICE):
+    """A latent ``[B, C, T, h, w]`` of unit scale, as CDT's decoder takes it."""
+    return torch.randn(b, c, t, h, w, device=device).to(dtype)
