@@ -199,7 +199,8 @@ class PhotoClips(ClipDataset):
         zoom = torch.exp(uniform(-self.max_zoom, self.max_zoom) * t)  # >1: zoom in
         vx = uniform(-self.max_pan, self.max_pan) * self.width
         vy = uniform(-self.max_pan, self.max_pan) * self.width
-        # Window centre path in pixels of the scaled image, kept inside it where it fits.
+        # Window centre path in pixels of the scaled image (from its top-left edge), kept inside
+        # it where it fits.
         span_x = self.width / 2 + abs(vx) * (self.frames - 1) / 2
         span_y = self.height / 2 + abs(vy) * (self.frames - 1) / 2
         cx0 = uniform(min(span_x, rw / 2), max(rw - span_x, rw / 2))
@@ -212,11 +213,12 @@ class PhotoClips(ClipDataset):
         oy = torch.arange(self.height, dtype=torch.float32) - (self.height - 1) / 2
         px = cx[:, None, None] + ox[None, None, :] / zoom[:, None, None]
         py = cy[:, None, None] + oy[None, :, None] / zoom[:, None, None]
-        # align_corners=False: pixel k's centre sits at normalised (2k + 1) / size - 1.
+        # px, py measure from the image's left/top edge (pixel k spans [k, k + 1]), which is
+        # what align_corners=False maps to [-1, 1].
         grid = torch.stack(
             [
-                ((2 * px + 1) / rw - 1).expand(-1, self.height, -1),
-                ((2 * py + 1) / rh - 1).expand(-1, -1, self.width),
+                (2 * px / rw - 1).expand(-1, self.height, -1),
+                (2 * py / rh - 1).expand(-1, -1, self.width),
             ],
             dim=-1,
         )
