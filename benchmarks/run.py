@@ -1043,19 +1043,35 @@ def _row_order(plan: Plan, row: Dict[str, Any]) -> Tuple:
     )
 
 
+def _replace_block(text: str, name: str, body: str, where: str) -> str:
+    start, end = f"<!-- {name} -->\n", f"<!-- /{name} -->"
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(
+            f"{where}: expected one '{start.strip()}' line and one '{end}' line around the "
+            f"performance table, found {text.count(start)} and {text.count(end)}"
+        )
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return head + start + body.rstrip("\n") + "\n" + end + tail
+
+
 def publish_readme_table(results_json: Path, results_dir: Path, readme: Path) -> Path:
-    """Regenerate ``readme``'s performance table of the device of ``results_json`` from every
-    results file of that device in ``results_dir`` (as ``ingest_gpu_results.py`` does)."""
-    from benchmarks import ingest_gpu_results
+    """Regenerate ``readme``'s performance table of the device of ``results_json`` (between
+    ``<!-- perf-table-gpu -->`` and ``<!-- /perf-table-gpu -->`` for a GPU, ``<!-- perf-table
+    -->`` and ``<!-- /perf-table -->`` for a CPU) from every results file of that device and
+    widths in ``results_dir``, merged oldest first."""
 
-    known = sorted(p for p in Path(results_dir).glob("*.json") if p.is_file())
-    tables = ingest_gpu_results.readme_tables([results_json], known)
-    text = readme.read_text()
-    for block, table in tables.items():
-        text = ingest_gpu_results.replace_block(text, block, table, where=str(readme))
-    _write_text(readme, text)
+    def key(data: Dict[str, Any]) -> Tuple[str, str]:
+        return environment.device_key(data["header"]), data["header"].get("widths", "preset")
+
+    mine = json.loads(Path(results_json).read_text())
+    parts = []
+    for path in sorted(p for p in Path(results_dir).glob("*.json") if p.is_file()):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and data.get("schema") == SCHEMA and key(data) == key(mine):
+            parts.append(data)
+    parts.sort(key=lambda d: d["header"].get("timestamp_utc", ""))
+    block = "perf-table-gpu" if mine["header"].get("gpu_name") else "perf-table"
+    table = report.readme_table(report.merge_results(parts))
+    _write_text(readme, _replace_block(readme.read_text(), block, table, str(readme)))
     return readme
-
-
-if __name__ == "__main__":
-    sys.exit(main())
