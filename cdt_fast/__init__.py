@@ -5,13 +5,51 @@ Public API: :class:`CDTConfig`, :class:`CDT` (the reference model), :func:`load`
 :class:`FeatureCache`.
 """
 
-from .api import load, load_cdt, save
-from .backends import backends  # noqa: F401  (shadows the submodule name: cdt_fast.backends())
-from .cache import FeatureCache
-from .checkpoint import CheckpointMismatchError
-from .config import CDTConfig
-from .engine import AcceleratedCDT, accelerate
-from .reference import CDT, DiagonalGaussian, randomize_
+import importlib as _importlib
+import sys as _sys
+import types as _types
+
+# Public names and the submodule defining each. They are imported on first use, so that
+# ``python -m cdt_fast --help`` and other work without the model answers without importing torch.
+_EXPORTS = {
+    "load": ".api",
+    "load_cdt": ".api",
+    "save": ".api",
+    "backends": ".backends",
+    "FeatureCache": ".cache",
+    "CheckpointMismatchError": ".checkpoint",
+    "CDTConfig": ".config",
+    "AcceleratedCDT": ".engine",
+    "accelerate": ".engine",
+    "CDT": ".reference",
+    "DiagonalGaussian": ".reference",
+    "randomize_": ".reference",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(_types.ModuleType):
+    """Keeps ``cdt_fast.backends`` the function: importing the submodule of the same name would
+    otherwise bind the module object to the package attribute."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "backends" and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 __version__ = "0.1.0"
 

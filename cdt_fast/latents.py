@@ -146,7 +146,53 @@ def read_latent_metadata(path: PathLike) -> LatentFile:
             shape = tuple(f.get_slice(_TENSOR).get_shape())
     except (KeyError, ValueError, TypeError) as err:
         raise ValueError(f"{path}: damaged latent metadata ({err})") from None
+    _check_video_metadata(path, config, video, shape)
     return LatentFile(str(path), config, arch_hash, scale, video, shape)
+
+
+def _check_video_metadata(path: Path, config: CDTConfig, video: Any, shape: tuple) -> None:
+    """The stored clip description must be the one the tensor's shape implies: ``frames`` padded
+    to 1+4k gives the latent's length, ``height``/``width`` padded to multiples of 8 its size."""
+
+    def bad(what: str) -> ValueError:
+        return ValueError(
+            f"{path}: latent metadata does not match the latent {list(shape)} ({what}); "
+            "the file was edited or damaged"
+        )
+
+    if len(shape) != 5 or shape[0] != 1 or shape[1] != config.latent_dim:
+        raise bad(f"expected [1, {config.latent_dim}, T, h, w] for model {config.name!r}")
+    if not isinstance(video, dict):
+        raise bad("'cdt_fast.video' is not an object")
+    values = {}
+    for key in ("frames", "height", "width"):
+        value = video.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(f"{key}={value!r} is not a positive integer")
+        values[key] = value
+    try:
+        fps = Fraction(video.get("fps"))
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise bad(f"fps={video.get('fps')!r} is not a frame rate") from None
+    if fps <= 0:
+        raise bad(f"fps={video.get('fps')!r} is not positive")
+    tf, sf = config.time_factor, config.space_factor
+    frames, height, width = values["frames"], values["height"], values["width"]
+    if 1 + -(-(frames - 1) // tf) != shape[2]:
+        raise bad(f"frames={frames} encodes to {1 + -(-(frames - 1) // tf)} latent frames")
+    if -(-height // sf) != shape[3]:
+        raise bad(f"height={height} encodes to {-(-height // sf)} latent rows")
+    if -(-width // sf) != shape[4]:
+        raise bad(f"width={width} encodes to {-(-width // sf)} latent columns")
+    padding = video.get("padding")
+    if padding is not None:
+        expected = {
+            "frames": 1 + (shape[2] - 1) * tf - frames,
+            "bottom": shape[3] * sf - height,
+            "right": shape[4] * sf - width,
+        }
+        if not isinstance(padding, dict) or any(padding.get(k) != v for k, v in expected.items()):
+            raise bad(f"padding={padding!r}, expected {expected}")
 
 
 def read_latent(path: PathLike) -> LatentFile:

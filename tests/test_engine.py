@@ -651,62 +651,6 @@ def test_cuda_graphs_fall_back_on_cpu(engines):
     assert report["graphs"][("decode", 1, 4, 4, 1)][0] == "no CUDA graphs on cpu"
 
 
-@pytest.fixture
-def cpu_graphs(monkeypatch):
-    """Run the CUDA-graph state machine on CPU: a 'capture' records the step, a 'replay' copies
-    the inputs into static tensors, runs the step on them and returns one static output tensor
-    that every replay overwrites -- the aliasing a real graph has."""
-    from cdt_fast.engine import graphs
-
-    original_init = graphs.ChunkGraphs.__init__
-
-    def init(self, device, enabled=True, max_graphs=2):
-        original_init(self, device, enabled, max_graphs)
-        self.reason = None
-
-    class FakeGraph:
-        def __init__(self, step, inputs):
-            self.step, self.inputs, self.output = step, inputs, None
-
-        def replay(self, args):
-            for static, value in zip(self.inputs, args):
-                static.copy_(value)
-            out = self.step(*self.inputs)
-            self.output = out.clone() if self.output is None else self.output.copy_(out)
-            return self.output
-
-    def capture(self, step, args, key):
-        self.captures += 1
-        self.graphs[key] = FakeGraph(step, tuple(a.clone() for a in args))
-        return self.graphs[key]
-
-    monkeypatch.setattr(graphs.ChunkGraphs, "__init__", init)
-    monkeypatch.setattr(graphs.ChunkGraphs, "_capture", capture)
-
-
-def test_graph_capture_and_replay_path(engines, cpu_graphs):
-    ref, _ = engines["base"]
-    eng = accelerate(ref, backend="torch")
-    z = _latent(eng, t=6)
-    noise = torch.randn(eng.output_shape(z.shape))
-    expected = ref.decode(z, noise=noise, chunk_frames=1)
-    parts = list(eng.decode_stream(z, noise=noise, chunk_frames=1))
-    graphs = eng._sessions[("decode", 1, 4, 4, 1)].graphs
-    # chunk 0: first (eager), 1: histories fill up (eager), 2: steady warm-up (eager),
-    # 3: capture + replay, 4 and 5: replay
-    assert (graphs.captures, graphs.replays) == (1, 3)
-    torch.testing.assert_close(torch.cat(parts, 2), expected, rtol=0, atol=TOL)
-    torch.testing.assert_close(
-        eng.decode(z, noise=noise, chunk_frames=1), expected, rtol=0, atol=TOL
-    )
-    assert graphs.captures == 1  # the next stream of the same shape reuses the graph
-    x = _video(t=17)
-    torch.testing.assert_close(
-        eng.encode(x, chunk_frames=4), ref.encode(x, chunk_frames=4), rtol=0, atol=TOL
-    )
-    assert eng._sessions[("encode", 1, 32, 32)].graphs.replays == 2
-
-
 def test_history_buffers_are_reused_across_chunks(engines):
     _, eng = engines["small"]
     z = _latent(eng, t=4)

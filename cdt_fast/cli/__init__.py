@@ -9,6 +9,9 @@ from typing import List, Optional
 
 # Command modules of this package, in the order --help lists them.
 COMMANDS = ["demo", "reconstruct", "encode", "decode", "encode_dataset", "info", "train", "eval"]
+COMMANDS += ["latent_stats"]
+COMMANDS += ["gen_train"]
+COMMANDS += ["generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

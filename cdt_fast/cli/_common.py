@@ -11,16 +11,22 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, Optional
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from .. import video_io
-from ..checkpoint import CheckpointMismatchError
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:  # torch is imported where a command runs, so that --help answers at once
+    import numpy as np
+    import torch
+
+DTYPES = ("bf16", "fp16", "fp32")
+# Older spellings (eval's), accepted wherever --dtype is.
+DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 DEMO_MODEL = Path("assets") / "demo.safetensors"
+# Frames per chunk when --chunk-frames is not given: upstream's resolution-based length grows as the
+# frame shrinks (a whole 200-frame clip at 128 px in one chunk), so on CPU the CLI caps it to keep
+# memory flat in the clip's length. On CUDA the engine sizes chunks from free memory.
+MAX_CPU_CHUNK_FRAMES = 32
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -42,18 +48,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N; auto = cuda when available (default)"
     )
-    group.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto"] + sorted(DTYPES),
-        help="weights' dtype; auto = bf16 on CUDA, fp32 on CPU (default)",
-    )
+    add_dtype_arg(group)
     group.add_argument(
         "--chunk-frames",
         type=int,
         metavar="N",
         help="video frames per chunk, a multiple of 4 (latent chunks are N/4); "
-        "default: upstream's resolution-based choice",
+        "default: upstream's resolution-based choice, at most 32 on CPU",
     )
     group.add_argument(
         "--reference",
@@ -62,17 +63,61 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_video_args(parser: argparse.ArgumentParser) -> None:
+def _dtype_name(text: str) -> str:
+    return DTYPE_ALIASES.get(text, text)
+
+
+def add_dtype_arg(parser, default: str = "auto") -> None:
+    """``--dtype auto|bf16|fp16|fp32`` (float32/float16/bfloat16 accepted too)."""
+    parser.add_argument(
+        "--dtype",
+        default=default,
+        type=_dtype_name,
+        choices=(["auto"] if default == "auto" else []) + list(DTYPES),
+        help="weights' dtype"
+        + ("; auto = bf16 on CUDA, fp32 on CPU (default)" if default == "auto" else "")
+        + f" (default {default})" * (default != "auto"),
+    )
+
+
+def _fraction(text: str) -> Fraction:
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or ratio: {text!r}") from None
+
+
+def add_size_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size",
         metavar="S|HxW",
-        help="resize frames first: S scales the shorter side to S, HxW is exact",
+        help="resize frames first: S scales the shorter side to S (both sides even), HxW is exact",
     )
+
+
+def add_video_args(parser: argparse.ArgumentParser) -> None:
+    """The options of everything that reads a video."""
+    add_size_arg(parser)
     parser.add_argument(
         "--fps",
-        type=Fraction,
+        type=_fraction,
         metavar="FPS",
         help="frame rate of an image-sequence input (default 24)",
+    )
+    add_allow_truncated_arg(parser)
+    parser.add_argument(
+        "--start", type=int, default=0, metavar="N", help="skip the first N frames (default 0)"
+    )
+    parser.add_argument(
+        "--frames", type=int, metavar="N", help="take at most N frames (default: to the end)"
+    )
+
+
+def add_allow_truncated_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        help="use the frames that decode from a truncated video (refused by default)",
     )
 
 
@@ -96,16 +141,74 @@ def add_video_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--crf",
         type=int,
-        help="video quality for mp4/webm output (lower is better; default 17 for H.264)",
+        help="video quality, lower is better: H.264 0-51 (default 17), VP9 0-63 (default 30), "
+        "MPEG-4/MPEG-2 quantiser 1-31",
+    )
+    parser.add_argument(
+        "--pix-fmt",
+        default="yuv420p",
+        choices=video_io.PIXEL_FORMATS,
+        help="colour sampling of mp4/mov/mkv/webm output: yuv420p plays everywhere and makes the "
+        "sides even (an odd side loses one row or column); yuv444p keeps any size (default "
+        "yuv420p)",
     )
 
 
 def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # eval's former spelling
+    parser.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
+
+
+# -- up-front checks -------------------------------------------------------------------------------
+def check_args(args: argparse.Namespace) -> None:
+    """Every option a command has, checked before any model is loaded or frame decoded; a
+    ValueError names the option."""
+    steps = getattr(args, "steps", None)
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    if getattr(args, "size", None) is not None:
+        video_io.check_size(args.size)
+    check_chunk_frames(getattr(args, "chunk_frames", None))
+    if getattr(args, "start", 0) < 0:
+        raise ValueError(f"--start must be >= 0, got {args.start}")
+    frames = getattr(args, "frames", None)
+    if frames is not None and frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {frames}")
+    fps = getattr(args, "fps", None)
+    if fps is not None and fps <= 0:
+        raise ValueError(f"--fps must be positive, got {fps}")
+    crf = getattr(args, "crf", None)
+    if crf is not None and not 0 <= crf <= 63:
+        raise ValueError(f"--crf must be in 0..63, got {crf}")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+
+
+def check_video_output(path) -> None:
+    """``-o`` of a command that writes video: format by suffix, location writable."""
+    try:
+        video_io.check_output_path(path)
+    except video_io.VideoError as err:
+        raise ValueError(f"-o: {err}") from None
+
+
+def check_file_output(path, suffix: str) -> None:
+    """``-o`` of a command that writes one ``suffix`` file."""
+    if not str(path).endswith(suffix):
+        raise ValueError(f"-o must end in {suffix}, got {path}")
+    if Path(path).is_dir():
+        raise ValueError(f"-o: {path} is a directory")
+    try:
+        video_io.check_writable(path)
+    except video_io.VideoError as err:
+        raise ValueError(f"-o: {err}") from None
 
 
 def progress(total: int, desc: str, quiet: bool, unit: str = "frame"):
-    """A tqdm bar on stderr, silent with --quiet or when stderr is not a terminal."""
+    """A tqdm bar on stderr, silent with --quiet or when stderr is not a terminal. Print messages
+    while it runs with :func:`say`, which keeps them out of the bar."""
     from tqdm import tqdm
 
     return tqdm(
@@ -116,6 +219,13 @@ def progress(total: int, desc: str, quiet: bool, unit: str = "frame"):
         leave=False,
         disable=quiet or not sys.stderr.isatty(),
     )
+
+
+def say(message: str) -> None:
+    """One line on stderr that does not land inside a running progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -131,7 +241,9 @@ def default_model_path(root: Optional[Path] = None) -> Path:
     return path
 
 
-def resolve_device(text: str) -> torch.device:
+def resolve_device(text: str) -> "torch.device":
+    import torch
+
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -143,13 +255,15 @@ def resolve_device(text: str) -> torch.device:
     return device
 
 
-def resolve_dtype(text: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(text: str, device: "torch.device") -> "torch.dtype":
+    import torch
+
     if text == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[text]
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[_dtype_name(text)]
 
 
-def _load_weights(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+def _load_weights(args: argparse.Namespace, device: "torch.device", dtype: "torch.dtype"):
     import cdt_fast
 
     from ..api import config_from_file
@@ -196,6 +310,8 @@ def load_model(args: argparse.Namespace) -> Loaded:
     """The model the options name, accelerated when the engine exists (unless --reference)."""
     import cdt_fast
 
+    from ..checkpoint import CheckpointMismatchError
+
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     try:
@@ -226,22 +342,48 @@ def open_clip(
     size: Optional[str],
     fps: Optional[Fraction],
     on_frames: Optional[Callable[[int], None]] = None,
+    allow_truncated: bool = False,
+    start: int = 0,
+    frames: Optional[int] = None,
 ):
-    """Probe ``source`` and wrap it as a :class:`~cdt_fast.video_io.PaddedClip` for ``config``.
-    Returns (clip, info, (height, width) after --size)."""
-    info = video_io.probe(source, fps)
+    """Probe ``source`` and wrap frames [start, start+frames) of it as a
+    :class:`~cdt_fast.video_io.PaddedClip` for ``config``. Returns (clip, info, (height, width)
+    after --size)."""
+    info = video_io.probe(source, fps, allow_truncated=allow_truncated)
+    if start >= info.frames:
+        raise ValueError(f"--start {start} is past the end of {source} ({info.frames} frames)")
+    count = info.frames - start if frames is None else min(frames, info.frames - start)
     height, width = video_io.parse_size(size, info.height, info.width)
     resize = None if (height, width) == (info.height, info.width) else (height, width)
-    frames = video_io.iter_frames(source, resize, expected=info.frames)
+    source_frames = video_io.iter_frames(
+        source,
+        resize,
+        expected=info.frames,
+        allow_truncated=info.truncated,
+        start=start,
+        count=count,
+    )
     clip = video_io.PaddedClip(
-        frames, info.frames, height, width, config.space_factor, config.time_factor, on_frames
+        source_frames, count, height, width, config.space_factor, config.time_factor, on_frames
     )
     return clip, info, (height, width)
 
 
-def encode_clip(model, clip: "video_io.PaddedClip", chunk_frames: Optional[int]) -> torch.Tensor:
+def encode_chunk_frames(config, clip: "video_io.PaddedClip", device, chunk_frames: Optional[int]):
+    """--chunk-frames, else upstream's choice for the clip's size, capped on CPU (see
+    :data:`MAX_CPU_CHUNK_FRAMES`); None leaves the choice to the engine (CUDA)."""
+    if chunk_frames is not None or device.type != "cpu":
+        return chunk_frames
+    _, _, _, height, width = clip.shape
+    return min(config.encode_chunk_frames(height, width), MAX_CPU_CHUNK_FRAMES)
+
+
+def encode_clip(model, clip: "video_io.PaddedClip", chunk_frames: Optional[int]) -> "torch.Tensor":
     """The posterior mode of a clip, as ``model.encode`` computes it, reading frames chunk by chunk
-    when the model offers ``encode_chunks`` (else the whole padded clip at once)."""
+    when the model offers ``encode_chunks`` (else the whole padded clip at once). Only the latent
+    (16x smaller per frame in space, 4x in time) is kept whole."""
+    import torch
+
     from .. import DiagonalGaussian
 
     # no_grad: encode_chunks is a plain generator, and with autograd on, the feature cache would
@@ -258,8 +400,8 @@ def encode_clip(model, clip: "video_io.PaddedClip", chunk_frames: Optional[int])
     return z
 
 
-def video_metadata(info: "video_io.VideoInfo", clip: "video_io.PaddedClip") -> dict:
-    return {
+def video_metadata(info: "video_io.VideoInfo", clip: "video_io.PaddedClip", start: int = 0) -> dict:
+    meta = {
         "fps": str(info.fps),
         "frames": clip.frames,
         "height": clip.height,
@@ -269,11 +411,14 @@ def video_metadata(info: "video_io.VideoInfo", clip: "video_io.PaddedClip") -> d
         "padding": clip.padding,
         "source": os.path.basename(str(info.path).rstrip(os.sep)),
     }
+    if start:
+        meta["start"] = start
+    return meta
 
 
 def decode_frames(
     loaded: Loaded,
-    z: torch.Tensor,
+    z: "torch.Tensor",
     frames: int,
     height: int,
     width: int,
@@ -281,15 +426,30 @@ def decode_frames(
     seed: int,
     chunk_frames: Optional[int],
     on_frames: Optional[Callable[[int], None]] = None,
-) -> Iterator[np.ndarray]:
+) -> "Iterator[np.ndarray]":
     """Decode ``z`` chunk by chunk into uint8 [N, height, width, 3] frames: the padding frames at
     the end are dropped and the padded rows/columns cropped. Noise comes from a CPU generator
-    seeded with ``seed``, so a decode repeats whatever the device."""
+    seeded with ``seed``, so a decode repeats whatever the device.
+
+    The engine is fed the latent one frame at a time, so that it draws each latent frame's noise
+    as it gets there (memory flat in the clip's length); the reference model draws the noise of
+    the whole video at once."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
-    latent_chunk = None if chunk_frames is None else chunk_frames // loaded.config.time_factor
+    tf = loaded.config.time_factor
+    latent_chunk = None if chunk_frames is None else chunk_frames // tf
+    if latent_chunk is None and loaded.device.type == "cpu":
+        latent_chunk = min(
+            loaded.config.decode_chunk_frames(z.shape[3], z.shape[4]), MAX_CPU_CHUNK_FRAMES // tf
+        )
+    if hasattr(loaded.model, "encode_params"):  # the engine: takes an iterable of latent chunks
+        latent = (z[:, :, i : i + 1].to(loaded.device) for i in range(z.shape[2]))
+    else:
+        latent = z.to(loaded.device)
     left = frames
     for chunk in loaded.model.decode_stream(
-        z.to(loaded.device), steps=steps, generator=generator, chunk_frames=latent_chunk
+        latent, steps=steps, generator=generator, chunk_frames=latent_chunk
     ):
         if left <= 0:
             continue
@@ -301,8 +461,10 @@ def decode_frames(
 
 
 @contextlib.contextmanager
-def timed(times: dict, name: str, device: torch.device):
+def timed(times: dict, name: str, device: "torch.device"):
     """Add the wall time of the block to ``times[name]``; waits for CUDA so the time is real."""
+    import torch
+
     start = time.perf_counter()
     yield
     if device.type == "cuda":

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from .. import latents, video_io
+from .. import video_io
 from . import _common
 
 
 def _decode(args: argparse.Namespace) -> int:
-    chunk_frames = _common.check_chunk_frames(args.chunk_frames)
-    video_io.check_output_path(args.output)
+    from .. import latents
+
+    _common.check_args(args)
+    chunk_frames = args.chunk_frames
+    _common.check_video_output(args.output)
     info = latents.read_latent(args.input)
     loaded = _common.load_model(args)
     latents.check_compatible(info, loaded.config)
@@ -29,10 +32,11 @@ def _decode(args: argparse.Namespace) -> int:
                 chunk_frames,
                 bar.update,
             )
-            written = video_io.write_video(args.output, frames, info.fps, args.crf)
+            written = video_io.write_video(args.output, frames, info.fps, args.crf, args.pix_fmt)
+    out_h, out_w = video_io.output_size(args.output, video["height"], video["width"], args.pix_fmt)
     print(
         f"{args.input}: latent {list(info.shape)} -> {args.output} ({written} frames of "
-        f"{video['width']}x{video['height']} at {info.fps} fps) with {loaded.description} in "
+        f"{out_w}x{out_h} at {info.fps} fps) with {loaded.description} in "
         f"{times['decode']:.2f} s"
     )
     return 0

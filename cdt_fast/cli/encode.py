@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import argparse
 
-from .. import latents
 from . import _common
 
 
 def _encode(args: argparse.Namespace) -> int:
-    chunk_frames = _common.check_chunk_frames(args.chunk_frames)
-    if not str(args.output).endswith(".safetensors"):
-        raise ValueError(f"-o must end in .safetensors, got {args.output}")
+    from .. import latents
+
+    _common.check_args(args)
+    _common.check_file_output(args.output, ".safetensors")
     loaded = _common.load_model(args)
     times: dict = {}
     with _common.progress(0, "encode", args.quiet) as bar:
         clip, info, _ = _common.open_clip(
-            args.input, loaded.config, args.size, args.fps, bar.update
+            args.input,
+            loaded.config,
+            args.size,
+            args.fps,
+            bar.update,
+            args.allow_truncated,
+            args.start,
+            args.frames,
         )
-        bar.reset(total=info.frames)
+        bar.reset(total=clip.frames)
+        chunk = _common.encode_chunk_frames(loaded.config, clip, loaded.device, args.chunk_frames)
         with _common.timed(times, "encode", loaded.device):
-            z = _common.encode_clip(loaded.model, clip, chunk_frames)
-    latents.save_latent(args.output, z, loaded.config, _common.video_metadata(info, clip))
+            z = _common.encode_clip(loaded.model, clip, chunk)
+    metadata = _common.video_metadata(info, clip, args.start)
+    latents.save_latent(args.output, z, loaded.config, metadata)
     print(
         f"{args.input}: {info.describe()} -> {args.output} latent {list(z.shape)} "
         f"with {loaded.description} in {times['encode']:.2f} s"

@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .. import latents, video_io
-from ..checkpoint import atomic_write
+from .. import video_io
 from . import _common
 
 MANIFEST = "manifest.json"
@@ -36,7 +35,7 @@ def _find_videos(root: Path) -> List[str]:
         if p.is_file() and video_io.is_video_path(p) and not p.name.startswith(".")
     )
     if not found:
-        raise ValueError(f"{root} holds no videos ({', '.join(sorted(video_io.VIDEO_SUFFIXES))})")
+        raise ValueError(f"{root} holds no videos ({', '.join(video_io.READ_SUFFIXES)})")
     return found
 
 
@@ -69,7 +68,7 @@ def _init_group(world: int, hours: float) -> bool:
     return True
 
 
-def _entry(source: str, latent_rel: str, info: latents.LatentFile) -> dict:
+def _entry(source: str, latent_rel: str, info) -> dict:
     video = info.video
     return {
         "source": source,
@@ -84,8 +83,13 @@ def _entry(source: str, latent_rel: str, info: latents.LatentFile) -> dict:
 
 
 def _encode_one(loaded, src: Path, dst: Path, args, chunk_frames: Optional[int]) -> None:
-    clip, info, _ = _common.open_clip(str(src), loaded.config, args.size, None)
-    z = _common.encode_clip(loaded.model, clip, chunk_frames)
+    from .. import latents
+
+    clip, info, _ = _common.open_clip(
+        str(src), loaded.config, args.size, None, allow_truncated=args.allow_truncated
+    )
+    chunk = _common.encode_chunk_frames(loaded.config, clip, loaded.device, chunk_frames)
+    z = _common.encode_clip(loaded.model, clip, chunk)
     latents.save_latent(dst, z, loaded.config, _common.video_metadata(info, clip))
 
 
@@ -96,8 +100,11 @@ def _remove_stale_temporaries(dst: Path) -> None:
             tmp.unlink()
 
 
-def _finished(dst: Path, arch_hash: str) -> Optional[latents.LatentFile]:
-    """The metadata of an existing output, None if there is none; refuses another model's."""
+def _finished(dst: Path, arch_hash: str):
+    """The metadata of an existing output (a LatentFile), None if there is none; refuses another
+    model's."""
+    from .. import latents
+
     if not dst.is_file():
         return None
     info = latents.read_latent_metadata(dst)
@@ -114,6 +121,8 @@ def _item(
 ) -> Tuple[dict, bool]:
     """One video's manifest entry, encoding it unless it is done or ``may_encode`` is False.
     Returns (entry, whether it was encoded now)."""
+    from .. import latents
+
     latent_rel = source + ".safetensors"
     dst = Path(args.output) / latent_rel
     info = _finished(dst, loaded.config.architecture_hash())
@@ -125,14 +134,14 @@ def _item(
     try:
         _encode_one(loaded, Path(args.input) / source, dst, args, chunk_frames)
     except (ValueError, FileNotFoundError) as err:  # a bad video: recorded, the rest go on
-        print(f"cdt-fast encode-dataset: skipped {source}: {err}", file=sys.stderr)
+        _common.say(f"cdt-fast encode-dataset: skipped {source}: {err}")
         return {"source": source, "latent": latent_rel, "status": "error", "error": str(err)}, False
     return _entry(source, latent_rel, latents.read_latent_metadata(dst)), True
 
 
 def _work(args, sources: List[str], rank: int):
     """Encode this rank's videos; returns (manifest entries, the model's config)."""
-    chunk_frames = _common.check_chunk_frames(args.chunk_frames)
+    chunk_frames = args.chunk_frames
     loaded = _common.load_model(args)
     entries, encoded = [], 0
     with _common.progress(
@@ -156,6 +165,8 @@ def _work(args, sources: List[str], rank: int):
 
 
 def _write_json(path: Path, data: dict) -> None:
+    from ..checkpoint import atomic_write
+
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
 
 
@@ -182,9 +193,26 @@ def _merge(out: Path, world: int, config) -> dict:
     return manifest
 
 
+def _check_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o: {out} exists and is not a directory")
+    if out.is_dir():
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ValueError(f"-o: cannot write to {out}")
+        return
+    try:
+        video_io.check_writable(out)
+    except video_io.VideoError as err:
+        raise ValueError(f"-o: {err}") from None
+
+
 def _encode_dataset(args: argparse.Namespace) -> int:
+    _common.check_args(args)
     if args.max_items is not None and args.max_items < 0:
         raise ValueError(f"--max-items must be >= 0, got {args.max_items}")
+    if args.timeout_hours <= 0:
+        raise ValueError(f"--timeout-hours must be positive, got {args.timeout_hours}")
+    _check_output_dir(Path(args.output))
     rank, world, local = _ranks()
     if args.device in ("auto", "cuda") and world > 1:
         import torch
@@ -229,11 +257,8 @@ def register(sub) -> None:
     )
     p.add_argument("input", metavar="DIR")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
-    p.add_argument(
-        "--size",
-        metavar="S|HxW",
-        help="resize frames first: S scales the shorter side to S, HxW is exact",
-    )
+    _common.add_size_arg(p)
+    _common.add_allow_truncated_arg(p)
     p.add_argument(
         "--max-items",
         type=int,

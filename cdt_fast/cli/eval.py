@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import _common
+
 
 def _load_model(spec: str, ckpt, device: str, dtype):
     from .. import load
@@ -19,17 +21,24 @@ def _load_model(spec: str, ckpt, device: str, dtype):
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import sys
+
     import torch
     from tqdm.auto import tqdm
 
     from ..data import SyntheticVideos, VideoFolder
     from ..metrics import LPIPS, VideoMetrics
 
+    _common.check_args(args)
+    for name in ("frames", "stride", "steps", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
+    if args.size < 8:
+        raise ValueError(f"--size must be >= 8, got {args.size}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        args.dtype
-    ]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lpips = None
     if args.lpips_backbone:
@@ -45,7 +54,7 @@ def _eval(args: argparse.Namespace) -> int:
     count = len(data) if args.limit is None else min(args.limit, len(data))
     metrics = VideoMetrics(lpips)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    for i in tqdm(range(count), desc="eval", disable=args.no_progress):
+    for i in tqdm(range(count), desc="eval", disable=args.quiet or not sys.stderr.isatty()):
         x = data.clip(i).unsqueeze(0).to(device)  # first frames, centre crop
         with torch.no_grad():
             recon = model.decode(model.encode(x.to(dtype)), steps=args.steps, generator=generator)
@@ -92,7 +101,7 @@ def register(sub) -> None:
         default=1000,
         help="seed of the synthetic clips (training uses seed 0)",
     )
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    _common.add_dtype_arg(p, default="fp32")
     p.add_argument("--device", help="cpu | cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the decoder's noise")
     p.add_argument(
@@ -107,6 +116,6 @@ def register(sub) -> None:
         default="alex",
         help="alex as upstream's evaluation (default), or vgg",
     )
-    p.add_argument("--threads", type=int)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    _common.add_quiet_arg(p)
     p.set_defaults(func=_eval)

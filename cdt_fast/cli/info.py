@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, Tuple
 
-from .. import latents, video_io
+from .. import video_io
+from . import _common
 
 _PICKLES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -64,8 +65,10 @@ def _describe_checkpoint(path: Path) -> dict:
     return out
 
 
-def describe(path: str) -> dict:
+def describe(path: str, allow_truncated: bool = False) -> dict:
     """A JSON-able summary of ``path``: a latent file, a checkpoint or a video."""
+    from .. import latents
+
     p = Path(path)
     if not p.exists() and not video_io._is_glob(path):
         raise FileNotFoundError(f"not found: {path}")
@@ -83,8 +86,8 @@ def describe(path: str) -> dict:
         }
     if p.suffix in (".safetensors",) + _PICKLES:
         return _describe_checkpoint(p)
-    v = video_io.probe(path)
-    return {
+    v = video_io.probe(path, allow_truncated=allow_truncated)
+    out = {
         "kind": "video",
         "path": path,
         "frames": v.frames,
@@ -93,6 +96,9 @@ def describe(path: str) -> dict:
         "fps": str(v.fps),
         "codec": v.codec,
     }
+    if v.truncated:
+        out["truncated"] = True
+    return out
 
 
 def _print_text(d: dict) -> None:
@@ -108,7 +114,7 @@ def _print_text(d: dict) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    summary = describe(args.path)
+    summary = describe(args.path, args.allow_truncated)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -126,4 +132,5 @@ def register(sub) -> None:
     )
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _common.add_allow_truncated_arg(p)
     p.set_defaults(func=_info)

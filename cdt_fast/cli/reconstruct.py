@@ -6,17 +6,17 @@ from __future__ import annotations
 import argparse
 from typing import Iterator
 
-import numpy as np
-import torch
-
 from .. import video_io
-from ..metrics.quality import frame_psnr, frame_ssim
 from . import _common
 
 
-def _score(metric, reference: np.ndarray, frames: np.ndarray) -> np.ndarray:
+def _score(metric, reference, frames):
     """Per-frame metric of uint8 [N, H, W, 3] frames, in [0, 1] as upstream evaluates; NaN where
     a frame is too small for the metric (SSIM's 11x11 window)."""
+    import numpy as np
+    import torch
+
+    from ..metrics.quality import frame_ssim
 
     def unit(a):
         return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).double() / 255.0
@@ -26,54 +26,101 @@ def _score(metric, reference: np.ndarray, frames: np.ndarray) -> np.ndarray:
     return metric(unit(reference), unit(frames)).numpy()
 
 
+class _Scores:
+    """PSNR/SSIM of frames against the input, read a second time in step with them (neither
+    video is ever held whole)."""
+
+    def __init__(self, args, info, size, out_size):
+        resize = None if size == (info.height, info.width) else size
+        self.originals = video_io.iter_frames(
+            args.input,
+            resize,
+            expected=info.frames,
+            allow_truncated=info.truncated,
+            start=args.start,
+            count=None if args.frames is None else args.frames,
+        )
+        self.out_size = out_size
+        self.psnr, self.ssim = [], []
+
+    def scored(self, chunks: Iterator) -> Iterator:
+        import numpy as np
+
+        from ..metrics.quality import frame_psnr, frame_ssim
+
+        h, w = self.out_size
+        for out in chunks:
+            ref = np.stack([next(self.originals)[:h, :w] for _ in range(out.shape[0])])
+            out = out[:, :h, :w]
+            self.psnr.extend(_score(frame_psnr, ref, out))
+            self.ssim.extend(_score(frame_ssim, ref, out))
+            yield out
+
+    def text(self) -> str:
+        import numpy as np
+
+        return f"PSNR {np.mean(self.psnr):.2f} dB  SSIM {np.mean(self.ssim):.4f}"
+
+
 def _reconstruct(args: argparse.Namespace) -> int:
-    chunk_frames = _common.check_chunk_frames(args.chunk_frames)
-    video_io.check_output_path(args.output)
+    _common.check_args(args)
+    _common.check_video_output(args.output)
     loaded = _common.load_model(args)
     times: dict = {}
     with _common.progress(0, "encode", args.quiet) as bar:
         clip, info, (height, width) = _common.open_clip(
-            args.input, loaded.config, args.size, args.fps, bar.update
+            args.input,
+            loaded.config,
+            args.size,
+            args.fps,
+            bar.update,
+            args.allow_truncated,
+            args.start,
+            args.frames,
         )
-        bar.reset(total=info.frames)
+        bar.reset(total=clip.frames)
+        chunk = _common.encode_chunk_frames(loaded.config, clip, loaded.device, args.chunk_frames)
         with _common.timed(times, "encode", loaded.device):
-            z = _common.encode_clip(loaded.model, clip, chunk_frames)
+            z = _common.encode_clip(loaded.model, clip, chunk)
 
-    # The input is read a second time, in step with the decoded chunks, so that quality is
-    # measured without holding either video whole.
-    resize = None if (height, width) == (info.height, info.width) else (height, width)
-    originals = video_io.iter_frames(args.input, resize, expected=info.frames)
-    psnr, ssim = [], []
-
-    def scored(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        for out in chunks:
-            ref = np.stack([next(originals) for _ in range(out.shape[0])])
-            psnr.extend(_score(frame_psnr, ref, out))
-            ssim.extend(_score(frame_ssim, ref, out))
-            yield out
-
-    with _common.progress(info.frames, "decode", args.quiet) as bar:
+    out_size = video_io.output_size(args.output, height, width, args.pix_fmt)
+    scores = _Scores(args, info, (height, width), out_size)
+    with _common.progress(clip.frames, "decode", args.quiet) as bar:
         with _common.timed(times, "decode", loaded.device):
             frames = _common.decode_frames(
                 loaded,
                 z,
-                info.frames,
+                clip.frames,
                 height,
                 width,
                 args.steps,
                 args.seed,
-                chunk_frames,
+                args.chunk_frames,
                 bar.update,
             )
-            written = video_io.write_video(args.output, scored(frames), info.fps, args.crf)
+            written = video_io.write_video(
+                args.output, scores.scored(frames), info.fps, args.crf, args.pix_fmt
+            )
     total = times["encode"] + times["decode"]
+    out_h, out_w = out_size
+    part = "" if (args.start, args.frames) == (0, None) else f" (frames {args.start}+)"
     print(
-        f"{args.input}: {info.describe()} -> {args.output} ({written} frames of "
-        f"{width}x{height}, latent {list(z.shape)}) with {loaded.description}"
+        f"{args.input}: {info.describe()}{part} -> {args.output} ({written} frames of "
+        f"{out_w}x{out_h}, latent {list(z.shape)}) with {loaded.description}"
     )
+    video_file = video_io.is_video_path(args.output)
+    measured = "the decoded frames before " + ("video encoding" if video_file else "saving")
     print(
-        f"PSNR {np.mean(psnr):.2f} dB  SSIM {np.mean(ssim):.4f}  (per frame, averaged; SSIM nan below 11x11)"
+        f"{scores.text()} vs the input, measured on {measured} (per frame, averaged; "
+        "SSIM nan below 11x11)"
     )
+    if args.score_written:
+        written_scores = _Scores(args, info, (height, width), out_size)
+        for _ in written_scores.scored(
+            f[None] for f in video_io.iter_frames(args.output, expected=written)
+        ):
+            pass
+        print(f"{written_scores.text()} vs the input, measured on the written file {args.output}")
     print(
         f"time: encode {times['encode']:.2f} s (incl. reading), decode {times['decode']:.2f} s "
         f"(incl. writing), {written / total:.1f} frames/s"
@@ -87,11 +134,18 @@ def register(sub) -> None:
         help="encode and decode a video; print PSNR/SSIM and time",
         description="Encode a video to latents and decode it back; writes the "
         "reconstruction and prints PSNR/SSIM against the input and the "
-        "time taken. Frame count, size and fps are kept.",
+        "time taken. Frame count, size and fps are kept (4:2:0 video output makes the sides "
+        "even). Memory stays flat in the clip's length: frames are read, encoded, decoded and "
+        "written chunk by chunk.",
     )
     p.add_argument("input", metavar="IN", help="video file, image directory or glob")
     _common.add_video_args(p)
     _common.add_video_output_args(p)
+    p.add_argument(
+        "--score-written",
+        action="store_true",
+        help="also measure PSNR/SSIM of the file written, after its video encoding (--crf)",
+    )
     _common.add_model_args(p)
     _common.add_quiet_arg(p)
     p.set_defaults(func=_reconstruct)

@@ -10,13 +10,15 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .. import video_io as _video_io
 from .base import ClipDataset, check_clip_shape
 from .transforms import resize_crop, to_unit_range
 
 __all__ = ["VideoFolder", "ImageFolder", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".gif")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# The containers cdt_fast.video_io reads: one list for every command and dataset.
+VIDEO_SUFFIXES = _video_io.READ_SUFFIXES
+IMAGE_SUFFIXES = _video_io.IMAGE_SUFFIXES
 PathLike = Union[str, os.PathLike]
 
 
@@ -43,15 +45,10 @@ def _list_files(root: PathLike, suffixes: Sequence[str], name: str) -> List[Path
 
 
 def count_frames(path: Path) -> int:
-    """Frames of the first video stream: the container's count, else by decoding."""
-    av = _import_av()
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
-        if stream.frames:
-            return int(stream.frames)
-        return sum(1 for _ in container.decode(stream))
+    """Frames of the first video stream that decode, as :func:`cdt_fast.video_io.probe` counts
+    them (a truncated file raises)."""
+    _import_av()
+    return _video_io.probe(path).frames
 
 
 def read_frames(path: Path, indices: Sequence[int]) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Pieces, one per module: ``dispatch`` (op name -> backend function table, auto-selection by
 measurement), ``plan`` (the networks compiled into nodes with packed weights), ``state``
-(preallocated double-buffered causal state), ``graphs`` (CUDA graph capture/replay of a chunk),
+(preallocated double-buffered causal state), ``graphs`` (CUDA graph capture/replay of chunk steps, keyed by their launch sequence),
 ``memory`` (chunk size from free memory, halving on OOM), ``streams`` (rebuffering of frame
 iterators), ``convert`` (a CDT from an upstream-format model or state dict).
 """

@@ -34,12 +34,16 @@ _SESSIONS_KEPT = 4
 
 
 class _Session:
-    """The preallocated state of one stream shape: stream states, CUDA graphs and (decode) the
-    constants of the sampling schedule. Reused by later streams of the same shape."""
+    """The preallocated state of one stream shape: stream states, CUDA graphs, the default
+    chunk size and (decode) the constants of the sampling schedule. Reused by later streams of
+    the same shape: keeping the chunk plan is what lets their chunks replay the same graphs."""
 
-    def __init__(self, device: torch.device, cuda_graphs: bool, states):
+    def __init__(self, device: torch.device, cuda_graphs, states):
         self.states = states
-        self.graphs = ChunkGraphs(device, cuda_graphs)
+        enabled = cuda_graphs is not False
+        capture = None if isinstance(cuda_graphs, bool) else cuda_graphs
+        self.graphs = ChunkGraphs(device, enabled, capture)
+        self.chunk: Optional[int] = None  # the default chunk chosen by the first stream
         self.busy = False
 
     @property
@@ -48,7 +52,7 @@ class _Session:
 
     def run(self, *args):
         try:
-            return self.graphs(self.step, args, self.steady)
+            return self.graphs(self.step, args, self.states)
         except BaseException:
             for s in self.states:
                 s.rollback()
@@ -191,7 +195,7 @@ class AcceleratedCDT(nn.Module):
         dtype: Optional[torch.dtype] = None,
         device=None,
         measure: Optional[bool] = None,
-        cuda_graphs: bool = True,
+        cuda_graphs=True,
         measurements: Optional[Measurements] = None,
         env=None,
     ):
@@ -211,6 +215,13 @@ class AcceleratedCDT(nn.Module):
         self.config: CDTConfig = cdt.config
         self.latent_scale = cdt.latent_scale
         self.sample_steps = cdt.sample_steps
+        if not isinstance(cuda_graphs, bool) and not callable(
+            getattr(cuda_graphs, "capture", None)
+        ):
+            raise TypeError(
+                "cuda_graphs must be True, False or a capture object (see "
+                f"cdt_fast.engine.graphs.CudaGraphCapture), got {type(cuda_graphs).__name__}"
+            )
         self.cuda_graphs = cuda_graphs
         fmt = self.memory_format
         self.encoder_plan = EncoderPlan(cdt.context_model, self.ops, fmt)
@@ -266,10 +277,7 @@ class AcceleratedCDT(nn.Module):
             "ops": self.ops.report(),
             "measured": dict(self.ops.measurements.winner),
             "rejected": dict(self.ops.measurements.rejected),
-            "graphs": {
-                k: (s.graphs.reason or "enabled", s.graphs.captures, s.graphs.replays)
-                for k, s in self._sessions.items()
-            },
+            "graphs": {k: _graph_state(s.graphs) for k, s in self._sessions.items()},
         }
 
     # -- sessions ------------------------------------------------------------------------------
@@ -286,10 +294,17 @@ class AcceleratedCDT(nn.Module):
         session.reset()
         return session
 
-    def _after_oom(self, session: _Session) -> None:
-        session.graphs.clear()
+    def _after_oom(self, session: _Session) -> bool:
+        """Free what can be freed before a retry: this stream's graphs and every idle session's
+        (their pools). True when some were held: the same chunk is then worth a retry (an eager
+        chunk can run out of memory only because a pool was held beside it)."""
+        held = False
+        for graphs in [session.graphs] + [o.graphs for o in self._sessions.values() if not o.busy]:
+            held |= bool(graphs.graphs)
+            graphs.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        return held
 
     # -- encode --------------------------------------------------------------------------------
     def _check_piece(self, piece, name: str) -> None:
@@ -326,8 +341,14 @@ class AcceleratedCDT(nn.Module):
         if queue.empty:
             raise ValueError("x holds no frames")
         b, _, _, height, width = queue.peek(1).shape
-        chunk = chunk or self.memory.encode_chunk(b, height, width, self.dtype, self.device)
         session = self._session(("encode", b, height, width), lambda: _EncodeSession(self))
+        default = chunk is None
+        if default:
+            graphs = session.graphs.enabled
+            chunk = session.chunk or self.memory.encode_chunk(
+                b, height, width, self.dtype, self.device, graphs=graphs
+            )
+            session.chunk = chunk
         # upstream's plan when the length is known (first chunk 1 + remainder), else 1 frame first
         first = 1 + (queue.total - 1) % chunk if queue.total else 1
         pos = 0
@@ -344,6 +365,8 @@ class AcceleratedCDT(nn.Module):
                     )
                 params = _run_or_none_on_oom(session, queue.peek(n))
                 if params is None:  # out of memory: smaller chunks from the same position
+                    if self._after_oom(session):
+                        continue  # graphs held memory: the same chunk first, without them
                     smaller = halve(chunk, tf)
                     if pos == 0 and first > 1:
                         first, chunk = 1, smaller or chunk
@@ -353,7 +376,8 @@ class AcceleratedCDT(nn.Module):
                         )
                     else:
                         chunk = smaller
-                    self._after_oom(session)
+                    if default:
+                        session.chunk = chunk
                     continue
                 queue.drop(n)
                 pos += n
@@ -454,14 +478,20 @@ class AcceleratedCDT(nn.Module):
             raise ValueError("z holds no frames")
         b, _, _, h, w = queue.peek(1).shape
         s = cfg.space_factor
-        chunk = chunk or self.memory.decode_chunk(b, h * s, w * s, self.dtype, self.device)
+        session = self._session(("decode", b, h, w, steps), lambda: _DecodeSession(self, b, steps))
+        default = chunk is None
+        if default:
+            graphs = session.graphs.enabled
+            chunk = session.chunk or self.memory.decode_chunk(
+                b, h * s, w * s, self.dtype, self.device, graphs=graphs
+            )
+            session.chunk = chunk
         if noise is None:
             noise_of = _FramewiseNoise(
                 (b, cfg.channels, tf, h * s, w * s), tf, generator, self.device
             )
         else:
             noise_of = _NoiseSlices(noise, tf)
-        session = self._session(("decode", b, h, w, steps), lambda: _DecodeSession(self, b, steps))
         pos = 0
         session.busy = True
         try:
@@ -475,13 +505,16 @@ class AcceleratedCDT(nn.Module):
                 x = noise_of(pos, pos + n)
                 out = _run_or_none_on_oom(session, z_chunk, x)
                 if out is None:  # out of memory: smaller chunks from the same position
+                    del z_chunk, x
+                    if self._after_oom(session):
+                        continue  # graphs held memory: the same chunk first, without them
                     chunk = halve(chunk)
                     if chunk is None:
                         raise torch.OutOfMemoryError(
                             f"CUDA out of memory decoding {n} latent frame(s) at the smallest chunk"
                         )
-                    del z_chunk, x
-                    self._after_oom(session)
+                    if default:
+                        session.chunk = chunk
                     continue
                 queue.drop(n)
                 noise_of.release(pos + n)
@@ -493,6 +526,15 @@ class AcceleratedCDT(nn.Module):
     # -- round trip: the reference's own methods, over this class's encode/decode --------------
     forward = CDT.forward
     forward_with_info = CDT.forward_with_info
+
+
+def _graph_state(graphs: ChunkGraphs) -> tuple:
+    """(state, captures, replays) of one session's graphs; the state names the keys that stay
+    eager and why."""
+    state = graphs.reason or "enabled"
+    if graphs.eager:
+        state += "; " + "; ".join(sorted(set(graphs.eager.values())))
+    return state, graphs.captures, graphs.replays
 
 
 class _NoiseSlices:
@@ -521,7 +563,7 @@ def accelerate(
     config: Optional[CDTConfig] = None,
     device=None,
     measure: Optional[bool] = None,
-    cuda_graphs: bool = True,
+    cuda_graphs=True,
     measurements: Optional[Measurements] = None,
 ) -> AcceleratedCDT:
     """A drop-in accelerated CDT.
@@ -533,8 +575,11 @@ def accelerate(
     preference order elsewhere), "triton", "cuda", "cpp" or "torch", or a spec such as
     "auto,causal_conv3d=torch"; the ``CDT_FAST_BACKEND`` environment variable overrides it.
     ``dtype``: compute dtype (default: the model's). ``device``: default the model's.
-    ``measure``: time backends per call shape (default: on CUDA only). ``cuda_graphs``: capture
-    steady-state chunks on CUDA.
+    ``measure``: time backends per call shape (default: on CUDA only). ``cuda_graphs``: on CUDA,
+    capture each chunk step the second time its key (shapes, steps, stream position) is seen and
+    replay it from then on, e.g. from the second decode of a clip shape (``False`` opts out; a
+    capture object such as :class:`cdt_fast.engine.graphs.CudaGraphCapture` replaces the CUDA
+    one, e.g. a stand-in for tests).
     """
     return AcceleratedCDT(
         as_cdt(model, config),

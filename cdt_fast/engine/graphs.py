@@ -1,91 +1,191 @@
-"""CUDA graphs of a per-chunk step: capture once the shapes are fixed, replay for every chunk.
+"""CUDA graphs of a chunk step, keyed by everything that changes its launch sequence.
 
-A chunk step runs eagerly until its stream is steady (every layer's history full, so every later
-chunk runs the same code) and it has run once eagerly at that input shape in steady state -- that
-run warms up lazy initialisation, cuDNN/Triton autotuning and the engine's backend measurements.
-The next chunk of that shape is captured and every later one replays. Chunks of another shape (a
-stream's first chunks, an odd last chunk) run eagerly. Where capture is impossible (CPU, disabled,
-or a capture that fails) the step always runs eagerly and :attr:`reason` says why.
+A chunk step (encode: video chunk -> posterior parameters; decode: latent and noise chunk ->
+video chunk) launches a sequence of kernels fixed by the session (op, batch, size, steps, dtype),
+the shapes, strides and dtypes of its inputs, and the Python-visible stream state before it (how
+many history frames each causal layer holds, which layers have started). Those are a graph's key
+(:func:`graph_key`, with :meth:`StreamState.signature`). The first time a key is seen the step
+runs eagerly (warm-up: lazy allocation of the history buffers, cuDNN/Triton first calls); the
+second time it is captured and replayed; from then on it only replays. A 17-frame clip decoded as
+one chunk is thus captured on the second call of that shape and replayed on every later one, and
+a long stream replays its steady chunks from its third chunk on.
+
+A replay does no Python work, so the stream state a captured step leaves behind is recorded at
+capture and restored after each replay (:meth:`StreamState.snapshot` / ``restore``).
+
+Memory: all graphs of a session share one private pool. They never run concurrently, and the
+only tensor of a graph that outlives its replay is its output, which the caller copies out before
+the next chunk runs; so a graph's temporaries may reuse another's (the pool holds about one
+chunk's activations, not one per graph), and an output is valid until the next replay of any of
+the session's graphs. The allocator's cache is emptied before a capture so that the pool can take
+back what the eager warm-up held. The chunk
+size accounts for this (:class:`~cdt_fast.engine.memory.MemoryModel`). A capture that runs out of
+memory leaves that key eager for the session (:attr:`ChunkGraphs.eager` says why) and the step
+runs eagerly at once, so the output is the same. Any other capture failure turns graphs off for
+the session (:attr:`ChunkGraphs.reason`).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["ChunkGraphs"]
+__all__ = ["ChunkGraphs", "CudaGraphCapture", "graph_key"]
+
+
+class CudaGraphCapture:
+    """Capture through ``torch.cuda.graph``. The interface :class:`ChunkGraphs` uses, so that a
+    stand-in (tests on CPU) can replace it: ``unavailable(device)`` (a reason or None),
+    ``new_pool(device)``, and ``capture(fn, pool, device)`` returning ``(graph, output)`` with
+    ``output`` already computed for the current inputs and ``graph.replay()`` recomputing it."""
+
+    def unavailable(self, device: torch.device) -> Optional[str]:
+        if device.type != "cuda":
+            return f"no CUDA graphs on {device.type}"
+        return None
+
+    def new_pool(self, device: torch.device):
+        return torch.cuda.graph_pool_handle()
+
+    def capture(self, fn: Callable[[], torch.Tensor], pool, device: torch.device):
+        with torch.cuda.device(device):
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # the eager warm-up's cached blocks go back to the device
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=pool):
+                    output = fn()
+            except BaseException:
+                del graph
+                torch.cuda.empty_cache()
+                raise
+            graph.replay()  # a capture only records: this computes the current chunk
+        return graph, output
+
+
+def graph_key(states: Sequence, args: Sequence[torch.Tensor]) -> tuple:
+    """What fixes a step's launch sequence within a session: the stream states' signatures and
+    each input's shape, strides and dtype (its device does not matter: replays copy inputs into
+    device-resident static tensors)."""
+    return (
+        tuple(s.signature() for s in states),
+        tuple((tuple(a.shape), tuple(a.stride()), a.dtype) for a in args),
+    )
 
 
 class _Captured:
-    def __init__(self, graph, inputs: Tuple[torch.Tensor, ...], output):
-        self.graph, self.inputs, self.output = graph, inputs, output
+    __slots__ = ("graph", "inputs", "output", "after")
 
-    def replay(self, args: Sequence[torch.Tensor]):
-        for static, value in zip(self.inputs, args):
-            static.copy_(value)
-        self.graph.replay()
-        return self.output
+    def __init__(self, graph, inputs: Tuple[torch.Tensor, ...], output, after):
+        self.graph, self.inputs, self.output, self.after = graph, inputs, output, after
 
 
 class ChunkGraphs:
-    """Captured graphs of one step function, keyed by the shapes and dtypes of its inputs.
+    """The captured graphs of one session's step.
 
-    The step's output of a replay lives in the graph's static memory: copy it before the next call.
+    ``capture``: the capture implementation (default :class:`CudaGraphCapture`). The output of a
+    replayed step lives in the pool and may be overwritten by the next replay of any graph of
+    this session: the caller copies it out before the next chunk.
     """
 
-    def __init__(self, device: torch.device, enabled: bool = True, max_graphs: int = 2):
+    def __init__(self, device, enabled: bool = True, capture=None, max_graphs: int = 8) -> None:
         self.device = torch.device(device)
-        self.max_graphs = max_graphs  # each graph keeps its chunk's activations in its own pool
-        self.graphs: Dict[tuple, _Captured] = {}
+        self.backend = CudaGraphCapture() if capture is None else capture
+        self.max_graphs = max_graphs
+        self.graphs: "OrderedDict[tuple, _Captured]" = OrderedDict()
         self.warm: set = set()
+        self.eager: Dict[tuple, str] = {}  # keys that stay eager, and why
+        self.pool = None
+        self.captures = 0
+        self.replays = 0
         self.reason: Optional[str] = None
         if not enabled:
             self.reason = "CUDA graphs disabled by the caller"
-        elif self.device.type != "cuda":
-            self.reason = f"no CUDA graphs on {self.device.type}"
-        self.captures = 0
-        self.replays = 0
+        else:
+            self.reason = self.backend.unavailable(self.device)
 
     @property
     def enabled(self) -> bool:
         return self.reason is None
 
-    def __call__(self, step: Callable, args: Sequence[torch.Tensor], steady: bool):
-        if not self.enabled or not steady:
+    def __call__(self, step: Callable, args: Sequence[torch.Tensor], states: Sequence):
+        """``step(*args)``, eagerly or through a graph; ``states`` are the step's StreamStates."""
+        if not self.enabled:
             return step(*args)
-        key = tuple((tuple(a.shape), a.dtype) for a in args)
+        key = graph_key(states, args)
         captured = self.graphs.get(key)
         if captured is None:
+            if key in self.eager:
+                return step(*args)
             if key not in self.warm:
                 self.warm.add(key)
                 return step(*args)
-            captured = self._capture(step, args, key)
-            if captured is None:
-                return step(*args)
+            return self._capture(step, args, states, key)
+        self.graphs.move_to_end(key)
+        for static, value in zip(captured.inputs, args):
+            static.copy_(value)
+        captured.graph.replay()
         self.replays += 1
-        return captured.replay(args)
+        for state, snap in zip(states, captured.after):
+            state.restore(snap)
+        return captured.output
 
-    def _capture(self, step: Callable, args, key) -> Optional[_Captured]:
+    def _capture(self, step: Callable, args, states, key):
+        before = [s.snapshot() for s in states]
         while len(self.graphs) >= self.max_graphs:
-            self.graphs.pop(next(iter(self.graphs)))
-        # static inputs live on the device; a replay copies host chunks into them directly
+            self.graphs.popitem(last=False)
+        # static inputs live on the device, in the inputs' layout (part of the key)
         inputs = tuple(a.to(self.device, copy=True) for a in args)
-        graph = torch.cuda.CUDAGraph()
-        try:  # a capture that fails turns graphs off for this step, it does not fail the decode
-            with torch.cuda.device(self.device), torch.cuda.graph(graph):
-                output = step(*inputs)
-        except torch.OutOfMemoryError:
-            raise  # the caller halves the chunk; graphs stay on
-        except Exception as err:  # noqa: BLE001
-            self.reason = f"capture failed ({type(err).__name__}: {err}); running eagerly"
-            self.graphs.clear()
-            return None
+        try:
+            if self.pool is None:
+                self.pool = self.backend.new_pool(self.device)
+            graph, output = self.backend.capture(lambda: step(*inputs), self.pool, self.device)
+        except Exception as err:  # noqa: BLE001 - a failed capture must not fail the stream
+            for state, snap in zip(states, before):
+                state.restore(snap)
+            del inputs
+            if _out_of_memory(err):
+                self.eager[key] = f"out of memory at capture ({_first_line(err)}); runs eagerly"
+                return step(*args)
+            self.reason = f"capture failed ({type(err).__name__}: {_first_line(err)}); eager"
+            self.clear()
+            return step(*args)
         self.captures += 1
-        self.graphs[key] = _Captured(graph, inputs, output)
-        return self.graphs[key]
+        self.replays += 1  # the capture's own replay computed this chunk
+        self.graphs[key] = _Captured(graph, inputs, output, [s.snapshot() for s in states])
+        return output
+
+    def report(self) -> dict:
+        return {
+            "state": self.reason or "enabled",
+            "captures": self.captures,
+            "replays": self.replays,
+            "graphs": len(self.graphs),
+            "eager": sorted(set(self.eager.values())),
+        }
 
     def clear(self) -> None:
-        """Drop every graph (their memory pools go with them), e.g. before retrying after OOM."""
+        """Drop every graph and its pool (e.g. before retrying after out-of-memory); keys need a
+        new warm-up, and keys that ran out of memory at capture may try again."""
         self.graphs.clear()
         self.warm.clear()
+        self.eager.clear()
+        self.pool = None
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """An OOM inside ``torch.cuda.graph`` may surface as the error ending the capture, with the
+    OOM as its context."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, torch.OutOfMemoryError):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__

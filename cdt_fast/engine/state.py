@@ -123,6 +123,26 @@ class StreamState:
         self._pending.clear()
         self.chunks = 0
 
+    def signature(self) -> tuple:
+        """What of this state decides a chunk's launch sequence: each history's frame count (only
+        the non-empty ones: a fresh stream looks the same before and after its buffers exist)
+        and the layers that have started."""
+        held = tuple((layer, h.valid) for layer, h in self.histories.items() if h.valid)
+        return held, frozenset(self.started)
+
+    def snapshot(self) -> tuple:
+        """The Python-side state (not the buffers' contents), for :meth:`restore`."""
+        counts = tuple((h, h.valid, h.next_valid) for h in self.histories.values())
+        return counts, frozenset(self.started), frozenset(self._pending), self.chunks
+
+    def restore(self, snapshot: tuple) -> None:
+        """Set the Python-side state to a snapshot: after a replayed CUDA graph, which updates
+        the buffers but runs no Python, or after a capture that failed."""
+        counts, started, pending, self.chunks = snapshot
+        for h, valid, next_valid in counts:
+            h.valid, h.next_valid = valid, next_valid
+        self.started, self._pending = set(started), set(pending)
+
     @property
     def steady(self) -> bool:
         """Every history is full: the next chunk runs the same code as every later one."""

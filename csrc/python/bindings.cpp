@@ -2,7 +2,7 @@
 //
 // A tensor crosses the boundary as a tuple (data_ptr, dtype_code, device, shape, strides) in the
 // stage's physical order (channels innermost); None is an absent optional tensor. Nothing here
-// includes torch, so one build serves every torch version (see notes/csrc.md).
+// includes torch, so one build serves every torch version (see docs/extension.md).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 

@@ -1,0 +1,377 @@
+"""Training the generator on an ``encode-dataset`` folder: rectified flow on normalised latents,
+on the project's trainer (:class:`cdt_fast.train.Trainer`: its loop, logging, resume, EMA,
+warmup + cosine LR, DDP via ``torchrun`` and bf16 autocast on CUDA).
+
+Objective (rectified flow): ``x_t = (1 - t) x_0 + t e`` with ``e ~ N(0, I)``; the model predicts
+the velocity ``e - x_0``; ``t`` is drawn logit-normal (more weight on the middle of the path,
+where the prediction is hardest). Sampling integrates ``dx/dt = v`` from ``t = 1`` to ``0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint import atomic_write, save_state_dict
+from ..config import dataclass_from_dict
+from ..data import StepBatches
+from ..data.base import ClipDataset
+from ..train.distributed import Dist, setup_distributed
+from ..train.ema import EMA
+from ..train.trainer import STATE_FILE, Trainer, lr_factor
+from .model import GenConfig, VideoDiT
+from .stats import LatentNormalizer, manifest_latents, read_manifest
+
+__all__ = [
+    "GenTrainConfig",
+    "LatentClips",
+    "FlowMatchingLoss",
+    "GenTrainer",
+    "GEN_PRESETS",
+    "GENERATOR_KEY",
+    "save_generator",
+]
+
+GENERATOR_KEY = "cdt_fast.generator"  # safetensors metadata: config, normaliser, tokenizer
+
+
+@dataclass(frozen=True)
+class GenTrainConfig:
+    model: GenConfig = field(default_factory=lambda: GenConfig.preset("S"))
+    frames: int = 5  # latent frames per training clip (17 video frames)
+    size: Optional[Tuple[int, int]] = None  # latent crop (h, w); None: the whole latent
+    batch_size: int = 8  # per process
+    steps: int = 100_000
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 1000
+    betas: Tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 2
+    num_workers: int = 0
+    backend: str = "auto"  # attention backend in training
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", GenConfig.from_dict(self.model))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.size is not None:
+            object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+            if len(self.size) != 2 or any(s % self.model.patch_size or s < 1 for s in self.size):
+                raise ValueError(
+                    f"GenTrainConfig.size must be (h, w), multiples of "
+                    f"{self.model.patch_size}, got {self.size}"
+                )
+        for name in (
+            "frames",
+            "batch_size",
+            "steps",
+            "log_every",
+            "ckpt_every",
+            "keep_checkpoints",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GenTrainConfig.{name} must be a positive int, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"GenTrainConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"GenTrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0:
+            raise ValueError("GenTrainConfig.warmup_steps, grad_clip and num_workers must be >= 0")
+
+    def replace(self, **changes: Any) -> "GenTrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["model"] = self.model.to_dict()
+        out["betas"] = list(self.betas)
+        out["size"] = None if self.size is None else list(self.size)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "GenTrainConfig":
+        return dataclass_from_dict(cls, values)
+
+
+def _tiny() -> GenTrainConfig:
+    # CPU-sized: a 4-block, 64-wide model, large steps and a short EMA so that minutes of training
+    # show (these are our choices; DiT/Latte train S/B at lr 1e-4 with EMA 0.9999).
+    return GenTrainConfig(
+        model=GenConfig.preset("tiny"),
+        batch_size=8,
+        steps=2000,
+        lr=1e-3,
+        warmup_steps=50,
+        ema_decay=0.99,
+        log_every=10,
+        ckpt_every=500,
+    )
+
+
+GEN_PRESETS = {
+    "tiny": _tiny,
+    "S": lambda: GenTrainConfig(model=GenConfig.preset("S")),
+    "B": lambda: GenTrainConfig(model=GenConfig.preset("B")),
+}
+
+
+class LatentClips(ClipDataset):
+    """The finished latents of an ``encode-dataset`` folder, normalised, as clips of ``frames``
+    latent frames (a random window of longer latents; a random ``size`` crop when given), each
+    with a class label. Reads one file per clip, so the dataset never sits in memory.
+
+    Labels: with ``labels="dirs"``, the index of the top-level folder of the source video among
+    the sorted folder names; otherwise every clip has label 0."""
+
+    def __init__(
+        self,
+        folder: Union[str, Path],
+        frames: int,
+        size: Optional[Tuple[int, int]] = None,
+        labels: Optional[str] = None,
+        normalizer: Optional[LatentNormalizer] = None,
+    ):
+        from ..latents import read_latent_metadata
+
+        self.folder = Path(folder)
+        self.manifest = read_manifest(folder)
+        self.paths = manifest_latents(folder, self.manifest)
+        first = read_latent_metadata(self.paths[0])
+        self.channels = first.shape[1]
+        self.latent_hw = tuple(first.shape[3:5])
+        self.tokenizer = first.config
+        self.fps = str(first.video["fps"])
+        self.frames, self.size = frames, size
+        # The manifest records every latent's shape: no need to open the files.
+        ok = [e for e in self.manifest["items"] if e["status"] == "ok"]
+        short = [e["source"] for e in ok if e.get("latent_shape", [0, 0, frames])[2] < frames]
+        if short:
+            raise ValueError(
+                f"{len(short)} latents have fewer than {frames} latent frames (e.g. {short[0]}); "
+                f"train on fewer frames"
+            )
+        self.normalizer = normalizer or LatentNormalizer.from_manifest(self.manifest, self.channels)
+        sources = [e["source"] for e in self.manifest["items"] if e["status"] == "ok"]
+        if labels == "dirs":
+            tops = [s.split("/")[0] if "/" in s else "" for s in sources]
+            self.class_names: List[str] = sorted(set(tops))
+            self.labels = [self.class_names.index(top) for top in tops]
+        elif labels is None:
+            self.class_names, self.labels = [], [0] * len(self.paths)
+        else:
+            raise ValueError(f"labels must be None or 'dirs', got {labels!r}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def clip(self, index: int, generator: Optional[torch.Generator] = None):
+        from ..latents import read_latent
+
+        z = self.normalizer.normalize(read_latent(self.paths[index]).latent)[0]
+        g = generator if generator is not None else torch.Generator().manual_seed(index)
+        t0 = int(torch.randint(0, z.shape[1] - self.frames + 1, (1,), generator=g))
+        z = z[:, t0 : t0 + self.frames]
+        if self.size is not None:
+            h, w = self.size
+            if h > z.shape[2] or w > z.shape[3]:
+                raise ValueError(f"crop {h}x{w} is larger than the latent {list(z.shape[2:])}")
+            y0 = int(torch.randint(0, z.shape[2] - h + 1, (1,), generator=g))
+            x0 = int(torch.randint(0, z.shape[3] - w + 1, (1,), generator=g))
+            z = z[:, :, y0 : y0 + h, x0 : x0 + w]
+        return z.contiguous(), torch.tensor(self.labels[index], dtype=torch.long)
+
+
+class FlowMatchingLoss(nn.Module):
+    """The rectified-flow loss of a :class:`VideoDiT` (see the module docstring), with label
+    dropout for classifier-free guidance."""
+
+    def __init__(self, model: VideoDiT, backend: str = "auto"):
+        super().__init__()
+        self.model, self.backend = model, backend
+
+    def forward(self, x0: torch.Tensor, y: Optional[torch.Tensor], generator: torch.Generator):
+        b, dev = x0.shape[0], x0.device
+        t = torch.sigmoid(torch.randn(b, generator=generator, device=dev))
+        noise = torch.randn(x0.shape, generator=generator, device=dev)
+        tb = t.reshape(b, 1, 1, 1, 1)
+        x_t = (1 - tb) * x0 + tb * noise
+        cfg = self.model.config
+        if cfg.num_classes > 0 and y is not None:
+            drop = torch.rand(b, generator=generator, device=dev) < cfg.class_dropout
+            y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
+        else:
+            y = None
+        v = self.model(x_t, t, y, backend=self.backend)
+        return {"loss": F.mse_loss(v.float(), (noise - x0).float())}
+
+
+def generator_metadata(
+    config: GenConfig, normalizer: LatentNormalizer, tokenizer, extra: Dict[str, Any]
+) -> Dict[str, str]:
+    info = {
+        "config": config.to_dict(),
+        "normalizer": normalizer.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "tokenizer_hash": tokenizer.architecture_hash(),
+        **extra,
+    }
+    return {GENERATOR_KEY: json.dumps(info)}
+
+
+def save_generator(state: Dict[str, torch.Tensor], path: Union[str, Path], metadata) -> Path:
+    return save_state_dict(state, path, metadata=metadata)
+
+
+class GenTrainer(Trainer):
+    """:class:`~cdt_fast.train.Trainer`'s loop, resume and logging, for a :class:`VideoDiT` on
+    :class:`LatentClips`. The run folder has the trainer's layout; ``model.safetensors`` and
+    ``ema.safetensors`` carry the generator's config, the latent normalisation and the tokenizer's
+    config in their metadata, so ``cdt-fast generate RUN`` needs nothing else."""
+
+    def __init__(
+        self,
+        config: GenTrainConfig,
+        dataset: LatentClips,
+        out_dir: Union[str, Path],
+        resume: bool = False,
+        device: Optional[str] = None,
+        progress: bool = True,
+        dist_info: Optional[Dist] = None,
+    ):
+        if config.model.in_channels != dataset.channels:
+            config = config.replace(model=config.model.replace(in_channels=dataset.channels))
+        if config.model.num_classes and config.model.num_classes < len(dataset.class_names):
+            raise ValueError(
+                f"num_classes={config.model.num_classes} but the dataset has "
+                f"{len(dataset.class_names)} classes"
+            )
+        self.config, self.dataset = config, dataset
+        self.out = Path(out_dir)
+        self.dist = dist_info or setup_distributed(device)
+        self.progress = progress and self.dist.is_main
+        cfg, dev = config, self.dist.device
+        torch.manual_seed(cfg.seed)  # the same fresh initialisation on every rank
+        self.model = VideoDiT(cfg.model).float().train().to(dev)
+        self.loss_fn = FlowMatchingLoss(self.model, cfg.backend).to(dev)
+        self.ddp = (
+            DistributedDataParallel(
+                self.loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+            if self.dist.enabled
+            else self.loss_fn
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        )
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1009 + self.dist.rank)
+        self.batches = StepBatches(
+            dataset, cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size
+        )
+        self.step = 0
+        if resume:
+            self._resume()
+            return
+        if self.latest_checkpoint() is not None:
+            raise ValueError(
+                f"{self.out} already holds a run's checkpoints: pass resume=True "
+                "(--resume) to continue it, or choose another output folder"
+            )
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(cfg.to_dict(), indent=2)
+            atomic_write(self.out / "train_config.json", lambda tmp: Path(tmp).write_text(text))
+            metrics = self.out / "metrics.jsonl"
+            if metrics.exists():
+                metrics.unlink()
+
+    def metadata(self) -> Dict[str, str]:
+        d = self.dataset
+        return generator_metadata(
+            self.config.model,
+            d.normalizer,
+            d.tokenizer,
+            {
+                "frames": self.config.frames,
+                "latent_size": list(self.config.size or d.latent_hw),
+                "fps": d.fps,
+                "class_names": d.class_names,
+                "step": self.step,
+            },
+        )
+
+    def train_step(self, batch) -> Dict[str, torch.Tensor]:
+        dev = self.dist.device
+        z, y = (t.to(dev, non_blocking=True) for t in batch)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+        )
+        with autocast:
+            parts = self.ddp(z, y, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        parts["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return parts
+
+    def _write_weights(self, folder: Path) -> None:
+        meta = self.metadata()
+        save_generator(self.model.state_dict(), folder / "model.safetensors", meta)
+        save_generator(self.ema.state_dict(), folder / "ema.safetensors", meta)
+
+    def save_checkpoint(self) -> Optional[Path]:
+        """``checkpoints/step_N`` (rank 0), then the ``latest`` pointer, as the CDT trainer."""
+        rng = self.dist.gather_objects(self._rng_state())
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return None
+        folder = self.checkpoint_dir / f"step_{self.step:07d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._write_weights(folder)
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "world_size": self.dist.world_size,
+            "config": self.config.to_dict(),
+        }
+        atomic_write(folder / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        atomic_write(
+            self.checkpoint_dir / "latest", lambda tmp: Path(tmp).write_text(folder.name + "\n")
+        )
+        import shutil
+
+        old = sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir() and p != folder)
+        for stale in old[: max(0, len(old) - (self.config.keep_checkpoints - 1))]:
+            shutil.rmtree(stale, ignore_errors=True)
+        self.dist.barrier()
+        return folder
+
+    def export(self) -> None:
+        if self.dist.is_main:
+            self._write_weights(self.out)
+        self.dist.barrier()
