@@ -1075,3 +1075,7 @@ def publish_readme_table(results_json: Path, results_dir: Path, readme: Path) ->
     table = report.readme_table(report.merge_results(parts))
     _write_text(readme, _replace_block(readme.read_text(), block, table, str(readme)))
     return readme
+
+
+if __name__ == "__main__":
+    sys.exit(main())
