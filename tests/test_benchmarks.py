@@ -816,3 +816,19 @@ def test_time_budget_writes_the_rows_measured_so_far(tmp_path):
     assert {r["op"] for r in results["rows"]} == {"encode"}
     assert any("TIME BUDGET" in n for n in results["notes"])
     assert any(s["reason"] == "not measured: --time-budget" for s in results["skipped"])
+
+
+def test_run_py_works_as_a_script():
+    """The README's main command runs the file itself, not run.main()."""
+    import subprocess
+
+    committed = sorted((environment.REPO_ROOT / "benchmarks" / "results").glob("cpu-*.json"))
+    proc = subprocess.run(
+        [sys.executable, str(environment.REPO_ROOT / "benchmarks" / "run.py"), "--readme-table"]
+        + [str(committed[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Measured with `python benchmarks/run.py`")
