@@ -14,6 +14,8 @@ __all__ = [
     "readme_table",
     "write_plot",
     "fmt_bytes",
+    "fmt_ratio",
+    "ratio_spread",
     "ENGINE_PREFIX",
 ]
 
@@ -76,6 +78,38 @@ def _timed(rows: Iterable[Row]) -> List[Row]:
     return [r for r in rows if r.get("suite") in ("main", "length") and r.get("latency_ms_p50")]
 
 
+def ratio_spread(base: Row, new: Row) -> Tuple[Optional[float], Optional[float], Optional[bool]]:
+    """(low, high, significant) of the speedup base/new from the rows' min-max latency spreads:
+    low = base min / new max, high = base max / new min; significant when the two ranges do not
+    overlap. (None, None, None) for rows without spreads (results written before they were)."""
+    keys = ("latency_ms_min", "latency_ms_max")
+    if any(r.get(k) is None for r in (base, new) for k in keys):
+        return None, None, None
+    low = base["latency_ms_min"] / new["latency_ms_max"]
+    high = base["latency_ms_max"] / new["latency_ms_min"]
+    overlap = (
+        base["latency_ms_min"] <= new["latency_ms_max"]
+        and new["latency_ms_min"] <= base["latency_ms_max"]
+    )
+    return low, high, not overlap
+
+
+def fmt_ratio(speedup: float, significant: Optional[bool]) -> str:
+    """``1.82x``; a ratio whose spreads overlap reads ``~1.0x (n.s.)``: its digits are noise."""
+    if significant is False:
+        return f"~{speedup:.1f}x (n.s.)"
+    return f"{speedup:.2f}x"
+
+
+def _latency(row: Row) -> str:
+    """Median and spread: ``p50 (min-max)``, or ``p50 (p20-p80)`` for older results."""
+    if row.get("latency_ms_min") is not None and row.get("latency_ms_max") is not None:
+        return (
+            f"{row['latency_ms_p50']:.1f} ({row['latency_ms_min']:.1f}-{row['latency_ms_max']:.1f})"
+        )
+    return f"{row['latency_ms_p50']:.1f} ({row['latency_ms_p20']:.1f}-{row['latency_ms_p80']:.1f})"
+
+
 def _mem_metric(row: Row) -> Optional[float]:
     """The memory figure ratios compare: CUDA, the peak allocated (weights included); CPU, the
     call's own RSS growth (the total RSS also holds libraries and every model built so far)."""
@@ -95,6 +129,7 @@ def _vs(rows: List[Row], baseline: str) -> List[Row]:
         if base is None:
             continue
         mem = _mem_metric(r) / _mem_metric(base) if _mem_metric(r) and _mem_metric(base) else None
+        low, high, significant = ratio_spread(base, r)
         out.append(
             {
                 "model": r["model"],
@@ -106,6 +141,9 @@ def _vs(rows: List[Row], baseline: str) -> List[Row]:
                 "width": r["width"],
                 "dtype": r["dtype"],
                 "speedup": base["latency_ms_p50"] / r["latency_ms_p50"],
+                "speedup_low": low,
+                "speedup_high": high,
+                "significant": significant,
                 "memory_ratio": mem,
             }
         )
@@ -123,6 +161,7 @@ def compute_ratios(rows: List[Row]) -> Dict[str, List[Row]]:
             continue
         base = index.get(_key({**r, "model": "base"}))
         if base is not None:
+            low, high, significant = ratio_spread(base, r)
             small_vs_base.append(
                 {
                     "impl": r["impl"],
@@ -134,6 +173,9 @@ def compute_ratios(rows: List[Row]) -> Dict[str, List[Row]]:
                     "base_ms": base["latency_ms_p50"],
                     "small_ms": r["latency_ms_p50"],
                     "speedup": base["latency_ms_p50"] / r["latency_ms_p50"],
+                    "speedup_low": low,
+                    "speedup_high": high,
+                    "significant": significant,
                 }
             )
 
@@ -208,8 +250,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         "",
         "## Results",
         "",
-        "Latency is p50 over the timed calls (p20-p80 in brackets); frames/s = video frames "
-        "/ p50; peak memory is the total with the call's own part in brackets; TFLOP/s from "
+        "Latency is the median over interleaved rounds (min-max in brackets; older results: "
+        "p20-p80); frames/s = video frames / median; peak memory is the total with the call's own part in brackets; TFLOP/s from "
         "the FLOP model in benchmarks/flops.py; PSNR (dB) against the fp32 reference output "
         "on the same inputs and noise (`exact` = bitwise equal).",
         "",
@@ -223,6 +265,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
             "size",
             "dtype",
             "latency ms",
+            "rounds",
             "frames/s",
             "peak mem",
             "TFLOP/s",
@@ -237,7 +280,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
                 r["frames"],
                 _size(r),
                 r["dtype"],
-                f"{r['latency_ms_p50']:.1f} ({r['latency_ms_p20']:.1f}-{r['latency_ms_p80']:.1f})",
+                _latency(r),
+                r.get("repeats", "-"),
                 _fmt(r.get("frames_per_s")),
                 _mem(r),
                 _fmt(r.get("tflops"), ".3f"),
@@ -254,13 +298,15 @@ def render_markdown(report: Dict[str, Any]) -> str:
         ("engine_vs_compiled", "engine / reference-compiled"),
     ):
         lines += [
-            f"### {title} (speedup = baseline p50 / engine p50; memory ratio of peak "
-            "memory, on CPU of the calls' own RSS growth)",
+            f"### {title} (speedup = baseline median / engine median, with the range "
+            "baseline min / engine max to baseline max / engine min; `(n.s.)` = the two "
+            "latency spreads overlap: not significant; memory ratio of peak memory, on CPU "
+            "of the calls' own RSS growth)",
             "",
         ]
         if ratios[key]:
             lines += _table(
-                ["model", "impl", "op", "frames", "size", "speedup", "memory ratio"],
+                ["model", "impl", "op", "frames", "size", "speedup", "range", "memory ratio"],
                 (
                     [
                         r["model"],
@@ -268,7 +314,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
                         r["op"],
                         r["frames"],
                         _size(r),
-                        f"{r['speedup']:.2f}x",
+                        fmt_ratio(r["speedup"], r.get("significant")),
+                        _range(r),
                         _fmt(r["memory_ratio"]),
                     ]
                     for r in ratios[key]
@@ -280,7 +327,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines += ["### small / base (the paper reports CDT-small about 3x faster than CDT-base)", ""]
     if ratios["small_vs_base"]:
         lines += _table(
-            ["impl", "op", "frames", "size", "base ms", "small ms", "small speedup"],
+            ["impl", "op", "frames", "size", "base ms", "small ms", "small speedup", "range"],
             (
                 [
                     r["impl"],
@@ -289,7 +336,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
                     _size(r),
                     f"{r['base_ms']:.1f}",
                     f"{r['small_ms']:.1f}",
-                    f"{r['speedup']:.2f}x",
+                    fmt_ratio(r["speedup"], r.get("significant")),
+                    _range(r),
                 ]
                 for r in ratios["small_vs_base"]
             ),
@@ -340,6 +388,12 @@ def render_markdown(report: Dict[str, Any]) -> str:
     if report.get("kernels") is not None:
         lines += ["", "## Kernel microbenchmarks", ""] + _kernel_lines(report["kernels"])
     return "\n".join(lines) + "\n"
+
+
+def _range(ratio: Row) -> str:
+    if ratio.get("speedup_low") is None:
+        return "-"
+    return f"{ratio['speedup_low']:.2f}-{ratio['speedup_high']:.2f}x"
 
 
 def _kernel_lines(kernels: List[Dict[str, Any]]) -> List[str]:
@@ -433,18 +487,17 @@ def readme_table(report: Dict[str, Any]) -> str:
         if r.get("suite") not in ("main", "peer"):
             continue
         ref = index.get(_key({**r, "impl": "reference"}))
-        speedup = (
-            f"{ref['latency_ms_p50'] / r['latency_ms_p50']:.2f}x"
-            if ref is not None and r.get("suite") == "main"
-            else "-"
-        )
+        speedup = "-"
+        if ref is not None and r.get("suite") == "main":
+            significant = None if ref is r else ratio_spread(ref, r)[2]
+            speedup = fmt_ratio(ref["latency_ms_p50"] / r["latency_ms_p50"], significant)
         table_rows.append(
             [
                 f"CDT-{r['model']}" if r.get("suite") != "peer" else r["model"],
                 r["op"],
                 f"{r['frames']}x{_size(r)}",
                 r["impl"],
-                f"{r['latency_ms_p50']:.1f} ms",
+                _readme_latency(r),
                 _fmt(r.get("frames_per_s"), ".1f"),
                 speedup,
                 _mem(r) if cpu else fmt_bytes(r.get("peak_mem_bytes")),
@@ -468,6 +521,15 @@ def readme_table(report: Dict[str, Any]) -> str:
         table_rows,
     )
     return "\n".join(lines) + "\n"
+
+
+def _readme_latency(row: Row) -> str:
+    if row.get("latency_ms_min") is None or row.get("latency_ms_max") is None:
+        return f"{row['latency_ms_p50']:.1f} ms"
+    return (
+        f"{row['latency_ms_p50']:.1f} ms ({row['latency_ms_min']:.0f}-"
+        f"{row['latency_ms_max']:.0f}, {row.get('repeats', '?')} rounds)"
+    )
 
 
 # -- plot ----------------------------------------------------------------------------------------

@@ -3,20 +3,28 @@
 
     python benchmarks/run.py                  # best device present, its default settings
     python benchmarks/run.py --full           # more settings (and, on CPU, torch.compile too)
-    python benchmarks/run.py --models small --impls reference,engine --frames 17 --size 256
+    python benchmarks/run.py --models small --ops decode --sizes 17x256x256 --impls reference,engine
+    python benchmarks/run.py --publish        # write benchmarks/results/ and the README table
     python benchmarks/run.py --readme-table benchmarks/results/<key>.json
 
 Defaults. CUDA: the paper's settings, 17 frames at 256x256 and 720x720, bf16, every
 implementation, plus a decode memory-vs-length series at 720x720 (65 and 129 frames; 257 with
---full). CPU: reduced sizes so that the run ends in a few minutes on 2 cores: 9 frames at 64x64,
-fp32, the real preset widths, a decode series at 17 and 25 frames (one call each: it is about
-memory); ``reference-compiled`` only with --full (compiling the preset networks takes minutes
-on a few cores). Every row says whether its setting is reduced.
+--full). CPU: reduced sizes so that the run ends within about 3 minutes on 2 cores: 9 frames at
+64x64, fp32, the real preset widths, encode and decode (roundtrip, 17 frames, 128x128, a decode
+length series and ``reference-compiled`` only with --full). Every row says whether its setting
+is reduced.
+
+Statistics: per (model, setting, op) the implementations are interleaved (timing.py): after a
+warm-up, every round times one call of each implementation in rotated order; rows give the
+median over rounds and the min-max spread, and a ratio whose spreads overlap is marked not
+significant.
 
 In one process all implementations get the same seeded random weights (or ``--ckpt``), the same
 input video, latent and decode noise; ``psnr_vs_reference`` compares each output with the fp32
-eager reference's. Results: markdown on stdout and in ``benchmarks/results/<device-key>.md``, JSON
-in ``<device-key>.json`` (and ``--out``), a PNG plot beside them; all written atomically.
+eager reference's. Results: markdown on stdout, and ``<device-key>.{json,md,png}`` in
+``benchmarks/results/local/`` (git-ignored: running the benchmark leaves the checkout clean), or
+with ``--publish`` in ``benchmarks/results/`` with the README's table regenerated; JSON also in
+``--out``. All files are written atomically.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import math
 import shlex
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -57,6 +66,7 @@ __all__ = [
 SCHEMA = "cdt_fast-benchmark/1"
 EXIT_INTERRUPTED = 3  # SIGTERM during the run: the rows measured so far were still written
 BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -85,6 +95,9 @@ ROW_FIELDS = (
     "latency_ms_p20",
     "latency_ms_p50",
     "latency_ms_p80",
+    "latency_ms_min",
+    "latency_ms_max",
+    "samples_ms",
     "repeats",
     "warmup",
     "frames_per_s",
@@ -118,13 +131,15 @@ class Plan:
     ops: List[str]
     settings: List[Setting]
     warmup: int
-    repeats: int
+    repeats: int  # rounds: timed calls per implementation
+    min_repeats: int
     max_time_s: Optional[float]
     tiny: bool
     seed: int
     compile_mode: Optional[str]
     ckpts: Dict[str, str]
     peer: bool
+    deadline: Optional[float] = None  # time.perf_counter() value of --time-budget's end
     notes: List[str] = field(default_factory=list)
     skipped: List[Dict[str, str]] = field(default_factory=list)
 
@@ -171,6 +186,34 @@ def _sizes(text: str) -> List[Tuple[int, int]]:
     return out
 
 
+def _shapes(text: str) -> List[Tuple[int, int, int]]:
+    out = []
+    for t in _csv(text):
+        parts = t.lower().split("x")
+        try:
+            f, h, w = (int(v) for v in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"sizes must be TxHxW (e.g. 17x256x256), got {t!r}"
+            ) from None
+        if f < 1 or (f - 1) % 4:
+            raise argparse.ArgumentTypeError(f"sizes: frames must be 1 + 4k, got {t!r}")
+        if h < 8 or w < 8 or h % 8 or w % 8:
+            raise argparse.ArgumentTypeError(f"sizes: H and W must be multiples of 8, got {t!r}")
+        out.append((f, h, w))
+    return out
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def _dtype(text: str) -> torch.dtype:
     if text.lower() not in DTYPES:
         raise argparse.ArgumentTypeError(f"dtype must be one of {sorted(DTYPES)}, got {text!r}")
@@ -183,12 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, help="also write the JSON results here")
+    p.add_argument("--out", type=Path, help="also write the JSON results to this file")
     p.add_argument(
         "--results-dir",
         type=Path,
-        default=BENCH_DIR / "results",
-        help="where <device-key>.json/.md/.png go (default benchmarks/results)",
+        default=None,
+        help="where <device-key>.json/.md/.png go (default benchmarks/results/local, "
+        "git-ignored; with --publish benchmarks/results)",
+    )
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="write the results into the committed benchmarks/results/ and regenerate the "
+        "README performance table of this device from them",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="stop measuring after this many seconds (the current measurement ends its "
+        "round) and write the rows measured so far",
     )
     p.add_argument(
         "--full",
@@ -218,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_frames_list, default=None, help="comma list of 1+4k")
     p.add_argument("--size", type=_sizes, default=None, help="comma list of S or HxW")
     p.add_argument(
+        "--sizes",
+        type=_shapes,
+        default=None,
+        help="comma list of TxHxW settings (e.g. 17x256x256), instead of --frames/--size",
+    )
+    p.add_argument(
         "--long-frames",
         type=_frames_list,
         default=None,
@@ -236,14 +300,29 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"narrow networks ({TINY_WIDTH} channels): for tests, not the real models",
     )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: best present)")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls per implementation")
+    p.add_argument(
+        "--rounds",
+        "--repeats",
+        type=int,
+        default=None,
+        dest="repeats",
+        help="interleaved rounds, each timing one call of every implementation",
+    )
+    p.add_argument(
+        "--min-rounds",
+        type=int,
+        default=None,
+        dest="min_repeats",
+        help="rounds done even past --max-time (default 3; at most --rounds)",
+    )
     p.add_argument(
         "--max-time",
         type=float,
         default=None,
         dest="max_time_s",
-        help="stop repeating a measurement after this many seconds (min 1 repeat)",
+        help="stop adding rounds to a measurement after this many seconds (once --min-rounds "
+        "are done)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
@@ -305,8 +384,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.tiny and args.ckpt:
         raise ValueError("--tiny builds narrow networks that no checkpoint fits; drop --ckpt")
 
+    if args.sizes is not None and (args.frames is not None or args.size is not None):
+        raise ValueError("--sizes gives whole TxHxW settings: drop --frames/--size")
+    if args.ops is None and not cuda and not args.full:
+        # roundtrip is encode then decode: on CPU it would add their time again for no news
+        ops = ["encode", "decode"]
     notes: List[str] = []
-    custom = args.frames is not None or args.size is not None
+    custom = args.frames is not None or args.size is not None or args.sizes is not None
     if cuda:
         frames = args.frames or [PAPER_FRAMES]
         sizes = args.size or list(PAPER_SIZES)
@@ -314,7 +398,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     else:
         frames = args.frames or ([9, 17] if args.full else [9])
         sizes = args.size or ([(64, 64), (128, 128)] if args.full else [(64, 64)])
-        long_frames = [17, 25] + ([33, 65] if args.full else [])
+        # At these sizes a decode is one chunk, so memory grows with length by design: the
+        # series says little on CPU and would double the default run.
+        long_frames = [17, 25, 33] if args.full else []
         if not custom:
             notes.append(
                 "CPU run with REDUCED sizes: "
@@ -334,14 +420,31 @@ def make_plan(args: argparse.Namespace) -> Plan:
             f"--tiny: networks {TINY_WIDTH} channels wide, not the real presets; "
             "numbers only exercise the pipeline."
         )
-    largest = max(sizes, key=lambda s: s[0] * s[1])
-    settings = [Setting(f, h, w, "main") for h, w in sizes for f in frames]
+    if args.sizes is not None:
+        settings = [Setting(f, h, w, "main") for f, h, w in args.sizes]
+        largest = max(((h, w) for _, h, w in args.sizes), key=lambda s: s[0] * s[1])
+        frames = [f for f, _, _ in args.sizes]
+    else:
+        settings = [Setting(f, h, w, "main") for h, w in sizes for f in frames]
+        largest = max(sizes, key=lambda s: s[0] * s[1])
     if "decode" in ops:
         settings += [Setting(f, *largest, "length") for f in long_frames if f not in frames]
 
     impl_names, skipped, impl_notes = impls.resolve_impls(args.impls, device, args.full)
     notes += impl_notes
-    full_repeats = 20 if cuda else 5
+    full_repeats = 20 if cuda else 7
+    repeats = (
+        args.repeats
+        if args.repeats is not None
+        else (full_repeats if args.full else (10 if cuda else 5))
+    )
+    min_repeats = args.min_repeats if args.min_repeats is not None else min(3, repeats)
+    if repeats < 1 or min_repeats < 1 or min_repeats > repeats:
+        raise ValueError(
+            f"--rounds must be >= 1 and --min-rounds in [1, --rounds], got {repeats}, {min_repeats}"
+        )
+    if args.warmup is not None and args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     return Plan(
         device=device,
         dtype=args.dtype or (torch.bfloat16 if cuda else torch.float32),
@@ -350,10 +453,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ops=ops,
         settings=settings,
         warmup=args.warmup if args.warmup is not None else (3 if cuda else 1),
-        repeats=args.repeats
-        if args.repeats is not None
-        else (full_repeats if args.full else (10 if cuda else 3)),
-        max_time_s=args.max_time_s if args.max_time_s is not None else (60.0 if cuda else 12.0),
+        repeats=repeats,
+        min_repeats=min_repeats,
+        max_time_s=args.max_time_s if args.max_time_s is not None else (60.0 if cuda else 20.0),
         tiny=args.tiny,
         seed=args.seed,
         compile_mode=args.compile_mode or ("max-autotune" if cuda else None),
@@ -497,6 +599,9 @@ def make_row(
         "latency_ms_p20": t.p20,
         "latency_ms_p50": t.p50,
         "latency_ms_p80": t.p80,
+        "latency_ms_min": t.min,
+        "latency_ms_max": t.max,
+        "samples_ms": [round(v, 4) for v in t.samples_ms],
         "repeats": t.repeats,
         "warmup": t.warmup,
         "frames_per_s": s.frames / seconds,
@@ -518,7 +623,7 @@ def make_row(
 
 def _count_steps(plan: Plan) -> int:
     main = plan.main_settings()
-    steps = len(plan.models) * (len(main) + len(plan.impls) * _impl_steps(plan))
+    steps = len(plan.models) * (len(main) + _impl_steps(plan))
     return steps + (len(main) if plan.peer else 0)
 
 
@@ -545,27 +650,46 @@ class Progress:
             self.bar.close()
 
 
+def _resident_bytes(model: Any, inputs: impls.Inputs) -> int:
+    """Bytes an implementation holds besides its calls' working memory: its weights (each
+    storage once) and the inputs."""
+    seen, total = set(), 0
+    tensors: List[torch.Tensor] = []
+    if isinstance(model, torch.nn.Module):
+        tensors += list(model.parameters()) + list(model.buffers())
+    elif isinstance(getattr(model, "vae", None), torch.nn.Module):
+        tensors += list(model.vae.parameters()) + list(model.vae.buffers())
+    tensors += [t for t in (inputs.x, inputs.z, inputs.noise) if t is not None]
+    for t in tensors:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
 def _measure(
     plan: Plan,
-    runner: impls.Runner,
+    runners: Dict[str, impls.Runner],
     op: str,
     inputs: impls.Inputs,
-    warmup: int,
+    warmups: Dict[str, int],
     keep_output: bool,
-    suite: str = "main",
-) -> timing.Timing:
-    repeats = plan.repeats
-    if suite == "length" and plan.device.type == "cpu":
-        # The series is about memory; one call each keeps the CPU run within minutes.
-        warmup, repeats = 0, 1
+) -> Tuple[Dict[str, timing.Timing], Dict[str, BaseException]]:
+    """Every runner's timing of ``op`` on ``inputs``, interleaved round by round."""
     with torch.no_grad():
-        return timing.measure(
-            lambda: runner.run(op, inputs),
+        return timing.measure_interleaved(
+            {name: (lambda r=runner: r.run(op, inputs)) for name, runner in runners.items()},
             plan.device,
-            warmup=warmup,
-            repeats=repeats,
+            warmup=warmups,
+            rounds=plan.repeats,
+            min_rounds=plan.min_repeats,
             max_time_s=plan.max_time_s,
+            deadline=plan.deadline,
             keep_output=keep_output,
+            resident_bytes={
+                name: _resident_bytes(runner.model, inputs) for name, runner in runners.items()
+            },
         )
 
 
@@ -573,9 +697,17 @@ def _impl_steps(plan: Plan) -> int:
     return sum(len(plan.ops) if s.suite == "main" else 1 for s in plan.settings)
 
 
-def _failure(err: Exception) -> str:
+def _failure(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return f"failed: {type(err).__name__}: {text[:300]}"
+
+
+def _out_of_time(plan: Plan) -> bool:
+    return plan.deadline is not None and time.perf_counter() > plan.deadline
+
+
+def _skip_for_time(plan: Plan, model: str, what: str) -> None:
+    plan.skipped.append({"model": model, "setting": what, "reason": "not measured: --time-budget"})
 
 
 def run_model(
@@ -585,9 +717,13 @@ def run_model(
     progress: Progress,
     rows: Optional[List[Dict[str, Any]]] = None,
 ) -> List[Dict[str, Any]]:
-    """Measures one model; its rows are appended to ``rows`` as they are measured (so that an
-    interrupted run keeps them) and returned."""
+    """Measures one model: every implementation is built, then each (setting, op) times them
+    interleaved. Rows are appended to ``rows`` as they are measured (so that an interrupted run
+    keeps them) and returned."""
     rows = [] if rows is None else rows
+    if _out_of_time(plan):
+        _skip_for_time(plan, model, "all")
+        return rows
     config = model_config(model, plan.tiny)
     master = build_master(config, plan.seed, plan.ckpts.get(model))
     refs: Dict[Setting, Dict[str, torch.Tensor]] = {}
@@ -595,46 +731,51 @@ def run_model(
         progress.step(f"{model} fp32 reference outputs {s.frames}x{s.height}x{s.width}")
         refs[s] = reference_outputs(master, config, s, plan.seed, plan.device)
         progress.done()
-    flop_counts: Dict[Tuple[str, Setting], int] = {}
-    for impl in plan.impls:
-        try:
-            runner = impls.build_runner(impl, master, plan.device, plan.dtype, plan.compile_mode)
-        except Exception as err:  # one broken implementation must not sink the others' rows
-            plan.skipped.append({"model": model, "impl": impl, "reason": _failure(err)})
-            for _ in range(_impl_steps(plan)):
-                progress.done()
-            continue
+    runners: Dict[str, impls.Runner] = {}
+    try:
+        for impl in plan.impls:
+            try:
+                runners[impl] = impls.build_runner(
+                    impl, master, plan.device, plan.dtype, plan.compile_mode
+                )
+            except Exception as err:  # one broken implementation must not sink the others' rows
+                plan.skipped.append({"model": model, "impl": impl, "reason": _failure(err)})
         # On CPU in fp32 the reference runner is the master that just computed the reference
         # outputs: those calls were its warm-up.
-        warmup = 0 if runner.model is master else plan.warmup
-        try:
-            for s in plan.settings:
-                ops = plan.ops if s.suite == "main" else ["decode"]
-                z = refs[s]["encode"] if s in refs else None
-                inputs = make_inputs(config, s, plan.seed, plan.device, z)
-                for op in ops:
-                    progress.step(f"{model} {impl} {op} {s.frames}x{s.height}x{s.width}")
-                    try:
-                        t = _measure(
-                            plan, runner, op, inputs, warmup, keep_output=s in refs, suite=s.suite
-                        )
-                    except Exception as err:  # e.g. CUDA out of memory at a long setting
-                        plan.skipped.append(
-                            {
-                                "model": model,
-                                "impl": impl,
-                                "op": op,
-                                "setting": f"{s.frames}x{s.height}x{s.width}",
-                                "reason": _failure(err),
-                            }
-                        )
-                        impls.release(None, plan.device)
-                        progress.done()
+        warmups = {
+            name: 0 if r.model is master and refs else plan.warmup for name, r in runners.items()
+        }
+        flop_counts: Dict[Tuple[str, Setting], int] = {}
+        for s in plan.settings:
+            ops = plan.ops if s.suite == "main" else ["decode"]
+            z = refs[s]["encode"] if s in refs else None
+            inputs = make_inputs(config, s, plan.seed, plan.device, z)
+            for op in ops:
+                label = f"{s.frames}x{s.height}x{s.width}"
+                progress.step(f"{model} {op} {label} ({len(runners)} impls interleaved)")
+                if _out_of_time(plan):
+                    _skip_for_time(plan, model, f"{op} {label}")
+                    progress.done()
+                    continue
+                timings, errors = _measure(plan, runners, op, inputs, warmups, s in refs)
+                for impl, err in errors.items():
+                    plan.skipped.append(
+                        {
+                            "model": model,
+                            "impl": impl,
+                            "op": op,
+                            "setting": label,
+                            "reason": _failure(err),
+                        }
+                    )
+                if (op, s) not in flop_counts:
+                    flop_counts[(op, s)] = flops.count_macs(
+                        config, op, s.frames, s.height, s.width
+                    ).flops
+                for impl in runners:
+                    if impl not in timings:
                         continue
-                    if (op, s) not in flop_counts:
-                        flop_counts[(op, s)] = flops.count_macs(
-                            config, op, s.frames, s.height, s.width
-                        ).flops
+                    t = timings[impl]
                     row = make_row(plan, header, model, impl, op, s, t, flop_counts[(op, s)])
                     if s in refs:
                         row["psnr_vs_reference"], row["max_abs_err_vs_reference"] = psnr_against(
@@ -646,9 +787,11 @@ def run_model(
                         row["psnr_note"] = "not computed for the memory-vs-length series"
                     t.output = None
                     rows.append(row)
-                    progress.done()
-                del inputs
-        finally:
+                del timings
+                progress.done()
+            del inputs
+    finally:
+        for runner in runners.values():
             impls.release(runner, plan.device)
     return rows
 
@@ -670,8 +813,21 @@ def run_peer(
     try:
         for s in plan.main_settings():
             progress.step(f"peer decode {s.frames}x{s.height}x{s.width}")
+            if _out_of_time(plan):
+                _skip_for_time(plan, impls.PEER_MODEL, f"decode {s.frames}x{s.height}x{s.width}")
+                progress.done()
+                continue
             inputs = make_inputs(config, s, plan.seed, plan.device)
-            t = _measure(plan, runner, "decode", inputs, plan.warmup, keep_output=False)
+            timings, errors = _measure(
+                plan, {runner.name: runner}, "decode", inputs, {runner.name: plan.warmup}, False
+            )
+            if errors:
+                plan.skipped.append(
+                    {"model": impls.PEER_MODEL, "reason": _failure(errors[runner.name])}
+                )
+                progress.done()
+                continue
+            t = timings[runner.name]
             row = make_row(
                 plan, header, impls.PEER_MODEL, runner.name, "decode", s, t, None, suite="peer"
             )
@@ -745,6 +901,10 @@ def build_header(plan: Plan, argv: Sequence[str]) -> Dict[str, Any]:
             "seed": plan.seed,
             "warmup": plan.warmup,
             "repeats": plan.repeats,
+            "min_repeats": plan.min_repeats,
+            "statistics": "implementations interleaved: per round one timed call of each, order "
+            "rotated by one per round; latency = median over rounds, spread = min-max; a ratio "
+            "whose spreads overlap is not significant",
             "max_time_s": plan.max_time_s,
             "compile_mode": plan.compile_mode,
             "widths": "tiny" if plan.tiny else "preset",
@@ -776,12 +936,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--readme-table: cannot read a results file: {err}")
         sys.stdout.write(report.readme_table(report.merge_results(parts)))
         return 0
+    started = time.perf_counter()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
         plan = make_plan(args)
     except ValueError as err:
         parser.error(str(err))
+    if args.publish and args.results_dir is not None:
+        parser.error("--publish writes benchmarks/results/: drop --results-dir")
+    out_dir = Path(
+        args.results_dir
+        if args.results_dir is not None
+        else (BENCH_DIR / "results" if args.publish else BENCH_DIR / "results" / "local")
+    )
+    if args.time_budget is not None:
+        plan.deadline = started + args.time_budget
     if plan.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # recorded in the header's torch_settings
     header = build_header(plan, argv)
@@ -812,6 +982,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     header["load_average_at_end"] = environment.load_average()
     header["interrupted"] = interrupted
+    header["wall_s"] = round(time.perf_counter() - started, 1)
+    header["time_budget_s"] = args.time_budget
+    if any(s.get("reason") == "not measured: --time-budget" for s in plan.skipped):
+        note = (
+            f"TIME BUDGET of {args.time_budget:g} s spent after {len(rows)} rows: partial "
+            "results, the settings listed under 'Not measured' were not timed."
+        )
+        plan.notes.append(note)
+        print(f"note: {note}", file=sys.stderr)
+    rows.sort(key=lambda r: _row_order(plan, r))
     results = {
         "schema": SCHEMA,
         "header": header,
@@ -826,7 +1006,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         + ("-tiny" if plan.tiny else "")
         + (f"-{environment.slug(args.tag)}" if args.tag else "")
     )
-    out_dir = Path(args.results_dir)
     _write_json(out_dir / f"{key}.json", results)
     if args.out is not None:
         _write_json(Path(args.out), results)
@@ -841,7 +1020,61 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         + (f" and {args.out}" if args.out else ""),
         file=sys.stderr,
     )
+    if args.publish:
+        readme = publish_readme_table(out_dir / f"{key}.json", out_dir, REPO_ROOT / "README.md")
+        print(f"regenerated the performance table in {readme}", file=sys.stderr)
     return EXIT_INTERRUPTED if interrupted else 0
+
+
+def _row_order(plan: Plan, row: Dict[str, Any]) -> Tuple:
+    """Rows as the tables read best: model, suite, implementation, setting, op (measurement
+    interleaves the implementations, so rows arrive setting by setting)."""
+
+    def position(seq: Sequence[Any], value: Any) -> int:
+        return seq.index(value) if value in seq else len(seq)
+
+    setting = Setting(row["frames"], row["height"], row["width"], row["suite"])
+    return (
+        position(plan.models, row["model"]),
+        position(["main", "length", "peer"], row["suite"]),
+        position(plan.impls, row["impl"]),
+        position(plan.settings, setting),
+        position(list(flops.OPS), row["op"]),
+    )
+
+
+def _replace_block(text: str, name: str, body: str, where: str) -> str:
+    start, end = f"<!-- {name} -->\n", f"<!-- /{name} -->"
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(
+            f"{where}: expected one '{start.strip()}' line and one '{end}' line around the "
+            f"performance table, found {text.count(start)} and {text.count(end)}"
+        )
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return head + start + body.rstrip("\n") + "\n" + end + tail
+
+
+def publish_readme_table(results_json: Path, results_dir: Path, readme: Path) -> Path:
+    """Regenerate ``readme``'s performance table of the device of ``results_json`` (between
+    ``<!-- perf-table-gpu -->`` and ``<!-- /perf-table-gpu -->`` for a GPU, ``<!-- perf-table
+    -->`` and ``<!-- /perf-table -->`` for a CPU) from every results file of that device and
+    widths in ``results_dir``, merged oldest first."""
+
+    def key(data: Dict[str, Any]) -> Tuple[str, str]:
+        return environment.device_key(data["header"]), data["header"].get("widths", "preset")
+
+    mine = json.loads(Path(results_json).read_text())
+    parts = []
+    for path in sorted(p for p in Path(results_dir).glob("*.json") if p.is_file()):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and data.get("schema") == SCHEMA and key(data) == key(mine):
+            parts.append(data)
+    parts.sort(key=lambda d: d["header"].get("timestamp_utc", ""))
+    block = "perf-table-gpu" if mine["header"].get("gpu_name") else "perf-table"
+    table = report.readme_table(report.merge_results(parts))
+    _write_text(readme, _replace_block(readme.read_text(), block, table, str(readme)))
+    return readme
 
 
 if __name__ == "__main__":

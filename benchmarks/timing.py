@@ -1,10 +1,15 @@
 """Latency and peak-memory measurement for one benchmarked call.
 
-How a call is timed:
+How calls are timed:
 
-- ``warmup`` untimed calls first (kernel selection, cuDNN benchmark search, compilation, allocator
-  growth all happen there), then ``repeats`` timed calls; we report percentiles (p20/p50/p80) of
-  the per-call latencies, never a single run or a mean that one outlier drags.
+- Implementations are compared by interleaving them (:func:`measure_interleaved`): after
+  ``warmup`` untimed calls of each (kernel selection, cuDNN benchmark search, compilation,
+  allocator growth all happen there), every round times one call of every implementation, the
+  order rotated by one each round (ABC, BCA, CAB, ...), so that a slow spell of a shared machine
+  hits all of them alike instead of whichever happened to run then. We report the median over
+  rounds and the spread (min-max, and p20/p80); a ratio of two implementations whose min-max
+  ranges overlap is not significant (``report.py`` marks it so). :func:`measure` is the same for
+  one callable.
 - CUDA: each call is bracketed by CUDA events recorded on the current stream, after a
   ``torch.cuda.synchronize()`` so that earlier work is not charged to it; the events are read
   after synchronising again. This measures device time of the call including host launch gaps
@@ -13,15 +18,17 @@ How a call is timed:
 
 Peak memory:
 
-- CUDA: ``torch.cuda.max_memory_allocated`` over the timed calls (peak stats are reset after the
-  warm-up): bytes held by live tensors at the worst moment, weights and inputs included
-  (``peak_mem_bytes``), and the same minus what was allocated before the timed calls
-  (``peak_mem_delta_bytes``: the call's own working memory).
+- CUDA: ``torch.cuda.max_memory_allocated`` during each timed call (peak stats are reset before
+  it) minus what was allocated just before it: the call's own working memory
+  (``peak_mem_delta_bytes``, the largest over the calls); ``peak_mem_bytes`` adds the bytes the
+  caller says the implementation holds (``resident_bytes``: its weights and inputs), i.e. the
+  peak of a process holding that implementation alone, although the interleaved implementations
+  are all resident at once.
 - CPU, best effort: ``tracemalloc`` cannot see torch's C++ allocations, so we sample the process's
   resident set size (psutil RSS) from a background thread every ``rss_interval_s`` during the timed
-  calls. ``peak_mem_bytes`` is the highest RSS seen (the whole process: Python, libraries,
-  weights), ``peak_mem_delta_bytes`` that minus the RSS just before the timed calls. Before the
-  baseline we ask glibc to hand freed heap back to the OS (``malloc_trim``) so the warm-up's
+  call. ``peak_mem_bytes`` is the highest RSS seen (the whole process: Python, libraries,
+  every implementation's weights), ``peak_mem_delta_bytes`` the largest growth of the RSS over
+  its value just before a call. Before each baseline we ask glibc to hand freed heap back to the OS (``malloc_trim``) so the warm-up's
   freed-but-kept memory does not hide the call's own peak. Sampling can miss a peak shorter than
   the interval, and the allocator may reuse memory the baseline already holds, so CPU figures are
   a lower bound on the call's working memory; compare them only with each other.
@@ -35,16 +42,27 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["Timing", "measure", "percentile", "RssSampler", "CUDA_MEM_METHOD", "CPU_MEM_METHOD"]
+__all__ = [
+    "Timing",
+    "measure",
+    "measure_interleaved",
+    "percentile",
+    "RssSampler",
+    "CUDA_MEM_METHOD",
+    "CPU_MEM_METHOD",
+]
 
-CUDA_MEM_METHOD = "torch.cuda.max_memory_allocated over the timed calls"
+CUDA_MEM_METHOD = (
+    "torch.cuda.max_memory_allocated during each timed call minus the allocation before it "
+    "(delta), plus the implementation's own weights and inputs (peak)"
+)
 CPU_MEM_METHOD = (
-    "psutil RSS sampled every 2 ms during the timed calls (best effort: a lower "
-    "bound on working memory; delta is over the RSS after malloc_trim)"
+    "psutil RSS sampled every 2 ms during each timed call (best effort: a lower "
+    "bound on working memory; delta is over the RSS after malloc_trim before the call)"
 )
 
 
@@ -88,6 +106,14 @@ class Timing:
     @property
     def p80(self) -> float:
         return percentile(self.samples_ms, 80)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples_ms)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples_ms)
 
 
 def _release_free_heap() -> None:
@@ -152,6 +178,7 @@ def measure(
     min_repeats: int = 1,
     max_time_s: Optional[float] = None,
     keep_output: bool = False,
+    resident_bytes: int = 0,
 ) -> Timing:
     """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then up to ``repeats`` timed ones.
 
@@ -159,65 +186,135 @@ def measure(
     have taken longer than this, no more are started (slow CPU settings get fewer repeats instead
     of blowing the run's time budget). ``keep_output`` keeps the last call's return value.
     """
-    _check_counts(warmup, repeats, min_repeats)
+    timings, errors = measure_interleaved(
+        {"fn": fn},
+        device,
+        warmup=warmup,
+        rounds=repeats,
+        min_rounds=min_repeats,
+        max_time_s=max_time_s,
+        keep_output=keep_output,
+        resident_bytes={"fn": resident_bytes},
+    )
+    if errors:
+        raise errors["fn"]
+    return timings["fn"]
+
+
+def measure_interleaved(
+    fns: Dict[str, Callable[[], Any]],
+    device: torch.device,
+    *,
+    warmup: Union[int, Dict[str, int]] = 1,
+    rounds: int = 5,
+    min_rounds: int = 1,
+    max_time_s: Optional[float] = None,
+    deadline: Optional[float] = None,
+    keep_output: bool = False,
+    resident_bytes: Optional[Dict[str, int]] = None,
+) -> Tuple[Dict[str, Timing], Dict[str, BaseException]]:
+    """Time several callables against each other: ``warmup`` untimed calls of each (an int, or
+    per name), then up to ``rounds`` rounds, each timing one call of every callable, the order
+    rotated by one per round. Rounds stop early once ``min_rounds`` are done and the timed
+    phase has taken longer than ``max_time_s``, or, after at least one round, once
+    ``time.perf_counter()`` passes ``deadline``.
+
+    Returns ``(timings, errors)``: a callable that raises (e.g. out of memory) is dropped from
+    the later rounds and its exception is returned under its name instead of a timing; the
+    others go on. ``keep_output`` keeps each callable's last return value.
+    """
+    if not isinstance(fns, dict) or not fns:
+        raise ValueError("fns must be a non-empty dict of name -> callable")
+    warmups = warmup if isinstance(warmup, dict) else {name: warmup for name in fns}
+    for name in fns:
+        _check_counts(warmups.get(name, 0), rounds, min_rounds)
+    if deadline is not None and not isinstance(deadline, (int, float)):
+        raise ValueError(f"deadline must be a time.perf_counter() value, got {deadline!r}")
     device = torch.device(device)
-    output = None
-    for _ in range(warmup):
-        output = fn()
-    if device.type == "cuda":
-        return _measure_cuda(fn, device, warmup, repeats, min_repeats, max_time_s, keep_output)
-    samples: List[float] = []
+    resident = resident_bytes or {}
+    names = list(fns)
+    errors: Dict[str, BaseException] = {}
+    outputs: Dict[str, Any] = {}
+    for name in names:
+        try:
+            for _ in range(warmups.get(name, 0)):
+                outputs[name] = fns[name]()
+        except Exception as err:  # noqa: BLE001 - reported per implementation
+            errors[name] = err
+            _release_cached(device)
+    samples: Dict[str, List[float]] = {n: [] for n in names if n not in errors}
+    peaks: Dict[str, int] = {n: 0 for n in samples}
+    deltas: Dict[str, int] = {n: 0 for n in samples}
+    mem_seen = {n: True for n in samples}
     started = time.perf_counter()
+    done = 0
+    while done < rounds and samples.keys() - errors.keys():
+        live = [n for n in names if n in samples and n not in errors]
+        order = live[done % len(live) :] + live[: done % len(live)]
+        for name in order:
+            try:
+                ms, peak, delta, out = _timed_call(fns[name], device)
+            except Exception as err:  # noqa: BLE001 - reported per implementation
+                errors[name] = err
+                _release_cached(device)
+                continue
+            samples[name].append(ms)
+            if peak is None:
+                mem_seen[name] = False
+            else:
+                peaks[name] = max(peaks[name], peak)
+                deltas[name] = max(deltas[name], delta)
+            outputs[name] = out
+            del out
+        done += 1
+        now = time.perf_counter()
+        if (max_time_s is not None and done >= min_rounds and now - started > max_time_s) or (
+            deadline is not None and now > deadline
+        ):
+            break
+    timings: Dict[str, Timing] = {}
+    for name, taken in samples.items():
+        if name in errors or not taken:
+            continue
+        output = outputs.get(name) if keep_output else None
+        warm = warmups.get(name, 0)
+        if device.type == "cuda":
+            peak = deltas[name] + int(resident.get(name, 0))
+            timings[name] = Timing(taken, peak, deltas[name], CUDA_MEM_METHOD, warm, output)
+        elif not mem_seen[name]:
+            method = "not measured: psutil is not installed"
+            timings[name] = Timing(taken, None, None, method, warm, output)
+        else:
+            timings[name] = Timing(taken, peaks[name], deltas[name], CPU_MEM_METHOD, warm, output)
+    return timings, errors
+
+
+def _release_cached(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _timed_call(fn: Callable[[], Any], device: torch.device):
+    """(milliseconds, peak bytes or None, own bytes or None, output) of one call."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        output = fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        peak = int(torch.cuda.max_memory_allocated(device))
+        return float(start.elapsed_time(end)), peak, max(0, peak - before), output
     try:
         rss: Optional[RssSampler] = RssSampler()
     except ImportError:
         rss = None
     with rss if rss is not None else contextlib.nullcontext():
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            output = fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-            if _budget_spent(i + 1, min_repeats, started, max_time_s):
-                break
-    output = output if keep_output else None
-    if rss is None:
-        return Timing(samples, None, None, "not measured: psutil is not installed", warmup, output)
-    return Timing(
-        samples, rss.peak, max(0, rss.peak - rss.baseline), CPU_MEM_METHOD, warmup, output
-    )
-
-
-def _budget_spent(done: int, min_repeats: int, started: float, max_time_s: Optional[float]) -> bool:
-    return (
-        max_time_s is not None
-        and done >= min_repeats
-        and time.perf_counter() - started > max_time_s
-    )
-
-
-def _measure_cuda(fn, device, warmup, repeats, min_repeats, max_time_s, keep_output) -> Timing:
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    samples: List[float] = []
-    output = None
-    started = time.perf_counter()
-    for i in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(device)
-        start.record()
+        t0 = time.perf_counter()
         output = fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        samples.append(float(start.elapsed_time(end)))
-        if _budget_spent(i + 1, min_repeats, started, max_time_s):
-            break
-    peak = int(torch.cuda.max_memory_allocated(device))
-    return Timing(
-        samples,
-        peak,
-        max(0, peak - before),
-        CUDA_MEM_METHOD,
-        warmup,
-        output if keep_output else None,
-    )
+        ms = (time.perf_counter() - t0) * 1e3
+    if rss is None:
+        return ms, None, None, output
+    return ms, rss.peak, max(0, rss.peak - rss.baseline), output

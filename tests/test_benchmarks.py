@@ -198,6 +198,8 @@ TINY_ARGS = [
     "5",
     "--size",
     "32",
+    "--ops",
+    "encode,decode,roundtrip",
     "--long-frames",
     "9",
     "--warmup",
@@ -249,6 +251,8 @@ def test_run_rows_have_every_field(tiny_run):
     for row in rows:
         assert set(run.ROW_FIELDS) <= set(row), set(run.ROW_FIELDS) - set(row)
         assert row["latency_ms_p20"] <= row["latency_ms_p50"] <= row["latency_ms_p80"]
+        assert row["latency_ms_min"] <= row["latency_ms_p50"] <= row["latency_ms_max"]
+        assert len(row["samples_ms"]) == row["repeats"] == 2  # length rows too: no single call
         assert row["frames_per_s"] == pytest.approx(row["frames"] / row["latency_ms_p50"] * 1e3)
         assert row["peak_mem_bytes"] > 0 and row["pct_peak"] is None and row["pct_peak_note"]
         assert row["widths"] == "tiny" and row["reduced"] is True and row["dtype"] == "fp32"
@@ -325,7 +329,8 @@ def test_readme_table_from_results_json(tiny_run):
     assert table == report.readme_table(results)
     lines = [l for l in table.splitlines() if l.startswith("| CDT-small")]
     assert len(lines) == 6  # 2 impls x 3 ops; length rows are not in the README table
-    speedups = [float(l.split("|")[7].strip().rstrip("x")) for l in lines if "engine-torch" in l]
+    cells = [l.split("|")[7].strip() for l in lines if "engine-torch" in l]
+    speedups = [float(c.lstrip("~").split("x")[0]) for c in cells]
     assert len(speedups) == 3 and all(v > 0 for v in speedups)
     assert sum(l.startswith(f"| {impls.PEER_MODEL}") for l in table.splitlines()) == 1
 
@@ -381,20 +386,31 @@ def _plan(argv):
 
 
 def test_default_cpu_plan_is_reduced_and_says_so(monkeypatch):
-    monkeypatch.delattr(cdt_fast, "accelerate", raising=False)
+    # cdt_fast resolves its attributes lazily: stand in for a build without the engine
+    monkeypatch.setattr(
+        impls, "engine_backends", lambda: ({}, "cdt_fast.accelerate is not in this build")
+    )
     plan = _plan(["--device", "cpu"])
     assert plan.dtype == torch.float32 and plan.models == ["base", "small"]
-    assert [(s.frames, s.height, s.suite) for s in plan.settings] == [
-        (9, 64, "main"),
-        (17, 64, "length"),
-        (25, 64, "length"),
-    ]
+    assert [(s.frames, s.height, s.suite) for s in plan.settings] == [(9, 64, "main")]
+    assert plan.ops == ["encode", "decode"] and plan.repeats == 5 and plan.min_repeats == 3
     assert plan.impls == ["reference"]
     assert all(plan.reduced(s) for s in plan.settings)
     assert any("REDUCED" in n for n in plan.notes)
     assert any("reference-compiled" in n and "--full" in n for n in plan.notes)
     assert any(s["impl"] == "engine" and "accelerate" in s["reason"] for s in plan.skipped)
-    assert "reference-compiled" in _plan(["--device", "cpu", "--full"]).impls
+    full = _plan(["--device", "cpu", "--full"])
+    assert "reference-compiled" in full.impls and "roundtrip" in full.ops
+    assert [s.frames for s in full.settings if s.suite == "length"] == [25, 33]  # 17 is main
+
+
+def test_sizes_flag_gives_whole_settings():
+    plan = _plan(["--device", "cpu", "--models", "small", "--sizes", "17x256x256,5x32x64"])
+    assert [(s.frames, s.height, s.width, s.suite) for s in plan.settings] == [
+        (17, 256, 256, "main"),
+        (5, 32, 64, "main"),
+    ]
+    assert plan.models == ["small"]
 
 
 def test_default_cuda_plan_is_the_papers(monkeypatch):
@@ -424,6 +440,13 @@ def test_default_cuda_plan_is_the_papers(monkeypatch):
         (["--models", "large"], "base and/or small"),
         (["--ops", "train"], "--ops"),
         (["--tiny", "--ckpt", "x.ckpt"], "--tiny"),
+        (["--sizes", "17x256"], "TxHxW"),
+        (["--sizes", "6x64x64"], "1 + 4k"),
+        (["--sizes", "17x60x64"], "multiples of 8"),
+        (["--sizes", "9x64x64", "--size", "64"], "drop --frames/--size"),
+        (["--time-budget", "0"], "positive number of seconds"),
+        (["--rounds", "2", "--min-rounds", "3"], "--min-rounds"),
+        (["--publish", "--results-dir", "x"], "drop --results-dir"),
     ],
 )
 def test_bad_arguments_are_named(argv, message, capsys):
@@ -611,3 +634,201 @@ def test_results_are_readable_by_others(tiny_run):
     os.umask(umask)
     for path in out.glob("*.*"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+# -- interleaved statistics -------------------------------------------------------------------------
+
+
+def test_measure_interleaved_rotates_the_order_and_isolates_failures():
+    calls = []
+
+    def make(name, fail_at=None):
+        def fn():
+            calls.append(name)
+            if fail_at is not None and calls.count(name) == fail_at:
+                raise RuntimeError(f"{name} broke")
+            return name
+
+        return fn
+
+    timings, errors = timing.measure_interleaved(
+        {"a": make("a"), "b": make("b"), "c": make("c", fail_at=3)},
+        "cpu",
+        warmup={"a": 1, "b": 0, "c": 0},
+        rounds=4,
+        keep_output=True,
+    )
+    # warm-up a; then rounds abc, bca, (ab: c raised in the third round) -> a b, then ab
+    assert calls == ["a", "a", "b", "c", "b", "c", "a", "c", "a", "b", "b", "a"]
+    assert set(timings) == {"a", "b"} and timings["a"].repeats == timings["b"].repeats == 4
+    assert timings["a"].output == "a" and timings["a"].warmup == 1
+    assert str(errors["c"]) == "c broke"
+    assert timings["a"].min <= timings["a"].p50 <= timings["a"].max
+
+
+def test_measure_interleaved_budget_and_deadline():
+    slow = lambda: time.sleep(0.02)  # noqa: E731
+    t, _ = timing.measure_interleaved(
+        {"x": slow, "y": slow}, "cpu", warmup=0, rounds=20, min_rounds=2, max_time_s=0.0
+    )
+    assert t["x"].repeats == t["y"].repeats == 2
+    t, _ = timing.measure_interleaved(
+        {"x": slow}, "cpu", warmup=0, rounds=20, min_rounds=5, deadline=time.perf_counter()
+    )
+    assert t["x"].repeats == 1  # past the deadline: one round, then stop
+    with pytest.raises(ValueError, match="fns"):
+        timing.measure_interleaved({}, "cpu")
+
+
+def _timed_row(impl, lo, mid, hi, model="small"):
+    return dict(
+        model=model,
+        impl=impl,
+        op="decode",
+        frames=9,
+        height=64,
+        width=64,
+        dtype="fp32",
+        suite="main",
+        device="cpu",
+        latency_ms_p20=lo,
+        latency_ms_p50=mid,
+        latency_ms_p80=hi,
+        latency_ms_min=lo,
+        latency_ms_max=hi,
+        repeats=5,
+        frames_per_s=9e3 / mid,
+        peak_mem_bytes=2,
+        peak_mem_delta_bytes=1,
+    )
+
+
+def test_overlapping_spreads_make_a_ratio_not_significant():
+    ref = _timed_row("reference", 90.0, 100.0, 220.0)
+    noisy = _timed_row("engine-torch", 40.0, 45.0, 95.0)  # 2.2x by medians, ranges overlap
+    clear = _timed_row("engine-cpp", 40.0, 50.0, 60.0)  # 2x, disjoint ranges
+    ratios = {
+        r["impl"]: r for r in report.compute_ratios([ref, noisy, clear])["engine_vs_reference"]
+    }
+    assert ratios["engine-torch"]["significant"] is False
+    assert ratios["engine-torch"]["speedup"] == pytest.approx(100 / 45)
+    assert ratios["engine-torch"]["speedup_low"] == pytest.approx(90 / 95)
+    assert ratios["engine-cpp"]["significant"] is True
+    assert ratios["engine-cpp"]["speedup_high"] == pytest.approx(220 / 40)
+    assert report.fmt_ratio(100 / 45, False) == "~2.2x (n.s.)"
+    assert report.fmt_ratio(2.0, True) == "2.00x"
+    results = {"header": {"cpu_count": 2}, "rows": [ref, noisy, clear], "notes": []}
+    table = report.readme_table(results)
+    line = {l.split("|")[4].strip(): l for l in table.splitlines() if l.startswith("| CDT-")}
+    assert "~2.2x (n.s.)" in line["engine-torch"] and "2.00x" in line["engine-cpp"]
+    assert "100.0 ms (90-220, 5 rounds)" in line["reference"]
+    assert "~2.2x (n.s.)" in report.render_markdown(results)
+    # results written before spreads existed keep their table (the README's committed one)
+    old = [
+        {k: v for k, v in r.items() if k not in ("latency_ms_min", "latency_ms_max")}
+        for r in (ref, noisy)
+    ]
+    assert "2.22x" in report.readme_table({**results, "rows": old})
+
+
+# -- the main command leaves the checkout clean ---------------------------------------------------
+
+
+def _git(cwd, *args):
+    import subprocess
+
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture
+def checkout_copy(tmp_path, monkeypatch):
+    """A git repository holding this checkout's .gitignore, README and committed benchmark
+    results, with run.py pointed at it."""
+    import shutil
+
+    root = tmp_path / "repo"
+    (root / "benchmarks").mkdir(parents=True)
+    for name in (".gitignore", "README.md"):
+        shutil.copy(environment.REPO_ROOT / name, root / name)
+    shutil.copytree(
+        environment.REPO_ROOT / "benchmarks" / "results",
+        root / "benchmarks" / "results",
+        ignore=shutil.ignore_patterns("local"),
+    )
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "committed")
+    monkeypatch.setattr(run, "BENCH_DIR", root / "benchmarks")
+    monkeypatch.setattr(run, "REPO_ROOT", root)
+    return root
+
+
+def test_the_main_command_leaves_the_checkout_clean(checkout_copy):
+    threads = torch.get_num_threads()
+    argv = TINY_ARGS + ["--ops", "decode", "--long-frames", "none", "--no-peer", "--repeats", "1"]
+    argv += ["--no-plot", "--min-rounds", "1"]
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cdt_fast, "accelerate", _fake_accelerate, raising=False)
+            mp.setattr(cdt_fast, "backends", _fake_backends, raising=False)
+            _capture(lambda: run.main(argv))
+            assert _git(checkout_copy, "status", "--porcelain", "--untracked-files=all") == ""
+            written = list((checkout_copy / "benchmarks" / "results" / "local").glob("*.json"))
+            assert len(written) == 1
+            # --publish is what writes the committed results and the README table
+            _capture(lambda: run.main(argv + ["--publish"]))
+    finally:
+        torch.set_num_threads(threads)
+    changed = _git(checkout_copy, "status", "--porcelain", "--untracked-files=all")
+    assert "README.md" in changed and "benchmarks/results/cpu-" in changed
+    readme = (checkout_copy / "README.md").read_text()
+    assert "rounds)" in readme  # the CPU table now comes from the new results
+
+
+def test_time_budget_writes_the_rows_measured_so_far(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cdt_fast, "accelerate", _fake_accelerate, raising=False)
+            mp.setattr(cdt_fast, "backends", _fake_backends, raising=False)
+            calls = []
+            # out of time from the third check on: the run's start and encode pass, then stop
+            mp.setattr(run, "_out_of_time", lambda plan: calls.append(1) or len(calls) >= 3)
+            rc = run.main(
+                TINY_ARGS
+                + [
+                    "--no-peer",
+                    "--no-plot",
+                    "--time-budget",
+                    "1000",
+                    "--out",
+                    str(tmp_path / "r.json"),
+                    "--results-dir",
+                    str(tmp_path),
+                ]
+            )
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert {r["op"] for r in results["rows"]} == {"encode"}
+    assert any("TIME BUDGET" in n for n in results["notes"])
+    assert any(s["reason"] == "not measured: --time-budget" for s in results["skipped"])
+
+
+def test_run_py_works_as_a_script():
+    """The README's main command runs the file itself, not run.main()."""
+    import subprocess
+
+    committed = sorted((environment.REPO_ROOT / "benchmarks" / "results").glob("cpu-*.json"))
+    proc = subprocess.run(
+        [sys.executable, str(environment.REPO_ROOT / "benchmarks" / "run.py"), "--readme-table"]
+        + [str(committed[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Measured with `python benchmarks/run.py`")

@@ -80,7 +80,11 @@ def register(sub) -> None:
         default="tiny",
         help="tiny | small | base | a .json TrainConfig | a .safetensors to fine-tune",
     )
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of videos/images")
+    p.add_argument(
+        "--data",
+        default="synthetic",
+        help="synthetic, photos, photos:DIR, a folder of videos/images, or A+B (e.g. photos+synthetic)",
+    )
     p.add_argument("--steps", type=int, help="total steps (the LR schedule's length)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
