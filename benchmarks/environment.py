@@ -60,7 +60,7 @@ def git_revision(root: Path = REPO_ROOT) -> Dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     if commit is None and os.environ.get("CDT_FAST_GIT_COMMIT", "").strip():
-        # A copy of the tree without .git (a lent GPU machine): the commit its caller names.
+        # A copy of the tree without .git (as on a remote GPU machine): the commit its caller names.
         return {
             "commit": os.environ["CDT_FAST_GIT_COMMIT"].strip(),
             "dirty": None,

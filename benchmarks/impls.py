@@ -101,10 +101,7 @@ class _PeerDecoder:
 def engine_backends() -> Tuple[Dict[str, Tuple[bool, str]], Optional[str]]:
     """({backend: (available, reason)}, None), or ({}, why there is no engine)."""
     if not hasattr(cdt_fast, "accelerate"):
-        return {}, (
-            "cdt_fast.accelerate is not in this build (the engine, issue 5, has not "
-            "landed), so there are no engine rows"
-        )
+        return {}, ("cdt_fast.accelerate is not in this build, so there are no engine rows")
     if not hasattr(cdt_fast, "backends"):
         return {"torch": (True, "")}, None
     out: Dict[str, Tuple[bool, str]] = {}

@@ -8,8 +8,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from cdt_fast import _cpp_lib
 
 # A tiny CDT-small, decoded and encoded by the default engine, and by auto with a table that
@@ -51,7 +49,6 @@ def _run() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
 def test_auto_is_bitwise_identical_across_processes():
     first, second = _run(), _run()
     assert first == second
