@@ -19,15 +19,12 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import atomic_write, save_state_dict
 from ..config import dataclass_from_dict
-from ..data import StepBatches
 from ..data.base import ClipDataset
 from ..train.distributed import Dist, setup_distributed
-from ..train.ema import EMA
-from ..train.trainer import STATE_FILE, Trainer, lr_factor
+from ..train.trainer import STATE_FILE, Trainer
 from .model import GenConfig, VideoDiT
 from .stats import LatentNormalizer, manifest_latents, read_manifest
 
@@ -268,41 +265,8 @@ class GenTrainer(Trainer):
         cfg, dev = config, self.dist.device
         torch.manual_seed(cfg.seed)  # the same fresh initialisation on every rank
         self.model = VideoDiT(cfg.model).float().train().to(dev)
-        self.loss_fn = FlowMatchingLoss(self.model, cfg.backend).to(dev)
-        self.ddp = (
-            DistributedDataParallel(
-                self.loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None
-            )
-            if self.dist.enabled
-            else self.loss_fn
-        )
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-        )
-        self.ema = EMA(self.model, cfg.ema_decay)
-        self.generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1009 + self.dist.rank)
-        self.batches = StepBatches(
-            dataset, cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size
-        )
-        self.step = 0
-        if resume:
-            self._resume()
-            return
-        if self.latest_checkpoint() is not None:
-            raise ValueError(
-                f"{self.out} already holds a run's checkpoints: pass resume=True "
-                "(--resume) to continue it, or choose another output folder"
-            )
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(cfg.to_dict(), indent=2)
-            atomic_write(self.out / "train_config.json", lambda tmp: Path(tmp).write_text(text))
-            metrics = self.out / "metrics.jsonl"
-            if metrics.exists():
-                metrics.unlink()
+        self.loss_fn = FlowMatchingLoss(self.model, cfg.backend)
+        self._start(dataset, resume)
 
     def metadata(self) -> Dict[str, str]:
         d = self.dataset

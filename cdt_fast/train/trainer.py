@@ -78,6 +78,13 @@ class Trainer:
         self.loss_fn = CDTLoss(
             self.model, cfg.loss, lpips.to(dev) if lpips is not None else None, cfg.t_range
         )
+        self._start(dataset, resume)
+
+    def _start(self, dataset, resume: bool) -> None:
+        """Everything after the model and its loss exist (``self.model``, ``self.loss_fn``):
+        DDP, optimizer, LR schedule, EMA, RNG, batches; then resume, or claim a fresh run folder.
+        Shared by every trainer built on this loop."""
+        cfg, dev = self.config, self.dist.device
         self.loss_fn.to(dev)
         self.ddp = (
             DistributedDataParallel(
