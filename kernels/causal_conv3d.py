@@ -270,7 +270,11 @@ def _conv_epilogue(
     return acc + cbias + res
 
 
-@triton.jit
+# Row and frame counts change from one chunk of a clip to the next (first chunk, steady chunks,
+# the last one); specialising them (== 1, divisible by 16) would compile each chunk kind anew.
+# They only bound masks and index math, so they lose nothing; channel counts and strides keep
+# their specialisation (it gives the K loop and the 16-byte loads).
+@triton.jit(do_not_specialize=["M", "T_OUT", "P_FRAMES", "P_OFF", "FRONT"])
 def _causal_conv3d_kernel(
     x_ptr,
     p_ptr,
@@ -414,14 +418,15 @@ def _causal_conv3d_kernel(
             pt = tl.minimum(tv, P_FRAMES - 1) + P_OFF
             x_off = b * sxb + xt * sxt + hv * sxh + wv * sxw
             p_off = b * spb + pt * spt + hv * sph + wv * spw
+            # One load through a row-wise pointer choice: the choice is constant along the
+            # channels, so the loads stay as wide as without a past.
             a = tl.load(
-                x_ptr + x_off[:, None] + cin_64[None, :] * sxc,
-                mask=(ok & ~in_past)[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            a += tl.load(
-                p_ptr + p_off[:, None] + cin_64[None, :] * spc,
-                mask=(ok & in_past)[:, None] & k_ok[None, :],
+                tl.where(
+                    in_past[:, None],
+                    p_ptr + p_off[:, None] + cin_64[None, :] * spc,
+                    x_ptr + x_off[:, None] + cin_64[None, :] * sxc,
+                ),
+                mask=ok[:, None] & k_ok[None, :],
                 other=0.0,
             )
         else:
@@ -753,7 +758,9 @@ def causal_conv3d_frames(
         ST=stride[0],
         SH=stride[1],
         SW=stride[2],
-        HAS_PAST=past is not None,
+        # Always the past path (a missing past is x with P_FRAMES = 0, never read): the first
+        # chunk of a clip then shares the later chunks' compilation.
+        HAS_PAST=True,
         ZERO_PAD=pad_mode == "zeros",
         UPSAMPLE=bool(upsample2x),
         HAS_BIAS=bias is not None,

@@ -93,7 +93,9 @@ def channel_norm_tile(
     return y
 
 
-@triton.jit
+# Row counts (M rows, S voxels a sample) change between a clip's chunks: not specialised, so
+# each chunk kind does not compile anew; they only bound the row mask and split rows.
+@triton.jit(do_not_specialize=["M", "S"])
 def _channel_norm_kernel(
     x_ptr,
     g_ptr,

@@ -74,7 +74,9 @@ _W_TILE_BYTES = 128 * 1024
 _MAX_BLOCK_C = 128
 
 
-@triton.jit
+# Row counts change between a clip's chunks: not specialised (see the conv kernel), so each
+# chunk kind does not compile anew; they only bound row masks and split rows.
+@triton.jit(do_not_specialize=["M", "S"])
 def _norm_project_kernel(
     x_ptr,
     g_ptr,
@@ -133,7 +135,7 @@ def _norm_project_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "NUM_SPLITS"])
 def _context_partial_kernel(
     qkv_ptr,
     m_ptr,
@@ -206,7 +208,7 @@ def _context_partial_kernel(
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM_SPLITS"])
 def _context_combine_kernel(
     m_ptr,
     l_ptr,
@@ -254,7 +256,7 @@ def _context_combine_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "S"])
 def _attention_apply_kernel(
     qkv_ptr,
     mix_ptr,

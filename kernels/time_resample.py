@@ -47,7 +47,9 @@ _CONFIGS = [
 _INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
-@triton.jit
+# Frame counts change between a clip's chunks: not specialised, so each chunk kind does not
+# compile anew (they only index frames).
+@triton.jit(do_not_specialize=["T_OUT", "FRONT"])
 def _time_downsample_kernel(
     x_ptr,
     past_ptr,
@@ -150,7 +152,7 @@ def _time_downsample_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T_IN", "DROP"])
 def _time_upsample_kernel(
     x_ptr,
     w_ptr,

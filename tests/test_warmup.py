@@ -100,6 +100,28 @@ def test_presets_need_at_most_60_kernels_at_256():
     assert all(0 < n <= 60 for n in counts.values()), counts
 
 
+_CHUNKS = """
+import json, torch
+from cdt_fast.engine.warmup import capture_launches, distinct_launches
+from cdt_fast.kernels.causal_conv3d import causal_conv3d
+w = torch.zeros(32, 32, 3, 3, 3, dtype=torch.bfloat16)
+x = lambda t: torch.zeros(1, 32, t, 8, 8, dtype=torch.bfloat16)
+with capture_launches(90) as launches:
+    causal_conv3d(x(5), w, space_padding=(1, 1))  # a clip's first chunk: no past
+    causal_conv3d(x(4), w, past=x(2), history=2, space_padding=(1, 1))  # steady chunks
+    causal_conv3d(x(16), w, past=x(2), history=2, space_padding=(1, 1))
+    causal_conv3d(x(1), w, past=x(2), history=2, space_padding=(1, 1))  # a one-frame tail
+print(json.dumps(dict(launches=len(launches), distinct=len(distinct_launches(launches)))))
+"""
+
+
+def test_chunk_kinds_of_a_clip_share_one_conv_compilation():
+    # Frame counts, history lengths and row counts differ between a chunked clip's chunks; were
+    # they specialised (== 1, divisible by 16), each chunk kind would compile anew.
+    out = _python(_CHUNKS)
+    assert out == dict(launches=4, distinct=1), out
+
+
 def test_cli_prints_json(monkeypatch, capsys):
     seen = {}
 
