@@ -628,11 +628,11 @@ def _count_steps(plan: Plan) -> int:
 
 
 class Progress:
-    """A tqdm bar on stderr (or nothing)."""
+    """A tqdm bar on stderr when it is a terminal (or nothing: a log file gets no bar)."""
 
     def __init__(self, total: int, enabled: bool):
         self.bar = None
-        if enabled:
+        if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)

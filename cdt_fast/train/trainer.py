@@ -7,6 +7,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -253,7 +254,7 @@ class Trainer:
         if self.step >= until:
             return last
         bar = None
-        if self.progress:
+        if self.progress and sys.stderr.isatty():  # a log file gets no bar
             from tqdm.auto import tqdm
 
             bar = tqdm(total=until, initial=self.step, desc="train", dynamic_ncols=True)
