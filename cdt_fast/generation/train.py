@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import atomic_write, save_state_dict
+from ..checkpoint import save_state_dict
 from ..config import dataclass_from_dict
 from ..data.base import ClipDataset
 from ..train.distributed import Dist, setup_distributed
-from ..train.trainer import STATE_FILE, Trainer
+from ..train.trainer import Trainer
 from .model import GenConfig, VideoDiT
 from .stats import LatentNormalizer, manifest_latents, read_manifest
 
@@ -305,37 +305,3 @@ class GenTrainer(Trainer):
         meta = self.metadata()
         save_generator(self.model.state_dict(), folder / "model.safetensors", meta)
         save_generator(self.ema.state_dict(), folder / "ema.safetensors", meta)
-
-    def save_checkpoint(self) -> Optional[Path]:
-        """``checkpoints/step_N`` (rank 0), then the ``latest`` pointer, as the CDT trainer."""
-        rng = self.dist.gather_objects(self._rng_state())
-        if not self.dist.is_main:
-            self.dist.barrier()
-            return None
-        folder = self.checkpoint_dir / f"step_{self.step:07d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        self._write_weights(folder)
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
-            "world_size": self.dist.world_size,
-            "config": self.config.to_dict(),
-        }
-        atomic_write(folder / STATE_FILE, lambda tmp: torch.save(state, tmp))
-        atomic_write(
-            self.checkpoint_dir / "latest", lambda tmp: Path(tmp).write_text(folder.name + "\n")
-        )
-        import shutil
-
-        old = sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir() and p != folder)
-        for stale in old[: max(0, len(old) - (self.config.keep_checkpoints - 1))]:
-            shutil.rmtree(stale, ignore_errors=True)
-        self.dist.barrier()
-        return folder
-
-    def export(self) -> None:
-        if self.dist.is_main:
-            self._write_weights(self.out)
-        self.dist.barrier()

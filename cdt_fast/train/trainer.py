@@ -155,8 +155,7 @@ class Trainer:
             return None
         folder = self.checkpoint_dir / f"step_{self.step:07d}"
         folder.mkdir(parents=True, exist_ok=True)
-        save(self.model, folder / "model.safetensors")
-        self._save_ema(folder / "ema.safetensors")
+        self._write_weights(folder)
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
@@ -175,9 +174,12 @@ class Trainer:
         self.dist.barrier()
         return folder
 
-    def _save_ema(self, path: Path) -> None:
+    def _write_weights(self, folder: Path) -> None:
+        """``model.safetensors`` and ``ema.safetensors`` in ``folder`` (a checkpoint or the run's
+        final export): the one place a trainer subclass changes what its weights carry."""
+        save(self.model, folder / "model.safetensors")
         meta = {CONFIG_METADATA_KEY: json.dumps(self.model.config.to_dict())}
-        save_state_dict(self.ema.state_dict(), path, metadata=meta)
+        save_state_dict(self.ema.state_dict(), folder / "ema.safetensors", metadata=meta)
 
     def _resume(self) -> None:
         folder = self.latest_checkpoint()
@@ -301,6 +303,5 @@ class Trainer:
     def export(self) -> None:
         """``model.safetensors`` (raw weights) and ``ema.safetensors`` in ``out_dir``."""
         if self.dist.is_main:
-            save(self.model, self.out / "model.safetensors")
-            self._save_ema(self.out / "ema.safetensors")
+            self._write_weights(self.out)
         self.dist.barrier()
