@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._training import add_run_args, fit_and_report, run_overrides
+
 
 def _config(args: argparse.Namespace):
     from ..generation.model import GenConfig
@@ -33,23 +35,7 @@ def _config(args: argparse.Namespace):
     }
     if model_changes:
         config = config.replace(model=config.model.replace(**model_changes))
-    overrides = {
-        k: v
-        for k, v in dict(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            frames=args.frames,
-            seed=args.seed,
-            log_every=args.log_every,
-            ckpt_every=args.ckpt_every,
-            warmup_steps=args.warmup_steps,
-            ema_decay=args.ema_decay,
-            num_workers=args.workers,
-            backend=args.backend,
-        ).items()
-        if v is not None
-    }
+    overrides = run_overrides(args, backend=args.backend)
     return config.replace(**overrides)
 
 
@@ -73,21 +59,11 @@ def _gen_train(args: argparse.Namespace) -> int:
         dataset,
         args.out,
         resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.quiet,
         dist_info=dist_info,
     )
-    last = trainer.fit(until=args.stop_at)
-    agree = trainer.ranks_agree()
-    if dist_info.is_main:
-        summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
-        print(f"step {trainer.step}/{config.steps}: {summary}")
-        print(f"latents normalised by {dataset.normalizer.source}")
-        if dist_info.enabled:
-            print(f"{dist_info.world_size} ranks hold identical weights: {agree}")
-        print(f"checkpoint: {trainer.latest_checkpoint()}")
-    if dist_info.enabled:
-        torch.distributed.destroy_process_group()
-    return 0 if agree else 1
+    normaliser = f"latents normalised by {dataset.normalizer.source}"
+    return fit_and_report(trainer, dist_info, args.stop_at, [normaliser])
 
 
 def register(sub) -> None:
@@ -100,19 +76,7 @@ def register(sub) -> None:
         "checkpoints and, at the end, model.safetensors / ema.safetensors into --out.",
     )
     p.add_argument("input", metavar="LATENTS_DIR")
-    p.add_argument("--out", required=True, metavar="RUN", help="output folder")
     p.add_argument("--preset", default="tiny", help="tiny | S | B | a .json GenTrainConfig")
-    p.add_argument("--steps", type=int, help="total steps (the LR schedule's length)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN's latest checkpoint")
-    p.add_argument(
-        "--stop-at", type=int, help="stop (with a checkpoint) at this step; --resume later"
-    )
-    p.add_argument("--frames", type=int, help="latent frames per training clip (5 = 17 frames)")
-    p.add_argument("--batch-size", type=int, help="clips per process per step")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--seed", type=int)
     p.add_argument(
         "--labels",
         choices=["dirs"],
@@ -127,10 +91,5 @@ def register(sub) -> None:
         choices=["auto", "flash", "xformers", "sdpa", "math"],
         help="attention backend for training (default auto)",
     )
-    p.add_argument("--log-every", type=int)
-    p.add_argument("--ckpt-every", type=int)
-    p.add_argument("--workers", type=int, help="data loader processes")
-    p.add_argument("--device", help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_args(p, frames_help="latent frames per training clip (5 = 17 frames)")
     p.set_defaults(func=_gen_train)
