@@ -122,3 +122,24 @@ def test_photo_eval_reports_colour_error():
     red, green, blue = out["pink"]["color_error"]
     assert 20 < red <= 25.5 and green == 0.0 and -12.75 <= blue < -10
     assert out["pink"]["abs_color_error"][0] == pytest.approx(red)
+
+
+def test_bicubic_yardstick_is_a_per_frame_round_trip():
+    from cdt_fast.train.photo_eval import BicubicRoundTrip, main
+
+    x = torch.rand(2, 3, 5, 16, 24) * 2 - 1
+    yard = BicubicRoundTrip(4)
+    z = yard.encode(x)
+    assert z.shape == (2, 3, 5, 4, 6)
+    frame = x[1, :, 3][None]
+    small = torch.nn.functional.interpolate(frame, size=(4, 6), mode="bicubic", antialias=True)
+    assert torch.allclose(z[1, :, 3], small[0], atol=1e-6)
+    up = torch.nn.functional.interpolate(small, size=(16, 24), mode="bicubic").clamp(-1, 1)
+    assert torch.allclose(yard.decode(z)[1, :, 3], up[0], atol=1e-6)
+    assert torch.equal(BicubicRoundTrip(1).decode(BicubicRoundTrip(1).encode(x)), x)
+    with pytest.raises(ValueError, match="multiples of 5"):
+        BicubicRoundTrip(5).encode(x)
+    with pytest.raises(ValueError, match="factor"):
+        BicubicRoundTrip(0)
+    with pytest.raises(SystemExit):
+        main(["bicubic:x"])

@@ -4,7 +4,10 @@
 ``eval`` command's definitions) and the mean colour error per channel (reconstruction minus
 original, in 8-bit levels: a colour cast shows as a channel far from 0) over the same clips: the
 scikit-image photographs held out of the ``photos`` training source, plus any ``--images`` folder
-(e.g. matplotlib's ``sample_data``). Models: ``demo`` (the bundled one) or a ``.safetensors``.
+(e.g. matplotlib's ``sample_data``). Models: ``demo`` (the bundled one), a ``.safetensors``, or
+``bicubic:F``, a yardstick that is no model: every frame scaled down F times and back up
+(antialiased bicubic), which keeps 3 values per FxF block and frame where a CDT latent keeps 16
+per 8x8 block and 4 frames.
 """
 
 from __future__ import annotations
@@ -14,7 +17,35 @@ from typing import Dict, List, Sequence
 
 import torch
 
-__all__ = ["photo_eval"]
+__all__ = ["photo_eval", "BicubicRoundTrip"]
+
+
+class BicubicRoundTrip(torch.nn.Module):
+    """Frames scaled down ``factor`` times and back up: the reference a learned codec of the same
+    rate should beat. Has the ``encode`` / ``decode`` calls :func:`photo_eval` makes; frame sides
+    must be multiples of ``factor``."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"factor must be a positive int, got {factor!r}")
+        self.factor = factor
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        if h % self.factor or w % self.factor:
+            raise ValueError(f"frame sides must be multiples of {self.factor}, got {h}x{w}")
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        small = torch.nn.functional.interpolate(
+            frames, scale_factor=1 / self.factor, mode="bicubic", antialias=True
+        )
+        return small.reshape(b, t, c, *small.shape[-2:]).transpose(1, 2)
+
+    def decode(self, z: torch.Tensor, **_) -> torch.Tensor:
+        b, c, t, h, w = z.shape
+        frames = z.transpose(1, 2).reshape(b * t, c, h, w)
+        big = torch.nn.functional.interpolate(frames, scale_factor=self.factor, mode="bicubic")
+        return big.clamp(-1, 1).reshape(b, t, c, *big.shape[-2:]).transpose(1, 2)
 
 
 def photo_eval(
@@ -65,7 +96,11 @@ def photo_eval(
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m cdt_fast.train.photo_eval", description=__doc__)
-    p.add_argument("models", nargs="+", help="demo | a .safetensors written by cdt_fast.save")
+    p.add_argument(
+        "models",
+        nargs="+",
+        help="demo | a .safetensors written by cdt_fast.save | bicubic:F (a yardstick)",
+    )
     p.add_argument("--images", action="append", default=[], help="an extra folder of images")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--size", type=int, default=64)
@@ -87,7 +122,13 @@ def main(argv=None) -> int:
         images += load_image_folder(folder)
     models = {}
     for spec in args.models:
-        models[spec] = load(str(demo_model_path()) if spec == "demo" else spec).eval()
+        if spec.startswith("bicubic:"):
+            factor = spec[len("bicubic:") :]
+            if not factor.isdigit() or int(factor) < 1:
+                p.error(f"models: bicubic:F needs a positive integer F, got {spec!r}")
+            models[spec] = BicubicRoundTrip(int(factor))
+        else:
+            models[spec] = load(str(demo_model_path()) if spec == "demo" else spec).eval()
     results = photo_eval(
         models, images, args.frames, args.size, args.clips_per_image, args.seed, args.steps
     )
