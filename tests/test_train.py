@@ -239,9 +239,9 @@ def test_bundled_demo_model_reconstructs_held_out_clips():
     from cdt_fast.train import demo_model_path
 
     path = demo_model_path()
-    assert path.stat().st_size < 10 * 2**20
+    assert path.stat().st_size < 20 * 2**20
     model = load(path)
-    assert model.config.name == "tiny"
+    assert model.config.name == "tiny" and model.config.latent_dim == 16
     data = SyntheticVideos(length=2, frames=5, size=32, seed=1000)  # training used seeds 0-2
     x = torch.stack([data.clip(0), data.clip(1)])
     recon = model(x, generator=torch.Generator().manual_seed(0))
@@ -251,3 +251,24 @@ def test_bundled_demo_model_reconstructs_held_out_clips():
         to_unit_frames(x), to_unit_frames(untrained(x, generator=torch.Generator().manual_seed(0)))
     )
     assert value > baseline + 3, (value, baseline)
+
+
+def test_bundled_demo_model_on_a_held_out_photograph(tmp_path):
+    """Real content the demo never saw: matplotlib's grace_hopper.jpg moved as video (the clips
+    of ``photo_eval``), 17 frames at 64x64. The bundled model gives 19.9 dB with every channel
+    within 1.4 levels on average; the earlier demo models gave 15.2 dB (blue 17 levels off,
+    synthetic clips only) and 16.7 dB (green and blue 6-7 levels off, fine-tuned on photos)."""
+    import shutil
+
+    import matplotlib
+
+    from cdt_fast.data import load_image_folder
+    from cdt_fast.train import demo_model_path
+    from cdt_fast.train.photo_eval import photo_eval
+
+    sample = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    shutil.copy(sample, tmp_path)
+    model = load(demo_model_path()).eval()
+    result = photo_eval({"demo": model}, load_image_folder(tmp_path), clips_per_image=2)["demo"]
+    assert result["psnr"] > 19.0, result
+    assert max(result["abs_color_error"]) < 3.0, result

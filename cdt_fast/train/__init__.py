@@ -20,8 +20,9 @@ __all__ = [
 
 
 def demo_model_path() -> Path:
-    """The bundled demo checkpoint (``cdt_fast/assets/demo.safetensors``): a tiny CDT trained by
-    ``cdt-fast train --config tiny`` on synthetic clips. Load it with ``cdt_fast.load(path)``."""
+    """The bundled demo checkpoint (``cdt_fast/assets/demo.safetensors``): a narrow CDT trained by
+    ``cdt-fast train --config tiny --data photos+synthetic --seed 7`` on photographs moved as
+    video and synthetic clips. Load it with ``cdt_fast.load(path)``."""
     path = Path(__file__).resolve().parent.parent / "assets" / "demo.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"the demo model is missing from the installation: {path}")
