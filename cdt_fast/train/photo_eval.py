@@ -117,18 +117,20 @@ def main(argv=None) -> int:
     from ..data.photos import SKIMAGE_HOLDOUT
     from . import demo_model_path
 
-    images = load_skimage_photos(SKIMAGE_HOLDOUT)
-    for folder in args.images:
-        images += load_image_folder(folder)
-    models = {}
+    models = {}  # the specs first: a bad one stops before any image or weight is read
     for spec in args.models:
         if spec.startswith("bicubic:"):
             factor = spec[len("bicubic:") :]
             if not factor.isdigit() or int(factor) < 1:
                 p.error(f"models: bicubic:F needs a positive integer F, got {spec!r}")
             models[spec] = BicubicRoundTrip(int(factor))
-        else:
+    images = load_skimage_photos(SKIMAGE_HOLDOUT)
+    for folder in args.images:
+        images += load_image_folder(folder)
+    for spec in args.models:
+        if spec not in models:
             models[spec] = load(str(demo_model_path()) if spec == "demo" else spec).eval()
+    models = {spec: models[spec] for spec in args.models}
     results = photo_eval(
         models, images, args.frames, args.size, args.clips_per_image, args.seed, args.steps
     )
