@@ -483,3 +483,18 @@ def test_preset_name_needs_the_release_checkpoint(capsys, work, tmp_path, monkey
         "base",
     )
     assert_clean_failure(rc, err, "disagree")
+
+
+def test_train_and_gen_train_share_their_run_options():
+    from cdt_fast.cli import build_parser
+    from cdt_fast.cli._training import run_overrides
+
+    parser = build_parser()
+    common = ["--out", "run", "--steps", "7", "--workers", "2", "--ema-decay", "0.9", "-q"]
+    train = parser.parse_args(["train", *common, "--kl-weight", "0.5"])
+    gen = parser.parse_args(["gen-train", "latents", *common, "--backend", "math"])
+    for args in (train, gen):
+        assert args.quiet and args.out == "run"
+        assert run_overrides(args) == {"steps": 7, "num_workers": 2, "ema_decay": 0.9}
+    assert run_overrides(train, kl=train.kl_weight, lpips=None)["kl"] == 0.5
+    assert parser.parse_args(["train", "--out", "r", "--no-progress"]).quiet

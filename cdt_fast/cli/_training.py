@@ -58,8 +58,8 @@ def run_overrides(args: argparse.Namespace, **more) -> Dict[str, object]:
 
 
 def fit_and_report(trainer, dist_info, until, extra_lines: Iterable[str] = ()) -> int:
-    """Train until step ``until`` (``--stop-at``; None: the end), print one summary on the main rank and tear DDP
-    down; exit status 1 when the ranks' weights differ."""
+    """Train until step ``until`` (``--stop-at``; None: the end), print one summary on the main
+    rank and tear DDP down; exit status 1 when the ranks' weights differ."""
     import torch
 
     last = trainer.fit(until=until)
