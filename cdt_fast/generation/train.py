@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -283,23 +282,9 @@ class GenTrainer(Trainer):
             },
         )
 
-    def train_step(self, batch) -> Dict[str, torch.Tensor]:
-        dev = self.dist.device
-        z, y = (t.to(dev, non_blocking=True) for t in batch)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
-        )
-        with autocast:
-            parts = self.ddp(z, y, self.generator)
-        self.optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
-        parts["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.ema.update(self.model)
-        self.step += 1
-        return parts
+    def loss_parts(self, batch) -> Dict[str, torch.Tensor]:
+        z, y = (t.to(self.dist.device, non_blocking=True) for t in batch)
+        return self.ddp(z, y, self.generator)
 
     def _write_weights(self, folder: Path) -> None:
         meta = self.metadata()

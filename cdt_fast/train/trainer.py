@@ -229,14 +229,18 @@ class Trainer:
             pin_memory=self.dist.device.type == "cuda",
         )
 
-    def train_step(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def loss_parts(self, batch) -> Dict[str, torch.Tensor]:
+        """The loss and its logged parts for one batch from the loader, on the training device;
+        a trainer of another model overrides only this."""
+        return self.ddp(batch.to(self.dist.device, non_blocking=True), self.generator)
+
+    def train_step(self, batch) -> Dict[str, torch.Tensor]:
         dev = self.dist.device
-        x = x.to(dev, non_blocking=True)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
         )
         with autocast:
-            parts = self.ddp(x, self.generator)
+            parts = self.loss_parts(batch)
         self.optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
