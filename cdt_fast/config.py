@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Dict, Tuple
 
-__all__ = ["CDTConfig", "dataclass_from_dict"]
+__all__ = ["CDTConfig", "dataclass_from_dict", "check_positive_ints"]
 
 
 def dataclass_from_dict(cls, values: Dict[str, Any]):
@@ -19,6 +19,17 @@ def dataclass_from_dict(cls, values: Dict[str, Any]):
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
     return cls(**values)
+
+
+def check_positive_ints(config, names) -> None:
+    """A ValueError naming ``Class.field`` for the first of ``names`` that is not an int >= 1
+    (bools are refused: they are ints to Python, never a size to us)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"{type(config).__name__}.{name} must be a positive int, got {value!r}"
+            )
 
 
 # Upstream `load_cdt_base` / `load_cdt_small` arguments (everything else is a CDTConfig default).
@@ -103,10 +114,7 @@ class CDTConfig:
             "decode_frames",
             "channels",
         )
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CDTConfig.{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, positive)
         levels = len(self.context_dim_mults)
         for name in ("space_down", "time_down"):
             flags = getattr(self, name)

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..config import dataclass_from_dict
+from ..config import check_positive_ints, dataclass_from_dict
 from .attention import BACKENDS, attention
 
 __all__ = ["GenConfig", "VideoDiT", "KVCache", "PRESETS"]
@@ -47,10 +47,7 @@ class GenConfig:
     causal: bool = False  # temporal attention only looks back (chunked extension with a cache)
 
     def __post_init__(self):
-        for name in ("in_channels", "patch_size", "hidden", "depth", "heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GenConfig.{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, ("in_channels", "patch_size", "hidden", "depth", "heads"))
         if self.depth % 2:
             raise ValueError(f"GenConfig.depth must be even (space/time pairs), got {self.depth}")
         if self.hidden % self.heads or (self.hidden // self.heads) % 2:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import save_state_dict
-from ..config import dataclass_from_dict
+from ..config import check_positive_ints, dataclass_from_dict
 from ..data.base import ClipDataset
 from ..train.distributed import Dist, setup_distributed
 from ..train.trainer import Trainer
@@ -72,17 +72,17 @@ class GenTrainConfig:
                     f"GenTrainConfig.size must be (h, w), multiples of "
                     f"{self.model.patch_size}, got {self.size}"
                 )
-        for name in (
-            "frames",
-            "batch_size",
-            "steps",
-            "log_every",
-            "ckpt_every",
-            "keep_checkpoints",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GenTrainConfig.{name} must be a positive int, got {value!r}")
+        check_positive_ints(
+            self,
+            (
+                "frames",
+                "batch_size",
+                "steps",
+                "log_every",
+                "ckpt_every",
+                "keep_checkpoints",
+            ),
+        )
         if not self.lr > 0:
             raise ValueError(f"GenTrainConfig.lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:

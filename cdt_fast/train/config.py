@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..config import CDTConfig, dataclass_from_dict
+from ..config import CDTConfig, check_positive_ints, dataclass_from_dict
 from .losses import LossWeights
 
 __all__ = ["TrainConfig", "PRESETS", "resolve_train_config"]
@@ -48,19 +48,19 @@ class TrainConfig:
             object.__setattr__(self, "loss", LossWeights(**self.loss))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "t_range", tuple(float(b) for b in self.t_range))
-        for name in (
-            "frames",
-            "size",
-            "stride",
-            "batch_size",
-            "steps",
-            "log_every",
-            "ckpt_every",
-            "keep_checkpoints",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+        check_positive_ints(
+            self,
+            (
+                "frames",
+                "size",
+                "stride",
+                "batch_size",
+                "steps",
+                "log_every",
+                "ckpt_every",
+                "keep_checkpoints",
+            ),
+        )
         if (self.frames - 1) % 4:
             raise ValueError(f"TrainConfig.frames must be 1+4k, got {self.frames}")
         if self.size % self.model.space_factor:
