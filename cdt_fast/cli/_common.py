@@ -429,6 +429,30 @@ def encode_clip(
     return z
 
 
+def encode_input(args: argparse.Namespace, loaded: Loaded, times: dict):
+    """The command's input video (``args.input`` with its size, fps, truncation and frame-range
+    options) read and encoded with a progress bar; the encode time lands in ``times``. Returns
+    ``(latent, clip, info, (height, width))``, the last being the frame size the latent codes."""
+    with progress(0, "encode", args.quiet) as bar:
+        clip, info, size = open_clip(
+            args.input,
+            loaded.config,
+            args.size,
+            args.fps,
+            bar.update,
+            args.allow_truncated,
+            args.start,
+            args.frames,
+        )
+        bar.reset(total=clip.frames)
+        chunk = encode_chunk_frames(loaded.config, clip, loaded.device, args.chunk_frames)
+        with timed(times, "encode", loaded.device):
+            z = encode_clip(
+                loaded.model, clip, chunk, tile=args.tile, tile_overlap=args.tile_overlap
+            )
+    return z, clip, info, size
+
+
 def video_metadata(info: "video_io.VideoInfo", clip: "video_io.PaddedClip", start: int = 0) -> dict:
     meta = {
         "fps": str(info.fps),

@@ -14,23 +14,7 @@ def _encode(args: argparse.Namespace) -> int:
     _common.check_file_output(args.output, ".safetensors")
     loaded = _common.load_model(args)
     times: dict = {}
-    with _common.progress(0, "encode", args.quiet) as bar:
-        clip, info, _ = _common.open_clip(
-            args.input,
-            loaded.config,
-            args.size,
-            args.fps,
-            bar.update,
-            args.allow_truncated,
-            args.start,
-            args.frames,
-        )
-        bar.reset(total=clip.frames)
-        chunk = _common.encode_chunk_frames(loaded.config, clip, loaded.device, args.chunk_frames)
-        with _common.timed(times, "encode", loaded.device):
-            z = _common.encode_clip(
-                loaded.model, clip, chunk, tile=args.tile, tile_overlap=args.tile_overlap
-            )
+    z, clip, info, _ = _common.encode_input(args, loaded, times)
     metadata = _common.video_metadata(info, clip, args.start)
     latents.save_latent(args.output, z, loaded.config, metadata)
     print(

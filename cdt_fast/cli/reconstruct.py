@@ -67,24 +67,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     _common.check_video_output(args.output)
     loaded = _common.load_model(args)
     times: dict = {}
-    with _common.progress(0, "encode", args.quiet) as bar:
-        clip, info, (height, width) = _common.open_clip(
-            args.input,
-            loaded.config,
-            args.size,
-            args.fps,
-            bar.update,
-            args.allow_truncated,
-            args.start,
-            args.frames,
-        )
-        bar.reset(total=clip.frames)
-        chunk = _common.encode_chunk_frames(loaded.config, clip, loaded.device, args.chunk_frames)
-        with _common.timed(times, "encode", loaded.device):
-            z = _common.encode_clip(
-                loaded.model, clip, chunk, tile=args.tile, tile_overlap=args.tile_overlap
-            )
-
+    z, clip, info, (height, width) = _common.encode_input(args, loaded, times)
     out_size = video_io.output_size(args.output, height, width, args.pix_fmt)
     scores = _Scores(args, info, (height, width), out_size)
     with _common.progress(clip.frames, "decode", args.quiet) as bar:
