@@ -204,15 +204,7 @@ class CDT(nn.Module):
                 list(self.decode_stream(z, steps, noise, generator, chunk_frames, scale_factor)),
                 dim=2,
             )
-        z, steps, noise, chunk = self._check_decode(z, steps, noise, generator, chunk_frames)
-        noise = self.initial_noise(z, generator) if noise is None else noise
-        return tiling.tiled_decode(
-            z / scale_factor,
-            noise,
-            tiles,
-            self.config.space_factor,
-            lambda z_tile, noise_tile: self._decode_stream(z_tile, steps, noise_tile, None, chunk),
-        )
+        return self._tiled_decode(z, steps, noise, generator, chunk_frames, scale_factor, tiles)
 
     def decode_stream(
         self,
@@ -231,6 +223,16 @@ class CDT(nn.Module):
         if tiles is None:
             z, steps, noise, chunk = self._check_decode(z, steps, noise, generator, chunk_frames)
             return self._decode_stream(z / scale_factor, steps, noise, generator, chunk)
+        return self._tiled_decode(
+            z, steps, noise, generator, chunk_frames, scale_factor, tiles, lockstep=True
+        )
+
+    def _tiled_decode(
+        self, z, steps, noise, generator, chunk_frames, scale_factor, tiles, lockstep=False
+    ):
+        """A decode in ``tiles``: the noise is drawn whole, as an untiled decode draws it, and each
+        tile gets its slice. ``lockstep``: a stream whose tiles advance chunk by chunk together;
+        else the whole video, one tile at a time."""
         z, steps, noise, chunk = self._check_decode(z, steps, noise, generator, chunk_frames)
         noise = self.initial_noise(z, generator) if noise is None else noise
         return tiling.tiled_decode(
@@ -239,7 +241,7 @@ class CDT(nn.Module):
             tiles,
             self.config.space_factor,
             lambda z_tile, noise_tile: self._decode_stream(z_tile, steps, noise_tile, None, chunk),
-            lockstep=True,
+            lockstep=lockstep,
         )
 
     def _check_decode(self, z, steps, noise, generator, chunk_frames):
