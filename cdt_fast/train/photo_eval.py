@@ -17,19 +17,19 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from ..config import check_positive_ints
+
 __all__ = ["photo_eval", "BicubicRoundTrip"]
 
 
-class BicubicRoundTrip(torch.nn.Module):
+class BicubicRoundTrip:
     """Frames scaled down ``factor`` times and back up: the reference a learned codec of the same
     rate should beat. Has the ``encode`` / ``decode`` calls :func:`photo_eval` makes; frame sides
     must be multiples of ``factor``."""
 
     def __init__(self, factor: int):
-        super().__init__()
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-            raise ValueError(f"factor must be a positive int, got {factor!r}")
         self.factor = factor
+        check_positive_ints(self, ("factor",))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
@@ -117,20 +117,21 @@ def main(argv=None) -> int:
     from ..data.photos import SKIMAGE_HOLDOUT
     from . import demo_model_path
 
-    models = {}  # the specs first: a bad one stops before any image or weight is read
+    yardsticks = {}  # checked first: a bad spec stops before any image or weight is read
     for spec in args.models:
         if spec.startswith("bicubic:"):
             factor = spec[len("bicubic:") :]
             if not factor.isdigit() or int(factor) < 1:
                 p.error(f"models: bicubic:F needs a positive integer F, got {spec!r}")
-            models[spec] = BicubicRoundTrip(int(factor))
+            yardsticks[spec] = BicubicRoundTrip(int(factor))
     images = load_skimage_photos(SKIMAGE_HOLDOUT)
     for folder in args.images:
         images += load_image_folder(folder)
-    for spec in args.models:
-        if spec not in models:
-            models[spec] = load(str(demo_model_path()) if spec == "demo" else spec).eval()
-    models = {spec: models[spec] for spec in args.models}
+    models = {
+        spec: yardsticks.get(spec)
+        or load(str(demo_model_path()) if spec == "demo" else spec).eval()
+        for spec in args.models
+    }
     results = photo_eval(
         models, images, args.frames, args.size, args.clips_per_image, args.seed, args.steps
     )
