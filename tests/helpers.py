@@ -1,4 +1,4 @@
-"""What the test modules share: where they run, tolerances, random inputs.
+"""What the test modules share: where they run, tolerances, random inputs, a tiny benchmark run.
 
 Where Triton runs is decided once, in ``conftest.py`` (which calls :func:`use_triton_interpreter`
 before any test module imports triton); the modules read the outcome from here.
@@ -11,6 +11,7 @@ import os
 import torch
 
 __all__ = [
+    "BENCH_TINY_ARGS",
     "DEVICE",
     "EPS",
     "INTERPRETED",
@@ -78,3 +79,27 @@ def rand_video(b: int, t: int, h: int, w: int, *, dtype=torch.float32, device=DE
 def rand_latent(b: int, c: int, t: int, h: int, w: int, *, dtype=torch.float32, device=DEVICE):
     """A latent ``[B, C, T, h, w]`` of unit scale, as CDT's decoder takes it."""
     return torch.randn(b, c, t, h, w, device=device).to(dtype)
+
+
+# benchmarks/run.py on a setting that runs in seconds on a CPU; a test appends what it changes
+# (argparse keeps the last value of a repeated option).
+BENCH_TINY_ARGS = [
+    "--tiny",
+    "--models",
+    "small",
+    "--frames",
+    "5",
+    "--size",
+    "32",
+    "--ops",
+    "encode,decode,roundtrip",
+    "--long-frames",
+    "9",
+    "--warmup",
+    "0",
+    "--repeats",
+    "2",
+    "--threads",
+    "1",
+    "--no-progress",
+]

@@ -20,6 +20,8 @@ import torch
 
 from benchmarks import environment, report, run
 
+from .helpers import BENCH_TINY_ARGS
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BENCHES = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
@@ -117,33 +119,10 @@ def test_run_writes_partial_results_when_terminated(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         rc = run.main(
-            [
-                "--tiny",
-                "--models",
-                "small",
-                "--frames",
-                "5",
-                "--size",
-                "32",
-                "--long-frames",
-                "none",
-                "--ops",
-                "decode",
-                "--impls",
-                "reference",
-                "--warmup",
-                "0",
-                "--repeats",
-                "1",
-                "--threads",
-                "1",
-                "--no-progress",
-                "--no-plot",
-                "--results-dir",
-                str(tmp_path),
-                "--out",
-                str(tmp_path / "out.json"),
-            ]
+            BENCH_TINY_ARGS
+            + ["--long-frames", "none", "--ops", "decode", "--impls", "reference"]
+            + ["--repeats", "1", "--no-plot", "--results-dir", str(tmp_path)]
+            + ["--out", str(tmp_path / "out.json")]
         )
     torch.set_num_threads(threads)
     assert rc == run.EXIT_INTERRUPTED and signal.getsignal(signal.SIGTERM) == before

@@ -19,6 +19,7 @@ import cdt_fast
 from benchmarks import environment, flops, impls, kernel_summary, report, run, timing
 
 from .conftest import tiny_config
+from .helpers import BENCH_TINY_ARGS
 
 # -- FLOP model -----------------------------------------------------------------------------------
 
@@ -190,28 +191,6 @@ def _fake_accelerate(model, backend="auto", dtype=None):
     return model.to(dtype) if dtype is not None else model
 
 
-TINY_ARGS = [
-    "--tiny",
-    "--models",
-    "small",
-    "--frames",
-    "5",
-    "--size",
-    "32",
-    "--ops",
-    "encode,decode,roundtrip",
-    "--long-frames",
-    "9",
-    "--warmup",
-    "0",
-    "--repeats",
-    "2",
-    "--threads",
-    "1",
-    "--no-progress",
-]
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One run of run.py on a tiny setting with a stand-in engine (two backends, one unavailable)
@@ -226,7 +205,8 @@ def tiny_run(tmp_path_factory):
         mp.setitem(sys.modules, "diffusers", fake_diffusers)
         stdout = _capture(
             lambda: run.main(
-                TINY_ARGS + ["--results-dir", str(out), "--out", str(out / "out.json"), "--kernels"]
+                BENCH_TINY_ARGS
+                + ["--results-dir", str(out), "--out", str(out / "out.json"), "--kernels"]
             )
         )
     torch.set_num_threads(threads)
@@ -601,7 +581,7 @@ def test_a_failing_implementation_is_reported_not_fatal(tmp_path, monkeypatch):
     try:
         _capture(
             lambda: run.main(
-                TINY_ARGS
+                BENCH_TINY_ARGS
                 + [
                     "--ops",
                     "encode",
@@ -767,7 +747,15 @@ def checkout_copy(tmp_path, monkeypatch):
 
 def test_the_main_command_leaves_the_checkout_clean(checkout_copy):
     threads = torch.get_num_threads()
-    argv = TINY_ARGS + ["--ops", "decode", "--long-frames", "none", "--no-peer", "--repeats", "1"]
+    argv = BENCH_TINY_ARGS + [
+        "--ops",
+        "decode",
+        "--long-frames",
+        "none",
+        "--no-peer",
+        "--repeats",
+        "1",
+    ]
     argv += ["--no-plot", "--min-rounds", "1"]
     try:
         with pytest.MonkeyPatch.context() as mp:
@@ -797,7 +785,7 @@ def test_time_budget_writes_the_rows_measured_so_far(tmp_path):
             # out of time from the third check on: the run's start and encode pass, then stop
             mp.setattr(run, "_out_of_time", lambda plan: calls.append(1) or len(calls) >= 3)
             rc = run.main(
-                TINY_ARGS
+                BENCH_TINY_ARGS
                 + [
                     "--no-peer",
                     "--no-plot",
