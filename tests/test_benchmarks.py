@@ -530,34 +530,11 @@ def test_compiled_and_channels_last_references_match_eager(tmp_path):
     try:
         _capture(
             lambda: run.main(
-                [
-                    "--tiny",
-                    "--models",
-                    "small",
-                    "--frames",
-                    "5",
-                    "--size",
-                    "32",
-                    "--ops",
-                    "decode",
-                    "--impls",
-                    "reference,reference-cl,reference-compiled",
-                    "--long-frames",
-                    "none",
-                    "--warmup",
-                    "1",
-                    "--repeats",
-                    "1",
-                    "--threads",
-                    "1",
-                    "--no-progress",
-                    "--no-plot",
-                    "--no-peer",
-                    "--results-dir",
-                    str(tmp_path),
-                    "--out",
-                    str(tmp_path / "r.json"),
-                ]
+                BENCH_TINY_ARGS
+                + ["--ops", "decode", "--impls", "reference,reference-cl,reference-compiled"]
+                + ["--long-frames", "none", "--warmup", "1", "--repeats", "1"]
+                + ["--no-plot", "--no-peer", "--results-dir", str(tmp_path)]
+                + ["--out", str(tmp_path / "r.json")]
             )
         )
     finally:
