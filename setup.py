@@ -1,5 +1,6 @@
-"""Build script: the pure-Python package, with ``kernels/`` installed as ``cdt_fast.kernels``, and
-the optional compiled extension ``cdt_fast._C``, built by ``CMakeLists.txt`` (the one build
+"""Build script: the pure-Python package, with the top-level ``kernels/`` modules installed inside
+``cdt_fast.kernels`` (never as a top-level ``kernels``: that name is Hugging Face's), and the
+optional compiled extension ``cdt_fast._C``, built by ``CMakeLists.txt`` (the one build
 description; this file only drives it, as in pybind11's CMake example).
 
 The extension is plain C++ (and CUDA) behind pybind11 with a raw-pointer ABI: it needs neither
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 EXTENSION = "cdt_fast._C"
@@ -68,6 +70,20 @@ def cuda_architectures() -> str:
     if not archs:
         raise ValueError("CDT_FAST_CUDA_ARCHS names no architecture")
     return ";".join([f"{a}-real" for a in archs[:-1]] + [archs[-1]])
+
+
+class BuildPy(build_py):
+    """Copies the top-level ``kernels/*.py`` into ``cdt_fast/kernels/`` of the build. An editable
+    install copies nothing: there ``cdt_fast/kernels/__init__.py`` finds the checkout's folder."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib) / "cdt_fast" / "kernels"
+        self.mkpath(str(target))
+        for source in sorted((ROOT / "kernels").glob("*.py")):
+            self.copy_file(str(source), str(target / source.name), preserve_mode=False)
 
 
 class BuildError(RuntimeError):
@@ -191,9 +207,8 @@ def extensions():
 
 
 setup(
-    packages=find_packages(include=["cdt_fast", "cdt_fast.*"]) + ["cdt_fast.kernels"],
-    package_dir={"": ".", "cdt_fast.kernels": "kernels"},
+    packages=find_packages(include=["cdt_fast", "cdt_fast.*"]),
     package_data={"cdt_fast": ["py.typed", "assets/*.safetensors"]},
     ext_modules=extensions(),
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
 )

@@ -214,16 +214,28 @@ def build_peer(
     device: torch.device, dtype: torch.dtype, seed: int
 ) -> Tuple[Optional[Runner], Optional[str]]:
     """(runner, None) for diffusers' AutoencoderKLWan with seeded random weights, or
-    (None, reason) when diffusers (or that class) is not installed."""
+    (None, reason) when it cannot be built: diffusers or the class missing, or any failure while
+    importing (diffusers' lazy imports raise RuntimeError, not ImportError) or constructing it.
+    A peer is optional: its failure is a "Not measured" line, never the end of the run."""
     try:
         from diffusers import AutoencoderKLWan
     except ImportError as err:
         return None, f"diffusers with AutoencoderKLWan is not installed ({err})"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKLWan()
-    vae = vae.to(device=device, dtype=dtype).eval()
+    except Exception as err:  # noqa: BLE001 - a broken optional install must not end the run
+        return None, f"diffusers' AutoencoderKLWan does not import: {_one_line(err)}"
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vae = AutoencoderKLWan()
+        vae = vae.to(device=device, dtype=dtype).eval()
+    except Exception as err:  # noqa: BLE001 - e.g. out of memory on a small device
+        return None, f"diffusers' AutoencoderKLWan could not be built: {_one_line(err)}"
     return Runner(PEER_IMPL, _PeerDecoder(vae), ops=("decode",)), None
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:limit]}"
 
 
 def release(runner: Optional[Runner], device: torch.device) -> None:

@@ -797,3 +797,27 @@ def test_run_py_works_as_a_script():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Measured with `python benchmarks/run.py`")
+
+
+@pytest.mark.parametrize("where", ["import", "construct"])
+def test_a_peer_that_cannot_be_built_is_not_measured(monkeypatch, where):
+    """diffusers' lazy imports raise RuntimeError (not ImportError), and building the VAE can
+    fail too: either is a reason under "Not measured", never the end of the run."""
+    fake = types.ModuleType("diffusers")
+    if where == "import":
+
+        def __getattr__(name):
+            raise RuntimeError(f"Failed to import diffusers.models.{name}: broken install")
+
+        fake.__getattr__ = __getattr__
+    else:
+
+        class AutoencoderKLWan:
+            def __init__(self):
+                raise torch.OutOfMemoryError("CUDA out of memory")
+
+        fake.AutoencoderKLWan = AutoencoderKLWan
+    monkeypatch.setitem(sys.modules, "diffusers", fake)
+    runner, reason = impls.build_peer(torch.device("cpu"), torch.float32, 0)
+    assert runner is None
+    assert ("broken install" if where == "import" else "out of memory") in reason
