@@ -1,9 +1,9 @@
 """What an engine actually ran: calls per (op, backend) and what its CUDA graphs did.
 
 An engine's op table counts every op call it serves under the backend that served it (a dict
-increment after the call returns: no allocation, no device sync). A block op served "composed"
-is not counted itself: its parts go through the table and count under their own names and real
-backends.
+increment after the call returns: no tensor allocation, no device sync). A block op served
+"composed" is not counted itself: its parts go through the table and count under their own names
+and real backends.
 
 A CUDA graph replay runs no Python, so no op is counted during one. The ops inside a captured
 graph are the ones that ran while it was captured, on the backends they were captured with; so
