@@ -7,6 +7,8 @@
   decoder, U-Net) wrapped in ``torch.compile``; the chunk loop stays eager, as a user would do it.
 - ``engine-<backend>``: ``cdt_fast.accelerate(model, backend=..., dtype=...)`` for every backend
   ``cdt_fast.backends()`` reports available (only ``torch`` when the engine has no ``backends()``).
+  Its runner reads the engine's execution record (``Runner.record``), the backends each op ran
+  on, which the rows carry.
 - peer: diffusers' ``AutoencoderKLWan`` (the Wan 2.1 video VAE) decoding a latent of the same
   shape, random weights: a different model, shown for scale only.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import copy
 import gc
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -68,6 +70,17 @@ class Runner:
         self.model = model
         self.memory_format = memory_format
         self.ops = ops
+        self.records = name.startswith("engine-")
+
+    def reset_record(self) -> None:
+        """Start the engine's execution record afresh (nothing to do for other runners)."""
+        if self.records:
+            self.model.reset_execution_record()
+
+    def record(self) -> Optional[Dict[str, Any]]:
+        """The engine's execution record since :meth:`reset_record` (``{"ops": {op: {backend:
+        calls}}, "cuda_graphs": {...}}``), or None for a reference or peer runner."""
+        return self.model.execution_record() if self.records else None
 
     def _prep(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.memory_format is None else t.contiguous(memory_format=self.memory_format)
@@ -195,7 +208,16 @@ def build_runner(
         return Runner(name, master)  # the master itself: no copy of the weights
     if name.startswith("engine-"):
         model = copy.deepcopy(master).to(device)
-        return Runner(name, cdt_fast.accelerate(model, backend=name[len("engine-") :], dtype=dtype))
+        engine = cdt_fast.accelerate(model, backend=name[len("engine-") :], dtype=dtype)
+        if not all(
+            callable(getattr(engine, m, None))
+            for m in ("execution_record", "reset_execution_record")
+        ):
+            raise TypeError(
+                "this engine has no execution_record(): which backend ran each op is unknown, "
+                "so its rows could not say what they measured"
+            )
+        return Runner(name, engine)
     model = copy.deepcopy(master).to(device=device, dtype=dtype).eval()
     if name == "reference":
         return Runner(name, model)

@@ -16,6 +16,8 @@ __all__ = [
     "fmt_bytes",
     "fmt_ratio",
     "ratio_spread",
+    "engine_backend",
+    "impl_label",
     "ENGINE_PREFIX",
 ]
 
@@ -58,6 +60,29 @@ def _mem(row: Row) -> str:
     if peak is None:
         return "-"
     return f"{fmt_bytes(peak)} (+{fmt_bytes(delta)})" if delta is not None else fmt_bytes(peak)
+
+
+def engine_backend(impl: str) -> Optional[str]:
+    """The backend an ``engine-<backend>`` implementation is named after, else None."""
+    return impl[len(ENGINE_PREFIX) :] if impl.startswith(ENGINE_PREFIX) else None
+
+
+def impl_label(row: Row) -> str:
+    """The row's implementation with the other backends its ops ran on, e.g.
+    ``engine-triton (+torch: causal_conv3d_history)``: an engine row is never labelled with a
+    backend alone when some of its ops ran elsewhere (rows without ``ran_on``: the name)."""
+    backend, ran_on = engine_backend(row["impl"]), row.get("ran_on")
+    if backend is None or not ran_on:
+        return row["impl"]
+    others: Dict[str, List[str]] = defaultdict(list)
+    for op, counts in ran_on.items():
+        for other in counts:
+            if other != backend:
+                others[other].append(op)
+    if not others:
+        return row["impl"]
+    mix = "; ".join(f"+{b}: {', '.join(ops)}" for b, ops in sorted(others.items()))
+    return f"{row['impl']} ({mix})"
 
 
 def _table(header: Sequence[str], lines: Iterable[Sequence[Any]]) -> List[str]:
@@ -134,6 +159,7 @@ def _vs(rows: List[Row], baseline: str) -> List[Row]:
             {
                 "model": r["model"],
                 "impl": r["impl"],
+                "impl_label": impl_label(r),
                 "baseline": baseline,
                 "op": r["op"],
                 "frames": r["frames"],
@@ -275,7 +301,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
         (
             [
                 r["model"],
-                r["impl"],
+                impl_label(r),
                 r["op"],
                 r["frames"],
                 _size(r),
@@ -310,7 +336,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
                 (
                     [
                         r["model"],
-                        r["impl"],
+                        r.get("impl_label", r["impl"]),
                         r["op"],
                         r["frames"],
                         _size(r),
@@ -496,7 +522,7 @@ def readme_table(report: Dict[str, Any]) -> str:
                 f"CDT-{r['model']}" if r.get("suite") != "peer" else r["model"],
                 r["op"],
                 f"{r['frames']}x{_size(r)}",
-                r["impl"],
+                impl_label(r),
                 _readme_latency(r),
                 _fmt(r.get("frames_per_s"), ".1f"),
                 speedup,

@@ -60,6 +60,7 @@ __all__ = [
     "Interrupted",
     "ROW_FIELDS",
     "SCHEMA",
+    "attach_record",
     "EXIT_INTERRUPTED",
 ]
 
@@ -111,6 +112,9 @@ ROW_FIELDS = (
     "psnr_vs_reference",
     "max_abs_err_vs_reference",
     "psnr_note",
+    "ran_on",
+    "backends_used",
+    "cuda_graphs",
 )
 
 
@@ -615,7 +619,27 @@ def make_row(
         "psnr_vs_reference": None,
         "max_abs_err_vs_reference": None,
         "psnr_note": None,
+        "ran_on": None,
+        "backends_used": None,
+        "cuda_graphs": None,
     }
+
+
+def attach_record(row: Dict[str, Any], record: Dict[str, Any]) -> Optional[str]:
+    """Put an engine's execution record of the row's timed calls on ``row``: ``ran_on`` ({op:
+    {backend: calls}}), ``backends_used`` (sorted) and ``cuda_graphs``. Returns why the row is
+    not a result when the backend in its name ran none of its ops, else None."""
+    ran_on = record["ops"]
+    used = sorted({backend for counts in ran_on.values() for backend in counts})
+    row["ran_on"], row["backends_used"] = ran_on, used
+    row["cuda_graphs"] = record["cuda_graphs"]
+    backend = report.engine_backend(row["impl"])
+    if backend is not None and backend not in used:
+        return (
+            f"not a result: backend {backend} ran none of the timed calls' ops "
+            f"(they ran on {', '.join(used) or 'nothing'})"
+        )
+    return None
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -690,6 +714,7 @@ def _measure(
             resident_bytes={
                 name: _resident_bytes(runner.model, inputs) for name, runner in runners.items()
             },
+            after_warmup=lambda name: runners[name].reset_record(),
         )
 
 
@@ -772,11 +797,24 @@ def run_model(
                     flop_counts[(op, s)] = flops.count_macs(
                         config, op, s.frames, s.height, s.width
                     ).flops
-                for impl in runners:
+                for impl, runner in runners.items():
                     if impl not in timings:
                         continue
                     t = timings[impl]
                     row = make_row(plan, header, model, impl, op, s, t, flop_counts[(op, s)])
+                    record = runner.record()
+                    problem = attach_record(row, record) if record is not None else None
+                    if problem is not None:
+                        plan.skipped.append(
+                            {
+                                "model": model,
+                                "impl": impl,
+                                "op": op,
+                                "setting": label,
+                                "reason": problem,
+                            }
+                        )
+                        continue
                     if s in refs:
                         row["psnr_vs_reference"], row["max_abs_err_vs_reference"] = psnr_against(
                             t.output, refs[s][op], op

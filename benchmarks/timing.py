@@ -212,12 +212,14 @@ def measure_interleaved(
     deadline: Optional[float] = None,
     keep_output: bool = False,
     resident_bytes: Optional[Dict[str, int]] = None,
+    after_warmup: Optional[Callable[[str], None]] = None,
 ) -> Tuple[Dict[str, Timing], Dict[str, BaseException]]:
     """Time several callables against each other: ``warmup`` untimed calls of each (an int, or
     per name), then up to ``rounds`` rounds, each timing one call of every callable, the order
     rotated by one per round. Rounds stop early once ``min_rounds`` are done and the timed
     phase has taken longer than ``max_time_s``, or, after at least one round, once
-    ``time.perf_counter()`` passes ``deadline``.
+    ``time.perf_counter()`` passes ``deadline``. ``after_warmup(name)`` runs once per callable
+    between its warm-up and the first timed round (e.g. to reset what the timed calls record).
 
     Returns ``(timings, errors)``: a callable that raises (e.g. out of memory) is dropped from
     the later rounds and its exception is returned under its name instead of a timing; the
@@ -242,6 +244,9 @@ def measure_interleaved(
         except Exception as err:  # noqa: BLE001 - reported per implementation
             errors[name] = err
             _release_cached(device)
+            continue
+        if after_warmup is not None:
+            after_warmup(name)
     samples: Dict[str, List[float]] = {n: [] for n in names if n not in errors}
     peaks: Dict[str, int] = {n: 0 for n in samples}
     deltas: Dict[str, int] = {n: 0 for n in samples}

@@ -2,7 +2,8 @@
 
 Public API: :class:`CDTConfig`, :class:`CDT` (the reference model), :func:`load`, :func:`load_cdt`
 (upstream's entry point), :func:`save`, :func:`accelerate` (the engine), :func:`backends`,
-:class:`FeatureCache`.
+:class:`FeatureCache`, :class:`BackendUnavailableError` (a backend named explicitly cannot serve
+an op) and :class:`BackendFallbackWarning` (``backend="auto"`` fell back).
 """
 
 import importlib as _importlib
@@ -14,6 +15,8 @@ _EXPORTS = {
     "load_cdt": ".api",
     "save": ".api",
     "backends": ".availability",
+    "BackendFallbackWarning": ".availability",
+    "BackendUnavailableError": ".availability",
     "FeatureCache": ".cache",
     "CheckpointMismatchError": ".checkpoint",
     "CDTConfig": ".config",
@@ -41,6 +44,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AcceleratedCDT",
+    "BackendFallbackWarning",
+    "BackendUnavailableError",
     "CDT",
     "CDTConfig",
     "CheckpointMismatchError",

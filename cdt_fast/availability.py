@@ -6,6 +6,12 @@ public :func:`cdt_fast.backends` and the engine's op table both call it, so a us
 environment and the visible devices may change); only the pure, expensive probes (importing
 triton, loading the extension) are cached.
 
+Triton counts as available only when its kernel modules import (``cdt_fast.kernels`` and each
+module the engine takes a Triton op from), so that ``backends()`` never offers a backend the
+engine then cannot load. An engine asked for a backend by name that cannot serve an op raises
+:class:`BackendUnavailableError`; only ``backend="auto"`` falls back, with one
+:class:`BackendFallbackWarning` per backend and reason.
+
 The supported Triton and torch versions are stated here once (:data:`TRITON_VERSIONS`,
 :data:`TORCH_MIN_FOR_TRITON`): outside them the Triton backend reports itself unavailable and says
 which versions it needs. Whether Triton runs its interpreter is read here once too
@@ -15,6 +21,7 @@ which versions it needs. Whether Triton runs its interpreter is read here once t
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -23,7 +30,9 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 __all__ = [
+    "BackendFallbackWarning",
     "BackendStatus",
+    "BackendUnavailableError",
     "BACKEND_NAMES",
     "TRITON_VERSIONS",
     "TORCH_MIN_FOR_TRITON",
@@ -47,6 +56,20 @@ TORCH_MIN_FOR_TRITON = (2, 4)
 # What Triton itself accepts as "on" for TRITON_INTERPRET (its env_bool), so this module and
 # Triton never disagree about whether a kernel is interpreted.
 _TRUE = ("1", "true", "on", "yes")
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend asked for by name cannot serve some ops here. ``failures``: (op, backend,
+    reason) of each."""
+
+    def __init__(self, message: str, failures: Tuple[Tuple[str, str, str], ...] = ()):
+        super().__init__(message)
+        self.failures = failures
+
+
+class BackendFallbackWarning(UserWarning):
+    """``backend="auto"``: the decision table names a backend that cannot serve some ops here,
+    so they run on the table's next choice."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +125,21 @@ def _triton_version() -> Tuple[Optional[str], str]:
     return getattr(triton, "__version__", "?"), ""
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_kernels_problem() -> Optional[str]:
+    """None when ``cdt_fast.kernels`` and every module the engine takes a Triton op from
+    import; else the first that does not, and its error."""
+    from .engine.dispatch import implementations
+
+    for name in ("cdt_fast.kernels", *dict.fromkeys(implementations("triton").values())):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - a broken kernel module raises anything
+            text = " ".join(str(exc).split())[:300]
+            return f"{name} does not import ({type(exc).__name__}: {text})"
+    return None
+
+
 def _torch(device: Optional[torch.device]) -> BackendStatus:
     where = device.type if device is not None else None
     if where is None:
@@ -116,11 +154,16 @@ def _triton(device: Optional[torch.device], env: Optional[Mapping[str, str]]) ->
     problem = version_problem(version, torch.__version__)
     if problem is not None:
         return BackendStatus("triton", False, problem)
-    interpreted = triton_interpreted(env)
     on_cpu = device is not None and device.type == "cpu"
-    if torch.cuda.is_available() and not on_cpu:
+    on_cuda = torch.cuda.is_available() and not on_cpu
+    interpreted = triton_interpreted(env) and (device is None or on_cpu)
+    if on_cuda or interpreted:
+        problem = _triton_kernels_problem()
+        if problem is not None:
+            return BackendStatus("triton", False, problem)
+    if on_cuda:
         return BackendStatus("triton", True, f"triton {version} on CUDA")
-    if interpreted and (device is None or on_cpu):
+    if interpreted:
         return BackendStatus(
             "triton",
             True,

@@ -1,6 +1,8 @@
 """cdt_fast.backends(): every backend reports availability and a reason, computed on call; a
-missing or mismatched extension is one warning and an unavailable backend, never an import error.
-The engine's op table asks the same function (cdt_fast.availability.backend_status)."""
+missing or mismatched extension is one warning and an unavailable backend, never an import error;
+Triton is available only when its kernel modules import. The engine's op table asks the same
+function (cdt_fast.availability.backend_status): a backend named explicitly that cannot serve
+raises with that reason, and only auto falls back, with one warning per backend and reason."""
 
 from __future__ import annotations
 
@@ -18,13 +20,17 @@ import cdt_fast
 from cdt_fast import _cpp_lib, availability
 from cdt_fast.availability import (
     BACKEND_NAMES,
+    BackendFallbackWarning,
     BackendStatus,
+    BackendUnavailableError,
     _arch_runs,
     backend_status,
     triton_interpreted,
     version_problem,
 )
-from cdt_fast.engine.dispatch import OpTable
+from cdt_fast.engine.dispatch import OpTable, implementations
+
+from .conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,14 +141,104 @@ def test_per_device_status():
         backend_status("fast")
 
 
-def test_op_table_reports_what_backends_reports(monkeypatch):
-    """One source of truth: the table's fallback reason is the status function's reason."""
+def _switch_off_cpp(monkeypatch):
     monkeypatch.setattr(
         availability, "_cpp", lambda device: BackendStatus("cpp", False, "switched off for a test")
     )
+
+
+def test_a_named_backend_that_cannot_serve_raises_with_the_status_reason(monkeypatch):
+    """One source of truth and no silent fallback: a backend named explicitly (argument, per-op
+    spec or CDT_FAST_BACKEND) that backends() reports unavailable stops the build with that
+    reason, naming each op; the convs the extension lacks by design are no failure."""
+    _switch_off_cpp(monkeypatch)
     assert cdt_fast.backends()["cpp"].reason == "switched off for a test"
-    backend, reason = OpTable("cpp", env={}).report()["channel_norm"]
-    assert backend == "torch" and reason == "fallback from cpp: switched off for a test"
+    with pytest.raises(BackendUnavailableError) as caught:
+        OpTable("cpp", env={})
+    failures = caught.value.failures
+    assert sorted(op for op, _, _ in failures) == sorted(implementations("cpp"))
+    assert {(b, why) for _, b, why in failures} == {("cpp", "switched off for a test")}
+    message = str(caught.value)
+    assert "backend 'cpp' cannot serve causal_conv3d_history, channel_norm" in message
+    assert "switched off for a test" in message and "causal_conv3d," not in message
+    assert isinstance(caught.value, RuntimeError)
+    with pytest.raises(BackendUnavailableError) as caught:
+        OpTable("auto,channel_norm=cpp", env={})
+    assert caught.value.failures == (("channel_norm", "cpp", "switched off for a test"),)
+    with pytest.raises(BackendUnavailableError, match="CDT_FAST_BACKEND='cpp'"):
+        OpTable("auto", env={"CDT_FAST_BACKEND": "cpp"})
+
+
+def test_a_per_op_backend_must_implement_the_op():
+    with pytest.raises(BackendUnavailableError, match="does not implement causal_conv3d"):
+        OpTable("auto,causal_conv3d=cpp", env={})
+
+
+def test_auto_falls_back_with_one_warning_per_backend_and_reason(monkeypatch):
+    """The CPU table picks cpp for 8 ops: without it, one warning names them all, the table
+    records each fallback, the ops run on the next choice; a second build repeats the same
+    warning, which Python's registry shows once. tune drops it without a warning."""
+    _switch_off_cpp(monkeypatch)
+    cpp_ops = set(implementations("cpp"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = OpTable("auto", env={})
+    (warning,) = [w for w in caught if issubclass(w.category, BackendFallbackWarning)]
+    text = str(warning.message)
+    assert "cannot use cpp" in text and "switched off for a test" in text
+    assert all(op in text for op in cpp_ops) and "causal_conv3d," not in text
+    assert table.fallbacks == {op: ("cpp", "torch", "switched off for a test") for op in cpp_ops}
+    assert all(table.table[op].backend == "torch" for op in cpp_ops)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        OpTable("auto", env={})
+        OpTable("auto", env={})
+    assert sum(issubclass(w.category, BackendFallbackWarning) for w in caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BackendFallbackWarning)
+        assert not OpTable("tune", env={}).fallbacks
+
+
+def test_without_the_extension_cpp_raises_and_auto_warns_once(monkeypatch, fresh_loader):
+    """A CPU user without cdt_fast._C: backend="cpp" raises saying it is not built; auto runs
+    on torch after a single BackendFallbackWarning (beside the loader's own one)."""
+    monkeypatch.setitem(sys.modules, "cdt_fast._C", None)
+    monkeypatch.delattr(cdt_fast, "_C", raising=False)
+    model = cdt_fast.CDT(tiny_config("small")).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(BackendUnavailableError, match="cdt_fast._C is not built"):
+            cdt_fast.accelerate(model, backend="cpp")
+        engine = cdt_fast.accelerate(model)
+    ours = [w for w in caught if issubclass(w.category, BackendFallbackWarning)]
+    assert len(ours) == 1 and "cdt_fast._C is not built" in str(ours[0].message)
+    assert set(engine.ops.fallbacks) == set(implementations("cpp"))
+    assert {b for b, _ in engine.ops.report().values()} == {"torch"}
+
+
+@pytest.fixture
+def fresh_triton_probe():
+    availability._triton_kernels_problem.cache_clear()
+    yield
+    availability._triton_kernels_problem.cache_clear()
+
+
+def test_triton_is_unavailable_when_its_kernels_do_not_import(monkeypatch, fresh_triton_probe):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    env = {"TRITON_INTERPRET": "1"}
+    assert backend_status("triton", "cpu", env).available  # the real kernels import
+    availability._triton_kernels_problem.cache_clear()
+    monkeypatch.setitem(sys.modules, "cdt_fast.kernels.channel_norm", None)
+    status = backend_status("triton", "cpu", env)
+    assert not status.available
+    assert "cdt_fast.kernels.channel_norm does not import (ModuleNotFoundError" in status.reason
+    with pytest.raises(BackendUnavailableError, match="cdt_fast.kernels.channel_norm does not"):
+        OpTable("triton", env=env)
+    availability._triton_kernels_problem.cache_clear()
+    monkeypatch.setitem(sys.modules, "cdt_fast.kernels", None)
+    status = cdt_fast.backends()["triton"]
+    assert not status.available and "cdt_fast.kernels does not import" in status.reason
 
 
 @pytest.mark.parametrize(

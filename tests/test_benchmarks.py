@@ -186,27 +186,23 @@ def _fake_backends():
     }
 
 
-def _fake_accelerate(model, backend="auto", dtype=None):
-    assert backend == "torch"
-    return model.to(dtype) if dtype is not None else model
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One run of run.py on a tiny setting with a stand-in engine (two backends, one unavailable)
-    and a stand-in diffusers, so that reference, engine, length and peer rows all appear."""
+    """One run of run.py on a tiny setting with the engine's torch backend (stand-in backends():
+    two, one unavailable; one warm-up call, which the rows' records leave out) and a stand-in
+    diffusers, so that reference, engine, length and peer rows all appear."""
     out = tmp_path_factory.mktemp("bench")
     threads = torch.get_num_threads()
     fake_diffusers = types.ModuleType("diffusers")
     fake_diffusers.AutoencoderKLWan = _FakeWanVAE
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cdt_fast, "accelerate", _fake_accelerate, raising=False)
         mp.setattr(cdt_fast, "backends", _fake_backends, raising=False)
         mp.setitem(sys.modules, "diffusers", fake_diffusers)
         stdout = _capture(
             lambda: run.main(
                 BENCH_TINY_ARGS
                 + ["--results-dir", str(out), "--out", str(out / "out.json"), "--kernels"]
+                + ["--warmup", "1"]
             )
         )
     torch.set_num_threads(threads)
@@ -245,7 +241,7 @@ def test_run_rows_have_every_field(tiny_run):
     for r in rows:
         if r["suite"] == "main":
             assert r["tflops"] > 0 and r["flops"] == expected[r["op"]]
-            # the stand-in engine is the reference model itself: bitwise equal outputs
+            # the engine's torch backend on CPU is the reference's arithmetic: bitwise equal
             assert r["psnr_vs_reference"] is None and r["max_abs_err_vs_reference"] == 0.0
     length = [r for r in rows if r["suite"] == "length"]
     assert {(r["impl"], r["op"], r["frames"]) for r in length} == {
@@ -258,6 +254,42 @@ def test_run_rows_have_every_field(tiny_run):
         and peer[0]["model"] == impls.PEER_MODEL
         and "different model" in peer[0]["impl"]
     )
+
+
+def _calls_of_one(op, frames=5, size=32):
+    """The engine's record of one call of ``op`` on the tiny run's setting."""
+    engine = cdt_fast.accelerate(cdt_fast.CDT(run.model_config("small", True)), backend="torch")
+    x = torch.rand(1, 3, frames, size, size) * 2 - 1
+    if op == "encode":
+        engine.encode(x)
+    elif op == "roundtrip":
+        engine(x)
+    else:
+        engine.decode(engine.reference.encode(x))
+    return engine.execution_record()["ops"]
+
+
+def test_engine_rows_carry_what_their_timed_calls_ran_on(tiny_run):
+    _, results, _ = tiny_run
+    rows = [r for r in results["rows"] if r["suite"] == "main"]
+    for r in rows:
+        if r["impl"] == "reference":
+            assert r["ran_on"] is None and r["backends_used"] is None and r["cuda_graphs"] is None
+            continue
+        assert r["backends_used"] == ["torch"]
+        assert r["cuda_graphs"] == {
+            "state": "off",
+            "reason": "no CUDA graphs on cpu",
+            "captures": 0,
+            "replays": 0,
+            "eager": r["repeats"] * (2 if r["op"] == "roundtrip" else 1),
+        }
+        # the timed calls only: the warm-up call is not in the record
+        one = _calls_of_one(r["op"])
+        assert r["ran_on"] == {
+            op: {b: n * r["repeats"] for b, n in counts.items()} for op, counts in one.items()
+        }
+    assert {r["impl"] for r in rows} == {"reference", "engine-torch"}
 
 
 def test_run_header_ratios_and_skips(tiny_run):
@@ -550,6 +582,12 @@ def test_a_failing_implementation_is_reported_not_fatal(tmp_path, monkeypatch):
         def encode(self, x):
             raise RuntimeError("kernel exploded")
 
+        def execution_record(self):
+            return {"ops": {}, "cuda_graphs": None}
+
+        def reset_execution_record(self):
+            pass
+
     monkeypatch.setattr(
         cdt_fast, "accelerate", lambda model, backend, dtype: Exploding(), raising=False
     )
@@ -580,6 +618,66 @@ def test_a_failing_implementation_is_reported_not_fatal(tmp_path, monkeypatch):
     assert results["rows"] == []
     (failure,) = [s for s in results["skipped"] if s.get("impl") == "engine-torch"]
     assert failure["op"] == "encode" and "RuntimeError: kernel exploded" in failure["reason"]
+
+
+def test_an_engine_row_whose_backend_ran_nothing_is_not_a_result(tmp_path, monkeypatch):
+    """engine-cpp built by an accelerate that runs everything on torch: its rows are listed
+    under "Not measured" with the reason, never reported as cpp's."""
+    real_accelerate = cdt_fast.accelerate
+    monkeypatch.setattr(
+        cdt_fast,
+        "accelerate",
+        lambda model, backend, dtype: real_accelerate(model, backend="torch", dtype=dtype),
+    )
+    backends = dict(_fake_backends(), cpp=types.SimpleNamespace(available=True, reason=""))
+    monkeypatch.setattr(cdt_fast, "backends", lambda: backends)
+    threads = torch.get_num_threads()
+    argv = ["--ops", "encode", "--impls", "engine-cpp", "--long-frames", "none", "--no-plot"]
+    try:
+        stdout = _capture(
+            lambda: run.main(
+                BENCH_TINY_ARGS
+                + argv
+                + ["--results-dir", str(tmp_path), "--out", str(tmp_path / "r.json")]
+            )
+        )
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["rows"] == []
+    (skip,) = [s for s in results["skipped"] if s.get("impl") == "engine-cpp"]
+    assert skip["op"] == "encode"
+    assert skip["reason"] == (
+        "not a result: backend cpp ran none of the timed calls' ops (they ran on torch)"
+    )
+    assert "## Not measured" in stdout and skip["reason"] in stdout
+
+
+def test_reports_show_the_backend_mix_of_an_engine_row():
+    ref = _timed_row("reference", 90.0, 100.0, 110.0)
+    mixed = dict(
+        _timed_row("engine-triton", 40.0, 45.0, 50.0),
+        ran_on={
+            "causal_conv3d": {"triton": 4},
+            "causal_conv3d_history": {"torch": 4},
+            "conv_transpose_up2x": {"torch": 2},
+            "channel_norm": {"cpp": 1, "triton": 3},
+        },
+        backends_used=["cpp", "torch", "triton"],
+    )
+    pure = dict(
+        _timed_row("engine-torch", 40.0, 45.0, 50.0), ran_on={"causal_conv3d": {"torch": 4}}
+    )
+    label = "engine-triton (+cpp: channel_norm; +torch: causal_conv3d_history, conv_transpose_up2x)"
+    assert report.impl_label(mixed) == label
+    assert report.impl_label(pure) == "engine-torch" and report.impl_label(ref) == "reference"
+    results = {"header": {"cpu_count": 2}, "rows": [ref, mixed, pure], "notes": []}
+    table = report.readme_table(results)
+    assert f"| CDT-small | decode | 9x64x64 | {label} |" in table
+    assert "| CDT-small | decode | 9x64x64 | engine-torch |" in table
+    markdown = report.render_markdown(results)
+    assert f"| small | {label} | decode |" in markdown  # the results and the ratio table
+    assert markdown.count(label) == 2
 
 
 def test_results_are_readable_by_others(tiny_run):
@@ -614,9 +712,11 @@ def test_measure_interleaved_rotates_the_order_and_isolates_failures():
         warmup={"a": 1, "b": 0, "c": 0},
         rounds=4,
         keep_output=True,
+        after_warmup=lambda name: calls.append(name + "!"),
     )
-    # warm-up a; then rounds abc, bca, (ab: c raised in the third round) -> a b, then ab
-    assert calls == ["a", "a", "b", "c", "b", "c", "a", "c", "a", "b", "b", "a"]
+    # warm-up a; each one's after_warmup before any timed call; then rounds abc, bca,
+    # (ab: c raised in the third round) -> a b, then ab
+    assert calls == ["a", "a!", "b!", "c!", "a", "b", "c", "b", "c", "a", "c", "a", "b", "b", "a"]
     assert set(timings) == {"a", "b"} and timings["a"].repeats == timings["b"].repeats == 4
     assert timings["a"].output == "a" and timings["a"].warmup == 1
     assert str(errors["c"]) == "c broke"
@@ -736,7 +836,6 @@ def test_the_main_command_leaves_the_checkout_clean(checkout_copy):
     argv += ["--no-plot", "--min-rounds", "1"]
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cdt_fast, "accelerate", _fake_accelerate, raising=False)
             mp.setattr(cdt_fast, "backends", _fake_backends, raising=False)
             _capture(lambda: run.main(argv))
             assert _git(checkout_copy, "status", "--porcelain", "--untracked-files=all") == ""
@@ -756,7 +855,6 @@ def test_time_budget_writes_the_rows_measured_so_far(tmp_path):
     threads = torch.get_num_threads()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cdt_fast, "accelerate", _fake_accelerate, raising=False)
             mp.setattr(cdt_fast, "backends", _fake_backends, raising=False)
             calls = []
             # out of time from the third check on: the run's start and encode pass, then stop

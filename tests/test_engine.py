@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 
 import pytest
 import torch
 
 import cdt_fast
-from cdt_fast import CDT
+from cdt_fast import CDT, BackendFallbackWarning, BackendUnavailableError
 from cdt_fast import functional as CF
+from cdt_fast.availability import backend_status
 from cdt_fast.engine import (
     AcceleratedCDT,
     DispatchTable,
@@ -20,7 +22,7 @@ from cdt_fast.engine import (
     accelerate,
     infer_config,
 )
-from cdt_fast.engine.dispatch import OPS, OpChoice
+from cdt_fast.engine.dispatch import OPS, OpChoice, implementations
 from cdt_fast.engine.memory import MemoryModel, halve
 from cdt_fast.engine.plan import TimeDownsample, UNetPlan
 from cdt_fast.reference import randomize_
@@ -408,10 +410,12 @@ def test_backend_table_reasons():
     table = OpTable("torch", env={})
     assert set(table.report()) == set(OPS)
     assert all(b == "torch" for b, _ in table.report().values())
-    triton = OpTable("triton", env={}).report()["causal_conv3d"]
-    assert triton[0] == "torch" and "CUDA device" in triton[1]
-    cuda = OpTable("cuda", env={}).report()["channel_norm"]
-    assert cuda[0] == "torch" and "CUDA" in cuda[1]
+    if not torch.cuda.is_available():  # named, and unable to serve here: the build says why
+        with pytest.raises(BackendUnavailableError, match="needs a CUDA device"):
+            OpTable("triton", env={})
+        with pytest.raises(BackendUnavailableError, match="CUDA tensors only") as caught:
+            OpTable("cuda", env={})
+        assert {op for op, _, _ in caught.value.failures} == set(implementations("cuda"))
     auto = OpTable("auto", env={}).report()["channel_norm"]
     assert auto[0] in ("cpp", "torch") and auto[1].startswith("auto")
 
@@ -425,12 +429,8 @@ def test_env_var_fills_in_only_for_auto():
     table = OpTable("auto", env=env)
     assert table.requested == "torch" and table.source == "CDT_FAST_BACKEND"
     assert all(b == "torch" for b, _ in table.report().values())
-    spec = OpTable("auto,channel_norm=cpp", env={"CDT_FAST_BACKEND": "auto,channel_norm=torch"})
-    assert spec.source == "argument"
-    assert (
-        spec.report()["channel_norm"][1].startswith("fallback from cpp")
-        or spec.report()["channel_norm"][0] == "cpp"
-    )
+    spec = OpTable("auto,channel_norm=torch", env={"CDT_FAST_BACKEND": "auto,channel_norm=cpp"})
+    assert spec.source == "argument" and spec.report()["channel_norm"][0] == "torch"
     for bad in ("fast", "auto,conv=torch", "auto,channel_norm=auto", "auto,channel_norm=tune"):
         with pytest.raises(ValueError, match="backend|op"):
             OpTable(bad, env={})
@@ -444,10 +444,13 @@ def test_accelerate_argument_beats_env_var(engines, monkeypatch):
     eng = accelerate(ref, backend="torch")
     assert eng.ops.source == "argument"
     assert all(b == "torch" and "reference ops" in r for b, r in eng.ops.report().values())
-    eng = accelerate(ref)  # left at "auto": the variable fills it in
-    backend, reason = eng.backend_report()["ops"]["channel_norm"]
-    assert eng.ops.source == "CDT_FAST_BACKEND" and backend == "torch"
-    assert reason.startswith("fallback from cuda")
+    if not torch.cuda.is_available():  # left at "auto": the variable fills it in, and names cuda
+        with pytest.raises(BackendUnavailableError, match="CDT_FAST_BACKEND='auto,channel_norm"):
+            accelerate(ref)
+    monkeypatch.setenv("CDT_FAST_BACKEND", "auto,channel_norm=torch")
+    eng = accelerate(ref)
+    assert eng.ops.source == "CDT_FAST_BACKEND"
+    assert eng.backend_report()["ops"]["channel_norm"][0] == "torch"
     monkeypatch.setenv("CDT_FAST_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="backend must be one of"):
         accelerate(ref)
@@ -456,9 +459,12 @@ def test_accelerate_argument_beats_env_var(engines, monkeypatch):
 
 @pytest.fixture
 def fake_cpp(monkeypatch):
-    """A stand-in ``cdt_fast._cpp_lib`` with two ops: the others must fall back with reasons."""
+    """A stand-in ``cdt_fast._cpp_lib`` with every op the extension declares (torch's functions):
+    its channel_norm notes its calls, its ddim_update is wrong on purpose."""
     calls = []
     lib = types.ModuleType("cdt_fast._cpp_lib")
+    for op in implementations("cpp"):
+        setattr(lib, op, getattr(CF, op))
 
     def channel_norm(*args, **kwargs):
         calls.append("channel_norm")
@@ -472,21 +478,42 @@ def fake_cpp(monkeypatch):
     return calls
 
 
-def test_triton_ops_looked_up_in_their_declared_module(monkeypatch):
-    """Each backend declares where each op lives; an op it does not declare, or a module that
-    does not import, falls back to torch with the reason."""
+def test_named_triton_raises_where_its_modules_fail_and_auto_falls_back(monkeypatch):
+    """Each backend declares where each op lives. Named explicitly, a declared module that does
+    not import or lacks the function stops the build (naming op, backend and why); ops triton
+    does not implement by design run on torch. auto, whose table names triton, falls back to its
+    next choice instead, with one warning per reason, and records it."""
+    pytest.importorskip("triton")
+    interp = {"TRITON_INTERPRET": "1"}
+    assert backend_status("triton", "cpu", interp).available  # probed with the real modules
     conv = types.ModuleType("cdt_fast.kernels.causal_conv3d")
-    conv.causal_conv3d, conv.conv_transpose_up2x = CF.causal_conv3d, CF.conv_transpose_up2x
+    conv.causal_conv3d = CF.causal_conv3d  # no causal_conv3d_norm
     monkeypatch.setitem(sys.modules, "cdt_fast.kernels.causal_conv3d", conv)
     monkeypatch.setitem(sys.modules, "cdt_fast.kernels.channel_norm", None)  # hide its kernel
-    report = OpTable("triton", env={"TRITON_INTERPRET": "1"}).report()
-    assert report["causal_conv3d"][0] == "triton"
-    assert report["conv_transpose_up2x"][0] == "torch"
-    assert "does not implement 'conv_transpose_up2x'" in report["conv_transpose_up2x"][1]
-    assert report["channel_norm"][0] == "torch"
-    assert "cdt_fast.kernels.channel_norm is not importable" in report["channel_norm"][1]
-    backend, reason = report["causal_conv3d_norm"]  # the fake module lacks it: its parts run
-    assert backend == "composed" and "has no function 'causal_conv3d_norm'" in reason
+    with pytest.raises(BackendUnavailableError) as caught:
+        OpTable("triton", env=interp)
+    failures = {op: (b, why) for op, b, why in caught.value.failures}
+    assert set(failures) == {"channel_norm", "causal_conv3d_norm"}
+    assert "cdt_fast.kernels.channel_norm is not importable" in failures["channel_norm"][1]
+    assert "has no function 'causal_conv3d_norm'" in failures["causal_conv3d_norm"][1]
+    assert "backend 'triton' cannot serve channel_norm" in str(caught.value)
+    table = OpTable("triton,channel_norm=torch,causal_conv3d_norm=torch", env=interp)
+    assert table.report()["causal_conv3d"][0] == "triton"
+    assert table.report()["conv_transpose_up2x"] == (
+        "torch",
+        "the triton backend has no conv_transpose_up2x: torch runs it",
+    )
+    triton_first = {"cpu": {"*": {"*": ["triton", "composed", "torch"]}}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        auto = OpTable("auto", env=interp, table=triton_first)
+    ours = sorted(str(w.message) for w in caught if w.category is BackendFallbackWarning)
+    assert len(ours) == 2  # one per (backend, reason): the hidden module, the missing function
+    assert "causal_conv3d_norm (cdt_fast.kernels.causal_conv3d has no function" in ours[0]
+    assert "channel_norm (cdt_fast.kernels.channel_norm is not importable" in ours[1]
+    assert auto.fallbacks["channel_norm"][:2] == ("triton", "torch")
+    assert auto.fallbacks["causal_conv3d_norm"][:2] == ("triton", "composed")
+    assert auto.report()["causal_conv3d"][0] == "triton" and "causal_conv3d" not in auto.fallbacks
 
 
 # auto on CPU with a table that sends every op to the extension where it has one, except ddim.
@@ -513,14 +540,21 @@ def test_auto_follows_its_table_and_records_fallbacks(engines, upstream_io, fake
     decided = eng.ops.decided()
     assert {b for (op, _), b in decided.items() if op == "ddim_update"} == {"torch"}
     assert {b for (op, _), b in decided.items() if op == "channel_norm"} == {"cpp"}
-    # The stand-in has no fused Block op: its Blocks run as the table's conv, then cpp's norm.
+    # The extension has no fused Block op: Blocks run as the table's conv, then cpp's norm, and
+    # the record counts those parts under their own backends.
     assert {b for (op, _), b in decided.items() if op == "causal_conv3d_norm"} == {"composed"}
     assert not eng.ops.measurements.timings  # auto never times anything
+    ran = eng.execution_record()["ops"]
+    assert ran["channel_norm"] == {"cpp": len(fake_cpp)} and ran["ddim_update"] == {"torch": 1}
+    fake_cpp.clear()
     eng = AcceleratedCDT(ref, backend="cpp,ddim_update=torch", env={})
     torch.testing.assert_close(
         eng.decode(z, noise=noise), upstream_io["small.s1.y"], rtol=0, atol=UPSTREAM_TOL
     )
     assert fake_cpp, "the cpp backend was never called"
+    ran = eng.execution_record()["ops"]
+    assert ran["channel_norm"] == {"cpp": len(fake_cpp)} and ran["ddim_update"] == {"torch": 1}
+    assert set(ran["causal_conv3d"]) == {"torch"} and "causal_conv3d_norm" not in ran
     wrong = AcceleratedCDT(ref, backend="cpp", env={})  # named explicitly: no vetting
     assert not torch.allclose(wrong.decode(z, noise=noise), upstream_io["small.s1.y"], atol=0.5)
 
@@ -600,20 +634,23 @@ def test_composed_candidate_only_where_a_part_has_a_kernel(monkeypatch):
     names = [c.backend for c in table.candidates["causal_conv3d_norm"]]
     assert names == ["composed", "torch"]  # the interpreter's fused op is never a candidate
     assert "linear_attention_block" not in table.candidates  # its parts are torch here
-    plain = OpTable("auto", env={})
+    with pytest.warns(BackendFallbackWarning, match="cannot use cpp"):
+        plain = OpTable("auto", env={})
     assert not plain.candidates
     assert accelerated_layout(plain) == torch.contiguous_format
 
 
 def test_named_backend_without_a_block_op_composes_its_parts(fake_cpp, monkeypatch):
     """backend="cpp" where the extension has channel_norm but no fused Block: the Block runs as
-    torch's conv then cpp's norm (not all-torch); with nothing to compose it falls back to torch."""
+    torch's conv then cpp's norm (not all-torch); without the extension's module the build
+    raises."""
     report = OpTable("cpp", env={}).report()
     for op in ("causal_conv3d_norm", "linear_attention_block"):
-        backend, reason = report[op]
-        assert backend == "composed" and reason.startswith("fallback from cpp"), report[op]
+        assert report[op][0] == ("composed" if op == "causal_conv3d_norm" else "cpp"), report[op]
+    assert "the cpp backend has no causal_conv3d_norm" in report["causal_conv3d_norm"][1]
     monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", None)
-    assert OpTable("cpp", env={}).report()["causal_conv3d_norm"][0] == "torch"
+    with pytest.raises(BackendUnavailableError, match="cdt_fast._cpp_lib is not importable"):
+        OpTable("cpp", env={})
 
 
 def accelerated_layout(table):
@@ -649,8 +686,9 @@ def test_triton_backend_under_interpreter_matches_reference():
     ref = randomize_(CDT(tiny_config("small")), seed=4).eval().to(device)
     env = {} if device == "cuda" else {"TRITON_INTERPRET": "1"}
     eng = AcceleratedCDT(ref, backend="triton", env=env)
-    for backend, reason in eng.ops.report().values():
-        assert backend == "triton" or reason.startswith("fallback from triton")
+    by_design = set(OPS) - set(implementations("triton"))
+    for op, (backend, reason) in eng.ops.report().items():
+        assert backend == ("torch" if op in by_design else "triton"), (op, reason)
     x = _video(t=1, h=16, w=16).to(device)
     z = eng.encode(x)
     torch.testing.assert_close(z, ref.encode(x), rtol=0, atol=5 * UPSTREAM_TOL)
@@ -658,6 +696,11 @@ def test_triton_backend_under_interpreter_matches_reference():
     torch.testing.assert_close(
         eng.decode(z, noise=noise), ref.decode(z, noise=noise), rtol=0, atol=5 * UPSTREAM_TOL
     )
+    ran = eng.execution_record()["ops"]
+    assert {op for op, counts in ran.items() if "torch" in counts} <= by_design
+    assert {"causal_conv3d_norm", "linear_attention_block", "ddim_update"} <= {
+        op for op, counts in ran.items() if set(counts) == {"triton"}
+    }
 
 
 # -- construction ----------------------------------------------------------------------------------
@@ -736,6 +779,21 @@ def test_cuda_graphs_fall_back_on_cpu(engines):
     assert session.graphs.captures == 0
     report = eng.backend_report()
     assert report["graphs"][("decode", 1, 4, 4, 1)][0] == "no CUDA graphs on cpu"
+
+
+def test_execution_record_counts_calls_per_backend(engines):
+    """Each op call counts under the backend that served it (torch serves the Block op itself);
+    a reset starts the record afresh."""
+    _, eng = engines["small"]
+    eng.reset_execution_record()
+    assert eng.execution_record()["ops"] == {}
+    eng.encode(_video(t=5, h=16, w=16), chunk_frames=4)  # two chunks
+    ran = eng.execution_record()["ops"]
+    assert all(set(counts) == {"torch"} for counts in ran.values()), ran
+    assert ran["causal_conv3d_norm"]["torch"] > 0 and ran["time_downsample"] == {"torch": 4}
+    assert eng.execution_record()["cuda_graphs"]["eager"] == 2
+    eng.reset_execution_record()
+    assert eng.execution_record()["ops"] == {}
 
 
 def test_history_buffers_are_reused_across_chunks(engines):

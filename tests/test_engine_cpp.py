@@ -40,6 +40,22 @@ def test_cpp_backend_serves_the_memory_bound_ops(cpp_engines):
         assert ops[name][0] == "cpp", (name, ops[name])
 
 
+def test_cpp_engine_records_the_backend_each_op_ran_on(cpp_engines, upstream_io):
+    """The extension's ops count under cpp; its Blocks, composed, count as torch's conv and
+    cpp's norm; only the convs it lacks by design run on torch."""
+    engine = cpp_engines["small"]
+    engine.reset_execution_record()
+    engine.decode(upstream_io["small.z"][:, :, :1], steps=1)
+    ran = engine.execution_record()["ops"]
+    assert {op for op, counts in ran.items() if "torch" in counts} == {
+        "causal_conv3d",
+        "conv_transpose_up2x",
+    }
+    lacked = ("causal_conv3d", "conv_transpose_up2x")
+    assert all(set(counts) == {"cpp"} for op, counts in ran.items() if op not in lacked), ran
+    assert "causal_conv3d_norm" not in ran and ran["channel_norm"]["cpp"] > 0
+
+
 @pytest.mark.parametrize("preset", ["base", "small"])
 @pytest.mark.parametrize("steps, chunk", [(1, None), (3, 1)])
 def test_cpp_engine_matches_upstream(cpp_engines, upstream_io, preset, steps, chunk):

@@ -107,6 +107,34 @@ def test_second_decode_of_a_clip_shape_replays_one_chunk(reference):
     assert eng.backend_report()["graphs"][key] == ("enabled", 1, 3)
 
 
+def test_execution_record_counts_each_chunk_step_once(reference):
+    """Eager, captured and replayed decodes record the same op calls (a replay adds what its
+    capture counted; the stand-in re-running the step's Python at replay adds nothing), and the
+    graph state of each call."""
+    ref = reference["small"]
+    eng = accelerate(ref, backend="torch", cuda_graphs=FakeCapture())
+    z = _latent(ref, t=3)
+    noise = torch.randn(eng.output_shape(z.shape))
+    records = []
+    for _ in range(3):
+        eng.reset_execution_record()
+        eng.decode(z, noise=noise)
+        records.append(eng.execution_record())
+    ops = records[0]["ops"]
+    assert ops["ddim_update"] == {"torch": 1} and ops["causal_conv3d_norm"]["torch"] > 1
+    assert records[1]["ops"] == ops and records[2]["ops"] == ops
+    warm_up = "warm-up: a chunk step is captured the second time its key is seen"
+    assert [r["cuda_graphs"] for r in records] == [
+        {"state": "off", "reason": warm_up, "captures": 0, "replays": 0, "eager": 1},
+        {"state": "captured", "reason": None, "captures": 1, "replays": 0, "eager": 0},
+        {"state": "replayed", "reason": None, "captures": 0, "replays": 1, "eager": 0},
+    ]
+    off = accelerate(ref, backend="torch", cuda_graphs=False)
+    off.decode(z, noise=noise)
+    assert off.execution_record()["ops"] == ops
+    assert off.execution_record()["cuda_graphs"]["reason"] == "CUDA graphs disabled by the caller"
+
+
 def test_multi_chunk_decode_replays_every_chunk_from_the_second_call(reference):
     ref = reference["small"]
     eng = accelerate(ref, backend="torch", cuda_graphs=FakeCapture())
@@ -237,6 +265,8 @@ def test_out_of_memory_half_way_through_a_capture_leaves_no_state_behind(referen
     z = _latent(ref, t=3)
     noise = torch.randn(eng.output_shape(z.shape))
     expected = eng.decode(z, noise=noise)
+    eager_ops = eng.execution_record()["ops"]
+    eng.reset_execution_record()
     original = UNetPlan.__call__
     fired = []
 
@@ -261,6 +291,7 @@ def test_out_of_memory_half_way_through_a_capture_leaves_no_state_behind(referen
     y = eng.decode(z, noise=noise)
     assert fired == [1], "the simulated fault never fired"
     assert torch.equal(y, expected)
+    assert eng.execution_record()["ops"] == eager_ops  # the failed capture's calls are not kept
     graphs = eng._sessions[("decode", 1, 4, 4, 1)].graphs
     assert graphs.captures == 0 and len(graphs.eager) == 1
 

@@ -4,6 +4,7 @@ Pieces, one per module: ``dispatch`` (op name -> backend function table; ``auto`
 committed decision table in ``decisions``, ``tune`` measures), ``plan`` (the networks compiled
 into nodes with packed weights), ``state`` (preallocated double-buffered causal state),
 ``graphs`` (CUDA graph capture/replay of chunk steps, keyed by their launch sequence),
+``record`` (which backend each op call actually ran on, and what the graphs did),
 ``memory`` (chunk size from free memory, halving on OOM), ``streams`` (rebuffering of frame
 iterators), ``convert`` (a CDT from an upstream-format model or state dict).
 """

@@ -38,11 +38,11 @@ class _Session:
     chunk size and (decode) the constants of the sampling schedule. Reused by later streams of
     the same shape: keeping the chunk plan is what lets their chunks replay the same graphs."""
 
-    def __init__(self, device: torch.device, cuda_graphs, states):
+    def __init__(self, engine: "AcceleratedCDT", states):
         self.states = states
-        enabled = cuda_graphs is not False
-        capture = None if isinstance(cuda_graphs, bool) else cuda_graphs
-        self.graphs = ChunkGraphs(device, enabled, capture)
+        enabled = engine.cuda_graphs is not False
+        capture = None if isinstance(engine.cuda_graphs, bool) else engine.cuda_graphs
+        self.graphs = ChunkGraphs(engine.device, enabled, capture, record=engine.ops.record)
         self.chunk: Optional[int] = None  # the default chunk chosen by the first stream
         self.busy = False
 
@@ -69,7 +69,7 @@ class _Session:
 
 class _EncodeSession(_Session):
     def __init__(self, engine: "AcceleratedCDT"):
-        super().__init__(engine.device, engine.cuda_graphs, [StreamState()])
+        super().__init__(engine, [StreamState()])
         self.plan, self.device = engine.encoder_plan, engine.device
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,9 +80,7 @@ class _EncodeSession(_Session):
 
 class _DecodeSession(_Session):
     def __init__(self, engine: "AcceleratedCDT", batch: int, steps: int):
-        super().__init__(
-            engine.device, engine.cuda_graphs, [StreamState() for _ in range(steps + 1)]
-        )
+        super().__init__(engine, [StreamState() for _ in range(steps + 1)])
         cfg, device = engine.config, engine.device
         schedule = DDIMSchedule.create(cfg.num_timesteps, steps)
         self.steps, self.device, self.sample_gamma = steps, device, cfg.sample_gamma
@@ -277,14 +275,35 @@ class AcceleratedCDT(nn.Module):
         return self.ops.decisions
 
     def backend_report(self) -> dict:
-        """Which backend runs each op and why, the choice made per (op, shape class), tune's
-        rejected candidates and the CUDA graph state of each live session."""
+        """Which backend runs each op and why, the choice made per (op, shape class), auto's
+        fallbacks (op -> (wanted, used, why)), tune's rejected candidates and the CUDA graph
+        state of each live session."""
         return {
             "ops": self.ops.report(),
             "decided": self.ops.decided(),
+            "fallbacks": dict(self.ops.fallbacks),
             "rejected": dict(self.ops.measurements.rejected),
             "graphs": {k: _graph_state(s.graphs) for k, s in self._sessions.items()},
         }
+
+    def execution_record(self) -> dict:
+        """What ran since the engine was built or :meth:`reset_execution_record`:
+        ``{"ops": {op: {backend: calls}}, "cuda_graphs": {"state", "reason", "captures",
+        "replays", "eager"}}``.
+
+        Each op call is counted under the backend that served it; a block op served "composed"
+        counts as its parts, under their own names and backends. A CUDA graph replay runs no
+        Python: the ops inside a captured graph ran on the backends they were captured with, so
+        they are counted when the step runs eagerly or is captured, and each replay adds its
+        capture's counts again. ``cuda_graphs["state"]`` is "replayed" when some chunk step
+        replayed a graph, "captured" when graphs were captured but none replayed, else "off";
+        ``reason`` says why the last eager chunk step ran without a graph (None when none did).
+        """
+        return self.ops.record.as_dict()
+
+    def reset_execution_record(self) -> None:
+        """Start :meth:`execution_record` afresh (e.g. after warm-up calls)."""
+        self.ops.record.reset()
 
     # -- sessions ------------------------------------------------------------------------------
     def _session(self, key: tuple, make: Callable[[], _Session]) -> _Session:

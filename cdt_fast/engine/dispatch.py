@@ -2,27 +2,36 @@
 
 Every backend implements the signatures of :mod:`cdt_fast.functional` under the same names; which
 ops a backend implements, and in which module, is declared here (:func:`implementations`).
-Modules are imported lazily, when a table is built; an op whose backend is unavailable (per
-:func:`cdt_fast.availability.backend_status`) or whose function is missing falls back to torch and
-the table records why. Calls are never wrapped in try/except: the table is decided before the
-first call.
+Modules are imported lazily, when a table is built. Calls are never wrapped in try/except: the
+table is decided before the first call, and a backend's error at call time propagates.
 
 ``backend`` is "auto" (the default), a backend name, "tune", or a spec such as
 "auto,causal_conv3d=torch".
 
+- A named backend serves every op it implements, or the table is not built: when the backend is
+  unavailable (per :func:`cdt_fast.availability.backend_status`), its module does not import or
+  lacks the function, the build raises :class:`~cdt_fast.availability.BackendUnavailableError`
+  naming each op, the backend and why. Ops the backend does not implement by design (the C++
+  extension has no conv) run on torch, a block op as its parts (``"composed"``); the execution
+  record shows it. An op named per op (``"auto,causal_conv3d=cpp"``) must be implemented by that
+  backend. A named backend is not vetted: asking for it means wanting its errors.
 - ``auto`` decides from availability and a committed decision table (:class:`DispatchTable`,
   default :data:`cdt_fast.engine.decisions.DECISIONS`), keyed by arch family, op and shape class:
   the same inputs, device, versions and table give the same choices, hence the same output, in
-  every process. Nothing is timed or vetted.
+  every process. Nothing is timed or vetted. Only ``auto`` falls back: where its table names a
+  backend that cannot serve an op here, the op takes the table's next choice, the table records
+  it (``fallbacks``) and the build issues one
+  :class:`~cdt_fast.availability.BackendFallbackWarning` per (backend, reason).
 - ``tune`` measures instead: on the first call of each (op, shape class) it runs every available
   backend, drops those that raise or disagree with torch, times the rest and keeps the fastest.
   Its winners form a :class:`DispatchTable` (``engine.dispatch_table``) that can be saved and
   given back to ``auto`` (``accelerate(model, table=path)``).
-- A named backend is not vetted: asking for it means wanting its errors.
 
 For the block ops (``causal_conv3d_norm``, ``linear_attention_block``) there is one more choice,
-``"composed"``: the table's own choices for the block's parts run one after the other. A named
-backend that lacks a block op runs it the same way, as its parts.
+``"composed"``: the table's own choices for the block's parts, run one after the other.
+
+Every call the table serves is counted under the backend that served it
+(:class:`~cdt_fast.engine.record.ExecutionRecord`, ``OpTable.record``).
 
 ``CDT_FAST_BACKEND`` (e.g. ``torch`` or ``auto,causal_conv3d=triton``) fills in the backend only
 when the caller left it at ``"auto"``: an argument the caller wrote wins.
@@ -36,6 +45,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -44,8 +54,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from ..availability import BackendFallbackWarning, BackendUnavailableError
 from ..availability import backend_status as _availability
 from .decisions import ARCH_FAMILIES, DECISIONS, arch_family, shape_class
+from .record import ExecutionRecord
 
 __all__ = [
     "OPS",
@@ -438,6 +450,12 @@ class OpTable:
     it is "auto", ``CDT_FAST_BACKEND`` in ``env`` (default ``os.environ``) may replace it.
     ``table``: auto's decisions (a :class:`DispatchTable`, a path to a saved one, or None for
     the committed table). ``measurements``: where ``tune`` records its timings.
+
+    Raises :class:`~cdt_fast.availability.BackendUnavailableError` when a backend named in
+    ``backend`` cannot serve an op it implements (or an op named for it per op). ``fallbacks``:
+    op -> (backend auto's table wanted, backend the op's default class runs on, why) for each op
+    auto could not give to a backend its table names. ``record``: the calls served, per (op,
+    backend).
     """
 
     def __init__(
@@ -469,14 +487,25 @@ class OpTable:
         # table, falling back to the committed one where it is silent.
         self.decisions = DispatchTable() if self.tuning else (given or self.committed)
         self.measurements = measurements if measurements is not None else Measurements()
+        self.record = ExecutionRecord(OPS)
         self._memo: Dict[str, tuple] = {}  # backend statuses and module imports, this build
         self._options: Dict[str, Dict[str, OpChoice]] = {}  # auto/tune: backend -> choice
         self._decided: Dict[Tuple[str, str], OpChoice] = {}  # auto: (op, class) -> choice
         self.table: Dict[str, OpChoice] = {}
         self.candidates: Dict[str, List[OpChoice]] = {}
+        self.fallbacks: Dict[str, Tuple[str, str, str]] = {}
+        unserved: List[Tuple[str, str, str]] = []  # named: (op, backend, why)
+        passed_over: Dict[str, List[Tuple[str, str]]] = {}  # auto: op -> [(backend, why)]
         # Block ops last: their composed choice depends on how their parts are served.
         for op in sorted(OPS, key=lambda name: name in _COMPOSITES):
-            self._fill(op, per_op.get(op, default))
+            wanted = per_op.get(op, default)
+            if wanted in ("auto", TUNE):
+                self._fill_decided(op, wanted, passed_over)
+            else:
+                self.table[op] = self._named_choice(op, wanted, op in per_op, unserved)
+        if unserved:
+            raise BackendUnavailableError(self._unserved_message(unserved), tuple(unserved))
+        self._note_fallbacks(passed_over)
 
     def _order(self, op: str, cls: str) -> Tuple[str, ...]:
         order = self.decisions.order(self.arch, op, cls)
@@ -490,21 +519,58 @@ class OpTable:
             named += tuple(b for b in self.committed.named(self.arch, op) if b not in named)
         return named
 
-    def _fill(self, op: str, wanted: str) -> None:
-        torch_fn, torch_reason = resolve("torch", op, self.device, self.env, self._memo)
-        torch_choice = OpChoice(op, "torch", torch_fn, torch_reason)
-        if wanted == "torch":
-            self.table[op] = torch_choice
-            return
-        if wanted not in ("auto", TUNE):
-            fn, reason = resolve(wanted, op, self.device, self.env, self._memo)
-            if fn is not None:
-                self.table[op] = OpChoice(op, wanted, fn, reason)
-            else:  # a block op the backend lacks runs as its parts, served as far as it can
-                self.table[op] = replace(
-                    self._composed(op) or torch_choice, reason=f"fallback from {wanted}: {reason}"
-                )
-            return
+    def _torch_choice(self, op: str) -> OpChoice:
+        fn, reason = resolve("torch", op, self.device, self.env, self._memo)
+        return OpChoice(op, "torch", fn, reason)
+
+    def _named_choice(
+        self, op: str, backend: str, per_op: bool, unserved: List[Tuple[str, str, str]]
+    ) -> OpChoice:
+        """``op`` on the backend the caller named. An op the backend does not implement by
+        design runs on torch (a block op as its parts), unless it was named for it per op; any
+        other failure is noted in ``unserved`` (the build raises)."""
+        torch_choice = self._torch_choice(op)
+        if backend == "torch":
+            return torch_choice
+        if op not in implementations(backend):
+            if per_op:
+                unserved.append((op, backend, f"the {backend} backend does not implement {op}"))
+                return torch_choice
+            composed = self._composed(op)
+            if composed is not None:
+                why = f"the {backend} backend has no {op}: its parts run as the table chose them"
+                return replace(composed, reason=why)
+            return replace(torch_choice, reason=f"the {backend} backend has no {op}: torch runs it")
+        fn, reason = resolve(backend, op, self.device, self.env, self._memo)
+        if fn is None:
+            unserved.append((op, backend, reason))
+            return torch_choice
+        return OpChoice(op, backend, fn, reason)
+
+    def _unserved_message(self, unserved: List[Tuple[str, str, str]]) -> str:
+        groups: Dict[Tuple[str, str], List[str]] = {}
+        for op, backend, why in unserved:
+            groups.setdefault((backend, why), []).append(op)
+        asked = (
+            f"{ENV_VAR}={self.requested!r}"
+            if self.source == ENV_VAR
+            else f"backend={self.requested!r}"
+        )
+        problems = "; ".join(
+            f"backend {backend!r} cannot serve {', '.join(ops)} on {self.device.type}: {why}"
+            for (backend, why), ops in groups.items()
+        )
+        return (
+            f"{asked} names a backend explicitly, so it does not fall back: {problems}. "
+            'Name another backend, or use backend="auto" to fall back with a warning.'
+        )
+
+    def _fill_decided(
+        self, op: str, wanted: str, passed_over: Dict[str, List[Tuple[str, str]]]
+    ) -> None:
+        """auto's or tune's options for ``op``; auto notes in ``passed_over`` each backend its
+        table names for the op that implements it but cannot serve it here."""
+        torch_choice = self._torch_choice(op)
         names = _tune_order(self.device) if wanted == TUNE else self._named(op)
         options, missing = {"torch": torch_choice}, []
         for name in names:
@@ -513,6 +579,8 @@ class OpTable:
             fn, reason = resolve(name, op, self.device, self.env, self._memo)
             if fn is None:
                 missing.append(f"{name}: {reason}")
+                if wanted == "auto" and op in implementations(name):
+                    passed_over.setdefault(op, []).append((name, reason))
             else:
                 options[name] = OpChoice(op, name, fn, reason)
         composed = self._composed(op)
@@ -527,6 +595,24 @@ class OpTable:
         if len(options) > 1:
             # torch last: a tuned call's reference, an auto call's fallback
             self.candidates[op] = [c for n, c in options.items() if n != "torch"] + [torch_choice]
+
+    def _note_fallbacks(self, passed_over: Dict[str, List[Tuple[str, str]]]) -> None:
+        """Record auto's fallbacks and say so once per (backend, reason), naming the ops."""
+        groups: Dict[Tuple[str, str], List[str]] = {}
+        for op, skipped in passed_over.items():
+            why = "; ".join(f"{b}: {r}" for b, r in skipped) if len(skipped) > 1 else skipped[0][1]
+            self.fallbacks[op] = (skipped[0][0], self.table[op].backend, why)
+            for backend, reason in skipped:
+                groups.setdefault((backend, reason), []).append(op)
+        for (backend, reason), ops in groups.items():
+            used = ", ".join(sorted({self.table[op].backend for op in ops}))
+            warnings.warn(
+                f"cdt_fast: backend='auto' cannot use {backend} for {', '.join(ops)} "
+                f"({reason}); they run on the decision table's next choice ({used}). "
+                "engine.ops.fallbacks lists them.",
+                BackendFallbackWarning,
+                stacklevel=2,
+            )
 
     def _first(self, op: str, order: Tuple[str, ...]) -> OpChoice:
         options = self._options[op]
@@ -548,8 +634,13 @@ class OpTable:
         )
 
     def __call__(self, op: str, *args, **kwargs):
-        """Run ``op`` with the function the table chooses for this call."""
-        return self.choice(op, args, kwargs).fn(*args, **kwargs)
+        """Run ``op`` with the function the table chooses for this call, and count the call
+        under its backend once it returned (a composed block's parts count themselves)."""
+        choice = self.choice(op, args, kwargs)
+        out = choice.fn(*args, **kwargs)
+        if choice.backend != COMPOSED:
+            self.record.count(op, choice.backend)
+        return out
 
     def choice(self, op: str, args=(), kwargs=None) -> OpChoice:
         candidates = self.candidates.get(op)

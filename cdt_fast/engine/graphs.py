@@ -23,6 +23,10 @@ size accounts for this (:class:`~cdt_fast.engine.memory.MemoryModel`). A capture
 memory leaves that key eager for the session (:attr:`ChunkGraphs.eager` says why) and the step
 runs eagerly at once, so the output is the same. Any other capture failure turns graphs off for
 the session (:attr:`ChunkGraphs.reason`).
+
+Execution record: given an engine's :class:`~cdt_fast.engine.record.ExecutionRecord`, the graphs
+note each chunk step there (eager and why, captured, replayed) and add a captured step's op counts
+again at each replay, since a replay runs no Python that could count them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from collections import OrderedDict
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
+
+from .record import ExecutionRecord
 
 __all__ = ["ChunkGraphs", "CudaGraphCapture", "graph_key"]
 
@@ -76,10 +82,11 @@ def graph_key(states: Sequence, args: Sequence[torch.Tensor]) -> tuple:
 
 
 class _Captured:
-    __slots__ = ("graph", "inputs", "output", "after")
+    __slots__ = ("graph", "inputs", "output", "after", "counts")
 
-    def __init__(self, graph, inputs: Tuple[torch.Tensor, ...], output, after):
+    def __init__(self, graph, inputs: Tuple[torch.Tensor, ...], output, after, counts):
         self.graph, self.inputs, self.output, self.after = graph, inputs, output, after
+        self.counts = counts  # op -> backend -> calls of the captured step
 
 
 class ChunkGraphs:
@@ -87,12 +94,16 @@ class ChunkGraphs:
 
     ``capture``: the capture implementation (default :class:`CudaGraphCapture`). The output of a
     replayed step lives in the pool and may be overwritten by the next replay of any graph of
-    this session: the caller copies it out before the next chunk.
+    this session: the caller copies it out before the next chunk. ``record``: the engine's
+    :class:`~cdt_fast.engine.record.ExecutionRecord` (None: a private one).
     """
 
-    def __init__(self, device, enabled: bool = True, capture=None, max_graphs: int = 8) -> None:
+    def __init__(
+        self, device, enabled: bool = True, capture=None, max_graphs: int = 8, record=None
+    ) -> None:
         self.device = torch.device(device)
         self.backend = CudaGraphCapture() if capture is None else capture
+        self.record = ExecutionRecord(()) if record is None else record
         self.max_graphs = max_graphs
         self.graphs: "OrderedDict[tuple, _Captured]" = OrderedDict()
         self.warm: set = set()
@@ -113,20 +124,28 @@ class ChunkGraphs:
     def __call__(self, step: Callable, args: Sequence[torch.Tensor], states: Sequence):
         """``step(*args)``, eagerly or through a graph; ``states`` are the step's StreamStates."""
         if not self.enabled:
+            self.record.ran_eagerly(self.reason)
             return step(*args)
         key = graph_key(states, args)
         captured = self.graphs.get(key)
         if captured is None:
             if key in self.eager:
+                self.record.ran_eagerly(self.eager[key])
                 return step(*args)
             if key not in self.warm:
                 self.warm.add(key)
+                self.record.ran_eagerly(None)  # the warm-up
                 return step(*args)
             return self._capture(step, args, states, key)
         self.graphs.move_to_end(key)
         for static, value in zip(captured.inputs, args):
             static.copy_(value)
+        # A replay counts as its capture's ops, whatever Python the capture object runs in it
+        # (the CPU stand-in re-runs the step).
+        mark = self.record.mark()
         captured.graph.replay()
+        self.record.restore(mark)
+        self.record.replayed(captured.counts)
         self.replays += 1
         for state, snap in zip(states, captured.after):
             state.restore(snap)
@@ -134,6 +153,7 @@ class ChunkGraphs:
 
     def _capture(self, step: Callable, args, states, key):
         before = [s.snapshot() for s in states]
+        mark = self.record.mark()
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
         # static inputs live on the device, in the inputs' layout (part of the key)
@@ -145,16 +165,21 @@ class ChunkGraphs:
         except Exception as err:  # noqa: BLE001 - a failed capture must not fail the stream
             for state, snap in zip(states, before):
                 state.restore(snap)
+            self.record.restore(mark)  # the eager run below counts the step's ops
             del inputs
             if _out_of_memory(err):
                 self.eager[key] = f"out of memory at capture ({_first_line(err)}); runs eagerly"
+                self.record.ran_eagerly(self.eager[key])
                 return step(*args)
             self.reason = f"capture failed ({type(err).__name__}: {_first_line(err)}); eager"
+            self.record.ran_eagerly(self.reason)
             self.clear()
             return step(*args)
         self.captures += 1
         self.replays += 1  # the capture's own replay computed this chunk
-        self.graphs[key] = _Captured(graph, inputs, output, [s.snapshot() for s in states])
+        counts = self.record.since(mark)
+        self.record.captured()
+        self.graphs[key] = _Captured(graph, inputs, output, [s.snapshot() for s in states], counts)
         return output
 
     def report(self) -> dict:
