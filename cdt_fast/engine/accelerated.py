@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import chunking, tiling
 from ..config import CDTConfig
+from ..functional import ddim_coefficients
 from ..reference import CDT, DDIMSchedule, DiagonalGaussian
 from ..validation import (
     check_chunk_frames,
@@ -91,14 +92,11 @@ class _DecodeSession(_Session):
             engine.unet_plan,
             engine.ops,
         )
-        # Constant for the whole decode: per-step DDIM coefficients (on the device, so the chunk
-        # step does no host transfer) and every ResnetBlock's mlp(time_emb).
+        # Constant for the whole decode: per-step DDIM coefficients (one 4-element fp32 tensor on
+        # the device per step, the form the kernels read, so the chunk step moves no value
+        # between host and device) and every ResnetBlock's mlp(time_emb).
         self.coefficients = [
-            tuple(
-                torch.as_tensor(c, dtype=torch.float32, device=device)
-                for c in schedule.coefficients(s)
-            )
-            for s in range(steps)
+            ddim_coefficients(schedule.coefficients(s), device) for s in range(steps)
         ]
         self.time_biases = [
             self.unet_plan.time_biases(schedule.time_input(s, batch, device)) for s in range(steps)
