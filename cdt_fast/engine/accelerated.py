@@ -22,7 +22,7 @@ from ..validation import (
 )
 from .convert import as_cdt
 from .dispatch import Measurements, OpTable
-from .graphs import ChunkGraphs
+from .graphs import CAPTURE_METHODS, ChunkGraphs
 from .memory import MemoryModel, halve
 from .plan import ContextDecoderPlan, EncoderPlan, Run, UNetPlan
 from .state import StreamState
@@ -213,12 +213,13 @@ class AcceleratedCDT(nn.Module):
         self.config: CDTConfig = cdt.config
         self.latent_scale = cdt.latent_scale
         self.sample_steps = cdt.sample_steps
-        if not isinstance(cuda_graphs, bool) and not callable(
-            getattr(cuda_graphs, "capture", None)
+        if not isinstance(cuda_graphs, bool) and not all(
+            callable(getattr(cuda_graphs, m, None)) for m in CAPTURE_METHODS
         ):
             raise TypeError(
-                "cuda_graphs must be True, False or a capture object (see "
-                f"cdt_fast.engine.graphs.CudaGraphCapture), got {type(cuda_graphs).__name__}"
+                "cuda_graphs must be True, False or a capture object with methods "
+                f"{', '.join(CAPTURE_METHODS)} (see cdt_fast.engine.graphs.CudaGraphCapture), "
+                f"got {type(cuda_graphs).__name__}"
             )
         self.cuda_graphs = cuda_graphs
         fmt = self.memory_format
