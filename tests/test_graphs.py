@@ -344,6 +344,12 @@ def test_opt_out_and_bad_argument(reference):
         eng.decode(z)
     graphs = eng._sessions[("decode", 1, 4, 4, 1)].graphs
     assert graphs.reason == "CUDA graphs disabled by the caller" and graphs.captures == 0
+    default = accelerate(ref, backend="torch")
+    for steps in (1, 2):  # two sessions, one capture object (one side stream per device)
+        default.decode(z, steps=steps)
+    captures = {id(s.graphs.backend) for s in default._sessions.values()}
+    assert len(default._sessions) == 2 and len(captures) == 1
+    assert isinstance(default._sessions[("decode", 1, 4, 4, 2)].graphs.backend, CudaGraphCapture)
     with pytest.raises(TypeError, match="cuda_graphs"):
         accelerate(ref, backend="torch", cuda_graphs="yes")
 

@@ -22,7 +22,7 @@ from ..validation import (
 )
 from .convert import as_cdt
 from .dispatch import Measurements, OpTable
-from .graphs import CAPTURE_METHODS, ChunkGraphs
+from .graphs import CAPTURE_METHODS, ChunkGraphs, CudaGraphCapture
 from .memory import MemoryModel, halve
 from .plan import ContextDecoderPlan, EncoderPlan, Run, UNetPlan
 from .state import StreamState
@@ -221,7 +221,9 @@ class AcceleratedCDT(nn.Module):
                 f"{', '.join(CAPTURE_METHODS)} (see cdt_fast.engine.graphs.CudaGraphCapture), "
                 f"got {type(cuda_graphs).__name__}"
             )
-        self.cuda_graphs = cuda_graphs
+        # One capture object for every session: their warm-ups and captures share its side
+        # stream, and with it the BLAS handle and workspace torch keeps per stream.
+        self.cuda_graphs = CudaGraphCapture() if cuda_graphs is True else cuda_graphs
         fmt = self.memory_format
         self.encoder_plan = EncoderPlan(cdt.context_model, self.ops, fmt)
         self.context_plan = ContextDecoderPlan(cdt.context_model, self.ops, fmt)
