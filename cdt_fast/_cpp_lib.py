@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .functional import PAD_MODES, cast_like
+from .functional import PAD_MODES, cast_like, ddim_coefficients
 
 __all__ = [
     "ABI_VERSION",
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 # Must equal cdt_fast::kAbiVersion (csrc/include/cdt_fast/ops.h) of the loaded build.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.uint8: 3}
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -521,13 +521,6 @@ def causal_conv3d_input(
     return _logical(rows)
 
 
-def _coefficients(coefficients: Sequence) -> Tuple[float, float, float, float]:
-    if len(coefficients) != 4:
-        raise ValueError(f"coefficients must be (a, b, c, d), got {len(coefficients)} values")
-    # fp32 values, as the contract computes with fp32 tensors of them.
-    return tuple(float(torch.as_tensor(v, dtype=torch.float32).cpu()) for v in coefficients)
-
-
 def _flat_pair(x_t: torch.Tensor, x0: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Two tensors in one dense memory order (so elementwise work is one flat loop)."""
     if x_t.shape != x0.shape:
@@ -553,15 +546,17 @@ def ddim_update(
     *,
     clamp: bool = False,
 ) -> torch.Tensor:
-    """:func:`cdt_fast.functional.ddim_update` (fp32 result, in x_t's memory format)."""
+    """:func:`cdt_fast.functional.ddim_update` (fp32 result, in x_t's memory format). The
+    kernel reads the coefficients from x_t's device: device tensors (what the engine keeps)
+    never go through the host, so on CUDA the call is one launch with no sync."""
     for name, v in (("x_t", x_t), ("x0", x0)):
         if not isinstance(v, torch.Tensor) or not v.is_floating_point():
             raise TypeError(f"{name} must be a floating-point torch.Tensor")
         _check_device(v, name)
-    a, b, c, d = _coefficients(coefficients)
+    coef = ddim_coefficients(coefficients, x_t.device)
     x_t, x0 = _flat_pair(x_t, x0)
     out = torch.empty_like(x_t, dtype=torch.float32)
-    _invoke("ddim_update", x_t, _Flat(x_t), _Flat(x0), a, b, c, d, bool(clamp), _Flat(out), None)
+    _invoke("ddim_update", x_t, _Flat(x_t), _Flat(x0), coef, bool(clamp), _Flat(out), None)
     return out
 
 
@@ -590,7 +585,7 @@ def ddim_to_uint8_frames(
     in its place) when only frames are wanted."""
     _check_5d(x_t, "x_t", float_only=False)
     _check_5d(x0, "x0", float_only=False)
-    a, b, c, d = _coefficients(coefficients)
+    coef = ddim_coefficients(coefficients, x_t.device)
     x_t, x0 = _flat_pair(x_t.contiguous(memory_format=_CL), x0.contiguous(memory_format=_CL))
     rows_t = x_t.permute(0, 2, 3, 4, 1)
     frames = torch.empty(rows_t.shape, dtype=torch.uint8, device=x_t.device)
@@ -602,10 +597,7 @@ def ddim_to_uint8_frames(
         x_t,
         _Flat(x_t),
         _Flat(x0),
-        a,
-        b,
-        c,
-        d,
+        coef,
         bool(clamp),
         _Flat(x_next) if x_next is not None else None,
         _Flat(frames),

@@ -29,6 +29,7 @@ __all__ = [
     "time_upsample",
     "upsample_nearest2x",
     "conv_transpose_up2x",
+    "ddim_coefficients",
     "ddim_update",
     "to_uint8_frames",
 ]
@@ -263,6 +264,30 @@ def conv_transpose_up2x(
     )
 
 
+def ddim_coefficients(coefficients, device) -> torch.Tensor:
+    """The ``(a, b, c, d)`` of :func:`ddim_update` as one contiguous 4-element fp32 tensor on
+    ``device`` (what the compiled kernels read). Values already on ``device`` stay there: four
+    scalar tensors are stacked by one device op and a 4-element tensor is used as it is, so no
+    value crosses to the host (no sync; allowed inside a CUDA graph capture). Anything else
+    (Python numbers, tensors on another device) is read on the host and copied over once."""
+    device = torch.device(device)
+    if isinstance(coefficients, torch.Tensor):
+        if coefficients.shape != (4,):
+            raise ValueError(
+                f"coefficients must be (a, b, c, d): a 4-element tensor has shape (4,), got "
+                f"{tuple(coefficients.shape)}"
+            )
+        return coefficients.to(device=device, dtype=torch.float32).contiguous()
+    if len(coefficients) != 4:
+        raise ValueError(f"coefficients must be (a, b, c, d), got {len(coefficients)} values")
+    for v in coefficients:
+        if isinstance(v, torch.Tensor) and v.numel() != 1:
+            raise ValueError(f"each coefficient must be a scalar, got shape {tuple(v.shape)}")
+    if all(isinstance(v, torch.Tensor) and v.device == device for v in coefficients):
+        return torch.stack([v.reshape(()).to(torch.float32) for v in coefficients])
+    return torch.tensor([float(v) for v in coefficients], dtype=torch.float32, device=device)
+
+
 def ddim_update(
     x_t: torch.Tensor,
     x0: torch.Tensor,
@@ -272,9 +297,10 @@ def ddim_update(
 ) -> torch.Tensor:
     """Deterministic DDIM step (eta = 0) for an x-prediction, in fp32:
     ``x_next = c*x0 + d*(a*x_t - x0)/b`` with ``(a, b, c, d)`` from
-    :meth:`cdt_fast.reference.diffusion.DDIMSchedule.coefficients`. ``clamp`` clips x0 to [-1, 1]
-    first (upstream's ``clip_denoised``)."""
-    a, b, c, d = (torch.as_tensor(v, dtype=torch.float32, device=x_t.device) for v in coefficients)
+    :meth:`cdt_fast.reference.diffusion.DDIMSchedule.coefficients` (four scalars or one
+    4-element tensor, see :func:`ddim_coefficients`). ``clamp`` clips x0 to [-1, 1] first
+    (upstream's ``clip_denoised``)."""
+    a, b, c, d = ddim_coefficients(coefficients, x_t.device)
     x0 = x0.float()
     if clamp:
         x0 = x0.clamp(-1.0, 1.0)

@@ -1,6 +1,7 @@
 // Shared by the CPU and CUDA builds: dtype facts and shape arithmetic of the public header.
 #include <stdexcept>
 
+#include "cdt_fast/detail/attention_splits.h"
 #include "cdt_fast/ops.h"
 
 namespace cdt_fast {
@@ -32,9 +33,10 @@ std::int64_t time_downsample_frames(std::int64_t frames, bool has_past) {
 
 std::size_t linear_attention_workspace_floats(std::int64_t frames, std::int64_t positions,
                                               std::int64_t heads, std::int64_t dim) {
-  // k max and 1/sum per (frame, head, channel); context per (frame, head); q max and 1/sum per
-  // (frame, position, head).
-  return static_cast<std::size_t>(frames * heads * dim * 2 + frames * heads * dim * dim +
+  // k max and 1/sum per (frame, head, channel); one partial context per (position split, frame,
+  // head), the first of which receives their sum; q max and 1/sum per (frame, position, head).
+  const std::int64_t splits = detail::attention_position_splits(frames, positions, heads, dim);
+  return static_cast<std::size_t>(frames * heads * dim * 2 + splits * frames * heads * dim * dim +
                                   frames * positions * heads * 2);
 }
 

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from cdt_fast.functional import ddim_coefficients
+
 from ._common import check_launchable, check_out, empty_like_layout
 
 __all__ = ["ddim_update", "to_uint8_frames"]
@@ -115,18 +117,6 @@ def _to_uint8_frames_kernel(
     tl.store(out_ptr + o, _uint8_levels(x.to(tl.float32)), mask=mask)
 
 
-def _coefficients(coefficients: Sequence, device: torch.device) -> torch.Tensor:
-    """(a, b, c, d) as a 4-element fp32 tensor on ``device``: one stack of device tensors (what
-    an engine keeps for a decode) or one host-to-device copy of Python floats."""
-    if len(coefficients) != 4:
-        raise ValueError("coefficients must be (a, b, c, d) from DDIMSchedule.coefficients")
-    if all(
-        isinstance(v, torch.Tensor) and v.device == device and v.numel() == 1 for v in coefficients
-    ):
-        return torch.stack([v.reshape(()).to(torch.float32) for v in coefficients])
-    return torch.tensor([float(v) for v in coefficients], dtype=torch.float32, device=device)
-
-
 def ddim_update(
     x_t: torch.Tensor,
     x0: torch.Tensor,
@@ -143,7 +133,7 @@ def ddim_update(
     if x0.shape != x_t.shape:
         raise ValueError(f"x0 must have x_t's shape {list(x_t.shape)}, got {list(x0.shape)}")
     check_launchable(x_t, "ddim_update", "cdt_fast.functional.ddim_update")
-    coef = _coefficients(coefficients, x_t.device)
+    coef = ddim_coefficients(coefficients, x_t.device)
     out = (
         empty_like_layout(x_t, x_t.shape, torch.float32)
         if out is None

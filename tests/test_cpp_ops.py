@@ -15,6 +15,8 @@ from cdt_fast import _cpp_lib as L
 from cdt_fast import functional as CF
 from cdt_fast.reference import layers
 
+from .graph_stand_in import host_reads_of
+
 pytestmark = pytest.mark.skipif(
     not L.is_available(),
     reason=f"cdt_fast._C not usable: {L.unavailable_reason()} (build: pip install -e .)",
@@ -107,6 +109,17 @@ def test_linear_attention(dtype, shape, heads, dim_head):
     check(out, ref, dtype)
     out = L.linear_attention(x, w_qkv, w_out, None, heads=heads, scale=0.3)
     check(out, CF.linear_attention(*up(x, w_qkv, w_out), None, heads=heads, scale=0.3), dtype)
+
+
+def test_linear_attention_cuda_scratch_holds_a_partial_context_per_split():
+    """The CUDA attention sums per-split partial contexts in a fixed order (no atomics): the
+    scratch the caller allocates holds k statistics, one d x d context per (split, frame, head)
+    and q statistics; splits = min(ceil(1024 / (frames * heads * ceil(d / 32)^2)),
+    ceil(positions / 256))."""
+    floats = L.library().linear_attention_workspace_floats
+    assert floats(1, 100, 1, 8) == 2 * 8 + 1 * 8 * 8 + 100 * 2  # one split
+    assert floats(4, 600, 1, 40) == 4 * 40 * 2 + 3 * 4 * 40 * 40 + 4 * 600 * 2  # 3 splits
+    assert floats(1, 4096, 1, 8) == 2 * 8 + 16 * 8 * 8 + 4096 * 2  # 16 splits
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -394,6 +407,23 @@ def test_fused_ddim_to_uint8_frames(clamp):
     assert none is None and torch.equal(frames_only, frames)
 
 
+def test_ddim_update_reads_no_coefficient_on_the_host():
+    """The kernel reads (a, b, c, d) where x_t lives: coefficients given as tensors there are
+    never brought to the host (on CUDA such a read is a sync per step, and refused inside a CUDA
+    graph capture; the code path is the same for CPU tensors, checked here)."""
+    x_t, x0 = rand(2, 3, 2, 5, 7), rand(2, 3, 2, 5, 7, scale=1.5)
+    ref = CF.ddim_update(x_t, x0, COEFFS, clamp=True)
+    for coefficients in (COEFFS, torch.stack(COEFFS)):
+        got = {}
+
+        def run(coefficients=coefficients, got=got):
+            got["x_next"] = L.ddim_update(x_t, x0, coefficients, clamp=True)
+            got["fused"], _ = L.ddim_to_uint8_frames(x_t, x0, coefficients, clamp=True)
+
+        assert host_reads_of(run) == []
+        assert torch.equal(got["x_next"], ref) and torch.equal(got["fused"], ref)
+
+
 def test_thread_count_does_not_change_results():
     """Work is split by rows/frames, never inside a reduction: any thread count, same bits."""
     x = rand(2, 6, 3, 17, 23)
@@ -473,6 +503,15 @@ def test_extension_rejects_non_dense_descriptors():
             None,
             None,
         )
+    flat, out = rand(8), torch.empty(8)
+    for coefficients, message in (
+        (torch.ones(3), r"coefficients: expected shape \(4,\)"),
+        (torch.ones(4, dtype=torch.uint8), "coefficients must be float32"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            lib.ddim_update(
+                L._desc(flat), L._desc(flat), L._desc(coefficients), False, L._desc(out), None
+            )
 
 
 # ---- CUDA (when a GPU and a CUDA build exist) ----------------------------------------------------
@@ -480,7 +519,8 @@ def test_extension_rejects_non_dense_descriptors():
 
 def _cuda_cases(dtype):
     """(name, extension call, contract call) on CUDA tensors: both vector-width paths (C = 16 and
-    C = 5), an attention head wide enough for several tiles and a position split (d = 40, N = 600)."""
+    C = 5), an attention head wide enough for several tiles and 3 position splits (d = 40,
+    N = 600), and a narrow one with 16 splits of 4096 positions summed in order (d = 8)."""
     dev = "cuda"
 
     def r(*shape, scale=1.0):
@@ -547,6 +587,15 @@ def _cuda_cases(dtype):
             lambda: CF.linear_attention(*up(xa, wq, wo, bo), heads=1),
         )
     )
+    xn = r(1, 8, 1, 64, 64)
+    wqn, won = r(3 * 8, 8, 1, 1, 1, scale=0.5), r(8, 8, 1, 1, 1)
+    cases.append(
+        (
+            "linear_attention d=8 N=4096",
+            lambda: L.linear_attention(xn, wqn, won, None, heads=1),
+            lambda: CF.linear_attention(*up(xn, wqn, won), None, heads=1),
+        )
+    )
     xt, x0 = r(2, 3, 5, 16, 16), r(2, 3, 5, 16, 16, scale=1.5)
     cases.append(
         (
@@ -579,3 +628,67 @@ def test_cuda_parity(dtype):
             if name == "to_uint8_frames":
                 atol, rtol = 1.0, 0.0  # one step where fp32 rounding of a half-way value differs
             torch.testing.assert_close(out.float(), want.float(), atol=atol, rtol=rtol, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not L.cuda_available(), reason="needs a CUDA GPU and a CUDA build of cdt_fast._C"
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_ops_are_deterministic(dtype):
+    """Every CUDA stage gives the same bits on a second run (no atomics: the attention's position
+    splits are summed in a fixed order)."""
+    with torch.no_grad():
+        for name, ours, _ in _cuda_cases(dtype):
+            first, second = ours(), ours()
+            torch.cuda.synchronize()
+            assert torch.equal(first, second), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not L.cuda_available(), reason="needs a CUDA GPU and a CUDA build of cdt_fast._C"
+)
+def test_cuda_ops_replay_in_a_cuda_graph():
+    """The attention (16 position splits, scratch from torch's allocator) and the DDIM step
+    captured in one CUDA graph replay new inputs and new coefficients: the kernel reads the
+    coefficients on the device, so a value taken at capture would show as a stale step."""
+    from cdt_fast.functional import ddim_coefficients
+    from cdt_fast.reference.diffusion import DDIMSchedule
+
+    schedule = DDIMSchedule.create(1000, 4)
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, device="cuda", generator=g)
+
+    w_qkv, w_out = r(24, 8, 1, 1, 1) * 0.5, r(8, 8, 1, 1, 1)
+    x, x_t, x0 = r(1, 8, 1, 64, 64), r(2, 3, 5, 16, 16), r(2, 3, 5, 16, 16)
+    coef = ddim_coefficients(schedule.coefficients(0), "cuda")
+
+    def step():
+        return (
+            L.linear_attention(x, w_qkv, w_out, None, heads=1),
+            L.ddim_update(x_t, x0, coef, clamp=True),
+        )
+
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up where the capture runs
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            captured = step()
+        for s in (1, 2, 3):
+            for t in (x, x_t, x0):
+                t.copy_(r(*t.shape))
+            coef.copy_(ddim_coefficients(schedule.coefficients(s), "cuda"))
+            graph.replay()
+            attention, x_next = step()
+            torch.cuda.synchronize()
+            torch.testing.assert_close(captured[0], attention, atol=1e-5, rtol=1e-5)
+            assert torch.equal(captured[1], x_next), f"timestep {s}"
+            want = CF.ddim_update(x_t, x0, coef, clamp=True)
+            torch.testing.assert_close(x_next, want, atol=1e-6, rtol=1e-6)

@@ -22,6 +22,7 @@ from cdt_fast.engine import (
     accelerate,
     infer_config,
 )
+from cdt_fast.engine.decisions import CUDA_GRAPH_SAFE_OPS, DECISIONS
 from cdt_fast.engine.dispatch import OPS, OpChoice, implementations
 from cdt_fast.engine.memory import MemoryModel, halve
 from cdt_fast.engine.plan import TimeDownsample, UNetPlan
@@ -623,6 +624,21 @@ def test_dispatch_table_format_and_bad_tables(tmp_path):
         OpTable("auto", env={}, table=3)
     with pytest.raises(ValueError, match="tune"):
         OpTable("tune", env={}, table=table)
+
+
+def test_committed_table_ranks_cuda_only_for_capture_safe_deterministic_ops():
+    """The GPU rows try the CUDA extension for an op only when its call is audited safe inside a
+    CUDA graph and deterministic (decisions.CUDA_GRAPH_SAFE_OPS), never through a "*" row that
+    would hand it any op; every op the extension has is audited, and each is still tried first."""
+    for arch in ("sm_80", "sm_90"):
+        for op, classes in DECISIONS[arch].items():
+            for cls, order in classes.items():
+                assert "cuda" not in order or op in CUDA_GRAPH_SAFE_OPS, (arch, op, cls)
+    assert set(implementations("cuda")) == set(CUDA_GRAPH_SAFE_OPS)
+    committed = DispatchTable.default()
+    for op in CUDA_GRAPH_SAFE_OPS:
+        assert committed.order("sm_90", op, "bf16/c64")[0] == "cuda", op
+    assert "cuda" not in committed.order("sm_90", "causal_conv3d", "bf16/cin64/cout64/k3x3x3")
 
 
 def test_composed_candidate_only_where_a_part_has_a_kernel(monkeypatch):

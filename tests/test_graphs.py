@@ -1,10 +1,11 @@
 """CUDA graphs of chunk steps: which calls capture, which replay, and that replays, captures that
 run out of memory and captures that fail all give the eager output.
 
-On CPU a stand-in capture (``FakeCapture``) plays the graph: its capture runs the step (the real
-one captures, then replays once), its replay re-runs the step on the static inputs and writes
-into the captured output tensor, the aliasing a real graph's output has. The ``gpu`` tests run
-the real thing and compare replays with eager runs bitwise.
+On CPU a stand-in capture (:class:`tests.graph_stand_in.RecordingCapture`) plays the graph: its
+capture records the aten ops the step runs, and its replays re-execute only those on the same
+tensors, never the Python step; so a value the step took on the host at capture is replayed
+stale, as on a GPU, and the engine's replays must still equal its eager runs bit for bit. The
+``gpu`` tests run the real thing and compare replays with eager runs bitwise.
 """
 
 from __future__ import annotations
@@ -12,51 +13,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdt_fast import CDT, CDTConfig
+from cdt_fast import CDT, CDTConfig, chunking
 from cdt_fast.engine import MemoryModel, accelerate
 from cdt_fast.engine import memory as memory_mod
+from cdt_fast.engine.accelerated import _DecodeSession
 from cdt_fast.engine.graphs import ChunkGraphs, CudaGraphCapture, graph_key
 from cdt_fast.engine.plan import UNetPlan
 from cdt_fast.engine.state import StreamState
-from cdt_fast.reference import randomize_
+from cdt_fast.functional import ddim_coefficients
+from cdt_fast.reference import DDIMSchedule, randomize_
 
 from .conftest import tiny_config, upstream_state_dict
-
-
-class _FakeGraph:
-    def __init__(self, owner, fn, output):
-        self.owner, self.fn, self.output = owner, fn, output
-
-    def replay(self):
-        self.owner.replaying = True
-        try:
-            self.output.copy_(self.fn())
-        finally:
-            self.owner.replaying = False
-
-
-class FakeCapture:
-    """A CPU stand-in for :class:`CudaGraphCapture`. ``fail``: None, "oom" (every capture runs out
-    of memory half way through the step) or "error" (every capture fails otherwise)."""
-
-    def __init__(self, fail=None):
-        self.fail, self.replaying, self.pools, self.captured = fail, False, 0, 0
-
-    def unavailable(self, device):
-        return None
-
-    def new_pool(self, device):
-        self.pools += 1
-        return object()
-
-    def capture(self, fn, pool, device):
-        if self.fail == "oom":
-            raise torch.OutOfMemoryError("simulated CUDA out of memory at capture")
-        if self.fail == "error":
-            raise RuntimeError("operation not permitted when stream is capturing")
-        self.captured += 1
-        output = fn()
-        return _FakeGraph(self, fn, output), output
+from .graph_stand_in import RecordingCapture
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +55,17 @@ def _counts(eng, key):
 # -- the key: from the second call of a shape on, replay ---------------------------------------------
 def test_second_decode_of_a_clip_shape_replays_one_chunk(reference):
     ref = reference["small"]
-    eng = accelerate(ref, backend="torch", cuda_graphs=FakeCapture())
+    fake = RecordingCapture()
+    eng = accelerate(ref, backend="torch", cuda_graphs=fake)
     z = _latent(ref, t=3)  # 9 frames: one chunk, the common case of a generation pipeline
     noise = torch.randn(eng.output_shape(z.shape))
     key = ("decode", 1, 4, 4, 1)
     y1 = eng.decode(z, noise=noise)
-    assert _counts(eng, key) == (0, 0)  # first call: eager warm-up
+    # first call: eager, as the capture object's warm-up (on CUDA: on the capture's stream)
+    assert _counts(eng, key) == (0, 0) and fake.warm_ups == 1
     y2 = eng.decode(z, noise=noise)
     assert _counts(eng, key) == (1, 1)  # second call: captured, and computed by the graph
+    assert fake.warm_ups == 1
     y3 = eng.decode(z, noise=noise)
     assert _counts(eng, key) == (1, 2)  # third call: replay only
     assert torch.equal(y2, y1) and torch.equal(y3, y1)
@@ -137,7 +108,7 @@ def test_execution_record_counts_each_chunk_step_once(reference):
 
 def test_multi_chunk_decode_replays_every_chunk_from_the_second_call(reference):
     ref = reference["small"]
-    eng = accelerate(ref, backend="torch", cuda_graphs=FakeCapture())
+    eng = accelerate(ref, backend="torch", cuda_graphs=RecordingCapture())
     z = _latent(ref, t=6)
     noise = torch.randn(eng.output_shape(z.shape))
     key = ("decode", 1, 4, 4, 2)
@@ -158,7 +129,7 @@ def test_multi_chunk_decode_replays_every_chunk_from_the_second_call(reference):
 
 def test_encode_replays_from_the_second_call(reference):
     ref = reference["small"]
-    eng = accelerate(ref, backend="torch", cuda_graphs=FakeCapture())
+    eng = accelerate(ref, backend="torch", cuda_graphs=RecordingCapture())
     x = _video(t=17)
     key = ("encode", 1, 32, 32)
     z1 = eng.encode(x, chunk_frames=8)  # chunks: 1 + 8 + 8 frames
@@ -175,7 +146,7 @@ def test_encode_replays_from_the_second_call(reference):
 
 def test_keys_separate_steps_chunk_plans_and_layouts(reference):
     ref = reference["small"]
-    fake = FakeCapture()
+    fake = RecordingCapture()
     eng = accelerate(ref, backend="torch", cuda_graphs=fake)
     z = _latent(ref, t=4)
     noise = torch.randn(eng.output_shape(z.shape))
@@ -209,9 +180,9 @@ def test_graph_key_is_the_same_before_and_after_buffers_exist():
 
 
 def test_replay_restores_the_python_state_a_capture_left():
-    """A real replay runs no Python: the stream state after a replayed chunk must come from the
+    """A replay runs no Python: the stream state after a replayed chunk must come from the
     capture's record."""
-    fake = FakeCapture()
+    fake = RecordingCapture()
     graphs = ChunkGraphs("cpu", capture=fake)
     state = StreamState()
     layer = object()
@@ -219,11 +190,10 @@ def test_replay_restores_the_python_state_a_capture_left():
 
     def step(x):
         hist = state.history(layer, 1)
-        if not fake.replaying:  # what a graph replays: tensor work only
-            hist.past(x)
-            hist.next_valid = 1
-            state.first_call(layer)
-            state.commit()
+        hist.past(x)
+        hist.next_valid = 1
+        state.first_call(layer)
+        state.commit()
         buf.add_(x[0, 0, 0, 0, 0])
         return buf * 1
 
@@ -237,10 +207,111 @@ def test_replay_restores_the_python_state_a_capture_left():
     assert buf.tolist() == [3.0, 3.0, 3.0]
 
 
+# -- replays run the recorded tensor work only: a value frozen at capture shows ---------------------
+def test_stand_in_replays_the_recorded_tensor_work_without_the_step():
+    """An allocation, an ``out=`` op, an in-place update of a tensor from before the capture, views
+    and functional ops all replay from the record; the Python step runs at the warm-up and the
+    capture only, and each call changes the persistent tensor exactly once."""
+    fake = RecordingCapture(host_reads="raise")
+    graphs = ChunkGraphs("cpu", capture=fake)
+    calls, acc, acc_eager = [], torch.zeros(2, 3), torch.zeros(2, 3)
+
+    def step(x):
+        calls.append(1)
+        y = torch.empty(2, 3)
+        torch.mul(x, 2, out=y)
+        acc.add_(y)
+        return (acc.t() + x.t()).t()
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        x = torch.randn(2, 3, generator=g)
+        out = graphs(step, (x,), [])
+        acc_eager.add_(x * 2)
+        assert torch.equal(out, acc_eager + x)
+        assert torch.equal(acc, acc_eager)
+    assert len(calls) == 2
+    assert (fake.warm_ups, fake.captured, graphs.replays) == (1, 1, 3)
+
+
+def _ddim_step(read_on_host: bool):
+    def step(x_t, x0, coefficients):
+        if read_on_host:  # the bug: .item() takes the step's coefficients to the host
+            a, b, c, d = (float(v) for v in coefficients)
+        else:
+            a, b, c, d = coefficients
+        return c * x0 + d * ((a * x_t - x0) / b)
+
+    return step
+
+
+def _assert_replays_equal_eager(step, calls, host_reads: str) -> None:
+    graphs = ChunkGraphs("cpu", capture=RecordingCapture(host_reads=host_reads))
+    for i, args in enumerate(calls):
+        assert torch.equal(graphs(step, args, []), step(*args)), f"call {i} differs from eager"
+    assert graphs.replays == len(calls) - 1, f"not replayed: {graphs.report()}"
+
+
+@pytest.mark.parametrize("host_reads", ["record", "raise"])
+def test_stand_in_catches_a_ddim_coefficient_read_on_the_host(host_reads):
+    """One graph of a sampler step reused across timesteps, its coefficients an input: the step
+    that keeps them on the device replays each timestep's values; the one that reads them with
+    .item() replays the capture's (or, reads refused, cannot be captured) and must fail."""
+    schedule = DDIMSchedule.create(1000, 4)
+    g = torch.Generator().manual_seed(0)
+    x_t, x0 = torch.randn(2, 3, 5, generator=g), torch.randn(2, 3, 5, generator=g)
+    calls = [
+        (x_t, x0, ddim_coefficients(schedule.coefficients(s), "cpu")) for s in reversed(range(4))
+    ]
+    _assert_replays_equal_eager(_ddim_step(read_on_host=False), calls, host_reads)
+    failure = "call 2 differs" if host_reads == "record" else "not replayed.*capture failed"
+    with pytest.raises(AssertionError, match=failure):
+        _assert_replays_equal_eager(_ddim_step(read_on_host=True), calls, host_reads)
+
+
+def _assert_engine_replays_equal_eager(ref, on_noise=lambda noise: None) -> None:
+    """Three encode and decode calls of several chunks each (warm-up, capture, replays), new
+    inputs every call, through the stand-in with host reads refused: bitwise the eager engine's."""
+    graphed = accelerate(ref, backend="torch", cuda_graphs=RecordingCapture(host_reads="raise"))
+    eager = accelerate(ref, backend="torch", cuda_graphs=False)
+    g = torch.Generator().manual_seed(3)
+    for call in range(3):
+        x = _video(t=13, seed=call)
+        z = eager.encode(x, chunk_frames=4)  # chunks of 1, 4, 4, 4 frames
+        assert torch.equal(graphed.encode(x, chunk_frames=4), z), f"encode call {call}"
+        noise = torch.randn(eager.output_shape(z.shape), generator=g)
+        on_noise(noise)
+        y = eager.decode(z, steps=2, noise=noise, chunk_frames=1)  # 4 chunks
+        decoded = graphed.decode(z, steps=2, noise=noise, chunk_frames=1)
+        assert torch.equal(decoded, y), f"decode call {call} differs from eager"
+    for key, (state, captures, replays) in graphed.backend_report()["graphs"].items():
+        assert state == "enabled" and replays > captures >= 1, (key, state, captures, replays)
+
+
+def test_engine_replays_equal_eager_bitwise_over_many_chunks(reference):
+    _assert_engine_replays_equal_eager(reference["small"])
+
+
+def test_stand_in_catches_an_engine_step_that_reads_a_frame_offset(reference, monkeypatch):
+    """A broken engine whose decode step slices its noise itself, at the stream position (a
+    Python int): right when eager, stale once replayed. The check above must fail for it."""
+    ref = reference["small"]
+    real_step, whole = _DecodeSession.step, {}
+
+    def step_at_frame_offset(self, z, noise):
+        k = self.states[0].chunks  # the chunk's position in the stream
+        a, b = chunking.video_span(k, k + z.shape[2], ref.config.time_factor)
+        return real_step(self, z, whole["noise"][:, :, a:b])
+
+    monkeypatch.setattr(_DecodeSession, "step", step_at_frame_offset)
+    with pytest.raises(AssertionError, match="decode call 1 differs"):
+        _assert_engine_replays_equal_eager(ref, on_noise=lambda noise: whole.update(noise=noise))
+
+
 # -- failures at capture end in the eager output --------------------------------------------------
 def test_out_of_memory_at_capture_falls_back_to_eager_for_that_key(reference, monkeypatch):
     ref = reference["base"]
-    eng = accelerate(ref, backend="torch", cuda_graphs=FakeCapture(fail="oom"))
+    eng = accelerate(ref, backend="torch", cuda_graphs=RecordingCapture(fail="oom"))
     z = _latent(ref, t=4)
     noise = torch.randn(eng.output_shape(z.shape))
     expected = ref.decode(z, noise=noise, chunk_frames=2)
@@ -260,7 +331,7 @@ def test_out_of_memory_half_way_through_a_capture_leaves_no_state_behind(referen
     """The OOM fires inside the captured step after the context decoder and a U-Net level ran
     (their Python state advanced): the eager rerun must start from the chunk's start."""
     ref = reference["small"]
-    fake = FakeCapture()
+    fake = RecordingCapture()
     eng = accelerate(ref, backend="torch", cuda_graphs=fake)
     z = _latent(ref, t=3)
     noise = torch.randn(eng.output_shape(z.shape))
@@ -276,18 +347,7 @@ def test_out_of_memory_half_way_through_a_capture_leaves_no_state_behind(referen
             raise torch.OutOfMemoryError("simulated CUDA out of memory at capture")
         return original(self, *args, **kwargs)
 
-    fake.capturing = False
-    real_capture = FakeCapture.capture
-
-    def capture(self, fn, pool, device):
-        self.capturing = True
-        try:
-            return real_capture(self, fn, pool, device)
-        finally:
-            self.capturing = False
-
     monkeypatch.setattr(UNetPlan, "__call__", faulty)
-    monkeypatch.setattr(FakeCapture, "capture", capture)
     y = eng.decode(z, noise=noise)
     assert fired == [1], "the simulated fault never fired"
     assert torch.equal(y, expected)
@@ -298,7 +358,7 @@ def test_out_of_memory_half_way_through_a_capture_leaves_no_state_behind(referen
 
 def test_failed_capture_turns_graphs_off_with_identical_output(reference):
     ref = reference["small"]
-    eng = accelerate(ref, backend="torch", cuda_graphs=FakeCapture(fail="error"))
+    eng = accelerate(ref, backend="torch", cuda_graphs=RecordingCapture(fail="error"))
     x = _video(t=9)
     z1, z2, z3 = (eng.encode(x, chunk_frames=4) for _ in range(3))
     assert torch.equal(z1, z2) and torch.equal(z1, z3)
@@ -315,8 +375,20 @@ def test_opt_out_and_bad_argument(reference):
         eng.decode(z)
     graphs = eng._sessions[("decode", 1, 4, 4, 1)].graphs
     assert graphs.reason == "CUDA graphs disabled by the caller" and graphs.captures == 0
+    default = accelerate(ref, backend="torch")
+    for steps in (1, 2):  # two sessions, one capture object (one side stream per device)
+        default.decode(z, steps=steps)
+    captures = {id(s.graphs.backend) for s in default._sessions.values()}
+    assert len(default._sessions) == 2 and len(captures) == 1
+    assert isinstance(default._sessions[("decode", 1, 4, 4, 2)].graphs.backend, CudaGraphCapture)
     with pytest.raises(TypeError, match="cuda_graphs"):
         accelerate(ref, backend="torch", cuda_graphs="yes")
+
+    class NoWarmUp:  # a capture object of the interface before warm-ups ran on its stream
+        unavailable = new_pool = capture = RecordingCapture.capture
+
+    with pytest.raises(TypeError, match="warm_up"):
+        accelerate(ref, backend="torch", cuda_graphs=NoWarmUp())
     assert CudaGraphCapture().unavailable(torch.device("cpu")) == "no CUDA graphs on cpu"
 
 
@@ -334,7 +406,7 @@ def test_session_keeps_its_first_chunk_size(reference, monkeypatch):
     """Free memory drops once a session's graphs hold their pool; later streams must still pick
     the first stream's chunk size, or their keys would never match."""
     ref = reference["small"]
-    fake = FakeCapture()
+    fake = RecordingCapture()
     eng = accelerate(ref, backend="torch", cuda_graphs=fake)
     free = {"bytes": 1 << 40}
     monkeypatch.setattr(memory_mod, "free_memory", lambda device: free["bytes"])
@@ -354,7 +426,7 @@ def test_session_keeps_its_first_chunk_size(reference, monkeypatch):
 
 def test_out_of_memory_in_a_stream_drops_idle_sessions_graphs(reference):
     ref = reference["small"]
-    eng = accelerate(ref, backend="torch", cuda_graphs=FakeCapture())
+    eng = accelerate(ref, backend="torch", cuda_graphs=RecordingCapture())
     z = _latent(ref, t=3)
     for _ in range(2):
         eng.decode(z)
@@ -371,7 +443,7 @@ def test_out_of_memory_beside_held_graphs_retries_the_same_chunk_without_them(
     """An eager chunk (a new key) that runs out of memory while the session's graphs hold their
     pool is retried at the same size once the graphs are dropped: the chunk plan is kept."""
     ref = reference["small"]
-    fake = FakeCapture()
+    fake = RecordingCapture()
     eng = accelerate(ref, backend="torch", cuda_graphs=fake)
     z = _latent(ref, t=4)
     for _ in range(2):
@@ -383,7 +455,7 @@ def test_out_of_memory_beside_held_graphs_retries_the_same_chunk_without_them(
     faults = []
 
     def faulty(self, *args, **kwargs):
-        if not faults and not fake.replaying:
+        if not faults:
             faults.append(1)
             raise torch.OutOfMemoryError("simulated CUDA out of memory")
         return original(self, *args, **kwargs)
@@ -451,3 +523,29 @@ def test_gpu_out_of_memory_at_capture_gives_eager_output():
         assert torch.equal(graphed.decode(z, noise=noise), expected)
     state = graphed.backend_report()["graphs"][("decode", 1, 8, 8, ref.sample_steps)][0]
     assert "out of memory at capture" in state
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_warm_up_and_capture_run_on_the_capture_stream():
+    """A key's first, eager call runs on the side stream its capture then uses (cuBLAS's
+    per-stream workspace and that stream's allocator blocks exist before capture), ordered with
+    the caller's stream; replays run no Python and compute the new inputs."""
+    capture = CudaGraphCapture()
+    graphs = ChunkGraphs("cuda", capture=capture)
+    side = capture.stream(torch.device("cuda"))
+    streams = []
+    w = torch.randn(64, 64, device="cuda")
+
+    def step(x):
+        streams.append(torch.cuda.current_stream())
+        return torch.relu(x @ w)
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(4):
+        x = torch.randn(32, 64, device="cuda", generator=g)
+        out = graphs(step, (x,), [])
+        torch.testing.assert_close(out, torch.relu(x @ w), rtol=1e-5, atol=1e-5)
+    assert streams == [side, side]  # the warm-up and the capture
+    assert torch.cuda.current_stream() != side
+    assert (graphs.captures, graphs.replays) == (1, 3)

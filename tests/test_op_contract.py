@@ -9,6 +9,7 @@ import importlib
 import inspect
 
 import pytest
+import torch
 
 from cdt_fast import functional
 from cdt_fast.engine.dispatch import OPS, implementations
@@ -50,3 +51,28 @@ def test_backend_function_matches_functional_signature(backend, op, module):
         assert kind is inspect.Parameter.KEYWORD_ONLY and default is not inspect.Parameter.empty, (
             f"{module}.{op} adds {name!r}: extra parameters must be keyword-only with a default"
         )
+
+
+def test_ddim_coefficients_are_one_fp32_tensor_of_four_whatever_the_form():
+    """Every backend takes (a, b, c, d) through functional.ddim_coefficients: Python numbers,
+    scalar tensors of any float dtype and a 4-element tensor give the same fp32 values (rounded
+    once, as the contract computes); a wrong form is a ValueError that says what was expected."""
+    values = (1.0000305, 0.0078125, 0.9999, 0.0141)
+    want = torch.tensor(values, dtype=torch.float32)
+    forms = [
+        values,
+        tuple(torch.tensor(v, dtype=torch.float64) for v in values),
+        [torch.tensor([v]) for v in values],
+        torch.tensor(values, dtype=torch.float64),
+        want,
+    ]
+    for form in forms:
+        got = functional.ddim_coefficients(form, "cpu")
+        assert got.dtype == torch.float32 and got.shape == (4,) and got.is_contiguous()
+        assert torch.equal(got, want), form
+    with pytest.raises(ValueError, match=r"\(a, b, c, d\), got 3 values"):
+        functional.ddim_coefficients(values[:3], "cpu")
+    with pytest.raises(ValueError, match=r"shape \(4,\), got \(2, 2\)"):
+        functional.ddim_coefficients(want.reshape(2, 2), "cpu")
+    with pytest.raises(ValueError, match="must be a scalar, got shape"):
+        functional.ddim_coefficients((want[:2], *values[1:]), "cpu")

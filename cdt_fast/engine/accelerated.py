@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import chunking, tiling
 from ..config import CDTConfig
+from ..functional import ddim_coefficients
 from ..reference import CDT, DDIMSchedule, DiagonalGaussian
 from ..validation import (
     check_chunk_frames,
@@ -21,7 +22,7 @@ from ..validation import (
 )
 from .convert import as_cdt
 from .dispatch import Measurements, OpTable
-from .graphs import ChunkGraphs
+from .graphs import CAPTURE_METHODS, ChunkGraphs, CudaGraphCapture
 from .memory import MemoryModel, halve
 from .plan import ContextDecoderPlan, EncoderPlan, Run, UNetPlan
 from .state import StreamState
@@ -89,14 +90,11 @@ class _DecodeSession(_Session):
             engine.unet_plan,
             engine.ops,
         )
-        # Constant for the whole decode: per-step DDIM coefficients (on the device, so the chunk
-        # step does no host transfer) and every ResnetBlock's mlp(time_emb).
+        # Constant for the whole decode: per-step DDIM coefficients (one 4-element fp32 tensor on
+        # the device per step, the form the kernels read, so the chunk step moves no value
+        # between host and device) and every ResnetBlock's mlp(time_emb).
         self.coefficients = [
-            tuple(
-                torch.as_tensor(c, dtype=torch.float32, device=device)
-                for c in schedule.coefficients(s)
-            )
-            for s in range(steps)
+            ddim_coefficients(schedule.coefficients(s), device) for s in range(steps)
         ]
         self.time_biases = [
             self.unet_plan.time_biases(schedule.time_input(s, batch, device)) for s in range(steps)
@@ -213,14 +211,17 @@ class AcceleratedCDT(nn.Module):
         self.config: CDTConfig = cdt.config
         self.latent_scale = cdt.latent_scale
         self.sample_steps = cdt.sample_steps
-        if not isinstance(cuda_graphs, bool) and not callable(
-            getattr(cuda_graphs, "capture", None)
+        if not isinstance(cuda_graphs, bool) and not all(
+            callable(getattr(cuda_graphs, m, None)) for m in CAPTURE_METHODS
         ):
             raise TypeError(
-                "cuda_graphs must be True, False or a capture object (see "
-                f"cdt_fast.engine.graphs.CudaGraphCapture), got {type(cuda_graphs).__name__}"
+                "cuda_graphs must be True, False or a capture object with methods "
+                f"{', '.join(CAPTURE_METHODS)} (see cdt_fast.engine.graphs.CudaGraphCapture), "
+                f"got {type(cuda_graphs).__name__}"
             )
-        self.cuda_graphs = cuda_graphs
+        # One capture object for every session: their warm-ups and captures share its side
+        # stream, and with it the BLAS handle and workspace torch keeps per stream.
+        self.cuda_graphs = CudaGraphCapture() if cuda_graphs is True else cuda_graphs
         fmt = self.memory_format
         self.encoder_plan = EncoderPlan(cdt.context_model, self.ops, fmt)
         self.context_plan = ContextDecoderPlan(cdt.context_model, self.ops, fmt)

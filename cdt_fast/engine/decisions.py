@@ -15,7 +15,7 @@ from typing import Mapping, Tuple
 
 import torch
 
-__all__ = ["ARCH_FAMILIES", "DECISIONS", "arch_family", "shape_class"]
+__all__ = ["ARCH_FAMILIES", "CUDA_GRAPH_SAFE_OPS", "DECISIONS", "arch_family", "shape_class"]
 
 ARCH_FAMILIES = ("cpu", "sm_80", "sm_90")
 
@@ -83,8 +83,31 @@ def _frozen(table) -> Mapping:
 #   128 output channels (FUSED_NORM_MAX_CHANNELS; wider it runs the conv and a norm pass, which
 #   "composed" does with the table's own parts), and the CUDA extension has no conv or fused
 #   Block. Replace these with a measured table (backend="tune", then save) once a GPU has run.
+#   The CUDA extension is ranked per op, only for CUDA_GRAPH_SAFE_OPS, never through "*".
+
+# The CUDA extension's ops whose whole call (the _cpp_lib wrapper and its kernels) is safe inside a
+# captured CUDA graph -- no host sync or host read of a device value (the DDIM coefficients are
+# read by the kernel), no allocation but torch's allocator (the attention's scratch), launches on
+# torch's current stream -- and deterministic: no atomics (the attention sums its per-split
+# partial contexts in a fixed order), so the same inputs give the same bits in every run and
+# process. Audited from csrc/cuda and cdt_fast/_cpp_lib.py; that is every op the extension has.
+CUDA_GRAPH_SAFE_OPS = (
+    "causal_conv3d_history",
+    "channel_norm",
+    "linear_attention",
+    "time_downsample",
+    "time_upsample",
+    "ddim_update",
+    "to_uint8_frames",
+    "linear_attention_block",
+)
 _GPU = {
-    "*": {"*": ("cuda", "triton", "torch")},
+    "*": {"*": ("triton", "torch")},
+    **{
+        op: {"*": ("cuda", "triton", "torch")}
+        for op in CUDA_GRAPH_SAFE_OPS
+        if op != "linear_attention_block"  # below: it composes its parts when neither kernel runs
+    },
     "causal_conv3d_norm": {
         "*/cout16/*": ("triton", "composed"),
         "*/cout32/*": ("triton", "composed"),

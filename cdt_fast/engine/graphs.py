@@ -5,10 +5,19 @@ video chunk) launches a sequence of kernels fixed by the session (op, batch, siz
 the shapes, strides and dtypes of its inputs, and the Python-visible stream state before it (how
 many history frames each causal layer holds, which layers have started). Those are a graph's key
 (:func:`graph_key`, with :meth:`StreamState.signature`). The first time a key is seen the step
-runs eagerly (warm-up: lazy allocation of the history buffers, cuDNN/Triton first calls); the
-second time it is captured and replayed; from then on it only replays. A 17-frame clip decoded as
-one chunk is thus captured on the second call of that shape and replayed on every later one, and
-a long stream replays its steady chunks from its third chunk on.
+runs eagerly (warm-up); the second time it is captured and replayed; from then on it only
+replays. A 17-frame clip decoded as one chunk is thus captured on the second call of that shape
+and replayed on every later one, and a long stream replays its steady chunks from its third chunk
+on.
+
+The warm-up runs on the stream the capture will use, a side stream of the capture object (torch's
+advice for ``torch.cuda.graph``, as ``make_graphed_callables`` does). Everything a first call does
+lazily then happens before capture, where it is legal: per shape (history buffers, cuDNN
+algorithm search, Triton compilation and autotuning, loading kernel modules) and per stream
+(cuBLAS/cuBLASLt handles and workspaces, cached per device and stream; the allocator's blocks for
+that stream). The key's own first call is that warm-up: an extra eager call at capture would run
+the step twice, and the step is not idempotent (it advances the stream state and writes the
+history buffers).
 
 A replay does no Python work, so the stream state a captured step leaves behind is recorded at
 capture and restored after each replay (:meth:`StreamState.snapshot` / ``restore``).
@@ -38,14 +47,25 @@ import torch
 
 from .record import ExecutionRecord
 
-__all__ = ["ChunkGraphs", "CudaGraphCapture", "graph_key"]
+__all__ = ["CAPTURE_METHODS", "ChunkGraphs", "CudaGraphCapture", "graph_key"]
+
+# What ChunkGraphs calls on a capture object (CudaGraphCapture, or a stand-in).
+CAPTURE_METHODS = ("unavailable", "new_pool", "warm_up", "capture")
 
 
 class CudaGraphCapture:
     """Capture through ``torch.cuda.graph``. The interface :class:`ChunkGraphs` uses, so that a
     stand-in (tests on CPU) can replace it: ``unavailable(device)`` (a reason or None),
-    ``new_pool(device)``, and ``capture(fn, pool, device)`` returning ``(graph, output)`` with
-    ``output`` already computed for the current inputs and ``graph.replay()`` recomputing it."""
+    ``new_pool(device)``, ``warm_up(fn, device)`` returning ``fn()`` run eagerly where captures
+    run, and ``capture(fn, pool, device)`` returning ``(graph, output)`` with ``output`` already
+    computed for the current inputs and ``graph.replay()`` recomputing it.
+
+    Warm-ups and captures run on one side stream per device (:meth:`stream`), ordered after the
+    caller's current stream and before its later work, so the caller sees ordinary stream
+    semantics; replays run on the caller's current stream."""
+
+    def __init__(self) -> None:
+        self._streams: Dict[torch.device, "torch.cuda.Stream"] = {}
 
     def unavailable(self, device: torch.device) -> Optional[str]:
         if device.type != "cuda":
@@ -55,13 +75,35 @@ class CudaGraphCapture:
     def new_pool(self, device: torch.device):
         return torch.cuda.graph_pool_handle()
 
+    def stream(self, device: torch.device) -> "torch.cuda.Stream":
+        """The side stream this object warms up and captures on, for ``device``."""
+        device = torch.device(device)
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device not in self._streams:
+            self._streams[device] = torch.cuda.Stream(device)
+        return self._streams[device]
+
+    def warm_up(self, fn: Callable[[], torch.Tensor], device: torch.device):
+        side, current = self.stream(device), torch.cuda.current_stream(device)
+        side.wait_stream(current)  # the inputs the caller just wrote
+        try:
+            with torch.cuda.stream(side):
+                return fn()
+        finally:
+            # The caller's later work (reading the output, freeing inputs) follows the step. A
+            # block the step allocated and the caller frees goes back to the side stream's pool;
+            # it is reused only by a later warm-up or capture, which first waits for the caller.
+            current.wait_stream(side)
+
     def capture(self, fn: Callable[[], torch.Tensor], pool, device: torch.device):
+        side = self.stream(device)
         with torch.cuda.device(device):
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # the eager warm-up's cached blocks go back to the device
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph, pool=pool):
+                with torch.cuda.graph(graph, pool=pool, stream=side):
                     output = fn()
             except BaseException:
                 del graph
@@ -133,9 +175,10 @@ class ChunkGraphs:
                 self.record.ran_eagerly(self.eager[key])
                 return step(*args)
             if key not in self.warm:
-                self.warm.add(key)
+                output = self.backend.warm_up(lambda: step(*args), self.device)
+                self.warm.add(key)  # only once it ran to the end (an OOM leaves it cold)
                 self.record.ran_eagerly(None)  # the warm-up
-                return step(*args)
+                return output
             return self._capture(step, args, states, key)
         self.graphs.move_to_end(key)
         for static, value in zip(captured.inputs, args):

@@ -24,7 +24,8 @@ void ddim_loop(const DdimArgs& a, int threads) {
   const T* x0 = static_cast<const T*>(a.x0);
   float* next = a.x_next;
   std::uint8_t* frames = a.frames;
-  const float ca = a.a, cb = a.b, cc = a.c, cd = a.d;
+  const float ca = a.coefficients[0], cb = a.coefficients[1], cc = a.coefficients[2],
+              cd = a.coefficients[3];
 #pragma omp parallel for schedule(static) num_threads(detail::omp_threads(threads))
   for (std::int64_t i = 0; i < a.numel; ++i) {
     const float v = cdt_fast::detail::ddim_value(detail::to_float(xt[i]), detail::to_float(x0[i]),
@@ -57,7 +58,8 @@ void uint8_impl(const T* x, std::int64_t n, std::uint8_t* frames, int threads) {
 }  // namespace
 
 void ddim_update(const DdimArgs& args, int threads) {
-  detail::require(args.x_t && args.x0, "ddim_update: x_t and x0 must be non-null");
+  detail::require(args.x_t && args.x0 && args.coefficients,
+                  "ddim_update: x_t, x0 and coefficients must be non-null");
   detail::require(args.x_next || args.frames, "ddim_update: give x_next and/or frames");
   detail::dispatch_float(args.dtype, "ddim_update", [&](auto tag) {
     ddim_impl<decltype(tag)>(args, threads);

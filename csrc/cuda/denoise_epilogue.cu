@@ -1,5 +1,6 @@
 // The single-step denoise epilogue on CUDA: DDIM update (+ clamp of x0) and/or uint8 frames, four
 // elements per thread with vector loads; the DDIM arithmetic is the shared, contraction-free one.
+// The coefficients are read from device memory by the kernel, so a launch needs no host value.
 #include "cdt_fast/detail/frames.h"
 #include "cdt_fast/ops_cuda.h"
 #include "common.cuh"
@@ -16,15 +17,21 @@ __device__ __forceinline__ std::uint8_t frame_value(float v) {
   return static_cast<std::uint8_t>(rintf(__fmul_rn(__fdiv_rn(__fadd_rn(v, 1.f), 2.f), 255.f)));
 }
 
-__device__ __forceinline__ float ddim(float xt, float x0, const DdimArgs& a) {
-  if (a.clamp) x0 = fminf(fmaxf(x0, -1.f), 1.f);
+struct Coefficients {
+  float a, b, c, d;
+};
+
+__device__ __forceinline__ float ddim(float xt, float x0, const Coefficients& k, bool clamp) {
+  if (clamp) x0 = fminf(fmaxf(x0, -1.f), 1.f);
   // Rounded intrinsics keep nvcc from contracting into FMAs: the same bits as the CPU path.
-  const float inner = __fdiv_rn(__fsub_rn(__fmul_rn(a.a, xt), x0), a.b);
-  return __fadd_rn(__fmul_rn(a.c, x0), __fmul_rn(a.d, inner));
+  const float inner = __fdiv_rn(__fsub_rn(__fmul_rn(k.a, xt), x0), k.b);
+  return __fadd_rn(__fmul_rn(k.c, x0), __fmul_rn(k.d, inner));
 }
 
 template <typename T, int VEC>
 __global__ void ddim_kernel(DdimArgs a) {
+  const Coefficients k{__ldg(a.coefficients), __ldg(a.coefficients + 1),
+                       __ldg(a.coefficients + 2), __ldg(a.coefficients + 3)};
   const std::int64_t n = a.numel / VEC;
   const auto* xt = reinterpret_cast<const Vec<T, VEC>*>(a.x_t);
   const auto* x0 = reinterpret_cast<const Vec<T, VEC>*>(a.x0);
@@ -35,7 +42,7 @@ __global__ void ddim_kernel(DdimArgs a) {
     Vec<std::uint8_t, VEC> frames;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      next.v[j] = ddim(detail::to_float(u.v[j]), detail::to_float(w.v[j]), a);
+      next.v[j] = ddim(detail::to_float(u.v[j]), detail::to_float(w.v[j]), k, a.clamp);
       frames.v[j] = frame_value(next.v[j]);
     }
     if (a.x_next) reinterpret_cast<Vec<float, VEC>*>(a.x_next)[i] = next;
@@ -86,8 +93,9 @@ void launch_uint8(const void* x, std::int64_t numel, std::uint8_t* out, cudaStre
 }  // namespace
 
 void ddim_update(const DdimArgs& args, int device, cudaStream_t stream) {
-  if (!args.x_t || !args.x0 || (!args.x_next && !args.frames))
-    throw std::invalid_argument("ddim_update: x_t, x0 and at least one output must be non-null");
+  if (!args.x_t || !args.x0 || !args.coefficients || (!args.x_next && !args.frames))
+    throw std::invalid_argument(
+        "ddim_update: x_t, x0, coefficients and at least one output must be non-null");
   if (args.numel == 0) return;
   detail::DeviceGuard guard(device);
   detail::dispatch_float(args.dtype, "ddim_update", [&](auto tag) {

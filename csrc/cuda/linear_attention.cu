@@ -1,12 +1,16 @@
-// Linear attention between its projections, in four kernels over fp32 scratch:
+// Linear attention between its projections, in kernels over the caller's fp32 scratch:
 //  1. k statistics: online max / sum-exp over positions per (frame, channel);
 //  2. context = softmax_n(k) v^T per (frame, head): a 32x32-tiled product over positions, split
-//     over position chunks (atomicAdd into the zeroed context) so small heads still fill the GPU;
+//     over position chunks so small heads still fill the GPU; each split writes its own partial
+//     context, and a second kernel adds the partials in split order into the first. No atomics:
+//     the same inputs give the same bits whatever the scheduling (and in every process);
 //  3. q statistics: max / sum-exp over the head's channels per position, one warp per row;
 //  4. out = context^T softmax_c(q) * scale: a 32x32-tiled product over channels.
 // Softmaxed k and q are never written to memory: they are rebuilt from the statistics on load.
+// Nothing is allocated or synchronised here, so the sequence can be captured in a CUDA graph.
 #include <cfloat>
 
+#include "cdt_fast/detail/attention_splits.h"
 #include "cdt_fast/ops_cuda.h"
 #include "common.cuh"
 
@@ -14,14 +18,14 @@ namespace cdt_fast {
 namespace cuda {
 namespace {
 
-constexpr int kTile = 32;
+constexpr int kTile = static_cast<int>(cdt_fast::detail::kAttentionTile);
 constexpr int kRows = 8;  // threadIdx.y extent; each thread owns kTile / kRows outputs
 
 struct Layout {
   std::int64_t frames, positions, heads, dim, hidden, stride;
   float* kmax;
   float* kinv;
-  float* context;
+  float* context;  // splits partial contexts of frames * heads * dim * dim each; the first: the sum
   float* qmax;
   float* qinv;
 };
@@ -60,6 +64,7 @@ __global__ void k_stats_kernel(const T* __restrict__ qkv, Layout L) {
 }
 
 // grid (ceil(d / 32) e-tiles, ceil(d / 32) i-tiles, frames * heads * splits), block (32, kRows).
+// Writes every element of its split's partial context (zeros for an empty position chunk).
 template <typename T>
 __global__ void context_kernel(const T* __restrict__ qkv, Layout L, int splits) {
   __shared__ float ks[kTile][kTile + 1], vs[kTile][kTile + 1];
@@ -96,11 +101,22 @@ __global__ void context_kernel(const T* __restrict__ qkv, Layout L, int splits) 
     __syncthreads();
   }
   if (ve >= L.dim) return;
-  float* ctx = L.context + fh * L.dim * L.dim;
+  float* ctx = L.context + (split * L.frames * L.heads + fh) * L.dim * L.dim;
 #pragma unroll
   for (int o = 0; o < kTile / kRows; ++o) {
     const std::int64_t i = i0 + threadIdx.y + o * kRows;
-    if (i < L.dim) atomicAdd(ctx + i * L.dim + ve, acc[o]);
+    if (i < L.dim) ctx[i * L.dim + ve] = acc[o];
+  }
+}
+
+// context[j] = partial_0[j] + partial_1[j] + ... in split order (partial_0 is the context).
+__global__ void sum_splits_kernel(float* __restrict__ context, std::int64_t partial_floats,
+                                  int splits) {
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+       j < partial_floats; j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    float sum = context[j];
+    for (int s = 1; s < splits; ++s) sum += context[s * partial_floats + j];
+    context[j] = sum;
   }
 }
 
@@ -170,10 +186,14 @@ template <typename T>
 void launch(const LinearAttentionArgs& a, float* ws, cudaStream_t stream) {
   Layout L{a.frames, a.positions, a.heads, a.dim, a.heads * a.dim, 3 * a.heads * a.dim,
            nullptr, nullptr, nullptr, nullptr, nullptr};
+  // The scratch layout of linear_attention_workspace_floats.
+  const std::int64_t splits =
+      cdt_fast::detail::attention_position_splits(a.frames, a.positions, a.heads, a.dim);
+  const std::int64_t partial_floats = a.frames * a.heads * a.dim * a.dim;
   L.kmax = ws;
   L.kinv = L.kmax + a.frames * L.hidden;
   L.context = L.kinv + a.frames * L.hidden;
-  L.qmax = L.context + a.frames * a.heads * a.dim * a.dim;
+  L.qmax = L.context + splits * partial_floats;
   L.qinv = L.qmax + a.frames * a.positions * a.heads;
   const T* qkv = static_cast<const T*>(a.qkv);
   const dim3 block(kTile, kRows);
@@ -184,18 +204,14 @@ void launch(const LinearAttentionArgs& a, float* ws, cudaStream_t stream) {
                            static_cast<unsigned>(a.frames)), block, 0, stream>>>(qkv, L);
   detail::check_launch("linear_attention k statistics");
 
-  // Split positions until there are a few blocks per SM (~1k in flight), 8 tiles of work at least.
-  const std::int64_t tiles = pairs * dim_tiles * dim_tiles;
-  std::int64_t splits = (1024 + tiles - 1) / tiles;
-  const std::int64_t max_splits = (a.positions + 8 * kTile - 1) / (8 * kTile);
-  splits = splits < max_splits ? splits : max_splits;
-  if (splits * pairs > 65535) splits = 65535 / pairs;  // grid.z limit
-  splits = splits < 1 ? 1 : splits;
-  detail::check(cudaMemsetAsync(L.context, 0, sizeof(float) * pairs * a.dim * a.dim, stream),
-                "linear_attention context memset");
   context_kernel<T><<<dim3(dim_tiles, dim_tiles, static_cast<unsigned>(pairs * splits)), block, 0,
                       stream>>>(qkv, L, static_cast<int>(splits));
   detail::check_launch("linear_attention context");
+  if (splits > 1) {
+    sum_splits_kernel<<<detail::grid_for(partial_floats, 256), 256, 0, stream>>>(
+        L.context, partial_floats, static_cast<int>(splits));
+    detail::check_launch("linear_attention context sum");
+  }
 
   const std::int64_t q_rows = a.frames * a.positions * a.heads;
   q_stats_kernel<T><<<detail::grid_for(q_rows, 256 / 32), 256, 0, stream>>>(qkv, L);

@@ -266,21 +266,24 @@ void causal_padded_input(py::object x_, py::object past_, py::object out_, std::
                                          s.E, history, mode, s.device, as_stream(stream)));
 }
 
-void ddim_update(py::object xt_, py::object x0_, float a, float b, float c, float d, bool clamp,
-                 py::object next_, py::object frames_, std::uintptr_t stream, int threads) {
-  Arg xt = parse(xt_, "x_t", 1), x0 = parse(x0_, "x0", 1), next = parse(next_, "x_next", 1, true),
-      frames = parse(frames_, "frames", 1, true);
+// coefficients: (a, b, c, d) as a 4-element fp32 tensor on the device of x_t (read by the kernel).
+void ddim_update(py::object xt_, py::object x0_, py::object coef_, bool clamp, py::object next_,
+                 py::object frames_, std::uintptr_t stream, int threads) {
+  Arg xt = parse(xt_, "x_t", 1), x0 = parse(x0_, "x0", 1), coef = parse(coef_, "coefficients", 1),
+      next = parse(next_, "x_next", 1, true), frames = parse(frames_, "frames", 1, true);
   if (!next && !frames) fail("give x_next and/or frames");
   want_shape(x0, xt.shape, "x0");
+  want_shape(coef, {4}, "coefficients");
   want_shape(next, xt.shape, "x_next");
   want_shape(frames, xt.shape, "frames");
   same_dtype(xt, x0, "x_t", "x0");
+  want_dtype(coef, DType::kFloat32, "coefficients");
   want_dtype(next, DType::kFloat32, "x_next");
   want_dtype(frames, DType::kUInt8, "frames");
-  const int device = common_device({&xt, &x0, &next, &frames});
+  const int device = common_device({&xt, &x0, &coef, &next, &frames});
   DdimArgs args;
   args.x_t = xt.ptr; args.x0 = x0.ptr; args.dtype = xt.dtype; args.numel = xt.numel();
-  args.a = a; args.b = b; args.c = c; args.d = d; args.clamp = clamp;
+  args.coefficients = static_cast<const float*>(coef.ptr); args.clamp = clamp;
   args.x_next = static_cast<float*>(next.ptr);
   args.frames = static_cast<std::uint8_t*>(frames.ptr);
   if (args.numel == 0) return;
@@ -348,8 +351,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("causal_padded_input", &causal_padded_input, py::arg("x"), py::arg("past").none(true),
         py::arg("out"), py::arg("history"), py::arg("pad_mode"), py::arg("stream") = 0,
         py::arg("threads") = 0);
-  m.def("ddim_update", &ddim_update, py::arg("x_t"), py::arg("x0"), py::arg("a"), py::arg("b"),
-        py::arg("c"), py::arg("d"), py::arg("clamp"), py::arg("x_next").none(true),
+  m.def("ddim_update", &ddim_update, py::arg("x_t"), py::arg("x0"), py::arg("coefficients"),
+        py::arg("clamp"), py::arg("x_next").none(true),
         py::arg("frames").none(true), py::arg("stream") = 0, py::arg("threads") = 0);
   m.def("to_uint8", &to_uint8, py::arg("x"), py::arg("frames"), py::arg("stream") = 0,
         py::arg("threads") = 0);

@@ -210,10 +210,11 @@ bool ddim_update() {
   const int n = 1001;
   Vec xt = randn(n), x0 = randn(n, 1.5f), next(n);
   std::vector<std::uint8_t> frames(n);
+  const float coefficients[4] = {1.2f, 0.6f, 0.9f, 0.3f};
   bool ok = true;
   for (bool clamp : {false, true}) {
     DdimArgs a;
-    a.x_t = xt.data(); a.x0 = x0.data(); a.numel = n; a.a = 1.2f; a.b = 0.6f; a.c = 0.9f; a.d = 0.3f;
+    a.x_t = xt.data(); a.x0 = x0.data(); a.numel = n; a.coefficients = coefficients;
     a.clamp = clamp; a.x_next = next.data(); a.frames = frames.data();
     cpu::ddim_update(a);
     std::vector<double> want(n);

@@ -17,7 +17,7 @@ namespace cdt_fast {
 
 // Bumped whenever a signature or semantic of this header or of the Python module changes; the
 // Python loader refuses a module built with another number.
-constexpr int kAbiVersion = 2;
+constexpr int kAbiVersion = 3;
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kUInt8 = 3 };
 enum class PadMode : int { kZeros = 0, kReplicate = 1 };
@@ -78,12 +78,15 @@ std::int64_t time_downsample_frames(std::int64_t frames, bool has_past);
 // DDIM x-prediction update in fp32: x_next = c*x0 + d*(a*x_t - x0)/b, x0 clamped to [-1, 1] first
 // if `clamp`; x_t and x0 share `dtype` and layout. Either output may be null: x_next (fp32, [n])
 // and/or frames (uint8, round((clamp(x_next, -1, 1) + 1) / 2 * 255), same element order).
+// coefficients: (a, b, c, d) as 4 fp32 in the memory of the device the call runs on (host memory
+// for cpu::, device memory for cuda::), read by the kernel itself: a schedule kept on the GPU
+// never crosses to the host, so a step is one launch with no sync and can be graph-captured.
 struct DdimArgs {
   const void* x_t = nullptr;
   const void* x0 = nullptr;
   DType dtype = DType::kFloat32;
   std::int64_t numel = 0;
-  float a = 1.f, b = 1.f, c = 1.f, d = 0.f;
+  const float* coefficients = nullptr;
   bool clamp = false;
   float* x_next = nullptr;
   std::uint8_t* frames = nullptr;
