@@ -80,10 +80,9 @@ def test_second_decode_of_a_clip_shape_replays_one_chunk(reference):
 
 def test_execution_record_counts_each_chunk_step_once(reference):
     """Eager, captured and replayed decodes record the same op calls (a replay adds what its
-    capture counted; the stand-in re-running the step's Python at replay adds nothing), and the
-    graph state of each call."""
+    capture counted, though no Python runs in it), and the graph state of each call."""
     ref = reference["small"]
-    eng = accelerate(ref, backend="torch", cuda_graphs=FakeCapture())
+    eng = accelerate(ref, backend="torch", cuda_graphs=RecordingCapture())
     z = _latent(ref, t=3)
     noise = torch.randn(eng.output_shape(z.shape))
     records = []

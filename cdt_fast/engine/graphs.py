@@ -183,8 +183,8 @@ class ChunkGraphs:
         self.graphs.move_to_end(key)
         for static, value in zip(captured.inputs, args):
             static.copy_(value)
-        # A replay counts as its capture's ops, whatever Python the capture object runs in it
-        # (the CPU stand-in re-runs the step).
+        # A replay runs no Python: it counts as its capture's ops (and anything a capture object
+        # might run in it is not counted twice).
         mark = self.record.mark()
         captured.graph.replay()
         self.record.restore(mark)
