@@ -216,7 +216,7 @@ def _wan_pipeline(kind: str, vae):
     return pipe, dict(video=frames, mask=masks, reference_images=[frames[1]], num_frames=5)
 
 
-def _generate(pipe, inputs, seed=0):
+def _generate(pipe, inputs, seed=0, output_type="pt"):
     return pipe(
         prompt_embeds=torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1)),
         negative_prompt_embeds=torch.zeros(1, 8, 32),
@@ -225,7 +225,7 @@ def _generate(pipe, inputs, seed=0):
         num_inference_steps=2,
         guidance_scale=2.0,
         generator=torch.Generator().manual_seed(seed),
-        output_type="pt",
+        output_type=output_type,
         **inputs,
     ).frames
 
@@ -233,12 +233,20 @@ def _generate(pipe, inputs, seed=0):
 @pytest.mark.parametrize("kind", ["text", "image", "video", "vace"])
 def test_wan_pipelines_run_with_cdt(vae, kind):
     """Tiny random Wan pipelines (text, image, video and VACE to video) generate through
-    AutoencoderCDT as their vae."""
+    AutoencoderCDT as their vae: the frames are its decode of the pipeline's final latents,
+    un-normalised with its latents_mean / latents_std, mapped from [-1, 1] to [0, 1]."""
     pipe, inputs = _wan_pipeline(kind, vae)
     assert pipe.vae_scale_factor_temporal == 4 and pipe.vae_scale_factor_spatial == 8
     out = _generate(pipe, inputs)
     assert out.shape == (1, 5, 3, 32, 48)
     assert bool(torch.isfinite(out).all()) and 0.0 <= out.min() and out.max() <= 1.0
+    latents = _generate(pipe, inputs, output_type="latent")
+    latents = latents[:, :, len(inputs.get("reference_images", [])) :]  # VACE's come first
+    channels = (1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(channels)
+    z = latents * std + torch.tensor(vae.config.latents_mean).view(channels)
+    expect = (vae.decode(z).sample / 2 + 0.5).clamp(0, 1).transpose(1, 2)
+    torch.testing.assert_close(out, expect)
 
 
 def test_pipeline_runs_repeat(vae):
