@@ -339,7 +339,10 @@ class AutoencoderCDT(ModelMixin, AutoencoderMixin, ConfigMixin):
         grad mode and computes in ``self.dtype`` (diffusers' model dtype: under layerwise casting
         the compute dtype, not the storage dtype); the engine is inference-only."""
         if self._engine is None:
-            self._cdt.compute_dtype = self.dtype
+            # the weights' dtype, unless diffusers computes in another one
+            self._cdt.compute_dtype = None
+            if self._cdt.dtype != self.dtype:
+                self._cdt.compute_dtype = self.dtype
             return self._cdt, {"grad": True}
         if torch.is_grad_enabled() and (
             tensor.requires_grad or any(p.requires_grad for p in self.parameters())
