@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+# Tests never touch the network: the Hugging Face client (cdt_fast.hub, diffusers, transformers)
+# reads its cache only, in this process and in the subprocesses tests start.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 from .helpers import use_triton_interpreter
 
@@ -68,3 +73,18 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache in a temporary folder, read offline: what HF_HUB_CACHE and
+    HF_HUB_OFFLINE=1 set before the process started give (huggingface_hub reads both when it is
+    first imported, so its constants are set too). Fill it with
+    :func:`tests.helpers.put_in_hub_cache`."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache

@@ -6,7 +6,9 @@ before any test module imports triton); the modules read the outcome from here.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -17,6 +19,7 @@ __all__ = [
     "INTERPRETED",
     "ON_GPU",
     "UPSTREAM_TOL",
+    "put_in_hub_cache",
     "rand",
     "rand_latent",
     "rand_video",
@@ -103,3 +106,23 @@ BENCH_TINY_ARGS = [
     "1",
     "--no-progress",
 ]
+
+
+def put_in_hub_cache(
+    cache: Path, repo_id: str, filename: str, data: bytes, revision: str = "main"
+) -> Path:
+    """Store ``data`` as ``filename`` of the Hub model repository ``repo_id`` at ``revision`` (a
+    branch or tag) in a Hugging Face cache folder, laid out as huggingface_hub lays it out:
+    ``models--owner--name/`` with ``blobs/<sha256>``, ``snapshots/<commit>/<filename>`` (a link
+    to the blob) and ``refs/<revision>`` (the commit). Returns the snapshot path."""
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+    blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    snapshot = repo / "snapshots" / commit / filename
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.symlink_to(os.path.relpath(blob, snapshot.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot

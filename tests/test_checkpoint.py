@@ -127,7 +127,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_load_cdt_mirrors_upstream(tmp_path, monkeypatch):
+def test_load_cdt_mirrors_upstream(tmp_path, monkeypatch, hub_cache):
     config = tiny_config("small")
     source = randomize_(CDT(config), seed=2)
     path = tmp_path / "cdt_small.ckpt"
@@ -144,8 +144,8 @@ def test_load_cdt_mirrors_upstream(tmp_path, monkeypatch):
     assert model.dtype == torch.float16 and model.latent_scale == 1.3
     assert model.sample_steps == 3 and model.config.encode_frames == 8
     _assert_same_weights(model, source.half())
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match="pretrained/cdt_base.ckpt"):
+    monkeypatch.chdir(tmp_path)  # no ./pretrained/cdt_base.ckpt: the Hub (an empty cache here)
+    with pytest.raises(FileNotFoundError, match="cdt_base.ckpt of the Hugging Face repository"):
         cdt_fast.load_cdt("base")
     with pytest.raises(ValueError, match="version must be"):
         cdt_fast.load_cdt("large")

@@ -155,3 +155,29 @@ def test_encode_chunks_builds_no_autograd_graph(model):
     with torch.enable_grad():
         for params in model.encode_chunks(_video(b=1, t=9), 4):
             assert not params.requires_grad
+
+
+def test_gradients_only_on_request_and_chunk_invariant(model):
+    """``grad=True`` follows the caller's grad mode; the gradient through a chunked decode (the
+    feature caches chain the chunks' graphs) equals the whole clip's. By default, and in streams,
+    nothing is recorded whatever the mode."""
+    z0 = model.encode(_video(b=1, t=9), chunk_frames=8)
+    noise = torch.randn(model.output_shape(z0.shape), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for chunk in (z0.shape[2], 1):
+        z = z0.clone().requires_grad_()
+        model.decode(z, noise=noise, chunk_frames=chunk, grad=True).square().sum().backward()
+        grads.append(z.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4 * grads[0].abs().max())
+    x = _video(b=1, t=9).requires_grad_()
+    model.encode(x, chunk_frames=4, grad=True).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    z = z0.clone().requires_grad_()
+    with torch.enable_grad():
+        assert not model.decode(z, noise=noise).requires_grad
+        assert not model.encode(x).requires_grad
+        assert not any(c.requires_grad for c in model.decode_stream(z, noise=noise))
+    with torch.no_grad():
+        assert not model.decode(z, noise=noise, grad=True).requires_grad

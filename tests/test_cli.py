@@ -22,6 +22,7 @@ from cdt_fast.cli import COMMANDS, main
 from cdt_fast.cli._common import default_model_path
 
 from . import test_video_io as bad
+from .helpers import put_in_hub_cache
 from .video_clips import pattern, read_pngs, tiny_model_file, write_clip, write_pngs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -467,10 +468,24 @@ def test_encode_streams_the_clip_without_autograd(work):
     )
 
 
-def test_preset_name_needs_the_release_checkpoint(capsys, work, tmp_path, monkeypatch):
+def test_preset_name_needs_the_release_checkpoint(capsys, work, tmp_path, monkeypatch, hub_cache):
     monkeypatch.chdir(tmp_path)
     rc, _, err = run(capsys, "encode", work["clip"], "-o", "z.safetensors", "--model", "small")
-    assert_clean_failure(rc, err, "pretrained/cdt_small.ckpt")
+    assert rc == 2
+    assert_clean_failure(rc, err, "cdt_small.ckpt of the Hugging Face repository yangnianzu/CDT")
+    assert "--ckpt PATH" in err
+    # --ckpt, and the Hub cache, are read for the preset: a tiny checkpoint does not fit it
+    tiny = cdt_fast.load(work["small"])
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": tiny.state_dict()}, ckpt)
+    snapshot = put_in_hub_cache(hub_cache, "someone/cdt", "cdt_small.ckpt", ckpt.read_bytes())
+    for extra in (["--ckpt", ckpt], ["--hub-repo", "someone/cdt"]):
+        argv = ["encode", work["clip"], "-o", "z.safetensors", "--model", "small", *extra]
+        rc, _, err = run(capsys, *argv)
+        assert_clean_failure(rc, err, "does not fit the model")
+        assert str(ckpt if extra[0] == "--ckpt" else snapshot) in err
+    rc, _, err = run(capsys, "encode", work["clip"], "-o", "z.safetensors", "--ckpt", ckpt)
+    assert_clean_failure(rc, err, "--ckpt and --hub-* go with --model base|small")
     rc, _, err = run(
         capsys,
         "encode",
@@ -483,6 +498,16 @@ def test_preset_name_needs_the_release_checkpoint(capsys, work, tmp_path, monkey
         "base",
     )
     assert_clean_failure(rc, err, "disagree")
+
+
+@pytest.mark.parametrize("backend", ["flash", "xformers"])
+def test_generate_refuses_an_attention_backend_that_cannot_run(capsys, tmp_path, backend):
+    # on CPU neither can run (each needs CUDA); the check comes before any sampling
+    out = tmp_path / "g.mp4"
+    rc, _, err = run(capsys, "generate", "demo", "-o", out, "--backend", backend, "--device", "cpu")
+    assert rc == 2
+    assert_clean_failure(rc, err, f"--backend {backend} cannot run here")
+    assert not out.exists()
 
 
 def test_train_and_gen_train_share_their_run_options():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -91,6 +94,14 @@ def test_engine_matches(cdt):
     out = vae.decode(z, generator=torch.Generator().manual_seed(3)).sample
     ref = cdt.decode(z, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
     torch.testing.assert_close(out, ref)
+    # the engine computes from its own copy of the weights, without gradients: asking for them,
+    # or moving the module away from that copy, raises instead of being ignored
+    with pytest.raises(RuntimeError, match="no gradients"):
+        vae.decode(z.clone().requires_grad_())
+    with pytest.raises(RuntimeError, match="cannot be moved or cast"):
+        vae.to(torch.float64)
+    with pytest.raises(RuntimeError, match="layerwise casting"):
+        vae.enable_layerwise_casting(torch.bfloat16, torch.float32)
 
 
 def test_save_load_round_trip(tmp_path, cdt, vae):
@@ -140,13 +151,12 @@ def test_bad_config():
         AutoencoderCDT(cdt_config="base")
 
 
-def test_wan_pipeline_end_to_end(vae):
-    """A tiny random WanPipeline generates a video through AutoencoderCDT as its vae."""
-    pytest.importorskip("transformers")  # diffusers' Wan pipeline module imports it
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+def _transformer(cls=None, **overrides):
+    """A tiny random Wan transformer: 2 heads of 8, one layer, 32-wide text embeddings."""
+    from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    transformer = WanTransformer3DModel(
+    config = dict(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=8,
@@ -159,24 +169,243 @@ def test_wan_pipeline_end_to_end(vae):
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
-    ).eval()
-    pipe = WanPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        transformer=transformer,
     )
-    out = pipe(
-        prompt_embeds=torch.randn(1, 8, 32),
-        negative_prompt_embeds=torch.randn(1, 8, 32),
+    config.update(overrides)
+    return (cls or WanTransformer3DModel)(**config).eval()
+
+
+def _frames(n=5, h=32, w=48):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _wan_pipeline(kind: str, vae):
+    """A Wan pipeline of ``kind`` around ``vae``: the transformer made locally, no text encoder
+    (prompt embeddings are passed in), and the inputs its call needs besides them."""
+    pytest.importorskip("transformers")  # diffusers' Wan pipeline modules import it
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanVACEPipeline,
+        WanVACETransformer3DModel,
+        WanVideoToVideoPipeline,
+    )
+
+    parts = dict(tokenizer=None, text_encoder=None, vae=vae)
+    parts["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    frames = _frames()
+    if kind == "text":
+        return WanPipeline(transformer=_transformer(), **parts), dict(num_frames=5)
+    if kind == "image":
+        # Wan 2.2's image-to-video layout: no image encoder; the transformer reads the noisy
+        # latents (16), the first-frame mask (4, one per frame of a latent frame) and the image's
+        # latents (16)
+        pipe = WanImageToVideoPipeline(transformer=_transformer(in_channels=36), **parts)
+        return pipe, dict(image=frames[0], num_frames=5)
+    if kind == "video":
+        pipe = WanVideoToVideoPipeline(transformer=_transformer(), **parts)
+        return pipe, dict(video=frames, strength=0.8)
+    # VACE's control input: inactive and reactive latents (2 x 16) and the mask folded into
+    # 8 x 8 = 64 channels
+    transformer = _transformer(WanVACETransformer3DModel, vace_layers=[0], vace_in_channels=96)
+    masks = [frames[0].convert("L").point(lambda _: 255)] * 5
+    pipe = WanVACEPipeline(transformer=transformer, **parts)
+    return pipe, dict(video=frames, mask=masks, reference_images=[frames[1]], num_frames=5)
+
+
+def _generate(pipe, inputs, seed=0, output_type="pt"):
+    return pipe(
+        prompt_embeds=torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1)),
+        negative_prompt_embeds=torch.zeros(1, 8, 32),
         height=32,
         width=48,
-        num_frames=5,
         num_inference_steps=2,
         guidance_scale=2.0,
-        generator=torch.Generator().manual_seed(0),
-        output_type="pt",
+        generator=torch.Generator().manual_seed(seed),
+        output_type=output_type,
+        **inputs,
     ).frames
+
+
+@pytest.mark.parametrize("kind", ["text", "image", "video", "vace"])
+def test_wan_pipelines_run_with_cdt(vae, kind):
+    """Tiny random Wan pipelines (text, image, video and VACE to video) generate through
+    AutoencoderCDT as their vae: the frames are its decode of the pipeline's final latents,
+    un-normalised with its latents_mean / latents_std, mapped from [-1, 1] to [0, 1]."""
+    pipe, inputs = _wan_pipeline(kind, vae)
+    assert pipe.vae_scale_factor_temporal == 4 and pipe.vae_scale_factor_spatial == 8
+    out = _generate(pipe, inputs)
     assert out.shape == (1, 5, 3, 32, 48)
     assert bool(torch.isfinite(out).all()) and 0.0 <= out.min() and out.max() <= 1.0
+    latents = _generate(pipe, inputs, output_type="latent")
+    latents = latents[:, :, len(inputs.get("reference_images", [])) :]  # VACE's come first
+    channels = (1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(channels)
+    z = latents * std + torch.tensor(vae.config.latents_mean).view(channels)
+    expect = (vae.decode(z).sample / 2 + 0.5).clamp(0, 1).transpose(1, 2)
+    torch.testing.assert_close(out, expect)
+
+
+def test_pipeline_runs_repeat(vae):
+    """Pipelines call decode without a generator: the config's decode_seed makes the same call
+    give the same frames, without touching the global RNG."""
+    pipe, inputs = _wan_pipeline("text", vae)
+    first = _generate(pipe, inputs)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    assert torch.equal(_generate(pipe, inputs), first)
+    assert not torch.equal(_generate(pipe, inputs, seed=1), first)
+    assert torch.equal(torch.get_rng_state(), state)  # decode drew from its own generator
+    z = torch.randn(1, 16, 2, 4, 6)
+    global_rng = AutoencoderCDT.from_cdt(vae.cdt, decode_seed=None)  # CDT's own behaviour
+    assert global_rng.config.decode_seed is None
+    assert not torch.equal(global_rng.decode(z).sample, global_rng.decode(z).sample)
+    with pytest.raises(ValueError, match="decode_seed"):
+        AutoencoderCDT.from_cdt(vae.cdt, decode_seed=-1)
+
+
+def test_wan_attributes_and_mixin(vae):
+    from diffusers.models.autoencoders.vae import AutoencoderMixin
+
+    assert isinstance(vae, AutoencoderMixin)
+    assert vae.temperal_downsample == [False, True, True]
+    assert vae.temperal_upsample == [True, True, False]
+    assert vae.spatial_compression_ratio == 8 and vae.temporal_compression_ratio == 4
+    vae.clear_cache()  # nothing is kept between calls
+    pytest.importorskip("transformers")
+    from diffusers import FlowMatchEulerDiscreteScheduler, SkyReelsV2Pipeline
+
+    pipe = SkyReelsV2Pipeline(
+        tokenizer=None,
+        text_encoder=None,
+        transformer=None,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+    assert pipe.vae_scale_factor_temporal == 4 and pipe.vae_scale_factor_spatial == 8
+
+
+def test_gradients_flow_and_a_training_step_lowers_the_loss(cdt):
+    """encode/decode follow the caller's grad mode, as diffusers' VAEs do."""
+    vae = AutoencoderCDT.from_cdt(copy.deepcopy(cdt)).train()
+    x = _video()
+    with torch.no_grad():
+        assert not vae(x).sample.requires_grad
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = F.mse_loss(vae(x).sample, x)  # decode(encode(x).mode()), fixed decode noise
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0]
+    for part in (vae.cdt.context_model, vae.cdt.unet):  # both networks learn
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    # and into the input, through a tiled encode and a sliced decode
+    vae.enable_tiling(tile=24, overlap=8)
+    vae.enable_slicing()
+    x2 = _video(b=2).requires_grad_()
+    vae.decode(vae.encode(x2).latent_dist.mode()).sample.square().sum().backward()
+    assert x2.grad is not None and x2.grad.abs().sum() > 0
+
+
+class _CountingHook:
+    """What accelerate's offload hooks offer AutoencoderCDT: ``pre_forward(module)``."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.calls += 1
+        return args, kwargs
+
+
+def test_offload_hook_runs_before_encode_and_decode(cdt):
+    vae = AutoencoderCDT.from_cdt(cdt)
+    hook = vae._hf_hook = _CountingHook()  # where accelerate's cpu_offload_with_hook puts it
+    z = vae.encode(_video()).latent_dist.mode()
+    assert hook.calls == 1
+    vae.decode(z)
+    assert hook.calls == 2
+
+
+def test_model_cpu_offload_moves_the_vae(vae):
+    """With accelerate installed, a pipeline's model cpu offload hook fires on decode."""
+    pytest.importorskip("accelerate")
+    pipe, inputs = _wan_pipeline("text", copy.deepcopy(vae))
+    pipe.enable_model_cpu_offload(device="cpu")
+    hook = pipe.vae._hf_hook
+    counter = _CountingHook()
+    original = hook.pre_forward
+    hook.pre_forward = lambda module, *a, **k: (counter.pre_forward(module), original(module))[1]
+    _generate(pipe, inputs)
+    assert counter.calls >= 1
+
+
+def test_tiling_with_wan_keywords_equals_ours(cdt):
+    vae = AutoencoderCDT.from_cdt(cdt)
+    x = _video(h=40, w=56)
+    z = vae.encode(x).latent_dist.mode()
+    vae.enable_tiling(tile=(24, 32), overlap=(8, 16))
+    ours = vae.encode(x).latent_dist.mode(), vae.decode(z).sample
+    vae.disable_tiling()
+    vae.enable_tiling(
+        tile_sample_min_height=24,
+        tile_sample_min_width=32,
+        tile_sample_stride_height=16,
+        tile_sample_stride_width=16,
+    )
+    wans = vae.encode(x).latent_dist.mode(), vae.decode(z).sample
+    assert all(torch.equal(a, b) for a, b in zip(ours, wans))
+    assert not torch.equal(ours[1], AutoencoderCDT.from_cdt(cdt).decode(z).sample)  # it tiled
+    vae.enable_tiling(tile_sample_stride_width=24)  # the rest kept: Wan's update rule
+    assert vae._tiling == cdt_fast.tiling.Tiling((24, 32), (8, 8))
+    fresh = AutoencoderCDT.from_cdt(cdt)
+    fresh.enable_tiling()  # Wan's defaults: 256-pixel tiles, stride 192
+    assert fresh._tiling == cdt_fast.tiling.Tiling((256, 256), (64, 64))
+    with pytest.raises(ValueError, match="not both"):
+        vae.enable_tiling(tile=24, tile_sample_min_height=24)
+    with pytest.raises(ValueError, match="tile_sample_stride_height=40 exceeds"):
+        vae.enable_tiling(tile_sample_stride_height=40)
+    with pytest.raises(TypeError, match="tile_sample_min_width"):
+        vae.enable_tiling(tile_sample_min_width=24.0)
+
+
+def test_layerwise_casting_computes_in_the_compute_dtype(cdt):
+    """diffusers' layerwise casting: weights stored in float8, each layer cast up to compute."""
+    vae = AutoencoderCDT.from_cdt(cdt)
+    vae.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    stored = {p.dtype for p in vae.parameters()}
+    assert torch.float8_e4m3fn in stored and vae.dtype == torch.float32
+    # the same computation from the float8-rounded weights held in float32
+    rounded = copy.deepcopy(cdt)
+    rounded.load_state_dict({k: v.float() for k, v in vae.state_dict().items()})
+    x = _video()
+    z = vae.encode(x).latent_dist.mode()
+    torch.testing.assert_close(z, rounded.encode(x), rtol=1e-5, atol=1e-5)
+    out = vae.decode(z, generator=torch.Generator().manual_seed(0)).sample
+    ref = rounded.decode(z, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="layerwise casting"):
+        vae.accelerate(backend="torch")
+
+
+def test_save_load_with_subfolder_variant_and_dtype(tmp_path, vae):
+    half = copy.deepcopy(vae).to(torch.float16)
+    half.save_pretrained(tmp_path / "pipe" / "vae", variant="fp16")
+    assert (tmp_path / "pipe" / "vae" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    loaded = AutoencoderCDT.from_pretrained(
+        tmp_path / "pipe", subfolder="vae", variant="fp16", torch_dtype=torch.float32
+    )
+    assert loaded.dtype == torch.float32 and loaded.config.decode_seed == vae.config.decode_seed
+    for a, b in zip(half.state_dict().values(), loaded.state_dict().values()):
+        assert b.dtype == torch.float32 and torch.equal(a.float(), b)
+    z = torch.randn(1, 16, 2, 3, 4)
+    expect = AutoencoderCDT.from_cdt(copy.deepcopy(vae.cdt).half().float()).decode(z).sample
+    assert torch.equal(loaded.decode(z).sample, expect)
+    with pytest.raises(OSError):
+        AutoencoderCDT.from_pretrained(tmp_path / "pipe", subfolder="vae", variant="bf16")

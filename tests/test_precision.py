@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from cdt_fast import CDT
+from cdt_fast import CDT, randomize_
 
 from .conftest import tiny_config, upstream_state_dict
 
@@ -55,3 +57,22 @@ def test_fp32_islands_compute_in_fp32():
         "encoder": torch.float16,
         "unet": torch.float16,
     }
+
+
+def test_compute_dtype_is_independent_of_the_storage_dtype():
+    """Weights stored in one dtype compute in ``compute_dtype`` (every layer casts its parameters
+    to its input's dtype): fp32 weights computing in float64 give the float64 model's numbers."""
+    model = randomize_(CDT(tiny_config("small")), seed=3).eval()
+    wide = copy.deepcopy(model).double()
+    model.compute_dtype = torch.float64
+    assert model.dtype == torch.float64 and model.unet.dtype == torch.float64
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    x = torch.rand(1, 3, 5, 16, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = model.encode(x)
+    assert torch.equal(z, wide.encode(x))
+    noise = torch.randn(model.output_shape(z.shape), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model.decode(z, noise=noise), wide.decode(z, noise=noise))
+    model.compute_dtype = None
+    assert model.dtype == torch.float32
+    with pytest.raises(TypeError, match="compute_dtype"):
+        model.compute_dtype = "float64"

@@ -35,16 +35,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         metavar="base|small|PATH",
-        help="'base'/'small' read ./pretrained/cdt_{base,small}.ckpt (upstream's "
-        "release); PATH is a .safetensors saved by cdt_fast.save, or an "
-        "upstream .ckpt/.safetensors state dict with --preset. Default: the "
-        "bundled demo model",
+        help="'base'/'small': upstream's released weights, from --ckpt, else "
+        "./pretrained/cdt_{base,small}.ckpt, else the Hugging Face Hub (cached); PATH is a "
+        ".safetensors saved by cdt_fast.save, or an upstream .ckpt/.safetensors state dict with "
+        "--preset. Default: the bundled demo model",
     )
     group.add_argument(
         "--preset",
         choices=["base", "small"],
         help="architecture of a --model PATH that holds no config",
     )
+    add_release_args(group)
     group.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N; auto = cuda when available (default)"
     )
@@ -61,6 +62,38 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the reference model even when the accelerated engine exists",
     )
+
+
+def add_release_args(parser) -> None:
+    """``--ckpt`` and where ``--model base|small`` fetches its released weights from."""
+    parser.add_argument(
+        "--ckpt",
+        metavar="PATH",
+        help="checkpoint of --model base|small (upstream's .ckpt or a .safetensors state dict); "
+        "default: the released weights (see --model)",
+    )
+    parser.add_argument(
+        "--hub-repo",
+        metavar="ID",
+        help="Hugging Face repository of the released weights (default yangnianzu/CDT)",
+    )
+    parser.add_argument(
+        "--hub-filename", metavar="NAME", help="file in it (default cdt_{base,small}.ckpt)"
+    )
+    parser.add_argument(
+        "--hub-revision", metavar="REV", help="branch, tag or commit (default: main)"
+    )
+
+
+def release_location(args: argparse.Namespace) -> dict:
+    """The ``repo_id`` / ``filename`` / ``revision`` keywords of :func:`cdt_fast.load` that the
+    --hub-* options give (only those given)."""
+    location = {
+        "repo_id": getattr(args, "hub_repo", None),
+        "filename": getattr(args, "hub_filename", None),
+        "revision": getattr(args, "hub_revision", None),
+    }
+    return {k: v for k, v in location.items() if v is not None}
 
 
 def _dtype_name(text: str) -> str:
@@ -287,17 +320,16 @@ def _load_weights(args: argparse.Namespace, device: "torch.device", dtype: "torc
     from ..latents import is_latent_file
 
     spec = args.model
+    ckpt, location = getattr(args, "ckpt", None), release_location(args)
     if spec in ("base", "small"):
         if args.preset not in (None, spec):
             raise ValueError(f"--model {spec} and --preset {args.preset} disagree")
-        ckpt = Path("pretrained") / f"cdt_{spec}.ckpt"  # where upstream's load_cdt looks
-        if not ckpt.is_file():
-            raise FileNotFoundError(
-                f"--model {spec} reads upstream's release checkpoint {ckpt}, "
-                f"which does not exist; download it, or pass --model PATH "
-                f"--preset {spec}"
-            )
-        return cdt_fast.load_cdt(spec, dtype=dtype, device=device, ckpt=ckpt)
+        if ckpt is not None and location:
+            raise ValueError("--ckpt is a local checkpoint; drop the --hub-* options")
+        # load_cdt's order: --ckpt, else upstream's ./pretrained/, else the Hub
+        return cdt_fast.load_cdt(spec, dtype=dtype, device=device, ckpt=ckpt, **location)
+    if ckpt is not None or location:
+        raise ValueError("--ckpt and --hub-* go with --model base|small; pass a file as --model")
     path = default_model_path() if spec is None else Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path} (--model takes base, small or a file)")

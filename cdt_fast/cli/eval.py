@@ -16,16 +16,18 @@ from . import _common
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def _load_model(spec: str, ckpt, device: str, dtype):
+def _load_model(args, device: str, dtype):
     from .. import load
 
-    if spec in ("base", "small") and ckpt is None:
-        raise ValueError(f"--model {spec} needs its upstream weights: pass --ckpt cdt_{spec}.ckpt")
+    spec, location = args.model, _common.release_location(args)
+    if spec not in ("base", "small") and location:
+        raise ValueError("--hub-* go with --model base|small")
     if spec == "demo":
         from ..train import demo_model_path
 
         spec = str(demo_model_path())
-    return load(spec, ckpt, device=device, dtype=dtype)
+    # --model base|small without --ckpt: the released weights from the Hugging Face Hub
+    return load(spec, args.ckpt, device=device, dtype=dtype, **location)
 
 
 def _sync(device) -> None:
@@ -173,7 +175,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.lpips_backbone:
         lpips = LPIPS.from_pretrained(args.lpips_backbone, args.lpips_heads, net=args.lpips_net)
         lpips = lpips.to(device)
-    model = _load_model(args.model, args.ckpt, device, dtype)
+    model = _load_model(args, device, dtype)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     if args.images is not None:
         return _eval_images(args, model, lpips, device, dtype, generator)
@@ -257,9 +259,10 @@ def register(sub) -> None:
     p.add_argument(
         "--model",
         default="demo",
-        help="demo (bundled) | base | small (with --ckpt) | a .safetensors from cdt_fast.save",
+        help="demo (bundled) | base | small (the released weights: --ckpt, else the Hugging "
+        "Face Hub) | a .safetensors from cdt_fast.save",
     )
-    p.add_argument("--ckpt", help="upstream checkpoint for --model base/small")
+    _common.add_release_args(p)
     p.add_argument("--size", type=int, default=256, help="crop side: 256 or 720 as upstream")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--stride", type=int, default=1, help="frame sampling stride")

@@ -17,6 +17,16 @@ def _size(text):
     return h, w
 
 
+def _check_backend(name: str, device, dtype) -> None:
+    """--backend, refused up front when it cannot run on this device and the generator's dtype
+    (the sampler would raise at its first attention call)."""
+    from ..generation.attention import attention_backends
+
+    status = attention_backends(device, dtype).get(name)  # none for "auto"
+    if status is not None and not status.available:
+        raise ValueError(f"--backend {name} cannot run here: {status.reason}")
+
+
 def _generate(args: argparse.Namespace) -> int:
     from .. import video_io
     from ..generation.sampling import load_generator, sample
@@ -28,6 +38,7 @@ def _generate(args: argparse.Namespace) -> int:
         video_io.check_output_path(args.output)
     device = _common.resolve_device(args.device)
     gen = load_generator(None if args.run == "demo" else args.run, device)
+    _check_backend(args.backend, device, next(gen.model.parameters()).dtype)
     tokenizer = None
     if args.output is not None:
         args.dtype, args.reference, args.chunk_frames = "fp32", args.reference, None

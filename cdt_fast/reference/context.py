@@ -32,6 +32,7 @@ class ContextModel(nn.Module):
 
     def __init__(self, config: CDTConfig):
         super().__init__()
+        self.compute_dtype: Optional[torch.dtype] = None  # see CDT.compute_dtype
         c, pad = config.context_dim, config.pad_mode
         dims = [config.channels] + [c * m for m in config.context_dim_mults]
         in_out = list(zip(dims[:-1], dims[1:]))
@@ -87,7 +88,8 @@ class ContextModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.enc[0][0].block1.block[0].weight.dtype
+        """The dtype activations compute in: ``compute_dtype`` when set, else the weights'."""
+        return self.compute_dtype or self.enc[0][0].block1.block[0].weight.dtype
 
     def encode(self, x: torch.Tensor, cache: Optional[FeatureCache] = None) -> torch.Tensor:
         h = x.to(self.dtype)

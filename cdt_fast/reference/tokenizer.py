@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator, Optional, Tuple, Union
 
 import torch
@@ -24,6 +25,19 @@ from .posterior import DiagonalGaussian
 from .unet import DenoisingUNet
 
 __all__ = ["CDT", "CDTNetworks"]
+
+
+def _grad_mode(grad: bool):
+    """Autograd off (upstream's encode/decode never record), or with ``grad`` the caller's mode."""
+    return contextlib.nullcontext() if grad else torch.no_grad()
+
+
+@torch.no_grad()
+def _without_grad(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``chunks`` advanced with autograd off at every step: a stream runs where it is consumed,
+    outside the method that built it, so the method's own grad mode would not cover it (and a
+    feature cache would chain every chunk's graph to the next)."""
+    yield from chunks
 
 
 class CDTNetworks(nn.Module):
@@ -69,6 +83,25 @@ class CDT(nn.Module):
         return self.context_model.dtype
 
     @property
+    def compute_dtype(self) -> Optional[torch.dtype]:
+        """The dtype activations compute in when it is not the weights' (None: the weights').
+
+        For weights stored narrower than they compute, cast up layer by layer as each runs
+        (diffusers' layerwise casting: float8 storage, bf16 compute). Every layer casts its
+        parameters to its input's dtype, so this decides the dtype of the whole computation.
+        """
+        return self.context_model.compute_dtype
+
+    @compute_dtype.setter
+    def compute_dtype(self, dtype: Optional[torch.dtype]) -> None:
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+        ):
+            raise TypeError(f"compute_dtype must be a floating torch.dtype or None, got {dtype!r}")
+        self.context_model.compute_dtype = dtype
+        self.unet.compute_dtype = dtype
+
+    @property
     def device(self) -> torch.device:
         return self.unet.final_conv[1].weight.device
 
@@ -80,7 +113,6 @@ class CDT(nn.Module):
         return f"config={self.config}"
 
     # -- encode ------------------------------------------------------------------------------
-    @torch.no_grad()
     def encode(
         self,
         x: torch.Tensor,
@@ -89,6 +121,7 @@ class CDT(nn.Module):
         scale_factor: float = 1.0,
         tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
         tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
+        grad: bool = False,
         **_upstream_kwargs,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, DiagonalGaussian]]:
         """Video [B, 3, 1+4k, H, W] in [-1, 1] -> posterior mode [B, latent_dim, 1+k, H/8, W/8].
@@ -98,22 +131,25 @@ class CDT(nn.Module):
         With ``return_posterior=True`` returns ``(z, posterior)``. ``tile``: encode in
         overlapping spatial tiles of this many pixels (side or (height, width)), one tile at a
         time, with ``tile_overlap`` pixels shared by neighbours (see :mod:`cdt_fast.tiling`).
+        ``grad``: follow the caller's grad mode (gradients reach ``x`` and the weights, for
+        training through the tokenizer); by default no autograd graph is built, as upstream.
         """
         check_video(x, "x", self.config.space_factor)
         chunk = check_chunk_frames(chunk_frames, self.config.time_factor)
         tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
-        if tiles is None:
-            params = torch.cat(list(self.encode_chunks(x, chunk)), dim=2)
-        else:
-            params = tiling.tiled_encode(
-                x,
-                tiles,
-                self.config.space_factor,
-                lambda x_tile: self._encode_chunks(x_tile, chunk),
-                time_factor=self.config.time_factor,
-            )
-        posterior = DiagonalGaussian(params)
-        z = posterior.mode() * scale_factor
+        with _grad_mode(grad):
+            if tiles is None:
+                params = torch.cat(list(self._encode_chunks(x, chunk)), dim=2)
+            else:
+                params = tiling.tiled_encode(
+                    x,
+                    tiles,
+                    self.config.space_factor,
+                    lambda x_tile: self._encode_chunks(x_tile, chunk),
+                    time_factor=self.config.time_factor,
+                )
+            posterior = DiagonalGaussian(params)
+            z = posterior.mode() * scale_factor
         return (z, posterior) if return_posterior else z
 
     def encode_chunks(
@@ -129,19 +165,20 @@ class CDT(nn.Module):
         advance chunk by chunk together, each with its own feature cache."""
         tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
         if tiles is None:
-            return self._encode_chunks(x, chunk_frames)
+            return _without_grad(self._encode_chunks(x, chunk_frames))
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor when tiling, got {type(x).__name__}")
-        return tiling.tiled_encode(
-            x,
-            tiles,
-            self.config.space_factor,
-            lambda x_tile: self._encode_chunks(x_tile, chunk_frames),
-            lockstep=True,
-            time_factor=self.config.time_factor,
+        return _without_grad(
+            tiling.tiled_encode(
+                x,
+                tiles,
+                self.config.space_factor,
+                lambda x_tile: self._encode_chunks(x_tile, chunk_frames),
+                lockstep=True,
+                time_factor=self.config.time_factor,
+            )
         )
 
-    @torch.no_grad()
     def _encode_chunks(self, x, chunk_frames: Optional[int]) -> Iterator[torch.Tensor]:
         _, _, frames, height, width = x.shape
         chunk = chunk_frames or self.config.encode_chunk_frames(height, width)
@@ -176,7 +213,6 @@ class CDT(nn.Module):
         )
         return full[:, :, tf - 1 :].to(z.device)
 
-    @torch.no_grad()
     def decode(
         self,
         z: torch.Tensor,
@@ -187,6 +223,7 @@ class CDT(nn.Module):
         scale_factor: float = 1.0,
         tile: Optional[Union[int, Tuple[int, int], tiling.Tiling]] = None,
         tile_overlap: Optional[Union[int, Tuple[int, int]]] = None,
+        grad: bool = False,
         **_upstream_kwargs,
     ) -> torch.Tensor:
         """Latent [B, latent_dim, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] (fp32).
@@ -196,15 +233,18 @@ class CDT(nn.Module):
         frames per chunk; None uses upstream's resolution-based default. ``tile``: decode in
         overlapping spatial tiles of this many video pixels, one tile at a time through all its
         chunks (activation memory bounded by the tile), ``tile_overlap`` pixels shared by
-        neighbours; the noise is drawn whole, as without tiling.
+        neighbours; the noise is drawn whole, as without tiling. ``grad``: follow the caller's
+        grad mode (gradients reach ``z``, ``noise`` and the weights through every sampling step);
+        by default no autograd graph is built, as upstream.
         """
         tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
-        if tiles is None:
-            return torch.cat(
-                list(self.decode_stream(z, steps, noise, generator, chunk_frames, scale_factor)),
-                dim=2,
-            )
-        return self._tiled_decode(z, steps, noise, generator, chunk_frames, scale_factor, tiles)
+        with _grad_mode(grad):
+            if tiles is None:
+                chunks = self._untiled_stream(
+                    z, steps, noise, generator, chunk_frames, scale_factor
+                )
+                return torch.cat(list(chunks), dim=2)
+            return self._tiled_decode(z, steps, noise, generator, chunk_frames, scale_factor, tiles)
 
     def decode_stream(
         self,
@@ -221,11 +261,17 @@ class CDT(nn.Module):
         ``tile``, all tiles advance chunk by chunk together, each with its own feature caches."""
         tiles = tiling.resolve(tile, tile_overlap, self.config.space_factor)
         if tiles is None:
-            z, steps, noise, chunk = self._check_decode(z, steps, noise, generator, chunk_frames)
-            return self._decode_stream(z / scale_factor, steps, noise, generator, chunk)
-        return self._tiled_decode(
-            z, steps, noise, generator, chunk_frames, scale_factor, tiles, lockstep=True
-        )
+            chunks = self._untiled_stream(z, steps, noise, generator, chunk_frames, scale_factor)
+        else:
+            chunks = self._tiled_decode(
+                z, steps, noise, generator, chunk_frames, scale_factor, tiles, lockstep=True
+            )
+        return _without_grad(chunks)
+
+    def _untiled_stream(self, z, steps, noise, generator, chunk_frames, scale_factor):
+        """A whole-frame decode's chunks; the arguments are checked now, not at the first chunk."""
+        z, steps, noise, chunk = self._check_decode(z, steps, noise, generator, chunk_frames)
+        return self._decode_stream(z / scale_factor, steps, noise, generator, chunk)
 
     def _tiled_decode(
         self, z, steps, noise, generator, chunk_frames, scale_factor, tiles, lockstep=False
@@ -254,7 +300,6 @@ class CDT(nn.Module):
         chunk = check_chunk_frames(chunk_frames)
         return z, steps, noise, chunk
 
-    @torch.no_grad()
     def _decode_stream(self, z, steps, noise, generator, chunk) -> Iterator[torch.Tensor]:
         cfg = self.config
         _, _, frames, height, width = z.shape

@@ -31,6 +31,7 @@ class DenoisingUNet(nn.Module):
 
     def __init__(self, config: CDTConfig):
         super().__init__()
+        self.compute_dtype: Optional[torch.dtype] = None  # see CDT.compute_dtype
         dim, pad = config.unet_dim, config.pad_mode
         mults = config.unet_dim_mults
         levels = len(mults)
@@ -102,7 +103,8 @@ class DenoisingUNet(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.final_conv[1].weight.dtype
+        """The dtype activations compute in: ``compute_dtype`` when set, else the weights'."""
+        return self.compute_dtype or self.final_conv[1].weight.dtype
 
     def time_embedding(self, time: torch.Tensor) -> torch.Tensor:
         """[B, 1] times in [0, 1) -> [B, unet_dim] embedding, computed in fp32 as upstream."""
