@@ -132,6 +132,16 @@ def test_every_batch_comes_from_one_bucket_and_every_bucket_comes_each_round():
     assert later == [ranks[1]._index(p) for p in ranks[1].batch_positions(9)]
 
 
+def test_buckets_walk_independent_permutations():
+    """Two buckets of one size must not walk in step (torch seeds with 32 bits only)."""
+    s = StepBatches(_Shapes([list(range(6)), list(range(6, 12))]), batch_size=6, seed=0)
+    walks = {0: [], 1: []}
+    for step in range(16):
+        indices = [s._index(p) for p in s.batch_positions(step)]
+        walks[s.bucket_of(step)].append([i % 6 for i in indices])
+    assert sorted(walks[0][0]) == list(range(6)) and walks[0] != walks[1]
+
+
 def test_one_bucket_walks_permutations_of_the_whole_dataset():
     data = _Shapes([[0, 1, 2, 3, 4]])
     s = StepBatches(data, batch_size=2, seed=1)

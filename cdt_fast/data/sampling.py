@@ -14,6 +14,7 @@ per-epoch permutations of the dataset.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -23,11 +24,12 @@ from .base import ClipDataset
 
 __all__ = ["StepBatches"]
 
-# Seeds of the per-bucket permutations are seed * 7919 + epoch + bucket * _BUCKET_STRIDE and of the
-# round orders seed * 7919 + round + _ORDER_OFFSET: epochs and rounds stay far below 2**40, and
-# bucket counts below 2**22, so no two streams share a seed.
-_BUCKET_STRIDE = 2**40
-_ORDER_OFFSET = 2**62
+
+def _seed(*parts) -> int:
+    """A seed for one stream of random choices named by ``parts``. torch's CPU generator keeps
+    only the low 32 bits of a seed, so streams are told apart by a hash, not by offsets."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
 
 
 class StepBatches(Dataset):
@@ -75,7 +77,7 @@ class StepBatches(Dataset):
                 [torch.full((k,), b, dtype=torch.long) for b, k in enumerate(self._steps)]
             )
             if len(self.groups) > 1:
-                g = torch.Generator().manual_seed(self.seed * 7919 + round_ + _ORDER_OFFSET)
+                g = torch.Generator().manual_seed(_seed("order", self.seed, round_))
                 order = order[torch.randperm(len(order), generator=g)]
             seen = [0] * len(self.groups)
             schedule = []
@@ -100,7 +102,9 @@ class StepBatches(Dataset):
         epoch, at = divmod(stream, len(group))
         cached = self._perms.get(bucket)
         if cached is None or cached[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 7919 + epoch + bucket * _BUCKET_STRIDE)
+            # bucket 0 (the only one of a dataset without buckets) keeps the plain walk's seeds
+            seed = self.seed * 7919 + epoch if bucket == 0 else _seed(self.seed, bucket, epoch)
+            g = torch.Generator().manual_seed(seed)
             cached = (epoch, torch.randperm(len(group), generator=g))
             self._perms[bucket] = cached
         return group[int(cached[1][at])]
