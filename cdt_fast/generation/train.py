@@ -133,9 +133,9 @@ class LatentClips(ClipDataset):
     latent frames (a random window of longer latents; a random ``size`` crop when given), each
     with a class label. Reads one file per clip, so the dataset never sits in memory.
 
-    Latents of several sizes form shape buckets (:mod:`cdt_fast.generation.buckets`, checked
-    against ``patch_size`` from the manifest alone, before any file is read); the trainer draws
-    each batch from one bucket. ``shape_buckets`` lists them, sorted by shape.
+    Latents of several sizes form shape buckets (:mod:`cdt_fast.generation.buckets`: the shapes
+    the manifest records, checked against ``patch_size`` before any latent is loaded); the trainer
+    draws each batch from one bucket. ``shape_buckets`` lists them, sorted by shape.
 
     Labels: with ``labels="dirs"``, the index of the top-level folder of the source video among
     the sorted folder names; otherwise every clip has label 0."""
