@@ -11,7 +11,7 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Tuple
 
 from .. import video_io
 
@@ -394,28 +394,46 @@ def open_clip(
     allow_truncated: bool = False,
     start: int = 0,
     frames: Optional[int] = None,
+    crop: Optional[Sequence[Tuple[int, int]]] = None,
 ):
     """Probe ``source`` and wrap frames [start, start+frames) of it as a
-    :class:`~cdt_fast.video_io.PaddedClip` for ``config``. Returns (clip, info, (height, width)
-    after --size)."""
+    :class:`~cdt_fast.video_io.PaddedClip` for ``config``. ``crop`` (instead of ``size``): (H, W)
+    sizes; the frames are scaled to cover the one whose aspect ratio is nearest the video's and
+    centre-cropped to it. Returns (clip, info, (height, width) after --size or ``crop``)."""
     info = video_io.probe(source, fps, allow_truncated=allow_truncated)
     if start >= info.frames:
         raise ValueError(f"--start {start} is past the end of {source} ({info.frames} frames)")
     count = info.frames - start if frames is None else min(frames, info.frames - start)
-    height, width = video_io.parse_size(size, info.height, info.width)
-    resize = None if (height, width) == (info.height, info.width) else (height, width)
+    if crop is None:
+        height, width = video_io.parse_size(size, info.height, info.width)
+        resize = (height, width)
+    else:
+        from ..data.transforms import cover_size, nearest_aspect
+
+        height, width = nearest_aspect(info.height, info.width, crop)
+        resize = cover_size(info.height, info.width, (height, width))
     source_frames = video_io.iter_frames(
         source,
-        resize,
+        None if resize == (info.height, info.width) else resize,
         expected=info.frames,
         allow_truncated=info.truncated,
         start=start,
         count=count,
     )
+    if crop is not None:
+        source_frames = _centre_crops(source_frames, resize, (height, width))
     clip = video_io.PaddedClip(
         source_frames, count, height, width, config.space_factor, config.time_factor, on_frames
     )
     return clip, info, (height, width)
+
+
+def _centre_crops(frames: Iterator["np.ndarray"], covered, size) -> Iterator["np.ndarray"]:
+    from ..data.transforms import centre_offset
+
+    top, left = centre_offset(covered, size)
+    for frame in frames:
+        yield frame[top : top + size[0], left : left + size[1]]
 
 
 def encode_chunk_frames(config, clip: "video_io.PaddedClip", device, chunk_frames: Optional[int]):

@@ -2,7 +2,8 @@
 manifest; resumable, and spread over processes, GPUs and nodes by ``torchrun``.
 
 Layout: ``OUT/<path of the video under DIR>.safetensors`` (one latent file per video, the format of
-``cdt-fast encode``) and ``OUT/manifest.json``. Video ``i`` of the sorted list goes to rank
+``cdt-fast encode``) and ``OUT/manifest.json``, which records how the frames were resized
+(``resize``) so that a rerun cannot mix geometries. Video ``i`` of the sorted list goes to rank
 ``i % WORLD_SIZE``. Each latent is written atomically, so a file that exists is finished: a rerun
 skips it. Each rank writes its part of the manifest, and after a barrier rank 0 merges them.
 """
@@ -68,6 +69,66 @@ def _init_group(world: int, hours: float) -> bool:
     return True
 
 
+def crop_sizes(text: Optional[str]) -> Optional[List[Tuple[int, int]]]:
+    """``--crop HxW[,HxW...]`` as [(H, W), ...]; None without it. ValueError naming --crop."""
+    if text is None:
+        return None
+    sizes: List[Tuple[int, int]] = []
+    for part in str(text).split(","):
+        try:
+            h, w = (int(v) for v in part.strip().lower().split("x"))
+        except ValueError:
+            h = w = 0
+        if h < 1 or w < 1:
+            raise ValueError(
+                f"--crop must be HxW or a comma-separated list of them (e.g. 64x64 or "
+                f"48x80,64x64,80x48), positive, got {text!r}"
+            )
+        if (h, w) in sizes:
+            raise ValueError(f"--crop lists {h}x{w} twice")
+        sizes.append((h, w))
+    return sizes
+
+
+def resize_record(args: argparse.Namespace) -> dict:
+    """How the frames of every video are resized before encoding (the manifest's ``resize``)."""
+    crop = crop_sizes(args.crop)
+    if crop is not None:
+        return {"mode": "crop", "sizes": [list(s) for s in crop]}
+    if args.size is None:
+        return {"mode": "none"}
+    h, w = video_io.check_size(args.size)
+    return {"mode": "shorter_side", "size": h} if w == 0 else {"mode": "stretch", "size": [h, w]}
+
+
+def _resize_options(record: dict) -> str:
+    """The options that give a ``resize`` record."""
+    mode = record.get("mode")
+    if mode == "crop":
+        return "--crop " + ",".join(f"{h}x{w}" for h, w in record["sizes"])
+    if mode == "shorter_side":
+        return f"--size {record['size']}"
+    if mode == "stretch":
+        return "--size {}x{}".format(*record["size"])
+    return "neither --size nor --crop"
+
+
+def _check_same_resize(out: Path, record: dict) -> None:
+    """A rerun into ``out`` must resize as the run that wrote its manifest did."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        done = json.loads(path.read_text()).get("resize")
+    except (json.JSONDecodeError, AttributeError):
+        raise ValueError(f"-o: {path} is not an encode-dataset manifest") from None
+    if done is not None and done != record:
+        raise ValueError(
+            f"-o: {out} holds latents encoded with {_resize_options(done)}, this run asks for "
+            f"{_resize_options(record)}; use a new output directory"
+        )
+
+
 def _entry(source: str, latent_rel: str, info) -> dict:
     video = info.video
     return {
@@ -75,10 +136,13 @@ def _entry(source: str, latent_rel: str, info) -> dict:
         "latent": latent_rel,
         "status": "ok",
         "latent_shape": list(info.shape),
+        "architecture_hash": info.architecture_hash,
         "frames": video["frames"],
         "fps": video["fps"],
         "height": video["height"],
         "width": video["width"],
+        "source_height": video.get("source_height", video["height"]),
+        "source_width": video.get("source_width", video["width"]),
     }
 
 
@@ -86,7 +150,12 @@ def _encode_one(loaded, src: Path, dst: Path, args, chunk_frames: Optional[int])
     from .. import latents
 
     clip, info, _ = _common.open_clip(
-        str(src), loaded.config, args.size, None, allow_truncated=args.allow_truncated
+        str(src),
+        loaded.config,
+        args.size,
+        None,
+        allow_truncated=args.allow_truncated,
+        crop=crop_sizes(args.crop),
     )
     chunk = _common.encode_chunk_frames(loaded.config, clip, loaded.device, chunk_frames)
     z = _common.encode_clip(loaded.model, clip, chunk)
@@ -170,7 +239,7 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
 
 
-def _merge(out: Path, world: int, config) -> dict:
+def _merge(out: Path, world: int, config, args: argparse.Namespace) -> dict:
     entries: List[dict] = []
     for r in range(world):
         part = out / f".manifest.rank{r}-of-{world}.json"
@@ -185,6 +254,8 @@ def _merge(out: Path, world: int, config) -> dict:
         "architecture_hash": config.architecture_hash(),
         "latent_scale": config.latent_scale,
         "config": config.to_dict(),
+        "input": str(Path(args.input).resolve()),
+        "resize": resize_record(args),
         "items": entries,
     }
     _write_json(out / MANIFEST, manifest)
@@ -212,7 +283,11 @@ def _encode_dataset(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-items must be >= 0, got {args.max_items}")
     if args.timeout_hours <= 0:
         raise ValueError(f"--timeout-hours must be positive, got {args.timeout_hours}")
+    if args.crop is not None and args.size is not None:
+        raise ValueError("--crop and --size both resize the frames: give one of them")
+    record = resize_record(args)
     _check_output_dir(Path(args.output))
+    _check_same_resize(Path(args.output), record)
     rank, world, local = _ranks()
     if args.device in ("auto", "cuda") and world > 1:
         import torch
@@ -232,7 +307,7 @@ def _encode_dataset(args: argparse.Namespace) -> int:
             dist.barrier()
         if rank != 0:
             return int(any(e["status"] == "error" for e in entries))
-        manifest = _merge(out, world, config)
+        manifest = _merge(out, world, config, args)
     finally:
         if distributed:
             import torch.distributed as dist
@@ -258,6 +333,13 @@ def register(sub) -> None:
     p.add_argument("input", metavar="DIR")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     _common.add_size_arg(p)
+    p.add_argument(
+        "--crop",
+        metavar="HxW[,HxW...]",
+        help="scale each video to cover HxW (aspect ratio kept) and cut out the centre; with "
+        "several sizes, each video takes the one nearest its aspect ratio (aspect-ratio buckets). "
+        "For gen-train, use sides that are multiples of 16. Instead of --size",
+    )
     _common.add_allow_truncated_arg(p)
     p.add_argument(
         "--max-items",

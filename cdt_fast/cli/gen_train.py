@@ -48,7 +48,13 @@ def _gen_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = _config(args)
-    dataset = LatentClips(args.input, config.frames, config.size, labels=args.labels)
+    dataset = LatentClips(
+        args.input,
+        config.frames,
+        config.size,
+        labels=args.labels,
+        patch_size=config.model.patch_size,
+    )
     if args.labels == "dirs" and config.model.num_classes == 0:
         config = config.replace(
             model=config.model.replace(num_classes=max(1, len(dataset.class_names)))
@@ -63,7 +69,9 @@ def _gen_train(args: argparse.Namespace) -> int:
         dist_info=dist_info,
     )
     normaliser = f"latents normalised by {dataset.normalizer.source}"
-    return fit_and_report(trainer, dist_info, args.stop_at, [normaliser])
+    sizes = ", ".join(f"{h}x{w} ({n} clip{'s' * (n != 1)})" for (h, w), n in dataset.latent_sizes)
+    buckets = f"{len(dataset.latent_sizes)} latent size buckets: {sizes}"
+    return fit_and_report(trainer, dist_info, args.stop_at, [normaliser, buckets])
 
 
 def register(sub) -> None:
@@ -72,8 +80,11 @@ def register(sub) -> None:
         help="train the latent video generator on an encode-dataset folder",
         description="Train a Latte-style video diffusion transformer (rectified flow) on the "
         "latents of an encode-dataset folder, normalised by its latent-stats (else by the "
-        "tokenizer's latent_scale). Run under torchrun for DDP. Writes metrics.jsonl, resumable "
-        "checkpoints and, at the end, model.safetensors / ema.safetensors into --out.",
+        "tokenizer's latent_scale). Latents of several sizes train in shape buckets (each batch "
+        "from one); latent sides must be multiples of the patch size (encode-dataset --crop "
+        "makes them so), checked before any model is built. Run under torchrun for DDP. Writes "
+        "metrics.jsonl, resumable checkpoints and, at the end, model.safetensors / "
+        "ema.safetensors into --out.",
     )
     p.add_argument("input", metavar="LATENTS_DIR")
     p.add_argument("--preset", default="tiny", help="tiny | S | B | a .json GenTrainConfig")

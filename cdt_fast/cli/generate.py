@@ -13,7 +13,9 @@ def _size(text):
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--size must be HxW (e.g. 64x64), got {text!r}") from None
+        h = w = 0
+    if h < 1 or w < 1:
+        raise ValueError(f"--size must be HxW, positive (e.g. 64x64), got {text!r}")
     return h, w
 
 
@@ -32,6 +34,7 @@ def _generate(args: argparse.Namespace) -> int:
     from ..generation.sampling import load_generator, sample
     from . import _common
 
+    size = _size(args.size)
     if args.output is None and args.save_latents is None:
         raise ValueError("give -o OUT.mp4 and/or --save-latents PATH")
     if args.output is not None:
@@ -51,7 +54,7 @@ def _generate(args: argparse.Namespace) -> int:
         cfg=args.cfg,
         class_label=args.class_label,
         seed=args.seed,
-        size=_size(args.size),
+        size=size,
         chunk=args.chunk,
         backend=args.backend,
         device=device,
@@ -64,10 +67,15 @@ def _generate(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - start
     what = " and ".join(str(p) for p in (args.output, args.save_latents) if p is not None)
+    factor = gen.tokenizer.space_factor
     print(
-        f"{args.run}: {args.frames} frames (latent {list(z.shape[1:])}), {args.steps} steps, "
-        f"cfg {args.cfg} -> {what} in {elapsed:.2f} s"
+        f"{args.run}: {args.frames} frames at {z.shape[3] * factor}x{z.shape[4] * factor} "
+        f"(latent {list(z.shape[1:])}), {args.steps} steps, cfg {args.cfg} -> {what} in "
+        f"{elapsed:.2f} s"
     )
+    if size is None and len(gen.latent_sizes) > 1:
+        trained = ", ".join(f"{h * factor}x{w * factor}" for (h, w), _ in gen.latent_sizes)
+        print(f"size: the commonest of the training sizes ({trained}); --size HxW picks another")
     return 0
 
 
@@ -88,7 +96,12 @@ def register(sub) -> None:
     p.add_argument("--cfg", type=float, default=1.0, help="guidance scale (with --class)")
     p.add_argument("--class", dest="class_label", type=int, help="class label")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", metavar="HxW", help="video size (default: the training size)")
+    p.add_argument(
+        "--size",
+        metavar="HxW",
+        help="video size, multiples of 16 for the usual 8x tokenizer and 2x2 patches (default: "
+        "the commonest size of the training clips)",
+    )
     p.add_argument("--chunk", type=int, help="latent frames per chunk (causal generators)")
     p.add_argument(
         "--backend",

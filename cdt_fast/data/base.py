@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -36,3 +36,8 @@ class ClipDataset:
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.clip(index)
+
+    def buckets(self) -> Optional[List[List[int]]]:
+        """Groups of indices whose clips share one shape, for a dataset whose clips differ in
+        shape (a batch takes clips of one group); None: every clip has the same shape."""
+        return None

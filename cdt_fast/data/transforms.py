@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import math
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["resize_crop", "to_unit_range"]
+__all__ = ["cover_size", "centre_offset", "nearest_aspect", "resize_crop", "to_unit_range"]
+
+
+def cover_size(height: int, width: int, size: Tuple[int, int]) -> Tuple[int, int]:
+    """The (h, w) that a ``height`` x ``width`` frame is scaled to, aspect ratio kept, so that it
+    just covers ``size`` = (H, W): ``scale = max(H / height, W / width)``, as upstream's evaluation
+    ``CenterCrop``."""
+    oh, ow = size
+    scale = max(oh / height, ow / width)
+    return max(oh, round(scale * height)), max(ow, round(scale * width))
+
+
+def centre_offset(covered: Tuple[int, int], size: Tuple[int, int]) -> Tuple[int, int]:
+    """(top, left) of the centred ``size`` window in a frame of ``covered`` = (h, w)."""
+    return (covered[0] - size[0]) // 2, (covered[1] - size[1]) // 2
+
+
+def nearest_aspect(height: int, width: int, sizes: Sequence[Tuple[int, int]]) -> Tuple[int, int]:
+    """The (H, W) of ``sizes`` whose aspect ratio is nearest that of ``height`` x ``width``, by the
+    log of the ratio (so 2:1 and 1:2 are equally far from 1:1); the first listed among equals."""
+    if not sizes:
+        raise ValueError("sizes must hold at least one (H, W)")
+    target = math.log(width / height)
+    return min(sizes, key=lambda s: abs(math.log(s[1] / s[0]) - target))
 
 
 def to_unit_range(frames_uint8: torch.Tensor) -> torch.Tensor:
@@ -27,8 +51,7 @@ def resize_crop(
     """
     _, _, ih, iw = clip.shape
     oh, ow = size
-    scale = max(oh / ih, ow / iw)
-    rh, rw = max(oh, round(scale * ih)), max(ow, round(scale * iw))
+    rh, rw = cover_size(ih, iw, size)
     if (rh, rw) != (ih, iw):
         clip = (
             F.interpolate(
@@ -42,7 +65,7 @@ def resize_crop(
             .clamp_(-1, 1)
         )
     if generator is None:
-        top, left = (rh - oh) // 2, (rw - ow) // 2
+        top, left = centre_offset((rh, rw), size)
     else:
         top = int(torch.randint(0, rh - oh + 1, (1,), generator=generator))
         left = int(torch.randint(0, rw - ow + 1, (1,), generator=generator))

@@ -46,10 +46,12 @@ class Generator:
     tokenizer: CDTConfig
     tokenizer_hash: str
     frames: int  # latent frames per training clip
-    latent_size: Tuple[int, int]
+    latent_size: Tuple[int, int]  # (h, w) it samples at by default: its commonest training size
     fps: str = "24"
     class_names: List[str] = field(default_factory=list)
     info: Dict[str, Any] = field(default_factory=dict)
+    # ((h, w), clips) of every latent size it was trained on, the most clips first
+    latent_sizes: List[Tuple[Tuple[int, int], int]] = field(default_factory=list)
 
 
 def demo_generator_path() -> Path:
@@ -108,6 +110,7 @@ def load_generator(
         fps=str(info.get("fps", "24")),
         class_names=list(info.get("class_names", [])),
         info=info,
+        latent_sizes=[((int(h), int(w)), int(n)) for h, w, n in info.get("latent_sizes", [])],
     )
 
 
@@ -115,7 +118,7 @@ def latent_shape(
     gen: Generator, frames: int, size: Optional[Tuple[int, int]] = None
 ) -> Tuple[int, int, int, int]:
     """(C, T, h, w) of the latent of a ``frames``-frame video at ``size`` = (H, W) (default: the
-    training latents' size)."""
+    commonest size of the training latents)."""
     tok, p = gen.tokenizer, gen.model.config.patch_size
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ValueError(f"frames must be a positive int, got {frames!r}")
@@ -245,8 +248,8 @@ def sample(
     engine: bool = True,
 ) -> torch.Tensor:
     """Sample ``batch`` latents of a ``frames``-frame video (``size`` = (H, W) pixels, default the
-    training size) and return them un-normalised, as the tokenizer's encoder would give them
-    [B, C, T, h, w]. ``generator``: a :class:`Generator`, a run folder / weights file, or None for
+    commonest training size) and return them un-normalised, as the tokenizer's encoder would give
+    them [B, C, T, h, w]. ``generator``: a :class:`Generator`, a run folder / weights file, or None for
     the bundled demo. ``class_label`` with ``cfg`` > 1: classifier-free guidance.
 
     ``output``: decode the first sample with ``tokenizer`` (a CDT, or a path; default the bundled

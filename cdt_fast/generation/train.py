@@ -24,6 +24,7 @@ from ..config import check_positive_ints, dataclass_from_dict
 from ..data.base import ClipDataset
 from ..train.distributed import Dist, setup_distributed
 from ..train.trainer import Trainer
+from .buckets import latent_buckets
 from .model import GenConfig, VideoDiT
 from .stats import LatentNormalizer, manifest_latents, read_manifest
 
@@ -132,6 +133,10 @@ class LatentClips(ClipDataset):
     latent frames (a random window of longer latents; a random ``size`` crop when given), each
     with a class label. Reads one file per clip, so the dataset never sits in memory.
 
+    Latents of several sizes form shape buckets (:mod:`cdt_fast.generation.buckets`: the shapes
+    the manifest records, checked against ``patch_size`` before any latent is loaded); the trainer
+    draws each batch from one bucket. ``shape_buckets`` lists them, sorted by shape.
+
     Labels: with ``labels="dirs"``, the index of the top-level folder of the source video among
     the sorted folder names; otherwise every clip has label 0."""
 
@@ -142,26 +147,19 @@ class LatentClips(ClipDataset):
         size: Optional[Tuple[int, int]] = None,
         labels: Optional[str] = None,
         normalizer: Optional[LatentNormalizer] = None,
+        patch_size: int = 2,
     ):
         from ..latents import read_latent_metadata
 
         self.folder = Path(folder)
         self.manifest = read_manifest(folder)
+        self.frames, self.size = frames, size
+        self.shape_buckets = latent_buckets(folder, self.manifest, frames, patch_size, size)
         self.paths = manifest_latents(folder, self.manifest)
         first = read_latent_metadata(self.paths[0])
         self.channels = first.shape[1]
-        self.latent_hw = tuple(first.shape[3:5])
         self.tokenizer = first.config
         self.fps = str(first.video["fps"])
-        self.frames, self.size = frames, size
-        # The manifest records every latent's shape: no need to open the files.
-        ok = [e for e in self.manifest["items"] if e["status"] == "ok"]
-        short = [e["source"] for e in ok if e.get("latent_shape", [0, 0, frames])[2] < frames]
-        if short:
-            raise ValueError(
-                f"{len(short)} latents have fewer than {frames} latent frames (e.g. {short[0]}); "
-                f"train on fewer frames"
-            )
         self.normalizer = normalizer or LatentNormalizer.from_manifest(self.manifest, self.channels)
         sources = [e["source"] for e in self.manifest["items"] if e["status"] == "ok"]
         if labels == "dirs":
@@ -172,6 +170,20 @@ class LatentClips(ClipDataset):
             self.class_names, self.labels = [], [0] * len(self.paths)
         else:
             raise ValueError(f"labels must be None or 'dirs', got {labels!r}")
+
+    @property
+    def latent_sizes(self) -> List[Tuple[Tuple[int, int], int]]:
+        """((h, w), clips) of every bucket, the most clips first (ties in shape order)."""
+        sizes = [(b.shape[1:], len(b.indices)) for b in self.shape_buckets]
+        return sorted(sizes, key=lambda s: -s[1])
+
+    @property
+    def latent_size(self) -> Tuple[int, int]:
+        """(h, w) of the largest bucket: the size ``generate`` samples at by default."""
+        return self.latent_sizes[0][0]
+
+    def buckets(self) -> List[List[int]]:
+        return [list(b.indices) for b in self.shape_buckets]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -275,7 +287,8 @@ class GenTrainer(Trainer):
             d.tokenizer,
             {
                 "frames": self.config.frames,
-                "latent_size": list(self.config.size or d.latent_hw),
+                "latent_size": list(d.latent_size),
+                "latent_sizes": [[h, w, n] for (h, w), n in d.latent_sizes],
                 "fps": d.fps,
                 "class_names": d.class_names,
                 "step": self.step,
