@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("av")
 
 from cdt_fast import video_io
-from cdt_fast.video_io import PaddedClip, VideoError, containers, probing
+from cdt_fast.video_io import PaddedClip, VideoError, containers
 from cdt_fast.video_io import write as video_write
 
 from .video_clips import pattern, read_pngs, write_clip, write_pngs
@@ -345,25 +345,24 @@ def test_mp4_with_a_discarded_packet_is_accepted(tmp_path):
     assert _decoded(path, expected=info.frames) == FRAMES - 1
 
 
-def test_mp4_index_count_needs_the_packets_to_end_early():
-    """FFmpeg drops the samples an MP4 edit list cuts off from its index, so an MP4 with fewer
-    packets than its sample count is truncated only if its packets also end before its duration;
-    an AVI's header count is enough."""
-    scan = {
-        "frames": 19,
-        "packets": 19,
-        "listed": 20,
-        "discarded": 0,
-        "format": "mov,mp4,m4a,3gp,3g2,mj2",
-        "duration": Fraction(20, 24),
-        "end": Fraction(19, 24),
-        "last_corrupt": False,
-        "error": None,
-    }
-    assert probing._truncation("a.mp4", scan, Fraction(24)) is None  # trimmed by its edit list
-    cut = dict(scan, frames=12, packets=12, end=Fraction(12, 24))
-    assert probing._truncation("a.mp4", cut, Fraction(24))[0] == 20
-    assert probing._truncation("a.avi", dict(scan, format="avi"), Fraction(24))[0] == 20
+def test_mp4_edit_list_trim_is_whole_and_its_cut_copy_is_not(tmp_path):
+    """FFmpeg leaves the samples an MP4 edit list cuts off out of its index, so an MP4 lists
+    more samples than it has packets without being cut; a copy that lacks its last sample is
+    cut, which its mdat box (longer than the file) shows."""
+    path = _encode(
+        tmp_path / "edit.mp4",
+        "mp4",
+        "libx264",
+        {"bf": "2"},
+        shift=1,
+        container_options={"movflags": "faststart"},
+    )
+    assert video_io.probe(path).frames == FRAMES - 1
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) - 200])
+    with pytest.raises(VideoError, match="its mdat box needs 200 more bytes"):
+        video_io.probe(cut)
 
 
 def test_program_stream_walk_finds_a_cut_packet():

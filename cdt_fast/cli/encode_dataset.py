@@ -70,7 +70,7 @@ def _init_group(world: int, hours: float) -> bool:
 
 def _entry(source: str, latent_rel: str, info) -> dict:
     video = info.video
-    return {
+    entry = {
         "source": source,
         "latent": latent_rel,
         "status": "ok",
@@ -80,6 +80,9 @@ def _entry(source: str, latent_rel: str, info) -> dict:
         "height": video["height"],
         "width": video["width"],
     }
+    if "timing" in video:  # how the clip keeps its duration (repeated frames or timestamps)
+        entry["timing"] = video["timing"]
+    return entry
 
 
 def _encode_one(loaded, src: Path, dst: Path, args, chunk_frames: Optional[int]) -> None:

@@ -96,6 +96,7 @@ def describe(path: str, allow_truncated: bool = False) -> dict:
         "width": v.width,
         "fps": str(v.fps),
         "codec": v.codec,
+        "timing": v.timing_text,
     }
     if v.truncated:
         out["truncated"] = True

@@ -1,22 +1,38 @@
-"""What a video source holds (frame count, size, rate, codec), and whether it is cut short."""
+"""What a video source holds (frame count, size, rate, codec, how its timing is kept), and
+whether it is cut short."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional, Tuple
+from typing import List, Optional
 
-from .containers import mpeg_stream_cut
+from .containers import structure_cut
 from .errors import VideoError, one_line
 from .formats import DEFAULT_FPS, PathLike
 from .pyav import ffmpeg_errors, open_video
-from .read import decode_image, decode_rgb
+from .read import count_decodable, decode_image
 from .sources import check_exists, image_files
+from .timing import (
+    GIVEN_RATE,
+    REPEATS,
+    TIMESTAMPS,
+    counts_slots,
+    listed_slots,
+    restore_repeats,
+    timestamp_rate,
+)
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What :func:`probe` finds: frame count, size, frame rate and codec of a video source."""
+    """What :func:`probe` finds: frame count, size, frame rate and codec of a video source.
+
+    ``frames`` includes ``repeats``, the frames an AVI lists as zero-length "repeat the previous
+    frame" entries, restored so that the clip keeps its duration. ``timing`` says how the
+    duration is kept (see :mod:`cdt_fast.video_io.timing`): ``"repeated frames"``,
+    ``"timestamps"`` (the rate the timestamps give: the stream's, or a variable-rate stream's
+    average) or ``"given rate"`` (an image sequence, or ``fps`` given)."""
 
     path: str
     frames: int
@@ -25,11 +41,18 @@ class VideoInfo:
     fps: Fraction
     codec: str
     truncated: bool = False
+    repeats: int = 0
+    timing: str = TIMESTAMPS
+
+    @property
+    def timing_text(self) -> str:
+        """``timing`` for a report: ``"N repeated frames restored"``, else ``timing`` itself."""
+        return f"{self.repeats} repeated frames restored" if self.timing == REPEATS else self.timing
 
     def describe(self) -> str:
         return (
             f"{self.frames} frames of {self.width}x{self.height} at {_fps_text(self.fps)} fps "
-            f"({self.codec})"
+            f"({self.codec}; timing: {self.timing_text})"
         )
 
 
@@ -50,55 +73,70 @@ def probe(
     """Frame count, size, frame rate and codec of a video file or image sequence.
 
     Frames are counted by demuxing (no decoding), leaving out packets the container marks to be
-    discarded; :func:`iter_frames` checks the count as it decodes. A truncated file (see the
-    package docstring) raises :class:`VideoError` naming the frames expected and present, unless
-    ``allow_truncated``: then the frames are counted by decoding them, and the count is what
-    decodes. ``fps`` gives image sequences a rate (default 24) and overrides a file's.
+    discarded and restoring an AVI's repeat entries; :func:`iter_frames` checks the count as it
+    decodes. A file cut short, judged from its container's structure
+    (:mod:`cdt_fast.video_io.containers`), raises :class:`VideoError` naming the frames listed
+    and present, unless ``allow_truncated``: then the frames are counted by decoding them, and
+    the count is what decodes. ``fps`` gives image sequences a rate (default 24) and overrides a
+    file's.
     """
     source = str(source)
     check_exists(source)
     files = image_files(source)
-    if files is not None:
-        first = decode_image(files[0])
-        return VideoInfo(
-            source,
-            len(files),
-            first.shape[0],
-            first.shape[1],
-            Fraction(fps) if fps else DEFAULT_FPS,
-            "image sequence",
-        )
+    if files is None:
+        return _probe_file(source, fps, allow_truncated)
+    first = decode_image(files[0])
+    rate = Fraction(fps) if fps else DEFAULT_FPS
+    height, width = first.shape[:2]
+    return VideoInfo(source, len(files), height, width, rate, "image sequence", timing=GIVEN_RATE)
+
+
+def _probe_file(source: str, fps: Optional[Fraction], allow_truncated: bool) -> VideoInfo:
     container, stream = open_video(source)
     try:
         height, width = stream.codec_context.height, stream.codec_context.width
         codec = stream.codec_context.name
-        rate = Fraction(fps) if fps else _stream_fps(stream)
+        nominal = Fraction(fps) if fps else _stream_fps(stream)
         scan = _scan_packets(source, container, stream)
+        start = int(stream.start_time or 0)
+        slots = listed_slots(source, stream) if scan["slots"] is not None else None
     finally:
         container.close()
     if not height or not width:
         raise VideoError(f"{source}: its video stream has no frame size (corrupt header?)")
-    count = scan["frames"]
-    cut = _truncation(source, scan, rate)
-    if cut is not None:
-        expected, why = cut
-        if not allow_truncated:
-            listed = f"of the {expected} it lists " if expected else ""
-            raise VideoError(
-                f"{source} is truncated: {count} frames {listed}are present ({why}); "
-                "--allow-truncated (allow_truncated=True) reads the frames that decode"
-            )
-        count = sum(1 for _ in decode_rgb(source, None, lenient=True))
+    why = _truncation(source, scan)
+    present = scan["frames"]
+    if scan["slots"] is not None:  # an AVI: its repeat entries are frames
+        periods = ((slot, None) for slot in scan["slots"])
+        present = sum(1 for _ in restore_repeats(periods, start, None if why else slots))
+    if why is None:
+        count, repeats = present, present - scan["frames"]
+    elif not allow_truncated:
+        listed = scan["listed"] - scan["discarded"]
+        of = f"of the {listed} it lists " if listed > 0 else ""
+        raise VideoError(
+            f"{source} is truncated: {present} frames {of}are present ({why}); "
+            "--allow-truncated (allow_truncated=True) reads the frames that decode"
+        )
+    else:
+        count, repeats = count_decodable(source)
     if count == 0:
         raise VideoError(f"{source} has zero frames")
-    return VideoInfo(source, count, height, width, rate, codec, truncated=cut is not None)
+    rate, timing = nominal, GIVEN_RATE if fps else TIMESTAMPS
+    if repeats:
+        timing = REPEATS
+    elif not (fps or why or counts_slots(scan["format"])):
+        rate = timestamp_rate(count, scan["span"], nominal)
+    return VideoInfo(source, count, height, width, rate, codec, why is not None, repeats, timing)
 
 
 def _scan_packets(source: str, container, stream) -> dict:
     """Demux every stream once: the video frames that will decode, whether the data ends inside a
-    packet, and where the last packet of any stream ends (seconds)."""
+    packet, the seconds the video's timestamps span, and (an AVI) each frame's period number."""
     frames = packets = 0
-    end = None
+    first = last = None
+    tail = Fraction(0)
+    slots: Optional[List[int]] = [] if counts_slots(container.format.name) else None
     last_corrupt = False
     error = None
     try:
@@ -106,55 +144,47 @@ def _scan_packets(source: str, container, stream) -> dict:
             if packet.size == 0 and packet.dts is None:
                 continue  # the flush packet PyAV yields at the end of each stream
             last_corrupt = bool(packet.is_corrupt)
-            if packet.pts is not None and packet.time_base:
-                stop = (packet.pts + (packet.duration or 0)) * packet.time_base
-                end = stop if end is None else max(end, stop)
             if packet.stream_index != stream.index:
                 continue
             packets += 1
-            if packet.size and not packet.is_discard:
-                frames += 1
+            if not packet.size or packet.is_discard:
+                continue
+            frames += 1
+            if slots is not None:
+                slots.append(packet.dts)
+            if packet.pts is not None and packet.time_base:
+                at = packet.pts * packet.time_base
+                first = at if first is None else min(first, at)
+                last = at if last is None else max(last, at)
+                # Durations follow decode order (an MP4's are decode-time steps): the last
+                # packet's is the one that ends the stream.
+                tail = (packet.duration or 0) * packet.time_base
     except ffmpeg_errors() as err:
         if packets == 0:
             raise VideoError(f"{source} is not a readable video ({one_line(err)})") from None
         error = one_line(err)
-    start = container.start_time
     return {
         "frames": frames,
         "packets": packets,
         "listed": int(stream.frames or 0),
         "discarded": packets - frames,
         "format": container.format.name,
-        "duration": None if container.duration is None else Fraction(container.duration, 10**6),
-        "end": None if end is None else end - Fraction(start or 0, 10**6),
+        "span": None if first is None else Fraction(last + tail - first),
+        "slots": slots,
         "last_corrupt": last_corrupt,
         "error": error,
     }
 
 
-def _truncation(source: str, scan: dict, rate: Fraction) -> Optional[Tuple[Optional[int], str]]:
-    """(frames the container lists, or None where it lists none; why the file looks cut short),
-    or None if it looks whole."""
-    listed = scan["listed"]
-    duration, end = scan["duration"], scan["end"]
-    slack = Fraction(3, 2) / rate + Fraction(1, 500)
-    short = bool(duration) and end is not None and end + slack < duration
-    # The MP4/MOV sample index and the AVI header count every frame. FFmpeg leaves samples that an
-    # MP4 edit list cuts off out of its index, so there the packets must also end early.
-    if listed and scan["packets"] < listed and ("mov" not in scan["format"] or short):
-        return listed - scan["discarded"], f"{scan['packets']} of {listed} packets in the file"
+def _truncation(source: str, scan: dict) -> Optional[str]:
+    """Why the file is cut short, or None if it is whole: its container's structure first (see
+    :func:`~cdt_fast.video_io.containers.structure_cut`), then the demuxer's own signs (reading
+    stopped by an error, a last packet it marks incomplete)."""
+    why = structure_cut(source, scan["format"])
+    if why is not None:
+        return why
     if scan["error"] is not None:
-        return None, f"reading stopped: {scan['error']}"
+        return f"reading stopped: {scan['error']}"
     if scan["last_corrupt"]:
-        return None, "the last packet is incomplete"
-    if "matroska" in scan["format"] and short:
-        # Matroska/WebM write the segment's duration in the header once the file is complete;
-        # PS/TS durations are estimated from the file itself, so they cannot show a cut.
-        expected = scan["frames"] + max(1, round((duration - end) * rate))
-        return expected, f"{float(end):.3f} s of the {float(duration):.3f} s it lists"
-    fmt = scan["format"]
-    if fmt in ("mpeg", "mpegvideo") or fmt.startswith("mpegts"):
-        why = mpeg_stream_cut(source, transport=fmt.startswith("mpegts"))
-        if why is not None:
-            return None, why
+        return "the last packet is incomplete"
     return None

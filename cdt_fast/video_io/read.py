@@ -10,6 +10,7 @@ from .errors import VideoError, one_line
 from .formats import PathLike
 from .pyav import ffmpeg_errors, load_av, open_video
 from .sources import check_exists, image_files
+from .timing import counts_slots, listed_slots, restore_repeats
 
 
 def decode_image(path: str, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
@@ -31,8 +32,26 @@ def _to_rgb(frame, size: Optional[Tuple[int, int]]) -> np.ndarray:
 
 
 def decode_rgb(source: str, size: Optional[Tuple[int, int]], lenient: bool) -> Iterator[np.ndarray]:
-    """Frames of a video file; ``lenient`` (a truncated file) ends quietly at the first decoding
-    error, single-threaded so that the count is the same on every pass."""
+    """Frames of a video file, an AVI's repeat entries restored (see :mod:`.timing`);
+    ``lenient`` (a truncated file) ends quietly at the first decoding error, single-threaded so
+    that the count is the same on every pass, and restores no repeats after the last frame."""
+    for image, _ in _decoded(source, size, lenient):
+        yield image
+
+
+def count_decodable(source: str) -> Tuple[int, int]:
+    """(frames, of which repeats restored) of a truncated file, by decoding it leniently."""
+    frames = repeats = 0
+    for _, repeated in _decoded(source, None, lenient=True):
+        frames += 1
+        repeats += repeated
+    return frames, repeats
+
+
+def _decoded(
+    source: str, size: Optional[Tuple[int, int]], lenient: bool
+) -> Iterator[Tuple[np.ndarray, bool]]:
+    """(frame, whether it repeats the one before as an AVI repeat entry) of a video file."""
     # Resolved before the first yield: a generator closed at interpreter exit can no longer
     # import anything.
     errors = ffmpeg_errors()
@@ -41,9 +60,15 @@ def decode_rgb(source: str, size: Optional[Tuple[int, int]], lenient: bool) -> I
     try:
         if not lenient:
             stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
+        decoded = ((frame.pts, _to_rgb(frame, size)) for frame in container.decode(stream))
+        if counts_slots(container.format.name):
+            slots = None if lenient else listed_slots(source, stream)
+            frames = restore_repeats(decoded, int(stream.start_time or 0), slots)
+        else:
+            frames = ((image, False) for _, image in decoded)
+        for image, repeated in frames:
             count += 1
-            yield _to_rgb(frame, size)
+            yield image, repeated
     except errors as err:
         if not lenient:
             raise VideoError(
