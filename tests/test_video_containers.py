@@ -49,7 +49,7 @@ def _encode_slots(path, fmt, codec, slots, container_options=None):
     with av.open(str(path), "w", format=fmt, options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=24, options=options)
         stream.width, stream.height, stream.bit_rate = 48, 32, 4_000_000
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.pix_fmt = {"mjpeg": "yuvj420p", "gif": "rgb8"}.get(codec, "yuv420p")
         stream.codec_context.time_base = Fraction(1, 24)
         for image, slot in zip(source, slots):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
@@ -77,6 +77,16 @@ def test_hand_made_avi_repeat_entries_are_restored(tmp_path):
             np.testing.assert_array_equal(decoded[i], decoded[i - 1])
     part = np.stack(list(video_io.iter_frames(path, expected=info.frames, start=3, count=5)))
     np.testing.assert_array_equal(part, decoded[3:8])
+
+
+def test_training_datasets_number_frames_as_probe_counts_them(tmp_path):
+    """VideoFolder counts frames with probe and reads them by index: repeats included."""
+    from cdt_fast.data.video import count_frames, read_frames
+
+    path = _still_avi(tmp_path / "still.avi")
+    assert count_frames(path) == 12
+    frames = read_frames(path, [0, 3, 3, 11]).numpy()
+    assert _nearest_source(frames) == [SHOWN[0], SHOWN[3], SHOWN[3], SHOWN[11]]
 
 
 @pytest.mark.parametrize("codec", ["mpeg4", "mjpeg"])
@@ -186,6 +196,23 @@ def test_cut_near_the_end_is_refused_by_the_container(tmp_path, kind, where):
     with pytest.raises(VideoError, match=f"is truncated: .*its {what} needs"):
         video_io.probe(cut)
     assert video_io.probe(whole).frames == 12
+
+
+@pytest.mark.parametrize(
+    "cut,why",
+    [(-1, "it ends before its trailer"), (0.6, "its last block needs at least")],
+)
+def test_cut_gif_is_refused_by_its_blocks(tmp_path, cut, why):
+    """A GIF ends with a trailer byte after its last block; a copy cut in its image data or
+    lacking only the trailer used to pass as a whole, shorter file."""
+    whole = _encode_slots(tmp_path / "a.gif", "gif", "gif", list(range(8)))
+    data = whole.read_bytes()
+    stop = len(data) + cut if cut < 0 else int(len(data) * cut)
+    short = tmp_path / "cut.gif"
+    short.write_bytes(data[:stop])
+    with pytest.raises(VideoError, match=f"is truncated: .*{why}"):
+        video_io.probe(short)
+    assert video_io.probe(whole).frames == 8
 
 
 def _box(kind: bytes, body: bytes) -> bytes:

@@ -12,16 +12,19 @@ directories); MPEG transport streams (ts/m2ts/mts) and vob are read too. :data:`
 one list of readable containers that every command and dataset uses.
 
 A file's frame count is what decodes: packets the container flags to be discarded (an MP4 edit list
-trimming a B-frame stream) are not counted. A truncated file is recognised from the container's own
-record of its length (the MP4/MOV sample index, the AVI header's frame count, the Matroska/WebM
-duration, an incomplete last MPEG-PS pack or MPEG-TS packet) and refused unless the caller accepts
-it (``allow_truncated``), when the frames that do decode are used.
+trimming a B-frame stream) are not counted, and an AVI's zero-length "repeat the previous frame"
+entries are restored as frames, so a clip keeps its duration (:mod:`.timing`). A truncated file is
+recognised from its container's own structure (:mod:`.containers`: AVI chunk sizes and indexes, MP4
+box sizes and sample index, the Matroska Segment, MPEG-PS/TS packets, GIF blocks), never from a
+frame count, and refused unless the caller accepts it (``allow_truncated``), when the frames that
+do decode are used.
 
 Modules, one job each: :mod:`.formats` (suffixes read and written), :mod:`.sources` (files,
 directories and globs), :mod:`.probing` (:func:`probe`), :mod:`.containers` (each container's
 structure checks), :mod:`.read` (decoding), :mod:`.clip` (:class:`PaddedClip`, tensors),
-:mod:`.sizes` (``--size``), :mod:`.write` (writers, output checks, frame rates, pixel formats),
-:mod:`.pyav` and :mod:`.errors` (PyAV and its errors).
+:mod:`.timing` (repeat entries restored, timestamp rates), :mod:`.sizes` (``--size``),
+:mod:`.write` (writers, output checks, frame rates, pixel formats), :mod:`.pyav` and
+:mod:`.errors` (PyAV and its errors).
 """
 
 from .clip import PaddedClip, frames_to_tensor, tensor_to_frames

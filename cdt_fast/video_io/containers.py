@@ -4,8 +4,9 @@ A file is cut short when it ends before the end its container records: the AVI R
 sizes and an index (idx1, OpenDML indx) pointing past the end; the MP4/MOV box sizes and a sample
 index (stco/co64) pointing past the end; the Matroska/WebM Segment size, or its elements where
 that size is left open (a live recording); an MPEG-PS pack or PES packet, or an MPEG-TS packet,
-left incomplete. Frame counts and durations are no such record: an AVI lists "repeat the
-previous frame" entries that hold no data, and a variable-rate file's duration is no frame count.
+left incomplete; a GIF's blocks, up to its trailer. Frame counts and durations are no such
+record: an AVI lists "repeat the previous frame" entries that hold no data, and a variable-rate
+file's duration is no frame count.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def structure_cut(path: str, format_name: str) -> Optional[str]:
         return matroska_cut(path)
     if format_name in ("mpeg", "mpegvideo") or format_name.startswith("mpegts"):
         return mpeg_stream_cut(path, transport=format_name.startswith("mpegts"))
+    if format_name == "gif":
+        return gif_cut(path)
     return None
 
 
@@ -198,12 +201,10 @@ def _last_chunk_offset(f: BinaryIO, start: int, stop: int, size: int) -> int:
             f.seek(at + header)
             data = f.read(end - at - header)
             count = struct.unpack_from(">I", data, 4)[0] if len(data) >= 8 else 0
-            width = 4 if kind == b"stco" else 8
+            code, width = ("I", 4) if kind == b"stco" else ("Q", 8)
             count = min(count, (len(data) - 8) // width)
             if count:
-                last = max(
-                    last, *struct.unpack_from(f">{count}{'I' if width == 4 else 'Q'}", data, 8)
-                )
+                last = max(last, max(struct.unpack_from(f">{count}{code}", data, 8)))
     return last
 
 
@@ -360,3 +361,39 @@ def _walk_program_stream(data: bytes, at: int) -> Optional[int]:
         else:
             return None
     return at
+
+
+# -- GIF ---------------------------------------------------------------------------------------------
+def gif_cut(path: str) -> Optional[str]:
+    """Why a GIF ends before its trailer byte: its blocks (extensions, images, each a chain of
+    length-prefixed sub-blocks) run past the end; None if the trailer is reached (or the bytes
+    are not GIF blocks)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    size = len(data)
+    at = 13  # signature and logical screen descriptor
+    if size < at or not data.startswith(b"GIF"):
+        return None
+    at += _gif_colour_table(data[10])
+    while at < size:
+        block = data[at]
+        if block == 0x3B:  # trailer
+            return None
+        if block == 0x21:  # extension: label, then sub-blocks
+            at += 2
+        elif block == 0x2C:  # image: descriptor, local colour table, LZW code size, sub-blocks
+            if at + 10 > size:
+                return _missing("image descriptor", at + 10, size)
+            at += 10 + _gif_colour_table(data[at + 9]) + 1
+        else:
+            return None
+        while at < size and data[at]:
+            at += 1 + data[at]
+        if at >= size:  # a sub-block, or the chain's end, lies beyond the end
+            return f"its last block needs at least {at + 1 - size} more bytes"
+        at += 1  # the empty sub-block that ends the chain
+    return "it ends before its trailer"
+
+
+def _gif_colour_table(packed: int) -> int:
+    return 3 << ((packed & 7) + 1) if packed & 0x80 else 0

@@ -86,7 +86,8 @@ def iter_frames(
     start: int = 0,
     count: Optional[int] = None,
 ) -> Iterator[np.ndarray]:
-    """Decode frames one at a time as uint8 [H, W, 3] RGB, resized to ``size`` = (H, W) if given.
+    """Decode frames one at a time as uint8 [H, W, 3] RGB, resized to ``size`` = (H, W) if given;
+    an AVI's repeat entries are frames (the one before, again), as :func:`probe` counts them.
 
     ``expected``: the frame count from :func:`probe`; a stream that ends early or runs long raises
     :class:`VideoError` (a truncated or corrupt file), so a clip is never silently shortened.
