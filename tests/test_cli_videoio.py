@@ -307,6 +307,42 @@ def test_encode_dataset_reads_mpg_and_skips_through_tqdm_write(capsys, work, tmp
     assert len(written) == 1 and "skipped c.avi" in written[0]
 
 
+def test_repeat_entries_are_frames_in_every_command(capsys, work, tmp_path):
+    """An AVI whose index lists zero-length repeat entries is a whole file: ``info`` reports how
+    its timing is kept, ``reconstruct`` writes every frame period (its duration kept) and
+    ``encode-dataset`` takes it like any other video, while a cut copy is still refused."""
+    from .avi_files import write_mjpeg_avi
+
+    data = tmp_path / "data"
+    data.mkdir()
+    frames = pattern(4, 32, 48)
+    still = write_mjpeg_avi(
+        data / "still.avi", [frames[0], None, frames[1], frames[2], None, None, frames[3]]
+    )
+    whole = still.read_bytes()
+    (data / "cut.avi").write_bytes(whole[: len(whole) - 10])
+    rc, out, _ = run(capsys, "info", still, "--json")
+    summary = json.loads(out)
+    assert rc == 0 and (summary["frames"], summary["timing"]) == (7, "3 repeated frames restored")
+    recon = tmp_path / "recon.mp4"
+    rc, out, err = run(capsys, "reconstruct", still, "-o", recon, "--model", work["model"], "-q")
+    assert rc == 0, err
+    assert "timing: 3 repeated frames restored" in out
+    info = video_io.probe(recon)
+    assert (info.frames, info.fps) == (7, 24)
+    rc, _, err = run(
+        capsys, "encode-dataset", data, "-o", tmp_path / "out", "--model", work["model"], "-q"
+    )
+    assert rc == 1 and "skipped cut.avi" in err and "idx1 index" in err
+    items = {
+        e["source"]: e
+        for e in json.loads((tmp_path / "out" / "manifest.json").read_text())["items"]
+    }
+    assert items["cut.avi"]["status"] == "error"
+    assert (items["still.avi"]["status"], items["still.avi"]["frames"]) == ("ok", 7)
+    assert items["still.avi"]["timing"] == "3 repeated frames restored"
+
+
 # -- memory flat in the clip's length ---------------------------------------------------------------
 _PEAK_RSS = """
 import resource, sys

@@ -11,7 +11,8 @@ import torch
 pytest.importorskip("av")
 
 from cdt_fast import video_io
-from cdt_fast.video_io import PaddedClip, VideoError
+from cdt_fast.video_io import PaddedClip, VideoError, containers
+from cdt_fast.video_io import write as video_write
 
 from .video_clips import pattern, read_pngs, write_clip, write_pngs
 
@@ -344,25 +345,24 @@ def test_mp4_with_a_discarded_packet_is_accepted(tmp_path):
     assert _decoded(path, expected=info.frames) == FRAMES - 1
 
 
-def test_mp4_index_count_needs_the_packets_to_end_early():
-    """FFmpeg drops the samples an MP4 edit list cuts off from its index, so an MP4 with fewer
-    packets than its sample count is truncated only if its packets also end before its duration;
-    an AVI's header count is enough."""
-    scan = {
-        "frames": 19,
-        "packets": 19,
-        "listed": 20,
-        "discarded": 0,
-        "format": "mov,mp4,m4a,3gp,3g2,mj2",
-        "duration": Fraction(20, 24),
-        "end": Fraction(19, 24),
-        "last_corrupt": False,
-        "error": None,
-    }
-    assert video_io._truncation("a.mp4", scan, Fraction(24)) is None  # trimmed by its edit list
-    cut = dict(scan, frames=12, packets=12, end=Fraction(12, 24))
-    assert video_io._truncation("a.mp4", cut, Fraction(24))[0] == 20
-    assert video_io._truncation("a.avi", dict(scan, format="avi"), Fraction(24))[0] == 20
+def test_mp4_edit_list_trim_is_whole_and_its_cut_copy_is_not(tmp_path):
+    """FFmpeg leaves the samples an MP4 edit list cuts off out of its index, so an MP4 lists
+    more samples than it has packets without being cut; a copy that lacks its last sample is
+    cut, which its mdat box (longer than the file) shows."""
+    path = _encode(
+        tmp_path / "edit.mp4",
+        "mp4",
+        "libx264",
+        {"bf": "2"},
+        shift=1,
+        container_options={"movflags": "faststart"},
+    )
+    assert video_io.probe(path).frames == FRAMES - 1
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) - 200])
+    with pytest.raises(VideoError, match="its mdat box needs 200 more bytes"):
+        video_io.probe(cut)
 
 
 def test_program_stream_walk_finds_a_cut_packet():
@@ -370,9 +370,9 @@ def test_program_stream_walk_finds_a_cut_packet():
     pack = b"\x00\x00\x01\xba" + bytes([0x44]) + bytes(8) + bytes([0xF8])  # MPEG-2, no stuffing
     pes = b"\x00\x00\x01\xe0\x00\x0a" + bytes(10)
     whole = pack + pes
-    assert video_io._walk_program_stream(whole, 0) == len(whole)
-    assert video_io._walk_program_stream(whole[:-3], 0) == len(whole)  # 3 bytes missing
-    assert video_io._walk_program_stream(b"\x00\x00\x02" + whole, 0) is None  # not a PS
+    assert containers._walk_program_stream(whole, 0) == len(whole)
+    assert containers._walk_program_stream(whole[:-3], 0) == len(whole)  # 3 bytes missing
+    assert containers._walk_program_stream(b"\x00\x00\x02" + whole, 0) is None  # not a PS
 
 
 @pytest.mark.parametrize("suffix", [".avi", ".mpg", ".mp4", ".gif"])
@@ -392,7 +392,7 @@ def test_writable_fps():
     assert video_io.writable_fps("libx264", Fraction(30000, 1001)) == Fraction(30000, 1001)
     assert video_io.writable_fps("mpeg4", Fraction(100003, 7)).numerator <= 65535
     # MPEG-2 has a fixed table: 7 fps is not in it, so the nearest rate that is
-    assert video_io.writable_fps("mpeg2video", Fraction(7)) in video_io._MPEG2_RATES
+    assert video_io.writable_fps("mpeg2video", Fraction(7)) in video_write._MPEG2_RATES
     assert video_io.writable_fps("mpeg2video", Fraction(25)) == 25
     assert video_io.writable_fps("gif", Fraction(24)) == Fraction(25)  # 4/100 s a frame
     with pytest.raises(ValueError, match="fps"):
@@ -439,7 +439,7 @@ def test_write_errors_do_not_name_the_temporary_file(tmp_path, monkeypatch):
     def fail(tmp, *args):
         raise av.error.InvalidDataError(22, "Invalid argument", tmp)
 
-    monkeypatch.setattr(video_io, "_write_container", fail)
+    monkeypatch.setattr(video_write, "_write_container", fail)
     with pytest.raises(VideoError, match="writing .*b.mp4 failed") as err:
         video_io.write_video(tmp_path / "b.mp4", iter([pattern(2, 8, 8)]), 24)
     assert ".tmp" not in str(err.value) and str(tmp_path / "b.mp4") in str(err.value)

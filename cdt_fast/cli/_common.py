@@ -513,6 +513,7 @@ def video_metadata(info: "video_io.VideoInfo", clip: "video_io.PaddedClip", star
         "source_width": info.width,
         "padding": clip.padding,
         "source": os.path.basename(str(info.path).rstrip(os.sep)),
+        "timing": info.timing_text,
     }
     if start:
         meta["start"] = start

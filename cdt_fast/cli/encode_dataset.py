@@ -131,7 +131,7 @@ def _check_same_resize(out: Path, record: dict) -> None:
 
 def _entry(source: str, latent_rel: str, info) -> dict:
     video = info.video
-    return {
+    entry = {
         "source": source,
         "latent": latent_rel,
         "status": "ok",
@@ -144,6 +144,9 @@ def _entry(source: str, latent_rel: str, info) -> dict:
         "source_height": video.get("source_height", video["height"]),
         "source_width": video.get("source_width", video["width"]),
     }
+    if "timing" in video:  # how the clip keeps its duration (repeated frames or timestamps)
+        entry["timing"] = video["timing"]
+    return entry
 
 
 def _encode_one(loaded, src: Path, dst: Path, args, chunk_frames: Optional[int]) -> None:

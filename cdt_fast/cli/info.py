@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 from .. import video_io
+from ..video_io.sources import is_glob
 from . import _common
 
 _PICKLES = (".ckpt", ".pt", ".pth", ".bin")
@@ -70,7 +71,7 @@ def describe(path: str, allow_truncated: bool = False) -> dict:
     from .. import latents
 
     p = Path(path)
-    if not p.exists() and not video_io._is_glob(path):
+    if not p.exists() and not is_glob(path):
         raise FileNotFoundError(f"not found: {path}")
     if latents.is_latent_file(p):
         info = latents.read_latent_metadata(p)
@@ -95,6 +96,7 @@ def describe(path: str, allow_truncated: bool = False) -> dict:
         "width": v.width,
         "fps": str(v.fps),
         "codec": v.codec,
+        "timing": v.timing_text,
     }
     if v.truncated:
         out["truncated"] = True

@@ -52,18 +52,17 @@ def count_frames(path: Path) -> int:
 
 
 def read_frames(path: Path, indices: Sequence[int]) -> torch.Tensor:
-    """Decode the frames at sorted ``indices`` (repeats allowed): uint8 [len(indices), H, W, 3]."""
-    av = _import_av()
+    """Decode the frames at sorted ``indices`` (repeats allowed): uint8 [len(indices), H, W, 3].
+    Frames are numbered as :func:`count_frames` counts them (an AVI's repeat entries included)."""
+    _import_av()
     wanted = Counter(indices)
     last = max(indices)
     out = []
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(container.streams.video[0])):
-            if i in wanted:
-                array = torch.from_numpy(frame.to_ndarray(format="rgb24"))
-                out.extend([array] * wanted[i])
-            if i >= last:
-                break
+    for i, frame in enumerate(_video_io.iter_frames(path)):
+        if i in wanted:
+            out.extend([torch.from_numpy(frame)] * wanted[i])
+        if i >= last:
+            break
     if len(out) != len(indices):
         raise ValueError(f"decoded {len(out)} of the {len(indices)} frames asked for")
     return torch.stack(out)

@@ -1,0 +1,127 @@
+"""Decoding frames, one at a time, from a video file or an image sequence."""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+
+from .errors import VideoError, one_line
+from .formats import PathLike
+from .pyav import ffmpeg_errors, load_av, open_video
+from .sources import check_exists, image_files
+from .timing import counts_slots, listed_slots, restore_repeats
+
+
+def decode_image(path: str, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """One image file as uint8 [H, W, 3] RGB, resized to ``size`` = (H, W) if given."""
+    av = load_av()
+    try:
+        with av.open(path) as container:
+            for frame in container.decode(video=0):
+                return _to_rgb(frame, size)
+    except ffmpeg_errors() as err:
+        raise VideoError(f"{path} is not a readable image ({one_line(err)})") from None
+    raise VideoError(f"{path} holds no image")
+
+
+def _to_rgb(frame, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    if size is not None and (frame.height, frame.width) != tuple(size):
+        frame = frame.reformat(width=size[1], height=size[0], format="rgb24", interpolation="AREA")
+    return frame.to_ndarray(format="rgb24")
+
+
+def decode_rgb(source: str, size: Optional[Tuple[int, int]], lenient: bool) -> Iterator[np.ndarray]:
+    """Frames of a video file, an AVI's repeat entries restored (see :mod:`.timing`);
+    ``lenient`` (a truncated file) ends quietly at the first decoding error, single-threaded so
+    that the count is the same on every pass, and restores no repeats after the last frame."""
+    for image, _ in _decoded(source, size, lenient):
+        yield image
+
+
+def count_decodable(source: str) -> Tuple[int, int]:
+    """(frames, of which repeats restored) of a truncated file, by decoding it leniently."""
+    frames = repeats = 0
+    for _, repeated in _decoded(source, None, lenient=True):
+        frames += 1
+        repeats += repeated
+    return frames, repeats
+
+
+def _decoded(
+    source: str, size: Optional[Tuple[int, int]], lenient: bool
+) -> Iterator[Tuple[np.ndarray, bool]]:
+    """(frame, whether it repeats the one before as an AVI repeat entry) of a video file."""
+    # Resolved before the first yield: a generator closed at interpreter exit can no longer
+    # import anything.
+    errors = ffmpeg_errors()
+    container, stream = open_video(source)
+    count = 0
+    try:
+        if not lenient:
+            stream.thread_type = "AUTO"
+        decoded = ((frame.pts, _to_rgb(frame, size)) for frame in container.decode(stream))
+        if counts_slots(container.format.name):
+            slots = None if lenient else listed_slots(source, stream)
+            frames = restore_repeats(decoded, int(stream.start_time or 0), slots)
+        else:
+            frames = ((image, False) for _, image in decoded)
+        for image, repeated in frames:
+            count += 1
+            yield image, repeated
+    except errors as err:
+        if not lenient:
+            raise VideoError(
+                f"{source}: decoding failed after {count} frames ({one_line(err)})"
+            ) from None
+    finally:
+        container.close()
+
+
+def iter_frames(
+    source: PathLike,
+    size: Optional[Tuple[int, int]] = None,
+    expected: Optional[int] = None,
+    allow_truncated: bool = False,
+    start: int = 0,
+    count: Optional[int] = None,
+) -> Iterator[np.ndarray]:
+    """Decode frames one at a time as uint8 [H, W, 3] RGB, resized to ``size`` = (H, W) if given;
+    an AVI's repeat entries are frames (the one before, again), as :func:`probe` counts them.
+
+    ``expected``: the frame count from :func:`probe`; a stream that ends early or runs long raises
+    :class:`VideoError` (a truncated or corrupt file), so a clip is never silently shortened.
+    ``allow_truncated``: the file was probed with it (decoding ends at the first error).
+    ``start``/``count``: yield only frames [start, start+count) (all frames are still decoded up to
+    there, and the whole file is still checked against ``expected``).
+    """
+    source = str(source)
+    check_exists(source)
+    files = image_files(source)
+    stop = None if count is None else start + count
+    seen = 0
+    if files is not None:
+        frames = (decode_image(path, size) for path in files)
+    else:
+        frames = decode_rgb(source, size, lenient=allow_truncated)
+    shape = None
+    for image in frames:
+        if files is not None:
+            if shape is not None and image.shape != shape:
+                raise VideoError(
+                    f"{files[seen]} is {image.shape[1]}x{image.shape[0]}, but the sequence "
+                    f"started at {shape[1]}x{shape[0]}"
+                )
+            shape = image.shape
+        if start <= seen:
+            yield image
+        seen += 1
+        if stop is not None and seen >= stop:
+            return  # a part of the clip: the rest is neither decoded nor checked
+    if seen == 0:
+        raise VideoError(f"{source} has zero decodable frames")
+    if expected is not None and seen != expected:
+        raise VideoError(
+            f"{source}: decoded {seen} frames but the container lists {expected} "
+            "(truncated or corrupt file)"
+        )
