@@ -23,11 +23,11 @@ import triton.language as tl
 from cdt_fast.functional import PAD_MODES, cast_like
 
 from . import _tiles
-from ._common import check_launchable, check_out, empty_like_layout, exact_fp32, interpreting
+from ._common import check_launchable, check_out, empty_like_layout, exact_fp32
 from ._gemm_rows import accumulate_rows
-from ._tiles import Tile, arch_family, autotune_enabled
+from ._tiles import Tile, arch_family, autotune_enabled, launch_dtype
 
-__all__ = ["time_downsample", "time_upsample"]
+__all__ = ["time_downsample", "time_upsample", "resample_tile", "resample_shared_memory"]
 
 _CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
@@ -40,11 +40,9 @@ _CONFIGS = [
         (128, 256, 64, 8, 3),
     ]
 ]
-# The interpreter runs one small config: tl.dot needs every block dimension >= 16.
 # Channel counts are constexpr: loop bounds must be compile-time constants for the Triton 3.6
 # interpreter under NumPy >= 2.4 (it cannot turn a runtime scalar into a Python int), and a
 # network has only a handful of widths to specialise for.
-_INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
 # Frame counts change between a clip's chunks: not specialised, so each chunk kind does not
@@ -245,17 +243,36 @@ _IEEE_CONFIGS = [
 ]
 
 
-def resample_tile(arch: str, *, c_in: int, c_out: int, ieee: bool) -> Tile:
+def resample_tile(arch: str, *, c_in: int, c_out: int, ieee: bool, size: int) -> Tile:
     """The one tile of a temporal down/upsample shape class (``c_out``: the GEMM's N, the output
-    channels of one phase). 128 x 128 x 64 in 3 stages with 8 warps compiles to ``wgmma`` with
-    16-byte ``cp.async`` loads and no spills on sm_90 (``tools/sass_audit.py``); fewer than 128
-    channels take a 64-wide N tile and one warpgroup. Exact fp32 dots unroll into FMAs: one
-    small tile (big ones take minutes to compile)."""
+    channels of one phase; ``size``: bytes per element). 128 x 128 x 64 in 3 stages with 8 warps
+    compiles to ``wgmma`` with 16-byte ``cp.async`` loads and no spills on sm_90
+    (``tools/sass_audit.py``); fewer than 128 channels take a 64-wide N tile and one warpgroup.
+
+    4-byte elements (fp32 on TF32 dots) take 32-wide K tiles: at 64 the upsample's three
+    pipelined tiles (x and the two phases' weights) needed 288 KiB of shared memory in 3 stages,
+    more than any GPU gives a block, and the downsample's 193 KiB more than sm_80's 163 KiB.
+    Halving K keeps the bytes of a stage, the 128 x 128 output tile and the 3-stage pipeline of
+    the 16-bit tile (145 and 97 KiB); dropping to 2 stages at K = 64 would still not fit sm_80
+    for the upsample and would halve the loads in flight.
+
+    Exact fp32 dots unroll into FMAs: one small tile (big ones take minutes to compile)."""
     if ieee:
         return Tile.from_config(_IEEE_CONFIGS[0])
+    # 64 channels of 16-bit elements (128 bytes) per K step, or 32 of fp32.
+    block_k = 128 // size
     if c_out >= 128:
-        return Tile.of(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)
-    return Tile.of(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64 if c_in >= 64 else 32)
+        return Tile.of(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=block_k)
+    return Tile.of(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=block_k if c_in >= 64 else 32)
+
+
+def resample_shared_memory(tile: Tile, *, upsample: bool, size: int) -> int:
+    """Shared memory of a temporal resampling kernel with ``tile`` on ``size``-byte elements: each
+    K step loads an input tile [BLOCK_M, BLOCK_K] and a weight tile [BLOCK_K, BLOCK_N] per output
+    phase (two for the upsample), pipelined over ``num_stages``."""
+    m, n, k = (tile.kwargs[f"BLOCK_{d}"] for d in "MNK")
+    phases = 2 if upsample else 1
+    return _tiles.shared_memory(tile.num_stages, (m * k, phases * k * n), size)
 
 
 # Opt-in autotuning (kernels/_tiles.py); keyed on the channels, not the frame size.
@@ -297,32 +314,25 @@ def _check_bias(bias, channels: int) -> None:
 
 
 def _launch(kernel, tuned, x, grid_frames, hw, args, meta, name, c_in):
-    if not interpreting():
+    def grid(m):
+        return (triton.cdiv(hw, m["BLOCK_M"]), grid_frames, triton.cdiv(args["n"], m["BLOCK_N"]))
 
-        def grid(m):
-            return (
-                triton.cdiv(hw, m["BLOCK_M"]),
-                grid_frames,
-                triton.cdiv(args["n"], m["BLOCK_N"]),
-            )
-
-        arch = arch_family(x)
-        _tiles.launch(
-            kernel,
-            tuned,
-            grid,
-            (*args["tensors"], *args["scalars"]),
-            meta,
-            name=name,
-            arch=arch,
-            shape_class=dict(meta, DTYPE=x.dtype),
-            tile=resample_tile(arch, c_in=c_in, c_out=args["n"], ieee=meta["IEEE"]),
-            autotune=autotune_enabled(),
-        )
-    else:
-        m = _INTERPRET_META
-        grid = (triton.cdiv(hw, m["BLOCK_M"]), grid_frames, triton.cdiv(args["n"], m["BLOCK_N"]))
-        kernel[grid](*args["tensors"], *args["scalars"], **meta, **m)
+    arch = arch_family(x)
+    dtype = launch_dtype(x)
+    _tiles.launch(
+        kernel,
+        tuned,
+        grid,
+        (*args["tensors"], *args["scalars"]),
+        meta,
+        name=name,
+        arch=arch,
+        shape_class=dict(meta, DTYPE=dtype),
+        tile=resample_tile(
+            arch, c_in=c_in, c_out=args["n"], ieee=meta["IEEE"], size=dtype.itemsize
+        ),
+        autotune=autotune_enabled(),
+    )
 
 
 def time_downsample(

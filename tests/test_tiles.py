@@ -110,6 +110,22 @@ class _Recorder:
 
 def test_launch_runs_the_tables_tile_or_tunes_and_records(tmp_path, monkeypatch):
     monkeypatch.setenv(_tiles.TILES_ENV, str(tmp_path / "tiles.json"))
+    # Tuning needs a GPU benchmarker: under the interpreter it is refused, saying why.
+    if _tiles.interpreting():
+        with pytest.raises(RuntimeError, match="autotuning times kernels on a GPU"):
+            _tiles.launch(
+                _Recorder(),
+                _Recorder(),
+                lambda meta: (1,),
+                (),
+                {},
+                autotune=True,
+                name="k",
+                arch="sm_90",
+                shape_class={},
+                tile=Tile.of(4, 3, BLOCK_M=64),
+            )
+        monkeypatch.setattr(_tiles, "interpreting", lambda: False)  # the recorders stand in
     kernel = _Recorder()
     tuned = _Recorder(best=triton.Config({"BLOCK_M": 32}, num_warps=2, num_stages=2))
     tile = Tile.of(4, 3, BLOCK_M=64)
@@ -171,7 +187,8 @@ def test_other_tables_stay_in_their_budgets():
             assert t.kwargs["BLOCK_M"] * c * size <= attention._X_TILE_BYTES, (c, size, t)
             assert t.kwargs["BLOCK_N"] * c * size * t.num_stages <= attention._W_TILE_BYTES
     for c_in, c_out in ((64, 128), (256, 256), (192, 384)):
-        t = resample.resample_tile("sm_90", c_in=c_in, c_out=c_out, ieee=False)
-        assert t.num_warps >= 4 and t.kwargs["BLOCK_M"] >= 64
-        ieee = resample.resample_tile("sm_90", c_in=c_in, c_out=c_out, ieee=True)
+        for size in (2, 4):
+            t = resample.resample_tile("sm_90", c_in=c_in, c_out=c_out, ieee=False, size=size)
+            assert t.num_warps >= 4 and t.kwargs["BLOCK_M"] >= 64
+        ieee = resample.resample_tile("sm_90", c_in=c_in, c_out=c_out, ieee=True, size=4)
         assert ieee.kwargs["BLOCK_M"] * ieee.kwargs["BLOCK_N"] <= 64 * 64
