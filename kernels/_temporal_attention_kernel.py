@@ -157,13 +157,15 @@ def tile_shape(tq: int, tk: int, d: int):
     return 1, _PACK_TILE, _PACK_TILE, block_d
 
 
-def temporal_shared_memory(tile: Tile, block_m: int, block_n: int, block_d: int, size: int) -> int:
+def temporal_shared_memory(
+    tile: Tile, block_m: int, block_n: int, block_d: int, *, arch: str, size: int
+) -> int:
     """Shared memory of the kernel with ``tile`` and the blocks of :func:`tile_shape` on
     ``size``-byte elements: the query tile [BLOCK_M, BLOCK_D], staged once, and each key step's k
     and v tiles [BLOCK_N, BLOCK_D], pipelined over ``num_stages``; the probabilities enter the
     second dot from registers."""
     return _tiles.shared_memory(
-        tile.num_stages, (2 * block_n * block_d,), size, once=block_m * block_d
+        arch, tile.num_stages, (2 * block_n * block_d,), size, once=block_m * block_d
     )
 
 

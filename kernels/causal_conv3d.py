@@ -224,13 +224,14 @@ def conv_tile(arch: str, *, cin: int, cout: int, full_row: bool, ieee: bool) -> 
     )
 
 
-def conv_shared_memory(tile: Tile, size: int) -> int:
+def conv_shared_memory(tile: Tile, *, arch: str, size: int) -> int:
     """Shared memory of the conv kernel with ``tile`` on ``size``-byte elements: each K step loads
     an activation tile [BLOCK_M, BLOCK_K] and a weight tile [BLOCK_K, BLOCK_N] for ``tl.dot``,
     pipelined over ``num_stages``; the epilogue stages the [BLOCK_M, BLOCK_N] output tile in the
     output dtype for a coalesced store (what the fused norm's 16-wide K tiles are bound by)."""
     m, n, k = (tile.kwargs[f"BLOCK_{d}"] for d in "MNK")
-    return _tiles.shared_memory(tile.num_stages, (m * k, k * n), size, scratch=m * n * size)
+    stages = tile.num_stages
+    return _tiles.shared_memory(arch, stages, (m * k, k * n), size, scratch=m * n * size)
 
 
 @triton.jit

@@ -52,11 +52,11 @@ def norm_tile(arch: str, *, block_c: int) -> Tile:
     return Tile.of(4, 3, BLOCK_M=max(1, min(128, _DEFAULT_TILE // block_c)))
 
 
-def norm_shared_memory(tile: Tile, *, block_c: int) -> int:
+def norm_shared_memory(tile: Tile, *, arch: str, block_c: int) -> int:
     """Shared memory of the norm kernel with ``tile``: no ``tl.dot``, nothing pipelined; the row
     reductions (mean, variance) and layout changes of the [BLOCK_M, BLOCK_C] tile stage at most
     that tile in fp32 (the audit reads 0-3 KiB)."""
-    return _tiles.shared_memory(0, (), 4, scratch=tile.kwargs["BLOCK_M"] * block_c * 4)
+    return _tiles.shared_memory(arch, 0, (), 4, scratch=tile.kwargs["BLOCK_M"] * block_c * 4)
 
 
 def _prune_configs(configs, named_args, **kwargs):

@@ -385,7 +385,7 @@ def project_tile(arch: str, *, block_k: int, n_out: int, size: int) -> Tile:
     limit = _tiles.SHARED_MEMORY_LIMIT[arch]
     while True:
         tile = Tile.of(4, 1, BLOCK_M=block_m, BLOCK_N=block_n)
-        needed = project_shared_memory(tile, block_k=block_k, size=size)
+        needed = project_shared_memory(tile, arch=arch, block_k=block_k, size=size)
         if needed <= limit:
             return tile
         if block_n == 16:
@@ -397,12 +397,12 @@ def project_tile(arch: str, *, block_k: int, n_out: int, size: int) -> Tile:
         block_n //= 2
 
 
-def project_shared_memory(tile: Tile, *, block_k: int, size: int) -> int:
+def project_shared_memory(tile: Tile, *, arch: str, block_k: int, size: int) -> int:
     """Shared memory of the norm + projection kernel: the normalised rows [BLOCK_M, BLOCK_K],
     staged once as the dots' first operand, and each column step's weight tile [BLOCK_K,
     BLOCK_N], pipelined over ``num_stages``; ``size``-byte elements (the activation dtype)."""
     m, n = tile.kwargs["BLOCK_M"], tile.kwargs["BLOCK_N"]
-    return _tiles.shared_memory(tile.num_stages, (block_k * n,), size, once=m * block_k)
+    return _tiles.shared_memory(arch, tile.num_stages, (block_k * n,), size, once=m * block_k)
 
 
 def partial_tile(arch: str, *, block_d: int, block_e: int) -> Tile:
@@ -411,18 +411,18 @@ def partial_tile(arch: str, *, block_d: int, block_e: int) -> Tile:
     return Tile.of(4, 2, BLOCK_N=64)
 
 
-def partial_shared_memory(tile: Tile, *, block_d: int, block_e: int, size: int) -> int:
+def partial_shared_memory(tile: Tile, *, arch: str, block_d: int, block_e: int, size: int) -> int:
     """Shared memory of the context pass: each step loads k [BLOCK_N, BLOCK_D] and v [BLOCK_N,
     BLOCK_E] (``size``-byte elements), pipelined over ``num_stages``; ``exp(k - max)`` enters the
     dot from registers."""
     n = tile.kwargs["BLOCK_N"]
-    return _tiles.shared_memory(tile.num_stages, (n * block_d, n * block_e), size)
+    return _tiles.shared_memory(arch, tile.num_stages, (n * block_d, n * block_e), size)
 
 
-def combine_shared_memory(*, block_d: int, block_e: int) -> int:
+def combine_shared_memory(*, arch: str, block_d: int, block_e: int) -> int:
     """Shared memory of the merge of the slices: no ``tl.dot``; a layout change of its fp32
     [BLOCK_D, BLOCK_E] tile at most (the audit reads 256 bytes)."""
-    return _tiles.shared_memory(0, (), 4, scratch=block_d * block_e * 4)
+    return _tiles.shared_memory(arch, 0, (), 4, scratch=block_d * block_e * 4)
 
 
 def apply_tile(arch: str, *, dh: int) -> Tile:
@@ -436,12 +436,12 @@ def apply_block_c(c_out: int) -> int:
     return _block_width(c_out, _MAX_BLOCK_C)
 
 
-def apply_shared_memory(tile: Tile, *, block_c: int, size: int) -> int:
+def apply_shared_memory(tile: Tile, *, arch: str, block_c: int, size: int) -> int:
     """Shared memory of the apply pass: each step loads q [BLOCK_N, BLOCK_D] and mix [BLOCK_D,
     BLOCK_C] (``size``-byte elements), pipelined over ``num_stages``; softmax(q) enters the dot
     from registers."""
     n, d = tile.kwargs["BLOCK_N"], tile.kwargs["BLOCK_D"]
-    return _tiles.shared_memory(tile.num_stages, (n * d, d * block_c), size)
+    return _tiles.shared_memory(arch, tile.num_stages, (n * d, d * block_c), size)
 
 
 def apply_grid(frames: int, positions: int, block_n: int, block_c: int, c_out: int) -> tuple:

@@ -243,18 +243,22 @@ _IEEE_CONFIGS = [
 ]
 
 
-def resample_tile(arch: str, *, c_in: int, c_out: int, ieee: bool, size: int) -> Tile:
+def resample_tile(
+    arch: str, *, c_in: int, c_out: int, ieee: bool, size: int, upsample: bool
+) -> Tile:
     """The one tile of a temporal down/upsample shape class (``c_out``: the GEMM's N, the output
     channels of one phase; ``size``: bytes per element). 128 x 128 x 64 in 3 stages with 8 warps
     compiles to ``wgmma`` with 16-byte ``cp.async`` loads and no spills on sm_90
     (``tools/sass_audit.py``); fewer than 128 channels take a 64-wide N tile and one warpgroup.
 
-    4-byte elements (fp32 on TF32 dots) take 32-wide K tiles: at 64 the upsample's three
-    pipelined tiles (x and the two phases' weights) needed 288 KiB of shared memory in 3 stages,
-    more than any GPU gives a block, and the downsample's 193 KiB more than sm_80's 163 KiB.
-    Halving K keeps the bytes of a stage, the 128 x 128 output tile and the 3-stage pipeline of
-    the 16-bit tile (145 and 97 KiB); dropping to 2 stages at K = 64 would still not fit sm_80
-    for the upsample and would halve the loads in flight.
+    4-byte elements (fp32 on TF32 dots) take 32-wide K tiles: at 64, 3 stages of the upsample's
+    three tiles (x and the two phases' weights) needed 289 KiB of shared memory on sm_90 and the
+    downsample's two K loops 385 KiB, more than any GPU gives a block
+    (:func:`resample_shared_memory`). Halving K keeps the bytes of a stage and the 3-stage
+    pipeline of the 16-bit tile; 2 stages at K = 64 would still leave the downsample at 257 KiB
+    on sm_90, and would halve the loads in flight. The fp32 upsample's two 128 x 128 fp32
+    accumulators then sat at the register cap and spilled (16 bytes): it takes 64-wide N tiles
+    (166 registers). In KiB on sm_90 / sm_80: downsample 193 / 129, upsample 97 / 65.
 
     Exact fp32 dots unroll into FMAs: one small tile (big ones take minutes to compile)."""
     if ieee:
@@ -262,17 +266,21 @@ def resample_tile(arch: str, *, c_in: int, c_out: int, ieee: bool, size: int) ->
     # 64 channels of 16-bit elements (128 bytes) per K step, or 32 of fp32.
     block_k = 128 // size
     if c_out >= 128:
-        return Tile.of(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=block_k)
+        block_n = 64 if upsample and size == 4 else 128
+        return Tile.of(8, 3, BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=block_k)
     return Tile.of(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=block_k if c_in >= 64 else 32)
 
 
-def resample_shared_memory(tile: Tile, *, upsample: bool, size: int) -> int:
+def resample_shared_memory(tile: Tile, *, arch: str, upsample: bool, size: int) -> int:
     """Shared memory of a temporal resampling kernel with ``tile`` on ``size``-byte elements: each
     K step loads an input tile [BLOCK_M, BLOCK_K] and a weight tile [BLOCK_K, BLOCK_N] per output
-    phase (two for the upsample), pipelined over ``num_stages``."""
+    phase (two for the upsample), pipelined over ``num_stages``. The downsample's taps read the
+    chunk or, in another branch, the cached frame or the replicated first frame: two K loops,
+    each with its own buffers (the zero-padded first chunk has one)."""
     m, n, k = (tile.kwargs[f"BLOCK_{d}"] for d in "MNK")
-    phases = 2 if upsample else 1
-    return _tiles.shared_memory(tile.num_stages, (m * k, phases * k * n), size)
+    phases, loops = (2, 1) if upsample else (1, 2)
+    operands = (loops * m * k, loops * phases * k * n)
+    return _tiles.shared_memory(arch, tile.num_stages, operands, size)
 
 
 # Opt-in autotuning (kernels/_tiles.py); keyed on the channels, not the frame size.
@@ -329,7 +337,12 @@ def _launch(kernel, tuned, x, grid_frames, hw, args, meta, name, c_in):
         arch=arch,
         shape_class=dict(meta, DTYPE=dtype),
         tile=resample_tile(
-            arch, c_in=c_in, c_out=args["n"], ieee=meta["IEEE"], size=dtype.itemsize
+            arch,
+            c_in=c_in,
+            c_out=args["n"],
+            ieee=meta["IEEE"],
+            size=dtype.itemsize,
+            upsample=name == "time_upsample",
         ),
         autotune=autotune_enabled(),
     )

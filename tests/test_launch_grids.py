@@ -66,6 +66,13 @@ def test_full_resolution_attention_folds_its_frames_into_the_first_axis(uhd_laun
         assert max(a.grid[0] for a in applies) >= triton.cdiv(positions, 64) * batch
 
 
+def test_capture_model_refuses_other_devices_and_batches():
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'meta'"):
+        capture_model("small", (64, 64), 5, device="cuda")
+    with pytest.raises(ValueError, match="batch must be an int >= 1"):
+        capture_model("small", (64, 64), 5, batch=0, device="meta")
+
+
 def test_temporal_attention_and_frames_at_4k_fit_cudas_grid():
     """The generator's temporal attention over every 4K latent pixel (480x270 sequences of 16
     frames, 6 heads of 64, batch 2), and a batch of two 17-frame 4K clips to uint8."""

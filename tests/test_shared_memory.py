@@ -70,6 +70,7 @@ def _fits(footprints):
 
 def test_the_presets_are_swept():
     assert {3, 16, 64, 128, 192, 256, 384, 512} <= set(WIDTHS) and HEADS, (WIDTHS, HEADS)
+    assert len(PAIRS) > 10 and any(cin == 3 for cin, _ in PAIRS), PAIRS  # the RGB input too
     assert all(cin in CHANNELS and cout in CHANNELS for cin, cout in PAIRS)
 
 
@@ -79,7 +80,7 @@ def test_conv_tiles_fit():
         for full_row in (False, True) if cout <= conv.FUSED_NORM_MAX_CHANNELS else (False,):
             tile = conv.conv_tile(arch, cin=cin, cout=cout, full_row=full_row, ieee=ieee)
             what = f"conv {tile.label()} ({size}-byte)"
-            found[(what, arch)] = conv.conv_shared_memory(tile, size)
+            found[(what, arch)] = conv.conv_shared_memory(tile, arch=arch, size=size)
     assert not _fits(found), _fits(found)
 
 
@@ -88,7 +89,8 @@ def test_norm_tiles_fit():
     for arch, c in itertools.product(ARCHS, CHANNELS):
         block_c = triton.next_power_of_2(c)
         tile = norm.norm_tile(arch, block_c=block_c)
-        found[(f"norm C={c} {tile.label()}", arch)] = norm.norm_shared_memory(tile, block_c=block_c)
+        what = f"norm C={c} {tile.label()}"
+        found[(what, arch)] = norm.norm_shared_memory(tile, arch=arch, block_c=block_c)
     assert not _fits(found), _fits(found)
 
 
@@ -102,22 +104,26 @@ def test_linear_attention_tiles_fit():
             block_k = attention._block_width(c, 1 << 30)
             tile = attention.project_tile(arch, block_k=block_k, n_out=3 * hidden, size=size)
             what = f"norm_project C={c} {tile.label()} ({size}-byte)"
-            found[(what, arch)] = attention.project_shared_memory(tile, block_k=block_k, size=size)
+            found[(what, arch)] = attention.project_shared_memory(
+                tile, arch=arch, block_k=block_k, size=size
+            )
         for dh in CHANNELS:
             block_d, block_e = attention._block_width(dh, 64), attention._block_width(dh, 128)
             tile = attention.partial_tile(arch, block_d=block_d, block_e=block_e)
             found[(f"context_partial d={dh} ({size}-byte)", arch)] = (
-                attention.partial_shared_memory(tile, block_d=block_d, block_e=block_e, size=size)
+                attention.partial_shared_memory(
+                    tile, arch=arch, block_d=block_d, block_e=block_e, size=size
+                )
             )
             found[(f"context_combine d={dh}", arch)] = attention.combine_shared_memory(
-                block_d=block_d, block_e=block_e
+                arch=arch, block_d=block_d, block_e=block_e
             )
             for c_out in CHANNELS:
                 tile = attention.apply_tile(arch, dh=dh)
                 block_c = attention.apply_block_c(c_out)
                 what = f"attention_apply d={dh} C_out={c_out} ({size}-byte)"
                 found[(what, arch)] = attention.apply_shared_memory(
-                    tile, block_c=block_c, size=size
+                    tile, arch=arch, block_c=block_c, size=size
                 )
     assert not _fits(found), _fits(found)
     # rows too wide for any column tile: refused, saying why
@@ -128,24 +134,32 @@ def test_linear_attention_tiles_fit():
 def test_time_resampling_tiles_fit():
     found = {}
     for arch, (size, ieee), c_in, c_out in itertools.product(ARCHS, DTYPES, CHANNELS, CHANNELS):
-        tile = resample.resample_tile(arch, c_in=c_in, c_out=c_out, ieee=ieee, size=size)
         for upsample in (False, True):
+            tile = resample.resample_tile(
+                arch, c_in=c_in, c_out=c_out, ieee=ieee, size=size, upsample=upsample
+            )
             what = f"time_{'up' if upsample else 'down'}sample {tile.label()} ({size}-byte)"
             found[(what, arch)] = resample.resample_shared_memory(
-                tile, upsample=upsample, size=size
+                tile, arch=arch, upsample=upsample, size=size
             )
     assert not _fits(found), _fits(found)
 
 
-def test_the_fp32_upsample_keeps_three_stages_within_the_limit():
-    """The known offender: 128 x 128 x 64 in 3 stages on fp32 needs 289 KiB; the table halves K
-    for 4-byte elements instead of dropping stages."""
+def test_fp32_resampling_keeps_three_stages_within_the_limit():
+    """The known offender: 128 x 128 x 64 in 3 stages on fp32 needs 289 KiB for the upsample and
+    385 KiB for the downsample's two loops on sm_90; the table halves K for 4-byte elements
+    instead of dropping stages (KiB on sm_90 / sm_80)."""
     old = Tile.of(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)
-    assert resample.resample_shared_memory(old, upsample=True, size=4) == 289 * 1024
-    for arch in ARCHS:
-        tile = resample.resample_tile(arch, c_in=256, c_out=256, ieee=False, size=4)
-        assert tile.num_stages == 3 and tile.kwargs["BLOCK_K"] == 32
-        assert resample.resample_shared_memory(tile, upsample=True, size=4) == 145 * 1024
+    footprint = resample.resample_shared_memory
+    assert footprint(old, arch="sm_90", upsample=True, size=4) == 289 * 1024
+    assert footprint(old, arch="sm_90", upsample=False, size=4) == 385 * 1024
+    for arch, kib in dict(sm_90=(97, 193), sm_80=(65, 129)).items():
+        for upsample, expected in zip((True, False), kib):
+            tile = resample.resample_tile(
+                arch, c_in=256, c_out=256, ieee=False, size=4, upsample=upsample
+            )
+            assert tile.num_stages == 3 and tile.kwargs["BLOCK_K"] == 32
+            assert footprint(tile, arch=arch, upsample=upsample, size=4) == expected * 1024
 
 
 def test_temporal_attention_tiles_fit():
@@ -158,7 +172,7 @@ def test_temporal_attention_tiles_fit():
             _, block_m, block_n, block_d = temporal.tile_shape(tq, tk, d)
             what = f"temporal_attention Tq={tq} Tk={tk} d={d} ({size}-byte)"
             found[(what, arch)] = temporal.temporal_shared_memory(
-                temporal._TILE, block_m, block_n, block_d, size
+                temporal._TILE, block_m, block_n, block_d, arch=arch, size=size
             )
     assert not _fits(found), _fits(found)
 
@@ -175,32 +189,36 @@ def _audit_tile(config: str):
 
 
 def _formula(kernel: str, config: str, size: int) -> int:
+    """The sm_90 footprint of one audited variant by its kernel's formula, at ``size`` bytes."""
     tile, meta = _audit_tile(config)
+    sm90 = dict(arch="sm_90")
     if kernel == "_causal_conv3d_kernel":
-        return conv.conv_shared_memory(tile, size)
+        return conv.conv_shared_memory(tile, size=size, **sm90)
     if kernel == "_channel_norm_kernel":
-        return norm.norm_shared_memory(tile, block_c=meta["BLOCK_C"])
+        return norm.norm_shared_memory(tile, block_c=meta["BLOCK_C"], **sm90)
     if kernel in ("_time_downsample_kernel", "_time_upsample_kernel"):
         upsample = kernel == "_time_upsample_kernel"
-        return resample.resample_shared_memory(tile, upsample=upsample, size=size)
+        return resample.resample_shared_memory(tile, upsample=upsample, size=size, **sm90)
     if kernel == "_norm_project_kernel":
-        return attention.project_shared_memory(tile, block_k=meta["BLOCK_K"], size=size)
+        return attention.project_shared_memory(tile, block_k=meta["BLOCK_K"], size=size, **sm90)
     if kernel == "_context_partial_kernel":
         d, e = meta["BLOCK_D"], meta["BLOCK_E"]
-        return attention.partial_shared_memory(tile, block_d=d, block_e=e, size=size)
+        return attention.partial_shared_memory(tile, block_d=d, block_e=e, size=size, **sm90)
     if kernel == "_context_combine_kernel":
-        return attention.combine_shared_memory(block_d=meta["BLOCK_D"], block_e=meta["BLOCK_E"])
+        d, e = meta["BLOCK_D"], meta["BLOCK_E"]
+        return attention.combine_shared_memory(block_d=d, block_e=e, **sm90)
     if kernel == "_attention_apply_kernel":
-        return attention.apply_shared_memory(tile, block_c=meta["BLOCK_C"], size=size)
+        return attention.apply_shared_memory(tile, block_c=meta["BLOCK_C"], size=size, **sm90)
     if kernel == "_ddim_update_kernel":
-        return _tiles.shared_memory(0, (), 4)
+        return _tiles.shared_memory("sm_90", 0, (), 4)
     raise AssertionError(f"no shared-memory formula for {kernel}")
 
 
 AUDITS = sorted(RESULTS.glob("sass-sm90-triton*.json"))
 # Variants whose shared memory the formula gives exactly (kernel, tile, element bytes): the
-# pipelined operands of the conv, the resampling and the attention passes, the projection's
-# rows staged once, and the fused-norm conv bound by its fp32 epilogue.
+# pipelined operands of the conv, the resampling (the downsample's two loops: CDT-small's
+# replicate padding) and the attention passes, the projection's rows staged once, and the
+# fused-norm conv bound by its fp32 epilogue.
 EXACT = [
     ("_causal_conv3d_kernel", "BLOCK_K=32,BLOCK_M=128,BLOCK_N=128,GROUP_M=8,w=8,s=3", 2),
     ("_causal_conv3d_kernel", "BLOCK_K=32,BLOCK_M=128,BLOCK_N=16,GROUP_M=8,w=4,s=4", 2),

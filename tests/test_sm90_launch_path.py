@@ -254,14 +254,16 @@ def test_time_downsample_on_sm90_tiles(plan, first, ran):
     _close(y, CF.time_downsample(x, weight, bias, **kw), plan, 3 * 130)
     r = _one(ran, "time_downsample")
     size = 2 if plan == "bf16" else 4
-    assert r.tile == resample.resample_tile("sm_90", c_in=130, c_out=130, ieee=False, size=size)
+    assert r.tile == resample.resample_tile(
+        "sm_90", c_in=130, c_out=130, ieee=False, size=size, upsample=False
+    )
     for extent, block in ((135, "BLOCK_M"), (130, "BLOCK_N"), (130, "BLOCK_K")):
         _cuts(extent, r.kwargs[block])
 
 
 @pytest.mark.parametrize("plan", PLANS)
 def test_time_upsample_on_sm90_tiles(plan, ran):
-    """fp32 runs the 32-wide K tile that keeps 3 stages within shared memory."""
+    """fp32 runs the 32-wide K tile (and 64-wide N) that keeps 3 stages within shared memory."""
     x = _rand(1, 130, 2, 9, 15, plan=plan)
     weight, bias = _rand(260, 130, 1, plan=plan, scale=130**-0.5), _rand(260, plan=plan)
     with _tiles.tile_options(**_plan(plan)[1]):
@@ -269,7 +271,9 @@ def test_time_upsample_on_sm90_tiles(plan, ran):
     _close(y, CF.time_upsample(x, weight, bias, drop_first=True), plan, 130)
     r = _one(ran, "time_upsample")
     size = 2 if plan == "bf16" else 4
-    assert r.tile == resample.resample_tile("sm_90", c_in=130, c_out=130, ieee=False, size=size)
+    assert r.tile == resample.resample_tile(
+        "sm_90", c_in=130, c_out=130, ieee=False, size=size, upsample=True
+    )
     assert r.kwargs["BLOCK_K"] == 128 // size
     for extent, block in ((135, "BLOCK_M"), (130, "BLOCK_N"), (130, "BLOCK_K")):
         _cuts(extent, r.kwargs[block])
@@ -285,7 +289,7 @@ def test_time_resampling_exact_fp32_on_sm90_tiles(ran):
         up = resample.time_upsample(x, wu, bu, drop_first=False)
     _close(down, CF.time_downsample(x, wd, bd), "fp32", 3 * 72)
     _close(up, CF.time_upsample(x, wu, bu, drop_first=False), "fp32", 72)
-    ieee = resample.resample_tile("sm_90", c_in=72, c_out=72, ieee=True, size=4)
+    ieee = resample.resample_tile("sm_90", c_in=72, c_out=72, ieee=True, size=4, upsample=False)
     assert [r.tile for r in ran] == [ieee, ieee]
     for extent, block in ((72, "BLOCK_M"), (72, "BLOCK_N"), (72, "BLOCK_K")):
         _cuts(extent, ran[0].kwargs[block])

@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of the Triton kernels an encode and a decode of one shape launch.
 
-:func:`capture_launches` runs the engine with every Triton launch recorded instead of run (on CPU
-tensors of the real shapes when no GPU is there); :func:`distinct_launches` groups them by the
+:func:`capture_launches` runs the engine with every Triton launch recorded instead of run, grid
+included (on CPU tensors of the real shapes when no GPU is there, or on meta tensors: shapes only); :func:`distinct_launches` groups them by the
 JIT's own specialisation (constexprs, 16-byte alignment of pointers and integers, integers equal
 to 1, compile options), and :func:`compile_launch` compiles one for a given GPU architecture
 exactly as ``JITFunction.run`` would on that GPU. :func:`warmup` does all three for a model
