@@ -219,15 +219,15 @@ AUDITS = sorted(RESULTS.glob("sass-sm90-triton*.json"))
 # pipelined operands of the conv, the resampling (the downsample's two loops: CDT-small's
 # replicate padding) and the attention passes, the projection's rows staged once, and the
 # fused-norm conv bound by its fp32 epilogue.
-EXACT = [
-    ("_causal_conv3d_kernel", "BLOCK_K=32,BLOCK_M=128,BLOCK_N=128,GROUP_M=8,w=8,s=3", 2),
-    ("_causal_conv3d_kernel", "BLOCK_K=32,BLOCK_M=128,BLOCK_N=16,GROUP_M=8,w=4,s=4", 2),
-    ("_causal_conv3d_kernel", "BLOCK_K=16,BLOCK_M=128,BLOCK_N=128,GROUP_M=8,w=8,s=3", 4),
-    ("_time_upsample_kernel", "BLOCK_K=64,BLOCK_M=128,BLOCK_N=128,w=8,s=3", 2),
-    ("_time_downsample_kernel", "BLOCK_K=64,BLOCK_M=128,BLOCK_N=128,w=8,s=3", 2),
-    ("_norm_project_kernel", "BLOCK_K=512,BLOCK_M=16,BLOCK_N=64,w=4,s=1", 2),
-    ("_context_partial_kernel", "BLOCK_D=64,BLOCK_E=128,BLOCK_N=64,w=4,s=2", 2),
-    ("_attention_apply_kernel", "BLOCK_C=128,BLOCK_D=64,BLOCK_N=64,w=4,s=2", 2),
+EXACT = [  # kernel, tile, element bytes, compiled bytes
+    ("_causal_conv3d_kernel", "BLOCK_K=32,BLOCK_M=128,BLOCK_N=128,GROUP_M=8,w=8,s=3", 2, 50176),
+    ("_causal_conv3d_kernel", "BLOCK_K=32,BLOCK_M=128,BLOCK_N=16,GROUP_M=8,w=4,s=4", 2, 37888),
+    ("_causal_conv3d_kernel", "BLOCK_K=16,BLOCK_M=128,BLOCK_N=128,GROUP_M=8,w=8,s=3", 4, 66560),
+    ("_time_upsample_kernel", "BLOCK_K=64,BLOCK_M=128,BLOCK_N=128,w=8,s=3", 2, 148480),
+    ("_time_downsample_kernel", "BLOCK_K=64,BLOCK_M=128,BLOCK_N=128,w=8,s=3", 2, 197632),
+    ("_norm_project_kernel", "BLOCK_K=512,BLOCK_M=16,BLOCK_N=64,w=4,s=1", 2, 82944),
+    ("_context_partial_kernel", "BLOCK_D=64,BLOCK_E=128,BLOCK_N=64,w=4,s=2", 2, 50176),
+    ("_attention_apply_kernel", "BLOCK_C=128,BLOCK_D=64,BLOCK_N=64,w=4,s=2", 2, 50176),
 ]
 
 
@@ -243,5 +243,6 @@ def test_formulas_bound_the_compiled_sm90_code(audit):
     compiled = {}
     for r in rows:
         compiled.setdefault((r["kernel"], r["config"]), set()).add(r["shared_bytes"])
-    for kernel, config, size in EXACT:
-        assert _formula(kernel, config, size) in compiled[(kernel, config)], (kernel, config)
+    for kernel, config, size, nbytes in EXACT:
+        assert nbytes in compiled[(kernel, config)], (kernel, config, compiled[(kernel, config)])
+        assert _formula(kernel, config, size) == nbytes, (kernel, config)
