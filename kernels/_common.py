@@ -21,14 +21,16 @@ from cdt_fast.availability import triton_interpreted
 
 __all__ = [
     "voxel_rows",
+    "MAX_GRID",
+    "check_grid",
     "check_launchable",
     "interpreting",
     "loop_arg",
     "param_vector",
     "empty_like_layout",
     "check_out",
-    "use_autotune",
     "exact_fp32",
+    "same_data",
 ]
 
 
@@ -58,8 +60,29 @@ def voxel_rows(t: torch.Tensor) -> Tuple[torch.Tensor, int, int, int]:
 
 
 def interpreting() -> bool:
-    """True under ``TRITON_INTERPRET=1`` (kernels then run on CPU tensors, one config, no tuning)."""
+    """True under ``TRITON_INTERPRET=1`` (kernels then run on CPU tensors)."""
     return triton_interpreted()
+
+
+# CUDA's limits on a launch grid: 2**31 - 1 blocks along x, 65535 along y and z (CUDA C++
+# Programming Guide, "Technical Specifications per Compute Capability", every arch since 3.0).
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(grid: Sequence[int], kernel: str) -> Tuple[int, ...]:
+    """``grid`` as a tuple, after checking it against :data:`MAX_GRID`: beyond it CUDA refuses the
+    launch with an error that names neither the kernel nor the axis (and the interpreter would
+    just run it)."""
+    grid = tuple(int(g) for g in grid)
+    if not 1 <= len(grid) <= 3:
+        raise ValueError(f"{kernel}: a grid has 1 to 3 axes, got {grid}")
+    for axis, (blocks, limit) in enumerate(zip(grid, MAX_GRID)):
+        if blocks > limit:
+            raise ValueError(
+                f"{kernel}: grid {grid} has {blocks} programs along axis {'xyz'[axis]}, beyond "
+                f"CUDA's {limit}; split the call (fewer frames or a smaller frame)"
+            )
+    return grid
 
 
 def check_launchable(x: torch.Tensor, op: str, instead: str = "cdt_fast.functional") -> None:
@@ -126,18 +149,19 @@ def check_out(
     return out
 
 
-def use_autotune(x: torch.Tensor) -> bool:
-    """Whether to time configs on the device: only on request (``CDT_FAST_AUTOTUNE=1`` or
-    :func:`cdt_fast.kernels._tiles.tile_options`), and never under the Triton interpreter."""
-    from ._tiles import autotune_enabled
-
-    return x.device.type == "cuda" and autotune_enabled()
-
-
 def exact_fp32(x: torch.Tensor) -> bool:
-    """Whether a conv-like kernel on fp32 ``x`` must use IEEE fp32 products: yes unless torch lets
-    its own cuDNN convs use TF32 (``torch.backends.cudnn.allow_tf32``, on by default), in which
-    case the kernel does as the reference does."""
-    return x.dtype == torch.float32 and not (
-        x.device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    """Whether a conv-like kernel on fp32 ``x`` must use IEEE fp32 products: yes unless the launch
+    is planned as on a GPU (:func:`~._tiles.emulates_gpu`) where torch lets its own cuDNN convs use
+    TF32 (``torch.backends.cudnn.allow_tf32``, on by default), in which case the kernel does as
+    the reference does there. Planned for another dtype (``tile_options(dtype=...)``): no."""
+    from ._tiles import emulates_gpu, launch_dtype
+
+    return launch_dtype(x) == torch.float32 and not (
+        emulates_gpu(x) and torch.backends.cudnn.allow_tf32
     )
+
+
+def same_data(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` start at the same memory: a kernel writing one would change what it
+    reads of the other. Meta tensors (shape-only launches, e.g. capturing grids) hold no data."""
+    return a.device.type != "meta" and a.data_ptr() == b.data_ptr()

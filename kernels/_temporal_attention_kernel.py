@@ -14,8 +14,8 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._common import check_launchable, interpreting
-from ._tiles import Tile, arch_family, autotune_enabled
+from ._common import check_launchable
+from ._tiles import Tile, arch_family, autotune_enabled, launch_dtype
 
 _LOG2E = 1.4426950408889634
 _PACK_TILE = 64  # rows (queries or keys) of a packed tile
@@ -142,7 +142,7 @@ _temporal_attention_tuned = triton.autotune(_CONFIGS, key=["TQ", "TK", "D", "G"]
 )
 
 
-def _tile_shape(tq: int, tk: int, d: int, interpret: bool):
+def tile_shape(tq: int, tk: int, d: int):
     """(G, BLOCK_M, BLOCK_N, BLOCK_D): whole sequences per tile when they fit, else G = 1."""
     block_d = max(16, triton.next_power_of_2(d))
     longest = max(tq, tk)
@@ -154,14 +154,24 @@ def _tile_shape(tq: int, tk: int, d: int, interpret: bool):
             max(16, triton.next_power_of_2(g * tk)),
             block_d,
         )
-    block = 32 if interpret else 64
-    return 1, block, block, block_d
+    return 1, _PACK_TILE, _PACK_TILE, block_d
+
+
+def temporal_shared_memory(
+    tile: Tile, block_m: int, block_n: int, block_d: int, *, arch: str, size: int
+) -> int:
+    """Shared memory of the kernel with ``tile`` and the blocks of :func:`tile_shape` on
+    ``size``-byte elements: the query tile [BLOCK_M, BLOCK_D], staged once, and each key step's k
+    and v tiles [BLOCK_N, BLOCK_D], pipelined over ``num_stages``; the probabilities enter the
+    second dot from registers."""
+    return _tiles.shared_memory(
+        arch, tile.num_stages, (2 * block_n * block_d,), size, once=block_m * block_d
+    )
 
 
 def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
     check_launchable(q, "temporal_attention", "temporal_attention(..., backend='sdpa')")
-    interpret = interpreting()
-    g, block_m, block_n, block_d = _tile_shape(tq, tk, d, interpret)
+    g, block_m, block_n, block_d = tile_shape(tq, tk, d)
     grid = (triton.cdiv(nh, g), triton.cdiv(g * tq, block_m))
     args = (
         q,
@@ -182,14 +192,11 @@ def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
         D=d,
         G=g,
         CAUSAL=bool(causal),
-        IEEE=q.dtype == torch.float32,
+        IEEE=launch_dtype(q) == torch.float32,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_D=block_d,
     )
-    if interpret:
-        _temporal_attention_kernel[grid](*args, **meta)
-        return
     arch = arch_family(q)
     _tiles.launch(
         _temporal_attention_kernel,
@@ -199,7 +206,7 @@ def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
         meta,
         name="temporal_attention",
         arch=arch,
-        shape_class=dict(meta, DTYPE=q.dtype),
+        shape_class=dict(meta, DTYPE=launch_dtype(q)),
         tile=_TILE,
         autotune=autotune_enabled(),
     )

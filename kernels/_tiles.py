@@ -14,6 +14,14 @@ candidate configs once per shape class (never keyed on the row count) and merges
 a JSON tile file (``tile_options(tiles=PATH)``, else ``CDT_FAST_TILES``, else
 ``~/.cache/cdt_fast/tiles.json``). The same file, given as ``tiles``/``CDT_FAST_TILES``, is read
 back as overrides of the tables; its entries are what to copy into a table once measured.
+
+Which table family a launch reads is its device's (:func:`arch_family`), unless a block asks for
+another one explicitly: ``with tile_options(arch="sm_90"): ...`` plans every launch in it as on
+that GPU, CPU tensors under the Triton interpreter included, so CI runs the tiles and launch code
+a GPU runs (``tile_options(dtype=...)`` adds the storage dtype the plan is for: the interpreter has
+no bf16 arithmetic). Beside the tables: what a tile costs in shared memory
+(:func:`shared_memory`, one formula per kernel beside its table) against the per-block limit of
+each family (:data:`SHARED_MEMORY_LIMIT`).
 """
 
 from __future__ import annotations
@@ -25,10 +33,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+from types import MappingProxyType
+from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import triton
+
+from ._common import check_grid, interpreting
 
 __all__ = [
     "AUTOTUNE_ENV",
@@ -38,6 +49,10 @@ __all__ = [
     "autotune_enabled",
     "tiles_path",
     "arch_family",
+    "launch_dtype",
+    "emulates_gpu",
+    "SHARED_MEMORY_LIMIT",
+    "shared_memory",
     "shape_key",
     "lookup",
     "record",
@@ -49,6 +64,17 @@ AUTOTUNE_ENV = "CDT_FAST_AUTOTUNE"
 TILES_ENV = "CDT_FAST_TILES"
 SCHEMA = "cdt_fast-tiles/1"
 ARCH_FAMILIES = ("sm_80", "sm_90")
+# The storage dtypes a launch can be planned for.
+PLAN_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+# The shared memory one block may use, per table family: the opt-in maximum per block of the
+# CUDA C++ Programming Guide's "Technical Specifications per Compute Capability" table, 227 KB on
+# compute capability 9.0 (H100, H200) and 163 KB on 8.0 (A100). A block asking for more does not
+# launch. (The sm_80 family also covers 8.6 and 8.9, whose blocks get at most 99 KB.)
+SHARED_MEMORY_LIMIT = MappingProxyType({"sm_80": 163 * 1024, "sm_90": 227 * 1024})
+# Static shared memory beside Triton's own allocation: cuobjdump reads 1 KiB of it in the sm_90
+# kernels of the audit (benchmarks/results/sass-sm90-*.json: Triton's figure + 1024 bytes).
+SHARED_MEMORY_RESERVE = 1024
 
 
 @dataclass(frozen=True)
@@ -96,6 +122,8 @@ class Tile:
 class _Options:
     autotune: Optional[bool] = None
     tiles: Optional[str] = None
+    arch: Optional[str] = None
+    dtype: Optional[torch.dtype] = None
 
 
 _OPTIONS: contextvars.ContextVar[Optional[_Options]] = contextvars.ContextVar(
@@ -110,16 +138,45 @@ def _options() -> _Options:
 
 @contextlib.contextmanager
 def tile_options(
-    autotune: Optional[bool] = None, tiles: Union[str, os.PathLike, None] = None
+    autotune: Optional[bool] = None,
+    tiles: Union[str, os.PathLike, None] = None,
+    *,
+    arch: Optional[str] = None,
+    dtype: Optional[torch.dtype] = None,
 ) -> Iterator[None]:
     """Within the block, launchers autotune (``autotune=True``) or never do (``False``) whatever
     ``CDT_FAST_AUTOTUNE`` says, and read/write the tile file ``tiles`` instead of
-    ``CDT_FAST_TILES``. ``None`` leaves a setting to the environment."""
+    ``CDT_FAST_TILES``.
+
+    ``arch`` ("sm_80"/"sm_90"): every launch reads that family's tables, whatever its device. A
+    CPU tensor is then planned as on such a GPU (its tables, and TF32 for fp32 where
+    ``torch.backends.cudnn.allow_tf32`` allows it): under the Triton interpreter this runs the
+    tiles and launch code of that GPU. A CUDA device must be of that family or newer.
+
+    ``dtype`` (bf16/fp16/fp32): fp32 CPU tensors under the interpreter are planned as tensors of
+    this dtype (tables, precision flags, tile-file keys). The interpreter has no bf16 arithmetic
+    (it stores bf16 as 16-bit integers; its ``tl.dot`` of those is garbage), so a bf16 launch's
+    tiles run on fp32 tensors holding bf16 values. A launch it does not apply to raises.
+
+    ``None`` leaves a setting as the enclosing block has it (outside any block: the environment,
+    the device, the tensors' dtype)."""
     if autotune is not None and not isinstance(autotune, bool):
         raise TypeError(f"autotune must be a bool or None, got {autotune!r}")
     if tiles is not None and not isinstance(tiles, (str, os.PathLike)):
         raise TypeError(f"tiles must be a path or None, got {type(tiles).__name__}")
-    token = _OPTIONS.set(_Options(autotune, None if tiles is None else os.fspath(tiles)))
+    if arch is not None and arch not in ARCH_FAMILIES:
+        raise ValueError(f"arch must be one of {ARCH_FAMILIES} or None, got {arch!r}")
+    if dtype is not None and dtype not in PLAN_DTYPES:
+        raise ValueError(f"dtype must be one of {PLAN_DTYPES} or None, got {dtype!r}")
+    outer = _options()
+    token = _OPTIONS.set(
+        _Options(
+            outer.autotune if autotune is None else autotune,
+            outer.tiles if tiles is None else os.fspath(tiles),
+            outer.arch if arch is None else arch,
+            outer.dtype if dtype is None else dtype,
+        )
+    )
     try:
         yield
     finally:
@@ -152,13 +209,78 @@ def tiles_path(for_writing: bool = False) -> Optional[Path]:
     return Path(path) if path else None
 
 
-def arch_family(x: torch.Tensor) -> str:
-    """The table family of ``x``'s device: ``sm_90`` from compute capability 9 on, else
-    ``sm_80`` (also for CPU tensors under the interpreter)."""
-    if x.device.type != "cuda":
-        return "sm_80"
+def _device_family(x: torch.Tensor) -> str:
     major, _ = torch.cuda.get_device_capability(x.device)
     return "sm_90" if major >= 9 else "sm_80"
+
+
+def arch_family(x: torch.Tensor) -> str:
+    """The table family of a launch on ``x``: :func:`tile_options`'s ``arch`` if set, else the
+    device's (``sm_90`` from compute capability 9 on, ``sm_80`` below it and for CPU tensors
+    under the interpreter). A CUDA device older than the asked family raises: its tiles may need
+    more shared memory than the device has."""
+    asked = _options().arch
+    if x.device.type != "cuda":
+        return asked or "sm_80"
+    family = _device_family(x)
+    if asked is None:
+        return family
+    if ARCH_FAMILIES.index(asked) > ARCH_FAMILIES.index(family):
+        raise ValueError(
+            f"tile_options(arch={asked!r}) on {x.device}, a {family} device: that family's tiles "
+            "need its shared memory; ask for this device's family or an older one"
+        )
+    return asked
+
+
+def emulates_gpu(x: torch.Tensor) -> bool:
+    """Whether a launch on ``x`` is planned as on a GPU: a CUDA tensor, or any tensor inside
+    ``tile_options(arch=...)``."""
+    return x.device.type == "cuda" or _options().arch is not None
+
+
+def launch_dtype(x: torch.Tensor) -> torch.dtype:
+    """The storage dtype a launch on ``x`` is planned for: ``x``'s own, or
+    :func:`tile_options`'s ``dtype`` standing in for it (fp32 CPU tensors under the interpreter
+    only: anywhere else the kernels would compute in a dtype the plan did not choose)."""
+    asked = _options().dtype
+    if asked is None or asked == x.dtype:
+        return x.dtype
+    if x.device.type == "cuda" or x.dtype != torch.float32 or not interpreting():
+        raise ValueError(
+            f"tile_options(dtype={asked}) stands in for fp32 CPU tensors under the Triton "
+            f"interpreter only, got a {x.dtype} tensor on {x.device}; pass {asked} tensors instead"
+        )
+    return asked
+
+
+def pipeline_buffers(arch: str, stages: int) -> int:
+    """Copies of a loop's operand tiles Triton keeps in shared memory for ``num_stages`` =
+    ``stages``: all of them on sm_90 (the async ``wgmma`` pipeline), one fewer on sm_80 (the
+    ``cp.async`` one), at least one for a dot. Read off compiled code (Triton 3.6 and 3.9): the
+    bf16 time upsample's 128 x 128 x 64 tile in 3 stages holds 144 KiB on sm_90, 96 on sm_80."""
+    if arch not in ARCH_FAMILIES:
+        raise ValueError(f"arch must be one of {ARCH_FAMILIES}, got {arch!r}")
+    return stages if arch == "sm_90" or stages <= 1 else stages - 1
+
+
+def shared_memory(
+    arch: str,
+    stages: int,
+    operands: Sequence[int],
+    size: int,
+    *,
+    once: int = 0,
+    scratch: int = 0,
+) -> int:
+    """Bytes of shared memory a kernel's block holds on ``arch``, bounded from its code: the
+    pipeline's copies (:func:`pipeline_buffers`) of the operand tiles one step of its main loop
+    loads for ``tl.dot`` (``operands``: their element counts, of ``size`` bytes each) beside the
+    ``once`` elements of an operand loaded before the loop, or the ``scratch`` bytes staged after
+    it (an epilogue's layout change), whichever is larger (the loop's buffers are free by then),
+    plus the static reserve."""
+    buffers = pipeline_buffers(arch, stages)
+    return max((buffers * sum(operands) + once) * size, scratch) + SHARED_MEMORY_RESERVE
 
 
 def _short_dtype(value) -> str:
@@ -246,10 +368,19 @@ def launch(
     """Launch ``kernel`` with ``tile`` (after the tile file's override), or with ``autotune``
     through ``tuned`` (a ``triton.autotune`` wrapper of ``kernel``), recording a new winner.
     ``derived(kwargs)``: launch arguments that follow from the tile (e.g. a loop bound rounded to
-    its BLOCK_K), for the fixed tile. Returns the tile that ran (the tuned one when tuning)."""
+    its BLOCK_K), for the fixed tile. Returns the tile that ran (the tuned one when tuning).
+    Every grid is checked against CUDA's limits first (:func:`~._common.check_grid`)."""
     if autotune:
+        if interpreting():
+            # Tuning times each candidate with Triton's GPU benchmarker, which the interpreter
+            # lacks (Triton then fails with "0 active drivers"); its timings would mean nothing.
+            raise RuntimeError(
+                f"{name}: autotuning times kernels on a GPU, and the Triton interpreter has none; "
+                f"unset {AUTOTUNE_ENV} or leave tile_options(autotune=...) off under "
+                "TRITON_INTERPRET=1"
+            )
         seen = len(tuned.cache)
-        tuned[grid](*args, **meta)
+        tuned[lambda cfg: check_grid(grid(cfg), name)](*args, **meta)
         best = Tile.from_config(tuned.best_config)
         if len(tuned.cache) > seen:  # benchmarked just now: a new shape class
             record(name, arch, shape_class, best)
@@ -259,5 +390,5 @@ def launch(
     kwargs = {**tile.launch_kwargs(), **meta}
     if derived is not None:
         kwargs.update(derived(kwargs))
-    kernel[grid(kwargs)](*args, **kwargs)
+    kernel[check_grid(grid(kwargs), name)](*args, **kwargs)
     return tile

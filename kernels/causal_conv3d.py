@@ -34,8 +34,9 @@ more flag and pointer there, not a copy of the main loop.
 
 Tiles: one config per shape class from :func:`conv_tile` beside the kernel (see
 ``kernels/_tiles.py``); autotuning over :func:`_autotune_configs` only on request, keyed on the
-conv geometry (never the row count). Under the Triton interpreter (``TRITON_INTERPRET=1``) one
-small tile keeps CPU runs short. Programs are ordered in groups of ``GROUP_M`` row tiles
+conv geometry (never the row count). Under the Triton interpreter (``TRITON_INTERPRET=1``) the
+launch takes the same path and tile (the ``sm_80`` family's, or another one's inside
+``tile_options(arch=...)``). Programs are ordered in groups of ``GROUP_M`` row tiles
 (program-id swizzle) so neighbouring programs reuse the same weight columns from L2.
 """
 
@@ -52,8 +53,8 @@ import triton.language as tl
 from cdt_fast.functional import PAD_MODES
 
 from . import _tiles
-from ._common import check_launchable, interpreting, loop_arg
-from ._tiles import Tile, arch_family, autotune_enabled
+from ._common import check_launchable, exact_fp32, loop_arg, same_data
+from ._tiles import Tile, arch_family, autotune_enabled, launch_dtype
 from .channel_norm import channel_norm, channel_norm_tile
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "output_shape",
     "FUSED_NORM_MAX_CHANNELS",
     "conv_tile",
+    "conv_shared_memory",
 ]
 
 # Widest conv whose LayerNorm runs in its epilogue. The norm needs a voxel's every channel in one
@@ -89,31 +91,28 @@ class Epilogue:
 
 
 def _autotune_configs(with_block_n: bool):
-    """Tile shapes to try. Under the interpreter, one small tile (nothing gets benchmarked)."""
-    if interpreting():
-        tiles = [(32, 16, 16, 1, 1)]
-    else:
-        tiles = [  # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps
-            (128, 128, 32, 3, 8),
-            (128, 128, 64, 3, 8),
-            (128, 64, 32, 4, 4),
-            (64, 128, 32, 4, 4),
-            (64, 64, 32, 4, 4),
-            (256, 128, 32, 3, 8),
-            (128, 256, 32, 3, 8),
-            (64, 32, 16, 4, 2),
-            (128, 32, 16, 4, 4),
-            (64, 64, 16, 4, 4),
-            (128, 256, 64, 3, 8),
-            # Narrow N for the 3-channel output conv: without these the pruning fell back to a
-            # 128-wide N tile (97% idle columns) that spilled registers.
-            (128, 16, 64, 4, 4),
-            (64, 16, 64, 4, 4),
-            (128, 16, 32, 4, 4),
-            (64, 16, 16, 4, 4),
-        ]
-        # Dropped after reading their sm_90 code: (128, 64, 64, 3, 4) and (256, 128, 64, 3, 8)
-        # spill registers on the plain 3x3x3 conv.
+    """Tile shapes the opt-in autotuning tries."""
+    tiles = [  # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps
+        (128, 128, 32, 3, 8),
+        (128, 128, 64, 3, 8),
+        (128, 64, 32, 4, 4),
+        (64, 128, 32, 4, 4),
+        (64, 64, 32, 4, 4),
+        (256, 128, 32, 3, 8),
+        (128, 256, 32, 3, 8),
+        (64, 32, 16, 4, 2),
+        (128, 32, 16, 4, 4),
+        (64, 64, 16, 4, 4),
+        (128, 256, 64, 3, 8),
+        # Narrow N for the 3-channel output conv: without these the pruning fell back to a
+        # 128-wide N tile (97% idle columns) that spilled registers.
+        (128, 16, 64, 4, 4),
+        (64, 16, 64, 4, 4),
+        (128, 16, 32, 4, 4),
+        (64, 16, 16, 4, 4),
+    ]
+    # Dropped after reading their sm_90 code: (128, 64, 64, 3, 4) and (256, 128, 64, 3, 8)
+    # spill registers on the plain 3x3x3 conv.
     configs = []
     seen = set()
     for bm, bn, bk, stages, warps in tiles:
@@ -173,9 +172,6 @@ _AUTOTUNE_KEY = [
     "DOT_PRECISION",
 ]
 
-# The interpreter's tile: small, so CPU runs stay short (one tile, nothing timed).
-_INTERPRET_TILE = Tile.of(num_warps=1, num_stages=1, BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, GROUP_M=8)
-
 
 def conv_tile(arch: str, *, cin: int, cout: int, full_row: bool, ieee: bool) -> Tile:
     """The one tile of a conv shape class (``full_row``: the fused norm's BLOCK_N =
@@ -226,6 +222,16 @@ def conv_tile(arch: str, *, cin: int, cout: int, full_row: bool, ieee: bool) -> 
     return Tile.of(
         8 if wide else 4, stages, BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8
     )
+
+
+def conv_shared_memory(tile: Tile, *, arch: str, size: int) -> int:
+    """Shared memory of the conv kernel with ``tile`` on ``size``-byte elements: each K step loads
+    an activation tile [BLOCK_M, BLOCK_K] and a weight tile [BLOCK_K, BLOCK_N] for ``tl.dot``,
+    pipelined over ``num_stages``; the epilogue stages the [BLOCK_M, BLOCK_N] output tile in the
+    output dtype for a coalesced store (what the fused norm's 16-wide K tiles are bound by)."""
+    m, n, k = (tile.kwargs[f"BLOCK_{d}"] for d in "MNK")
+    stages = tile.num_stages
+    return _tiles.shared_memory(arch, stages, (m * k, k * n), size, scratch=m * n * size)
 
 
 @triton.jit
@@ -700,7 +706,7 @@ def causal_conv3d_frames(
             raise ValueError(
                 f"epilogue: residual must have the output's shape {shape}, got {tuple(res.shape)}"
             )
-        if res.data_ptr() == out.data_ptr():
+        if same_data(res, out):
             raise ValueError("epilogue: residual must not alias out (autotuning reruns the kernel)")
     for name, t in (("norm_weight", g), ("channel_bias", cbias), ("residual", res)):
         if t is not None and t.device != x.device:
@@ -716,9 +722,7 @@ def causal_conv3d_frames(
         )
     p = past if past is not None else x
     r = res if res is not None else out
-    precision = "tf32" if x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32 else "ieee"
-    if interpreting():
-        precision = "ieee"
+    precision = "ieee" if exact_fp32(x) else "tf32"
     args = (
         x,
         p,
@@ -782,16 +786,6 @@ def causal_conv3d_frames(
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout, meta.get("BLOCK_N", full_n)),)
 
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        if interpreting():
-            tile = _INTERPRET_TILE
-            if g is not None:
-                tile = Tile.of(
-                    tile.num_warps, tile.num_stages, **{**tile.kwargs, "BLOCK_N": full_n}
-                )
-            _causal_conv3d_kernel[grid(tile.kwargs)](
-                *args, **flags, **k_loop(tile.kwargs["BLOCK_K"]), **tile.launch_kwargs()
-            )
-            return out
         arch = arch_family(x)
         shape_class = dict(
             CIN=cin,
@@ -804,7 +798,7 @@ def causal_conv3d_frames(
             SW=stride[2],
             UPSAMPLE=bool(upsample2x),
             NORM=g is not None,
-            DTYPE=x.dtype,
+            DTYPE=launch_dtype(x),
             PRECISION=precision,
         )
         tile = conv_tile(arch, cin=cin, cout=cout, full_row=g is not None, ieee=precision == "ieee")
@@ -872,7 +866,7 @@ def causal_conv3d_norm(
                 f"residual must be a tensor of x's dtype {x.dtype}, got "
                 f"{getattr(residual, 'dtype', type(residual).__name__)}"
             )
-        if out is not None and residual.data_ptr() == out.data_ptr():
+        if out is not None and same_data(residual, out):
             raise ValueError(
                 "residual must not alias out (the conv writes out before the norm "
                 "reads the residual)"

@@ -30,10 +30,10 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._common import check_launchable, interpreting, param_vector, voxel_rows
-from ._tiles import Tile, arch_family, autotune_enabled
+from ._common import check_launchable, param_vector, voxel_rows
+from ._tiles import Tile, arch_family, autotune_enabled, launch_dtype
 
-__all__ = ["channel_norm", "channel_norm_tile"]
+__all__ = ["channel_norm", "channel_norm_tile", "norm_shared_memory"]
 
 # Tiles of 1K..16K elements; the row count follows from the (power-of-two padded) channel count.
 _CONFIGS = [
@@ -50,6 +50,13 @@ def norm_tile(arch: str, *, block_c: int) -> Tile:
     C = 16..512, ``tools/sass_audit.py``). A memory-bound row reduction: nothing in it depends on
     the arch family, which stays in the shape class for tables to come."""
     return Tile.of(4, 3, BLOCK_M=max(1, min(128, _DEFAULT_TILE // block_c)))
+
+
+def norm_shared_memory(tile: Tile, *, arch: str, block_c: int) -> int:
+    """Shared memory of the norm kernel with ``tile``: no ``tl.dot``, nothing pipelined; the row
+    reductions (mean, variance) and layout changes of the [BLOCK_M, BLOCK_C] tile stage at most
+    that tile in fp32 (the audit reads 0-3 KiB)."""
+    return _tiles.shared_memory(arch, 0, (), 4, scratch=tile.kwargs["BLOCK_M"] * block_c * 4)
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -267,23 +274,19 @@ def channel_norm(
         HAS_RESIDUAL=residual is not None,
         BLOCK_C=block_c,
     )
-    if interpreting():
-        block_m = max(1, min(128, _DEFAULT_TILE // block_c))
-        _channel_norm_kernel[(triton.cdiv(rows, block_m),)](*args, BLOCK_M=block_m, **flags)
-    else:
-        arch = arch_family(x)
-        _tiles.launch(
-            _channel_norm_kernel,
-            _channel_norm_tuned,
-            lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),),
-            args,
-            flags,
-            name="channel_norm",
-            arch=arch,
-            shape_class=dict(flags, C=c, DTYPE=x.dtype, OUT_DTYPE=dtype),
-            tile=norm_tile(arch, block_c=block_c),
-            autotune=autotune_enabled(),
-        )
+    arch = arch_family(x)
+    _tiles.launch(
+        _channel_norm_kernel,
+        _channel_norm_tuned,
+        lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),),
+        args,
+        flags,
+        name="channel_norm",
+        arch=arch,
+        shape_class=dict(flags, C=c, DTYPE=launch_dtype(x), OUT_DTYPE=dtype),
+        tile=norm_tile(arch, block_c=block_c),
+        autotune=autotune_enabled(),
+    )
     if out_rows is not out:  # out had a layout the kernel cannot address: copy the result back
         out.copy_(out_rows)
     return out

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from cdt_fast.functional import ddim_coefficients
 
-from ._common import check_launchable, check_out, empty_like_layout
+from ._common import check_grid, check_launchable, check_out, empty_like_layout
 
 __all__ = ["ddim_update", "to_uint8_frames"]
 
@@ -140,7 +140,7 @@ def ddim_update(
         else check_out(out, x_t.shape, torch.float32, x_t.device)
     )
     b, c, t, h, w = x_t.shape
-    grid = (triton.cdiv(out.numel(), _BLOCK),)
+    grid = check_grid((triton.cdiv(out.numel(), _BLOCK),), "ddim_update")
     _ddim_update_kernel[grid](
         x_t,
         x0,
@@ -174,6 +174,6 @@ def to_uint8_frames(x: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> t
         raise ValueError("out must be a contiguous [B, T, H, W, C] uint8 tensor")
     else:
         check_out(out, shape, torch.uint8, x.device)
-    grid = (triton.cdiv(out.numel(), _BLOCK),)
+    grid = check_grid((triton.cdiv(out.numel(), _BLOCK),), "to_uint8_frames")
     _to_uint8_frames_kernel[grid](x, out, out.numel(), c, t, h, w, *x.stride(), BLOCK=_BLOCK)
     return out

@@ -38,11 +38,20 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._common import check_launchable, interpreting, loop_arg, param_vector, voxel_rows
-from ._tiles import Tile, arch_family, autotune_enabled
+from ._common import check_grid, check_launchable, loop_arg, param_vector, voxel_rows
+from ._tiles import Tile, arch_family, autotune_enabled, launch_dtype
 from .channel_norm import channel_norm_tile
 
-__all__ = ["LinearAttentionWeights", "linear_attention", "linear_attention_block"]
+__all__ = [
+    "LinearAttentionWeights",
+    "linear_attention",
+    "linear_attention_block",
+    "project_shared_memory",
+    "partial_shared_memory",
+    "apply_shared_memory",
+    "combine_shared_memory",
+    "apply_grid",
+]
 
 # Programs wanted per context pass (a few waves on an H100's 132 SMs) when choosing the slices.
 _TARGET_PROGRAMS = 528
@@ -284,10 +293,12 @@ def _attention_apply_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     """y[n, c] = sum_h sum_d softmax_d(q_h[n, :])[d] mix_h[d, c] (+ bias[c]) (+ residual[n, c])
-    for one frame's block of positions and block of output channels."""
-    frame = tl.program_id(0)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    for one frame's block of positions and block of output channels. Axis 0 runs over (frame,
+    block of positions), frame-major (:func:`apply_grid`); axis 1 over blocks of channels."""
+    blocks_n = tl.cdiv(N, BLOCK_N)
+    frame = tl.program_id(0) // blocks_n
+    offs_n = (tl.program_id(0) % blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_n = offs_n < N
     mask_c = offs_c < C_OUT
     rows = frame.to(tl.int64) * N + offs_n.to(tl.int64)
@@ -363,13 +374,35 @@ def project_tile(arch: str, *, block_k: int, n_out: int, size: int) -> Tile:
     next_pow2(C)) in registers for the norm, so the row count shrinks as C grows (4096 elements:
     no spills at C = 512 on sm_90, ``tools/sass_audit.py``); from 64 rows, with 4 warps, the
     product runs on ``wgmma``. Output columns in tiles of 64 while the weight tile stays within
-    its shared-memory budget, else 32."""
+    its shared-memory budget, else 32; rows wider than 512 fp32 or 1024 16-bit channels take
+    narrower column tiles until the block fits the family's shared memory
+    (:func:`project_shared_memory`), and raise where even 16 columns do not fit."""
     block_m = max(16, min(64, 4096 // block_k))
     widest = max(32, triton.next_power_of_2(n_out))
     block_n = 64 if 64 * block_k * size <= _W_TILE_BYTES // 2 and widest >= 64 else 32
     while block_m > 16 and block_m * block_k * size > _X_TILE_BYTES:
         block_m //= 2
-    return Tile.of(4, 1, BLOCK_M=block_m, BLOCK_N=block_n)
+    limit = _tiles.SHARED_MEMORY_LIMIT[arch]
+    while True:
+        tile = Tile.of(4, 1, BLOCK_M=block_m, BLOCK_N=block_n)
+        needed = project_shared_memory(tile, arch=arch, block_k=block_k, size=size)
+        if needed <= limit:
+            return tile
+        if block_n == 16:
+            raise ValueError(
+                f"linear attention: rows of {block_k} channels ({size}-byte) need {needed} bytes "
+                f"of shared memory per block, beyond the {limit} of {arch}; the kernel holds a "
+                "whole channel vector per row"
+            )
+        block_n //= 2
+
+
+def project_shared_memory(tile: Tile, *, arch: str, block_k: int, size: int) -> int:
+    """Shared memory of the norm + projection kernel: the normalised rows [BLOCK_M, BLOCK_K],
+    staged once as the dots' first operand, and each column step's weight tile [BLOCK_K,
+    BLOCK_N], pipelined over ``num_stages``; ``size``-byte elements (the activation dtype)."""
+    m, n = tile.kwargs["BLOCK_M"], tile.kwargs["BLOCK_N"]
+    return _tiles.shared_memory(arch, tile.num_stages, (block_k * n,), size, once=m * block_k)
 
 
 def partial_tile(arch: str, *, block_d: int, block_e: int) -> Tile:
@@ -378,10 +411,44 @@ def partial_tile(arch: str, *, block_d: int, block_e: int) -> Tile:
     return Tile.of(4, 2, BLOCK_N=64)
 
 
+def partial_shared_memory(tile: Tile, *, arch: str, block_d: int, block_e: int, size: int) -> int:
+    """Shared memory of the context pass: each step loads k [BLOCK_N, BLOCK_D] and v [BLOCK_N,
+    BLOCK_E] (``size``-byte elements), pipelined over ``num_stages``; ``exp(k - max)`` enters the
+    dot from registers."""
+    n = tile.kwargs["BLOCK_N"]
+    return _tiles.shared_memory(arch, tile.num_stages, (n * block_d, n * block_e), size)
+
+
+def combine_shared_memory(*, arch: str, block_d: int, block_e: int) -> int:
+    """Shared memory of the merge of the slices: no ``tl.dot``; a layout change of its fp32
+    [BLOCK_D, BLOCK_E] tile at most (the audit reads 256 bytes)."""
+    return _tiles.shared_memory(arch, 0, (), 4, scratch=block_d * block_e * 4)
+
+
 def apply_tile(arch: str, *, dh: int) -> Tile:
     """The apply pass's tile: 64 positions (from 64 rows the product runs on ``wgmma``; 32 fell
     back to ``mma.sync``), head dims in tiles of up to 64, 4 warps, 2 stages."""
     return Tile.of(4, 2, BLOCK_N=64, BLOCK_D=_block_width(dh, 64))
+
+
+def apply_block_c(c_out: int) -> int:
+    """Output channels per apply program: all of them up to :data:`_MAX_BLOCK_C`."""
+    return _block_width(c_out, _MAX_BLOCK_C)
+
+
+def apply_shared_memory(tile: Tile, *, arch: str, block_c: int, size: int) -> int:
+    """Shared memory of the apply pass: each step loads q [BLOCK_N, BLOCK_D] and mix [BLOCK_D,
+    BLOCK_C] (``size``-byte elements), pipelined over ``num_stages``; softmax(q) enters the dot
+    from registers."""
+    n, d = tile.kwargs["BLOCK_N"], tile.kwargs["BLOCK_D"]
+    return _tiles.shared_memory(arch, tile.num_stages, (n * d, d * block_c), size)
+
+
+def apply_grid(frames: int, positions: int, block_n: int, block_c: int, c_out: int) -> tuple:
+    """The apply pass's grid: (frame, block of positions) pairs on axis 0, whose limit is
+    2**31 - 1 (a 4K frame alone has 129,600 blocks of 64 positions: beyond the 65,535 of axes 1
+    and 2), blocks of output channels on axis 1."""
+    return (frames * triton.cdiv(positions, block_n), triton.cdiv(c_out, block_c))
 
 
 # Opt-in autotuning (kernels/_tiles.py).
@@ -448,24 +515,22 @@ def project_qkv(
         sx_c,
         out.stride(0),
     )
-    meta = dict(NORM=norm, BLOCK_K=block_k, DOT_PRECISION=_dot_precision(x.dtype))
+    dtype = launch_dtype(x)
+    meta = dict(NORM=norm, BLOCK_K=block_k, DOT_PRECISION=_dot_precision(dtype))
     rows = b * voxels
-    if interpreting():
-        _norm_project_kernel[(triton.cdiv(rows, 16),)](*args, BLOCK_M=16, BLOCK_N=32, **meta)
-    else:
-        arch = arch_family(x)
-        _tiles.launch(
-            _norm_project_kernel,
-            _norm_project_tuned,
-            lambda cfg: (triton.cdiv(rows, cfg["BLOCK_M"]),),
-            args,
-            meta,
-            name="norm_project",
-            arch=arch,
-            shape_class=dict(meta, C=c, N_OUT=n_out, DTYPE=x.dtype),
-            tile=project_tile(arch, block_k=block_k, n_out=n_out, size=w_t.element_size()),
-            autotune=autotune_enabled(),
-        )
+    arch = arch_family(x)
+    _tiles.launch(
+        _norm_project_kernel,
+        _norm_project_tuned,
+        lambda cfg: (triton.cdiv(rows, cfg["BLOCK_M"]),),
+        args,
+        meta,
+        name="norm_project",
+        arch=arch,
+        shape_class=dict(meta, C=c, N_OUT=n_out, DTYPE=dtype),
+        tile=project_tile(arch, block_k=block_k, n_out=n_out, size=dtype.itemsize),
+        autotune=autotune_enabled(),
+    )
     return out
 
 
@@ -485,20 +550,19 @@ def attention_context(
     dh = hidden // heads
     fh = frames * heads
     device = qkv.device
-    block_d = _block_width(dh, 64)
-    block_e = _block_width(dh, 128 if not interpreting() else 64)
+    block_d, block_e = _block_width(dh, 64), _block_width(dh, 128)
     blocks = triton.cdiv(dh, block_d) * triton.cdiv(dh, block_e)
-    compiled = not interpreting()
-    tuned = compiled and autotune_enabled()
+    tuned = autotune_enabled()
     arch = arch_family(qkv)
-    meta = dict(BLOCK_D=block_d, BLOCK_E=block_e, DOT_PRECISION=_dot_precision(qkv.dtype))
-    shape_class = dict(meta, DH=dh, HIDDEN=hidden, DTYPE=qkv.dtype)
+    dtype = launch_dtype(qkv)
+    meta = dict(BLOCK_D=block_d, BLOCK_E=block_e, DOT_PRECISION=_dot_precision(dtype))
+    shape_class = dict(meta, DH=dh, HIDDEN=hidden, DTYPE=dtype)
     # The tile file's override, if any, before the slicing that depends on its BLOCK_N.
     tile = _tiles.lookup(
         "context_partial", arch, shape_class, partial_tile(arch, block_d=block_d, block_e=block_e)
     )
     # Slices hold whole blocks: the tile's BLOCK_N, or the largest tuned one when tuning.
-    partial_block_n = (128 if tuned else tile.kwargs["BLOCK_N"]) if compiled else 16
+    partial_block_n = 128 if tuned else tile.kwargs["BLOCK_N"]
     num_splits, split_len = _slices(positions, fh * blocks, partial_block_n, splits)
 
     m = torch.empty(fh * num_splits * dh, device=device, dtype=torch.float32)
@@ -518,22 +582,19 @@ def attention_context(
         qkv.stride(0),
         num_splits,
     )
-    if compiled:
-        _tiles.launch(
-            _context_partial_kernel,
-            _context_partial_tuned,
-            lambda cfg: (fh, num_splits, blocks),
-            args,
-            meta,
-            name="context_partial",
-            arch=arch,
-            shape_class=shape_class,
-            tile=tile,
-            autotune=tuned,
-        )
-    else:
-        _context_partial_kernel[(fh, num_splits, blocks)](*args, BLOCK_N=partial_block_n, **meta)
-    _context_combine_kernel[(fh, triton.cdiv(dh, block_d))](
+    _tiles.launch(
+        _context_partial_kernel,
+        _context_partial_tuned,
+        lambda cfg: (fh, num_splits, blocks),
+        args,
+        meta,
+        name="context_partial",
+        arch=arch,
+        shape_class=shape_class,
+        tile=tile,
+        autotune=tuned,
+    )
+    _context_combine_kernel[check_grid((fh, triton.cdiv(dh, block_d)), "context_combine")](
         m,
         l,
         acc,
@@ -582,7 +643,7 @@ def apply_attention(
         )
     res, sr_b, sr_s, sr_c = voxel_rows(residual) if residual is not None else (out, 0, 0, 0)
     voxels = out.shape[2] * out.shape[3] * out.shape[4]
-    block_c = _block_width(c_out, _MAX_BLOCK_C if not interpreting() else 64)
+    block_c = apply_block_c(c_out)
     args = (
         qkv,
         mix,
@@ -603,31 +664,26 @@ def apply_attention(
         so_s,
         so_c,
     )
+    dtype = launch_dtype(qkv)
     meta = dict(
         HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None,
         BLOCK_C=block_c,
-        DOT_PRECISION=_dot_precision(qkv.dtype),
+        DOT_PRECISION=_dot_precision(dtype),
     )
-    blocks_c = triton.cdiv(c_out, block_c)
-    if not interpreting():
-        arch = arch_family(qkv)
-        _tiles.launch(
-            _attention_apply_kernel,
-            _attention_apply_tuned,
-            lambda cfg: (frames, triton.cdiv(positions, cfg["BLOCK_N"]), blocks_c),
-            args,
-            meta,
-            name="attention_apply",
-            arch=arch,
-            shape_class=dict(meta, DH=dh, HEADS=heads, C_OUT=c_out, DTYPE=qkv.dtype),
-            tile=apply_tile(arch, dh=dh),
-            autotune=autotune_enabled(),
-        )
-    else:
-        _attention_apply_kernel[(frames, triton.cdiv(positions, 16), blocks_c)](
-            *args, BLOCK_N=16, BLOCK_D=_block_width(dh, 64), **meta
-        )
+    arch = arch_family(qkv)
+    _tiles.launch(
+        _attention_apply_kernel,
+        _attention_apply_tuned,
+        lambda cfg: apply_grid(frames, positions, cfg["BLOCK_N"], block_c, c_out),
+        args,
+        meta,
+        name="attention_apply",
+        arch=arch,
+        shape_class=dict(meta, DH=dh, HEADS=heads, C_OUT=c_out, DTYPE=dtype),
+        tile=apply_tile(arch, dh=dh),
+        autotune=autotune_enabled(),
+    )
 
 
 def _matrix(w: torch.Tensor, rows: int, name: str, expected: str) -> torch.Tensor:

@@ -23,11 +23,11 @@ import triton.language as tl
 from cdt_fast.functional import PAD_MODES, cast_like
 
 from . import _tiles
-from ._common import check_launchable, check_out, empty_like_layout, exact_fp32, interpreting
+from ._common import check_launchable, check_out, empty_like_layout, exact_fp32
 from ._gemm_rows import accumulate_rows
-from ._tiles import Tile, arch_family, autotune_enabled
+from ._tiles import Tile, arch_family, autotune_enabled, launch_dtype
 
-__all__ = ["time_downsample", "time_upsample"]
+__all__ = ["time_downsample", "time_upsample", "resample_tile", "resample_shared_memory"]
 
 _CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
@@ -40,11 +40,9 @@ _CONFIGS = [
         (128, 256, 64, 8, 3),
     ]
 ]
-# The interpreter runs one small config: tl.dot needs every block dimension >= 16.
 # Channel counts are constexpr: loop bounds must be compile-time constants for the Triton 3.6
 # interpreter under NumPy >= 2.4 (it cannot turn a runtime scalar into a Python int), and a
 # network has only a handful of widths to specialise for.
-_INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
 # Frame counts change between a clip's chunks: not specialised, so each chunk kind does not
@@ -245,17 +243,44 @@ _IEEE_CONFIGS = [
 ]
 
 
-def resample_tile(arch: str, *, c_in: int, c_out: int, ieee: bool) -> Tile:
+def resample_tile(
+    arch: str, *, c_in: int, c_out: int, ieee: bool, size: int, upsample: bool
+) -> Tile:
     """The one tile of a temporal down/upsample shape class (``c_out``: the GEMM's N, the output
-    channels of one phase). 128 x 128 x 64 in 3 stages with 8 warps compiles to ``wgmma`` with
-    16-byte ``cp.async`` loads and no spills on sm_90 (``tools/sass_audit.py``); fewer than 128
-    channels take a 64-wide N tile and one warpgroup. Exact fp32 dots unroll into FMAs: one
-    small tile (big ones take minutes to compile)."""
+    channels of one phase; ``size``: bytes per element). 128 x 128 x 64 in 3 stages with 8 warps
+    compiles to ``wgmma`` with 16-byte ``cp.async`` loads and no spills on sm_90
+    (``tools/sass_audit.py``); fewer than 128 channels take a 64-wide N tile and one warpgroup.
+
+    4-byte elements (fp32 on TF32 dots) take 32-wide K tiles: at 64, 3 stages of the upsample's
+    three tiles (x and the two phases' weights) needed 289 KiB of shared memory on sm_90 and the
+    downsample's two K loops 385 KiB, more than any GPU gives a block
+    (:func:`resample_shared_memory`). Halving K keeps the bytes of a stage and the 3-stage
+    pipeline of the 16-bit tile; 2 stages at K = 64 would still leave the downsample at 257 KiB
+    on sm_90, and would halve the loads in flight. The fp32 upsample's two 128 x 128 fp32
+    accumulators then sat at the register cap and spilled (16 bytes): it takes 64-wide N tiles
+    (166 registers). In KiB on sm_90 / sm_80: downsample 193 / 129, upsample 97 / 65.
+
+    Exact fp32 dots unroll into FMAs: one small tile (big ones take minutes to compile)."""
     if ieee:
         return Tile.from_config(_IEEE_CONFIGS[0])
+    # 64 channels of 16-bit elements (128 bytes) per K step, or 32 of fp32.
+    block_k = 128 // size
     if c_out >= 128:
-        return Tile.of(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)
-    return Tile.of(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64 if c_in >= 64 else 32)
+        block_n = 64 if upsample and size == 4 else 128
+        return Tile.of(8, 3, BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=block_k)
+    return Tile.of(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=block_k if c_in >= 64 else 32)
+
+
+def resample_shared_memory(tile: Tile, *, arch: str, upsample: bool, size: int) -> int:
+    """Shared memory of a temporal resampling kernel with ``tile`` on ``size``-byte elements: each
+    K step loads an input tile [BLOCK_M, BLOCK_K] and a weight tile [BLOCK_K, BLOCK_N] per output
+    phase (two for the upsample), pipelined over ``num_stages``. The downsample's taps read the
+    chunk or, in another branch, the cached frame or the replicated first frame: two K loops,
+    each with its own buffers (the zero-padded first chunk has one)."""
+    m, n, k = (tile.kwargs[f"BLOCK_{d}"] for d in "MNK")
+    phases, loops = (2, 1) if upsample else (1, 2)
+    operands = (loops * m * k, loops * phases * k * n)
+    return _tiles.shared_memory(arch, tile.num_stages, operands, size)
 
 
 # Opt-in autotuning (kernels/_tiles.py); keyed on the channels, not the frame size.
@@ -297,32 +322,30 @@ def _check_bias(bias, channels: int) -> None:
 
 
 def _launch(kernel, tuned, x, grid_frames, hw, args, meta, name, c_in):
-    if not interpreting():
+    def grid(m):
+        return (triton.cdiv(hw, m["BLOCK_M"]), grid_frames, triton.cdiv(args["n"], m["BLOCK_N"]))
 
-        def grid(m):
-            return (
-                triton.cdiv(hw, m["BLOCK_M"]),
-                grid_frames,
-                triton.cdiv(args["n"], m["BLOCK_N"]),
-            )
-
-        arch = arch_family(x)
-        _tiles.launch(
-            kernel,
-            tuned,
-            grid,
-            (*args["tensors"], *args["scalars"]),
-            meta,
-            name=name,
-            arch=arch,
-            shape_class=dict(meta, DTYPE=x.dtype),
-            tile=resample_tile(arch, c_in=c_in, c_out=args["n"], ieee=meta["IEEE"]),
-            autotune=autotune_enabled(),
-        )
-    else:
-        m = _INTERPRET_META
-        grid = (triton.cdiv(hw, m["BLOCK_M"]), grid_frames, triton.cdiv(args["n"], m["BLOCK_N"]))
-        kernel[grid](*args["tensors"], *args["scalars"], **meta, **m)
+    arch = arch_family(x)
+    dtype = launch_dtype(x)
+    _tiles.launch(
+        kernel,
+        tuned,
+        grid,
+        (*args["tensors"], *args["scalars"]),
+        meta,
+        name=name,
+        arch=arch,
+        shape_class=dict(meta, DTYPE=dtype),
+        tile=resample_tile(
+            arch,
+            c_in=c_in,
+            c_out=args["n"],
+            ieee=meta["IEEE"],
+            size=dtype.itemsize,
+            upsample=name == "time_upsample",
+        ),
+        autotune=autotune_enabled(),
+    )
 
 
 def time_downsample(

@@ -5,11 +5,15 @@ are otherwise only exercised on a GPU. Used by the fused-kernel tests through ``
 from __future__ import annotations
 
 
-def tune_on_cpu(monkeypatch, module, tuned, tiles, configs: int = 3) -> None:
-    """Make ``module``'s launcher take its (opt-in) autotuned branch with ``tuned``: a few configs,
+def tune_on_cpu(monkeypatch, tuned, tiles, configs: int = 3) -> None:
+    """Make the launcher of ``tuned`` take its (opt-in) autotuned branch: a few configs,
     no cached choice, and a stand-in timer that runs each config twice (as a benchmark reruns it)
     and ranks them by their order; winners go to the tile file ``tiles``."""
-    monkeypatch.setattr(module, "interpreting", lambda: False)
+    from cdt_fast.kernels import _tiles
+
+    # The interpreter has no GPU benchmarker (launch refuses to tune there): the stand-in timer
+    # below replaces it.
+    monkeypatch.setattr(_tiles, "interpreting", lambda: False)
     monkeypatch.setenv("CDT_FAST_AUTOTUNE", "1")
     monkeypatch.setenv("CDT_FAST_TILES", str(tiles))
     monkeypatch.setattr(tuned, "configs", tuned.configs[:configs])

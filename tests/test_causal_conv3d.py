@@ -240,10 +240,9 @@ def test_conv_norm_block_rejects_aliased_or_mistyped_residual(cout):
         kernels.causal_conv3d_norm(x, weight, None, g, beta, residual=y.double(), **kw)
 
 
-def test_full_row_tiles_keep_the_accumulator_in_registers(monkeypatch):
+def test_full_row_tiles_keep_the_accumulator_in_registers():
     """The fused norm forces BLOCK_N = next_pow2(Cout); the pruning must then bound BLOCK_M so
     the fp32 accumulator stays <= 128x128 (a 256x128 or x512 tile spills on sm_90)."""
-    monkeypatch.setattr(kernels, "interpreting", lambda: False)
     configs = kernels._autotune_configs(with_block_n=False)
     for cout, biggest_m in ((64, 256), (128, 128)):
         bn = max(16, 1 << (cout - 1).bit_length())
@@ -482,10 +481,9 @@ def test_weight_layouts_agree_and_only_strided_ones_are_repacked(layout, monkeyp
     assert len(packs) == (1 if layout == "contiguous" else 0)
 
 
-def test_gpu_configs_cover_a_three_channel_output(monkeypatch):
+def test_gpu_configs_cover_a_three_channel_output():
     """The final conv has Cout=3: the GPU tile list must keep a narrow-N tile after pruning rather
     than fall back to a 128-wide one (which also spilled registers on sm_90)."""
-    monkeypatch.setattr(kernels, "interpreting", lambda: False)
     configs = kernels._autotune_configs(with_block_n=True)
     kept = kernels._prune_configs(configs, {"M": 1 << 16, "N": 3}, CIN=64, KT=3)
     assert kept and all(c.kwargs["BLOCK_N"] == 16 for c in kept)

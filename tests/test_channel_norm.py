@@ -247,7 +247,7 @@ def test_autotuned_path_in_place(monkeypatch, tmp_path):
 
     from .fused_autotune_on_cpu import tune_on_cpu
 
-    tune_on_cpu(monkeypatch, op, op._channel_norm_tuned, tmp_path / "tiles.json")
+    tune_on_cpu(monkeypatch, op._channel_norm_tuned, tmp_path / "tiles.json")
     x = _activation((2, 20, 2, 5, 7))
     res = _activation((2, 20, 2, 5, 7))
     g, b = _affine(20)

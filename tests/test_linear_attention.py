@@ -239,7 +239,7 @@ def test_autotuned_path_in_place(monkeypatch, tmp_path):
 
     tiles = tmp_path / "tiles.json"
     for tuned in (op._norm_project_tuned, op._context_partial_tuned, op._attention_apply_tuned):
-        tune_on_cpu(monkeypatch, op, tuned, tiles, configs=2)
+        tune_on_cpu(monkeypatch, tuned, tiles, configs=2)
     x = _activation((1, 20, 2, 5, 7))
     w_qkv, w_out, b_out = _weights(20)
     g, b = torch.randn(20, device=DEVICE), torch.randn(20, device=DEVICE)

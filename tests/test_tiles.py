@@ -4,6 +4,7 @@ is read back."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -110,6 +111,22 @@ class _Recorder:
 
 def test_launch_runs_the_tables_tile_or_tunes_and_records(tmp_path, monkeypatch):
     monkeypatch.setenv(_tiles.TILES_ENV, str(tmp_path / "tiles.json"))
+    # Tuning needs a GPU benchmarker: under the interpreter it is refused, saying why.
+    if _tiles.interpreting():
+        with pytest.raises(RuntimeError, match="autotuning times kernels on a GPU"):
+            _tiles.launch(
+                _Recorder(),
+                _Recorder(),
+                lambda meta: (1,),
+                (),
+                {},
+                autotune=True,
+                name="k",
+                arch="sm_90",
+                shape_class={},
+                tile=Tile.of(4, 3, BLOCK_M=64),
+            )
+        monkeypatch.setattr(_tiles, "interpreting", lambda: False)  # the recorders stand in
     kernel = _Recorder()
     tuned = _Recorder(best=triton.Config({"BLOCK_M": 32}, num_warps=2, num_stages=2))
     tile = Tile.of(4, 3, BLOCK_M=64)
@@ -171,7 +188,68 @@ def test_other_tables_stay_in_their_budgets():
             assert t.kwargs["BLOCK_M"] * c * size <= attention._X_TILE_BYTES, (c, size, t)
             assert t.kwargs["BLOCK_N"] * c * size * t.num_stages <= attention._W_TILE_BYTES
     for c_in, c_out in ((64, 128), (256, 256), (192, 384)):
-        t = resample.resample_tile("sm_90", c_in=c_in, c_out=c_out, ieee=False)
-        assert t.num_warps >= 4 and t.kwargs["BLOCK_M"] >= 64
-        ieee = resample.resample_tile("sm_90", c_in=c_in, c_out=c_out, ieee=True)
+        for size, upsample in itertools.product((2, 4), (False, True)):
+            t = resample.resample_tile(
+                "sm_90", c_in=c_in, c_out=c_out, ieee=False, size=size, upsample=upsample
+            )
+            assert t.num_warps >= 4 and t.kwargs["BLOCK_M"] >= 64
+        ieee = resample.resample_tile(
+            "sm_90", c_in=c_in, c_out=c_out, ieee=True, size=4, upsample=False
+        )
         assert ieee.kwargs["BLOCK_M"] * ieee.kwargs["BLOCK_N"] <= 64 * 64
+
+
+def test_tile_options_plan_launches_as_on_another_gpu(monkeypatch):
+    """arch: the family whose tables CPU launches read (as on that GPU: TF32 for fp32 where torch
+    allows it); dtype: a bf16 plan on fp32 CPU tensors under the interpreter. Nested blocks keep
+    what they do not set."""
+    from types import SimpleNamespace
+
+    from cdt_fast.kernels import _common
+
+    x = torch.zeros(2)
+    assert _tiles.arch_family(x) == "sm_80" and _common.exact_fp32(x)
+    with _tiles.tile_options(autotune=False):
+        with _tiles.tile_options(arch="sm_90"):
+            assert _tiles.arch_family(x) == "sm_90" and _tiles.autotune_enabled() is False
+            assert _tiles.emulates_gpu(x) and not _common.exact_fp32(x)
+            with torch.backends.cudnn.flags(allow_tf32=False):
+                assert _common.exact_fp32(x)
+            with _tiles.tile_options(dtype=torch.bfloat16):
+                assert _tiles.arch_family(x) == "sm_90"
+                with pytest.raises(ValueError, match="stands in for fp32 CPU tensors"):
+                    _tiles.launch_dtype(x.half())
+                if _common.interpreting():
+                    assert _tiles.launch_dtype(x) == torch.bfloat16
+                    assert not _common.exact_fp32(x)
+        assert _tiles.arch_family(x) == "sm_80"
+    for bad in (dict(arch="sm_70"), dict(dtype=torch.float64)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            with _tiles.tile_options(**bad):
+                pass
+    # a CUDA device older than the asked family: its tiles may not fit, so it is refused
+    monkeypatch.setattr(_tiles, "_device_family", lambda t: "sm_80")
+    gpu = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)
+    assert _tiles.arch_family(gpu) == "sm_80"
+    with _tiles.tile_options(arch="sm_80"):
+        assert _tiles.arch_family(gpu) == "sm_80"
+    with _tiles.tile_options(arch="sm_90", dtype=torch.bfloat16):
+        with pytest.raises(ValueError, match="sm_80 device"):
+            _tiles.arch_family(gpu)
+        with pytest.raises(ValueError, match="stands in for fp32 CPU tensors"):
+            _tiles.launch_dtype(gpu)
+
+
+def test_check_grid_names_the_kernel_and_the_axis():
+    from cdt_fast.kernels._common import MAX_GRID, check_grid, same_data
+
+    assert check_grid((2**31 - 1, 65535, 65535), "k") == MAX_GRID
+    for grid, axis in (((2**31,), "x"), ((1, 65536), "y"), ((1, 1, 65536), "z")):
+        with pytest.raises(ValueError, match=f"k: grid .* along axis {axis}"):
+            check_grid(grid, "k")
+    with pytest.raises(ValueError, match="1 to 3 axes"):
+        check_grid((1, 1, 1, 1), "k")
+    t = torch.zeros(4)
+    assert same_data(t, t[:2]) and not same_data(t, t[1:])
+    meta = torch.empty(4, device="meta")
+    assert not same_data(meta, meta)  # no data, nothing to overwrite

@@ -51,4 +51,6 @@ echo "kernel parity tests under the Triton $got interpreter"
   tests/test_denoise.py \
   tests/test_temporal_attention.py \
   tests/test_int64_offsets.py \
+  tests/test_sm90_launch_path.py \
+  tests/test_launch_grids.py \
   ${pytest_args[@]+"${pytest_args[@]}"}

@@ -48,6 +48,7 @@ from cdt_fast.engine.warmup import (
     compile_launch,
     distinct_launches,
 )
+from cdt_fast.kernels._tiles import SHARED_MEMORY_LIMIT
 
 __all__ = [
     "Launch",
@@ -62,8 +63,9 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-# Shared memory a Hopper SM gives one block (228 KiB per SM, 1 KiB reserved per block).
-HOPPER_SMEM_LIMIT = 227 * 1024
+# Shared memory a Hopper block may use (228 KiB per SM, 1 KiB reserved per block): the limit the
+# tile tables are checked against.
+HOPPER_SMEM_LIMIT = SHARED_MEMORY_LIMIT["sm_90"]
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of the Triton kernels an encode and a decode of one shape launch.
 
-:func:`capture_launches` runs the engine with every Triton launch recorded instead of run (on CPU
-tensors of the real shapes when no GPU is there); :func:`distinct_launches` groups them by the
+:func:`capture_launches` runs the engine with every Triton launch recorded instead of run, grid
+included (on CPU tensors of the real shapes when no GPU is there, or on meta tensors: shapes only); :func:`distinct_launches` groups them by the
 JIT's own specialisation (constexprs, 16-byte alignment of pointers and integers, integers equal
 to 1, compile options), and :func:`compile_launch` compiles one for a given GPU architecture
 exactly as ``JITFunction.run`` would on that GPU. :func:`warmup` does all three for a model
@@ -58,13 +58,14 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 @dataclass
 class Launch:
     """One intercepted kernel launch: the JIT function, its arguments (the tile config among the
-    keyword ones), and the configs an autotuner would try (after its pruning) when autotuning was
-    on, else None."""
+    keyword ones), the configs an autotuner would try (after its pruning) when autotuning was
+    on, else None, and the grid it was launched on (with the first config when tuning)."""
 
     fn: object
     args: tuple
     kwargs: dict
     configs: Optional[list] = None
+    grid: Optional[Tuple[int, ...]] = None
 
     @property
     def name(self) -> str:
@@ -127,46 +128,66 @@ def _family(arch: int) -> str:
 
 @contextlib.contextmanager
 def capture_launches(arch: int = 90) -> Iterator[List[Launch]]:
-    """Within the block, Triton launches are recorded instead of run, and the launchers take CPU
-    tensors as if they were on an ``sm_{arch}`` GPU (its tile table, no interpreter). Outputs stay
-    uninitialised: only shapes, strides and dtypes matter here. Everything is restored on exit."""
+    """Within the block, Triton launches are recorded (with their grids) instead of run, and the
+    launchers take CPU tensors as if they were on an ``sm_{arch}`` GPU: its tile tables
+    (``tile_options(arch=...)``), no interpreter. Meta tensors are taken too: they carry shapes
+    and strides only, so an engine built on the meta device runs at any resolution without
+    memory. Outputs stay uninitialised: only shapes, strides and dtypes matter here. Under the
+    interpreter (``TRITON_INTERPRET=1``, the kernels then being interpreted functions) launches
+    are recorded alike, but cannot be compiled. Everything is restored on exit."""
     from triton.runtime.autotuner import Autotuner
+    from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
+    from cdt_fast.kernels._tiles import tile_options
+
+    from . import dispatch
+
     launches: List[Launch] = []
-    family = _family(arch)
 
     def jit_run(self, *args, grid, warmup=False, **kwargs):
-        launches.append(Launch(self, args, kwargs, None))
+        launches.append(Launch(self, args, kwargs, None, tuple(grid)))
 
     def tuner_run(self, *args, **kwargs):
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+        grid = kwargs.pop("grid")
+        kwargs = {k: v for k, v in kwargs.items() if k != "warmup"}
         self.nargs = dict(zip(self.arg_names, args))
         try:
             configs = self.prune_configs(kwargs)
         finally:
             self.nargs = None
         self.best_config = configs[0]
-        launches.append(Launch(self.fn, args, kwargs, list(configs)))
+        meta = {**dict(zip(self.arg_names, args)), **kwargs, **configs[0].all_kwargs()}
+        launches.append(Launch(self.fn, args, kwargs, list(configs), tuple(grid(meta))))
 
     def nothing(*args, **kwargs):
         return None
 
-    replacements = [(JITFunction, "run", jit_run), (Autotuner, "run", tuner_run)]
+    def meta_as_cpu(backend, device=None, env=None):
+        # The engine asks whether Triton runs on its device; on the meta device it would fall
+        # back to torch ops. The capture takes a meta tensor's launches as a CPU tensor's.
+        if device is not None and torch.device(device).type == "meta":
+            device = torch.device("cpu")
+        return available(backend, device, env)
+
+    available = dispatch._availability
+    replacements = [
+        (JITFunction, "run", jit_run),
+        (InterpretedFunction, "run", jit_run),
+        (Autotuner, "run", tuner_run),
+        (dispatch, "_availability", meta_as_cpu),
+    ]
     for name in (*KERNEL_MODULES, "_tiles"):
         module = importlib.import_module(f"cdt_fast.kernels.{name}")
-        for attr, value in (
-            ("interpreting", lambda: False),
-            ("check_launchable", nothing),
-            ("arch_family", lambda *a, **k: family),
-        ):
+        for attr, value in (("interpreting", lambda: False), ("check_launchable", nothing)):
             if hasattr(module, attr):
                 replacements.append((module, attr, value))
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in replacements]
     try:
         for owner, attr, value in replacements:
             setattr(owner, attr, value)
-        yield launches
+        with tile_options(arch=_family(arch)):
+            yield launches
     finally:
         for owner, attr, value in saved:
             setattr(owner, attr, value)
@@ -182,12 +203,16 @@ def capture_model(
     encode: bool = True,
     decode: bool = True,
     autotune: bool = False,
+    batch: int = 1,
+    device: str = "cpu",
     **overrides,
 ) -> List[Launch]:
-    """The Triton launches of one engine encode and/or decode of ``frames`` frames of
-    ``size`` = (H, W) pixels (random weights; ``overrides``: :class:`~cdt_fast.CDTConfig` fields,
-    e.g. narrower networks for tests). ``autotune``: record the autotuners' candidate configs
-    (:attr:`Launch.configs`) instead of the tables' tiles."""
+    """The Triton launches of one engine encode and/or decode of ``batch`` clips of ``frames``
+    frames of ``size`` = (H, W) pixels (random weights; ``overrides``: :class:`~cdt_fast.CDTConfig`
+    fields, e.g. narrower networks for tests). ``autotune``: record the autotuners' candidate
+    configs (:attr:`Launch.configs`) instead of the tables' tiles. ``device="meta"``: model and
+    inputs on the meta device, shapes only (any resolution, no memory; the launches' grids and
+    specialisations are those of real tensors, but nothing can be compiled from data)."""
     from cdt_fast import CDT, CDTConfig
     from cdt_fast.chunking import latent_frames
     from cdt_fast.engine.accelerated import AcceleratedCDT
@@ -200,23 +225,28 @@ def capture_model(
         raise ValueError(f"size must be positive multiples of {factor}, got {height}x{width}")
     if not isinstance(frames, int) or frames < 1:
         raise ValueError(f"frames must be an int >= 1, got {frames!r}")
-    model = CDT(cfg).eval()
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    if device not in ("cpu", "meta"):
+        raise ValueError(f"device must be 'cpu' or 'meta', got {device!r}")
+    model = CDT(cfg).eval().to(device)
     # The tables' tiles unless asked: warm-up compiles what a default run launches.
     with tile_options(autotune=autotune), capture_launches(arch) as launches, torch.no_grad():
         # The engine's backend check accepts CPU tensors for Triton only under the interpreter
         # (told here through its env); the kernels were decorated before, so they stay compiled.
         engine = AcceleratedCDT(model, backend="triton", dtype=dtype, env={"TRITON_INTERPRET": "1"})
         if encode:
-            engine.encode(torch.zeros(1, 3, frames, height, width))
+            engine.encode(torch.zeros(batch, 3, frames, height, width, device=device))
         if decode:
             z = torch.zeros(
-                1,
+                batch,
                 cfg.latent_dim,
                 latent_frames(frames, cfg.time_factor),
                 height // factor,
                 width // factor,
+                device=device,
             )
-            engine.decode(z, noise=torch.zeros(engine.output_shape(z.shape)))
+            engine.decode(z, noise=torch.zeros(engine.output_shape(z.shape), device=device))
     return launches
 
 

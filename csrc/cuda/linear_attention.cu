@@ -142,13 +142,14 @@ __global__ void q_stats_kernel(const T* __restrict__ qkv, Layout L) {
   }
 }
 
-// grid (ceil(d / 32) e-tiles, ceil(N / 32) position tiles, frames * heads), block (32, kRows).
+// grid (ceil(N / 32) position tiles, ceil(d / 32) e-tiles, frames * heads), block (32, kRows):
+// the position tiles on x, whose limit is 2^31 - 1 (a 4K frame has 259,200; y and z take 65,535).
 template <typename T>
 __global__ void out_kernel(const T* __restrict__ qkv, T* __restrict__ out, Layout L, float scale) {
   __shared__ float qs[kTile][kTile + 1], cs[kTile][kTile + 1];
   const std::int64_t fh = blockIdx.z, f = fh / L.heads, h = fh % L.heads;
-  const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
-  const std::int64_t e0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
+  const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
+  const std::int64_t e0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
   const float* ctx = L.context + fh * L.dim * L.dim;
   const std::int64_t ce = e0 + threadIdx.x;
   float acc[kTile / kRows] = {};
@@ -217,7 +218,7 @@ void launch(const LinearAttentionArgs& a, float* ws, cudaStream_t stream) {
   q_stats_kernel<T><<<detail::grid_for(q_rows, 256 / 32), 256, 0, stream>>>(qkv, L);
   detail::check_launch("linear_attention q statistics");
 
-  out_kernel<T><<<dim3(dim_tiles, static_cast<unsigned>((a.positions + kTile - 1) / kTile),
+  out_kernel<T><<<dim3(static_cast<unsigned>((a.positions + kTile - 1) / kTile), dim_tiles,
                        static_cast<unsigned>(pairs)), block, 0, stream>>>(
       qkv, static_cast<T*>(a.out), L, a.scale);
   detail::check_launch("linear_attention out");
