@@ -130,6 +130,7 @@ CUDA_LAUNCHES = {
     "linear_attention.cu": [
         LINEAR_ATTENTION_GRIDS["k_stats"],
         LINEAR_ATTENTION_GRIDS["context"],
+        "detail::grid_for(partial_floats, 256)",  # the fixed-order sum of the split contexts
         "detail::grid_for(q_rows, 256 / 32)",
         LINEAR_ATTENTION_GRIDS["out"],
     ],
