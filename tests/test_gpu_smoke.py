@@ -139,11 +139,12 @@ def test_a_sticky_cuda_error_names_the_op_and_stops(monkeypatch):
     [
         (["--presets", "large"], "expected a comma list of small, base"),
         (["--ops", "conv"], "expected a comma list of"),
-        (["--jobs", "0", "--out", "x.json"], "--jobs must be >= 1"),
+        (["--jobs", "0", "--out", "x.json", "--calls", "none.json"], "--jobs must be >= 1"),
         (["--device", "cpu"], "--out is required"),
     ],
 )
-def test_bad_arguments_are_named(argv, message, capsys):
+def test_bad_arguments_are_named(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
         gpu_smoke.main(argv)
     assert message in capsys.readouterr().err
