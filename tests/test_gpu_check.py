@@ -59,7 +59,8 @@ def _plan(*args) -> dict:
     plan = {}
     for line in lines[1:-1]:
         name, budget, command = line.split(None, 2)
-        plan[name] = (int(budget.rstrip("s")), command)
+        plan[name] = (int(budget.rstrip("s+")), command)
+        assert budget.endswith("+") == (name == "compiled")  # the last takes what is left
     return {"header": lines[0], "phases": plan, "total": lines[-1]}
 
 
@@ -292,6 +293,7 @@ def test_preflight_names_what_does_not_import(tmp_path, monkeypatch, capsys):
         return real(name)
 
     monkeypatch.setattr(gpu_check.importlib, "import_module", without_triton)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     summary = tmp_path / "summary.json"
     assert gpu_check.main(["preflight", str(summary), "--mode", "gpu"]) == 1
     captured = capsys.readouterr()
@@ -299,6 +301,7 @@ def test_preflight_names_what_does_not_import(tmp_path, monkeypatch, capsys):
     assert captured.out == "" and "\n" not in line and line.startswith("preflight failed: ")
     assert "triton does not import (ImportError: simulated: no triton here)" in line
     assert "cdt_fast.kernels.causal_conv3d does not import" in line
+    assert "TRITON_INTERPRET is set" in line
     if not __import__("torch").cuda.is_available():
         assert "sees no CUDA GPU" in line
     assert json.loads(summary.read_text())["preflight"]["kernel_modules"] == 0

@@ -167,15 +167,20 @@ def preflight(mode: str, root: Path = ROOT) -> Dict[str, Any]:
         result["cdt_fast"] = str(where)
         if not where.is_relative_to(root.resolve()):
             problems.append(f"cdt_fast imports from {where}, not from this checkout ({root})")
-        warmup = attempt("cdt_fast.engine.warmup")
-        modules = warmup.KERNEL_MODULES if warmup is not None else ()
-        imported = [m for m in modules if attempt(f"cdt_fast.kernels.{m}") is not None]
+        # every module the launch capture redirects, and every module an op dispatches to
+        warmup, dispatch = attempt("cdt_fast.engine.warmup"), attempt("cdt_fast.engine.dispatch")
+        modules = set(warmup.KERNEL_MODULES if warmup is not None else ())
+        if dispatch is not None:
+            modules |= {m.rsplit(".", 1)[1] for m in dispatch.implementations("triton").values()}
+        imported = [m for m in sorted(modules) if attempt(f"cdt_fast.kernels.{m}") is not None]
         result["kernel_modules"] = len(imported)
     if mode == "gpu":
         import torch
 
         if not torch.cuda.is_available():
             problems.append(f"torch {torch.__version__} sees no CUDA GPU")
+        if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+            problems.append("TRITON_INTERPRET is set: Triton would run interpreted, not compiled")
     return result
 
 
@@ -310,6 +315,7 @@ def _smoke(path: Path) -> Dict[str, Any]:
             f"{r.get('status')}"
             + (f" in {r['kernel']}" if r.get("kernel") else "")
             + (f": {r['error']}" if r.get("error") else "")
+            + (f": largest error {r['worst']:.3g}x its tolerance" if r.get("worst") else "")
             for r in failing[:20]
         ],
     }
@@ -416,7 +422,11 @@ def _detail(name: str, p: Dict[str, Any], data: Dict[str, Any]) -> List[str]:
         sm = p["smoke"]
         counts = sm.get("summary") or {}
         detail = f"{sm.get('status')}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
-        more = list(sm.get("failing", []))
+        more = [
+            f"compiled {', '.join(c.get('groups') or [])}: {c.get('kernels')} kernels in "
+            f"{c.get('seconds')} s, {c.get('failed')} failed"
+            for c in sm.get("compile", [])
+        ] + list(sm.get("failing", []))
     elif "result" in p:
         runs = p["result"] if isinstance(p["result"], list) else [p["result"]]
         if all(isinstance(r, dict) and "kernels" in r for r in runs):  # the warm-up's lines

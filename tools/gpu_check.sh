@@ -14,7 +14,7 @@
 #                      PYTHONPATH and the log and summary say so
 #   preflight          stops the check, in one line, if numpy, triton, pytest, pytest_timeout,
 #                      this checkout's cdt_fast or any cdt_fast.kernels module does not import,
-#                      or torch sees no GPU
+#                      torch sees no GPU, or TRITON_INTERPRET is set
 #   env                versions (python, torch, CUDA, cuDNN, Triton, device), backends, results key
 #   smoke              tools/gpu_smoke.py: every Triton op of a CDT-small and a CDT-base encode and
 #                      decode (17x256x256), bf16 then fp32, against the torch op, one JSON record
@@ -26,7 +26,8 @@
 #                      encode + decode, 17x256x256 bf16
 #   bench-engine       the same for the engine (every available backend), in its own process
 #   bench720-reference, bench720-engine   the same at 17x720x720
-#   compiled           torch.compile of the reference at 17x256x256, with the time that is left
+#   compiled           torch.compile of the reference at 17x256x256, with all the time that is left
+#                      (at least its budget when the phases before kept to theirs)
 #
 # Options
 #   --dry-run          list the phases, budgets and commands; run nothing
@@ -53,6 +54,7 @@ usage() { sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}
 PHASES=(install preflight env smoke warmup tests-kernels tests-model bench-reference bench-engine
   bench720-reference bench720-engine compiled)
 SETUP=",install,preflight,env,"  # run whatever --phases says: a rerun needs them
+LAST=compiled  # gets what the others leave (its budget is what the plan counts on)
 declare -A BUDGET_OF=([install]=30 [preflight]=20 [env]=15 [smoke]=60 [warmup]=75
   [tests-kernels]=50 [tests-model]=40 [bench-reference]=45 [bench-engine]=45
   [bench720-reference]=35 [bench720-engine]=35 [compiled]=35)
@@ -197,7 +199,9 @@ if (( DRY )); then
   sum=0
   for p in "${PHASES[@]}"; do
     selected "$p" || continue
-    printf '%-18s %4ss  %s\n' "$p" "${BUDGET_OF[$p]}" "$(phase_cmd "$p" "${BUDGET_OF[$p]}")"
+    more=" "
+    [[ $p == "$LAST" ]] && more="+"
+    printf '%-18s %4ss%s %s\n' "$p" "${BUDGET_OF[$p]}" "$more" "$(phase_cmd "$p" "${BUDGET_OF[$p]}")"
     sum=$(( sum + BUDGET_OF[$p] ))
   done
   fits="fits"
@@ -265,7 +269,8 @@ run_phase() {  # name; sets PHASE_RC
     PHASE_RC=-1
     return 0
   fi
-  (( left < limit )) && limit=$left
+  # the last phase takes all that is left; the others at most their budget
+  (( left < limit )) || [[ $name == "$LAST" ]] && limit=$left
   cmd=$(phase_cmd "$name" "$limit")
   cmd=${cmd//\$OUT/$OUT_DIR}
   cmd=${cmd//\$SCRATCH/$SCRATCH}
