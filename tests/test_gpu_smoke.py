@@ -20,6 +20,41 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import gpu_smoke
 
+_PRECOMPILE = """
+import json, sys
+sys.path.insert(0, "tools")
+import gpu_smoke
+from cdt_fast.engine import warmup
+compiled = []
+warmup.compile_launches = lambda launches, arch, jobs, timeout=None: compiled.extend(launches) or []
+calls = gpu_smoke.record_calls("small", (16, 16), 1, 90, tiny=True)
+groups = [("small", d, calls) for d in ("bf16", "fp32")]
+report = gpu_smoke.precompile(groups, 90, jobs=2, timeout=5)
+kinds = sorted({(l.name, str(l.args[0].dtype)) for l in compiled})
+print(json.dumps(dict(report, calls=len(calls), ops=sorted({c["op"] for c in calls}), kinds=kinds)))
+"""
+
+
+def test_recorded_calls_replay_into_the_launches_to_compile():
+    """Steps 1 and 2 without the interpreter (compiling itself is the warm-up's, tested there):
+    the engine's Triton calls of a tiny model, replayed on empty tensors in both dtypes."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run(
+        [sys.executable, "-c", _PRECOMPILE], capture_output=True, text=True, env=env,
+        timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["failed"] == [] and out["calls"] > 0 and out["kernels"] >= out["calls"]
+    assert out["groups"] == ["small bf16", "small fp32"] and out["jobs"] == 2
+    assert {"causal_conv3d_norm", "linear_attention_block", "ddim_update"} <= set(out["ops"])
+    kinds = {tuple(k) for k in out["kinds"]}
+    for dtype in ("torch.bfloat16", "torch.float32"):  # every kind of kernel, in both dtypes
+        assert ("_causal_conv3d_kernel", dtype) in kinds and (
+            "_norm_project_kernel",
+            dtype,
+        ) in kinds
+
 
 def _recorded_norm_call(width: int = 5) -> dict:
     """A bf16 channel_norm of a view (storage offset) whose residual shares the view's storage,
