@@ -21,7 +21,8 @@
 #                      per op
 #   warmup             python -m cdt_fast warmup: both presets, every benchmarked size, bf16
 #   tests-kernels      pytest -m gpu on the kernel test modules, bf16 cases first
-#   tests-model        pytest -m gpu on the rest (engine, CUDA graphs), CDT-small first
+#   tests-model        pytest -m gpu on the other modules with GPU tests (engine, CUDA graphs,
+#                      generation), CDT-small first
 #   bench-reference    benchmarks/run.py, eager reference and channels-last, small then base,
 #                      encode + decode, 17x256x256 bf16
 #   bench-engine       the same for the engine (every available backend), in its own process
@@ -101,6 +102,10 @@ KILL_AFTER=30  # after a phase's SIGTERM: time for the call in flight to end and
 MIN_PHASE=10   # a phase is not started with less than this left of the total
 KERNEL_TESTS=(tests/test_causal_conv3d.py tests/test_channel_norm.py tests/test_linear_attention.py
   tests/test_time_resample.py tests/test_temporal_attention.py tests/test_cpp_ops.py)
+# the other modules with GPU tests (engine, CUDA graphs, generation): named, so that pytest does not
+# import every test module of the suite to find them
+mapfile -t MODEL_TESTS < <(cd "$ROOT" && grep -l "pytest.mark.gpu" tests/test_*.py \
+  | grep -v -x -F "${KERNEL_TESTS[@]/#/-e}")
 NPROC=$(nproc 2>/dev/null || echo 1)
 JOBS=$(( NPROC < 16 ? NPROC : 16 ))
 
@@ -162,7 +167,7 @@ phase_cmd() {  # the command of phase $1 under a limit of $2 s (word-split: no q
     warmup) echo "$PY -m cdt_fast warmup ${WARMUP[*]} --json" ;;
     tests-kernels) echo "$PY ${PYTEST[*]}$PER_TEST_ARG ${KERNEL_TESTS[*]}" \
       "--junitxml \$SCRATCH/tests-kernels.xml" ;;
-    tests-model) echo "$PY ${PYTEST[*]}$PER_TEST_ARG tests ${KERNEL_TESTS[*]/#/--ignore=}" \
+    tests-model) echo "$PY ${PYTEST[*]}$PER_TEST_ARG ${MODEL_TESTS[*]}" \
       "--junitxml \$SCRATCH/tests-model.xml" ;;
     bench-reference) echo "${bench[*]} --impls reference,reference-cl ${SIZE[*]}" \
       "--out \$SCRATCH/bench-reference.json" ;;
