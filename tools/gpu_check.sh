@@ -125,7 +125,7 @@ if (( CPU )); then
   SIZE=(--tiny --device cpu --frames 5 --size 32 --dtype fp32 --warmup 0 --repeats 1 --threads 1)
   BIG=(--tiny --device cpu --frames 5 --size 48 --dtype fp32 --warmup 0 --repeats 1 --threads 1)
   MODELS=small
-  # tiny sizes: the phases take seconds; compiled keeps a short limit to show the time guard
+  # tiny sizes: each phase takes seconds to a minute on 2 busy cores
   declare -A BUDGET_OF=([install]=20 [preflight]=30 [env]=30 [smoke]=90 [warmup]=60
     [tests-kernels]=60 [tests-model]=60 [bench-reference]=40 [bench-engine]=60
     [bench720-reference]=30 [bench720-engine]=30 [compiled]=20)
