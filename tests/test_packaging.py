@@ -1,6 +1,7 @@
 """How the package imports in each way users get it, each checked in a fresh interpreter:
 
-- a plain checkout on ``PYTHONPATH`` with nothing installed (how ``tools/gpu_check.sh`` ran);
+- a plain checkout on ``PYTHONPATH`` with nothing installed (``tools/gpu_check.sh``'s fallback
+  when pip cannot install it);
 - a built wheel installed into an empty target folder;
 - the repository root as the working directory, beside another distribution's top-level
   ``kernels`` package (Hugging Face's, which diffusers and transformers import).

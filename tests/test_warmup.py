@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cdt_fast.cli import main
+from cdt_fast.engine import dispatch
 from cdt_fast.engine import warmup as W
 
 from .compile_kernels import has_cuda_toolchain
@@ -40,10 +41,22 @@ def _python(code: str, timeout: int = 600, **env) -> dict:
 
 
 _COUNT = """
-import json
-from cdt_fast.engine.warmup import warmup
+import json, torch
+from cdt_fast.engine.warmup import capture_model, warmup
 kw = dict(arch="sm_90a", compile=False, context_dim=32, unet_dim=32)
-print(json.dumps(warmup("small", (64, 64), 5, "bf16", **kw).to_dict()))
+result = warmup("small", (64, 64), 5, "bf16", **kw).to_dict()
+calls = []
+launches = capture_model("small", (16, 16), 1, torch.bfloat16, calls=calls, context_dim=8,
+                         unet_dim=8)
+spans = sorted((c.first, c.end) for c in calls)
+result["calls"] = dict(
+    ops=sorted({c.op for c in calls}),
+    launches=len(launches),
+    covered=sum(end - first for first, end in spans),
+    disjoint=all(a[1] <= b[0] for a, b in zip(spans, spans[1:])),
+    tensors=all(isinstance(c.args[0], torch.Tensor) for c in calls),
+)
+print(json.dumps(result))
 """
 
 
@@ -61,13 +74,18 @@ def test_count_only_captures_encode_and_decode_kernels():
         "_attention_apply_kernel",
         "_ddim_update_kernel",
     } <= set(first["per_kernel"])
+    # the op-level record: every launch inside exactly one Triton op call of the engine
+    calls = first["calls"]
+    assert calls["launches"] == calls["covered"] > 0 and calls["disjoint"]
+    assert calls["tensors"] and {"causal_conv3d_norm", "ddim_update"} <= set(calls["ops"])
+    assert set(calls["ops"]) <= set(dispatch.implementations("triton"))
 
 
 _COMPILE = """
 import json, os
 from cdt_fast.engine.warmup import warmup
 kw = dict(arch="sm_90a", context_dim=32, unet_dim=32, encode=False)
-cold = warmup("small", (64, 64), 5, "bf16", **kw).to_dict()
+cold = warmup("small", (64, 64), 5, "bf16", jobs=2, **kw).to_dict()  # forked workers
 entries = len(os.listdir(os.environ["TRITON_CACHE_DIR"]))
 warm = warmup("small", (64, 64), 5, "bf16", **kw).to_dict()
 print(json.dumps(dict(cold=cold, warm=warm, entries=entries,
@@ -79,8 +97,8 @@ print(json.dumps(dict(cold=cold, warm=warm, entries=entries,
 @pytest.mark.skipif(not has_cuda_toolchain(), reason="this triton has no CUDA backend/ptxas")
 def test_compiles_into_tritons_cache_once(tmp_path):
     out = _python(_COMPILE, TRITON_CACHE_DIR=str(tmp_path))
-    assert out["cold"]["compiled"] and out["cold"]["kernels"] > 0
-    # one cache entry per compiled kernel; the second warm-up finds them all
+    assert out["cold"]["compiled"] and out["cold"]["kernels"] > 0 and out["cold"]["failed"] == []
+    # one cache entry per compiled kernel; the second warm-up (in-process) finds them all
     assert out["entries"] >= out["cold"]["kernels"]
     assert out["after"] == out["entries"]
     assert out["warm"]["seconds"] < out["cold"]["seconds"]
@@ -125,7 +143,7 @@ def test_chunk_kinds_of_a_clip_share_one_conv_compilation():
 def test_cli_prints_json(monkeypatch, capsys):
     seen = {}
 
-    def fake(preset, size, frames, dtype, *, arch, compile, progress):
+    def fake(preset, size, frames, dtype, *, arch, compile, progress, jobs):
         seen.update(
             preset=preset, size=size, frames=frames, dtype=dtype, arch=arch, compile=compile
         )
@@ -146,6 +164,64 @@ def test_cli_prints_json(monkeypatch, capsys):
     assert main(["warmup", "--size", "256", "--count-only"]) == 0
     assert seen["size"] == (256, 256) and seen["compile"] is False
     assert "counted 7 kernels" in capsys.readouterr().out
+
+
+def test_cli_warms_every_model_and_size_up_in_workers(monkeypatch, capsys):
+    done = []
+
+    def fake(preset, size, frames, dtype, *, arch, compile, progress, jobs):
+        done.append((preset, size, jobs))
+        failed = ["_k: CompilationError: boom"] if (preset, size) == ("base", (720, 720)) else []
+        return W.WarmupResult(
+            kernels=3, seconds=1.0, launches=9, arch=90, preset=preset, size=size,
+            frames=frames, dtype=dtype, compiled=compile, failed=failed, jobs=jobs,
+        )  # fmt: skip
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(W, "warmup", fake)
+    args = ["warmup", "--model", "small,base", "--size", "256x256,720x720", "--jobs", "4"]
+    assert main(args + ["--arch", "sm_90a", "--json"]) == 1  # one kernel did not compile
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # every size for both presets, the first size first; one JSON line each
+    assert done == [
+        ("small", (256, 256), 4), ("base", (256, 256), 4),
+        ("small", (720, 720), 4), ("base", (720, 720), 4),
+    ]  # fmt: skip
+    assert [(r["model"], r["size"], r["jobs"]) for r in lines] == [
+        (m, list(s), 4) for m, s, _ in done
+    ]
+    assert lines[-1]["failed"] == ["_k: CompilationError: boom"]
+    assert main(["warmup", "--jobs", "0", "--arch", "sm_90a"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+def _fake_launches(n):
+    return [W.Launch(type("K", (), {"__name__": f"_kernel{i % 2}"})(), (), {}) for i in range(n)]
+
+
+def test_compile_launches_in_forked_workers_reports_failures_and_timeouts(monkeypatch):
+    def fake_compile(fn, args, kwargs, arch):
+        if fn.__name__ == "_kernel1":
+            raise RuntimeError("out of registers")
+
+    monkeypatch.setattr(W, "compile_launch", fake_compile)
+    seen = []
+    failed = W.compile_launches(_fake_launches(5), 90, jobs=2, progress=lambda *a: seen.append(a))
+    # the failures came back from the workers; progress after each worker's share
+    assert failed == ["_kernel1: RuntimeError: out of registers"] * 2
+    assert len(seen) == 2 and seen[-1][:2] == (5, 5)  # shares of 3 and 2, either first
+    assert W.compile_launches(_fake_launches(3), 90, jobs=1) == [
+        "_kernel1: RuntimeError: out of registers"
+    ]
+
+    monkeypatch.setattr(W, "compile_launch", lambda *a: __import__("time").sleep(60))
+    failed = W.compile_launches(_fake_launches(4), 90, jobs=2, timeout=0.5)
+    assert len(failed) == 2 and all(
+        f.startswith("not compiled (its worker was stopped at the timeout): 2 launches")
+        for f in failed
+    )
+    with pytest.raises(ValueError, match="jobs"):
+        W.compile_launches([], 90, jobs=0)
 
 
 def test_cli_refuses_the_interpreter(monkeypatch, capsys):

@@ -1,11 +1,14 @@
 """Ahead-of-time compilation of the Triton kernels an encode and a decode of one shape launch.
 
 :func:`capture_launches` runs the engine with every Triton launch recorded instead of run, grid
-included (on CPU tensors of the real shapes when no GPU is there, or on meta tensors: shapes only); :func:`distinct_launches` groups them by the
-JIT's own specialisation (constexprs, 16-byte alignment of pointers and integers, integers equal
-to 1, compile options), and :func:`compile_launch` compiles one for a given GPU architecture
-exactly as ``JITFunction.run`` would on that GPU. :func:`warmup` does all three for a model
-preset, a frame size, a frame count and a dtype, filling Triton's on-disk cache.
+included (on CPU tensors of the real shapes when no GPU is there, or on meta tensors: shapes only);
+:func:`distinct_launches` groups them by the JIT's own specialisation (constexprs, 16-byte
+alignment of pointers and integers, integers equal to 1, compile options), and :func:`compile_launch` compiles one for a given GPU architecture
+exactly as ``JITFunction.run`` would on that GPU; :func:`compile_launches` compiles many, in
+forked worker processes when asked. :func:`warmup` does it all for a model preset, a frame size,
+a frame count and a dtype, filling Triton's on-disk cache. :func:`capture_model` can also record
+the op-level calls the engine made on the Triton backend (:class:`OpCall`), which is how
+``tools/gpu_smoke.py`` replays every Triton op of a real encode and decode at its real shapes.
 
 A cache made this way on a machine without a GPU (``arch=90``) is the cache the JIT reads on an
 sm_90 GPU, provided Triton itself (the same wheel: its key hashes Triton's compiler sources,
@@ -20,7 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import re
+import select
+import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +38,7 @@ import torch
 __all__ = [
     "KERNEL_MODULES",
     "Launch",
+    "OpCall",
     "WarmupResult",
     "parse_arch",
     "capture_launches",
@@ -38,6 +46,7 @@ __all__ = [
     "specialise",
     "distinct_launches",
     "compile_launch",
+    "compile_launches",
     "warmup",
 ]
 
@@ -71,6 +80,27 @@ class Launch:
     def name(self) -> str:
         return getattr(self.fn, "__name__", str(self.fn))
 
+    def compile_kwargs(self) -> dict:
+        """The keyword arguments the JIT binds: an autotuned launch's with its first config's
+        meta-parameters (constexprs the binder needs)."""
+        kwargs = dict(self.kwargs)
+        if self.configs:
+            kwargs.update(self.configs[0].all_kwargs())
+        return kwargs
+
+
+@dataclass
+class OpCall:
+    """One op the engine ran on the Triton backend during :func:`capture_model`: the op's name
+    (a :mod:`cdt_fast.functional` function), the arguments the engine passed (the capture's
+    tensors), and the capture's launches it issued, ``launches[first:end]``."""
+
+    op: str
+    args: tuple
+    kwargs: dict
+    first: int
+    end: int
+
 
 @dataclass
 class WarmupResult:
@@ -89,6 +119,8 @@ class WarmupResult:
     per_kernel: Dict[str, int] = field(default_factory=dict)
     capture_seconds: float = 0.0
     triton: str = ""
+    failed: List[str] = field(default_factory=list)
+    jobs: int = 1
 
     def to_dict(self) -> dict:
         return {
@@ -104,6 +136,8 @@ class WarmupResult:
             "capture_seconds": round(self.capture_seconds, 2),
             "per_kernel": dict(self.per_kernel),
             "triton": self.triton,
+            "failed": list(self.failed),
+            "jobs": self.jobs,
         }
 
 
@@ -193,6 +227,29 @@ def capture_launches(arch: int = 90) -> Iterator[List[Launch]]:
             setattr(owner, attr, value)
 
 
+@contextlib.contextmanager
+def _record_op_calls(launches: List[Launch], calls: List[OpCall]) -> Iterator[None]:
+    """Within the block, every op an engine's table sends to the Triton backend is appended to
+    ``calls`` with the span of ``launches`` it issued (the table's own choice, then its call)."""
+    from .dispatch import OpTable
+
+    original = OpTable.__call__
+
+    def call(self, op, *args, **kwargs):
+        choice = self.choice(op, args, kwargs)
+        first = len(launches)
+        out = choice.fn(*args, **kwargs)
+        if choice.backend == "triton":
+            calls.append(OpCall(op, args, kwargs, first, len(launches)))
+        return out
+
+    OpTable.__call__ = call
+    try:
+        yield
+    finally:
+        OpTable.__call__ = original
+
+
 def capture_model(
     preset: str,
     size: Tuple[int, int],
@@ -205,6 +262,7 @@ def capture_model(
     autotune: bool = False,
     batch: int = 1,
     device: str = "cpu",
+    calls: Optional[List[OpCall]] = None,
     **overrides,
 ) -> List[Launch]:
     """The Triton launches of one engine encode and/or decode of ``batch`` clips of ``frames``
@@ -212,7 +270,9 @@ def capture_model(
     fields, e.g. narrower networks for tests). ``autotune``: record the autotuners' candidate
     configs (:attr:`Launch.configs`) instead of the tables' tiles. ``device="meta"``: model and
     inputs on the meta device, shapes only (any resolution, no memory; the launches' grids and
-    specialisations are those of real tensors, but nothing can be compiled from data)."""
+    specialisations are those of real tensors, but nothing can be compiled from data).
+    ``calls``: a list that receives an :class:`OpCall` for every op the engine ran on the Triton
+    backend."""
     from cdt_fast import CDT, CDTConfig
     from cdt_fast.chunking import latent_frames
     from cdt_fast.engine.accelerated import AcceleratedCDT
@@ -231,7 +291,12 @@ def capture_model(
         raise ValueError(f"device must be 'cpu' or 'meta', got {device!r}")
     model = CDT(cfg).eval().to(device)
     # The tables' tiles unless asked: warm-up compiles what a default run launches.
-    with tile_options(autotune=autotune), capture_launches(arch) as launches, torch.no_grad():
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tile_options(autotune=autotune))
+        launches = stack.enter_context(capture_launches(arch))
+        stack.enter_context(torch.no_grad())
+        if calls is not None:
+            stack.enter_context(_record_op_calls(launches, calls))
         # The engine's backend check accepts CPU tensors for Triton only under the interpreter
         # (told here through its env); the kernels were decorated before, so they stay compiled.
         engine = AcceleratedCDT(model, backend="triton", dtype=dtype, env={"TRITON_INTERPRET": "1"})
@@ -289,10 +354,7 @@ def distinct_launches(
     for launch in launches:
         if kernels is not None and not any(k in launch.name for k in kernels):
             continue
-        kwargs = dict(launch.kwargs)
-        if launch.configs:  # the tuned meta-parameters are constexprs the binder needs
-            kwargs.update(launch.configs[0].all_kwargs())
-        key = specialise(launch.fn, launch.args, kwargs, arch)[-1]
+        key = specialise(launch.fn, launch.args, launch.compile_kwargs(), arch)[-1]
         distinct.setdefault(key, [launch, 0])[1] += 1
     return [(launch, count) for launch, count in distinct.values()]
 
@@ -307,6 +369,104 @@ def compile_launch(fn, args, kwargs, arch: int = 90):
     return triton.compile(
         ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
     )
+
+
+def compile_launches(
+    launches: Sequence[Launch],
+    arch: int = 90,
+    jobs: int = 1,
+    progress=None,
+    timeout: Optional[float] = None,
+) -> List[str]:
+    """Compile every launch (:func:`compile_launch`) into Triton's cache and return one line per
+    launch that failed (the others are compiled either way).
+
+    ``jobs`` > 1 splits the launches over that many worker processes forked from this one, each
+    compiling its share into the same on-disk cache: Triton compiles one kernel on one core, and
+    its cache writes are atomic. The workers inherit the launches' arguments instead of
+    receiving copies. Fork before this process compiles anything itself: a process that has
+    compiled may hold compiler thread pools that a fork does not carry over. ``timeout``
+    (seconds, workers only) bounds the wait: workers still running then are killed and their
+    launches reported as not compiled (the JIT compiles them when they first run).
+    ``progress(done, total, name)`` after each kernel, or after each worker's share."""
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    launches = list(launches)
+    if jobs == 1 or len(launches) < 2 or not hasattr(os, "fork"):
+        failed = []
+        for i, launch in enumerate(launches):
+            failed += _compile_each([launch], arch)
+            if progress is not None:
+                progress(i + 1, len(launches), launch.name)
+        return failed
+    shares = [launches[i::jobs] for i in range(min(jobs, len(launches)))]
+    sys.stdout.flush()
+    sys.stderr.flush()  # a worker must not write the parent's buffered output a second time
+    workers = {}  # read end of the worker's pipe -> (pid, share, report so far)
+    for share in shares:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: compile its share, report failures through the pipe
+            status = 1
+            try:
+                os.close(read_end)
+                with os.fdopen(write_end, "w") as pipe:
+                    pipe.write("\n".join(_compile_each(share, arch)))
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        workers[read_end] = (pid, share, [])
+    deadline = None if timeout is None else time.monotonic() + timeout
+    failed, done = [], 0
+    try:
+        while workers:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select(list(workers), [], [], wait)
+            if not ready:
+                break  # the deadline passed
+            for fd in ready:
+                chunk = os.read(fd, 65536)
+                pid, share, report = workers[fd]
+                if chunk:
+                    report.append(chunk)
+                    continue
+                os.close(fd)
+                del workers[fd]
+                code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                failed += [line for line in b"".join(report).decode().splitlines() if line]
+                if code != 0:
+                    failed.append(f"a compile worker ended with status {code}: {_names(share)}")
+                done += len(share)
+                if progress is not None:
+                    progress(done, len(launches), f"{len(share)} kernels of one worker")
+    finally:
+        for fd, (pid, share, _) in workers.items():  # past the deadline, or interrupted
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(fd)
+            late = deadline is not None and time.monotonic() >= deadline
+            why = "its worker was stopped at the timeout" if late else "interrupted"
+            failed.append(f"not compiled ({why}): {_names(share)}")
+    return failed
+
+
+def _names(share: Sequence[Launch]) -> str:
+    kinds = Counter(launch.name for launch in share)
+    return (
+        f"{len(share)} launches (" + ", ".join(f"{n} x{c}" for n, c in sorted(kinds.items())) + ")"
+    )
+
+
+def _compile_each(launches: Sequence[Launch], arch: int) -> List[str]:
+    failed = []
+    for launch in launches:
+        try:
+            compile_launch(launch.fn, launch.args, launch.compile_kwargs(), arch)
+        except Exception as err:  # noqa: BLE001 - reported; the other kernels still compile
+            text = " ".join(str(err).split())[:300]
+            failed.append(f"{launch.name}: {type(err).__name__}: {text}")
+    return failed
 
 
 def _current_arch() -> int:
@@ -329,12 +489,15 @@ def warmup(
     encode: bool = True,
     decode: bool = True,
     progress=None,
+    jobs: int = 1,
     **overrides,
 ) -> WarmupResult:
     """Compile every Triton kernel that an encode and a decode of ``frames`` frames of ``size``
     (H, W) in ``dtype`` ("bf16", "fp16", "fp32" or a torch dtype) will launch into Triton's
     cache. ``arch``: the target ("sm_90a", 90, ...; default: this machine's GPU); with it no GPU
-    is needed. ``compile=False`` only counts. ``progress(done, total, name)`` after each kernel."""
+    is needed. ``compile=False`` only counts. ``jobs``: worker processes that compile
+    (:func:`compile_launches`). ``progress(done, total, name)`` after each kernel. A kernel that
+    fails to compile is listed in the result's ``failed``; the others are compiled."""
     import triton
 
     if preset not in ("base", "small"):
@@ -363,14 +526,9 @@ def warmup(
     )
     captured = time.perf_counter()
     distinct = distinct_launches(launches, target)
-    for i, (launch, _) in enumerate(distinct):
-        if compile:
-            kwargs = dict(launch.kwargs)
-            if launch.configs:
-                kwargs.update(launch.configs[0].all_kwargs())
-            compile_launch(launch.fn, launch.args, kwargs, target)
-        if progress is not None:
-            progress(i + 1, len(distinct), launch.name)
+    failed = []
+    if compile:
+        failed = compile_launches([launch for launch, _ in distinct], target, jobs, progress)
     short = {v: k for k, v in DTYPES.items()}[dtype]
     return WarmupResult(
         kernels=len(distinct),
@@ -385,4 +543,6 @@ def warmup(
         per_kernel=dict(Counter(launch.name for launch, _ in distinct)),
         capture_seconds=captured - started,
         triton=triton.__version__,
+        failed=failed,
+        jobs=jobs,
     )
