@@ -23,6 +23,7 @@ from this emulation must reject.
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
 from typing import Callable, Optional
 
 import torch
@@ -112,11 +113,13 @@ def _linear_attention(store, x, w_qkv, w_out, b_out, *, heads=1, scale=None):
     return _attention(store, x, w_qkv, w_out, b_out, heads=heads, scale=scale)
 
 
-_MULTI_PASS = {
-    "causal_conv3d_norm": _conv_norm,
-    "linear_attention_block": _attention_block,
-    "linear_attention": _linear_attention,
-}
+_MULTI_PASS = MappingProxyType(
+    {
+        "causal_conv3d_norm": _conv_norm,
+        "linear_attention_block": _attention_block,
+        "linear_attention": _linear_attention,
+    }
+)
 
 
 def emulated_op(

@@ -17,8 +17,6 @@ reversed and shuffled without running anything twice.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
@@ -27,9 +25,8 @@ pytest.importorskip("triton")
 from cdt_fast import CDT, accelerate
 
 from .conftest import tiny_config, upstream_state_dict
-from .helpers import ON_GPU, UPSTREAM_TOL, exact_fp32
+from .helpers import DEVICE, UPSTREAM_TOL, exact_fp32
 
-DEVICE = "cuda" if ON_GPU else "cpu"
 CHUNK_FRAMES = {"encode": 4, "decode": 1}  # -> video chunks of 1, 4, 4 frames either way
 
 # (preset, what, batch, decode steps, program order)
@@ -75,15 +72,11 @@ def _decode_in_chunks(engine, z, steps, noise) -> torch.Tensor:
     return torch.cat(frames, dim=2)
 
 
-def _fp32_exact():
-    return exact_fp32() if ON_GPU else contextlib.nullcontext()
-
-
 @pytest.mark.parametrize("preset,what,batch,steps,program_order", CASES, indirect=["program_order"])
 def test_three_chunks_match_reference(preset, what, batch, steps, program_order):
     model = _reference(preset)
     generator = torch.Generator().manual_seed(batch)
-    with _fp32_exact(), torch.no_grad():
+    with exact_fp32(), torch.no_grad():
         engine = _triton_engine(model)
         if what == "encode":
             x = (torch.rand(batch, 3, 9, 8, 8, generator=generator) * 2 - 1).to(DEVICE)
@@ -103,10 +96,10 @@ def test_three_chunks_match_reference(preset, what, batch, steps, program_order)
 @pytest.mark.parametrize("what", ["encode", "decode-1", "decode-3"])
 def test_three_chunks_match_upstream_tensors(preset, what, upstream_io):
     """The fixture's own clips (32x32, 9 frames) through the Triton engine in three chunks."""
-    engine_model = _reference(preset)
+    model = _reference(preset)
     io = {k: v.to(DEVICE) for k, v in upstream_io.items() if k.startswith(f"{preset}.")}
-    with _fp32_exact(), torch.no_grad():
-        engine = _triton_engine(engine_model)
+    with exact_fp32(), torch.no_grad():
+        engine = _triton_engine(model)
         if what == "encode":
             params = _encode_in_chunks(engine, io[f"{preset}.x"])
             torch.testing.assert_close(params, io[f"{preset}.posterior"], rtol=0, atol=UPSTREAM_TOL)
