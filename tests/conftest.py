@@ -10,7 +10,7 @@ from pathlib import Path
 # reads its cache only, in this process and in the subprocesses tests start.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from .helpers import use_triton_interpreter
+from .helpers import INTERPRETED, use_triton_interpreter
 
 # Before any test module imports triton: the one place where the interpreter is switched on.
 use_triton_interpreter()
@@ -19,6 +19,9 @@ import pytest
 import torch
 
 from cdt_fast import CDT, CDTConfig
+
+from .program_order import ORDERS
+from .program_order import program_order as reorder_programs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PRESETS = ("base", "small")
@@ -57,6 +60,68 @@ def upstream_model(preset) -> CDT:
     model = CDT(tiny_config(preset))
     model.load_state_dict(upstream_state_dict(preset), strict=True)
     return model.eval()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--program-order",
+        default="grid",
+        help="comma-separated program orders for Triton interpreter launches, from "
+        f"{', '.join(ORDERS)} (tests/program_order.py); with several, every test runs once per "
+        "order. Default: grid (the interpreter's own).",
+    )
+    parser.addoption(
+        "--program-order-seed",
+        type=int,
+        default=0,
+        help="seed of the shuffled program order (default 0)",
+    )
+
+
+def pytest_configure(config):
+    _session_orders(config)  # a bad --program-order stops the run before collection
+
+
+def _session_orders(config) -> list:
+    orders = [o.strip() for o in config.getoption("--program-order").split(",") if o.strip()]
+    bad = [o for o in orders if o not in ORDERS]
+    if bad or not orders:
+        raise pytest.UsageError(f"--program-order takes orders from {ORDERS}, got {bad or orders}")
+    return orders
+
+
+def _parametrizes(metafunc, name: str) -> bool:
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        names = names.split(",") if isinstance(names, str) else names
+        if name in (n.strip() for n in names):
+            return True
+    return False
+
+
+def pytest_generate_tests(metafunc):
+    # Several session orders: every test not pinning its own runs once per order.
+    orders = _session_orders(metafunc.config)
+    if (
+        len(orders) > 1
+        and "program_order" in metafunc.fixturenames
+        and not _parametrizes(metafunc, "program_order")
+    ):
+        metafunc.parametrize("program_order", orders, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def program_order(request):
+    """The order in which Triton interpreter launches run their programs during this test: the
+    test's own (``@pytest.mark.parametrize("program_order", [...], indirect=True)``), else the
+    session's (``--program-order``). Only the interpreter is reordered: compiled kernels run in
+    the GPU's own order, whatever the test asks."""
+    order = getattr(request, "param", None) or _session_orders(request.config)[0]
+    if order == "grid" or not INTERPRETED:
+        yield order
+        return
+    with reorder_programs(order, seed=request.config.getoption("--program-order-seed")):
+        yield order
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ before any test module imports triton); the modules read the outcome from here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -14,11 +15,16 @@ import torch
 
 __all__ = [
     "BENCH_TINY_ARGS",
+    "BF16_MAX_MULTIPLE",
+    "BF16_RMS_MULTIPLE",
     "DEVICE",
     "EPS",
     "INTERPRETED",
     "ON_GPU",
     "UPSTREAM_TOL",
+    "assert_bf16_close",
+    "errors",
+    "exact_fp32",
     "put_in_hub_cache",
     "rand",
     "rand_latent",
@@ -58,6 +64,59 @@ def tolerance(dtype: torch.dtype, k: int = 1) -> dict:
     if dtype == torch.float32:
         return {"atol": max(1e-6, 8 * eps * k), "rtol": 1e-5}
     return {"atol": 4 * eps * k**0.5 + eps, "rtol": 2 * eps}
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 convs and matmuls with IEEE products on CUDA (no TF32), for oracles and fp32 kernels
+    (whose precision follows ``torch.backends.cudnn.allow_tf32``). No effect on a CPU."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+# bf16 tolerances, for the GPU tests (the interpreter has no bf16 arithmetic). They are derived
+# from the bf16 emulation (tests/bf16_emulation.py: fp32 arithmetic, bf16 storage wherever the
+# kernels store) run on the same inputs, never set by hand: a bf16 result's error against the fp32
+# oracle may be at most these multiples of the emulation's error against that oracle.
+# - RMS error, 1.5x: equally faithful emulations (fp64 instead of fp32 arithmetic inside the ops,
+#   i.e. another summation order; a Block's conv output stored before its norm, as the composed
+#   path does) and the torch backend run in bf16 differ from the emulation by at most 1.16x over
+#   both tiny presets' encode and 1- and 3-step decodes, while storing by truncation instead of
+#   rounding to nearest costs 1.8x to 6.9x (measured and kept so by tests/test_bf16_emulation.py).
+# - largest error, 3x: one wrong element among many barely moves the RMS; between the faithful
+#   variants above the largest error moves by up to 2.7x (a 3-step decode's sampling amplifies
+#   single elements).
+BF16_RMS_MULTIPLE = 1.5
+BF16_MAX_MULTIPLE = 3.0
+
+
+def errors(actual: torch.Tensor, oracle: torch.Tensor) -> tuple:
+    """(RMS, largest absolute) difference, computed in fp64."""
+    diff = actual.double() - oracle.double()
+    return diff.pow(2).mean().sqrt().item(), diff.abs().max().item()
+
+
+def assert_bf16_close(actual: torch.Tensor, oracle: torch.Tensor, emulated: torch.Tensor) -> None:
+    """``actual`` (a bf16 computation) is as close to the fp32 ``oracle`` as the bf16 emulation
+    ``emulated`` of the same computation, within :data:`BF16_RMS_MULTIPLE` and
+    :data:`BF16_MAX_MULTIPLE`. A floor far below a bf16 step (2**-16 of the oracle's largest
+    magnitude: fp32 summation-order noise) keeps a result the emulation gets exactly from
+    demanding a zero error."""
+    assert actual.shape == oracle.shape == emulated.shape, (actual.shape, oracle.shape)
+    rms, largest = errors(actual, oracle)
+    rms_emul, largest_emul = errors(emulated, oracle)
+    floor = 2.0**-16 * oracle.abs().max().item()
+    rms_tol = BF16_RMS_MULTIPLE * max(rms_emul, floor)
+    max_tol = BF16_MAX_MULTIPLE * max(largest_emul, floor)
+    assert rms <= rms_tol and largest <= max_tol, (
+        f"bf16 error RMS {rms:.3e} / largest {largest:.3e} exceeds {BF16_RMS_MULTIPLE}x / "
+        f"{BF16_MAX_MULTIPLE}x the emulation's {rms_emul:.3e} / {largest_emul:.3e}"
+    )
 
 
 def rand(

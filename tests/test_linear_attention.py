@@ -15,7 +15,8 @@ from cdt_fast.kernels.linear_attention import (
 )
 from cdt_fast.reference.layers import LinearAttention, attention_block
 
-from .helpers import DEVICE
+from .bf16_emulation import emulated_op
+from .helpers import DEVICE, assert_bf16_close
 
 
 def _weights(c, heads=1, dim_head=None, bias=True, k_gain=1.0, c_out=None):
@@ -189,8 +190,12 @@ def test_gpu_block_dtypes(dtype, shape):
         w_out.to(dtype).double(),
         b_out.to(dtype).double(),
     )
-    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
-    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
+    if dtype == torch.bfloat16:
+        emulated = emulated_op("linear_attention_block")(x, g, b, w_qkv, w_out, b_out)
+        assert_bf16_close(y, ref, emulated)
+    else:
+        tol = {torch.float32: 1e-4, torch.float16: 1e-2}[dtype]
+        torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ from cdt_fast.reference.layers import TimeDownsample, TimeUpsample
 triton = pytest.importorskip("triton")
 from cdt_fast.kernels.time_resample import time_downsample, time_upsample
 
-from .helpers import DEVICE
+from .bf16_emulation import emulated_op
+from .helpers import DEVICE, assert_bf16_close, exact_fp32
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
 
@@ -137,15 +138,16 @@ def test_gpu_parity_at_engine_shapes(dtype):
     w, b = torch.randn(192, 192, 3, device=DEVICE) / 24, torch.randn(192, device=DEVICE)
     tol = dict(atol=2e-2, rtol=2e-2) if dtype != torch.float32 else dict(atol=1e-4, rtol=1e-4)
     wu, bu = torch.randn(384, 192, 1, device=DEVICE) / 14, torch.randn(384, device=DEVICE)
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32, both sides
-        torch.testing.assert_close(
-            time_downsample(x, w, b).float(), CF.time_downsample(x.float(), w, b), **tol
-        )
-        torch.testing.assert_close(
-            time_upsample(x, wu, bu, drop_first=True).float(),
-            CF.time_upsample(x.float(), wu, bu, drop_first=True),
-            **tol,
-        )
+    with exact_fp32():  # exact fp32, both sides
+        for op, kernel, args, kw in (
+            ("time_downsample", time_downsample, (w, b), {}),
+            ("time_upsample", time_upsample, (wu, bu), dict(drop_first=True)),
+        ):
+            y, ref = kernel(x, *args, **kw), getattr(CF, op)(x.float(), *args, **kw)
+            if dtype == torch.bfloat16:
+                assert_bf16_close(y, ref, emulated_op(op)(x, *args, **kw))
+            else:
+                torch.testing.assert_close(y.float(), ref, **tol)
 
 
 def test_compiled_kernels_refuse_cpu_tensors_clearly(monkeypatch):

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# The Triton kernels' parity tests (interpreter, CPU) against a second Triton release.
+# The Triton kernels' parity tests (interpreter, CPU) against a second Triton release, each run
+# twice: with every launch's programs in reversed and in shuffled order (tests/program_order.py),
+# so that a kernel whose programs depend on each other (a race on a GPU) fails here. The main
+# test run covers the grid order.
 #
 # The project must already be installed in the Python that runs this script (with its test
 # extras). That Python's own Triton is left alone: the requested release is installed into a
@@ -20,7 +23,7 @@ while [[ $# -gt 0 ]]; do
     --triton) triton_version="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
     --) shift; pytest_args=("$@"); break ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "ci_triton_matrix.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -41,9 +44,10 @@ if [[ "$got" != "$triton_version" ]]; then
   echo "ci_triton_matrix.sh: asked for triton $triton_version, the tests would import $got" >&2
   exit 1
 fi
-echo "kernel parity tests under the Triton $got interpreter"
+echo "kernel parity tests under the Triton $got interpreter, programs reversed and shuffled"
 
-"$python" -m pytest -q -m "not slow" -p no:cacheprovider \
+"$python" -m pytest -q -m "not slow" -p no:cacheprovider --program-order reversed,shuffled \
+  tests/test_program_order.py \
   tests/test_causal_conv3d.py \
   tests/test_channel_norm.py \
   tests/test_linear_attention.py \
