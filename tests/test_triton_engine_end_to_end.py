@@ -34,9 +34,10 @@ CHUNK_FRAMES = {"encode": 4, "decode": 1}  # -> video chunks of 1, 4, 4 frames e
 _CI = [
     ("base", "encode", 1, None, "reversed"),
     ("small", "encode", 2, None, "grid"),
-    ("small", "decode", 1, 1, "shuffled"),
+    ("small", "decode", 1, 2, "shuffled"),  # 2 steps: the intermediate DDIM step and the last
 ]
 _SLOW = [
+    ("small", "decode", 1, 1, "grid"),
     ("base", "decode", 1, 1, "reversed"),
     ("base", "decode", 2, 2, "shuffled"),
     ("small", "decode", 2, 2, "reversed"),
