@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("av")
 
-from cdt_fast import video_io
-from cdt_fast.cli import _common, build_parser, main
+from cdt_fast import pipelines, video_io
+from cdt_fast.cli import _common, _console, build_parser, main
 
 from .video_clips import pattern, tiny_model_file, write_clip
 
@@ -283,7 +283,7 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     import io
 
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
-    with _common.progress(10, "x", quiet=False) as bar:
+    with _console.progress(10, "x", quiet=False) as bar:
         assert bar.disable
 
 
@@ -418,8 +418,8 @@ def test_cli_streams_chunks_of_bounded_length(capsys, work, tmp_path, monkeypatc
         capsys, "reconstruct", src, "-o", tmp_path / "o.mp4", "--model", work["model"], "-q"
     )
     assert rc == 0, err
-    assert seen["chunk"] <= _common.MAX_CPU_CHUNK_FRAMES
-    assert seen["latent_chunk"] <= _common.MAX_CPU_CHUNK_FRAMES // config.time_factor
+    assert seen["chunk"] <= pipelines.MAX_CPU_CHUNK_FRAMES
+    assert seen["latent_chunk"] <= pipelines.MAX_CPU_CHUNK_FRAMES // config.time_factor
     assert seen["tensor"] is False
 
 

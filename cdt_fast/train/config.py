@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..config import CDTConfig, check_positive_ints, dataclass_from_dict
+from ..config import CDTConfig, check_positive_ints, config_from_file, dataclass_from_dict
 from .losses import LossWeights
 
 __all__ = ["TrainConfig", "PRESETS", "resolve_train_config"]
@@ -135,8 +135,6 @@ def resolve_train_config(spec: str) -> Tuple[TrainConfig, Optional[Path]]:
         return PRESETS[spec](), None
     path = Path(spec)
     if path.suffix == ".safetensors":
-        from ..api import config_from_file
-
         model = config_from_file(path)
         if model is None:
             raise ValueError(
