@@ -10,6 +10,7 @@ from pathlib import Path
 __all__ = [
     "demo_model_path",
     "Trainer",
+    "RunConfig",
     "TrainConfig",
     "CDTLoss",
     "LossWeights",
@@ -35,7 +36,7 @@ def __getattr__(name):
         from . import trainer
 
         return getattr(trainer, name)
-    if name in ("TrainConfig", "resolve_train_config"):
+    if name in ("RunConfig", "TrainConfig", "resolve_train_config"):
         from . import config
 
         return getattr(config, name)
