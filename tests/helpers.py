@@ -1,4 +1,4 @@
-"""What the test modules share: where they run, tolerances, random inputs, a tiny benchmark run.
+"""What the test modules share: where they run, tolerances, a tiny benchmark run, a Hub cache.
 
 Where Triton runs is decided once, in ``conftest.py`` (which calls :func:`use_triton_interpreter`
 before any test module imports triton); the modules read the outcome from here.
@@ -20,9 +20,6 @@ __all__ = [
     "ON_GPU",
     "UPSTREAM_TOL",
     "put_in_hub_cache",
-    "rand",
-    "rand_latent",
-    "rand_video",
     "tolerance",
     "use_triton_interpreter",
 ]
@@ -58,30 +55,6 @@ def tolerance(dtype: torch.dtype, k: int = 1) -> dict:
     if dtype == torch.float32:
         return {"atol": max(1e-6, 8 * eps * k), "rtol": 1e-5}
     return {"atol": 4 * eps * k**0.5 + eps, "rtol": 2 * eps}
-
-
-def rand(
-    *shape,
-    dtype: torch.dtype = torch.float32,
-    channels_last: bool = False,
-    scale: float = 1.0,
-    shift: float = 0.0,
-    device=DEVICE,
-) -> torch.Tensor:
-    """Standard normal ``* scale + shift`` in ``dtype`` (drawn in fp32, so one seed gives the same
-    values in every dtype), channels-last for 5-D tensors on request."""
-    x = (torch.randn(*shape, device=device) * scale + shift).to(dtype)
-    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
-
-
-def rand_video(b: int, t: int, h: int, w: int, *, dtype=torch.float32, device=DEVICE):
-    """A video ``[B, 3, T, H, W]`` in ``[-1, 1]``, as CDT's encoder takes it."""
-    return (torch.rand(b, 3, t, h, w, device=device) * 2 - 1).to(dtype)
-
-
-def rand_latent(b: int, c: int, t: int, h: int, w: int, *, dtype=torch.float32, device=DEVICE):
-    """A latent ``[B, C, T, h, w]`` of unit scale, as CDT's decoder takes it."""
-    return torch.randn(b, c, t, h, w, device=device).to(dtype)
 
 
 # benchmarks/run.py on a setting that runs in seconds on a CPU; a test appends what it changes
