@@ -12,7 +12,7 @@ into the repository.
 
 ``SUMMARY`` (``$OUT/summary.json``) is rewritten atomically after every phase, so a run cut short
 still leaves every finished phase in it. ``record --into`` merges a phase's benchmark JSON or
-junit XML into one file of the run (the device tool brings back at most 8 files). Every engine
+junit XML into one file of the run (a remote runner may bring back only 8 files). Every engine
 row of a benchmark is checked against what it says ran it (:func:`engine_row_verdicts`): a row
 whose labelled backend ran no op, or that does not say, is withheld from the committed results
 and the README table. Only ``preflight`` and ``env`` import torch.

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch is imported where a command runs, so that --help answ
     import torch
 
 DTYPES = ("bf16", "fp16", "fp32")
-# Older spellings (eval's), accepted wherever --dtype is.
+# torch's spellings (eval's own), accepted wherever --dtype is.
 DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 DEMO_MODEL = Path("assets") / "demo.safetensors"
 
@@ -202,7 +202,7 @@ def add_video_output_args(parser: argparse.ArgumentParser) -> None:
 
 def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    # eval's former spelling
+    # eval's own spelling, accepted by every command and left out of --help
     parser.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
 
 

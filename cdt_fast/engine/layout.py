@@ -14,7 +14,7 @@ def activation_layout(device: torch.device, ops: OpTable) -> torch.memory_format
     """channels_last_3d (NDHWC) where it pays: on CUDA (cuDNN's fast 3D convs) and whenever a
     kernel backend serves an op (the kernels are written for NDHWC). Pure torch on CPU keeps
     NCDHW: torch's CPU conv3d is NCDHW-native and copies channels-last inputs around every call
-    (measured here: ~17% of CPU decode time went to those copies)."""
+    (measured: about 17% of a CPU decode's time goes to those copies)."""
     kernels = ops.candidates or any(c.backend != "torch" for c in ops.table.values())
     if torch.device(device).type == "cuda" or kernels:
         return torch.channels_last_3d
