@@ -522,7 +522,7 @@ def test_record_merges_parts_into_one_file(tmp_path):
             "</testsuite></testsuites>"
         )
         gpu_check.record(summary, name, 0, 1, 1, junit=tmp_path / f"{name}.xml", into=junit)
-    assert gpu_check._junit(junit)["tests"] == 5
+    assert gpu_check.read_junit(junit)["tests"] == 5
 
 
 @needs_bash
