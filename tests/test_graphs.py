@@ -23,6 +23,7 @@ from cdt_fast.engine.state import StreamState
 from cdt_fast.functional import ddim_coefficients
 from cdt_fast.reference import DDIMSchedule, randomize_
 
+from .conftest import random_latent as _latent
 from .conftest import tiny_config, upstream_state_dict
 from .graph_stand_in import RecordingCapture
 
@@ -35,11 +36,6 @@ def reference():
         ref.load_state_dict(upstream_state_dict(preset))
         out[preset] = ref.eval()
     return out
-
-
-def _latent(ref, t=3, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn((1, ref.config.latent_dim, t, 4, 4), generator=g)
 
 
 def _video(t=9, seed=1):
