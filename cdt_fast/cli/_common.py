@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # torch is imported where a command runs, so that --help answ
 DTYPES = ("bf16", "fp16", "fp32")
 # torch's spellings (eval's own), accepted wherever --dtype is.
 DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-DEMO_MODEL = Path("assets") / "demo.safetensors"
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -254,15 +253,17 @@ def check_file_output(path, suffix: str) -> None:
 
 # -- model -----------------------------------------------------------------------------------------
 def default_model_path(root: Optional[Path] = None) -> Path:
-    """The bundled demo model (``cdt_fast/assets/demo.safetensors``); one clear error if absent."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
-    path = root / DEMO_MODEL
-    if not path.is_file():
+    """The model the commands run without --model: the bundled demo model
+    (:func:`cdt_fast.train.demo_model_path`, of the package folder ``root``); one clear error if
+    it is absent."""
+    from ..train import demo_model_path
+
+    try:
+        return demo_model_path(root)
+    except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"no --model given and the bundled demo model ({path}) is not "
-            "installed; pass --model base|small|PATH"
-        )
-    return path
+            f"no --model given and {err}; pass --model base|small|PATH"
+        ) from None
 
 
 def resolve_device(text: str) -> "torch.device":
