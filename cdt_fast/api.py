@@ -11,12 +11,11 @@ import torch
 
 from . import hub
 from .checkpoint import load_into, read_state_dict, save_state_dict
-from .config import CDTConfig
+from .config import CONFIG_METADATA_KEY, CDTConfig, config_from_file
 from .reference import CDT
 
 __all__ = ["load", "load_cdt", "save", "config_from_file"]
 
-CONFIG_METADATA_KEY = "cdt_fast.config"
 PathLike = Union[str, os.PathLike]
 
 # Upstream `load_cdt*` keyword arguments -> CDTConfig fields.
@@ -26,20 +25,6 @@ _UPSTREAM_KWARGS = {
     "diffusion_step": "num_timesteps",
     "sampling_step": "sample_steps",
 }
-
-
-def config_from_file(path: PathLike) -> Optional[CDTConfig]:
-    """The CDTConfig stored in a ``.safetensors`` file written by :func:`save`, or None."""
-    path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if CONFIG_METADATA_KEY not in meta:
-        return None
-    return CDTConfig.from_dict(json.loads(meta[CONFIG_METADATA_KEY]))
 
 
 def _resolve_config(preset_or_config) -> tuple:

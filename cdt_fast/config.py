@@ -1,15 +1,27 @@
-"""CDTConfig: every number that shapes a CDT network, and the two released presets."""
+"""CDTConfig: every number that shapes a CDT network, the two released presets, and the key under
+which ``.safetensors`` files (models, latents) store a config."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
-__all__ = ["CDTConfig", "dataclass_from_dict", "check_positive_ints"]
+__all__ = [
+    "CONFIG_METADATA_KEY",
+    "CDTConfig",
+    "check_positive_ints",
+    "config_from_file",
+    "dataclass_from_dict",
+]
+
+# The ``.safetensors`` metadata key holding a CDTConfig as JSON (cdt_fast.save, latent files).
+CONFIG_METADATA_KEY = "cdt_fast.config"
 
 
 def dataclass_from_dict(cls, values: Dict[str, Any]):
@@ -200,3 +212,17 @@ class CDTConfig:
             if k not in ("name", "sample_steps", "encode_frames", "decode_frames")
         }
         return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_from_file(path: Union[str, os.PathLike]) -> Optional[CDTConfig]:
+    """The CDTConfig stored in a ``.safetensors`` file written by :func:`cdt_fast.save`, or None."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if CONFIG_METADATA_KEY not in meta:
+        return None
+    return CDTConfig.from_dict(json.loads(meta[CONFIG_METADATA_KEY]))

@@ -25,9 +25,8 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from .api import CONFIG_METADATA_KEY
 from .checkpoint import atomic_write
-from .config import CDTConfig
+from .config import CONFIG_METADATA_KEY, CDTConfig
 
 __all__ = [
     "LATENT_FORMAT_VERSION",

@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny upstream-parity configurations and their weights."""
+"""Shared fixtures: the tiny upstream-parity configurations and their weights, and the engines
+the engine tests compare with the reference."""
 
 from __future__ import annotations
 
@@ -122,6 +123,29 @@ def program_order(request):
         return
     with reorder_programs(order, seed=request.config.getoption("--program-order-seed")):
         yield order
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """Reference and fp32 torch-backend engine per preset (shared, read-only)."""
+    from cdt_fast.engine import accelerate
+
+    out = {}
+    for preset in ("base", "small"):
+        ref = CDT(tiny_config(preset))
+        ref.load_state_dict(upstream_state_dict(preset))
+        out[preset] = (ref.eval(), accelerate(ref, backend="torch"))
+    return out
+
+
+def random_video(b=1, t=9, h=32, w=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((b, 3, t, h, w), generator=g) * 2 - 1
+
+
+def random_latent(model, b=1, t=3, h=4, w=4, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((b, model.config.latent_dim, t, h, w), generator=g)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""What the test modules share: where they run, tolerances, random inputs, a tiny benchmark run.
+"""What the test modules share: where they run, tolerances, a tiny benchmark run, a Hub cache.
 
 Where Triton runs is decided once, in ``conftest.py`` (which calls :func:`use_triton_interpreter`
 before any test module imports triton); the modules read the outcome from here.
@@ -26,9 +26,6 @@ __all__ = [
     "errors",
     "exact_fp32",
     "put_in_hub_cache",
-    "rand",
-    "rand_latent",
-    "rand_video",
     "tolerance",
     "use_triton_interpreter",
 ]
@@ -117,30 +114,6 @@ def assert_bf16_close(actual: torch.Tensor, oracle: torch.Tensor, emulated: torc
         f"bf16 error RMS {rms:.3e} / largest {largest:.3e} exceeds {BF16_RMS_MULTIPLE}x / "
         f"{BF16_MAX_MULTIPLE}x the emulation's {rms_emul:.3e} / {largest_emul:.3e}"
     )
-
-
-def rand(
-    *shape,
-    dtype: torch.dtype = torch.float32,
-    channels_last: bool = False,
-    scale: float = 1.0,
-    shift: float = 0.0,
-    device=DEVICE,
-) -> torch.Tensor:
-    """Standard normal ``* scale + shift`` in ``dtype`` (drawn in fp32, so one seed gives the same
-    values in every dtype), channels-last for 5-D tensors on request."""
-    x = (torch.randn(*shape, device=device) * scale + shift).to(dtype)
-    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
-
-
-def rand_video(b: int, t: int, h: int, w: int, *, dtype=torch.float32, device=DEVICE):
-    """A video ``[B, 3, T, H, W]`` in ``[-1, 1]``, as CDT's encoder takes it."""
-    return (torch.rand(b, 3, t, h, w, device=device) * 2 - 1).to(dtype)
-
-
-def rand_latent(b: int, c: int, t: int, h: int, w: int, *, dtype=torch.float32, device=DEVICE):
-    """A latent ``[B, C, T, h, w]`` of unit scale, as CDT's decoder takes it."""
-    return torch.randn(b, c, t, h, w, device=device).to(dtype)
 
 
 # benchmarks/run.py on a setting that runs in seconds on a CPU; a test appends what it changes

@@ -78,8 +78,8 @@ def test_reconstruct_keeps_frames_size_fps(capsys, work, tmp_path, suffix):
 
 
 def test_reconstruct_scores_a_perfect_copy_high():
-    from cdt_fast.cli.reconstruct import _score
     from cdt_fast.metrics.quality import frame_psnr, frame_ssim
+    from cdt_fast.pipelines import frame_scores as _score
 
     a = pattern(3, 20, 24)
     b = a.copy()
@@ -443,7 +443,7 @@ def test_uses_the_engine_when_it_exists(capsys, work, tmp_path, monkeypatch):
 def test_encode_streams_the_clip_without_autograd(work):
     """Frames are decoded chunk by chunk as the encoder walks the clip, and no autograd graph
     chains the chunks together (it would make memory grow with the video's length)."""
-    from cdt_fast.cli import _common
+    from cdt_fast.pipelines import encode_clip
 
     model = cdt_fast.load(work["small"])
     frames = pattern(21, 16, 16)
@@ -461,7 +461,7 @@ def test_encode_streams_the_clip_without_autograd(work):
     next(chunks)
     assert len(consumed) == 5
     with torch.enable_grad():
-        z = _common.encode_clip(model, video_io.PaddedClip(iter(frames), 21, 16, 16), 4)
+        z = encode_clip(model, video_io.PaddedClip(iter(frames), 21, 16, 16), 4)
     assert z.grad_fn is None and not z.requires_grad
     torch.testing.assert_close(
         z, model.encode(video_io.frames_to_tensor(frames, 16, 16)), rtol=1e-5, atol=1e-5

@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("av")
 
-from cdt_fast import video_io
-from cdt_fast.cli import _common, build_parser, main
+from cdt_fast import pipelines, video_io
+from cdt_fast.cli import _common, _console, build_parser, main
 
 from .video_clips import pattern, tiny_model_file, write_clip
 
@@ -113,7 +113,7 @@ def test_decode_checks_the_output_before_reading_the_latent(capsys, work, tmp_pa
 
 # -- truncated files, parts of a clip --------------------------------------------------------------
 def _cut_avi(root):
-    """An MPEG-4 AVI cut to 60 % of its bytes (it used to be accepted silently)."""
+    """An MPEG-4 AVI cut to 60 % of its bytes: only its container's structure shows the cut."""
     rng = np.random.default_rng(0)
     frames = np.clip(pattern(12, 48, 64) + rng.normal(0, 40, (12, 48, 64, 3)), 0, 255)
     full = write_clip(root / "full.avi", frames.astype(np.uint8), Fraction(24), "mpeg4")
@@ -164,8 +164,9 @@ def test_start_and_frames_take_part_of_a_clip(capsys, work, tmp_path):
 
 # -- output: frame rate, even sides, quality of the written file ------------------------------------
 def test_avi_output_at_a_container_rate_of_15_fps(capsys, work, tmp_path):
-    """A source whose container says 1000000/66667 fps: MPEG-4 part 2 output used to fail after
-    all the compute (avcodec_open2 returned 22)."""
+    """A source whose container says 1000000/66667 fps, a rate MPEG-4 part 2 refuses as it is
+    (avcodec_open2 returns 22): the output gets one it accepts, rather than failing after all the
+    compute."""
     src = write_clip(tmp_path / "src.mp4", pattern(5, 32, 32), Fraction(1000000, 66667))
     assert video_io.probe(src).fps == Fraction(1000000, 66667)
     for suffix in (".avi", ".mpg"):
@@ -177,7 +178,8 @@ def test_avi_output_at_a_container_rate_of_15_fps(capsys, work, tmp_path):
 
 
 def test_size_gives_even_sides_and_yuv420p(capsys, work, tmp_path):
-    """--size on 4:3 video used to give odd widths and yuv444p H.264 that players refuse."""
+    """--size on 4:3 video gives even sides and yuv420p H.264 (odd widths would need yuv444p,
+    which players refuse)."""
     import av
 
     src = write_clip(tmp_path / "43.mp4", pattern(3, 48, 64), Fraction(24))
@@ -283,7 +285,7 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     import io
 
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
-    with _common.progress(10, "x", quiet=False) as bar:
+    with _console.progress(10, "x", quiet=False) as bar:
         assert bar.disable
 
 
@@ -418,8 +420,8 @@ def test_cli_streams_chunks_of_bounded_length(capsys, work, tmp_path, monkeypatc
         capsys, "reconstruct", src, "-o", tmp_path / "o.mp4", "--model", work["model"], "-q"
     )
     assert rc == 0, err
-    assert seen["chunk"] <= _common.MAX_CPU_CHUNK_FRAMES
-    assert seen["latent_chunk"] <= _common.MAX_CPU_CHUNK_FRAMES // config.time_factor
+    assert seen["chunk"] <= pipelines.MAX_CPU_CHUNK_FRAMES
+    assert seen["latent_chunk"] <= pipelines.MAX_CPU_CHUNK_FRAMES // config.time_factor
     assert seen["tensor"] is False
 
 

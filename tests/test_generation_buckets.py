@@ -18,6 +18,7 @@ from cdt_fast.data import ClipDataset, StepBatches
 from cdt_fast.data.transforms import nearest_aspect
 from cdt_fast.generation.buckets import LatentShapeError, latent_buckets
 from cdt_fast.generation.demo import write_latent_folder
+from cdt_fast.pipelines import open_clip
 
 from .test_generation_train import latent_config
 from .video_clips import pattern, write_clip
@@ -44,10 +45,10 @@ def test_crop_scales_to_cover_and_takes_the_centre(tmp_path):
     src = _ramp_clip(tmp_path / "wide.mp4")  # 48x144, 3:1
     config = latent_config()
     # 16x48 has the clip's aspect ratio, so it is chosen over 24x24 and the clip is only scaled
-    clip, info, size = _common.open_clip(str(src), config, None, None, crop=[(24, 24), (16, 48)])
+    clip, info, size = open_clip(str(src), config, None, None, crop=[(24, 24), (16, 48)])
     assert size == (16, 48) and clip.shape == (1, 3, 5, 16, 48)
     # 24x24 alone: scaled by 1/2 to 24x72 (covering 24x24), then columns 24..47 of it
-    clip, _, size = _common.open_clip(str(src), config, None, None, crop=[(24, 24)])
+    clip, _, size = open_clip(str(src), config, None, None, crop=[(24, 24)])
     assert size == (24, 24) and clip.shape == (1, 3, 5, 24, 24)
     got = clip.read_all()[0, :, 0]  # [3, 24, 24] in [-1, 1]
     clip.finish()

@@ -522,7 +522,7 @@ def test_record_merges_parts_into_one_file(tmp_path):
             "</testsuite></testsuites>"
         )
         gpu_check.record(summary, name, 0, 1, 1, junit=tmp_path / f"{name}.xml", into=junit)
-    assert gpu_check._junit(junit)["tests"] == 5
+    assert gpu_check.read_junit(junit)["tests"] == 5
 
 
 @needs_bash
@@ -545,6 +545,6 @@ def test_cpu_mode_runs_end_to_end(tmp_path):
     # done, or cut by its limit with the rows so far
     assert phases["compiled"]["status"] in ("ok", "timeout"), phases["compiled"]
     assert not list((ROOT / "benchmarks" / "results").glob("*tiny*")), "run.py wrote into the tree"
-    # what the device tool brings back: at most 8 plain files with plain names
+    # what a remote runner brings back: at most 8 plain files with plain names
     files = list(out.iterdir())
     assert len(files) <= 8 and all(f.is_file() and re.fullmatch(r"[\w.-]+", f.name) for f in files)

@@ -19,6 +19,7 @@ from cdt_fast.engine import dispatch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import gpu_smoke
+import gpu_smoke_calls
 
 _PRECOMPILE = """
 import json, sys
@@ -68,8 +69,8 @@ def _recorded_norm_call(width: int = 5) -> dict:
     storages = {}
     return {
         "op": "channel_norm",
-        "args": gpu_smoke._encode(args, storages)["tuple"],
-        "kwargs": {k: gpu_smoke._encode(v, storages) for k, v in kwargs.items()},
+        "args": gpu_smoke_calls.encode_argument(args, storages)["tuple"],
+        "kwargs": {k: gpu_smoke_calls.encode_argument(v, storages) for k, v in kwargs.items()},
         "kernels": ["_channel_norm_kernel"],
     }
 

@@ -16,13 +16,14 @@ import torch
 from cdt_fast import CDT, CDTConfig, chunking
 from cdt_fast.engine import MemoryModel, accelerate
 from cdt_fast.engine import memory as memory_mod
-from cdt_fast.engine.accelerated import _DecodeSession
 from cdt_fast.engine.graphs import ChunkGraphs, CudaGraphCapture, graph_key
 from cdt_fast.engine.plan import UNetPlan
+from cdt_fast.engine.sessions import DecodeSession
 from cdt_fast.engine.state import StreamState
 from cdt_fast.functional import ddim_coefficients
 from cdt_fast.reference import DDIMSchedule, randomize_
 
+from .conftest import random_latent as _latent
 from .conftest import tiny_config, upstream_state_dict
 from .graph_stand_in import RecordingCapture
 
@@ -35,11 +36,6 @@ def reference():
         ref.load_state_dict(upstream_state_dict(preset))
         out[preset] = ref.eval()
     return out
-
-
-def _latent(ref, t=3, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn((1, ref.config.latent_dim, t, 4, 4), generator=g)
 
 
 def _video(t=9, seed=1):
@@ -295,14 +291,14 @@ def test_stand_in_catches_an_engine_step_that_reads_a_frame_offset(reference, mo
     """A broken engine whose decode step slices its noise itself, at the stream position (a
     Python int): right when eager, stale once replayed. The check above must fail for it."""
     ref = reference["small"]
-    real_step, whole = _DecodeSession.step, {}
+    real_step, whole = DecodeSession.step, {}
 
     def step_at_frame_offset(self, z, noise):
         k = self.states[0].chunks  # the chunk's position in the stream
         a, b = chunking.video_span(k, k + z.shape[2], ref.config.time_factor)
         return real_step(self, z, whole["noise"][:, :, a:b])
 
-    monkeypatch.setattr(_DecodeSession, "step", step_at_frame_offset)
+    monkeypatch.setattr(DecodeSession, "step", step_at_frame_offset)
     with pytest.raises(AssertionError, match="decode call 1 differs"):
         _assert_engine_replays_equal_eager(ref, on_noise=lambda noise: whole.update(noise=noise))
 

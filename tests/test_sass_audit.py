@@ -1,10 +1,10 @@
 """tools/sass_audit.py: the engine's Triton launches, compiled for sm_90 without a GPU.
 
-These guard code-generation facts that the interpreter cannot see and that were once wrong:
-the temporal downsample read its weights one element per load (it now reads a Cin-innermost
-weight with 16-byte async copies), the conv kernel's pruning left the 3-channel output conv a
-128-wide tile that spilled registers, and the U-Net's 6- or 19-channel input conv read one element
-per load (its input is now padded to 16 channels)."""
+These guard code-generation facts that the interpreter cannot see: the temporal downsample reads
+a Cin-innermost weight with 16-byte async copies (not one element per load), the conv kernel's
+pruning gives the 3-channel output conv a narrow tile (a 128-wide one spills registers), and the
+U-Net's 6- or 19-channel input conv reads 16-byte vectors because its input is padded to 16
+channels (unpadded, it reads one element per load)."""
 
 import importlib.util
 import os

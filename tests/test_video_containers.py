@@ -64,7 +64,8 @@ def _encode_slots(path, fmt, codec, slots, container_options=None):
 # -- AVI: repeat entries are frames ----------------------------------------------------------------
 def test_hand_made_avi_repeat_entries_are_restored(tmp_path):
     """A whole AVI whose index lists zero-length 00dc chunks (as capture programs write for
-    still stretches) used to be refused as truncated ("6 frames of the 12 it lists")."""
+    still stretches) is whole, not truncated: a count of data chunks alone would say "6 frames of
+    the 12 it lists"."""
     path = _still_avi(tmp_path / "still.avi")
     info = video_io.probe(path)
     assert (info.frames, info.repeats, info.fps, info.truncated) == (12, 6, 24, False)
@@ -126,7 +127,7 @@ AVI_KINDS = {
 @pytest.mark.parametrize("kind", sorted(AVI_KINDS))
 def test_cut_avi_is_refused_by_its_chunks(tmp_path, kind, where):
     """A copy cut inside the movi list or inside the idx1 index is refused, naming the chunk;
-    a plain AVI cut inside idx1 (every frame present) used to be accepted as whole."""
+    a plain AVI cut inside idx1 (every frame present) is refused too, though every frame decodes."""
     data = AVI_KINDS[kind](tmp_path / "whole.avi").read_bytes()
     movi, idx1 = data.find(b"movi"), data.rfind(b"idx1")
     stop = (movi + idx1) // 2 + 3 if where == "movi" else len(data) - 10
@@ -185,8 +186,9 @@ NEAR_END = {
 @pytest.mark.parametrize("kind", sorted(NEAR_END))
 def test_cut_near_the_end_is_refused_by_the_container(tmp_path, kind, where):
     """A copy that lacks its last frame, or only its last bytes (an MP4's last sample, a
-    Matroska file's Cues), ends before its boxes or Segment do. Such copies used to pass as
-    whole files one frame short: the duration they list is within a frame of their packets."""
+    Matroska file's Cues), ends before its boxes or Segment do. Judged by duration alone they
+    would pass as whole files one frame short: the duration they list is within a frame of their
+    packets."""
     name, fmt, codec, options, what = NEAR_END[kind]
     whole = _encode_slots(tmp_path / name, fmt, codec, list(range(12)), options)
     data = whole.read_bytes()
@@ -204,7 +206,7 @@ def test_cut_near_the_end_is_refused_by_the_container(tmp_path, kind, where):
 )
 def test_cut_gif_is_refused_by_its_blocks(tmp_path, cut, why):
     """A GIF ends with a trailer byte after its last block; a copy cut in its image data or
-    lacking only the trailer used to pass as a whole, shorter file."""
+    lacking only the trailer is refused, not read as a whole, shorter file."""
     whole = _encode_slots(tmp_path / "a.gif", "gif", "gif", list(range(8)))
     data = whole.read_bytes()
     stop = len(data) + cut if cut < 0 else int(len(data) * cut)
@@ -292,7 +294,7 @@ TIMED = {
 def test_a_still_stretch_keeps_the_clip_duration(tmp_path, kind):
     """36 periods at 24 fps (1.5 s) holding 12 frames: an AVI restores 24 repeated frames at
     24 fps; the other containers give their 12 frames the rate their timestamps span (8 fps).
-    Matroska/WebM and MPEG-PS/TS used to report 24 fps, shrinking the clip to 0.5 s."""
+    Reporting Matroska/WebM and MPEG-PS/TS at the nominal 24 fps would shrink the clip to 0.5 s."""
     name, fmt, codec = TIMED[kind]
     path = _encode_slots(tmp_path / name, fmt, codec, GAP)
     info = video_io.probe(path)

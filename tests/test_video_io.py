@@ -61,7 +61,7 @@ def test_parse_size():
     assert video_io.parse_size(None, 50, 70) == (50, 70)
     assert video_io.parse_size("26", 50, 70) == (26, 36)  # both sides even, aspect kept
     assert video_io.parse_size("32x48", 50, 70) == (32, 48)
-    # 4:3 video scaled to a shorter side of 64/65/128 used to give widths 85, 87, 171
+    # 4:3 video scaled to a shorter side of 64/65/128: even widths (not 85, 87, 171)
     for side, expected in ((64, (64, 86)), (65, (64, 86)), (128, (128, 170))):
         assert video_io.parse_size(str(side), 480, 640) == expected
     for bad in ("big", "0", "-5", "0x10", "10x", "3x4x5"):
@@ -377,8 +377,8 @@ def test_program_stream_walk_finds_a_cut_packet():
 
 @pytest.mark.parametrize("suffix", [".avi", ".mpg", ".mp4", ".gif"])
 def test_frame_rates_are_normalised_for_the_codec(tmp_path, suffix):
-    """15 fps stored as 1000000/66667 (a real AVI's rate) used to fail with avcodec_open2 returned
-    22 for MPEG-4 part 2; every codec gets a rate it accepts."""
+    """15 fps stored as 1000000/66667 (a real AVI's rate), which MPEG-4 part 2 refuses as it is
+    (avcodec_open2 returns 22): every codec gets a rate it accepts."""
     out = tmp_path / f"out{suffix}"
     assert video_io.write_video(out, iter([pattern(3, 16, 16)]), Fraction(1000000, 66667)) == 3
     info = video_io.probe(out)

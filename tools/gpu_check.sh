@@ -34,7 +34,7 @@
 #   --dry-run          list the phases, budgets and commands; run nothing
 #   --cpu              CPU mode (also CDT_FAST_GPU_CHECK_CPU=1): tiny sizes on this machine, for
 #                      checking the script end to end without a GPU (installs nothing: path)
-#   --budget S         total seconds (default 540); the device tool stops a command at 600
+#   --budget S         total seconds (default 540: inside a 600 s limit on one command)
 #   --phases a,b       run only these phases after the setup ones (install, preflight, env)
 #   --phase-budget P=S override one phase's budget (repeatable)
 #   --install MODE     editable (pip, the GPU default) or path (the checkout on PYTHONPATH, the

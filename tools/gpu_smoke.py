@@ -35,15 +35,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import inspect
 import json
 import math
-import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -54,12 +50,11 @@ if str(ROOT) not in sys.path:  # run as a script: the checkout's tests/ and benc
     sys.path.insert(1, str(ROOT))
 
 import torch  # noqa: E402
+from gpu_smoke_calls import as_fp32, materialise, record_calls, record_in_child  # noqa: E402
 
 SCHEMA = "cdt_fast-gpu-smoke/1"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 EXIT_MISMATCH, EXIT_FAILED, EXIT_STOPPED, EXIT_STICKY = 1, 2, 3, 4
-# Arguments that are weights: drawn N(0, 1/fan_in) (fan_in: the elements per output channel).
-WEIGHT_ARGS = ("weight", "w_qkv", "w_out")
 
 __all__ = [
     "SCHEMA",
@@ -100,169 +95,6 @@ def reduction_length(op: str, bound: Dict[str, Any]) -> int:
     if op in ("linear_attention", "linear_attention_block"):
         return max(bound["x"].shape[1], bound["w_qkv"].shape[0] // 3)
     return 1
-
-
-# -- step 1: the op calls of a real encode and decode --------------------------------------------
-
-
-def _tensor_spec(t: torch.Tensor, storages: Dict[int, int]) -> dict:
-    key = t.untyped_storage().data_ptr()
-    storage = storages.setdefault(key, len(storages))
-    spec = {
-        "shape": list(t.shape),
-        "stride": list(t.stride()),
-        "offset": t.storage_offset(),
-        "dtype": str(t.dtype).replace("torch.", ""),
-        "storage": storage,
-        "storage_numel": t.untyped_storage().nbytes() // t.element_size(),
-    }
-    if t.dim() == 0:  # a scalar the engine computed (e.g. a DDIM coefficient): keep its value
-        spec["value"] = t.item()
-    return {"tensor": spec}
-
-
-def _encode(value: Any, storages: Dict[int, int]) -> Any:
-    """An op argument as JSON: tensors as specs, tuples tagged (the ops take some as tuples)."""
-    if isinstance(value, torch.Tensor):
-        return _tensor_spec(value, storages)
-    if isinstance(value, tuple):
-        return {"tuple": [_encode(v, storages) for v in value]}
-    if isinstance(value, list):
-        return [_encode(v, storages) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"cannot record an op argument of type {type(value).__name__}")
-
-
-def _config_overrides(preset: str, tiny: bool) -> dict:
-    """CDTConfig fields for the benchmark's narrow test networks (``benchmarks/run.py --tiny``)."""
-    if not tiny:
-        return {}
-    from benchmarks.run import model_config
-    from cdt_fast import CDTConfig
-
-    narrow, full = (
-        dataclasses.asdict(model_config(preset, True)),
-        dataclasses.asdict(CDTConfig.preset(preset)),
-    )
-    return {k: v for k, v in narrow.items() if v != full[k]}
-
-
-def record_calls(
-    preset: str, size: Tuple[int, int], frames: int, arch: int, tiny: bool = False
-) -> List[dict]:
-    """The engine's Triton op calls for one bf16 encode and decode of ``preset``, as JSON-ready
-    dicts (``op``, ``args``, ``kwargs``, ``kernels``: the kernel names it launched), one per
-    distinct set of kernel compilations, in the order the engine first made them."""
-    from cdt_fast.engine.warmup import OpCall, capture_model, specialise
-
-    calls: List[OpCall] = []
-    launches = capture_model(
-        preset,
-        size,
-        frames,
-        torch.bfloat16,
-        arch=arch,
-        calls=calls,
-        **_config_overrides(preset, tiny),
-    )
-    seen, kept = set(), []
-    for call in calls:
-        mine = launches[call.first : call.end]
-        keys = frozenset(
-            specialise(launch.fn, launch.args, launch.compile_kwargs(), arch)[-1] for launch in mine
-        )
-        if not keys or keys in seen:
-            continue
-        seen.add(keys)
-        storages: Dict[int, int] = {}
-        kept.append(
-            {
-                "op": call.op,
-                "args": _encode(call.args, storages)["tuple"],
-                "kwargs": {k: _encode(v, storages) for k, v in call.kwargs.items()},
-                "kernels": sorted({launch.name for launch in mine}),
-            }
-        )
-    return kept
-
-
-def _record_in_child(args: argparse.Namespace, arch: int) -> Dict[str, List[dict]]:
-    """Step 1 in a fresh interpreter without TRITON_INTERPRET (capturing needs compiled kernel
-    objects, and this process's are interpreted)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "calls.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--record-calls", str(out)]
-        cmd += ["--presets", ",".join(args.presets), "--size", f"{args.size[0]}x{args.size[1]}"]
-        cmd += ["--frames", str(args.frames), "--arch", str(arch)] + (
-            ["--tiny"] if args.tiny else []
-        )
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"recording the op calls failed: {proc.stderr.strip()[-2000:]}")
-        return json.loads(out.read_text())
-
-
-# -- inputs ---------------------------------------------------------------------------------------
-
-
-def _decode(value: Any, make) -> Any:
-    if isinstance(value, dict) and "tensor" in value:
-        return make(value["tensor"])
-    if isinstance(value, dict) and "tuple" in value:
-        return tuple(_decode(v, make) for v in value["tuple"])
-    if isinstance(value, list):
-        return [_decode(v, make) for v in value]
-    return value
-
-
-def materialise(
-    call: dict, dtype: torch.dtype, device: torch.device, seed: Optional[int] = None
-) -> Tuple[tuple, dict]:
-    """A recorded call's arguments as tensors on ``device``: same shapes, strides, storage
-    offsets and aliasing; floating tensors recorded in bf16 in ``dtype`` (fp32 ones stay fp32).
-    With a ``seed``, random values drawn on the device (weights scaled to N(0, 1/fan_in));
-    without one, empty (enough to capture launches)."""
-    storages: Dict[Tuple[int, torch.dtype], torch.Tensor] = {}
-    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
-
-    def make(spec: dict) -> torch.Tensor:
-        recorded = getattr(torch, spec["dtype"])
-        want = dtype if recorded == torch.bfloat16 else recorded
-        if "value" in spec:
-            return torch.tensor(spec["value"], dtype=want, device=device)
-        key = (spec["storage"], want)
-        if key not in storages:
-            if generator is None:
-                buf = torch.empty(spec["storage_numel"], dtype=want, device=device)
-            else:
-                numel = spec["storage_numel"]
-                buf = torch.randn(numel, device=device, generator=generator).to(want)
-            storages[key] = buf
-        return storages[key].as_strided(spec["shape"], spec["stride"], spec["offset"])
-
-    args = tuple(_decode(a, make) for a in call["args"])
-    kwargs = {k: _decode(v, make) for k, v in call["kwargs"].items()}
-    if seed is not None:
-        from cdt_fast import functional
-
-        bound = inspect.signature(getattr(functional, call["op"])).bind(*args, **kwargs)
-        for name in WEIGHT_ARGS:
-            weight = bound.arguments.get(name)
-            if isinstance(weight, torch.Tensor) and weight.numel():
-                weight.mul_((weight.numel() // weight.shape[0]) ** -0.5)
-    return args, kwargs
-
-
-def _as_fp32(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.float()
-    if isinstance(value, tuple):
-        return tuple(_as_fp32(v) for v in value)
-    if isinstance(value, list):
-        return [_as_fp32(v) for v in value]
-    return value
 
 
 # -- comparison -----------------------------------------------------------------------------------
@@ -430,7 +262,7 @@ def run_calls(
                     torch.cuda.synchronize(device)
                 current.pop("kernel", None)
                 with torch.no_grad():
-                    ref = getattr(functional, op)(*_as_fp32(args), **_as_fp32(kwargs))
+                    ref = getattr(functional, op)(*as_fp32(args), **as_fp32(kwargs))
                 bound = inspect.signature(getattr(functional, op)).bind(*args, **kwargs)
                 entry.update(compare(op, out, ref, bound.arguments))
                 entry["status"] = "ok" if entry["ok"] else "mismatch"
@@ -529,6 +361,78 @@ def _write_json(path: Optional[Path], payload: dict) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def _new_report(args: argparse.Namespace, device: torch.device, arch: int, interpreted: bool):
+    return {
+        "schema": SCHEMA,
+        "status": "running",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "arch": f"sm_{arch}",
+        "torch": torch.__version__,
+        "settings": {
+            "presets": args.presets,
+            "dtypes": args.dtypes,
+            "size": list(args.size),
+            "frames": args.frames,
+            "tiny": args.tiny,
+            "interpreted": interpreted,
+        },
+        "tolerance": inspect.getdoc(smoke_tolerance).split("\n\n")[0],
+        "calls": {},
+        "compile": [],
+        "results": [],
+    }
+
+
+def _recorded_calls(
+    args: argparse.Namespace, arch: int, interpreted: bool, report: Dict[str, Any]
+) -> Dict[str, List[dict]]:
+    """Step 1: the calls of every preset (recorded here, in a child, or read from ``--calls``),
+    those of ``--ops`` only; their counts go into ``report``."""
+    if args.calls is not None:
+        recorded = json.loads(args.calls.read_text())
+    elif interpreted:
+        recorded = record_in_child(args, arch)
+    else:
+        recorded = {
+            p: record_calls(p, args.size, args.frames, arch, args.tiny) for p in args.presets
+        }
+    missing = [p for p in args.presets if p not in recorded]
+    if missing:
+        raise ValueError(f"no recorded calls for {', '.join(missing)}")
+    recorded = {p: recorded[p] for p in args.presets}
+    for preset, calls in recorded.items():
+        if args.ops is not None:
+            recorded[preset] = [c for c in calls if c["op"] in args.ops]
+        report["calls"][preset] = len(recorded[preset])
+    report["planned"] = len(args.dtypes) * sum(len(c) for c in recorded.values())
+    return recorded
+
+
+def _summarise(report: Dict[str, Any], started: float) -> None:
+    results = report["results"]
+    report["summary"] = {
+        s: sum(r.get("status") == s for r in results)
+        for s in ("ok", "mismatch", "error", "cuda-error")
+    }
+    report["summary"]["not_run"] = report.get("planned", 0) - len(results)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+
+
+def _print_summary(report: Dict[str, Any]) -> None:
+    summary = report["summary"]
+    print(
+        f"gpu_smoke: {report['status']}: {summary['ok']} ok, {summary['mismatch']} mismatch, "
+        f"{summary['error'] + summary['cuda-error']} error, {summary['not_run']} not run "
+        f"({report['seconds']} s)"
+    )
+    for r in report["results"]:
+        if not r.get("ok"):
+            print(
+                f"  {r['preset']} {r['dtype']} #{r['call']} {r['op']}: {r.get('status')} "
+                f"{r.get('error') or r.get('reason') or r.get('worst')}"
+            )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -557,25 +461,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.backends.cudnn.allow_tf32 = False  # an IEEE fp32 oracle, and fp32 kernels to match
         torch.backends.cuda.matmul.allow_tf32 = False
     arch = _arch(args, device)
-    report: Dict[str, Any] = {
-        "schema": SCHEMA,
-        "status": "running",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "arch": f"sm_{arch}",
-        "torch": torch.__version__,
-        "settings": {
-            "presets": args.presets,
-            "dtypes": args.dtypes,
-            "size": list(args.size),
-            "frames": args.frames,
-            "tiny": args.tiny,
-            "interpreted": interpreted,
-        },
-        "tolerance": inspect.getdoc(smoke_tolerance).split("\n\n")[0],
-        "calls": {},
-        "compile": [],
-        "results": [],
-    }
+    report = _new_report(args, device, arch, interpreted)
     write = lambda: _write_json(args.out, report)  # noqa: E731
 
     def stop(signum, frame):
@@ -586,23 +472,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     code = 0
     try:
         write()
-        if args.calls is not None:
-            recorded = json.loads(args.calls.read_text())
-        elif interpreted:
-            recorded = _record_in_child(args, arch)
-        else:
-            recorded = {
-                p: record_calls(p, args.size, args.frames, arch, args.tiny) for p in args.presets
-            }
-        missing = [p for p in args.presets if p not in recorded]
-        if missing:
-            raise ValueError(f"no recorded calls for {', '.join(missing)}")
-        recorded = {p: recorded[p] for p in args.presets}
-        for preset, calls in recorded.items():
-            if args.ops is not None:
-                recorded[preset] = [c for c in calls if c["op"] in args.ops]
-            report["calls"][preset] = len(recorded[preset])
-        report["planned"] = len(args.dtypes) * sum(len(c) for c in recorded.values())
+        recorded = _recorded_calls(args, arch, interpreted, report)
         write()
         # The benchmark's dtype (bf16) first, CDT-small before CDT-base; each dtype's kernels
         # are compiled (in parallel) just before its calls run.
@@ -627,26 +497,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         code = EXIT_FAILED
     finally:
         signal.signal(signal.SIGTERM, previous)
-        results = report["results"]
-        report["summary"] = {
-            s: sum(r.get("status") == s for r in results)
-            for s in ("ok", "mismatch", "error", "cuda-error")
-        }
-        report["summary"]["not_run"] = report.get("planned", 0) - len(results)
-        report["seconds"] = round(time.perf_counter() - started, 1)
+        _summarise(report, started)
         write()
-    summary = report["summary"]
-    print(
-        f"gpu_smoke: {report['status']}: {summary['ok']} ok, {summary['mismatch']} mismatch, "
-        f"{summary['error'] + summary['cuda-error']} error, {summary['not_run']} not run "
-        f"({report['seconds']} s)"
-    )
-    for r in report["results"]:
-        if not r.get("ok"):
-            print(
-                f"  {r['preset']} {r['dtype']} #{r['call']} {r['op']}: {r.get('status')} "
-                f"{r.get('error') or r.get('reason') or r.get('worst')}"
-            )
+    _print_summary(report)
     return code
 
 

@@ -1,32 +1,27 @@
-"""What the video commands share: model options and loading, progress bars, and the streamed
-encode and decode loops between video files and latents."""
+"""What the commands share: their options, the checks those get before any work starts, and what
+the options name (the model, the input video, read and encoded).
+
+The pipelines themselves (reading, encoding, decoding, scoring) are the library's
+:mod:`cdt_fast.pipelines`; progress bars and timings are :mod:`cdt_fast.cli._console`'s.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import os
-import sys
-import time
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional
 
 from .. import video_io
+from ._console import progress, timed
 
 if TYPE_CHECKING:  # torch is imported where a command runs, so that --help answers at once
-    import numpy as np
     import torch
 
 DTYPES = ("bf16", "fp16", "fp32")
-# Older spellings (eval's), accepted wherever --dtype is.
+# torch's spellings (eval's own), accepted wherever --dtype is.
 DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-DEMO_MODEL = Path("assets") / "demo.safetensors"
-# Frames per chunk when --chunk-frames is not given: upstream's resolution-based length grows as the
-# frame shrinks (a whole 200-frame clip at 128 px in one chunk), so on CPU the CLI caps it to keep
-# memory flat in the clip's length. On CUDA the engine sizes chunks from free memory.
-MAX_CPU_CHUNK_FRAMES = 32
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -206,7 +201,7 @@ def add_video_output_args(parser: argparse.ArgumentParser) -> None:
 
 def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    # eval's former spelling
+    # eval's own spelling, accepted by every command and left out of --help
     parser.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -256,39 +251,19 @@ def check_file_output(path, suffix: str) -> None:
         raise ValueError(f"-o: {err}") from None
 
 
-def progress(total: int, desc: str, quiet: bool, unit: str = "frame"):
-    """A tqdm bar on stderr, silent with --quiet or when stderr is not a terminal. Print messages
-    while it runs with :func:`say`, which keeps them out of the bar."""
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        file=sys.stderr,
-        leave=False,
-        disable=quiet or not sys.stderr.isatty(),
-    )
-
-
-def say(message: str) -> None:
-    """One line on stderr that does not land inside a running progress bar."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stderr)
-
-
 # -- model -----------------------------------------------------------------------------------------
 def default_model_path(root: Optional[Path] = None) -> Path:
-    """The bundled demo model (``cdt_fast/assets/demo.safetensors``); one clear error if absent."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
-    path = root / DEMO_MODEL
-    if not path.is_file():
+    """The model the commands run without --model: the bundled demo model
+    (:func:`cdt_fast.train.demo_model_path`, of the package folder ``root``); one clear error if
+    it is absent."""
+    from ..train import demo_model_path
+
+    try:
+        return demo_model_path(root)
+    except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"no --model given and the bundled demo model ({path}) is not "
-            "installed; pass --model base|small|PATH"
-        )
-    return path
+            f"no --model given and {err}; pass --model base|small|PATH"
+        ) from None
 
 
 def resolve_device(text: str) -> "torch.device":
@@ -316,7 +291,7 @@ def resolve_dtype(text: str, device: "torch.device") -> "torch.dtype":
 def _load_weights(args: argparse.Namespace, device: "torch.device", dtype: "torch.dtype"):
     import cdt_fast
 
-    from ..api import config_from_file
+    from ..config import config_from_file
     from ..latents import is_latent_file
 
     spec = args.model
@@ -384,105 +359,13 @@ def check_chunk_frames(chunk_frames: Optional[int]) -> Optional[int]:
     return chunk_frames
 
 
-# -- pipelines -------------------------------------------------------------------------------------
-def open_clip(
-    source: str,
-    config,
-    size: Optional[str],
-    fps: Optional[Fraction],
-    on_frames: Optional[Callable[[int], None]] = None,
-    allow_truncated: bool = False,
-    start: int = 0,
-    frames: Optional[int] = None,
-    crop: Optional[Sequence[Tuple[int, int]]] = None,
-):
-    """Probe ``source`` and wrap frames [start, start+frames) of it as a
-    :class:`~cdt_fast.video_io.PaddedClip` for ``config``. ``crop`` (instead of ``size``): (H, W)
-    sizes; the frames are scaled to cover the one whose aspect ratio is nearest the video's and
-    centre-cropped to it. Returns (clip, info, (height, width) after --size or ``crop``)."""
-    info = video_io.probe(source, fps, allow_truncated=allow_truncated)
-    if start >= info.frames:
-        raise ValueError(f"--start {start} is past the end of {source} ({info.frames} frames)")
-    count = info.frames - start if frames is None else min(frames, info.frames - start)
-    if crop is None:
-        height, width = video_io.parse_size(size, info.height, info.width)
-        resize = (height, width)
-    else:
-        from ..data.transforms import cover_size, nearest_aspect
-
-        height, width = nearest_aspect(info.height, info.width, crop)
-        resize = cover_size(info.height, info.width, (height, width))
-    source_frames = video_io.iter_frames(
-        source,
-        None if resize == (info.height, info.width) else resize,
-        expected=info.frames,
-        allow_truncated=info.truncated,
-        start=start,
-        count=count,
-    )
-    if crop is not None:
-        source_frames = _centre_crops(source_frames, resize, (height, width))
-    clip = video_io.PaddedClip(
-        source_frames, count, height, width, config.space_factor, config.time_factor, on_frames
-    )
-    return clip, info, (height, width)
-
-
-def _centre_crops(frames: Iterator["np.ndarray"], covered, size) -> Iterator["np.ndarray"]:
-    from ..data.transforms import centre_offset
-
-    top, left = centre_offset(covered, size)
-    for frame in frames:
-        yield frame[top : top + size[0], left : left + size[1]]
-
-
-def encode_chunk_frames(config, clip: "video_io.PaddedClip", device, chunk_frames: Optional[int]):
-    """--chunk-frames, else upstream's choice for the clip's size, capped on CPU (see
-    :data:`MAX_CPU_CHUNK_FRAMES`); None leaves the choice to the engine (CUDA)."""
-    if chunk_frames is not None or device.type != "cpu":
-        return chunk_frames
-    _, _, _, height, width = clip.shape
-    return min(config.encode_chunk_frames(height, width), MAX_CPU_CHUNK_FRAMES)
-
-
-def encode_clip(
-    model,
-    clip: "video_io.PaddedClip",
-    chunk_frames: Optional[int],
-    tile: Optional[int] = None,
-    tile_overlap: Optional[int] = None,
-) -> "torch.Tensor":
-    """The posterior mode of a clip, as ``model.encode`` computes it, reading frames chunk by chunk
-    when the model offers ``encode_chunks`` (else the whole padded clip at once). Only the latent
-    (16x smaller per frame in space, 4x in time) is kept whole. With ``tile``, the clip is read
-    whole and encoded one spatial tile at a time."""
-    import torch
-
-    from .. import DiagonalGaussian
-
-    # no_grad: encode_chunks is a plain generator, and with autograd on, the feature cache would
-    # chain every chunk's graph to the next (memory growing with the video's length).
-    with torch.no_grad():
-        if tile is not None:
-            z = model.encode(
-                clip.read_all(), chunk_frames=chunk_frames, tile=tile, tile_overlap=tile_overlap
-            )
-            z = z.float().cpu()
-        elif hasattr(model, "encode_chunks"):
-            params = torch.cat(
-                [p.float().cpu() for p in model.encode_chunks(clip, chunk_frames)], 2
-            )
-            z = DiagonalGaussian(params).mode()
-        else:
-            z = model.encode(clip.read_all(), chunk_frames=chunk_frames).float().cpu()
-    clip.finish()
-    return z
-
-
+# -- the input video -------------------------------------------------------------------------------
 def encode_input(args: argparse.Namespace, loaded: Loaded, times: dict):
     """The command's input video (``args.input`` with its size, fps, truncation and frame-range
     options) read and encoded with a progress bar; the encode time lands in ``times``. Returns
     ``(latent, clip, info, (height, width))``, the last being the frame size the latent codes."""
+    from ..pipelines import encode_chunk_frames, encode_clip, open_clip
+
     with progress(0, "encode", args.quiet) as bar:
         clip, info, size = open_clip(
             args.input,
@@ -501,81 +384,3 @@ def encode_input(args: argparse.Namespace, loaded: Loaded, times: dict):
                 loaded.model, clip, chunk, tile=args.tile, tile_overlap=args.tile_overlap
             )
     return z, clip, info, size
-
-
-def video_metadata(info: "video_io.VideoInfo", clip: "video_io.PaddedClip", start: int = 0) -> dict:
-    meta = {
-        "fps": str(info.fps),
-        "frames": clip.frames,
-        "height": clip.height,
-        "width": clip.width,
-        "source_height": info.height,
-        "source_width": info.width,
-        "padding": clip.padding,
-        "source": os.path.basename(str(info.path).rstrip(os.sep)),
-        "timing": info.timing_text,
-    }
-    if start:
-        meta["start"] = start
-    return meta
-
-
-def decode_frames(
-    loaded: Loaded,
-    z: "torch.Tensor",
-    frames: int,
-    height: int,
-    width: int,
-    steps: Optional[int],
-    seed: int,
-    chunk_frames: Optional[int],
-    on_frames: Optional[Callable[[int], None]] = None,
-    tile: Optional[int] = None,
-    tile_overlap: Optional[int] = None,
-) -> "Iterator[np.ndarray]":
-    """Decode ``z`` chunk by chunk into uint8 [N, height, width, 3] frames: the padding frames at
-    the end are dropped and the padded rows/columns cropped. Noise comes from a CPU generator
-    seeded with ``seed``, so a decode repeats whatever the device.
-
-    The engine is fed the latent one frame at a time, so that it draws each latent frame's noise
-    as it gets there (memory flat in the clip's length); the reference model draws the noise of
-    the whole video at once. ``tile``: spatial tiles that advance chunk by chunk together (the
-    engine tiles a whole latent tensor)."""
-    import torch
-
-    tiles = {} if tile is None else {"tile": tile, "tile_overlap": tile_overlap}
-    generator = torch.Generator().manual_seed(seed)
-    tf = loaded.config.time_factor
-    latent_chunk = None if chunk_frames is None else chunk_frames // tf
-    if latent_chunk is None and loaded.device.type == "cpu":
-        latent_chunk = min(
-            loaded.config.decode_chunk_frames(z.shape[3], z.shape[4]), MAX_CPU_CHUNK_FRAMES // tf
-        )
-    if hasattr(loaded.model, "encode_params") and tile is None:
-        # the engine takes an iterable of latent chunks (tiling needs the whole tensor)
-        latent = (z[:, :, i : i + 1].to(loaded.device) for i in range(z.shape[2]))
-    else:
-        latent = z.to(loaded.device)
-    left = frames
-    for chunk in loaded.model.decode_stream(
-        latent, steps=steps, generator=generator, chunk_frames=latent_chunk, **tiles
-    ):
-        if left <= 0:
-            continue
-        out = video_io.tensor_to_frames(chunk[:, :, :left], height, width)
-        left -= out.shape[0]
-        if on_frames is not None:
-            on_frames(out.shape[0])
-        yield out
-
-
-@contextlib.contextmanager
-def timed(times: dict, name: str, device: "torch.device"):
-    """Add the wall time of the block to ``times[name]``; waits for CUDA so the time is real."""
-    import torch
-
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    times[name] = times.get(name, 0.0) + time.perf_counter() - start

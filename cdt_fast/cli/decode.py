@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from .. import video_io
-from . import _common
+from . import _common, _console
 
 
 def _decode(args: argparse.Namespace) -> int:
     from .. import latents
+    from ..pipelines import decode_frames
 
     _common.check_args(args)
     chunk_frames = args.chunk_frames
@@ -19,10 +20,10 @@ def _decode(args: argparse.Namespace) -> int:
     latents.check_compatible(info, loaded.config)
     video = info.video
     times: dict = {}
-    with _common.progress(video["frames"], "decode", args.quiet) as bar:
-        with _common.timed(times, "decode", loaded.device):
-            frames = _common.decode_frames(
-                loaded,
+    with _console.progress(video["frames"], "decode", args.quiet) as bar:
+        with _console.timed(times, "decode", loaded.device):
+            frames = decode_frames(
+                loaded.model,
                 info.latent,
                 video["frames"],
                 video["height"],
@@ -33,6 +34,8 @@ def _decode(args: argparse.Namespace) -> int:
                 bar.update,
                 tile=args.tile,
                 tile_overlap=args.tile_overlap,
+                config=loaded.config,
+                device=loaded.device,
             )
             written = video_io.write_video(args.output, frames, info.fps, args.crf, args.pix_fmt)
     out_h, out_w = video_io.output_size(args.output, video["height"], video["width"], args.pix_fmt)

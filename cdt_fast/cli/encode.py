@@ -9,13 +9,14 @@ from . import _common
 
 def _encode(args: argparse.Namespace) -> int:
     from .. import latents
+    from ..pipelines import video_metadata
 
     _common.check_args(args)
     _common.check_file_output(args.output, ".safetensors")
     loaded = _common.load_model(args)
     times: dict = {}
     z, clip, info, _ = _common.encode_input(args, loaded, times)
-    metadata = _common.video_metadata(info, clip, args.start)
+    metadata = video_metadata(info, clip, args.start)
     latents.save_latent(args.output, z, loaded.config, metadata)
     print(
         f"{args.input}: {info.describe()} -> {args.output} latent {list(z.shape)} "

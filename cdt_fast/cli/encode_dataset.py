@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .. import video_io
-from . import _common
+from . import _common, _console
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -151,8 +151,9 @@ def _entry(source: str, latent_rel: str, info) -> dict:
 
 def _encode_one(loaded, src: Path, dst: Path, args, chunk_frames: Optional[int]) -> None:
     from .. import latents
+    from ..pipelines import encode_chunk_frames, encode_clip, open_clip, video_metadata
 
-    clip, info, _ = _common.open_clip(
+    clip, info, _ = open_clip(
         str(src),
         loaded.config,
         args.size,
@@ -160,9 +161,9 @@ def _encode_one(loaded, src: Path, dst: Path, args, chunk_frames: Optional[int])
         allow_truncated=args.allow_truncated,
         crop=crop_sizes(args.crop),
     )
-    chunk = _common.encode_chunk_frames(loaded.config, clip, loaded.device, chunk_frames)
-    z = _common.encode_clip(loaded.model, clip, chunk)
-    latents.save_latent(dst, z, loaded.config, _common.video_metadata(info, clip))
+    chunk = encode_chunk_frames(loaded.config, clip, loaded.device, chunk_frames)
+    z = encode_clip(loaded.model, clip, chunk)
+    latents.save_latent(dst, z, loaded.config, video_metadata(info, clip))
 
 
 def _remove_stale_temporaries(dst: Path) -> None:
@@ -206,7 +207,7 @@ def _item(
     try:
         _encode_one(loaded, Path(args.input) / source, dst, args, chunk_frames)
     except (ValueError, FileNotFoundError) as err:  # a bad video: recorded, the rest go on
-        _common.say(f"cdt-fast encode-dataset: skipped {source}: {err}")
+        _console.say(f"cdt-fast encode-dataset: skipped {source}: {err}")
         return {"source": source, "latent": latent_rel, "status": "error", "error": str(err)}, False
     return _entry(source, latent_rel, latents.read_latent_metadata(dst)), True
 
@@ -216,7 +217,7 @@ def _work(args, sources: List[str], rank: int):
     chunk_frames = args.chunk_frames
     loaded = _common.load_model(args)
     entries, encoded = [], 0
-    with _common.progress(
+    with _console.progress(
         len(sources), f"rank {rank}", args.quiet or rank != 0, unit="video"
     ) as bar:
         for source in sources:

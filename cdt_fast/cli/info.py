@@ -39,7 +39,7 @@ def _tensor_shapes(path: Path) -> Dict[str, Tuple[Tuple[int, ...], str]]:
 
 
 def _describe_checkpoint(path: Path) -> dict:
-    from ..api import config_from_file
+    from ..config import config_from_file
 
     shapes = _tensor_shapes(path)
     params = 0

@@ -4,76 +4,26 @@
 from __future__ import annotations
 
 import argparse
-from typing import Iterator
 
 from .. import video_io
-from . import _common
-
-
-def _score(metric, reference, frames):
-    """Per-frame metric of uint8 [N, H, W, 3] frames, in [0, 1] as upstream evaluates; NaN where
-    a frame is too small for the metric (SSIM's 11x11 window)."""
-    import numpy as np
-    import torch
-
-    from ..metrics.quality import frame_ssim
-
-    def unit(a):
-        return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).double() / 255.0
-
-    if metric is frame_ssim and min(frames.shape[1:3]) < 11:
-        return np.full(frames.shape[0], np.nan)
-    return metric(unit(reference), unit(frames)).numpy()
-
-
-class _Scores:
-    """PSNR/SSIM of frames against the input, read a second time in step with them (neither
-    video is ever held whole)."""
-
-    def __init__(self, args, info, size, out_size):
-        resize = None if size == (info.height, info.width) else size
-        self.originals = video_io.iter_frames(
-            args.input,
-            resize,
-            expected=info.frames,
-            allow_truncated=info.truncated,
-            start=args.start,
-            count=None if args.frames is None else args.frames,
-        )
-        self.out_size = out_size
-        self.psnr, self.ssim = [], []
-
-    def scored(self, chunks: Iterator) -> Iterator:
-        import numpy as np
-
-        from ..metrics.quality import frame_psnr, frame_ssim
-
-        h, w = self.out_size
-        for out in chunks:
-            ref = np.stack([next(self.originals)[:h, :w] for _ in range(out.shape[0])])
-            out = out[:, :h, :w]
-            self.psnr.extend(_score(frame_psnr, ref, out))
-            self.ssim.extend(_score(frame_ssim, ref, out))
-            yield out
-
-    def text(self) -> str:
-        import numpy as np
-
-        return f"PSNR {np.mean(self.psnr):.2f} dB  SSIM {np.mean(self.ssim):.4f}"
+from . import _common, _console
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
+    from ..pipelines import ReconstructionScores, decode_frames
+
     _common.check_args(args)
     _common.check_video_output(args.output)
     loaded = _common.load_model(args)
     times: dict = {}
     z, clip, info, (height, width) = _common.encode_input(args, loaded, times)
     out_size = video_io.output_size(args.output, height, width, args.pix_fmt)
-    scores = _Scores(args, info, (height, width), out_size)
-    with _common.progress(clip.frames, "decode", args.quiet) as bar:
-        with _common.timed(times, "decode", loaded.device):
-            frames = _common.decode_frames(
-                loaded,
+    frame_range = {"start": args.start, "frames": args.frames}
+    scores = ReconstructionScores(args.input, info, (height, width), out_size, **frame_range)
+    with _console.progress(clip.frames, "decode", args.quiet) as bar:
+        with _console.timed(times, "decode", loaded.device):
+            frames = decode_frames(
+                loaded.model,
                 z,
                 clip.frames,
                 height,
@@ -84,6 +34,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
                 bar.update,
                 tile=args.tile,
                 tile_overlap=args.tile_overlap,
+                config=loaded.config,
+                device=loaded.device,
             )
             written = video_io.write_video(
                 args.output, scores.scored(frames), info.fps, args.crf, args.pix_fmt
@@ -102,7 +54,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
         "SSIM nan below 11x11)"
     )
     if args.score_written:
-        written_scores = _Scores(args, info, (height, width), out_size)
+        written_scores = ReconstructionScores(
+            args.input, info, (height, width), out_size, **frame_range
+        )
         for _ in written_scores.scored(
             f[None] for f in video_io.iter_frames(args.output, expected=written)
         ):

@@ -6,7 +6,10 @@ into nodes with packed weights), ``state`` (preallocated double-buffered causal 
 ``graphs`` (CUDA graph capture/replay of chunk steps, keyed by their launch sequence),
 ``record`` (which backend each op call actually ran on, and what the graphs did),
 ``memory`` (chunk size from free memory, halving on OOM), ``streams`` (rebuffering of frame
-iterators), ``convert`` (a CDT from an upstream-format model or state dict).
+iterators), ``sessions`` (the preallocated state and chunk step of one stream shape), ``noise``
+(the decoder's starting noise, chunk by chunk), ``layout`` (activation memory format and channel
+alignment per backend), ``accelerated`` (the module class and ``accelerate``), ``convert`` (a CDT
+from an upstream-format model or state dict).
 """
 
 from .accelerated import AcceleratedCDT, accelerate

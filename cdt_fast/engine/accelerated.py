@@ -10,8 +10,7 @@ from torch import nn
 
 from .. import chunking, tiling
 from ..config import CDTConfig
-from ..functional import ddim_coefficients
-from ..reference import CDT, DDIMSchedule, DiagonalGaussian
+from ..reference import CDT, DiagonalGaussian
 from ..validation import (
     check_chunk_frames,
     check_generator,
@@ -22,157 +21,18 @@ from ..validation import (
 )
 from .convert import as_cdt
 from .dispatch import Measurements, OpTable
-from .graphs import CAPTURE_METHODS, ChunkGraphs, CudaGraphCapture
+from .graphs import CAPTURE_METHODS, CudaGraphCapture
+from .layout import activation_layout, channel_alignment
 from .memory import MemoryModel, halve
-from .plan import ContextDecoderPlan, EncoderPlan, Run, UNetPlan
-from .state import StreamState
+from .noise import FramewiseNoise, NoiseSlices
+from .plan import ContextDecoderPlan, EncoderPlan, UNetPlan
+from .sessions import DecodeSession, EncodeSession, Session, graph_state, run_or_none_on_oom
 from .streams import FrameQueue
 
 __all__ = ["AcceleratedCDT", "accelerate"]
 
 Frames = Union[torch.Tensor, Iterable[torch.Tensor]]
 _SESSIONS_KEPT = 4
-
-
-class _Session:
-    """The preallocated state of one stream shape: stream states, CUDA graphs, the default
-    chunk size and (decode) the constants of the sampling schedule. Reused by later streams of
-    the same shape: keeping the chunk plan is what lets their chunks replay the same graphs."""
-
-    def __init__(self, engine: "AcceleratedCDT", states):
-        self.states = states
-        enabled = engine.cuda_graphs is not False
-        capture = None if isinstance(engine.cuda_graphs, bool) else engine.cuda_graphs
-        self.graphs = ChunkGraphs(engine.device, enabled, capture, record=engine.ops.record)
-        self.chunk: Optional[int] = None  # the default chunk chosen by the first stream
-        self.busy = False
-
-    @property
-    def steady(self) -> bool:
-        return all(s.steady for s in self.states)
-
-    def run(self, *args):
-        try:
-            return self.graphs(self.step, args, self.states)
-        except BaseException:
-            for s in self.states:
-                s.rollback()
-            raise
-
-    def reset(self) -> None:
-        for s in self.states:
-            s.reset()
-
-    def commit(self) -> None:
-        for s in self.states:
-            s.commit()
-
-
-class _EncodeSession(_Session):
-    def __init__(self, engine: "AcceleratedCDT"):
-        super().__init__(engine, [StreamState()])
-        self.plan, self.device = engine.encoder_plan, engine.device
-
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        params = self.plan(x.to(self.device), Run(self.states[0]))
-        self.commit()
-        return params
-
-
-class _DecodeSession(_Session):
-    def __init__(self, engine: "AcceleratedCDT", batch: int, steps: int):
-        super().__init__(engine, [StreamState() for _ in range(steps + 1)])
-        cfg, device = engine.config, engine.device
-        schedule = DDIMSchedule.create(cfg.num_timesteps, steps)
-        self.steps, self.device, self.sample_gamma = steps, device, cfg.sample_gamma
-        self.context_plan, self.unet_plan, self.ops = (
-            engine.context_plan,
-            engine.unet_plan,
-            engine.ops,
-        )
-        # Constant for the whole decode: per-step DDIM coefficients (one 4-element fp32 tensor on
-        # the device per step, the form the kernels read, so the chunk step moves no value
-        # between host and device) and every ResnetBlock's mlp(time_emb).
-        self.coefficients = [
-            ddim_coefficients(schedule.coefficients(s), device) for s in range(steps)
-        ]
-        self.time_biases = [
-            self.unet_plan.time_biases(schedule.time_input(s, batch, device)) for s in range(steps)
-        ]
-
-    def step(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        # The initial sample is formed here, inside the captured step, from the raw noise chunk
-        # (the reference's arithmetic: gamma * noise in the noise's dtype, then fp32).
-        x = (self.sample_gamma * noise.to(self.device)).float()
-        context = self.context_plan(z.to(self.device), Run(self.states[0]))
-        for s in reversed(range(self.steps)):
-            x0 = self.unet_plan(x, context, Run(self.states[s + 1], self.time_biases[s])).float()
-            x = self.ops("ddim_update", x, x0, self.coefficients[s])
-        self.commit()
-        return x
-
-
-def _run_or_none_on_oom(session: _Session, *args):
-    """The chunk's result, or None when it ran out of memory. Returning (rather than handling the
-    error in an ``except`` block) drops the traceback, and with it the failed chunk's tensors,
-    before the caller empties the allocator cache."""
-    try:
-        return session.run(*args)
-    except torch.OutOfMemoryError:
-        return None
-
-
-def activation_layout(device: torch.device, ops: OpTable) -> torch.memory_format:
-    """channels_last_3d (NDHWC) where it pays: on CUDA (cuDNN's fast 3D convs) and whenever a
-    kernel backend serves an op (the kernels are written for NDHWC). Pure torch on CPU keeps
-    NCDHW: torch's CPU conv3d is NCDHW-native and copies channels-last inputs around every call
-    (measured here: ~17% of CPU decode time went to those copies)."""
-    kernels = ops.candidates or any(c.backend != "torch" for c in ops.table.values())
-    if torch.device(device).type == "cuda" or kernels:
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
-def channel_alignment(device: torch.device, ops: OpTable) -> int:
-    """Channel multiple of the U-Net's concatenated inputs (zero channels appended, see
-    :func:`~cdt_fast.engine.plan.input_pad`).
-
-    16 wherever the Triton conv may run: Triton specialises an integer argument as "divisible by
-    16" or not at all, so only a voxel stride that is a multiple of 16 elements lets it prove
-    16-byte alignment and use vector (cp.async) loads; its K tiles are at least 16 channels
-    anyway, so this adds no MACs there. 8 on CUDA otherwise: what cuDNN's tensor-core convs want
-    (fewer zero channels than 16, since cuDNN computes every channel it is given). 1 on CPU
-    torch/C++ engines, which keep the reference's widths and its exact results."""
-    triton_conv = any(
-        c.backend == "triton"
-        for op in ("causal_conv3d", "causal_conv3d_norm")
-        for c in [ops.table[op]] + ops.candidates.get(op, [])
-    )
-    if triton_conv:
-        return 16
-    return 8 if torch.device(device).type == "cuda" else 1
-
-
-class _FramewiseNoise:
-    """Noise for a stream of unknown length: one draw of [B, C, time_factor, H, W] per latent
-    frame (the first frame keeps its last video frame), kept until consumed so that a retried
-    chunk sees the same values."""
-
-    def __init__(self, shape, time_factor: int, generator, device):
-        self.shape, self.tf, self.generator = shape, time_factor, generator
-        self.device = generator.device if generator is not None else device
-        self.frames = {}
-
-    def __call__(self, start: int, stop: int) -> torch.Tensor:
-        for i in range(start, stop):
-            if i not in self.frames:
-                draw = torch.randn(self.shape, generator=self.generator, device=self.device)
-                self.frames[i] = draw[:, :, self.tf - 1 :] if i == 0 else draw
-        return torch.cat([self.frames[i] for i in range(start, stop)], dim=2)
-
-    def release(self, stop: int) -> None:
-        for i in [i for i in self.frames if i < stop]:
-            del self.frames[i]
 
 
 class AcceleratedCDT(nn.Module):
@@ -229,7 +89,7 @@ class AcceleratedCDT(nn.Module):
             cdt.unet, self.ops, fmt, align_channels=channel_alignment(device, self.ops)
         )
         self.memory = MemoryModel(self.config)
-        self._sessions: "OrderedDict[tuple, _Session]" = OrderedDict()
+        self._sessions: "OrderedDict[tuple, Session]" = OrderedDict()
 
     def _apply(self, fn, *args, **kwargs):
         # The plans hold packed copies (fp32 islands) and sessions hold device buffers: moving
@@ -284,7 +144,7 @@ class AcceleratedCDT(nn.Module):
             "decided": self.ops.decided(),
             "fallbacks": dict(self.ops.fallbacks),
             "rejected": dict(self.ops.measurements.rejected),
-            "graphs": {k: _graph_state(s.graphs) for k, s in self._sessions.items()},
+            "graphs": {k: graph_state(s.graphs) for k, s in self._sessions.items()},
         }
 
     def execution_record(self) -> dict:
@@ -307,7 +167,7 @@ class AcceleratedCDT(nn.Module):
         self.ops.record.reset()
 
     # -- sessions ------------------------------------------------------------------------------
-    def _session(self, key: tuple, make: Callable[[], _Session]) -> _Session:
+    def _session(self, key: tuple, make: Callable[[], Session]) -> Session:
         session = self._sessions.get(key)
         if session is not None and not session.busy:
             self._sessions.move_to_end(key)
@@ -320,7 +180,7 @@ class AcceleratedCDT(nn.Module):
         session.reset()
         return session
 
-    def _after_oom(self, session: _Session) -> bool:
+    def _after_oom(self, session: Session) -> bool:
         """Free what can be freed before a retry: this stream's graphs and every idle session's
         (their pools). True when some were held: the same chunk is then worth a retry (an eager
         chunk can run out of memory only because a pool was held beside it)."""
@@ -388,7 +248,7 @@ class AcceleratedCDT(nn.Module):
         if queue.empty:
             raise ValueError("x holds no frames")
         b, _, _, height, width = queue.peek(1).shape
-        session = self._session(("encode", b, height, width), lambda: _EncodeSession(self))
+        session = self._session(("encode", b, height, width), lambda: EncodeSession(self))
         default = chunk is None
         if default:
             graphs = session.graphs.enabled
@@ -410,7 +270,7 @@ class AcceleratedCDT(nn.Module):
                     raise ValueError(
                         f"x must hold 1+{tf}k frames in all; it ended {pos + n} frames in"
                     )
-                params = _run_or_none_on_oom(session, queue.peek(n))
+                params = run_or_none_on_oom(session, queue.peek(n))
                 if params is None:  # out of memory: smaller chunks from the same position
                     if self._after_oom(session):
                         continue  # graphs held memory: the same chunk first, without them
@@ -574,7 +434,7 @@ class AcceleratedCDT(nn.Module):
             raise ValueError("z holds no frames")
         b, _, _, h, w = queue.peek(1).shape
         s = cfg.space_factor
-        session = self._session(("decode", b, h, w, steps), lambda: _DecodeSession(self, b, steps))
+        session = self._session(("decode", b, h, w, steps), lambda: DecodeSession(self, b, steps))
         default = chunk is None
         if default:
             graphs = session.graphs.enabled
@@ -583,11 +443,11 @@ class AcceleratedCDT(nn.Module):
             )
             session.chunk = chunk
         if noise is None:
-            noise_of = _FramewiseNoise(
+            noise_of = FramewiseNoise(
                 (b, cfg.channels, tf, h * s, w * s), tf, generator, self.device
             )
         else:
-            noise_of = _NoiseSlices(noise, tf)
+            noise_of = NoiseSlices(noise, tf)
         pos = 0
         session.busy = True
         try:
@@ -599,7 +459,7 @@ class AcceleratedCDT(nn.Module):
                 # raw chunks: a replayed graph copies them straight into its static inputs
                 z_chunk = queue.peek(n) / scale_factor
                 x = noise_of(pos, pos + n)
-                out = _run_or_none_on_oom(session, z_chunk, x)
+                out = run_or_none_on_oom(session, z_chunk, x)
                 if out is None:  # out of memory: smaller chunks from the same position
                     del z_chunk, x
                     if self._after_oom(session):
@@ -622,33 +482,6 @@ class AcceleratedCDT(nn.Module):
     # -- round trip: the reference's own methods, over this class's encode/decode --------------
     forward = CDT.forward
     forward_with_info = CDT.forward_with_info
-
-
-def _graph_state(graphs: ChunkGraphs) -> tuple:
-    """(state, captures, replays) of one session's graphs; the state names the keys that stay
-    eager and why."""
-    state = graphs.reason or "enabled"
-    if graphs.eager:
-        state += "; " + "; ".join(sorted(set(graphs.eager.values())))
-    return state, graphs.captures, graphs.replays
-
-
-class _NoiseSlices:
-    """A given noise tensor, sliced per chunk of latent frames."""
-
-    def __init__(self, noise: torch.Tensor, time_factor: int):
-        self.noise, self.tf = noise, time_factor
-
-    def __call__(self, start: int, stop: int) -> torch.Tensor:
-        a, b = chunking.video_span(start, stop, self.tf)
-        if b > self.noise.shape[2]:
-            raise ValueError(
-                f"noise has {self.noise.shape[2]} frames but the latent stream needs at least {b}"
-            )
-        return self.noise[:, :, a:b]
-
-    def release(self, stop: int) -> None:
-        pass
 
 
 def accelerate(

@@ -72,13 +72,13 @@ def _frozen(table) -> Mapping:
 
 
 # Where the entries come from:
-# - cpu: measured on this project's shared 2-core CPU machine (docs/engine.md, "auto on CPU"):
+# - cpu: measured on a shared 2-core CPU machine (docs/engine.md, "auto on CPU"):
 #   decodes of CDT-small and CDT-base at 9x64x64 took 20-35% less CPU time and less median wall
 #   time with the C++ extension's ops (Blocks as torch's conv then the extension's norm) than
 #   with torch's, the engine then working channels-last (CDT-base's best single call: a tie).
 #   So the extension where it has the op, torch elsewhere.
-# - sm_80 / sm_90: no GPU has timed these kernels yet. The order is the one auto used when it did
-#   not measure (compiled code first: the CUDA extension, then Triton, then torch), with two
+# - sm_80 / sm_90: no GPU has timed these kernels. The order is a fixed preference, compiled
+#   code first (the CUDA extension, then Triton, then torch), with two
 #   facts from the code: the Triton Block op fuses the norm into the conv's epilogue only up to
 #   128 output channels (FUSED_NORM_MAX_CHANNELS; wider it runs the conv and a norm pass, which
 #   "composed" does with the table's own parts), and the CUDA extension has no conv or fused

@@ -273,10 +273,11 @@ def capture_model(
     specialisations are those of real tensors, but nothing can be compiled from data).
     ``calls``: a list that receives an :class:`OpCall` for every op the engine ran on the Triton
     backend."""
-    from cdt_fast import CDT, CDTConfig
     from cdt_fast.chunking import latent_frames
+    from cdt_fast.config import CDTConfig
     from cdt_fast.engine.accelerated import AcceleratedCDT
     from cdt_fast.kernels._tiles import tile_options
+    from cdt_fast.reference import CDT
 
     height, width = size
     cfg = CDTConfig.preset(preset, **overrides)

@@ -75,12 +75,11 @@ def write_latent_folder(
 @torch.no_grad()
 def encode_synthetic(count: int, seed: int, frames: int = 17, size: int = 64) -> List[torch.Tensor]:
     """The demo tokenizer's latents (posterior mode) of ``count`` synthetic clips."""
-    import cdt_fast
-
+    from ..api import load
     from ..data import SyntheticVideos
     from ..train import demo_model_path
 
-    model = cdt_fast.load(demo_model_path()).eval()
+    model = load(demo_model_path()).eval()
     clips = SyntheticVideos(length=count, frames=frames, size=size, seed=seed)
     return [model.encode(clips.clip(i)[None]).float() for i in range(count)]
 
@@ -95,8 +94,7 @@ def build_demo(
     install: bool = False,
     progress: bool = True,
 ) -> Dict[str, float]:
-    import cdt_fast
-
+    from ..api import load
     from ..train import demo_model_path
     from ..train.distributed import Dist
     from .evaluation import latent_frechet_distance
@@ -105,7 +103,7 @@ def build_demo(
     from .train import GEN_PRESETS, GenTrainer, LatentClips
 
     work = Path(workdir)
-    config = cdt_fast.load(demo_model_path()).config
+    config = load(demo_model_path()).config
     start = time.perf_counter()
     if not (work / "train" / "manifest.json").is_file():
         write_latent_folder(work / "train", encode_synthetic(train_clips, seed=1), config)

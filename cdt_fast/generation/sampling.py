@@ -208,14 +208,14 @@ def sample_latents(
 def _tokenizer_for(gen: Generator, tokenizer, device):
     """The CDT (engine when available) that decodes ``gen``'s latents; the bundled demo model when
     none is given and it is the right one."""
-    import cdt_fast
+    from ..api import load
 
     if tokenizer is None:
         from ..train import demo_model_path
 
         tokenizer = demo_model_path()
     if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = cdt_fast.load(tokenizer, device=device)
+        tokenizer = load(tokenizer, device=device)
     config = tokenizer.config
     if config.architecture_hash() != gen.tokenizer_hash:
         raise ValueError(
@@ -256,8 +256,6 @@ def sample(
     demo tokenizer), accelerated by :func:`cdt_fast.accelerate` unless ``engine=False``, streaming frames into the video
     file, written atomically. ``save_latents``: also write the first sample as a latent file
     (``cdt-fast decode`` reads it)."""
-    import cdt_fast
-
     gen = generator if isinstance(generator, Generator) else load_generator(generator, device)
     model = gen.model
     if device is not None:
@@ -303,14 +301,14 @@ def sample(
         save_latent(save_latents, z[:1], gen.tokenizer, video)
     if output is not None:
         from .. import video_io
-        from ..cli._common import Loaded, decode_frames
+        from ..engine import AcceleratedCDT, accelerate
+        from ..pipelines import decode_frames
 
         video_io.check_output_path(output)
         dev = torch.device(device or "cpu")
         cdt = _tokenizer_for(gen, tokenizer, dev)
-        if engine and not isinstance(cdt, cdt_fast.AcceleratedCDT):
-            cdt = cdt_fast.accelerate(cdt)
-        loaded = Loaded(cdt, cdt.config, dev, f"CDT {cdt.config.name}")
-        chunks = decode_frames(loaded, z[:1], frames, height, width, decode_steps, seed, None)
+        if engine and not isinstance(cdt, AcceleratedCDT):
+            cdt = accelerate(cdt)
+        chunks = decode_frames(cdt, z[:1], frames, height, width, decode_steps, seed)
         video_io.write_video(output, chunks, Fraction(video["fps"]), crf)
     return z

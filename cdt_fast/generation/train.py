@@ -9,7 +9,6 @@ where the prediction is hardest). Sampling integrates ``dx/dt = v`` from ``t = 1
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import save_state_dict
-from ..config import check_positive_ints, dataclass_from_dict
+from ..config import check_positive_ints
 from ..data.base import ClipDataset
+from ..train.config import RunConfig
 from ..train.distributed import Dist, setup_distributed
 from ..train.trainer import Trainer
 from .buckets import latent_buckets
@@ -42,30 +42,22 @@ GENERATOR_KEY = "cdt_fast.generator"  # safetensors metadata: config, normaliser
 
 
 @dataclass(frozen=True)
-class GenTrainConfig:
+class GenTrainConfig(RunConfig):
+    """The generator to train and its latent clips, over the trainers' shared
+    :class:`~cdt_fast.train.config.RunConfig`."""
+
+    batch_size: int = 8  # per process
+    betas: Tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
     model: GenConfig = field(default_factory=lambda: GenConfig.preset("S"))
     frames: int = 5  # latent frames per training clip (17 video frames)
     size: Optional[Tuple[int, int]] = None  # latent crop (h, w); None: the whole latent
-    batch_size: int = 8  # per process
-    steps: int = 100_000
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 1000
-    betas: Tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    seed: int = 0
-    log_every: int = 10
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 2
-    num_workers: int = 0
     backend: str = "auto"  # attention backend in training
 
     def __post_init__(self):
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", GenConfig.from_dict(self.model))
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if self.size is not None:
             object.__setattr__(self, "size", tuple(int(s) for s in self.size))
             if len(self.size) != 2 or any(s % self.model.patch_size or s < 1 for s in self.size):
@@ -73,37 +65,14 @@ class GenTrainConfig:
                     f"GenTrainConfig.size must be (h, w), multiples of "
                     f"{self.model.patch_size}, got {self.size}"
                 )
-        check_positive_ints(
-            self,
-            (
-                "frames",
-                "batch_size",
-                "steps",
-                "log_every",
-                "ckpt_every",
-                "keep_checkpoints",
-            ),
-        )
-        if not self.lr > 0:
-            raise ValueError(f"GenTrainConfig.lr must be > 0, got {self.lr}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"GenTrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0:
-            raise ValueError("GenTrainConfig.warmup_steps, grad_clip and num_workers must be >= 0")
-
-    def replace(self, **changes: Any) -> "GenTrainConfig":
-        return dataclasses.replace(self, **changes)
+        check_positive_ints(self, ("frames",))
+        super().__post_init__()
 
     def to_dict(self) -> Dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = super().to_dict()
         out["model"] = self.model.to_dict()
-        out["betas"] = list(self.betas)
         out["size"] = None if self.size is None else list(self.size)
         return out
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "GenTrainConfig":
-        return dataclass_from_dict(cls, values)
 
 
 def _tiny() -> GenTrainConfig:

@@ -6,10 +6,12 @@ Import-light: :func:`demo_model_path` needs no torch import beyond the package's
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 __all__ = [
     "demo_model_path",
     "Trainer",
+    "RunConfig",
     "TrainConfig",
     "CDTLoss",
     "LossWeights",
@@ -19,13 +21,15 @@ __all__ = [
 ]
 
 
-def demo_model_path() -> Path:
+def demo_model_path(package: Optional[Path] = None) -> Path:
     """The bundled demo checkpoint (``cdt_fast/assets/demo.safetensors``): a narrow CDT trained by
     ``cdt-fast train --config tiny --data photos+synthetic --seed 7`` on photographs moved as
-    video and synthetic clips. Load it with ``cdt_fast.load(path)``."""
-    path = Path(__file__).resolve().parent.parent / "assets" / "demo.safetensors"
+    video and synthetic clips. Load it with ``cdt_fast.load(path)``. ``package``: the folder of
+    the package to look in (default: this installation's)."""
+    package = Path(__file__).resolve().parent.parent if package is None else Path(package)
+    path = package / "assets" / "demo.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"the demo model is missing from the installation: {path}")
+        raise FileNotFoundError(f"the bundled demo model ({path}) is not installed")
     return path
 
 
@@ -35,7 +39,7 @@ def __getattr__(name):
         from . import trainer
 
         return getattr(trainer, name)
-    if name in ("TrainConfig", "resolve_train_config"):
+    if name in ("RunConfig", "TrainConfig", "resolve_train_config"):
         from . import config
 
         return getattr(config, name)

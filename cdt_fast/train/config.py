@@ -1,4 +1,6 @@
-"""TrainConfig: the model to train and every knob of the optimisation, with named presets.
+"""The training configs: :class:`RunConfig`, the optimisation and bookkeeping settings every
+trainer shares, and :class:`TrainConfig`, which adds the tokenizer to train and its data, with
+named presets.
 
 Upstream released no training code and the paper gives no optimiser settings; every default here
 is our choice unless its comment names a source.
@@ -12,18 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..config import CDTConfig, check_positive_ints, dataclass_from_dict
+from ..config import CDTConfig, check_positive_ints, config_from_file, dataclass_from_dict
 from .losses import LossWeights
 
-__all__ = ["TrainConfig", "PRESETS", "resolve_train_config"]
+__all__ = ["RunConfig", "TrainConfig", "PRESETS", "resolve_train_config"]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    model: CDTConfig = field(default_factory=CDTConfig.small)
-    frames: int = 17  # 1+4k frames per clip (upstream evaluates 17-frame clips)
-    size: int = 256  # square crop side
-    stride: int = 1  # take every stride-th frame of a video
+class RunConfig:
+    """What :class:`~cdt_fast.train.Trainer` reads of a run, whatever the model: AdamW with a
+    warmup and cosine schedule, gradient clipping, EMA, seeding, logging and checkpoints. A
+    trainer's config extends it with its model and data (:class:`TrainConfig`,
+    :class:`cdt_fast.generation.train.GenTrainConfig`), redeclaring a field to change its default."""
+
     batch_size: int = 1  # per process
     steps: int = 100_000  # length of the LR schedule (a run may stop earlier)
     lr: float = 1e-4  # peak learning rate (AdamW)
@@ -33,8 +36,6 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     ema_decay: float = 0.999
-    loss: LossWeights = field(default_factory=LossWeights)
-    t_range: Tuple[float, float] = (0.0, 1.0)  # fractions of the schedule t is drawn from
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 1000
@@ -42,37 +43,57 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self):
+        name = type(self).__name__
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        check_positive_ints(
+            self, ("batch_size", "steps", "log_every", "ckpt_every", "keep_checkpoints")
+        )
+        if not self.lr > 0:
+            raise ValueError(f"{name}.lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"{name}.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0:
+            raise ValueError(f"{name}.warmup_steps, grad_clip and num_workers must be >= 0")
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields as JSON values (``train_config.json``, checkpoints)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["betas"] = list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]):
+        return dataclass_from_dict(cls, values)
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """The tokenizer to train, its clips and its loss, over a :class:`RunConfig`."""
+
+    model: CDTConfig = field(default_factory=CDTConfig.small)
+    frames: int = 17  # 1+4k frames per clip (upstream evaluates 17-frame clips)
+    size: int = 256  # square crop side
+    stride: int = 1  # take every stride-th frame of a video
+    loss: LossWeights = field(default_factory=LossWeights)
+    t_range: Tuple[float, float] = (0.0, 1.0)  # fractions of the schedule t is drawn from
+
+    def __post_init__(self):
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", CDTConfig.from_dict(self.model))
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", LossWeights(**self.loss))
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "t_range", tuple(float(b) for b in self.t_range))
-        check_positive_ints(
-            self,
-            (
-                "frames",
-                "size",
-                "stride",
-                "batch_size",
-                "steps",
-                "log_every",
-                "ckpt_every",
-                "keep_checkpoints",
-            ),
-        )
+        check_positive_ints(self, ("frames", "size", "stride"))
         if (self.frames - 1) % 4:
             raise ValueError(f"TrainConfig.frames must be 1+4k, got {self.frames}")
         if self.size % self.model.space_factor:
             raise ValueError(
                 f"TrainConfig.size must be a multiple of {self.model.space_factor}, got {self.size}"
             )
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0:
-            raise ValueError("TrainConfig.warmup_steps, grad_clip and num_workers must be >= 0")
+        super().__post_init__()
 
     def replace(self, **changes: Any) -> "TrainConfig":
         loss_changes = {
@@ -80,19 +101,14 @@ class TrainConfig:
         }
         if loss_changes:
             changes["loss"] = dataclasses.replace(self.loss, **loss_changes)
-        return dataclasses.replace(self, **changes)
+        return super().replace(**changes)
 
     def to_dict(self) -> Dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = super().to_dict()
         out["model"] = self.model.to_dict()
         out["loss"] = dataclasses.asdict(self.loss)
-        out["betas"] = list(self.betas)
         out["t_range"] = list(self.t_range)
         return out
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        return dataclass_from_dict(cls, values)
 
 
 def _tiny() -> TrainConfig:
@@ -135,8 +151,6 @@ def resolve_train_config(spec: str) -> Tuple[TrainConfig, Optional[Path]]:
         return PRESETS[spec](), None
     path = Path(spec)
     if path.suffix == ".safetensors":
-        from ..api import config_from_file
-
         model = config_from_file(path)
         if model is None:
             raise ValueError(

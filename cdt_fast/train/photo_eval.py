@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from .. import load
+    from ..api import load
     from ..data import load_image_folder, load_skimage_photos
     from ..data.photos import SKIMAGE_HOLDOUT
     from . import demo_model_path

@@ -19,8 +19,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..api import CONFIG_METADATA_KEY, save
+from ..api import save
 from ..checkpoint import atomic_write, load_into, read_state_dict, save_state_dict
+from ..config import CONFIG_METADATA_KEY
 from ..data import ClipDataset, StepBatches
 from ..reference import CDT
 from .config import TrainConfig
