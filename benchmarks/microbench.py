@@ -1,63 +1,91 @@
-"""What the kernel microbenchmarks (``benchmarks/bench_*.py``) share: device peaks, CUDA timing,
-GB/s rows, the markdown table and the JSON results file. Nothing here runs at import."""
+"""What the op microbenchmarks (``benchmarks/bench_<op family>.py``) share: the backends that
+implement an op here, timing a case's implementations into rows (ms, GB/s of the bytes the op
+must move, % of the device's peak bandwidth, TFLOP/s), the markdown table, the results file, the
+command line and the pytest-benchmark hook. Nothing here runs at import.
+
+A row's ``impl`` says what ran: a backend of the engine's op table (``torch``, ``triton``,
+``cuda``, ``cpp``: :func:`backend_functions` asks the engine's dispatcher for each one's function
+of the op), or an arrangement the family's module names and explains (``torch.compile``, a
+fused or unfused pair of kernels, ...).
+"""
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
+from benchmarks import hardware, timing
+from benchmarks.dtypes import dtype_argument, dtype_name
+
 __all__ = [
-    "PEAK_BANDWIDTH_TBPS",
-    "peak_bandwidth_tbps",
-    "time_ms",
+    "RESULTS_DIR",
+    "Case",
+    "bind",
+    "backend_functions",
+    "device_name",
     "row",
     "measure",
+    "run_cases",
     "markdown",
     "save_rows",
     "bench_main",
     "run_benchmark",
 ]
 
-# HBM bandwidth from the vendors' data sheets, TB/s, keyed by torch.cuda.get_device_name().
-PEAK_BANDWIDTH_TBPS: Dict[str, float] = {
-    "NVIDIA H100 80GB HBM3": 3.35,  # H100 SXM5
-    "NVIDIA H100 SXM": 3.35,
-    "NVIDIA H100 PCIe": 2.0,
-    "NVIDIA H100 NVL": 3.9,
-    "NVIDIA H200": 4.8,
-    "NVIDIA A100-SXM4-80GB": 2.039,
-    "NVIDIA A100-SXM4-40GB": 1.555,
-    "NVIDIA A100 80GB PCIe": 1.935,
-    "NVIDIA A100-PCIE-40GB": 1.555,
-    "NVIDIA L40S": 0.864,
-    "NVIDIA L4": 0.3,
-    "NVIDIA A10G": 0.6,
-    "NVIDIA GeForce RTX 4090": 1.008,
-    "NVIDIA GeForce RTX 3090": 0.936,
-}
+# Where a microbenchmark's results go unless --out says otherwise: git-ignored, as the model
+# benchmark's, so that running one leaves the checkout clean.
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "local"
+# The engine's backends an op microbenchmark times on each kind of device. Triton on a CPU would
+# be its interpreter, which checks kernels and says nothing of their speed.
+DEVICE_BACKENDS = {"cpu": ("torch", "cpp"), "cuda": ("torch", "triton", "cuda")}
+# The CPU shapes a family times: "small" runs in seconds, "cdt" is CDT-small's at 256x256.
+CPU_SIZES = ("small", "cdt")
 
 
-def peak_bandwidth_tbps(device=None) -> Optional[float]:
-    """The device's peak memory bandwidth (TB/s), or None when unknown or not CUDA."""
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
-    if name in PEAK_BANDWIDTH_TBPS:
-        return PEAK_BANDWIDTH_TBPS[name]
-    # Longest key that prefixes the name ("NVIDIA H200 NVL" -> "NVIDIA H200").
-    matches = [k for k in PEAK_BANDWIDTH_TBPS if name.startswith(k)]
-    return PEAK_BANDWIDTH_TBPS[max(matches, key=len)] if matches else None
+@dataclass
+class Case:
+    """One shape of one op: the callables to time (``impl`` -> no-argument function), the bytes
+    the op must move at least (inputs read once, outputs written once) and its FLOPs."""
+
+    op: str
+    label: str
+    impls: Dict[str, Callable[[], object]]
+    nbytes: int
+    flops: Optional[int] = None
 
 
-def time_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float:
-    """Median CUDA time of ``fn()`` in ms (Triton's do_bench: L2 flushed between runs)."""
-    from triton.testing import do_bench
+def bind(fns: Dict[str, Callable], *args, **kwargs) -> Dict[str, Callable[[], object]]:
+    """Every function of ``fns`` bound to the same arguments: the callables a :class:`Case`
+    times."""
+    return {name: functools.partial(fn, *args, **kwargs) for name, fn in fns.items()}
 
-    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+def backend_functions(op: str, device: torch.device) -> Dict[str, Callable]:
+    """backend -> the function implementing ``op`` (the op contract of
+    :mod:`cdt_fast.functional`) for every backend of :data:`DEVICE_BACKENDS` that can run it on
+    ``device``, as the engine resolves it."""
+    from cdt_fast.engine.dispatch import resolve
+
+    device = torch.device(device)
+    out: Dict[str, Callable] = {}
+    for backend in DEVICE_BACKENDS.get(device.type, ("torch",)):
+        fn, _ = resolve(backend, op, device)
+        if fn is not None:
+            out[backend] = fn
+    return out
+
+
+def device_name(device: Optional[torch.device] = None) -> str:
+    """``torch.cuda.get_device_name()`` on CUDA (the default when present), else ``"cpu"``."""
+    cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    return torch.cuda.get_device_name(device) if cuda else "cpu"
 
 
 def row(
@@ -68,10 +96,12 @@ def row(
     nbytes: int,
     flops: Optional[int] = None,
     error: Optional[str] = None,
+    device: Optional[torch.device] = None,
 ) -> Dict[str, object]:
     """One result: time, effective bandwidth (minimal bytes the op must move / time), % of the
     device's peak bandwidth, and TFLOP/s when ``flops`` is given."""
-    peak = peak_bandwidth_tbps()
+    name = device_name(device)
+    peak = hardware.peak_bandwidth_tbps(name) if name != "cpu" else None
     gbps = nbytes / ms / 1e6 if ms else None
     return {
         "op": op,
@@ -82,7 +112,7 @@ def row(
         "GB/s": gbps,
         "%peak_bw": 100 * gbps / (peak * 1e3) if gbps and peak else None,
         "TFLOP/s": flops / ms / 1e9 if flops and ms else None,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "device": name,
         "error": error,
     }
 
@@ -93,28 +123,46 @@ def measure(
     impls: Dict[str, Callable[[], object]],
     nbytes: int,
     flops: Optional[int] = None,
+    device: Optional[torch.device] = None,
+    repeats: int = 5,
 ) -> List[Dict[str, object]]:
-    """Times every implementation; one that fails (e.g. torch.compile on an odd setup) gives a
-    row with its error instead of sinking the run."""
+    """Times every implementation (:func:`benchmarks.timing.kernel_ms`; ``repeats``: timed calls
+    on a CPU); one that fails (e.g. torch.compile on an odd setup) gives a row with its error
+    instead of sinking the run."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = []
     for impl, fn in impls.items():
         try:
-            rows.append(row(op, case, impl, time_ms(fn), nbytes, flops))
+            ms = timing.kernel_ms(fn, device, repeats=repeats)
         except Exception as exc:  # report, keep measuring the others
-            rows.append(
-                row(op, case, impl, None, nbytes, flops, error=f"{type(exc).__name__}: {exc}")
-            )
+            error = f"{type(exc).__name__}: {exc}"
+            rows.append(row(op, case, impl, None, nbytes, flops, error=error, device=device))
+            continue
+        rows.append(row(op, case, impl, ms, nbytes, flops, device=device))
+    return rows
+
+
+def run_cases(
+    cases: Iterable[Case], device: torch.device, repeats: int = 5
+) -> List[Dict[str, object]]:
+    """The rows of every case, in order (a case's inputs are made when it is reached)."""
+    rows: List[Dict[str, object]] = []
+    for c in cases:
+        rows += measure(c.op, c.label, c.impls, c.nbytes, c.flops, device, repeats)
     return rows
 
 
 def markdown(rows: Iterable[Dict[str, object]]) -> str:
     cols = ["op", "case", "impl", "ms", "GB/s", "%peak_bw", "TFLOP/s"]
-    fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+
+    def fmt(v: object) -> str:
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [fmt(r.get(c)) for c in cols]
         if r.get("error"):
-            cells[3] = f"error: {r['error'][:60]}"
+            cells[3] = f"error: {str(r['error'])[:60]}"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -124,8 +172,7 @@ def save_rows(
 ) -> Path:
     """Writes the rows with library versions, atomically, to ``path`` or else to
     ``<results_dir>/<name>-<device>.json``."""
-    import triton
-
+    from benchmarks.environment import package_version
     from cdt_fast.checkpoint import atomic_write
 
     device = rows[0]["device"] if rows else "cpu"
@@ -133,45 +180,108 @@ def save_rows(
     payload = {
         "device": device,
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": package_version("triton"),
         "cuda": torch.version.cuda,
-        "peak_bandwidth_TBps": peak_bandwidth_tbps(),
+        "peak_bandwidth_TBps": hardware.peak_bandwidth_tbps(str(device)),
         "rows": rows,
     }
     path = Path(path) if path is not None else Path(results_dir) / f"{name}-{slug}.json"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
 
 
-def bench_main(
-    name: str, description: str, run_summary: Callable[[], List[dict]], results_dir: Path, argv=None
-) -> int:
-    """The ``main(argv)`` of a ``bench_<name>.py``: table to stdout, JSON under ``results_dir``
-    (or at ``--out``)."""
-    import argparse
-
+def _parser(description: str, default_results: Path, cpu: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
+        "--device",
+        default=None,
+        help="cuda or cpu (default: cuda when present)"
+        + ("" if cpu else "; this benchmark needs cuda"),
+    )
+    parser.add_argument(
+        "--dtype",
+        type=dtype_argument,
+        default=None,
+        help="bf16, fp16 or fp32 (default bf16 on CUDA, fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--size",
+        choices=CPU_SIZES,
+        default="small",
+        help="CPU shapes: small (seconds) or cdt (CDT-small's at 256x256); CUDA runs CDT's",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="CPU: timed calls per implementation (median)"
+    )
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile rows")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
         "--out",
+        "--json",
+        dest="out",
         type=Path,
         metavar="PATH",
-        help=f"write the JSON here instead of {results_dir}/{name}-<device>.json",
+        help=f"write the JSON here instead of {default_results}/<name>-<device>.json "
+        "(--json: the old name)",
     )
     parser.add_argument("--no-save", action="store_true", help="do not write the results file")
+    return parser
+
+
+def bench_main(
+    name: str,
+    description: str,
+    make_cases: Callable[[argparse.Namespace], Sequence[Case]],
+    argv: Optional[Sequence[str]] = None,
+    *,
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+    cpu: bool = True,
+    results_dir: Path = RESULTS_DIR,
+) -> int:
+    """The ``main(argv)`` of a ``bench_<family>.py``: its cases (``make_cases(args)``; ``args``
+    has ``device``, ``dtype``, ``compile``, ``size`` and what ``add_arguments`` adds) timed, the table on
+    stdout, the JSON under ``results_dir`` (or at ``--out``). ``cpu=False``: nothing to time on a
+    CPU (the family has no CPU backend but torch), so a CPU run says so and measures nothing."""
+    parser = _parser(description, results_dir, cpu)
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     if args.out is not None and args.no_save:
         parser.error("--out and --no-save contradict each other: pass one")
-    if not torch.cuda.is_available():
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.device.type == "cpu" and not cpu:
         print(f"bench_{name}: needs CUDA, skipped")
         return 0
-    rows = run_summary()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device.type == "cuda"
+    args.dtype = args.dtype or (torch.bfloat16 if cuda else torch.float32)
+    args.compile = cuda and not args.no_compile
+    rows = run_cases(make_cases(args), args.device, args.repeats)
+    print(f"bench_{name} on {device_name(args.device)}, {dtype_name(args.dtype)}")
     print(markdown(rows))
     if not args.no_save:
         print("wrote", save_rows(rows, results_dir, name, args.out))
     return 0
 
 
-def run_benchmark(benchmark, fn: Callable[[], object]) -> None:
-    """pytest-benchmark of a CUDA callable: warmed up (compiles, autotunes), synchronised."""
+def run_benchmark(benchmark, fn: Callable[[], object], nbytes: Optional[int] = None) -> None:
+    """pytest-benchmark of a CUDA callable: warmed up (compiles, autotunes), synchronised; with
+    ``nbytes``, the effective bandwidth and its % of the device's peak in ``extra_info``."""
     fn()
     torch.cuda.synchronize()
-    benchmark(lambda: (fn(), torch.cuda.synchronize()))
+
+    def run():
+        fn()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(run, rounds=20, warmup_rounds=3)
+    if nbytes is not None:
+        seconds = benchmark.stats.stats.median
+        benchmark.extra_info["GB/s"] = nbytes / seconds / 1e9
+        peak = hardware.peak_bandwidth_tbps(torch.cuda.get_device_name())
+        if peak:
+            benchmark.extra_info["% peak bandwidth"] = 100 * nbytes / seconds / (peak * 1e12)
