@@ -186,12 +186,14 @@ def measure(
     max_time_s: Optional[float] = None,
     keep_output: bool = False,
     resident_bytes: int = 0,
+    memory: bool = True,
 ) -> Timing:
     """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then up to ``repeats`` timed ones.
 
     ``max_time_s`` caps the timed phase: once ``min_repeats`` calls are done and the timed calls
     have taken longer than this, no more are started (slow CPU settings get fewer repeats instead
     of blowing the run's time budget). ``keep_output`` keeps the last call's return value.
+    ``memory=False`` leaves a CPU call's memory unsampled (see :func:`measure_interleaved`).
     """
     timings, errors = measure_interleaved(
         {"fn": fn},
@@ -202,6 +204,7 @@ def measure(
         max_time_s=max_time_s,
         keep_output=keep_output,
         resident_bytes={"fn": resident_bytes},
+        memory=memory,
     )
     if errors:
         raise errors["fn"]
@@ -220,6 +223,7 @@ def measure_interleaved(
     keep_output: bool = False,
     resident_bytes: Optional[Dict[str, int]] = None,
     after_warmup: Optional[Callable[[str], None]] = None,
+    memory: bool = True,
 ) -> Tuple[Dict[str, Timing], Dict[str, BaseException]]:
     """Time several callables against each other: ``warmup`` untimed calls of each (an int, or
     per name), then up to ``rounds`` rounds, each timing one call of every callable, the order
@@ -230,7 +234,10 @@ def measure_interleaved(
 
     Returns ``(timings, errors)``: a callable that raises (e.g. out of memory) is dropped from
     the later rounds and its exception is returned under its name instead of a timing; the
-    others go on. ``keep_output`` keeps each callable's last return value.
+    others go on. ``keep_output`` keeps each callable's last return value. ``memory=False``: on a
+    CPU no RSS sampling and no ``malloc_trim`` before each call (which hands the heap back, so
+    that the call then pays for fresh pages: right for its peak memory, wrong for timing an op
+    that allocates); CUDA's counters cost nothing and are always read.
     """
     if not isinstance(fns, dict) or not fns:
         raise ValueError("fns must be a non-empty dict of name -> callable")
@@ -240,7 +247,7 @@ def measure_interleaved(
     if deadline is not None and not isinstance(deadline, (int, float)):
         raise ValueError(f"deadline must be a time.perf_counter() value, got {deadline!r}")
     device = torch.device(device)
-    calls = _Calls(fns, device)
+    calls = _Calls(fns, device, memory)
     calls.warm_up(warmups, after_warmup)
     calls.rounds(rounds, min_rounds, max_time_s, deadline)
     return calls.timings(warmups, resident_bytes or {}, keep_output), calls.errors
@@ -250,8 +257,8 @@ class _Calls:
     """The state of one interleaved measurement: every callable's samples, peaks, last output
     and, once it raised, its error."""
 
-    def __init__(self, fns: Dict[str, Callable[[], Any]], device: torch.device):
-        self.fns, self.device = fns, device
+    def __init__(self, fns: Dict[str, Callable[[], Any]], device: torch.device, memory: bool):
+        self.fns, self.device, self.memory = fns, device, memory
         self.names = list(fns)
         self.errors: Dict[str, BaseException] = {}
         self.outputs: Dict[str, Any] = {}
@@ -284,7 +291,7 @@ class _Calls:
 
     def _time_one(self, name: str) -> None:
         try:
-            ms, peak, delta, out = _timed_call(self.fns[name], self.device)
+            ms, peak, delta, out = _timed_call(self.fns[name], self.device, self.memory)
         except Exception as err:  # noqa: BLE001 - reported per implementation
             self._failed(name, err)
             return
@@ -329,7 +336,9 @@ class _Calls:
                 peak = self.deltas[name] + int(resident.get(name, 0))
                 out[name] = Timing(taken, peak, self.deltas[name], CUDA_MEM_METHOD, warm, output)
             elif not self.mem_seen[name]:
-                method = "not measured: psutil is not installed"
+                method = "not measured: " + (
+                    "psutil is not installed" if self.memory else "memory=False"
+                )
                 out[name] = Timing(taken, None, None, method, warm, output)
             else:
                 peak, delta = self.peaks[name], self.deltas[name]
@@ -344,13 +353,13 @@ def kernel_ms(
     ``do_bench`` (25 ms of warm-up, then 100 ms of calls with the L2 cache flushed before each,
     timed by CUDA events), the usual way to time a kernel of microseconds, where one
     synchronised call per sample (:func:`measure`) would mostly time the launch. CPU:
-    :func:`measure`, one warm-up and ``repeats`` timed calls."""
+    :func:`measure` without memory sampling, one warm-up and ``repeats`` timed calls."""
     device = torch.device(device)
     if device.type == "cuda":
         from triton.testing import do_bench
 
         return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    return measure(fn, device, warmup=1, repeats=repeats).p50
+    return measure(fn, device, warmup=1, repeats=repeats, memory=False).p50
 
 
 def _release_cached(device: torch.device) -> None:
@@ -358,7 +367,7 @@ def _release_cached(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _timed_call(fn: Callable[[], Any], device: torch.device):
+def _timed_call(fn: Callable[[], Any], device: torch.device, memory: bool = True):
     """(milliseconds, peak bytes or None, own bytes or None, output) of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -372,7 +381,7 @@ def _timed_call(fn: Callable[[], Any], device: torch.device):
         peak = int(torch.cuda.max_memory_allocated(device))
         return float(start.elapsed_time(end)), peak, max(0, peak - before), output
     try:
-        rss: Optional[RssSampler] = RssSampler()
+        rss: Optional[RssSampler] = RssSampler() if memory else None
     except ImportError:
         rss = None
     with rss if rss is not None else contextlib.nullcontext():

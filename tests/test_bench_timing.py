@@ -100,3 +100,24 @@ def test_measure_interleaved_budget_and_deadline():
     assert t["x"].repeats == 1  # past the deadline: one round, then stop
     with pytest.raises(ValueError, match="fns"):
         timing.measure_interleaved({}, "cpu")
+
+
+def test_kernel_ms_on_cpu_is_the_median_without_memory_sampling(monkeypatch):
+    """The op microbenchmarks' CPU timer: one warm-up, then the median of ``repeats`` calls, with
+    no RSS sampler and no malloc_trim around them (fresh pages would be timed as the op's)."""
+
+    def no_sampler(*args, **kwargs):
+        raise AssertionError("kernel_ms must not sample memory")
+
+    monkeypatch.setattr(timing, "RssSampler", no_sampler)
+    calls = []
+    durations = iter([0.0, 0.004, 0.012, 0.002])  # warm-up, then 3 timed calls
+
+    def fn():
+        calls.append(1)
+        time.sleep(next(durations))
+
+    ms = timing.kernel_ms(fn, "cpu", repeats=3)
+    assert len(calls) == 4 and 4.0 * 0.99 <= ms < 12.0
+    t = timing.measure(lambda: None, "cpu", warmup=0, repeats=1, memory=False)
+    assert t.peak_mem_bytes is None and t.mem_method == "not measured: memory=False"
