@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -24,7 +24,6 @@ import torch  # noqa: E402
 
 from benchmarks import microbench  # noqa: E402
 from benchmarks.cdt_shapes import CDT_BASE_720  # noqa: E402
-from cdt_fast import functional as CF  # noqa: E402
 
 OP = "channel_norm"
 # (name, channels, frames, side) per --size: seconds on 2 cores; CDT-small's first U-Net level
@@ -60,17 +59,10 @@ def make_inputs(
     return (x, rand(c), rand(c)), kwargs, nbytes
 
 
-def implementations(device, with_compile: bool) -> Dict[str, object]:
-    impls = dict(microbench.backend_functions(OP, device))
-    if with_compile:
-        impls["torch.compile"] = torch.compile(CF.channel_norm, dynamic=False, fullgraph=True)
-    return impls
-
-
 def cases(
     levels: Sequence[tuple], dtype: torch.dtype, device, with_compile: bool
 ) -> Iterator[microbench.Case]:
-    impls = implementations(device, with_compile)
+    impls = microbench.implementations(OP, device, with_compile)
     for name, c, t, side in levels:
         for variant in VARIANTS:
             args, kwargs, nbytes = make_inputs(c, t, side, dtype, device, variant)
@@ -85,8 +77,7 @@ def _levels(device: torch.device, names: Sequence[str] = (), size: str = "small"
 
 
 def run_summary() -> List[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype = microbench.defaults()
     return microbench.run_cases(
         cases(_levels(device), dtype, device, device.type == "cuda"), device
     )
@@ -112,7 +103,7 @@ def main(argv=None) -> int:
 def test_channel_norm_720p(benchmark, level, variant, impl):
     _, c, t, side = level
     args, kwargs, nbytes = make_inputs(c, t, side, torch.bfloat16, "cuda", variant)
-    impls = implementations(torch.device("cuda"), with_compile=impl == "torch.compile")
+    impls = microbench.implementations(OP, torch.device("cuda"), impl == "torch.compile")
     if impl not in impls:
         pytest.skip(f"the {impl} backend does not run here")
     microbench.run_benchmark(benchmark, lambda: impls[impl](*args, **kwargs), nbytes)

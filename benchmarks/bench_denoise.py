@@ -24,19 +24,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import microbench  # noqa: E402
-from cdt_fast import functional as CF  # noqa: E402
 
 CUDA_VIDEOS = [(17, 256, 256), (17, 720, 720)]  # (frames, height, width), batch 1, RGB
 CPU_VIDEOS = {"small": [(5, 64, 64)], "cdt": [(17, 256, 256)]}  # per --size
 # A mid-schedule DDIM step's (a, b, c, d) (cdt_fast.functional.ddim_update's coefficients).
 COEFFICIENTS = (1.0000305, 0.0078125, 0.9999, 0.0141)
-
-
-def _implementations(op: str, device, with_compile: bool) -> Dict[str, Callable]:
-    impls = dict(microbench.backend_functions(op, device))
-    if with_compile:
-        impls["torch.compile"] = torch.compile(getattr(CF, op), dynamic=False)
-    return impls
 
 
 def make_cases(
@@ -53,8 +45,8 @@ def make_cases(
     x_t, x0 = rgb(torch.float32), rgb(dtype)
     coefficients = torch.tensor(COEFFICIENTS, device=device)  # on the device, as the engine's
     numel = x_t.numel()
-    ddim = _implementations("ddim_update", device, with_compile)
-    frames = _implementations("to_uint8_frames", device, with_compile)
+    ddim = microbench.implementations("ddim_update", device, with_compile)
+    frames = microbench.implementations("to_uint8_frames", device, with_compile)
     return {
         "ddim_update": (
             microbench.bind(ddim, x_t, x0, coefficients, clamp=True),
@@ -75,8 +67,7 @@ def cases(
 
 
 def run_summary() -> List[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype = microbench.defaults()
     return microbench.run_cases(cases(device, dtype, device.type == "cuda"), device)
 
 

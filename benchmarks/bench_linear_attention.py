@@ -155,8 +155,7 @@ def _levels(device: torch.device, names: Sequence[str] = (), size: str = "small"
 
 
 def run_summary() -> List[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype = microbench.defaults()
     return microbench.run_cases(
         cases(_levels(device), dtype, device, device.type == "cuda"), device
     )

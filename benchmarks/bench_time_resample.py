@@ -24,7 +24,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import microbench  # noqa: E402
-from cdt_fast import functional as CF  # noqa: E402
 
 # (where, channels, input frames, height, width)
 DOWN_CASES = [
@@ -49,19 +48,12 @@ def _video(c, t, h, w, device, dtype):
     )
 
 
-def _implementations(op: str, device, with_compile: bool) -> Dict[str, Callable]:
-    impls = dict(microbench.backend_functions(op, device))
-    if with_compile:
-        impls["torch.compile"] = torch.compile(getattr(CF, op), dynamic=False)
-    return impls
-
-
 def down_case(c, t, h, w, device, dtype, with_compile) -> Tuple[Dict[str, Callable], int, int]:
     """(impl -> call, bytes, FLOPs) of a later chunk's time_downsample."""
     x, past = _video(c, t, h, w, device, dtype), _video(c, 1, h, w, device, dtype)
     weight = torch.randn(c, c, 3, device=device, dtype=dtype) / (3 * c) ** 0.5
     bias = torch.randn(c, device=device, dtype=dtype)
-    impls = _implementations("time_downsample", device, with_compile)
+    impls = microbench.implementations("time_downsample", device, with_compile)
     out_numel = x.numel() // 2
     nbytes = (x.numel() + past.numel() + out_numel + weight.numel()) * x.element_size()
     return microbench.bind(impls, x, weight, bias, past=past), nbytes, 2 * out_numel * 3 * c
@@ -72,7 +64,7 @@ def up_case(c, t, h, w, device, dtype, with_compile) -> Tuple[Dict[str, Callable
     x = _video(c, t, h, w, device, dtype)
     weight = torch.randn(2 * c, c, 1, device=device, dtype=dtype) / c**0.5
     bias = torch.randn(2 * c, device=device, dtype=dtype)
-    impls = _implementations("time_upsample", device, with_compile)
+    impls = microbench.implementations("time_upsample", device, with_compile)
     out_numel = 2 * x.numel()
     nbytes = (x.numel() + out_numel + weight.numel()) * x.element_size()
     return microbench.bind(impls, x, weight, bias, drop_first=False), nbytes, 2 * out_numel * c
@@ -92,8 +84,7 @@ def cases(
 
 
 def run_summary() -> List[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype = microbench.defaults()
     return microbench.run_cases(cases(device, dtype, device.type == "cuda"), device)
 
 

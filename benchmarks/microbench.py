@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -28,7 +28,9 @@ __all__ = [
     "RESULTS_DIR",
     "Case",
     "bind",
+    "defaults",
     "backend_functions",
+    "implementations",
     "device_name",
     "row",
     "measure",
@@ -82,6 +84,29 @@ def backend_functions(op: str, device: torch.device) -> Dict[str, Callable]:
     return out
 
 
+def defaults(
+    device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+) -> Tuple[torch.device, torch.dtype]:
+    """The device and dtype a microbenchmark runs on unless told: CUDA when present, bf16 there
+    and fp32 on a CPU."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return device, dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+def implementations(op: str, device: torch.device, with_compile: bool) -> Dict[str, Callable]:
+    """:func:`backend_functions` of ``op`` and, with ``with_compile``, ``torch.compile`` of the
+    torch op as one graph (a graph break is an error row, not a compiled row that partly ran
+    eagerly)."""
+    from cdt_fast import functional
+
+    impls = dict(backend_functions(op, device))
+    if with_compile:
+        impls["torch.compile"] = torch.compile(
+            getattr(functional, op), dynamic=False, fullgraph=True
+        )
+    return impls
+
+
 def device_name(device: Optional[torch.device] = None) -> str:
     """``torch.cuda.get_device_name()`` on CUDA (the default when present), else ``"cpu"``."""
     cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
@@ -129,7 +154,7 @@ def measure(
     """Times every implementation (:func:`benchmarks.timing.kernel_ms`; ``repeats``: timed calls
     on a CPU); one that fails (e.g. torch.compile on an odd setup) gives a row with its error
     instead of sinking the run."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device, _ = defaults(device)
     rows = []
     for impl, fn in impls.items():
         try:
@@ -249,7 +274,7 @@ def bench_main(
         parser.error("--out and --no-save contradict each other: pass one")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.device, args.dtype = defaults(args.device, args.dtype)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if args.device.type == "cpu" and not cpu:
@@ -257,9 +282,7 @@ def bench_main(
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    cuda = args.device.type == "cuda"
-    args.dtype = args.dtype or (torch.bfloat16 if cuda else torch.float32)
-    args.compile = cuda and not args.no_compile
+    args.compile = args.device.type == "cuda" and not args.no_compile
     rows = run_cases(make_cases(args), args.device, args.repeats)
     print(f"bench_{name} on {device_name(args.device)}, {dtype_name(args.dtype)}")
     print(markdown(rows))
