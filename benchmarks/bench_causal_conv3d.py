@@ -1,21 +1,39 @@
-"""Causal conv3d + cache microbenchmark on the conv shapes of a real CDT decode.
+"""Microbenchmark of the causal_conv3d family: ``causal_conv3d`` (+ its cache) and the Block op
+``causal_conv3d_norm``, on the conv shapes of a real CDT decode (:mod:`benchmarks.cdt_shapes`).
 
-Three arrangements of the same conv, per chunk, steady state (the cache already full):
+``causal_conv3d``: three arrangements of the same conv, per chunk, steady state (the cache
+already full):
 
 - ``upstream``: ``cat([cache, x])`` + ``F.pad`` + NCDHW cuDNN conv + ``clone`` of the new cache
-  (:func:`cdt_fast.functional.causal_conv3d` + ``causal_conv3d_history`` on NCDHW tensors);
-- ``cudnn_cl``: cuDNN on ``channels_last_3d`` tensors, ``past`` a view of the held history and the
-  history refreshed by copying the chunk's last frames into a second buffer (what the engine's
-  stream state does);
-- ``triton``: the implicit-GEMM kernel reading the same channels-last chunk and history.
+  (the torch backend, :func:`cdt_fast.functional.causal_conv3d` + ``causal_conv3d_history``, on
+  NCDHW tensors); CDT-small's transposed upsampling conv (``conv_transpose_up2x``, torch only)
+  rides along as its own shapes;
+- ``cudnn_cl``: the torch backend on ``channels_last_3d`` tensors, ``past`` a view of the held
+  history and the history refreshed by copying the chunk's last frames into a second buffer
+  (what the engine's stream state does);
+- ``triton``: the Triton backend's implicit-GEMM kernel reading the same channels-last chunk and
+  history.
 
-The layer shapes are read off the reference model itself: a decode at 16x16 with the preset's real
-channel widths and the chunk plan of the target resolution, hooks recording every conv's input,
-then spatial sizes scaled to the target. Reported: ms, TFLOP/s, % of the device's dense bf16 peak,
-and bytes moved (an analytic count of each arrangement's reads and writes, not a profiler reading).
+Reported: ms, TFLOP/s, % of the device's dense bf16 peak (:mod:`benchmarks.hardware`), and bytes
+moved (an analytic count of each arrangement's reads and writes, not a profiler reading).
 
-    python benchmarks/bench_causal_conv3d.py --out results.json     # CUDA: full table
-    python benchmarks/bench_causal_conv3d.py                        # CPU: a tiny smoke run
+``causal_conv3d_norm`` (a CDT Block: causal conv -> channel LayerNorm -> ReLU -> + residual; the
+engine runs every Block as this one op): whether fusing the norm into the conv's epilogue pays,
+and against what, on the Block convs (3x3x3 and 3x7x7) of CDT-base and CDT-small decodes at
+256x256 and 720x720, all on ``channels_last_3d`` activations:
+
+- ``cudnn+eager``: the torch backend (cuDNN conv, eager norm);
+- ``cudnn+triton_norm``: the cuDNN conv, then the Triton norm block in place on its output;
+- ``triton+triton_norm``: the Triton conv, then the Triton norm block;
+- ``triton_fused``: the Triton backend's ``causal_conv3d_norm`` (the norm in the conv's epilogue
+  up to 128 channels);
+- ``torch.compile``: ``torch.compile`` of the functional composition.
+
+Block rows: ms, TFLOP/s of the conv, GB/s of the minimal traffic (the chunk and its cached frames
+once, the weights, the residual, the output).
+
+    python benchmarks/bench_causal_conv3d.py --out results.json     # CUDA: both tables
+    python benchmarks/bench_causal_conv3d.py                        # CPU: a tiny conv smoke run
     pytest benchmarks/bench_causal_conv3d.py --benchmark-only       # pytest-benchmark (CUDA)
 """
 
@@ -23,210 +41,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import time
-from collections import Counter
-from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
 
-import torch
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdt_fast import functional as CF
+import torch  # noqa: E402
 
-# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets. Matched as
-# substrings of torch.cuda.get_device_name(), most specific first.
-BF16_PEAK_TFLOPS: Dict[str, float] = {
-    "H100 PCIe": 756.0,
-    "H100 NVL": 835.0,
-    "H100": 989.0,  # SXM
-    "H200": 989.0,
-    "H800": 989.0,
-    "GH200": 989.0,
-    "A100": 312.0,
-    "A800": 312.0,
-    "L40S": 362.0,
-    "L4": 121.0,
-    "A10G": 70.0,
-    "A10": 125.0,
-    "RTX 4090": 165.0,
-}
+from benchmarks import hardware, microbench  # noqa: E402
+from benchmarks.cdt_shapes import ConvShape, block_shapes, decode_shapes  # noqa: E402
+from benchmarks.dtypes import dtype_argument, dtype_name  # noqa: E402
+from benchmarks.environment import cpu_model, package_version  # noqa: E402
+from benchmarks.timing import kernel_ms  # noqa: E402
+from cdt_fast import functional as CF  # noqa: E402
 
 PATHS = ("upstream", "cudnn_cl", "triton")
+BLOCK_IMPLS = ("cudnn+eager", "cudnn+triton_norm", "triton+triton_norm", "triton_fused")
+BLOCK_CASES = (("base", 256), ("small", 256), ("base", 720), ("small", 720))
+SHAPES_PER_CASE = 6  # the most expensive Block convs of each decode
 
 
 def bf16_peak(device_name: str) -> Optional[float]:
-    for key, peak in BF16_PEAK_TFLOPS.items():
-        if key in device_name:
-            return peak
-    return None
+    """The device's dense bf16 tensor-core peak, TFLOP/s (None when not in the table)."""
+    _, peaks = hardware.peak_tflops(device_name)
+    return peaks["bf16"] if peaks else None
 
 
-@dataclass(frozen=True)
-class ConvShape:
-    """One causal conv call of a decode (``h``/``w``: the conv's source frame size)."""
-
-    cin: int
-    cout: int
-    kernel: tuple
-    stride: tuple
-    space_padding: tuple
-    history: int
-    pad_mode: str
-    upsample2x: bool
-    frames: int
-    past: int
-    h: int
-    w: int
-    batch: int = 1
-    transposed: bool = False
-
-    def out_size(self):
-        if self.transposed:
-            return self.frames, 2 * self.h, 2 * self.w
-        s = 2 if self.upsample2x else 1
-        kt, kh, kw = self.kernel
-        ph, pw = self.space_padding
-        t = (self.history + self.frames - kt) // self.stride[0] + 1
-        return (
-            t,
-            (s * self.h + 2 * ph - kh) // self.stride[1] + 1,
-            (s * self.w + 2 * pw - kw) // self.stride[2] + 1,
-        )
-
-    def flops(self) -> float:
-        t, h, w = self.out_size()
-        taps = self.kernel[0] * self.kernel[1] * self.kernel[2]
-        return 2.0 * self.batch * t * h * w * self.cout * self.cin * taps
-
-    def bytes_moved(self, path: str, itemsize: int) -> float:
-        """Bytes read + written by the arrangement, each tensor pass counted once; weights included.
-        An analytic count (caches are not modelled), for comparing arrangements."""
-        t, h, w = self.out_size()
-        frame = self.batch * self.cin * self.h * self.w * itemsize
-        weight = self.cout * self.cin * self.kernel[0] * self.kernel[1] * self.kernel[2] * itemsize
-        out = self.batch * self.cout * t * h * w * itemsize
-        window = self.history + self.frames
-        if self.transposed or path == "triton":
-            # One read of [history | chunk] (upsampling folded into the loads), the output, and
-            # the refresh of the cached frames. cuDNN's arrangements concatenate and pad first.
-            return window * frame + weight + out + 2 * self.past * frame
-        scale = 2 if self.upsample2x else 1
-        big = frame * scale * scale  # a frame at the conv's resolution
-        ph, pw = self.space_padding
-        padded = (
-            big
-            * (self.h * scale + 2 * ph)
-            * (self.w * scale + 2 * pw)
-            / (self.h * self.w * scale * scale)
-        )
-        total = weight + out
-        if self.upsample2x:
-            total += self.frames * (frame + big)
-        if self.past:
-            total += 2 * (self.past + self.frames) * big  # cat
-        if self.history > self.past or ph or pw:
-            total += window * (big + padded)  # F.pad
-            total += window * padded  # the conv reads the padded copy
-        else:
-            total += window * big
-        if self.history:
-            total += 2 * min(self.history, self.past + self.frames) * frame  # clone of the cache
-        return total
-
-
-# -- shapes from the reference model -----------------------------------------------------------
-
-
-def decode_shapes(
-    preset: str, height: int, width: int, frames: int = 17, probe: int = 16
-) -> Counter:
-    """Counter of :class:`ConvShape` over one decode of ``frames`` video frames at
-    ``height`` x ``width`` (batch 1), chunked as the decoder runs at that resolution."""
-    from cdt_fast import CDT, CDTConfig, chunking
-    from cdt_fast.reference.layers import CausalConv3d, Upsample
-
-    cfg = CDTConfig.preset(preset)
-    model = CDT(cfg).eval()
-    factor = cfg.space_factor
-    chunk = cfg.decode_chunk_frames(height // factor, width // factor)
-    shapes: Counter = Counter()
-    upsample_convs = {m.conv for m in model.modules() if isinstance(m, Upsample)}
-
-    def scaled(n, full):
-        return max(1, round(n * full / probe))
-
-    def record_conv(module, args):
-        x = args[0]
-        cache = args[1] if len(args) > 1 else None
-        past = 0
-        if module.history and cache is not None and cache.started(module):
-            past = cache.get(module).shape[2]
-        up = module in upsample_convs
-        h, w = x.shape[3], x.shape[4]
-        if up:  # Upsample(new_upsample) feeds the conv an upsampled frame: fold it into the conv
-            h, w = h // 2, w // 2
-        shapes[
-            ConvShape(
-                module.in_channels,
-                module.out_channels,
-                tuple(module.kernel_size),
-                tuple(module.stride),
-                tuple(module.space_padding),
-                module.history,
-                module.pad_mode,
-                up,
-                x.shape[2],
-                past,
-                scaled(h, height),
-                scaled(w, width),
-            )
-        ] += 1
-
-    def record_transposed(module, args):
-        x = args[0]
-        shapes[
-            ConvShape(
-                module.in_channels,
-                module.out_channels,
-                tuple(module.kernel_size),
-                tuple(module.stride),
-                (2, 2),
-                0,
-                "zeros",
-                False,
-                x.shape[2],
-                0,
-                scaled(x.shape[3], height),
-                scaled(x.shape[4], width),
-                transposed=True,
-            )
-        ] += 1
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, CausalConv3d):
-            hooks.append(m.register_forward_pre_hook(record_conv))
-        # ConvTranspose3d runs through the functional op: hook its Upsample module instead.
-        elif isinstance(m, Upsample) and not m.new_upsample:
-            hooks.append(
-                m.register_forward_pre_hook(lambda mod, args: record_transposed(mod.conv, args))
-            )
-    latent = torch.zeros(
-        1,
-        cfg.latent_dim,
-        chunking.latent_frames(frames, cfg.time_factor),
-        probe // factor,
-        probe // factor,
-    )
-    with torch.no_grad():
-        model.decode(latent, chunk_frames=chunk)
-    for h in hooks:
-        h.remove()
-    return shapes
-
-
-# -- the three arrangements --------------------------------------------------------------------
+# -- causal_conv3d: the three arrangements ------------------------------------------------------
 
 
 class ConvBench:
@@ -259,7 +103,7 @@ class ConvBench:
         self.bias = rnd(s.cout)
         x_nc = rnd(s.batch, s.cin, s.frames, s.h, s.w)
         past_nc = rnd(s.batch, s.cin, s.past, s.h, s.w) if s.past else None
-        kw = dict(
+        self.kwargs = dict(
             history=s.history,
             space_padding=s.space_padding,
             stride=s.stride,
@@ -268,15 +112,18 @@ class ConvBench:
         )
 
         def upstream():
-            y = CF.causal_conv3d(x_nc, self.weight, self.bias, past=past_nc, **kw)
+            y = CF.causal_conv3d(x_nc, self.weight, self.bias, past=past_nc, **self.kwargs)
             if s.history:
                 CF.causal_conv3d_history(x_nc, past_nc, s.history)
             return y
 
         self.runs = {"upstream": upstream}
-        x_cl = x_nc.contiguous(memory_format=cl)
-        weight_cl = self.weight.contiguous(memory_format=cl)
-        past_cl = past_nc.contiguous(memory_format=cl) if s.past else None
+        self._channels_last_runs(x_nc.contiguous(memory_format=cl), past_nc)
+
+    def _channels_last_runs(self, x_cl: torch.Tensor, past_nc: Optional[torch.Tensor]) -> None:
+        s, kw = self.shape, self.kwargs
+        weight_cl = self.weight.contiguous(memory_format=torch.channels_last_3d)
+        past_cl = past_nc.contiguous(memory_format=torch.channels_last_3d) if s.past else None
         # The engine's steady state: `past` is the held history, and the next chunk's history
         # (the last frames of [past | x]) is copied into a second buffer of the same shape.
         nxt = torch.empty_like(past_cl) if s.past else None
@@ -308,79 +155,70 @@ class ConvBench:
         self.runs["triton"] = triton
 
 
-def measure(fn, device: str) -> float:
-    """Median ms per call."""
-    if device == "cuda":
-        from triton.testing import do_bench
+def _path_result(shape: ConvShape, path: str, fn: Callable, device: str, peak, itemsize) -> dict:
+    try:
+        ms = kernel_ms(fn, device, repeats=3)
+    except Exception as exc:  # report, keep going
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    tflops = shape.flops() / ms / 1e9
+    return {
+        "ms": ms,
+        "tflops": tflops,
+        "pct_bf16_peak": 100 * tflops / peak if peak else None,
+        "bytes": shape.bytes_moved(path, itemsize),
+    }
 
-        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    fn()
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[1]
+
+def _decode_table(preset, res, dtype, device, frames, paths, max_shapes, peak, log) -> dict:
+    """One (preset, resolution): a row per conv shape, most expensive first, and per-path totals
+    of the decode (each shape's time times its number of calls)."""
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    items = sorted(
+        decode_shapes(preset, res, res, frames).items(), key=lambda kv: -kv[0].flops() * kv[1]
+    )[:max_shapes]
+    rows, totals = [], {p: 0.0 for p in paths}
+    for shape, count in items:
+        runs = ConvBench(shape, dtype, device).runs
+        row = {"shape": asdict(shape), "count": count, "gflop": shape.flops() / 1e9}
+        for path in (p for p in paths if p in runs):
+            row[path] = _path_result(shape, path, runs[path], device, peak, itemsize)
+            if "ms" in row[path]:
+                totals[path] += count * row[path]["ms"]
+        timed = {p: row[p]["ms"] for p in paths if "ms" in row.get(p, {})}
+        row["fastest"] = min(timed, key=timed.get) if timed else None
+        rows.append(row)
+        log(_format_row(preset, res, row, paths))
+    flops = sum(s.flops() * c for s, c in items)
+    summary = {
+        p: {"ms": ms, "tflops": flops / ms / 1e9 if ms else None} for p, ms in totals.items()
+    }
+    log(
+        f"{preset} {res}x{res} total: "
+        + ", ".join(f"{p} {v['ms']:.3f} ms" for p, v in summary.items())
+    )
+    return {"preset": preset, "resolution": res, "rows": rows, "totals": summary}
 
 
 def run_table(
     presets, resolutions, dtype, device, frames=17, paths=PATHS, max_shapes=None, log=print
 ) -> dict:
-    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else cpu_model()
     peak = bf16_peak(name) if device == "cuda" else None
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    result = {
+    return {
         "device": name,
         "bf16_peak_tflops": peak,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name(dtype),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if device == "cuda" else None,
-        "triton": _triton_version(),
+        "triton": package_version("triton"),
         "frames": frames,
-        "runs": [],
+        "runs": [
+            _decode_table(preset, res, dtype, device, frames, paths, max_shapes, peak, log)
+            for preset in presets
+            for res in resolutions
+        ],
     }
-    for preset in presets:
-        for res in resolutions:
-            shapes = decode_shapes(preset, res, res, frames)
-            rows, totals = [], {p: 0.0 for p in paths}
-            items = sorted(shapes.items(), key=lambda kv: -kv[0].flops() * kv[1])
-            for shape, count in items[:max_shapes]:
-                bench = ConvBench(shape, dtype, device)
-                row = {"shape": asdict(shape), "count": count, "gflop": shape.flops() / 1e9}
-                for path in paths:
-                    if path not in bench.runs:
-                        continue
-                    try:
-                        ms = measure(bench.runs[path], device)
-                    except Exception as exc:  # report, keep going
-                        row[path] = {"error": f"{type(exc).__name__}: {exc}"}
-                        continue
-                    tflops = shape.flops() / ms / 1e9
-                    row[path] = {
-                        "ms": ms,
-                        "tflops": tflops,
-                        "pct_bf16_peak": 100 * tflops / peak if peak else None,
-                        "bytes": shape.bytes_moved(path, itemsize),
-                    }
-                    totals[path] += count * ms
-                timed = {p: row[p]["ms"] for p in paths if "ms" in row.get(p, {})}
-                row["fastest"] = min(timed, key=timed.get) if timed else None
-                rows.append(row)
-                log(_format_row(preset, res, row, paths))
-            flops = sum(s.flops() * c for s, c in items[:max_shapes])
-            summary = {
-                p: {"ms": ms, "tflops": flops / ms / 1e9 if ms else None}
-                for p, ms in totals.items()
-            }
-            log(
-                f"{preset} {res}x{res} total: "
-                + ", ".join(f"{p} {v['ms']:.3f} ms" for p, v in summary.items())
-            )
-            result["runs"].append(
-                {"preset": preset, "resolution": res, "rows": rows, "totals": summary}
-            )
-    return result
 
 
 def _format_row(preset, res, row, paths) -> str:
@@ -401,20 +239,86 @@ def _format_row(preset, res, row, paths) -> str:
     return desc + " | " + " | ".join(parts)
 
 
-def _triton_version() -> Optional[str]:
-    try:
-        import triton
-
-        return triton.__version__
-    except Exception:
-        return None
+# -- causal_conv3d_norm: the Block, fused or not ------------------------------------------------
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def block_impls(
+    shape: tuple,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    with_triton: bool = True,
+    with_compile: bool = True,
+) -> Tuple[Dict[str, Callable[[], torch.Tensor]], int, int]:
+    """The implementations of one Block call, its minimal bytes and its conv FLOPs."""
+    cin, cout, kernel, pad_mode, frames, h, w = shape
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def act(c, t):
+        return (
+            torch.randn(1, c, t, h, w, generator=g)
+            .to(device, dtype)
+            .contiguous(memory_format=torch.channels_last_3d)
+        )
+
+    history = kernel[0] - 1
+    x, past, residual = act(cin, frames), act(cin, history), act(cout, frames)
+    fan_in = cin * kernel[0] * kernel[1] * kernel[2]
+    weight = (torch.randn(cout, cin, *kernel, generator=g) / fan_in**0.5).to(device, dtype)
+    weight = weight.contiguous(memory_format=torch.channels_last_3d)
+    bias, norm_g, norm_b = (torch.randn(cout, generator=g).to(device, dtype) for _ in range(3))
+    conv = dict(
+        past=past,
+        history=history,
+        space_padding=(kernel[1] // 2, kernel[2] // 2),
+        pad_mode=pad_mode,
+    )
+    adds = dict(relu=True, residual=residual)
+    args = (x, weight, bias, norm_g, norm_b)
+    impls = {"cudnn+eager": lambda: CF.causal_conv3d_norm(*args, **conv, **adds)}
+    if with_triton:
+        from cdt_fast.kernels.causal_conv3d import causal_conv3d, causal_conv3d_norm
+        from cdt_fast.kernels.channel_norm import channel_norm
+
+        def then_norm(y):
+            return channel_norm(y, norm_g, norm_b, **adds, out=y)
+
+        impls["cudnn+triton_norm"] = lambda: then_norm(CF.causal_conv3d(x, weight, bias, **conv))
+        impls["triton+triton_norm"] = lambda: then_norm(causal_conv3d(x, weight, bias, **conv))
+        impls["triton_fused"] = lambda: causal_conv3d_norm(*args, **conv, **adds)
+    if with_compile:
+        fused_graph = torch.compile(CF.causal_conv3d_norm, dynamic=False)
+        impls["torch.compile"] = lambda: fused_graph(*args, **conv, **adds)
+    nbytes = (x.numel() + past.numel() + 2 * residual.numel() + weight.numel()) * x.element_size()
+    return impls, nbytes, 2 * residual.numel() * fan_in
+
+
+def block_cases(dtype: torch.dtype = torch.bfloat16, with_compile: bool = True):
+    """The Block rows' cases (CUDA): the most expensive Block convs of each decode."""
+    for preset, resolution in BLOCK_CASES:
+        for shape, count in block_shapes(preset, resolution)[:SHAPES_PER_CASE]:
+            cin, cout, kernel, pad_mode, frames, h, w = shape
+            label = (
+                f"{preset}{resolution} {cin}->{cout} k{kernel[1]} {frames}f {h}x{w} "
+                f"{pad_mode} x{count}"
+            )
+            impls, nbytes, flops = block_impls(shape, "cuda", dtype, with_compile=with_compile)
+            yield microbench.Case("causal_conv3d_norm", label, impls, nbytes, flops)
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--op",
+        choices=["causal_conv3d", "causal_conv3d_norm", "all"],
+        default="all",
+        help="which op's table (default both; causal_conv3d_norm needs CUDA)",
+    )
     parser.add_argument("--presets", nargs="+", default=["base", "small"])
     parser.add_argument("--resolutions", nargs="+", type=int, default=[256, 720])
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", type=dtype_argument, default=torch.bfloat16)
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument(
         "--max-shapes",
@@ -422,17 +326,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         default=None,
         help="only the N most expensive shapes per preset and resolution",
     )
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--out", help="write the results as JSON (atomically)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
     if torch.cuda.is_available():
-        result = run_table(
-            args.presets,
-            args.resolutions,
-            getattr(torch, args.dtype),
-            "cuda",
-            args.frames,
-            max_shapes=args.max_shapes,
-        )
+        result: dict = {}
+        if args.op in ("causal_conv3d", "all"):
+            result = run_table(
+                args.presets,
+                args.resolutions,
+                args.dtype,
+                "cuda",
+                args.frames,
+                max_shapes=args.max_shapes,
+            )
+        if args.op in ("causal_conv3d_norm", "all"):
+            cases = block_cases(args.dtype, with_compile=not args.no_compile)
+            result["causal_conv3d_norm"] = microbench.run_cases(cases, torch.device("cuda"))
+            print(microbench.markdown(result["causal_conv3d_norm"]))
     else:
         print("no CUDA device: tiny CPU smoke run (torch paths only, numbers are not GPU claims)")
         result = run_table(
@@ -448,11 +363,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.out:
         from cdt_fast.checkpoint import atomic_write
 
-        def write(tmp):
-            with open(tmp, "w") as f:
-                json.dump(result, f, indent=1)
-
-        atomic_write(args.out, write)
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     return 0
 
 
@@ -483,19 +394,23 @@ def _pytest_cases():
 try:
     import pytest
 
+    needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
     @pytest.mark.gpu
-    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    @needs_cuda
     @pytest.mark.parametrize("path", PATHS)
     @pytest.mark.parametrize("case", sorted(_pytest_cases()))
     def test_causal_conv3d(benchmark, case, path):
         bench = ConvBench(_pytest_cases()[case], torch.bfloat16, "cuda")
-        fn = bench.runs[path]
+        microbench.run_benchmark(benchmark, bench.runs[path])
 
-        def synced():
-            fn()
-            torch.cuda.synchronize()
-
-        benchmark(synced)
+    @pytest.mark.gpu
+    @needs_cuda
+    @pytest.mark.parametrize("impl", BLOCK_IMPLS + ("torch.compile",))
+    def test_causal_conv3d_norm(benchmark, impl):
+        shape, _ = block_shapes("base", 256)[0]
+        impls, nbytes, _ = block_impls(shape, with_compile=impl == "torch.compile")
+        microbench.run_benchmark(benchmark, impls[impl], nbytes)
 except ImportError:  # running main() without pytest installed
     pass
 

@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 
 import torch  # noqa: E402
 
+from benchmarks.dtypes import dtype_name  # noqa: E402
 from cdt_fast.checkpoint import atomic_write  # noqa: E402
 
 SHAPES = {"tiny": (8, 5, 8, 8), "S": (16, 5, 32, 32), "B": (16, 5, 32, 32)}
@@ -75,7 +76,7 @@ def run(
                 "backend": backend,
                 "shape": [batch, c, t, h, w],
                 "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-                "dtype": str(dtype).replace("torch.", ""),
+                "dtype": dtype_name(dtype),
                 "threads": torch.get_num_threads(),
                 "repeats": timing.repeats,
                 "p20_ms": round(timing.p20, 3),

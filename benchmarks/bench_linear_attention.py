@@ -1,57 +1,46 @@
-"""Benchmark: the fused linear-attention block (kernels/linear_attention.py) against the eager
-reference ``x + linear_attention(channel_norm(x))`` (:mod:`cdt_fast.functional`) and
-``torch.compile`` of the same function, at the CDT-base U-Net's 720x720 decode shapes (a chunk of
-8 video frames, one attention block per level), in GB/s and % of the device's memory bandwidth.
+"""Microbenchmark of the linear_attention family: the attention block ``x +
+linear_attention(channel_norm(x))`` (op ``linear_attention_block``), every backend of the engine
+that runs it here and ``torch.compile`` of the torch op, and the attention alone (op
+``linear_attention``: no norm, no residual) on every backend, in GB/s and % of the device's
+memory bandwidth.
 
-Rows: ``block`` counts the compulsory traffic of the whole block (read x, write y) for every
-implementation, so its GB/s compare like for like; ``core`` times only the fused attention kernels
-(context pass + combine + mix + apply with bias and residual) and counts their traffic (read q, k,
-v and x; write y); ``norm+qkv`` times the fused LayerNorm + qkv projection against the unfused
-pair (norm kernel, then cuBLAS) with the same byte count (read x, write q, k, v).
+CUDA, at the CDT-base U-Net's 720x720 decode shapes (:data:`benchmarks.cdt_shapes.CDT_BASE_720`,
+a chunk of 8 video frames, one attention block per level): ``block`` rows time the whole block
+(``torch``, ``cuda``, ``torch.compile``, and ``triton`` on weights packed once, as the engine
+holds them) and count its compulsory traffic (read x, write y), so their GB/s compare like for
+like; ``core`` times only the fused Triton attention kernels (context pass + combine + mix +
+apply with bias and residual) and counts their traffic (read q, k, v and x; write y);
+``norm+qkv`` times the fused Triton LayerNorm + qkv projection against the unfused pair (Triton
+norm, then cuBLAS) with the same byte count (read x, write q, k, v); ``attention`` rows time
+each backend's ``linear_attention`` (read x, write y). CPU: the ``torch`` and ``cpp`` backends
+of both ops on one activation (``--size``).
 
-    python benchmarks/bench_linear_attention.py [--dtype bf16] [--out benchmarks/results/x.json]
-    python -m pytest benchmarks/bench_linear_attention.py        # pytest-benchmark, CUDA only
-    python benchmarks/bench_linear_attention.py --smoke          # CPU: checks the harness only
+    python benchmarks/bench_linear_attention.py [--dtype bf16] [--levels L4 L5] [--out PATH]
+    pytest benchmarks/bench_linear_attention.py --benchmark-only     # pytest-benchmark, CUDA only
 """
 
 from __future__ import annotations
 
-import functools
 import sys
-from typing import Callable, Dict, List
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
-import pytest
-import torch
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdt_fast import functional as CF
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-try:  # the shared harness (benchmarks/ may or may not be a package)
-    from .bench_channel_norm import (
-        CDT_BASE_720,
-        Measurement,
-        compiled,
-        needs_cuda,
-        run_benchmark,
-        run_main,
-        time_ms,
-    )
-except ImportError:
-    from bench_channel_norm import (
-        CDT_BASE_720,
-        Measurement,
-        compiled,
-        needs_cuda,
-        run_benchmark,
-        run_main,
-        time_ms,
-    )
+from benchmarks import microbench  # noqa: E402
+from benchmarks.cdt_shapes import CDT_BASE_720  # noqa: E402
+from cdt_fast import functional as CF  # noqa: E402
+
+OP = "linear_attention_block"
+# (name, channels, frames, side) per --size: small; CDT-small's attention level at 256x256
+CPU_LEVELS = {"small": [("cpu", 64, 2, 8)], "cdt": [("cdt", 256, 4, 16)]}
 
 
-def reference_block(x, g, b, w_qkv, w_out, b_out):
-    return x + CF.linear_attention(CF.channel_norm(x, g, b), w_qkv, w_out, b_out)
-
-
-def make_inputs(c: int, t: int, side: int, dtype: torch.dtype, device: str, batch: int = 1):
+def make_inputs(c: int, t: int, side: int, dtype: torch.dtype, device, batch: int = 1):
     """An attention_block(c)'s input and weights (heads=1, dim_head=c, as CDT)."""
     x = torch.randn(batch, c, t, side, side, device=device, dtype=dtype).contiguous(
         memory_format=torch.channels_last_3d
@@ -66,42 +55,45 @@ def make_inputs(c: int, t: int, side: int, dtype: torch.dtype, device: str, batc
     return x, params
 
 
-def block_implementations(device: str, with_compile: bool, params) -> Dict[str, Callable]:
-    impls = {"eager": lambda x: reference_block(x, **params)}
-    if device == "cuda":
-        from cdt_fast.kernels.linear_attention import LinearAttentionWeights
+def _packed(params, with_norm: bool = True):
+    from cdt_fast.kernels.linear_attention import LinearAttentionWeights
 
-        packed = LinearAttentionWeights.pack(
-            params["w_qkv"],
-            params["w_out"],
-            params["b_out"],
-            norm_g=params["g"],
-            norm_b=params["b"],
-        )
-        impls["triton"] = lambda x: packed(x, residual=True)
-        if with_compile:
-            ref = compiled(reference_block)
-            impls["torch.compile"] = lambda x: ref(x, **params)
+    norm = dict(norm_g=params["g"], norm_b=params["b"]) if with_norm else {}
+    return LinearAttentionWeights.pack(params["w_qkv"], params["w_out"], params["b_out"], **norm)
+
+
+def block_implementations(device, with_compile: bool, params) -> Dict[str, Callable]:
+    """impl -> f(x) of the whole block."""
+    order = ("g", "b", "w_qkv", "w_out", "b_out")
+    weights = tuple(params[k] for k in order)
+    impls: Dict[str, Callable] = {}
+    for backend, fn in microbench.backend_functions(OP, device).items():
+        if backend == "triton":  # the engine packs the weights once, not per call
+            packed = _packed(params)
+            impls["triton"] = lambda x, packed=packed: packed(x, residual=True)
+        else:
+            impls[backend] = lambda x, fn=fn: fn(x, *weights)
+    if with_compile:
+        graph = torch.compile(CF.linear_attention_block, dynamic=False, fullgraph=True)
+        impls["torch.compile"] = lambda x: graph(x, *weights)
     return impls
 
 
-def core_case(x, params):
+def core_case(x, params) -> Tuple[Callable[[], None], int]:
     """(callable running only the fused attention kernels -- context pass, combine, mix, apply
     with bias and residual -- and the bytes they must move: read q, k, v and x, write y)."""
-    from cdt_fast.kernels.linear_attention import LinearAttentionWeights
+    from cdt_fast.kernels.linear_attention import (
+        apply_attention,
+        attention_context,
+        projected_context,
+    )
 
     b, c, t, h, w = x.shape
-    packed = LinearAttentionWeights.pack(params["w_qkv"], params["w_out"], params["b_out"])
+    packed = _packed(params, with_norm=False)
     qkv = torch.mm(x.permute(0, 2, 3, 4, 1).reshape(-1, c), packed.qkv_t)
     y = torch.empty_like(x)
 
     def fn():
-        from cdt_fast.kernels.linear_attention import (
-            apply_attention,
-            attention_context,
-            projected_context,
-        )
-
         ctx = attention_context(qkv, b * t, h * w, packed.heads, packed.scale)
         mix = projected_context(ctx, packed.out_heads, x.dtype)
         apply_attention(qkv, mix, packed.bias, x, y, h * w)
@@ -109,15 +101,13 @@ def core_case(x, params):
     return fn, qkv.numel() * qkv.element_size() + 2 * x.numel() * x.element_size()
 
 
-def projection_cases(x, params):
+def projection_cases(x, params) -> Dict[str, Tuple[Callable[[], object], int]]:
     """LayerNorm + qkv projection: the fused kernel, and channel_norm followed by cuBLAS."""
     from cdt_fast.kernels.channel_norm import channel_norm
-    from cdt_fast.kernels.linear_attention import LinearAttentionWeights, project_qkv
+    from cdt_fast.kernels.linear_attention import project_qkv
 
-    b, c, t, h, w = x.shape
-    packed = LinearAttentionWeights.pack(
-        params["w_qkv"], params["w_out"], params["b_out"], norm_g=params["g"], norm_b=params["b"]
-    )
+    c = x.shape[1]
+    packed = _packed(params)
     normed = torch.empty_like(x)
     nbytes = 4 * x.numel() * x.element_size()
 
@@ -130,53 +120,72 @@ def projection_cases(x, params):
             lambda: project_qkv(x, packed.qkv_t, packed.norm_g, packed.norm_b, 1e-5),
             nbytes,
         ),
-        "norm + cuBLAS": (unfused, nbytes),
+        "triton norm + cuBLAS": (unfused, nbytes),
     }
 
 
-def measure(
-    levels=CDT_BASE_720, dtype=torch.bfloat16, device="cuda", with_compile=True, timer=time_ms
-) -> List[Measurement]:
-    rows = []
+def cases(
+    levels: Sequence[tuple], dtype: torch.dtype, device, with_compile: bool
+) -> Iterator[microbench.Case]:
+    device = torch.device(device)
     for name, c, t, side in levels:
         x, params = make_inputs(c, t, side, dtype, device)
-        case = f"{name} C={c} {t}x{side}x{side}"
-        gbytes = 2 * x.numel() * x.element_size()
-        for impl, fn in block_implementations(device, with_compile, params).items():
-            rows.append(Measurement(f"{case} block", impl, timer(functools.partial(fn, x)), gbytes))
-        if device == "cuda":
+        label = f"{name} C={c} {t}x{side}x{side}"
+        impls = block_implementations(device, with_compile, params)
+        io_bytes = 2 * x.numel() * x.element_size()
+        yield microbench.Case(OP, f"{label} block", microbench.bind(impls, x), io_bytes)
+        weights = (params["w_qkv"], params["w_out"], params["b_out"])
+        attention = microbench.bind(
+            microbench.backend_functions("linear_attention", device), x, *weights
+        )
+        yield microbench.Case("linear_attention", f"{label} attention", attention, io_bytes)
+        if "triton" in impls:
             fn, core_bytes = core_case(x, params)
-            rows.append(Measurement(f"{case} core", "triton", timer(fn), core_bytes))
-            for impl, (fn, proj_bytes) in projection_cases(x, params).items():
-                rows.append(Measurement(f"{case} norm+qkv", impl, timer(fn), proj_bytes))
-        del x, params
-    return rows
+            yield microbench.Case(OP, f"{label} core", {"triton": fn}, core_bytes)
+            projections = projection_cases(x, params)
+            calls = {impl: fn for impl, (fn, _) in projections.items()}
+            nbytes = next(iter(projections.values()))[1]
+            yield microbench.Case(OP, f"{label} norm+qkv", calls, nbytes)
+
+
+def _levels(device: torch.device, names: Sequence[str] = (), size: str = "small") -> List[tuple]:
+    if device.type != "cuda":
+        return CPU_LEVELS[size]
+    return [lv for lv in CDT_BASE_720 if not names or lv[0] in names]
+
+
+def run_summary() -> List[dict]:
+    device, dtype = microbench.defaults()
+    return microbench.run_cases(
+        cases(_levels(device), dtype, device, device.type == "cuda"), device
+    )
+
+
+def _add_arguments(parser) -> None:
+    parser.add_argument("--levels", nargs="*", help="CUDA: level names to run (default: all)")
 
 
 def main(argv=None) -> int:
-    return run_main(__doc__, argv, measure, "linear_attention_block")
+    def make_cases(args):
+        levels = _levels(args.device, args.levels or (), args.size)
+        return cases(levels, args.dtype, args.device, args.compile)
+
+    doc = __doc__.splitlines()[0]
+    return microbench.bench_main(
+        "linear_attention", doc, make_cases, argv, add_arguments=_add_arguments
+    )
 
 
-@needs_cuda
-@pytest.mark.parametrize("impl", ["triton", "eager", "torch.compile"])
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["torch", "triton", "cuda", "torch.compile"])
 @pytest.mark.parametrize("level", CDT_BASE_720, ids=[lv[0] for lv in CDT_BASE_720])
 def test_linear_attention_block_720p(benchmark, level, impl):
     _, c, t, side = level
     x, params = make_inputs(c, t, side, torch.bfloat16, "cuda")
-    fn = block_implementations("cuda", impl == "torch.compile", params)[impl]
-    run_benchmark(benchmark, lambda: fn(x), 2 * x.numel() * x.element_size())  # x in, y out
-
-
-def test_harness_smoke_cpu():
-    """Runs the table code on CPU with a tiny shape (no timing claim)."""
-    rows = measure(
-        [("tiny", 12, 1, 5)],
-        torch.float32,
-        "cpu",
-        with_compile=False,
-        timer=lambda fn: (fn(), 1.0)[1],
-    )
-    assert [r.impl for r in rows] == ["eager"] and rows[0].gbytes == 2 * 12 * 25 * 4
+    impls = block_implementations(torch.device("cuda"), impl == "torch.compile", params)
+    if impl not in impls:
+        pytest.skip(f"the {impl} backend does not run here")
+    microbench.run_benchmark(benchmark, lambda: impls[impl](x), 2 * x.numel() * x.element_size())
 
 
 if __name__ == "__main__":

@@ -1,26 +1,32 @@
-"""Microbenchmark: causal temporal softmax attention -- Triton kernel, SDPA (and flash-attn /
-xformers when installed) vs the eager reference and torch.compile of it.
+"""Microbenchmark of the temporal_attention family (``temporal_attention``: causal softmax
+attention along time): the Triton kernel, SDPA (and flash-attn / xformers when installed), the
+eager reference and torch.compile of it.
 
 Shapes: a latent video model on CDT-base latents of 720x720 video (90x90 latent pixels, one
 sequence per pixel) and on a 180x180 feature level; 8 heads of 64, bf16; T = 5 (17 video frames)
-and 16 frames, plus 128 frames for the flash loop. ``python benchmarks/bench_temporal_attention.py``
-prints a markdown table and writes ``benchmarks/results/temporal_attention-<gpu>.json``
-(``--out PATH``: there instead); ``pytest benchmarks/bench_temporal_attention.py --benchmark-only``
-runs the pytest-benchmark version. Needs CUDA (skips cleanly without it).
+and 16 frames, plus 128 frames for the flash loop. Needs CUDA (on a CPU only the eager
+reference and SDPA would run, which says nothing about this op's kernels): without it, it says
+so and measures nothing.
+
+    python benchmarks/bench_temporal_attention.py [--out PATH]
+    pytest benchmarks/bench_temporal_attention.py --benchmark-only     # pytest-benchmark, CUDA
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
-import pytest
-import torch
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-RESULTS = Path(__file__).resolve().parent / "results"
-CUDA = torch.cuda.is_available()
-DTYPE = torch.bfloat16
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
+from benchmarks import microbench  # noqa: E402
+
+OP = "temporal_attention"
 # (where, sequences, heads, frames, head dim)
 CASES = [
     ("latent 90x90", 8100, 8, 5, 64),
@@ -30,55 +36,57 @@ CASES = [
 ]
 
 
-def attention_impls(s, heads, t, d) -> Tuple[Dict[str, Callable], int, int]:
+def attention_impls(
+    s, heads, t, d, dtype: torch.dtype = torch.bfloat16, with_compile: bool = True
+) -> Tuple[Dict[str, Callable], int, int]:
+    """(impl -> call, bytes: q, k, v read and the output written, causal FLOPs)."""
     from cdt_fast.kernels.temporal_attention import (
         attention_backends,
         temporal_attention,
         temporal_attention_reference,
     )
 
-    q, k, v = (torch.randn(s, heads, t, d, device="cuda", dtype=DTYPE) for _ in range(3))
-    ref = torch.compile(temporal_attention_reference, dynamic=False)
+    q, k, v = (torch.randn(s, heads, t, d, device="cuda", dtype=dtype) for _ in range(3))
+    available = attention_backends(q.device, q.dtype)
     impls = {
         name: (lambda name=name: temporal_attention(q, k, v, backend=name))
         for name in ("triton", "sdpa", "flash", "xformers")
-        if name == "sdpa" or attention_backends(q.device, q.dtype)[name][0]
+        if name == "sdpa" or available[name][0]
     }
     impls["eager"] = lambda: temporal_attention_reference(q, k, v)
-    impls["torch.compile"] = lambda: ref(q, k, v)
+    if with_compile:
+        ref = torch.compile(temporal_attention_reference, dynamic=False)
+        impls["torch.compile"] = lambda: ref(q, k, v)
     nbytes = 4 * q.numel() * q.element_size()
     flops = 2 * 2 * s * heads * t * (t + 1) // 2 * d  # causal: QK^T and PV over the lower triangle
     return impls, nbytes, flops
 
 
-def run_summary() -> List[dict]:
-    if not CUDA:
-        return [{"skipped": "needs CUDA"}]
-    from cdt_fast.kernels._bench_support import measure
-
-    rows = []
+def cases(dtype: torch.dtype, with_compile: bool) -> Iterator[microbench.Case]:
     for where, s, heads, t, d in CASES:
-        impls, nbytes, flops = attention_impls(s, heads, t, d)
-        rows += measure(
-            "temporal_attention", f"{where} S={s} h={heads} T={t} d={d}", impls, nbytes, flops
-        )
-    return rows
+        impls, nbytes, flops = attention_impls(s, heads, t, d, dtype, with_compile)
+        yield microbench.Case(OP, f"{where} S={s} h={heads} T={t} d={d}", impls, nbytes, flops)
+
+
+def run_summary() -> List[dict]:
+    if not torch.cuda.is_available():
+        return [{"skipped": "needs CUDA"}]
+    return microbench.run_cases(cases(torch.bfloat16, True), torch.device("cuda"))
 
 
 def main(argv=None) -> int:
-    from cdt_fast.kernels._bench_support import bench_main
+    def make_cases(args):
+        return cases(args.dtype, args.compile)
 
-    return bench_main("temporal_attention", __doc__.splitlines()[0], run_summary, RESULTS, argv)
+    return microbench.bench_main(OP, __doc__.splitlines()[0], make_cases, argv, cpu=False)
 
 
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("impl", ["triton", "sdpa", "eager", "torch.compile"])
 def test_temporal_attention(benchmark, impl):
-    fn = attention_impls(*CASES[1][1:])[0][impl]
-    from cdt_fast.kernels._bench_support import run_benchmark
-
-    run_benchmark(benchmark, fn)
+    impls, nbytes, _ = attention_impls(*CASES[1][1:], with_compile=impl == "torch.compile")
+    microbench.run_benchmark(benchmark, impls[impl], nbytes)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
@@ -175,11 +174,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     result = quality(args) if args.what == "quality" else memory(args)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, out)
+        from cdt_fast.checkpoint import atomic_write
+
+        text = json.dumps(result, indent=1) + "\n"
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
     return 0
 
 

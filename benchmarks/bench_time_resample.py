@@ -1,26 +1,29 @@
-"""Microbenchmark: Triton temporal down/upsampling vs the eager reference and torch.compile of it.
+"""Microbenchmark of the time_resample family (``time_downsample``, ``time_upsample``): every backend
+of the engine that runs them here, and ``torch.compile`` of the torch ops.
 
-Shapes: CDT-base decoding 720x720 (a chunk of 2 latent frames = 8 video frames; encode chunks of
-8 frames), bf16, channels-last, a later chunk (cached past frame). ``python
-benchmarks/bench_time_resample.py`` prints a markdown table and writes
-``benchmarks/results/time_resample-<gpu>.json`` (``--out PATH``: there instead); ``pytest
-benchmarks/bench_time_resample.py --benchmark-only`` runs the pytest-benchmark version. Needs CUDA
-(skips cleanly without it).
+CUDA: the ``torch``, ``triton`` and ``cuda`` backends and ``torch.compile`` at CDT-base's shapes
+decoding 720x720 (a chunk of 2 latent frames = 8 video frames; encode chunks of 8 frames), bf16,
+channels-last, a later chunk (cached past frame). CPU: the ``torch`` and ``cpp`` backends on one
+activation (``--size``). Rows: ms, GB/s of the bytes each op must move, % of the device's peak
+bandwidth, TFLOP/s.
+
+    python benchmarks/bench_time_resample.py [--dtype bf16] [--out PATH]
+    pytest benchmarks/bench_time_resample.py --benchmark-only     # pytest-benchmark, CUDA only
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
-import pytest
-import torch
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdt_fast import functional as CF
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-CUDA = torch.cuda.is_available()
-DTYPE = torch.bfloat16
+from benchmarks import microbench  # noqa: E402
 
 # (where, channels, input frames, height, width)
 DOWN_CASES = [
@@ -35,80 +38,73 @@ UP_CASES = [
     ("context.dec.0", 384, 2, 180, 180),
     ("context.dec.1", 256, 4, 360, 360),
 ]
+# per --size: small; CDT-small's first U-Net level at 256x256
+CPU_CASES = {"small": [("cpu", 32, 2, 32, 32)], "cdt": [("cdt", 64, 4, 128, 128)]}
 
 
-def _video(c, t, h, w):
-    return torch.randn(1, c, t, h, w, device="cuda", dtype=DTYPE).to(
+def _video(c, t, h, w, device, dtype):
+    return torch.randn(1, c, t, h, w, device=device, dtype=dtype).to(
         memory_format=torch.channels_last_3d
     )
 
 
-def down_impls(c, t, h, w) -> Tuple[Dict[str, Callable], int, int]:
-    from cdt_fast.kernels.time_resample import time_downsample
-
-    x, past = _video(c, t, h, w), _video(c, 1, h, w)
-    weight = torch.randn(c, c, 3, device="cuda", dtype=DTYPE) / (3 * c) ** 0.5
-    bias = torch.randn(c, device="cuda", dtype=DTYPE)
-    out = time_downsample(x, weight, bias, past=past)
-    ref = torch.compile(CF.time_downsample, dynamic=False)
-    impls = {
-        "triton": lambda: time_downsample(x, weight, bias, past=past, out=out),
-        "eager": lambda: CF.time_downsample(x, weight, bias, past=past),
-        "torch.compile": lambda: ref(x, weight, bias, past=past),
-    }
-    nbytes = (x.numel() + past.numel() + out.numel() + weight.numel()) * x.element_size()
-    return impls, nbytes, 2 * out.numel() * 3 * c
+def down_case(c, t, h, w, device, dtype, with_compile) -> Tuple[Dict[str, Callable], int, int]:
+    """(impl -> call, bytes, FLOPs) of a later chunk's time_downsample."""
+    x, past = _video(c, t, h, w, device, dtype), _video(c, 1, h, w, device, dtype)
+    weight = torch.randn(c, c, 3, device=device, dtype=dtype) / (3 * c) ** 0.5
+    bias = torch.randn(c, device=device, dtype=dtype)
+    impls = microbench.implementations("time_downsample", device, with_compile)
+    out_numel = x.numel() // 2
+    nbytes = (x.numel() + past.numel() + out_numel + weight.numel()) * x.element_size()
+    return microbench.bind(impls, x, weight, bias, past=past), nbytes, 2 * out_numel * 3 * c
 
 
-def up_impls(c, t, h, w) -> Tuple[Dict[str, Callable], int, int]:
-    from cdt_fast.kernels.time_resample import time_upsample
+def up_case(c, t, h, w, device, dtype, with_compile) -> Tuple[Dict[str, Callable], int, int]:
+    """(impl -> call, bytes, FLOPs) of a later chunk's time_upsample."""
+    x = _video(c, t, h, w, device, dtype)
+    weight = torch.randn(2 * c, c, 1, device=device, dtype=dtype) / c**0.5
+    bias = torch.randn(2 * c, device=device, dtype=dtype)
+    impls = microbench.implementations("time_upsample", device, with_compile)
+    out_numel = 2 * x.numel()
+    nbytes = (x.numel() + out_numel + weight.numel()) * x.element_size()
+    return microbench.bind(impls, x, weight, bias, drop_first=False), nbytes, 2 * out_numel * c
 
-    x = _video(c, t, h, w)
-    weight = torch.randn(2 * c, c, 1, device="cuda", dtype=DTYPE) / c**0.5
-    bias = torch.randn(2 * c, device="cuda", dtype=DTYPE)
-    out = time_upsample(x, weight, bias, drop_first=False)
-    ref = torch.compile(CF.time_upsample, dynamic=False)
-    impls = {
-        "triton": lambda: time_upsample(x, weight, bias, drop_first=False, out=out),
-        "eager": lambda: CF.time_upsample(x, weight, bias, drop_first=False),
-        "torch.compile": lambda: ref(x, weight, bias, drop_first=False),
-    }
-    nbytes = (x.numel() + out.numel() + weight.numel()) * x.element_size()
-    return impls, nbytes, 2 * out.numel() * c
+
+def cases(
+    device, dtype: torch.dtype, with_compile: bool, size: str = "small"
+) -> Iterator[microbench.Case]:
+    cuda = torch.device(device).type == "cuda"
+    for op, shapes, make in (
+        ("time_downsample", DOWN_CASES if cuda else CPU_CASES[size], down_case),
+        ("time_upsample", UP_CASES if cuda else CPU_CASES[size], up_case),
+    ):
+        for where, c, t, h, w in shapes:
+            impls, nbytes, flops = make(c, t, h, w, device, dtype, with_compile)
+            yield microbench.Case(op, f"{where} C={c} T={t} {h}x{w}", impls, nbytes, flops)
 
 
 def run_summary() -> List[dict]:
-    if not CUDA:
-        return [{"skipped": "needs CUDA"}]
-    from cdt_fast.kernels._bench_support import measure
-
-    rows = []
-    for op, cases, setup in (
-        ("time_downsample", DOWN_CASES, down_impls),
-        ("time_upsample", UP_CASES, up_impls),
-    ):
-        for where, c, t, h, w in cases:
-            impls, nbytes, flops = setup(c, t, h, w)
-            rows += measure(op, f"{where} C={c} T={t} {h}x{w}", impls, nbytes, flops)
-    return rows
+    device, dtype = microbench.defaults()
+    return microbench.run_cases(cases(device, dtype, device.type == "cuda"), device)
 
 
 def main(argv=None) -> int:
-    from cdt_fast.kernels._bench_support import bench_main
+    def make_cases(args):
+        return cases(args.device, args.dtype, args.compile, args.size)
 
-    return bench_main("time_resample", __doc__.splitlines()[0], run_summary, RESULTS, argv)
+    return microbench.bench_main("time_resample", __doc__.splitlines()[0], make_cases, argv)
 
 
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("impl", ["triton", "eager", "torch.compile"])
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["torch", "triton", "cuda", "torch.compile"])
 @pytest.mark.parametrize("op", ["down", "up"])
 def test_time_resample(benchmark, op, impl):
-    setup, case = (down_impls, DOWN_CASES[0]) if op == "down" else (up_impls, UP_CASES[1])
-    fn = setup(*case[1:])[0][impl]
-    from cdt_fast.kernels._bench_support import run_benchmark
-
-    run_benchmark(benchmark, fn)
+    make, case = (down_case, DOWN_CASES[0]) if op == "down" else (up_case, UP_CASES[1])
+    impls, nbytes, _ = make(*case[1:], "cuda", torch.bfloat16, impl == "torch.compile")
+    if impl not in impls:
+        pytest.skip(f"the {impl} backend does not run here")
+    microbench.run_benchmark(benchmark, impls[impl], nbytes)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -21,6 +21,7 @@ __all__ = [
     "device_key",
     "git_revision",
     "load_average",
+    "package_version",
     "slug",
     "torch_settings",
 ]
@@ -38,7 +39,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _version(dist: str) -> Optional[str]:
+def package_version(dist: str) -> Optional[str]:
+    """The installed version of distribution ``dist``, or None."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -93,10 +95,10 @@ def describe(device: torch.device) -> Dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "triton": _version("triton"),
+        "triton": package_version("triton"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cdt_fast": _version("cdt_fast"),
+        "cdt_fast": package_version("cdt_fast"),
         "git": git_revision(),
         "torch_settings": torch_settings(),
         "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

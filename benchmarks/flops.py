@@ -33,8 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
-from types import MappingProxyType
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -55,8 +54,6 @@ __all__ = [
     "FlopReport",
     "count_macs",
     "aten_macs",
-    "PEAK_TFLOPS",
-    "peak_tflops",
 ]
 
 OPS = ("encode", "decode", "roundtrip")
@@ -258,53 +255,3 @@ def aten_macs(
     with FlopCounterMode(display=False) as counter:
         _whole_clip_pass(model, op, batch, frames, height, width, steps)
     return counter.get_total_flops() // 2
-
-
-# -- peak throughput of GPUs ----------------------------------------------------------------------
-# Dense (no structured sparsity) peak TFLOP/s from the vendors' datasheets: bf16/fp16 and tf32 on
-# tensor cores with fp32 accumulation, fp32 on CUDA cores. Matched against
-# torch.cuda.get_device_name() by the first rule whose substrings all occur in it (order matters:
-# the specific variants come first).
-_PEAKS: Tuple[Tuple[Tuple[str, ...], str, Mapping[str, float]], ...] = (
-    (
-        ("H200", "NVL"),
-        "NVIDIA H200 NVL",
-        {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0},
-    ),
-    (("H200",), "NVIDIA H200 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    (("GH200",), "NVIDIA GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    (
-        ("H100", "NVL"),
-        "NVIDIA H100 NVL",
-        {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0},
-    ),
-    (
-        ("H100", "PCIE"),
-        "NVIDIA H100 PCIe",
-        {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
-    ),
-    (("H100",), "NVIDIA H100 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    (("A100",), "NVIDIA A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
-    (("L40S",), "NVIDIA L40S", {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6}),
-    (("L40",), "NVIDIA L40", {"bf16": 181.05, "fp16": 181.05, "tf32": 90.5, "fp32": 90.5}),
-    (("L4",), "NVIDIA L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
-    (
-        ("RTX 4090",),
-        "NVIDIA GeForce RTX 4090",
-        {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6},
-    ),
-)
-PEAK_TFLOPS: Mapping[str, Mapping[str, float]] = MappingProxyType(
-    {label: MappingProxyType(dict(peaks)) for _, label, peaks in _PEAKS}
-)
-
-
-def peak_tflops(gpu_name: Optional[str]) -> Tuple[Optional[str], Optional[Mapping[str, float]]]:
-    """(table label, {bf16, fp16, tf32, fp32: TFLOP/s}) for a CUDA device name, or (None, None)."""
-    if not gpu_name:
-        return None, None
-    upper = gpu_name.upper()
-    for needles, label, _ in _PEAKS:
-        if all(n in upper for n in needles):
-            return label, PEAK_TFLOPS[label]
-    return None, None

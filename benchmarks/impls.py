@@ -271,7 +271,3 @@ def release(runner: Optional[Runner], device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def peer_latent_channels(runner: Runner) -> int:
-    return int(getattr(runner.model.vae.config, "z_dim", 16))

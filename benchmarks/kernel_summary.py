@@ -1,7 +1,7 @@
-"""Run the kernel microbenchmarks (``benchmarks/bench_*.py``, owned by the kernel issues) and
-collect what they report, for ``run.py --kernels``.
+"""Run the microbenchmarks (``benchmarks/bench_*.py``: one per op family, and the generator's and
+tiling's) and collect what they report, for ``run.py --kernels``.
 
-Contract for a ``bench_<op>.py`` module (either entry point; ``run_summary`` is preferred):
+Contract for a ``bench_*.py`` module (either entry point; ``run_summary`` is preferred):
 
 - ``run_summary()`` returns a JSON-able summary: ideally a list of flat dicts, one per measured
   case (e.g. ``{"shape": ..., "backend": ..., "ms": ..., "speedup": ...}``), else a dict or text.

@@ -1,4 +1,5 @@
-"""Turn benchmark rows into ratios, markdown, the README's performance table and a PNG plot."""
+"""Turn benchmark rows into ratios, markdown and the README's performance table (the plot is
+``plot.py``'s)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ __all__ = [
     "merge_results",
     "render_markdown",
     "readme_table",
-    "write_plot",
     "fmt_bytes",
     "fmt_ratio",
     "ratio_spread",
     "engine_backend",
     "impl_label",
+    "size_label",
+    "device_label",
     "ENGINE_PREFIX",
 ]
 
@@ -51,7 +53,7 @@ def _psnr(row: Row) -> str:
     return "-"
 
 
-def _size(row: Row) -> str:
+def size_label(row: Row) -> str:
     return f"{row['height']}x{row['width']}"
 
 
@@ -244,7 +246,7 @@ def compute_ratios(rows: List[Row]) -> Dict[str, List[Row]]:
 # -- markdown ------------------------------------------------------------------------------------
 
 
-def _device_label(header: Dict[str, Any]) -> str:
+def device_label(header: Dict[str, Any]) -> str:
     if header.get("gpu_name"):
         return header["gpu_name"]
     return f"CPU {header.get('cpu_model', '?')} ({header.get('torch_settings', {}).get('num_threads', '?')} threads)"
@@ -255,7 +257,7 @@ def _header_lines(header: Dict[str, Any]) -> List[str]:
     commit = (git.get("commit") or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")
     s = header.get("torch_settings", {})
     return [
-        f"- device: {_device_label(header)}",
+        f"- device: {device_label(header)}",
         f"- torch {header.get('torch')}, CUDA {header.get('cuda')}, cuDNN {header.get('cudnn')}, "
         f"Triton {header.get('triton')}, Python {header.get('python')}",
         f"- torch settings: cudnn.benchmark={s.get('cudnn_benchmark')}, "
@@ -267,44 +269,32 @@ def _header_lines(header: Dict[str, Any]) -> List[str]:
     ]
 
 
-def render_markdown(report: Dict[str, Any]) -> str:
-    header, rows = report["header"], report["rows"]
-    lines = [f"# CDT benchmark: {_device_label(header)}", ""]
-    lines += _header_lines(header)
-    lines += [f"- {note}" for note in report.get("notes", [])]
-    lines += [
-        "",
-        "## Results",
-        "",
-        "Latency is the median over interleaved rounds (min-max in brackets; older results: "
-        "p20-p80); frames/s = video frames / median; peak memory is the total with the call's own part in brackets; TFLOP/s from "
-        "the FLOP model in benchmarks/flops.py; PSNR (dB) against the fp32 reference output "
-        "on the same inputs and noise (`exact` = bitwise equal).",
-        "",
-    ]
-    lines += _table(
-        [
-            "model",
-            "impl",
-            "op",
-            "frames",
-            "size",
-            "dtype",
-            "latency ms",
-            "rounds",
-            "frames/s",
-            "peak mem",
-            "TFLOP/s",
-            "% peak",
-            "PSNR",
-        ],
+_RESULTS_NOTE = (
+    "Latency is the median over interleaved rounds (min-max in brackets; older results: "
+    "p20-p80); frames/s = video frames / median; peak memory is the total with the call's own "
+    "part in brackets; TFLOP/s from the FLOP model in benchmarks/flops.py; PSNR (dB) against the "
+    "fp32 reference output on the same inputs and noise (`exact` = bitwise equal)."
+)
+_RATIO_NOTE = (
+    "(speedup = baseline median / engine median, with the range baseline min / engine max to "
+    "baseline max / engine min; `(n.s.)` = the two latency spreads overlap: not significant; "
+    "memory ratio of peak memory, on CPU of the calls' own RSS growth)"
+)
+
+
+def _results_lines(rows: List[Row]) -> List[str]:
+    header = ["model", "impl", "op", "frames", "size", "dtype", "latency ms", "rounds"]
+    header += ["frames/s", "peak mem", "TFLOP/s", "% peak", "PSNR"]
+    lines = ["", "## Results", "", _RESULTS_NOTE, ""]
+    return lines + _table(
+        header,
         (
             [
                 r["model"],
                 impl_label(r),
                 r["op"],
                 r["frames"],
-                _size(r),
+                size_label(r),
                 r["dtype"],
                 _latency(r),
                 r.get("repeats", "-"),
@@ -317,19 +307,15 @@ def render_markdown(report: Dict[str, Any]) -> str:
             for r in rows
         ),
     )
-    ratios = report.get("ratios") or compute_ratios(rows)
-    lines += ["", "## Ratios", ""]
+
+
+def _engine_ratio_lines(ratios: Dict[str, List[Row]]) -> List[str]:
+    lines = ["", "## Ratios", ""]
     for key, title in (
         ("engine_vs_reference", "engine / reference"),
         ("engine_vs_compiled", "engine / reference-compiled"),
     ):
-        lines += [
-            f"### {title} (speedup = baseline median / engine median, with the range "
-            "baseline min / engine max to baseline max / engine min; `(n.s.)` = the two "
-            "latency spreads overlap: not significant; memory ratio of peak memory, on CPU "
-            "of the calls' own RSS growth)",
-            "",
-        ]
+        lines += [f"### {title} {_RATIO_NOTE}", ""]
         if ratios[key]:
             lines += _table(
                 ["model", "impl", "op", "frames", "size", "speedup", "range", "memory ratio"],
@@ -339,7 +325,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
                         r.get("impl_label", r["impl"]),
                         r["op"],
                         r["frames"],
-                        _size(r),
+                        size_label(r),
                         fmt_ratio(r["speedup"], r.get("significant")),
                         _range(r),
                         _fmt(r["memory_ratio"]),
@@ -350,67 +336,81 @@ def render_markdown(report: Dict[str, Any]) -> str:
         else:
             lines.append("(no pairs measured)")
         lines.append("")
-    lines += ["### small / base (the paper reports CDT-small about 3x faster than CDT-base)", ""]
-    if ratios["small_vs_base"]:
-        lines += _table(
-            ["impl", "op", "frames", "size", "base ms", "small ms", "small speedup", "range"],
-            (
-                [
-                    r["impl"],
-                    r["op"],
-                    r["frames"],
-                    _size(r),
-                    f"{r['base_ms']:.1f}",
-                    f"{r['small_ms']:.1f}",
-                    fmt_ratio(r["speedup"], r.get("significant")),
-                    _range(r),
-                ]
-                for r in ratios["small_vs_base"]
-            ),
-        )
-    else:
-        lines.append("(needs both presets)")
-    lines += [
+    return lines
+
+
+def _small_vs_base_lines(ratios: Dict[str, List[Row]]) -> List[str]:
+    lines = ["### small / base (the paper reports CDT-small about 3x faster than CDT-base)", ""]
+    if not ratios["small_vs_base"]:
+        return lines + ["(needs both presets)"]
+    return lines + _table(
+        ["impl", "op", "frames", "size", "base ms", "small ms", "small speedup", "range"],
+        (
+            [
+                r["impl"],
+                r["op"],
+                r["frames"],
+                size_label(r),
+                f"{r['base_ms']:.1f}",
+                f"{r['small_ms']:.1f}",
+                fmt_ratio(r["speedup"], r.get("significant")),
+                _range(r),
+            ]
+            for r in ratios["small_vs_base"]
+        ),
+    )
+
+
+def _memory_lines(ratios: Dict[str, List[Row]]) -> List[str]:
+    lines = [
         "",
         "### decode peak memory vs video length (vs shortest: peak memory, on CPU the "
         "call's own RSS growth, relative to the shortest clip)",
         "",
     ]
-    if ratios["memory_vs_length"]:
-        lines += _table(
+    if not ratios["memory_vs_length"]:
+        return lines + ["(no length series measured)"]
+    header = ["model", "impl", "size", "frames", "peak mem", "own part", "vs shortest"]
+    return lines + _table(
+        header + ["latency ms"],
+        (
             [
-                "model",
-                "impl",
-                "size",
-                "frames",
-                "peak mem",
-                "own part",
-                "vs shortest",
-                "latency ms",
-            ],
-            (
-                [
-                    r["model"],
-                    r["impl"],
-                    _size(r),
-                    r["frames"],
-                    fmt_bytes(r["peak_mem_bytes"]),
-                    fmt_bytes(r["peak_mem_delta_bytes"]),
-                    _fmt(r["peak_vs_shortest"]),
-                    f"{r['latency_ms_p50']:.1f}",
-                ]
-                for r in ratios["memory_vs_length"]
-            ),
-        )
-    else:
-        lines.append("(no length series measured)")
-    if report.get("skipped"):
-        lines += ["", "## Not measured", ""]
-        lines += [
-            f"- {' '.join(str(s[k]) for k in ('model', 'impl', 'op', 'setting') if s.get(k))}: "
-            f"{s['reason']}"
-            for s in report["skipped"]
-        ]
+                r["model"],
+                r["impl"],
+                size_label(r),
+                r["frames"],
+                fmt_bytes(r["peak_mem_bytes"]),
+                fmt_bytes(r["peak_mem_delta_bytes"]),
+                _fmt(r["peak_vs_shortest"]),
+                f"{r['latency_ms_p50']:.1f}",
+            ]
+            for r in ratios["memory_vs_length"]
+        ),
+    )
+
+
+def _skipped_lines(skipped: List[Dict[str, Any]]) -> List[str]:
+    if not skipped:
+        return []
+    where = ("model", "impl", "op", "setting")
+    return ["", "## Not measured", ""] + [
+        f"- {' '.join(str(s[k]) for k in where if s.get(k))}: {s['reason']}" for s in skipped
+    ]
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+    """The results file's markdown: header, every row, the ratios, what was not measured and the
+    kernel microbenchmarks' summaries."""
+    header, rows = report["header"], report["rows"]
+    lines = [f"# CDT benchmark: {device_label(header)}", ""]
+    lines += _header_lines(header)
+    lines += [f"- {note}" for note in report.get("notes", [])]
+    lines += _results_lines(rows)
+    ratios = report.get("ratios") or compute_ratios(rows)
+    lines += _engine_ratio_lines(ratios)
+    lines += _small_vs_base_lines(ratios)
+    lines += _memory_lines(ratios)
+    lines += _skipped_lines(report.get("skipped"))
     if report.get("kernels") is not None:
         lines += ["", "## Kernel microbenchmarks", ""] + _kernel_lines(report["kernels"])
     return "\n".join(lines) + "\n"
@@ -491,7 +491,7 @@ def readme_table(report: Dict[str, Any]) -> str:
     git = (header.get("git") or {}).get("commit") or "unknown"
     dtypes = sorted({r["dtype"] for r in rows})
     lines = [
-        f"Measured with `python benchmarks/run.py` on {_device_label(header)}, torch "
+        f"Measured with `python benchmarks/run.py` on {device_label(header)}, torch "
         f"{header.get('torch')}, {'/'.join(dtypes)}, commit {git[:12]}, "
         f"{header.get('timestamp_utc', '')[:10]}. Random seeded weights; batch 1."
     ]
@@ -521,7 +521,7 @@ def readme_table(report: Dict[str, Any]) -> str:
             [
                 f"CDT-{r['model']}" if r.get("suite") != "peer" else r["model"],
                 r["op"],
-                f"{r['frames']}x{_size(r)}",
+                f"{r['frames']}x{size_label(r)}",
                 impl_label(r),
                 _readme_latency(r),
                 _fmt(r.get("frames_per_s"), ".1f"),
@@ -556,68 +556,3 @@ def _readme_latency(row: Row) -> str:
         f"{row['latency_ms_p50']:.1f} ms ({row['latency_ms_min']:.0f}-"
         f"{row['latency_ms_max']:.0f}, {row.get('repeats', '?')} rounds)"
     )
-
-
-# -- plot ----------------------------------------------------------------------------------------
-
-
-def write_plot(report: Dict[str, Any], path) -> None:
-    """frames/s of decode by (model, resolution) and impl; decode peak memory vs video length.
-    Uses matplotlib's object API (no pyplot global state); written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from cdt_fast.checkpoint import atomic_write
-
-    rows = report["rows"]
-    fig = Figure(figsize=(13, 5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_speed, ax_mem = fig.subplots(1, 2)
-
-    decode = [r for r in rows if r["op"] == "decode" and r.get("suite") in ("main", "peer")]
-    groups = list(dict.fromkeys((r["model"], r["frames"], _size(r)) for r in decode))
-    impls = list(dict.fromkeys(r["impl"] for r in decode))
-    width = 0.8 / max(1, len(impls))
-    for i, impl in enumerate(impls):
-        values = {
-            (r["model"], r["frames"], _size(r)): r.get("frames_per_s") or 0.0
-            for r in decode
-            if r["impl"] == impl
-        }
-        xs = [g + i * width for g in range(len(groups))]
-        ax_speed.bar(xs, [values.get(g, 0.0) for g in groups], width, label=impl)
-    ax_speed.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    ax_speed.set_xticklabels([f"{m}\n{f}x{s}" for m, f, s in groups], fontsize=8)
-    ax_speed.set_ylabel("decode frames / s (higher is better)")
-    ax_speed.set_title("decode throughput")
-    if impls:
-        ax_speed.legend(fontsize=7)
-
-    # On CPU the total is the process's RSS (libraries, earlier models): plot the call's own part.
-    own = report["header"].get("gpu_name") is None
-    field = "peak_mem_delta_bytes" if own else "peak_mem_bytes"
-    series: Dict[Tuple, List[Tuple[int, float]]] = defaultdict(list)
-    for r in (report.get("ratios") or compute_ratios(rows))["memory_vs_length"]:
-        mem = r[field] if r[field] is not None else 0
-        series[(r["model"], r["impl"], _size(r))].append((r["frames"], mem / 2**20))
-    for (model, impl, size), points in series.items():
-        points.sort()
-        ax_mem.plot(
-            [p[0] for p in points],
-            [p[1] for p in points],
-            marker="o",
-            label=f"{model} {impl} {size}",
-        )
-    ax_mem.set_xlabel("video frames")
-    ax_mem.set_ylabel(
-        "decode peak memory, MiB" + (" (RSS above the call's baseline)" if own else "")
-    )
-    ax_mem.set_title("peak memory vs video length")
-    if series:
-        ax_mem.legend(fontsize=7)
-    else:
-        ax_mem.text(
-            0.5, 0.5, "no length series", ha="center", va="center", transform=ax_mem.transAxes
-        )
-    fig.suptitle(f"CDT benchmark: {_device_label(report['header'])}", fontsize=10)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -1,4 +1,9 @@
-"""Latency and peak-memory measurement for one benchmarked call.
+"""Latency and peak-memory measurement: the one timer of every benchmark in this folder.
+
+The model benchmark (``run.py``) and the generator's (``bench_generation.py``) time whole calls
+with :func:`measure_interleaved` / :func:`measure`; the op microbenchmarks (``bench_<op
+family>.py``) time one op with :func:`kernel_ms`, which on CUDA hands the calls to Triton's
+``do_bench`` and on CPU is :func:`measure`.
 
 How calls are timed:
 
@@ -28,10 +33,11 @@ Peak memory:
   resident set size (psutil RSS) from a background thread every ``rss_interval_s`` during the timed
   call. ``peak_mem_bytes`` is the highest RSS seen (the whole process: Python, libraries,
   every implementation's weights), ``peak_mem_delta_bytes`` the largest growth of the RSS over
-  its value just before a call. Before each baseline we ask glibc to hand freed heap back to the OS (``malloc_trim``) so the warm-up's
-  freed-but-kept memory does not hide the call's own peak. Sampling can miss a peak shorter than
-  the interval, and the allocator may reuse memory the baseline already holds, so CPU figures are
-  a lower bound on the call's working memory; compare them only with each other.
+  its value just before a call. Before each baseline we ask glibc to hand freed heap back to the
+  OS (``malloc_trim``) so the warm-up's freed-but-kept memory does not hide the call's own peak.
+  Sampling can miss a peak shorter than the interval, and the allocator may reuse memory the
+  baseline already holds, so CPU figures are a lower bound on the call's working memory; compare
+  them only with each other.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ __all__ = [
     "Timing",
     "measure",
     "measure_interleaved",
+    "kernel_ms",
     "percentile",
     "RssSampler",
     "CUDA_MEM_METHOD",
@@ -179,12 +186,14 @@ def measure(
     max_time_s: Optional[float] = None,
     keep_output: bool = False,
     resident_bytes: int = 0,
+    memory: bool = True,
 ) -> Timing:
     """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then up to ``repeats`` timed ones.
 
     ``max_time_s`` caps the timed phase: once ``min_repeats`` calls are done and the timed calls
     have taken longer than this, no more are started (slow CPU settings get fewer repeats instead
     of blowing the run's time budget). ``keep_output`` keeps the last call's return value.
+    ``memory=False`` leaves a CPU call's memory unsampled (see :func:`measure_interleaved`).
     """
     timings, errors = measure_interleaved(
         {"fn": fn},
@@ -195,6 +204,7 @@ def measure(
         max_time_s=max_time_s,
         keep_output=keep_output,
         resident_bytes={"fn": resident_bytes},
+        memory=memory,
     )
     if errors:
         raise errors["fn"]
@@ -213,6 +223,7 @@ def measure_interleaved(
     keep_output: bool = False,
     resident_bytes: Optional[Dict[str, int]] = None,
     after_warmup: Optional[Callable[[str], None]] = None,
+    memory: bool = True,
 ) -> Tuple[Dict[str, Timing], Dict[str, BaseException]]:
     """Time several callables against each other: ``warmup`` untimed calls of each (an int, or
     per name), then up to ``rounds`` rounds, each timing one call of every callable, the order
@@ -223,7 +234,10 @@ def measure_interleaved(
 
     Returns ``(timings, errors)``: a callable that raises (e.g. out of memory) is dropped from
     the later rounds and its exception is returned under its name instead of a timing; the
-    others go on. ``keep_output`` keeps each callable's last return value.
+    others go on. ``keep_output`` keeps each callable's last return value. ``memory=False``: on a
+    CPU no RSS sampling and no ``malloc_trim`` before each call (which hands the heap back, so
+    that the call then pays for fresh pages: right for its peak memory, wrong for timing an op
+    that allocates); CUDA's counters cost nothing and are always read.
     """
     if not isinstance(fns, dict) or not fns:
         raise ValueError("fns must be a non-empty dict of name -> callable")
@@ -233,65 +247,119 @@ def measure_interleaved(
     if deadline is not None and not isinstance(deadline, (int, float)):
         raise ValueError(f"deadline must be a time.perf_counter() value, got {deadline!r}")
     device = torch.device(device)
-    resident = resident_bytes or {}
-    names = list(fns)
-    errors: Dict[str, BaseException] = {}
-    outputs: Dict[str, Any] = {}
-    for name in names:
-        try:
-            for _ in range(warmups.get(name, 0)):
-                outputs[name] = fns[name]()
-        except Exception as err:  # noqa: BLE001 - reported per implementation
-            errors[name] = err
-            _release_cached(device)
-            continue
-        if after_warmup is not None:
-            after_warmup(name)
-    samples: Dict[str, List[float]] = {n: [] for n in names if n not in errors}
-    peaks: Dict[str, int] = {n: 0 for n in samples}
-    deltas: Dict[str, int] = {n: 0 for n in samples}
-    mem_seen = {n: True for n in samples}
-    started = time.perf_counter()
-    done = 0
-    while done < rounds and samples.keys() - errors.keys():
-        live = [n for n in names if n in samples and n not in errors]
-        order = live[done % len(live) :] + live[: done % len(live)]
-        for name in order:
+    calls = _Calls(fns, device, memory)
+    calls.warm_up(warmups, after_warmup)
+    calls.rounds(rounds, min_rounds, max_time_s, deadline)
+    return calls.timings(warmups, resident_bytes or {}, keep_output), calls.errors
+
+
+class _Calls:
+    """The state of one interleaved measurement: every callable's samples, peaks, last output
+    and, once it raised, its error."""
+
+    def __init__(self, fns: Dict[str, Callable[[], Any]], device: torch.device, memory: bool):
+        self.fns, self.device, self.memory = fns, device, memory
+        self.names = list(fns)
+        self.errors: Dict[str, BaseException] = {}
+        self.outputs: Dict[str, Any] = {}
+        self.samples: Dict[str, List[float]] = {}
+        self.peaks: Dict[str, int] = {}
+        self.deltas: Dict[str, int] = {}
+        self.mem_seen: Dict[str, bool] = {}
+
+    def _failed(self, name: str, err: BaseException) -> None:
+        self.errors[name] = err
+        _release_cached(self.device)
+
+    def warm_up(
+        self, warmups: Dict[str, int], after_warmup: Optional[Callable[[str], None]]
+    ) -> None:
+        for name in self.names:
             try:
-                ms, peak, delta, out = _timed_call(fns[name], device)
+                for _ in range(warmups.get(name, 0)):
+                    self.outputs[name] = self.fns[name]()
             except Exception as err:  # noqa: BLE001 - reported per implementation
-                errors[name] = err
-                _release_cached(device)
+                self._failed(name, err)
                 continue
-            samples[name].append(ms)
-            if peak is None:
-                mem_seen[name] = False
-            else:
-                peaks[name] = max(peaks[name], peak)
-                deltas[name] = max(deltas[name], delta)
-            outputs[name] = out
-            del out
-        done += 1
-        now = time.perf_counter()
-        if (max_time_s is not None and done >= min_rounds and now - started > max_time_s) or (
-            deadline is not None and now > deadline
-        ):
-            break
-    timings: Dict[str, Timing] = {}
-    for name, taken in samples.items():
-        if name in errors or not taken:
-            continue
-        output = outputs.get(name) if keep_output else None
-        warm = warmups.get(name, 0)
-        if device.type == "cuda":
-            peak = deltas[name] + int(resident.get(name, 0))
-            timings[name] = Timing(taken, peak, deltas[name], CUDA_MEM_METHOD, warm, output)
-        elif not mem_seen[name]:
-            method = "not measured: psutil is not installed"
-            timings[name] = Timing(taken, None, None, method, warm, output)
+            if after_warmup is not None:
+                after_warmup(name)
+        live = [n for n in self.names if n not in self.errors]
+        self.samples = {n: [] for n in live}
+        self.peaks = {n: 0 for n in live}
+        self.deltas = {n: 0 for n in live}
+        self.mem_seen = {n: True for n in live}
+
+    def _time_one(self, name: str) -> None:
+        try:
+            ms, peak, delta, out = _timed_call(self.fns[name], self.device, self.memory)
+        except Exception as err:  # noqa: BLE001 - reported per implementation
+            self._failed(name, err)
+            return
+        self.samples[name].append(ms)
+        if peak is None:
+            self.mem_seen[name] = False
         else:
-            timings[name] = Timing(taken, peaks[name], deltas[name], CPU_MEM_METHOD, warm, output)
-    return timings, errors
+            self.peaks[name] = max(self.peaks[name], peak)
+            self.deltas[name] = max(self.deltas[name], delta)
+        self.outputs[name] = out
+
+    def rounds(
+        self,
+        rounds: int,
+        min_rounds: int,
+        max_time_s: Optional[float],
+        deadline: Optional[float],
+    ) -> None:
+        started = time.perf_counter()
+        done = 0
+        while done < rounds and self.samples.keys() - self.errors.keys():
+            live = [n for n in self.names if n in self.samples and n not in self.errors]
+            for name in live[done % len(live) :] + live[: done % len(live)]:
+                self._time_one(name)
+            done += 1
+            now = time.perf_counter()
+            if (max_time_s is not None and done >= min_rounds and now - started > max_time_s) or (
+                deadline is not None and now > deadline
+            ):
+                break
+
+    def timings(
+        self, warmups: Dict[str, int], resident: Dict[str, int], keep_output: bool
+    ) -> Dict[str, Timing]:
+        out: Dict[str, Timing] = {}
+        for name, taken in self.samples.items():
+            if name in self.errors or not taken:
+                continue
+            output = self.outputs.get(name) if keep_output else None
+            warm = warmups.get(name, 0)
+            if self.device.type == "cuda":
+                peak = self.deltas[name] + int(resident.get(name, 0))
+                out[name] = Timing(taken, peak, self.deltas[name], CUDA_MEM_METHOD, warm, output)
+            elif not self.mem_seen[name]:
+                method = "not measured: " + (
+                    "psutil is not installed" if self.memory else "memory=False"
+                )
+                out[name] = Timing(taken, None, None, method, warm, output)
+            else:
+                peak, delta = self.peaks[name], self.deltas[name]
+                out[name] = Timing(taken, peak, delta, CPU_MEM_METHOD, warm, output)
+        return out
+
+
+def kernel_ms(
+    fn: Callable[[], Any], device: Union[str, torch.device], *, repeats: int = 5
+) -> float:
+    """Median milliseconds of one call of an op, for the op microbenchmarks. CUDA: Triton's
+    ``do_bench`` (25 ms of warm-up, then 100 ms of calls with the L2 cache flushed before each,
+    timed by CUDA events), the usual way to time a kernel of microseconds, where one
+    synchronised call per sample (:func:`measure`) would mostly time the launch. CPU:
+    :func:`measure` without memory sampling, one warm-up and ``repeats`` timed calls."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    return measure(fn, device, warmup=1, repeats=repeats, memory=False).p50
 
 
 def _release_cached(device: torch.device) -> None:
@@ -299,7 +367,7 @@ def _release_cached(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _timed_call(fn: Callable[[], Any], device: torch.device):
+def _timed_call(fn: Callable[[], Any], device: torch.device, memory: bool = True):
     """(milliseconds, peak bytes or None, own bytes or None, output) of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -313,7 +381,7 @@ def _timed_call(fn: Callable[[], Any], device: torch.device):
         peak = int(torch.cuda.max_memory_allocated(device))
         return float(start.elapsed_time(end)), peak, max(0, peak - before), output
     try:
-        rss: Optional[RssSampler] = RssSampler()
+        rss: Optional[RssSampler] = RssSampler() if memory else None
     except ImportError:
         rss = None
     with rss if rss is not None else contextlib.nullcontext():

@@ -1,4 +1,4 @@
-"""The benchmark harness around the GPU check: each kernel benchmark's --out, run.py's partial
+"""The benchmark harness around the GPU check: each op microbenchmark's --out, run.py's partial
 results under a time guard's SIGTERM, the results' commit without .git, and the README's CPU
 table being what the committed CPU results give."""
 
@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import io
 import json
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import environment, report, run
+from benchmarks import environment, measure, microbench, report, run, timing
+from benchmarks.interrupt import EXIT_INTERRUPTED
+from benchmarks.results import SCHEMA
 
 from .helpers import BENCH_TINY_ARGS
 
@@ -35,7 +35,7 @@ def test_readme_cpu_table_is_generated_from_the_committed_results():
     """The committed CPU results of the README table's device, merged oldest first, give the
     table the README holds."""
     parts = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    parts = [d for d in parts if d.get("schema") == run.SCHEMA and not d["header"].get("gpu_name")]
+    parts = [d for d in parts if d.get("schema") == SCHEMA and not d["header"].get("gpu_name")]
     keys = {
         (environment.device_key(d["header"]), d["header"].get("widths", "preset")) for d in parts
     }
@@ -62,21 +62,8 @@ def test_git_commit_from_the_environment_without_git(tmp_path, monkeypatch):
 # -- the benchmarks' --out ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def bench_support(monkeypatch):
-    """This checkout's kernels/_bench_support.py, also where ``cdt_fast.kernels`` is installed
-    from another checkout (a git worktree using the main one's editable install)."""
-    spec = importlib.util.spec_from_file_location(
-        "cdt_fast.kernels._bench_support", ROOT / "kernels" / "_bench_support.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    return module
-
-
 @pytest.mark.parametrize("bench", BENCHES)
-def test_every_kernel_benchmark_takes_out(bench, capsys, bench_support):
+def test_every_kernel_benchmark_takes_out(bench, capsys):
     module = importlib.import_module(f"benchmarks.{bench}")
     with pytest.raises(SystemExit) as exit_:
         module.main(["--help"])
@@ -84,28 +71,31 @@ def test_every_kernel_benchmark_takes_out(bench, capsys, bench_support):
     assert re.search(r"--out\b", capsys.readouterr().out)
 
 
-def test_json_is_kept_as_the_old_name_of_out():
+def test_json_is_kept_as_the_old_name_of_out(tmp_path, monkeypatch):
     from benchmarks import bench_channel_norm
 
-    assert bench_channel_norm.main_arguments("doc", ["--json", "a.json"]).out == "a.json"
+    monkeypatch.setattr(microbench, "run_cases", lambda cases, device, repeats: [])
+    out = tmp_path / "a.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert bench_channel_norm.main(["--device", "cpu", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"] == []
 
 
-def test_bench_main_writes_out(tmp_path, monkeypatch, bench_support):
-    _bench_support = bench_support
+def test_bench_main_writes_out(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
-    rows = lambda: [_bench_support.row("op", "case", "triton", 2.0, 4_000_000)]  # noqa: E731
+    monkeypatch.setattr(timing, "kernel_ms", lambda fn, device, repeats=5: 2.0)
+    cases = lambda args: [microbench.Case("op", "case", {"triton": None}, 4_000_000)]  # noqa: E731
     with contextlib.redirect_stdout(io.StringIO()):
-        assert (
-            _bench_support.bench_main(
-                "toy", "d", rows, tmp_path / "res", ["--out", str(tmp_path / "x.json")]
-            )
-            == 0
+        rc = microbench.bench_main(
+            "toy", "d", cases, ["--out", str(tmp_path / "x.json")], results_dir=tmp_path / "res"
         )
+    assert rc == 0
     saved = json.loads((tmp_path / "x.json").read_text())
     assert saved["rows"][0]["GB/s"] == pytest.approx(2.0) and not (tmp_path / "res").exists()
+    assert saved["rows"][0]["%peak_bw"] == pytest.approx(0.1)  # of the H100 PCIe's 2.0 TB/s
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
-        _bench_support.bench_main("toy", "d", rows, tmp_path, ["--out", "y.json", "--no-save"])
+        microbench.bench_main("toy", "d", cases, ["--out", "y.json", "--no-save"])
     assert "--out and --no-save" in err.getvalue()
 
 
@@ -114,7 +104,7 @@ def test_bench_main_writes_out(tmp_path, monkeypatch, bench_support):
 
 def test_run_writes_partial_results_when_terminated(tmp_path, monkeypatch):
     # The peer row comes after every model row: SIGTERM there leaves the model rows measured.
-    monkeypatch.setattr(run, "run_peer", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    monkeypatch.setattr(measure, "run_peer", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
     before = signal.getsignal(signal.SIGTERM)
     threads = torch.get_num_threads()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -125,7 +115,7 @@ def test_run_writes_partial_results_when_terminated(tmp_path, monkeypatch):
             + ["--out", str(tmp_path / "out.json")]
         )
     torch.set_num_threads(threads)
-    assert rc == run.EXIT_INTERRUPTED and signal.getsignal(signal.SIGTERM) == before
+    assert rc == EXIT_INTERRUPTED and signal.getsignal(signal.SIGTERM) == before
     results = json.loads((tmp_path / "out.json").read_text())
     assert [(r["impl"], r["op"]) for r in results["rows"]] == [("reference", "decode")]
     assert results["header"]["interrupted"] == "stopped by SIGTERM"

@@ -418,39 +418,6 @@ def test_kernel_compiles_for_sm90_with_pipelined_loads():
     assert proc.stdout.split() == ["True", "True"], proc.stdout
 
 
-def test_benchmark_harness_paths_agree():
-    """The benchmark's arrangements compute the same conv (so its timings compare like with like)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_causal_conv3d.py"
-    spec = importlib.util.spec_from_file_location("bench_causal_conv3d", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
-    assert bench.bf16_peak("NVIDIA H100 80GB HBM3") == 989.0
-    assert bench.bf16_peak("NVIDIA H100 PCIe") == 756.0
-    shape = bench.ConvShape(5, 6, (3, 3, 3), (1, 1, 1), (1, 1), 2, "replicate", False, 2, 2, 4, 5)
-    assert shape.out_size() == (2, 4, 5)
-    assert shape.flops() == 2 * 2 * 4 * 5 * 6 * 5 * 27
-    assert shape.bytes_moved("upstream", 2) > shape.bytes_moved("triton", 2)
-    runs = bench.ConvBench(shape, torch.float32, DEVICE).runs
-    ref = runs["upstream"]()
-    for path in ("cudnn_cl", "triton"):  # first call: same past as upstream's
-        assert_close_conv(runs[path](), ref, 135, torch.float32)
-
-
-def test_conv_norm_block_benchmark_compares_like_with_like():
-    """bench_conv_norm_block.py: the decode's Block shapes (the U-Net input padded as the engine
-    pads it), and every implementation computing the same Block (Triton under the interpreter)."""
-    if ON_GPU:
-        pytest.skip("the CPU check of the harness")
-    from benchmarks import bench_conv_norm_block as bench
-
-    bench.test_shapes_and_implementations_agree_on_cpu()
-
-
 def test_autotune_prune_reads_constexpr_kwargs():
     """On GPU the autotuner prunes with positional args in ``named_args`` and constexprs (CIN) in
     kwargs; the interpreter's single config never prunes, so call it as the autotuner does."""

@@ -21,9 +21,6 @@ EXCEPTIONS: Dict[str, Tuple[str, ...]] = {
     "cdt_fast/_cpp_lib.py": ("module",),
     "cdt_fast/engine/dispatch.py": ("module",),
     "tests/test_cpp_ops.py": ("module",),
-    "benchmarks/run.py": ("module", "build_parser"),
-    "benchmarks/report.py": ("module", "render_markdown"),
-    "tests/test_benchmarks.py": ("module",),
 }
 
 

@@ -60,7 +60,7 @@ def _config_overrides(preset: str, tiny: bool) -> dict:
     """CDTConfig fields for the benchmark's narrow test networks (``benchmarks/run.py --tiny``)."""
     if not tiny:
         return {}
-    from benchmarks.run import model_config
+    from benchmarks.plan import model_config
     from cdt_fast import CDTConfig
 
     narrow, full = (
