@@ -31,20 +31,18 @@ CASES = [
 
 
 def attention_impls(s, heads, t, d) -> Tuple[Dict[str, Callable], int, int]:
-    from cdt_fast.kernels.temporal_attention import (
-        attention_backends,
-        temporal_attention,
-        temporal_attention_reference,
-    )
+    from cdt_fast.availability import backend_status
+    from cdt_fast.engine.registry import resolve
+    from cdt_fast.functional import temporal_attention as spec
 
     q, k, v = (torch.randn(s, heads, t, d, device="cuda", dtype=DTYPE) for _ in range(3))
-    ref = torch.compile(temporal_attention_reference, dynamic=False)
-    impls = {
-        name: (lambda name=name: temporal_attention(q, k, v, backend=name))
-        for name in ("triton", "sdpa", "flash", "xformers")
-        if name == "sdpa" or attention_backends(q.device, q.dtype)[name][0]
-    }
-    impls["eager"] = lambda: temporal_attention_reference(q, k, v)
+    ref = torch.compile(spec, dynamic=False)
+    impls = {}
+    for name in ("triton", "sdpa", "flash", "xformers"):
+        fn, _ = resolve(name, "temporal_attention", q.device)
+        if fn is not None and backend_status(name, q.device, dtype=q.dtype).available:
+            impls[name] = lambda fn=fn: fn(q, k, v)
+    impls["eager"] = lambda: spec(q, k, v)
     impls["torch.compile"] = lambda: ref(q, k, v)
     nbytes = 4 * q.numel() * q.element_size()
     flops = 2 * 2 * s * heads * t * (t + 1) // 2 * d  # causal: QK^T and PV over the lower triangle

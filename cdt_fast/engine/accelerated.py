@@ -25,6 +25,7 @@ from .dispatch import Measurements, OpTable
 from .graphs import CAPTURE_METHODS, ChunkGraphs, CudaGraphCapture
 from .memory import MemoryModel, halve
 from .plan import ContextDecoderPlan, EncoderPlan, Run, UNetPlan
+from .registry import CDT_OPS
 from .state import StreamState
 from .streams import FrameQueue
 
@@ -202,7 +203,9 @@ class AcceleratedCDT(nn.Module):
             raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         device = torch.device(device) if device is not None else cdt.device
         dtype = dtype or cdt.dtype
-        self.ops = OpTable(backend, device, table=table, measurements=measurements, env=env)
+        self.ops = OpTable(
+            backend, device, table=table, measurements=measurements, env=env, ops=CDT_OPS
+        )
         self.memory_format = activation_layout(device, self.ops)
         cdt = cdt.to(device=device, dtype=dtype).to(memory_format=self.memory_format).eval()
         cdt.requires_grad_(False)  # inference only: no autograd graph may chain chunks
