@@ -2,6 +2,7 @@
 spec, and the op in the engine's op table (report, record, named backends raising, auto falling
 back once, the autograd and axis rules), plus the deprecated names."""
 
+import copy
 import sys
 import types
 import warnings
@@ -178,6 +179,7 @@ def test_temporal_attention_is_an_op_of_the_table():
     generator(q, k, v, causal=True, axis="time")
     (built,) = generator.tables.values()
     assert built.report()[OP][0] == "torch" and built.record.ops() == {OP: {"torch": 2}}
+    assert copy.deepcopy(generator).tables == {}  # a copied trainer builds its own table
     assert OP not in OpTable("torch", env={}, ops=CDT_OPS).report()
 
 

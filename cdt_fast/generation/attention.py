@@ -100,6 +100,11 @@ class AttentionTable:
         kwargs = {"causal": causal, "scale": scale}
         return self.table(q.device).call(_OP, (q, k, v), kwargs, attention_class(q, k, v, axis))
 
+    def __getstate__(self) -> dict:
+        # The built tables hold imported modules; a copy (a deep-copied trainer, a pickled loss)
+        # builds its own on first use.
+        return dict(self.__dict__, tables={})
+
     def __repr__(self) -> str:
         return f"AttentionTable(backend={self.backend!r}, devices={list(self.tables)})"
 
