@@ -30,8 +30,8 @@ from benchmarks.dtypes import dtype_name  # noqa: E402
 from cdt_fast.checkpoint import atomic_write  # noqa: E402
 
 SHAPES = {"tiny": (8, 5, 8, 8), "S": (16, 5, 32, 32), "B": (16, 5, 32, 32)}
-TRAIN_BACKENDS = ("flash", "xformers", "sdpa", "math")
-SAMPLE_BACKENDS = ("flash", "xformers", "triton", "sdpa", "math")
+TRAIN_BACKENDS = ("flash", "xformers", "sdpa", "torch")
+SAMPLE_BACKENDS = ("flash", "xformers", "triton", "sdpa", "torch")
 
 
 def _available(names, device, dtype, only=None) -> List[str]:

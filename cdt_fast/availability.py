@@ -16,6 +16,12 @@ The supported Triton and torch versions are stated here once (:data:`TRITON_VERS
 :data:`TORCH_MIN_FOR_TRITON`): outside them the Triton backend reports itself unavailable and says
 which versions it needs. Whether Triton runs its interpreter is read here once too
 (:func:`triton_interpreted`); the kernels ask this function instead of the environment.
+
+Besides the compute backends that :func:`backends` reports (:data:`BACKEND_NAMES`), the attention
+libraries that serve the ``temporal_attention`` op are backends too (:data:`LIBRARY_BACKENDS`:
+torch's SDPA, flash-attn, xformers); :func:`backend_status` answers for them alike. Given a
+``dtype``, it also says whether the backend computes in it (flash-attn only in fp16/bf16; the
+Triton interpreter has no bf16).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "BackendStatus",
     "BackendUnavailableError",
     "BACKEND_NAMES",
+    "LIBRARY_BACKENDS",
     "TRITON_VERSIONS",
     "TORCH_MIN_FOR_TRITON",
     "backend_status",
@@ -42,7 +49,12 @@ __all__ = [
     "version_problem",
 ]
 
+# The compute backends: what backends() reports, and the engine's candidates for every op.
 BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
+# Attention libraries, backends of the temporal_attention op only (cdt_fast.attention_libraries).
+LIBRARY_BACKENDS = ("sdpa", "flash", "xformers")
+# The Python module each library is imported as.
+_LIBRARY_MODULES = {"flash": "flash_attn", "xformers": "xformers.ops"}
 
 # The Triton releases the kernels are tested with (interpreter parity on 3.5, 3.6, 3.8, 3.9):
 # 3.2-3.3 cannot import the kernel modules without a GPU driver and 3.4's interpreter rejects the
@@ -129,7 +141,7 @@ def _triton_version() -> Tuple[Optional[str], str]:
 def _triton_kernels_problem() -> Optional[str]:
     """None when ``cdt_fast.kernels`` and every module the engine takes a Triton op from
     import; else the first that does not, and its error."""
-    from .engine.dispatch import implementations
+    from .engine.registry import implementations
 
     for name in ("cdt_fast.kernels", *dict.fromkeys(implementations("triton").values())):
         try:
@@ -147,7 +159,9 @@ def _torch(device: Optional[torch.device]) -> BackendStatus:
     return BackendStatus("torch", True, f"torch {torch.__version__} reference ops on {where}")
 
 
-def _triton(device: Optional[torch.device], env: Optional[Mapping[str, str]]) -> BackendStatus:
+def _triton(
+    device: Optional[torch.device], env: Optional[Mapping[str, str]], dtype: Optional[torch.dtype]
+) -> BackendStatus:
     version, why = _triton_version()
     if version is None:
         return BackendStatus("triton", False, why)
@@ -163,6 +177,10 @@ def _triton(device: Optional[torch.device], env: Optional[Mapping[str, str]]) ->
             return BackendStatus("triton", False, problem)
     if on_cuda:
         return BackendStatus("triton", True, f"triton {version} on CUDA")
+    if interpreted and dtype == torch.bfloat16:
+        return BackendStatus(
+            "triton", False, "the Triton interpreter (CPU) cannot compute in bfloat16"
+        )
     if interpreted:
         return BackendStatus(
             "triton",
@@ -244,28 +262,80 @@ def _cuda(device: Optional[torch.device]) -> BackendStatus:
     )
 
 
-def backend_status(
-    name: str, device=None, env: Optional[Mapping[str, str]] = None
+@functools.lru_cache(maxsize=None)
+def _import_problem(module: str) -> Optional[str]:
+    """None when ``module`` imports; else why not. Cached: a failed import searches the file
+    system every time."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        return f"{module} is not installed ({exc})"
+    except Exception as exc:  # noqa: BLE001 - e.g. an extension built against another torch
+        text = " ".join(str(exc).split())[:300]
+        return f"{module} is installed but does not import ({type(exc).__name__}: {text})"
+    return None
+
+
+def _sdpa(device: Optional[torch.device]) -> BackendStatus:
+    where = device.type if device is not None else "every device"
+    return BackendStatus(
+        "sdpa", True, f"torch {torch.__version__} scaled_dot_product_attention on {where}"
+    )
+
+
+def _library(
+    name: str, device: Optional[torch.device], dtype: Optional[torch.dtype]
 ) -> BackendStatus:
-    """Whether backend ``name`` can run, and why (not).
+    """flash-attn or xformers: installed, importable, and (on CUDA tensors only) asked for a
+    dtype it computes in."""
+    problem = _import_problem(_LIBRARY_MODULES[name])
+    if problem is not None:
+        return BackendStatus(name, False, problem)
+    if device is not None and device.type != "cuda":
+        return BackendStatus(name, False, f"{name} runs on CUDA tensors only")
+    if device is None and not torch.cuda.is_available():
+        return BackendStatus(name, False, f"{name} needs a CUDA device (torch sees none)")
+    if name == "flash":
+        from .attention_libraries.flash import COMPUTE_DTYPES
+
+        if dtype is not None and dtype not in COMPUTE_DTYPES:
+            return BackendStatus(name, False, f"flash-attn computes in fp16/bf16, not {dtype}")
+    return BackendStatus(name, True, f"{_LIBRARY_MODULES[name]} on CUDA")
+
+
+def backend_status(
+    name: str,
+    device=None,
+    env: Optional[Mapping[str, str]] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> BackendStatus:
+    """Whether backend ``name`` (:data:`BACKEND_NAMES` or :data:`LIBRARY_BACKENDS`) can run, and
+    why (not).
 
     ``device``: None asks about this process (any device it sees); a device asks whether the
     backend runs on tensors there. ``env``: where ``TRITON_INTERPRET`` is read (default
-    ``os.environ``).
+    ``os.environ``). ``dtype``: None for any dtype; a dtype asks whether the backend computes in
+    it.
     """
-    if not isinstance(name, str) or name not in BACKEND_NAMES:
-        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+    if not isinstance(name, str) or name not in BACKEND_NAMES + LIBRARY_BACKENDS:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES + LIBRARY_BACKENDS}, got {name!r}")
     device = torch.device(device) if device is not None else None
     if name == "torch":
         return _torch(device)
     if name == "triton":
-        return _triton(device, env)
+        return _triton(device, env, dtype)
     if name == "cpp":
         return _cpp(device)
-    return _cuda(device)
+    if name == "cuda":
+        return _cuda(device)
+    if name == "sdpa":
+        return _sdpa(device)
+    return _library(name, device, dtype)
 
 
 def backends(device=None) -> Dict[str, BackendStatus]:
-    """Per backend name ('torch', 'triton', 'cpp', 'cuda'): ``.available`` and ``.reason``; with
-    ``device``, whether it runs on tensors on that device."""
+    """Per compute backend name ('torch', 'triton', 'cpp', 'cuda'): ``.available`` and
+    ``.reason``; with ``device``, whether it runs on tensors on that device. (The attention
+    libraries' status: ``backend_status(name, device, dtype=...)``, or
+    ``cdt_fast.generation.attention_backends``.)"""
     return {name: backend_status(name, device) for name in BACKEND_NAMES}

@@ -16,6 +16,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .validation import check_attention
+
 __all__ = [
     "PAD_MODES",
     "cast_like",
@@ -32,6 +34,8 @@ __all__ = [
     "ddim_coefficients",
     "ddim_update",
     "to_uint8_frames",
+    "causal_attention_mask",
+    "temporal_attention",
 ]
 
 PAD_MODES = {"zeros": "constant", "replicate": "replicate"}
@@ -312,3 +316,35 @@ def to_uint8_frames(x: torch.Tensor) -> torch.Tensor:
     (upstream's evaluation scripts' conversion)."""
     y = ((x.float().clamp(-1.0, 1.0) + 1.0) / 2 * 255).round()
     return y.to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()
+
+
+def causal_attention_mask(tq: int, tk: int, device) -> torch.Tensor:
+    """[Tq, Tk] bool, True where query ``i`` may see key ``j``: ``j <= i + Tk - Tq`` (the last
+    query aligned with the last key, so a chunk's queries see the cached keys before it)."""
+    i = torch.arange(tq, device=device)[:, None]
+    return torch.arange(tk, device=device)[None, :] <= i + (tk - tq)
+
+
+def temporal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Softmax attention over ``q`` [S, heads, Tq, d], ``k``/``v`` [S, heads, Tk, d] (any
+    strides): ``softmax(q k^T * scale [+ causal mask]) v``, ``scale`` defaulting to
+    ``d ** -0.5``; ``causal`` masks with :func:`causal_attention_mask` (needs Tk >= Tq).
+
+    The latent video generator calls it along time (``S = B*h*w`` short sequences of frames) and
+    across a frame (``S = B*T``). This is the plain computation, the oracle every backend is
+    tested against: scores and softmax in fp32 (fp64 for fp64 inputs), the result in q's dtype.
+    """
+    scale = check_attention(q, k, v, causal=causal, scale=scale)
+    tq, tk = q.shape[2], k.shape[2]
+    compute = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2)) * scale
+    if causal:
+        scores = scores.masked_fill(~causal_attention_mask(tq, tk, q.device), float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1), v.to(compute)).to(q.dtype)

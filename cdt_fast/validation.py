@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -13,6 +14,7 @@ __all__ = [
     "check_steps",
     "check_chunk_frames",
     "check_generator",
+    "check_attention",
 ]
 
 
@@ -108,3 +110,32 @@ def check_generator(generator, name: str = "generator") -> Optional[torch.Genera
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
     return generator
+
+
+def check_attention(q, k, v, *, causal: bool, scale: Optional[float]) -> float:
+    """Attention's ``q`` [S, heads, Tq, d] and ``k``/``v`` [S, heads, Tk, d] (floating point, one
+    dtype and device, any strides; ``causal`` needs Tk >= Tq); returns the softmax scale,
+    ``d ** -0.5`` when ``scale`` is None."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.is_floating_point():
+            raise ValueError(
+                f"{name} must be a floating-point [S, heads, T, d] tensor, got "
+                f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+            )
+    s, heads, tq, d = q.shape
+    if k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != d:
+        raise ValueError(
+            f"k and v must be [S, heads, Tk, d] = [{s}, {heads}, Tk, {d}], got "
+            f"k {list(k.shape)}, v {list(v.shape)}"
+        )
+    if not q.dtype == k.dtype == v.dtype or not q.device == k.device == v.device:
+        raise ValueError("q, k and v must share dtype and device")
+    tk = k.shape[2]
+    if causal and tk < tq:
+        raise ValueError(
+            f"causal attention needs at least as many keys as queries, got Tq={tq}, Tk={tk}"
+        )
+    scale = d**-0.5 if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return scale

@@ -1,4 +1,4 @@
-"""Triton kernel behind :func:`cdt_fast.kernels.temporal_attention.temporal_attention_triton`.
+"""Triton kernel behind :func:`cdt_fast.kernels.temporal_attention.temporal_attention`.
 
 A program owns ``G`` consecutive (sequence, head) rows of ``[S*heads, T, d]``: its query tile is
 those rows' queries flattened (row ``r`` = sequence ``r // TQ``, frame ``r % TQ``) and it walks
@@ -15,7 +15,7 @@ import triton.language as tl
 
 from . import _tiles
 from ._common import check_launchable
-from ._tiles import Tile, arch_family, autotune_enabled, launch_dtype
+from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
 _LOG2E = 1.4426950408889634
 _PACK_TILE = 64  # rows (queries or keys) of a packed tile
@@ -170,7 +170,7 @@ def temporal_shared_memory(
 
 
 def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
-    check_launchable(q, "temporal_attention", "temporal_attention(..., backend='sdpa')")
+    check_launchable(q, "temporal_attention", "the sdpa backend or cdt_fast.functional")
     g, block_m, block_n, block_d = tile_shape(tq, tk, d)
     grid = (triton.cdiv(nh, g), triton.cdiv(g * tq, block_m))
     args = (
@@ -197,7 +197,7 @@ def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
         BLOCK_N=block_n,
         BLOCK_D=block_d,
     )
-    arch = arch_family(q)
+    arch = tile_family(q)
     _tiles.launch(
         _temporal_attention_kernel,
         _temporal_attention_tuned,

@@ -15,7 +15,7 @@ a JSON tile file (``tile_options(tiles=PATH)``, else ``CDT_FAST_TILES``, else
 ``~/.cache/cdt_fast/tiles.json``). The same file, given as ``tiles``/``CDT_FAST_TILES``, is read
 back as overrides of the tables; its entries are what to copy into a table once measured.
 
-Which table family a launch reads is its device's (:func:`arch_family`), unless a block asks for
+Which table family a launch reads is its device's (:func:`tile_family`), unless a block asks for
 another one explicitly: ``with tile_options(arch="sm_90"): ...`` plans every launch in it as on
 that GPU, CPU tensors under the Triton interpreter included, so CI runs the tiles and launch code
 a GPU runs (``tile_options(dtype=...)`` adds the storage dtype the plan is for: the interpreter has
@@ -39,6 +39,9 @@ from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple,
 import torch
 import triton
 
+import cdt_fast.devices as devices
+from cdt_fast.dtypes import dtype_name
+
 from ._common import check_grid, interpreting
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "tile_options",
     "autotune_enabled",
     "tiles_path",
+    "tile_family",
     "arch_family",
     "launch_dtype",
     "emulates_gpu",
@@ -209,20 +213,16 @@ def tiles_path(for_writing: bool = False) -> Optional[Path]:
     return Path(path) if path else None
 
 
-def _device_family(x: torch.Tensor) -> str:
-    major, _ = torch.cuda.get_device_capability(x.device)
-    return "sm_90" if major >= 9 else "sm_80"
-
-
-def arch_family(x: torch.Tensor) -> str:
-    """The table family of a launch on ``x``: :func:`tile_options`'s ``arch`` if set, else the
-    device's (``sm_90`` from compute capability 9 on, ``sm_80`` below it and for CPU tensors
-    under the interpreter). A CUDA device older than the asked family raises: its tiles may need
-    more shared memory than the device has."""
+def tile_family(x: torch.Tensor) -> str:
+    """The family of tile tables a launch on ``x`` reads (not the device's arch family,
+    :func:`cdt_fast.devices.arch_family`, from which it derives): :func:`tile_options`'s ``arch``
+    if set, else the device's family, ``sm_80``'s tables for CPU tensors under the interpreter. A
+    CUDA device older than the asked family raises: its tiles may need more shared memory than the
+    device has."""
     asked = _options().arch
-    if x.device.type != "cuda":
+    family = devices.arch_family(x.device)
+    if family == "cpu":
         return asked or "sm_80"
-    family = _device_family(x)
     if asked is None:
         return family
     if ARCH_FAMILIES.index(asked) > ARCH_FAMILIES.index(family):
@@ -231,6 +231,10 @@ def arch_family(x: torch.Tensor) -> str:
             "need its shared memory; ask for this device's family or an older one"
         )
     return asked
+
+
+# The name the launchers import tile_family by.
+arch_family = tile_family
 
 
 def emulates_gpu(x: torch.Tensor) -> bool:
@@ -284,11 +288,7 @@ def shared_memory(
 
 
 def _short_dtype(value) -> str:
-    if isinstance(value, torch.dtype):
-        return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(
-            value, str(value).replace("torch.", "")
-        )
-    return value
+    return dtype_name(value) if isinstance(value, torch.dtype) else value
 
 
 def shape_key(shape_class: Mapping[str, object]) -> str:

@@ -156,7 +156,7 @@ def emulated_op(
 def emulated_temporal_attention(
     q, k, v, *, causal: bool = True, scale: Optional[float] = None, rounding=round_nearest
 ):
-    """``temporal_attention_reference`` as the Triton kernel computes it in 16 bits: scores and
+    """``functional.temporal_attention`` as the Triton kernel computes it in 16 bits: scores and
     softmax statistics in fp32, ``exp(scores - max)`` stored in v's dtype for the product."""
     dtype = q.dtype
     d, tq, tk = q.shape[-1], q.shape[-2], k.shape[-2]

@@ -22,6 +22,7 @@ from cdt_fast.engine import (
 )
 from cdt_fast.engine.decisions import CUDA_GRAPH_SAFE_OPS, DECISIONS
 from cdt_fast.engine.dispatch import OPS, OpChoice, implementations
+from cdt_fast.engine.registry import CDT_OPS
 
 from .helpers import UPSTREAM_TOL
 
@@ -271,7 +272,7 @@ def test_composed_candidate_only_where_a_part_has_a_kernel(monkeypatch):
     assert names == ["composed", "torch"]  # the interpreter's fused op is never a candidate
     assert "linear_attention_block" not in table.candidates  # its parts are torch here
     with pytest.warns(BackendFallbackWarning, match="cannot use cpp"):
-        plain = OpTable("auto", env={})
+        plain = OpTable("auto", env={}, ops=CDT_OPS)  # the tokenizer engine's table
     assert not plain.candidates
     assert accelerated_layout(plain) == torch.contiguous_format
 

@@ -33,33 +33,33 @@ def _qkv(s, heads, tq, tk, d, dtype, seed=0):
 # -- attention ------------------------------------------------------------------------------------
 def test_attention_backends_report_every_backend():
     status = attention_backends()
-    assert set(status) == {"flash", "xformers", "triton", "sdpa", "math"}
+    assert set(status) == {"flash", "xformers", "triton", "sdpa", "torch"}
     assert all(isinstance(s, BackendStatus) and s.reason for s in status.values())
-    assert status["sdpa"].available and status["math"].available
+    assert status["sdpa"].available and status["torch"].available
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(3, 1, 5, 5, 8), (2, 3, 3, 7, 16), (4, 2, 17, 17, 32)])
-def test_attention_backends_agree_with_math(backend, dtype, causal, shape):
+def test_attention_backends_agree_with_torch(backend, dtype, causal, shape):
     if not attention_backends(torch.device("cpu"), dtype)[backend].available:
         pytest.skip(attention_backends(torch.device("cpu"), dtype)[backend].reason)
     s, heads, tq, tk, d = shape
     q, k, v = _qkv(s, heads, tq, tk, d, dtype)
-    expected = attention(q, k, v, causal=causal, backend="math")
+    expected = attention(q, k, v, causal=causal, backend="torch")
     out = attention(q, k, v, causal=causal, backend=backend, axis="time")
     assert out.dtype == dtype and out.shape == q.shape
     tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
 
 
-def test_attention_math_is_softmax_attention():
+def test_attention_torch_is_softmax_attention():
     q, k, v = _qkv(2, 2, 3, 4, 8, torch.float64)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
     mask = torch.ones(3, 4, dtype=torch.bool).tril(diagonal=1)  # bottom-right aligned
     expected = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
-    torch.testing.assert_close(attention(q, k, v, causal=True, backend="math"), expected)
+    torch.testing.assert_close(attention(q, k, v, causal=True, backend="torch"), expected)
 
 
 def test_attention_rejects_bad_arguments():
@@ -101,7 +101,7 @@ def test_fresh_model_outputs_zero_and_keeps_shape():
     assert out.shape == x.shape and not out.any()  # adaLN-zero head starts at zero
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "math"])
+@pytest.mark.parametrize("backend", ["sdpa", "torch"])
 def test_causal_cache_chunks_equal_whole_clip(backend):
     model = _model(causal=True, num_classes=3)
     x, t, y = torch.randn(2, 4, 6, 4, 4), torch.rand(2, 6), torch.tensor([0, 2])
@@ -284,12 +284,12 @@ def test_fvd_needs_weights_and_uses_a_torchscript_i3d(tmp_path):
 def test_generation_benchmark_rows():
     from benchmarks.bench_generation import markdown, run
 
-    rows = run("tiny", batch=1, repeats=1, warmup=0, backends=["sdpa", "math"])
+    rows = run("tiny", batch=1, repeats=1, warmup=0, backends=["sdpa", "torch"])
     assert [(r["kind"], r["backend"]) for r in rows] == [
         ("train_step", "sdpa"),
-        ("train_step", "math"),
+        ("train_step", "torch"),
         ("sample_step", "sdpa"),
-        ("sample_step", "math"),
+        ("sample_step", "torch"),
     ]
     assert all(r["p50_ms"] > 0 and r["latent_frames_per_s"] > 0 for r in rows)
     assert "| train_step | tiny | sdpa |" in markdown(rows)
@@ -300,10 +300,10 @@ def test_generation_benchmark_rows():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(4099, 2, 5, 5, 64), (64, 6, 256, 256, 64), (33, 3, 7, 13, 32)])
-def test_gpu_attention_backends_agree_with_math(dtype, causal, shape):
+def test_gpu_attention_backends_agree_with_torch(dtype, causal, shape):
     s, heads, tq, tk, d = shape
     q, k, v = (t.cuda() for t in _qkv(s, heads, tq, tk, d, dtype))
-    expected = attention(q, k, v, causal=causal, backend="math").float()
+    expected = attention(q, k, v, causal=causal, backend="torch").float()
     tol = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}[dtype]
     status = attention_backends(q.device, dtype)
     for name in ("auto", "flash", "xformers", "triton", "sdpa"):

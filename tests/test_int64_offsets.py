@@ -23,10 +23,7 @@ from cdt_fast.kernels.causal_conv3d import causal_conv3d, causal_conv3d_norm
 from cdt_fast.kernels.channel_norm import channel_norm
 from cdt_fast.kernels.denoise import ddim_update, to_uint8_frames
 from cdt_fast.kernels.linear_attention import linear_attention_block
-from cdt_fast.kernels.temporal_attention import (
-    temporal_attention_reference,
-    temporal_attention_triton,
-)
+from cdt_fast.kernels.temporal_attention import temporal_attention
 from cdt_fast.kernels.time_resample import time_downsample, time_upsample
 
 from .helpers import DEVICE
@@ -212,10 +209,10 @@ def test_ddim_update_and_uint8_frames(spread, dim):
 @pytest.mark.parametrize("dim", [0, 1, 2, 3], ids=["sequence", "head", "frame", "feature"])
 def test_temporal_attention(spread, dim):
     q, k, v = rand(3, 3, 3, 3), rand(3, 3, 3, 3), rand(3, 3, 3, 3)
-    got = temporal_attention_triton(
+    got = temporal_attention(
         spread.put(q, dim),
         spread.put(k, dim),
         spread.put(v, dim),
         out=spread.out((3, 3, 3, 3), dim),
     )
-    check(got, temporal_attention_reference(ref(q), ref(k), ref(v)))
+    check(got, CF.temporal_attention(ref(q), ref(k), ref(v)))

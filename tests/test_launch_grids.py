@@ -24,7 +24,7 @@ import triton
 from cdt_fast.engine.warmup import capture_launches, capture_model
 from cdt_fast.kernels._common import MAX_GRID
 from cdt_fast.kernels.denoise import to_uint8_frames
-from cdt_fast.kernels.temporal_attention import temporal_attention_triton
+from cdt_fast.kernels.temporal_attention import temporal_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 UHD = (2160, 3840)
@@ -79,7 +79,7 @@ def test_temporal_attention_and_frames_at_4k_fit_cudas_grid():
     latent = torch.empty(2 * 270 * 480, 6, 16, 64, device="meta", dtype=torch.bfloat16)
     clip = torch.empty(2, 3, CLIP_FRAMES, *UHD, device="meta")
     with capture_launches(90) as launches:
-        temporal_attention_triton(latent, latent, latent, causal=True)
+        temporal_attention(latent, latent, latent, causal=True)
         to_uint8_frames(clip)
     assert len(launches) == 2 and all(_within(launch.grid) for launch in launches), [
         (launch.name, launch.grid) for launch in launches

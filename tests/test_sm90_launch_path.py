@@ -25,10 +25,7 @@ from cdt_fast.kernels import causal_conv3d as conv
 from cdt_fast.kernels import channel_norm as norm
 from cdt_fast.kernels import linear_attention as attention
 from cdt_fast.kernels import time_resample as resample
-from cdt_fast.kernels.temporal_attention import (
-    temporal_attention_reference,
-    temporal_attention_triton,
-)
+from cdt_fast.kernels.temporal_attention import temporal_attention
 
 from .helpers import DEVICE, INTERPRETED, tolerance
 
@@ -311,8 +308,8 @@ def test_temporal_attention_on_sm90_tiles(plan, s, heads, tq, tk, ran):
     q = _rand(s, heads, tq, d, plan=plan)
     k, v = _rand(s, heads, tk, d, plan=plan), _rand(s, heads, tk, d, plan=plan)
     with _tiles.tile_options(**_plan(plan)[1]):
-        y = temporal_attention_triton(q, k, v, causal=True)
-    _close(y, temporal_attention_reference(q, k, v, causal=True), plan, tk + d)
+        y = temporal_attention(q, k, v, causal=True)
+    _close(y, CF.temporal_attention(q, k, v, causal=True), plan, tk + d)
     r = _one(ran, "temporal_attention")
     g, block_m, block_n, block_d = temporal.tile_shape(tq, tk, d)
     assert r.tile == temporal._TILE and r.kwargs["G"] == g

@@ -11,6 +11,7 @@ import pytest
 import torch
 import triton
 
+from cdt_fast import devices
 from cdt_fast.kernels import _temporal_attention_kernel as temporal
 from cdt_fast.kernels import _tiles
 from cdt_fast.kernels import causal_conv3d as conv
@@ -208,34 +209,34 @@ def test_tile_options_plan_launches_as_on_another_gpu(monkeypatch):
     from cdt_fast.kernels import _common
 
     x = torch.zeros(2)
-    assert _tiles.arch_family(x) == "sm_80" and _common.exact_fp32(x)
+    assert _tiles.tile_family(x) == "sm_80" and _common.exact_fp32(x)
     with _tiles.tile_options(autotune=False):
         with _tiles.tile_options(arch="sm_90"):
-            assert _tiles.arch_family(x) == "sm_90" and _tiles.autotune_enabled() is False
+            assert _tiles.tile_family(x) == "sm_90" and _tiles.autotune_enabled() is False
             assert _tiles.emulates_gpu(x) and not _common.exact_fp32(x)
             with torch.backends.cudnn.flags(allow_tf32=False):
                 assert _common.exact_fp32(x)
             with _tiles.tile_options(dtype=torch.bfloat16):
-                assert _tiles.arch_family(x) == "sm_90"
+                assert _tiles.tile_family(x) == "sm_90"
                 with pytest.raises(ValueError, match="stands in for fp32 CPU tensors"):
                     _tiles.launch_dtype(x.half())
                 if _common.interpreting():
                     assert _tiles.launch_dtype(x) == torch.bfloat16
                     assert not _common.exact_fp32(x)
-        assert _tiles.arch_family(x) == "sm_80"
+        assert _tiles.tile_family(x) == "sm_80"
     for bad in (dict(arch="sm_70"), dict(dtype=torch.float64)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             with _tiles.tile_options(**bad):
                 pass
     # a CUDA device older than the asked family: its tiles may not fit, so it is refused
-    monkeypatch.setattr(_tiles, "_device_family", lambda t: "sm_80")
+    monkeypatch.setattr(devices, "arch_family", lambda device: "sm_80")
     gpu = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)
-    assert _tiles.arch_family(gpu) == "sm_80"
+    assert _tiles.tile_family(gpu) == "sm_80"
     with _tiles.tile_options(arch="sm_80"):
-        assert _tiles.arch_family(gpu) == "sm_80"
+        assert _tiles.tile_family(gpu) == "sm_80"
     with _tiles.tile_options(arch="sm_90", dtype=torch.bfloat16):
         with pytest.raises(ValueError, match="sm_80 device"):
-            _tiles.arch_family(gpu)
+            _tiles.tile_family(gpu)
         with pytest.raises(ValueError, match="stands in for fp32 CPU tensors"):
             _tiles.launch_dtype(gpu)
 

@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from .. import video_io
+from ..dtypes import DTYPE_NAMES, dtype_from_name, dtype_name
 from ._console import progress, timed
 
 if TYPE_CHECKING:  # torch is imported where a command runs, so that --help answers at once
     import torch
-
-DTYPES = ("bf16", "fp16", "fp32")
-# torch's spellings (eval's own), accepted wherever --dtype is.
-DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -91,17 +88,13 @@ def release_location(args: argparse.Namespace) -> dict:
     return {k: v for k, v in location.items() if v is not None}
 
 
-def _dtype_name(text: str) -> str:
-    return DTYPE_ALIASES.get(text, text)
-
-
 def add_dtype_arg(parser, default: str = "auto") -> None:
     """``--dtype auto|bf16|fp16|fp32`` (float32/float16/bfloat16 accepted too)."""
     parser.add_argument(
         "--dtype",
         default=default,
-        type=_dtype_name,
-        choices=(["auto"] if default == "auto" else []) + list(DTYPES),
+        type=dtype_name,
+        choices=(["auto"] if default == "auto" else []) + list(DTYPE_NAMES),
         help="weights' dtype"
         + ("; auto = bf16 on CUDA, fp32 on CPU (default)" if default == "auto" else "")
         + f" (default {default})" * (default != "auto"),
@@ -285,7 +278,7 @@ def resolve_dtype(text: str, device: "torch.device") -> "torch.dtype":
 
     if text == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[_dtype_name(text)]
+    return dtype_from_name(text)
 
 
 def _load_weights(args: argparse.Namespace, device: "torch.device", dtype: "torch.dtype"):
@@ -349,8 +342,8 @@ def load_model(args: argparse.Namespace) -> Loaded:
     config, engine = model.config, "reference"
     if hasattr(cdt_fast, "accelerate") and not args.reference:
         model, engine = cdt_fast.accelerate(model), "engine"
-    dtype_name = str(dtype).replace("torch.", "")
-    return Loaded(model, config, device, f"CDT {config.name} ({engine}, {device} {dtype_name})")
+    dtype_label = str(dtype).replace("torch.", "")
+    return Loaded(model, config, device, f"CDT {config.name} ({engine}, {device} {dtype_label})")
 
 
 def check_chunk_frames(chunk_frames: Optional[int]) -> Optional[int]:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from ..dtypes import dtype_from_name
 from . import _common
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -169,7 +170,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--size must be >= 8, got {args.size}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = dtype_from_name(args.dtype)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lpips = None
     if args.lpips_backbone:

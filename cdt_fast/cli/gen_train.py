@@ -99,8 +99,8 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=["auto", "flash", "xformers", "sdpa", "math"],
-        help="attention backend for training (default auto)",
+        choices=["auto", "flash", "xformers", "sdpa", "torch", "math"],
+        help="attention backend for training (default auto; math: the deprecated name of torch)",
     )
     add_run_args(p, frames_help="latent frames per training clip (5 = 17 frames)")
     p.set_defaults(func=_gen_train)

@@ -106,8 +106,8 @@ def register(sub) -> None:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "flash", "xformers", "triton", "sdpa", "math"],
-        help="attention backend (default auto)",
+        choices=["auto", "flash", "xformers", "triton", "sdpa", "torch", "math"],
+        help="attention backend (default auto; math: the deprecated name of torch)",
     )
     p.add_argument("--save-latents", metavar="PATH", help="also write the latent file")
     p.add_argument("--fps", type=Fraction, help="video frame rate (default: the training data's)")

@@ -8,7 +8,7 @@ import re
 import sys
 from typing import List, Tuple
 
-from ._common import DTYPES
+from ..dtypes import DTYPE_NAMES
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -104,7 +104,7 @@ def register(sub) -> None:
         help="frame size in pixels, or a comma list (default 256x256)",
     )
     p.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bf16")
     p.add_argument(
         "--arch",
         default=None,

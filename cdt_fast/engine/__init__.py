@@ -1,8 +1,10 @@
 """The cdt_fast engine: ``accelerate(model)`` turns a reference CDT into a drop-in accelerated one.
 
-Pieces, one per module: ``dispatch`` (op name -> backend function table; ``auto`` follows the
-committed decision table in ``decisions``, ``tune`` measures), ``plan`` (the networks compiled
-into nodes with packed weights), ``state`` (preallocated double-buffered causal state),
+Pieces, one per module: ``dispatch`` (the op table, op name -> backend function, for the
+tokenizer's ops and the generator's attention alike; ``auto`` follows the committed decision table
+in ``decisions``, ``tune`` measures), ``registry`` (which backend implements which op, where),
+``decision_table`` (auto's decisions as data, and their JSON), ``tuning`` (tune's timings),
+``plan`` (the networks compiled into nodes with packed weights), ``state`` (preallocated double-buffered causal state),
 ``graphs`` (CUDA graph capture/replay of chunk steps, keyed by their launch sequence),
 ``record`` (which backend each op call actually ran on, and what the graphs did),
 ``memory`` (chunk size from free memory, halving on OOM), ``streams`` (rebuffering of frame

@@ -26,6 +26,7 @@ from .layout import activation_layout, channel_alignment
 from .memory import MemoryModel, halve
 from .noise import FramewiseNoise, NoiseSlices
 from .plan import ContextDecoderPlan, EncoderPlan, UNetPlan
+from .registry import CDT_OPS
 from .sessions import DecodeSession, EncodeSession, Session, graph_state, run_or_none_on_oom
 from .streams import FrameQueue
 
@@ -62,7 +63,9 @@ class AcceleratedCDT(nn.Module):
             raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         device = torch.device(device) if device is not None else cdt.device
         dtype = dtype or cdt.dtype
-        self.ops = OpTable(backend, device, table=table, measurements=measurements, env=env)
+        self.ops = OpTable(
+            backend, device, table=table, measurements=measurements, env=env, ops=CDT_OPS
+        )
         self.memory_format = activation_layout(device, self.ops)
         cdt = cdt.to(device=device, dtype=dtype).to(memory_format=self.memory_format).eval()
         cdt.requires_grad_(False)  # inference only: no autograd graph may chain chunks

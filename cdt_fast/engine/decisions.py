@@ -15,11 +15,21 @@ from typing import Mapping, Tuple
 
 import torch
 
-__all__ = ["ARCH_FAMILIES", "CUDA_GRAPH_SAFE_OPS", "DECISIONS", "arch_family", "shape_class"]
+from ..devices import ARCH_FAMILIES, arch_family
+from ..dtypes import dtype_name
 
-ARCH_FAMILIES = ("cpu", "sm_80", "sm_90")
+__all__ = [
+    "ARCH_FAMILIES",
+    "AXES",
+    "CUDA_GRAPH_SAFE_OPS",
+    "DECISIONS",
+    "arch_family",
+    "attention_class",
+    "shape_class",
+]
 
-_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# What the generator's attention attends over: the tokens of one frame, or the frames at one place.
+AXES = ("space", "time")
 # Ops whose cost is a conv: classed by input/output channels and kernel (weight [Cout, Cin, *k];
 # the transposed conv's weight is [Cin, Cout, *k]).
 _CONV_OPS = ("causal_conv3d", "causal_conv3d_norm", "time_downsample", "time_upsample")
@@ -37,9 +47,12 @@ def _bucket(n: int) -> str:
 def shape_class(op: str, args, kwargs) -> str:
     """The class of a call that the table is keyed by: dtype, and channel buckets (powers of two
     up to 512) and kernel size where they decide which implementation is fastest, e.g.
-    ``"bf16/cin64/cout128/k3x3x3"``, ``"fp32/c256"``, ``"bf16"``. Never a raw voxel count."""
+    ``"bf16/cin64/cout128/k3x3x3"``, ``"fp32/c256"``, ``"bf16"``. Never a raw voxel count.
+    ``temporal_attention``: :func:`attention_class` along time."""
     x = args[0]
-    dtype = _DTYPES.get(x.dtype, str(x.dtype).replace("torch.", ""))
+    if op == "temporal_attention":
+        return attention_class(*args[:3], axis="time")
+    dtype = dtype_name(x.dtype)
     if op in _CONV_OPS or op == "conv_transpose_up2x":
         w = args[1]
         cout, cin = (w.shape[1], w.shape[0]) if op == "conv_transpose_up2x" else w.shape[:2]
@@ -50,16 +63,12 @@ def shape_class(op: str, args, kwargs) -> str:
     return dtype
 
 
-def arch_family(device) -> str:
-    """The arch family of ``device``: "cpu", "sm_80" (Ampere/Ada, and older CUDA GPUs) or
-    "sm_90" (Hopper and newer)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return "cpu"
-    if not torch.cuda.is_available():  # a table built for a device this process cannot see
-        return "sm_80"
-    major, _ = torch.cuda.get_device_capability(device)
-    return "sm_90" if major >= 9 else "sm_80"
+def attention_class(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, axis: str) -> str:
+    """The class of an attention call: dtype, the axis it attends over ("space" or "time", which
+    the tensors do not show: the caller says it), and "/grad" when autograd records the call
+    (the Triton kernel has no backward pass), e.g. ``"bf16/time"``, ``"fp32/space/grad"``."""
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return f"{dtype_name(q.dtype)}/{axis}" + ("/grad" if grad else "")
 
 
 def _frozen(table) -> Mapping:
@@ -116,10 +125,24 @@ _GPU = {
         "*": ("composed",),
     },
     "linear_attention_block": {"*": ("cuda", "triton", "composed")},
+    # flash-attn computes in fp16/bf16 only; the Triton kernel, built for many short sequences,
+    # serves the time axis and has no backward pass; SDPA serves every call.
+    "temporal_attention": {
+        "fp16/time": ("flash", "xformers", "triton", "sdpa"),
+        "bf16/time": ("flash", "xformers", "triton", "sdpa"),
+        "fp16/*": ("flash", "xformers", "sdpa"),
+        "bf16/*": ("flash", "xformers", "sdpa"),
+        "*/time": ("xformers", "triton", "sdpa"),
+        "*": ("xformers", "sdpa"),
+    },
 }
 DECISIONS: Mapping[str, Mapping[str, Mapping[str, Tuple[str, ...]]]] = _frozen(
     {
-        "cpu": {"*": {"*": ("cpp", "composed", "torch")}},
+        "cpu": {
+            "*": {"*": ("cpp", "composed", "torch")},
+            # torch's fused kernel; the Triton interpreter is for tests, not for speed
+            "temporal_attention": {"*": ("sdpa",)},
+        },
         "sm_80": _GPU,
         "sm_90": _GPU,
     }

@@ -1,9 +1,12 @@
-"""Which function runs each op: a table from op name to (backend, function, reason).
+"""Which function runs each op: :class:`OpTable`, from op name to (backend, function, reason).
 
-Every backend implements the signatures of :mod:`cdt_fast.functional` under the same names; which
-ops a backend implements, and in which module, is declared here (:func:`implementations`).
-Modules are imported lazily, when a table is built. Calls are never wrapped in try/except: the
-table is decided before the first call, and a backend's error at call time propagates.
+One dispatcher serves every op, the tokenizer's and the generator's (``temporal_attention``) alike.
+Which ops a backend implements, and in which module, is the registry's
+(:mod:`cdt_fast.engine.registry`); whether a backend can run, availability's
+(:func:`cdt_fast.availability.backend_status`); auto's choices, a decision table
+(:mod:`cdt_fast.engine.decision_table`); tune's timings, :mod:`cdt_fast.engine.tuning`. Modules are
+imported lazily, when a table is built. Calls are never wrapped in try/except: the table is decided
+before the first call, and a backend's error at call time propagates.
 
 ``backend`` is "auto" (the default), a backend name, "tune", or a spec such as
 "auto,causal_conv3d=torch".
@@ -34,30 +37,28 @@ Every call the table serves is counted under the backend that served it
 (:class:`~cdt_fast.engine.record.ExecutionRecord`, ``OpTable.record``).
 
 ``CDT_FAST_BACKEND`` (e.g. ``torch`` or ``auto,causal_conv3d=triton``) fills in the backend only
-when the caller left it at ``"auto"``: an argument the caller wrote wins.
+when the caller left it at ``"auto"``: an argument the caller wrote wins. It speaks for the
+tokenizer's engine; the generator's table is built with ``env_var=None`` and reads no variable.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import json
 import os
-import tempfile
-import time
 import warnings
-from dataclasses import dataclass, replace
-from fnmatch import fnmatchcase
-from pathlib import Path
+from dataclasses import replace
 from types import MappingProxyType
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from ..availability import BackendFallbackWarning, BackendUnavailableError
-from ..availability import backend_status as _availability
-from .decisions import ARCH_FAMILIES, DECISIONS, arch_family, shape_class
+from ..devices import arch_family
+from .decision_table import COMPOSED, DispatchTable, as_table
+from .decisions import shape_class
 from .record import ExecutionRecord
+from .registry import BACKENDS, OPS, OpChoice, implementations, resolve
+from .tuning import Measurements, tune_order
 
 __all__ = [
     "OPS",
@@ -73,68 +74,8 @@ __all__ = [
     "parse_backend_spec",
 ]
 
-OPS = (
-    "causal_conv3d",
-    "causal_conv3d_history",
-    "causal_conv3d_norm",
-    "channel_norm",
-    "linear_attention",
-    "linear_attention_block",
-    "time_downsample",
-    "time_upsample",
-    "conv_transpose_up2x",
-    "ddim_update",
-    "to_uint8_frames",
-)
-BACKENDS = ("torch", "triton", "cuda", "cpp")
 ENV_VAR = "CDT_FAST_BACKEND"
-# A block op as the table's own choices for its parts, run one after the other.
-COMPOSED = "composed"
 TUNE = "tune"
-
-_FUNCTIONAL = "cdt_fast.functional"
-_CPP_MODULE = "cdt_fast._cpp_lib"
-# Which ops each backend implements, and where. Triton: one module per op family.
-_TRITON_MODULES = MappingProxyType(
-    {
-        "causal_conv3d": "cdt_fast.kernels.causal_conv3d",
-        "causal_conv3d_norm": "cdt_fast.kernels.causal_conv3d",
-        "channel_norm": "cdt_fast.kernels.channel_norm",
-        "linear_attention": "cdt_fast.kernels.linear_attention",
-        "linear_attention_block": "cdt_fast.kernels.linear_attention",
-        "time_downsample": "cdt_fast.kernels.time_resample",
-        "time_upsample": "cdt_fast.kernels.time_resample",
-        "ddim_update": "cdt_fast.kernels.denoise",
-        "to_uint8_frames": "cdt_fast.kernels.denoise",
-    }
-)
-# The C++ extension (CPU) and its CUDA build share one module; it has no conv.
-_CPP_OPS = (
-    "causal_conv3d_history",
-    "channel_norm",
-    "linear_attention",
-    "linear_attention_block",
-    "time_downsample",
-    "time_upsample",
-    "ddim_update",
-    "to_uint8_frames",
-)
-_IMPLEMENTATIONS = MappingProxyType(
-    {
-        "torch": MappingProxyType({op: _FUNCTIONAL for op in OPS}),
-        "triton": _TRITON_MODULES,
-        "cpp": MappingProxyType({op: _CPP_MODULE for op in _CPP_OPS}),
-        "cuda": MappingProxyType({op: _CPP_MODULE for op in _CPP_OPS}),
-    }
-)
-
-
-def implementations(backend: str) -> Mapping[str, str]:
-    """op -> module that implements it, for ``backend`` (the op contract: same name, same
-    parameters as :mod:`cdt_fast.functional`)."""
-    if backend not in _IMPLEMENTATIONS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return _IMPLEMENTATIONS[backend]
 
 
 def _conv_then_norm(
@@ -172,45 +113,15 @@ _COMPOSITES = MappingProxyType(
 )
 
 
-def resolve(
-    backend: str,
-    op: str,
-    device: torch.device,
-    env: Optional[Mapping[str, str]] = None,
-    memo: Optional[Dict[str, tuple]] = None,
-) -> Tuple[Optional[Callable], str]:
-    """The function implementing ``op`` in ``backend`` on ``device``, or None and the reason.
-    ``memo`` (a dict owned by the caller) keeps statuses and imports for the ops that follow."""
-    memo = {} if memo is None else memo
-    if backend not in memo:
-        status = _availability(backend, device, env)
-        memo[backend] = (status.available, status.reason)
-    ok, reason = memo[backend]
-    if not ok:
-        return None, reason
-    name = implementations(backend).get(op)
-    if name is None:
-        return None, f"the {backend} backend does not implement {op!r}"
-    if name not in memo:
-        try:
-            memo[name] = (importlib.import_module(name), None)
-        except Exception as err:  # noqa: BLE001 - a backend not built is a fallback, not an error
-            memo[name] = (None, f"{name} is not importable ({type(err).__name__}: {err})")
-    module, error = memo[name]
-    fn = getattr(module, op, None) if module is not None else None
-    if callable(fn):
-        return fn, reason
-    return None, error or f"{name} has no function {op!r}"
-
-
-def parse_backend_spec(spec: str) -> Tuple[str, Dict[str, str]]:
-    """``"auto"`` / ``"triton"`` / ``"auto,causal_conv3d=torch"`` -> (default, per-op overrides)."""
+def parse_backend_spec(spec: str, where: str = f"{ENV_VAR}/backend") -> Tuple[str, Dict[str, str]]:
+    """``"auto"`` / ``"triton"`` / ``"auto,causal_conv3d=torch"`` -> (default, per-op overrides);
+    ``where`` names the spec's source in errors."""
     default, per_op = "auto", {}
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         if "=" in part:
             op, backend = (s.strip() for s in part.split("=", 1))
             if op not in OPS:
-                raise ValueError(f"{ENV_VAR}/backend names an unknown op {op!r}; ops: {OPS}")
+                raise ValueError(f"{where} names an unknown op {op!r}; ops: {OPS}")
             per_op[op] = _check_backend_name(backend, allow_auto=False)
         else:
             default = _check_backend_name(part, allow_auto=True)
@@ -224,232 +135,20 @@ def _check_backend_name(name: str, allow_auto: bool) -> str:
     return name
 
 
-def _tune_order(device: torch.device) -> Tuple[str, ...]:
-    """The backends ``tune`` times, compiled code first. Triton under the CPU interpreter is far
-    slower than torch, so it is never a candidate there."""
-    if device.type == "cuda":
-        return ("cuda", "triton", "torch")
-    return ("cpp", "torch")
-
-
-# -- the decision table -----------------------------------------------------------------------
-
-_FORMAT = 1
-_CHOICES = BACKENDS + (COMPOSED,)
-
-
-class DispatchTable:
-    """``auto``'s decisions: arch family -> op -> shape class (or glob, or "*") -> the backends
-    to try in order. :meth:`default` is the committed table; ``tune`` fills a new one.
-
-    ``save(path)`` writes JSON (atomically); ``DispatchTable.load(path)`` reads it back. A table
-    given to an engine is consulted first; where it has no entry for a call, the committed table
-    decides.
-    """
-
-    def __init__(self, entries: Optional[Mapping] = None):
-        self.entries: Dict[str, Dict[str, Dict[str, Tuple[str, ...]]]] = {}
-        for arch, ops in _check_mapping(entries or {}, "entries").items():
-            if arch not in ARCH_FAMILIES:
-                raise ValueError(f"table arch must be one of {ARCH_FAMILIES}, got {arch!r}")
-            for op, classes in _check_mapping(ops, f"entries[{arch!r}]").items():
-                for cls, order in _check_mapping(classes, f"entries[{arch!r}][{op!r}]").items():
-                    self._set(arch, op, cls, order)
-
-    @classmethod
-    def default(cls) -> "DispatchTable":
-        return cls(DECISIONS)
-
-    def _set(self, arch: str, op: str, cls: str, order) -> None:
-        if arch not in ARCH_FAMILIES:
-            raise ValueError(f"table arch must be one of {ARCH_FAMILIES}, got {arch!r}")
-        if op != "*" and op not in OPS:
-            raise ValueError(f"table names an unknown op {op!r}; ops: {OPS}")
-        if not isinstance(cls, str) or not cls:
-            raise ValueError(f"table shape class must be a non-empty str, got {cls!r}")
-        if isinstance(order, str) or not all(b in _CHOICES for b in order) or not order:
-            raise ValueError(
-                f"table entry {arch}/{op}/{cls} must be a list of backends from {_CHOICES}, "
-                f"got {order!r}"
-            )
-        self.entries.setdefault(arch, {}).setdefault(op, {})[cls] = tuple(order)
-
-    def record(self, arch: str, op: str, cls: str, backend: str) -> None:
-        """Make ``backend`` the decision for exactly this shape class."""
-        self._set(arch, op, cls, (backend,))
-
-    def order(self, arch: str, op: str, cls: str) -> Optional[Tuple[str, ...]]:
-        """The backends to try for a call of class ``cls``, or None when the table is silent."""
-        ops = self.entries.get(arch, {})
-        for key in (op, "*"):
-            classes = ops.get(key)
-            if not classes:
-                continue
-            if cls in classes:
-                return classes[cls]
-            for pattern, order in classes.items():
-                if pattern != "*" and fnmatchcase(cls, pattern):
-                    return order
-            if "*" in classes:
-                return classes["*"]
-        return None
-
-    def named(self, arch: str, op: str) -> Tuple[str, ...]:
-        """Every backend any entry for ``op`` on ``arch`` may choose, in first-seen order."""
-        ops = self.entries.get(arch, {})
-        seen: List[str] = []
-        for key in (op, "*"):
-            for order in ops.get(key, {}).values():
-                seen += [b for b in order if b not in seen]
-        return tuple(seen)
-
-    def to_dict(self) -> dict:
-        return {
-            "format": _FORMAT,
-            "entries": {
-                arch: {op: {c: list(o) for c, o in classes.items()} for op, classes in ops.items()}
-                for arch, ops in self.entries.items()
-            },
-        }
-
-    def save(self, path: Union[str, os.PathLike], **metadata) -> Path:
-        """Write the table as JSON (with ``metadata``, e.g. the device and versions, kept for
-        readers and ignored by :meth:`load`), atomically: a reader never sees half a file."""
-        path = Path(path)
-        payload = dict(self.to_dict(), **({"metadata": metadata} if metadata else {}))
-        fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(payload, handle, indent=1, sort_keys=True)
-                handle.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return path
-
-    @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "DispatchTable":
-        with open(path) as handle:
-            payload = json.load(handle)
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError(
-                f"{path}: not a cdt_fast dispatch table (format {_FORMAT}): "
-                f"got format {payload.get('format') if isinstance(payload, dict) else None!r}"
-            )
-        return cls(payload.get("entries", {}))
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, DispatchTable) and self.entries == other.entries
-
-    def __repr__(self) -> str:
-        n = sum(len(c) for ops in self.entries.values() for c in ops.values())
-        return f"DispatchTable({n} entries for {sorted(self.entries)})"
-
-
-def _check_mapping(value, name: str) -> Mapping:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"table {name} must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def as_table(table) -> Optional[DispatchTable]:
-    """``table`` argument -> DispatchTable: None, a DispatchTable, a path to a saved one, or a
-    mapping of entries."""
-    if table is None or isinstance(table, DispatchTable):
-        return table
-    if isinstance(table, (str, os.PathLike)):
-        return DispatchTable.load(table)
-    if isinstance(table, Mapping):
-        return DispatchTable(table)
-    raise TypeError(
-        f"table must be a DispatchTable, a path to a saved one, a mapping or None, "
-        f"got {type(table).__name__}"
-    )
-
-
-# -- choices and measurements -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OpChoice:
-    op: str
-    backend: str
-    fn: Callable
-    reason: str
-
-
-class Measurements:
-    """``tune``'s record: timings of each candidate per (arch, op, shape class), the rejected
-    candidates (raised, or disagreed with torch) and the winner. Owned by an engine (or shared
-    between engines on purpose); nothing global."""
-
-    def __init__(self, repeats: int = 3):
-        self.repeats = repeats
-        self.timings: Dict[tuple, Dict[str, float]] = {}
-        self.winner: Dict[tuple, str] = {}
-        self.rejected: Dict[tuple, Dict[str, str]] = {}
-
-    def pick(self, key: tuple, candidates: List[OpChoice], args, kwargs) -> OpChoice:
-        """The fastest of the candidates that agree with torch on this call (measured once per
-        ``key``)."""
-        if key not in self.winner:
-            self._select(key, candidates, args, kwargs)
-        name = self.winner[key]
-        return next(c for c in candidates if c.backend == name)
-
-    def _select(self, key, candidates: List[OpChoice], args, kwargs) -> None:
-        torch_choice = next(c for c in candidates if c.backend == "torch")
-        expected = torch_choice.fn(*args, **kwargs)
-        times, rejected = {}, {}
-        for choice in candidates:
-            if choice.backend != "torch":
-                try:  # vetting a candidate once per shape class, not guarding calls
-                    out = choice.fn(*args, **kwargs)
-                except Exception as err:  # noqa: BLE001 - any failure disqualifies it
-                    rejected[choice.backend] = f"{type(err).__name__}: {err}"
-                    continue
-                if not _close(out, expected):
-                    rejected[choice.backend] = "result differs from torch beyond tolerance"
-                    continue
-            times[choice.backend] = self._time(choice.fn, args, kwargs)
-        self.timings[key], self.rejected[key] = times, rejected
-        self.winner[key] = min(times, key=times.get)
-
-    def _time(self, fn, args, kwargs) -> float:
-        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
-        sync = (
-            torch.cuda.synchronize
-            if device is not None and device.type == "cuda"
-            else (lambda: None)
-        )
-        fn(*args, **kwargs)
-        sync()
-        start = time.perf_counter()
-        for _ in range(self.repeats):
-            fn(*args, **kwargs)
-        sync()
-        return (time.perf_counter() - start) / self.repeats
-
-
-def _close(out, expected) -> bool:
-    if out.shape != expected.shape or out.dtype != expected.dtype:
-        return False
-    tol = 1e-3 if expected.dtype == torch.float32 else 5e-2
-    return bool(torch.allclose(out.float(), expected.float(), rtol=tol, atol=tol))
-
-
 # -- the engine's table -----------------------------------------------------------------------
 
 
 class OpTable:
-    """The dispatch table of one engine: op -> :class:`OpChoice`, plus the other choices ``auto``
-    or ``tune`` may make per shape class (``candidates``).
+    """The dispatch table of one engine (or of the generator's attention): op -> :class:`OpChoice`,
+    plus the other choices ``auto`` or ``tune`` may make per shape class (``candidates``).
 
     ``backend``: "auto", "tune", a backend name, or a spec like "auto,causal_conv3d=torch"; when
-    it is "auto", ``CDT_FAST_BACKEND`` in ``env`` (default ``os.environ``) may replace it.
-    ``table``: auto's decisions (a :class:`DispatchTable`, a path to a saved one, or None for
-    the committed table). ``measurements``: where ``tune`` records its timings.
+    it is "auto", the variable ``env_var`` (default ``CDT_FAST_BACKEND``; None: no variable) in
+    ``env`` (default ``os.environ``) may replace it. ``table``: auto's decisions (a
+    :class:`DispatchTable`, a path to a saved one, or None for the committed table).
+    ``measurements``: where ``tune`` records its timings. ``ops``: the ops the table serves
+    (default :data:`OPS`; an accelerated CDT serves ``CDT_OPS``, the generator
+    ``GENERATOR_OPS``); a block op needs its parts among them.
 
     Raises :class:`~cdt_fast.availability.BackendUnavailableError` when a backend named in
     ``backend`` cannot serve an op it implements (or an op named for it per op). ``fallbacks``:
@@ -465,15 +164,26 @@ class OpTable:
         table=None,
         measurements: Optional[Measurements] = None,
         env: Optional[Mapping[str, str]] = None,
+        ops: Optional[Sequence[str]] = None,
+        env_var: Optional[str] = ENV_VAR,
     ):
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         self.env = env = os.environ if env is None else env
         self.device = torch.device(device)
-        from_env = backend == "auto" and bool(env.get(ENV_VAR))
-        self.requested = env[ENV_VAR] if from_env else backend
-        self.source = ENV_VAR if from_env else "argument"
-        default, per_op = parse_backend_spec(self.requested)
+        self.ops = _served(ops)
+        from_env = backend == "auto" and env_var is not None and bool(env.get(env_var))
+        self.requested = env[env_var] if from_env else backend
+        self.source = env_var if from_env else "argument"
+        default, per_op = parse_backend_spec(
+            self.requested, f"{env_var}/backend" if env_var else "backend"
+        )
+        unknown = [op for op in per_op if op not in self.ops]
+        if unknown:
+            raise ValueError(
+                f"{self._asked()} names {', '.join(unknown)}, which this table does not serve; "
+                f"it serves {', '.join(self.ops)}"
+            )
         self.arch = arch_family(self.device)
         given = as_table(table)
         self.committed = DispatchTable.default()
@@ -487,7 +197,7 @@ class OpTable:
         # table, falling back to the committed one where it is silent.
         self.decisions = DispatchTable() if self.tuning else (given or self.committed)
         self.measurements = measurements if measurements is not None else Measurements()
-        self.record = ExecutionRecord(OPS)
+        self.record = ExecutionRecord(self.ops)
         self._memo: Dict[str, tuple] = {}  # backend statuses and module imports, this build
         self._options: Dict[str, Dict[str, OpChoice]] = {}  # auto/tune: backend -> choice
         self._decided: Dict[Tuple[str, str], OpChoice] = {}  # auto: (op, class) -> choice
@@ -497,7 +207,7 @@ class OpTable:
         unserved: List[Tuple[str, str, str]] = []  # named: (op, backend, why)
         passed_over: Dict[str, List[Tuple[str, str]]] = {}  # auto: op -> [(backend, why)]
         # Block ops last: their composed choice depends on how their parts are served.
-        for op in sorted(OPS, key=lambda name: name in _COMPOSITES):
+        for op in sorted(self.ops, key=lambda name: name in _COMPOSITES):
             wanted = per_op.get(op, default)
             if wanted in ("auto", TUNE):
                 self._fill_decided(op, wanted, passed_over)
@@ -547,21 +257,23 @@ class OpTable:
             return torch_choice
         return OpChoice(op, backend, fn, reason)
 
+    def _asked(self) -> str:
+        """What the caller asked for, as they wrote it."""
+        if self.source == "argument":
+            return f"backend={self.requested!r}"
+        return f"{self.source}={self.requested!r}"
+
     def _unserved_message(self, unserved: List[Tuple[str, str, str]]) -> str:
         groups: Dict[Tuple[str, str], List[str]] = {}
         for op, backend, why in unserved:
             groups.setdefault((backend, why), []).append(op)
-        asked = (
-            f"{ENV_VAR}={self.requested!r}"
-            if self.source == ENV_VAR
-            else f"backend={self.requested!r}"
-        )
         problems = "; ".join(
             f"backend {backend!r} cannot serve {', '.join(ops)} on {self.device.type}: {why}"
             for (backend, why), ops in groups.items()
         )
         return (
-            f"{asked} names a backend explicitly, so it does not fall back: {problems}. "
+            f"{self._asked()} names a backend explicitly, unavailable here, and a named backend does not "
+            f"fall back: {problems}. "
             'Name another backend, or use backend="auto" to fall back with a warning.'
         )
 
@@ -571,7 +283,7 @@ class OpTable:
         """auto's or tune's options for ``op``; auto notes in ``passed_over`` each backend its
         table names for the op that implements it but cannot serve it here."""
         torch_choice = self._torch_choice(op)
-        names = _tune_order(self.device) if wanted == TUNE else self._named(op)
+        names = tune_order(op, self.device) if wanted == TUNE else self._named(op)
         options, missing = {"torch": torch_choice}, []
         for name in names:
             if name in (COMPOSED, "torch"):
@@ -636,17 +348,24 @@ class OpTable:
     def __call__(self, op: str, *args, **kwargs):
         """Run ``op`` with the function the table chooses for this call, and count the call
         under its backend once it returned (a composed block's parts count themselves)."""
-        choice = self.choice(op, args, kwargs)
+        return self.call(op, args, kwargs)
+
+    def call(self, op: str, args, kwargs, cls: Optional[str] = None):
+        """:meth:`__call__` with the call's shape class given by the caller (None: the one
+        :func:`~cdt_fast.engine.decisions.shape_class` reads off the arguments), for a caller
+        that knows what the tensors do not show (the generator's attention: its axis)."""
+        choice = self.choice(op, args, kwargs, cls)
         out = choice.fn(*args, **kwargs)
         if choice.backend != COMPOSED:
             self.record.count(op, choice.backend)
         return out
 
-    def choice(self, op: str, args=(), kwargs=None) -> OpChoice:
+    def choice(self, op: str, args=(), kwargs=None, cls: Optional[str] = None) -> OpChoice:
         candidates = self.candidates.get(op)
         if not candidates:
             return self.table[op]
-        cls = shape_class(op, args, kwargs or {})
+        if cls is None:
+            cls = shape_class(op, args, kwargs or {})
         if self.tuning:
             key = (self.arch, op, cls)
             if key not in self.measurements.winner and _capturing(self.device):
@@ -673,6 +392,19 @@ class OpTable:
     def __repr__(self) -> str:
         rows = ", ".join(f"{op}={c.backend}" for op, c in self.table.items())
         return f"OpTable(requested={self.requested!r} via {self.source}, {rows})"
+
+
+def _served(ops: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    """The ops a table serves: ``ops`` checked (known, and each block op with its parts)."""
+    if ops is None:
+        return OPS
+    if isinstance(ops, str) or not ops or not all(op in OPS for op in ops):
+        raise ValueError(f"ops must be a non-empty sequence of ops from {OPS}, got {ops!r}")
+    for op in ops:
+        parts = _COMPOSITES[op][0] if op in _COMPOSITES else ()
+        if not all(p in ops for p in parts):
+            raise ValueError(f"ops: the block op {op} needs its parts {', '.join(parts)} too")
+    return tuple(dict.fromkeys(ops))
 
 
 def _capturing(device: torch.device) -> bool:

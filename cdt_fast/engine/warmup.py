@@ -35,6 +35,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..dtypes import DTYPE_NAMES, dtype_from_name, dtype_name
+
 __all__ = [
     "KERNEL_MODULES",
     "Launch",
@@ -61,7 +63,6 @@ KERNEL_MODULES = (
     "_temporal_attention_kernel",
     "temporal_attention",
 )
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -175,7 +176,7 @@ def capture_launches(arch: int = 90) -> Iterator[List[Launch]]:
 
     from cdt_fast.kernels._tiles import tile_options
 
-    from . import dispatch
+    from . import registry
 
     launches: List[Launch] = []
 
@@ -204,12 +205,12 @@ def capture_launches(arch: int = 90) -> Iterator[List[Launch]]:
             device = torch.device("cpu")
         return available(backend, device, env)
 
-    available = dispatch._availability
+    available = registry._availability
     replacements = [
         (JITFunction, "run", jit_run),
         (InterpretedFunction, "run", jit_run),
         (Autotuner, "run", tuner_run),
-        (dispatch, "_availability", meta_as_cpu),
+        (registry, "_availability", meta_as_cpu),
     ]
     for name in (*KERNEL_MODULES, "_tiles"):
         module = importlib.import_module(f"cdt_fast.kernels.{name}")
@@ -504,10 +505,8 @@ def warmup(
     if preset not in ("base", "small"):
         raise ValueError(f"model must be 'base' or 'small', got {preset!r}")
     if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
-    if dtype not in DTYPES.values():
+        dtype = dtype_from_name(dtype)
+    if dtype_name(dtype) not in DTYPE_NAMES:
         raise TypeError(f"dtype must be bf16, fp16 or fp32, got {dtype!r}")
     try:
         height, width = (int(v) for v in size)
@@ -530,7 +529,6 @@ def warmup(
     failed = []
     if compile:
         failed = compile_launches([launch for launch, _ in distinct], target, jobs, progress)
-    short = {v: k for k, v in DTYPES.items()}[dtype]
     return WarmupResult(
         kernels=len(distinct),
         seconds=time.perf_counter() - started,
@@ -539,7 +537,7 @@ def warmup(
         preset=preset,
         size=(height, width),
         frames=frames,
-        dtype=short,
+        dtype=dtype_name(dtype),
         compiled=compile,
         per_kernel=dict(Counter(launch.name for launch, _ in distinct)),
         capture_seconds=captured - started,

@@ -8,12 +8,13 @@ import importlib
 
 # Eager, and light (torch only): the submodule shares the function's name, and a lazy attribute
 # would be replaced by the submodule once anything imports it.
-from .attention import attention, attention_backends
+from .attention import AttentionTable, attention, attention_backends
 
 __all__ = [
     "GenConfig",
     "VideoDiT",
     "KVCache",
+    "AttentionTable",
     "attention",
     "attention_backends",
     "ChannelMoments",

@@ -1,76 +1,112 @@
-"""Softmax attention for the video generator: one entry point, several backends.
+"""Softmax attention for the video generator: the engine's ``temporal_attention`` op.
 
 Layout: ``q`` [S, heads, Tq, d], ``k``/``v`` [S, heads, Tk, d]. The generator's spatial blocks call
 it with ``S = B*T`` (the tokens of one latent frame) and its temporal blocks with ``S = B*h*w``
 (the frames at one position: short sequences, very many of them). ``causal`` aligns the last query
 with the last key, so a chunk of queries can attend to cached keys of earlier chunks.
 
-Backends: ``flash`` (flash-attn) and ``xformers`` when importable (optional extras, never
-required), ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``), ``math`` (plain fp32
-softmax attention, the oracle) and ``triton`` (the project's temporal-attention kernel,
-``cdt_fast.kernels.temporal_attention``: forward only, so it serves sampling, not training). The
-library calls themselves live once, in that kernel module's dispatcher; this module adds the
-status report, the choice for each kind of sequence, and the autograd rule.
+The op is served by the engine's op table (:class:`cdt_fast.engine.dispatch.OpTable`), as every op
+is: the same availability (:func:`cdt_fast.availability.backend_status`), the same rules (a backend
+named explicitly that cannot run raises
+:class:`~cdt_fast.availability.BackendUnavailableError`; only ``auto`` falls back, with one
+:class:`~cdt_fast.availability.BackendFallbackWarning`), the same report and execution record.
+Backends: ``flash`` (flash-attn) and ``xformers`` when importable (optional extras), ``triton``
+(the project's kernel, ``cdt_fast.kernels.temporal_attention``: forward only, so it serves
+sampling, not training), ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``) and
+``torch`` (the op's spec, :func:`cdt_fast.functional.temporal_attention`: plain fp32 softmax
+attention, the oracle). ``auto`` follows the committed decision table, whose classes say the
+dtype, the axis (which only the caller knows) and whether autograd records the call.
+
+:class:`AttentionTable` builds the op table once per device; the sampler and the trainer each keep
+one for all their calls. :func:`attention` builds one per call.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import torch
 
-from ..availability import BackendStatus, triton_interpreted
+from ..availability import BackendStatus, backend_status
+from ..deprecation import warn_deprecated
+from ..validation import check_attention
 
-__all__ = ["BACKENDS", "attention", "attention_backends"]
+if TYPE_CHECKING:
+    from ..engine.dispatch import OpTable
 
-BACKENDS = ("auto", "flash", "xformers", "triton", "sdpa", "math")
-AXES = ("space", "time")
-# The kernel module names the plain fp32 oracle "reference".
-_KERNEL_NAME = {"math": "reference"}
+__all__ = ["BACKENDS", "AttentionTable", "attention", "attention_backends"]
 
-
-def _kernels():
-    from ..kernels import temporal_attention
-
-    return temporal_attention
-
-
-def attention_backends(
-    device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
-) -> Dict[str, BackendStatus]:
-    """name -> :class:`~cdt_fast.availability.BackendStatus` (available, and why or why not) for
-    tensors on ``device`` (default CPU) of ``dtype`` (default float32)."""
-    device = torch.device("cpu" if device is None else device)
-    dtype = torch.float32 if dtype is None else dtype
-    found = _kernels().attention_backends(device, dtype)
-    out: Dict[str, BackendStatus] = {}
-    for name in ("flash", "xformers", "triton", "sdpa"):
-        ok, reason = found[name]
-        if name == "triton":
-            reason = reason + "; forward only (sampling), training falls back"
-            if ok and device.type == "cpu" and not _interpreting():
-                ok, reason = False, "CPU tensors need TRITON_INTERPRET=1 (a debugging mode)"
-            elif ok and device.type == "cpu" and dtype == torch.bfloat16:
-                # The interpreter computes through NumPy, which has no bfloat16.
-                ok, reason = False, "the Triton interpreter (CPU) cannot compute in bfloat16"
-        out[name] = BackendStatus(name, bool(ok), reason)
-    out["math"] = BackendStatus("math", True, "plain fp32 softmax attention (the oracle)")
-    return out
+BACKENDS = ("auto", "flash", "xformers", "triton", "sdpa", "torch")
+# Deprecated names of backends -> their names.
+_RENAMED = {"math": "torch"}
+_OP = "temporal_attention"
 
 
-def _interpreting() -> bool:
-    return triton_interpreted()
+def _backend_name(backend: str) -> str:
+    """``backend`` checked against :data:`BACKENDS` (a deprecated name warns and gives the name)."""
+    if backend in _RENAMED:
+        warn_deprecated(f"attention backend {backend!r}", repr(_RENAMED[backend]))
+        return _RENAMED[backend]
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
 
 
-def _auto(q: torch.Tensor, axis: str, needs_grad: bool) -> str:
-    if q.device.type != "cuda":
-        return "sdpa"
-    status = attention_backends(q.device, q.dtype)
-    order = ("flash", "xformers") + (("triton",) if axis == "time" and not needs_grad else ())
-    for name in order:
-        if status[name].available:
-            return name
-    return "sdpa"
+class AttentionTable:
+    """The generator's attention: the engine's op table for ``temporal_attention`` with
+    ``backend`` ("auto" or one of :data:`BACKENDS`), built on the first call on each device and
+    kept (``tables``: device -> :class:`~cdt_fast.engine.dispatch.OpTable`, with its ``report()``,
+    ``record`` and ``fallbacks``). ``env``: where availability reads ``TRITON_INTERPRET``
+    (default ``os.environ``); ``CDT_FAST_BACKEND`` is the tokenizer engine's and is not read."""
+
+    def __init__(self, backend: str = "auto", env=None):
+        self.backend = _backend_name(backend)
+        self.env = env
+        self.tables: Dict[torch.device, OpTable] = {}
+
+    def table(self, device) -> OpTable:
+        """The op table for ``device``; building it raises when a backend named explicitly
+        cannot run there, and warns once when auto falls back."""
+        device = torch.device(device)
+        if device not in self.tables:
+            # Imported here: the engine is heavier than the generator's model code needs to load.
+            from ..engine.dispatch import OpTable
+            from ..engine.registry import GENERATOR_OPS
+
+            self.tables[device] = OpTable(
+                self.backend, device, env=self.env, ops=GENERATOR_OPS, env_var=None
+            )
+        return self.tables[device]
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool = False,
+        scale: Optional[float] = None,
+        axis: str = "space",
+    ) -> torch.Tensor:
+        """``softmax(q k^T * scale [+ causal mask]) v`` over [S, heads, T, d] tensors; ``axis``
+        ("space" or "time") is what the call attends over, which decides auto's choice."""
+        from ..engine.decisions import AXES, attention_class
+
+        if axis not in AXES:
+            raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+        scale = check_attention(q, k, v, causal=causal, scale=scale)
+        kwargs = {"causal": causal, "scale": scale}
+        return self.table(q.device).call(_OP, (q, k, v), kwargs, attention_class(q, k, v, axis))
+
+    def __getstate__(self) -> dict:
+        # The built tables hold imported modules; a copy (a deep-copied trainer, a pickled loss)
+        # builds its own on first use.
+        return dict(self.__dict__, tables={})
+
+    def __repr__(self) -> str:
+        return f"AttentionTable(backend={self.backend!r}, devices={list(self.tables)})"
 
 
 def attention(
@@ -80,34 +116,27 @@ def attention(
     *,
     causal: bool = False,
     scale: Optional[float] = None,
-    backend: str = "auto",
+    backend="auto",
     axis: str = "space",
 ) -> torch.Tensor:
     """``softmax(q k^T * scale [+ causal mask]) v`` over [S, heads, T, d] tensors.
 
-    ``backend``: "auto" (on CUDA: flash-attn, then xformers, then — for ``axis="time"`` without
-    autograd — the Triton kernel, then SDPA; on CPU: SDPA), or one of "flash", "xformers",
-    "triton", "sdpa", "math"; an unavailable one raises RuntimeError. ``axis`` ("space" or "time")
-    only informs the automatic choice. ``scale`` defaults to ``d ** -0.5``.
+    ``backend``: "auto" (on CUDA: flash-attn for fp16/bf16, then xformers, then — for
+    ``axis="time"`` without autograd — the Triton kernel, then SDPA; on CPU: SDPA), one of
+    "flash", "xformers", "triton", "sdpa", "torch" (one that cannot run here raises
+    :class:`~cdt_fast.availability.BackendUnavailableError`, a RuntimeError), or an
+    :class:`AttentionTable` to reuse. ``axis`` ("space" or "time") only informs the automatic
+    choice. ``scale`` defaults to ``d ** -0.5``.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if axis not in AXES:
-        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if backend == "auto":
-        backend = _auto(q, axis, needs_grad)
-    elif backend in ("flash", "xformers", "triton"):
-        status = attention_backends(q.device, q.dtype)[backend]
-        if not status.available:
-            raise RuntimeError(f"attention backend {backend!r} is unavailable: {status.reason}")
-    if backend == "triton" and needs_grad:
-        raise RuntimeError(
-            "attention backend 'triton' has no backward pass; train with 'auto', 'sdpa', "
-            "'flash', 'xformers' or 'math'"
-        )
-    return _kernels().temporal_attention(
-        q, k, v, causal=causal, scale=scale, backend=_KERNEL_NAME.get(backend, backend)
-    )
+    table = backend if isinstance(backend, AttentionTable) else AttentionTable(backend)
+    return table(q, k, v, causal=causal, scale=scale, axis=axis)
+
+
+def attention_backends(
+    device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+) -> Dict[str, BackendStatus]:
+    """name -> :class:`~cdt_fast.availability.BackendStatus` (available, and why or why not) for
+    tensors on ``device`` (default CPU) of ``dtype`` (default float32)."""
+    device = torch.device("cpu" if device is None else device)
+    dtype = torch.float32 if dtype is None else dtype
+    return {name: backend_status(name, device, dtype=dtype) for name in BACKENDS[1:]}

@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..config import check_positive_ints, dataclass_from_dict
-from .attention import BACKENDS, attention
+from .attention import AttentionTable
 
 __all__ = ["GenConfig", "VideoDiT", "KVCache", "PRESETS"]
 
@@ -154,7 +154,7 @@ class Block(nn.Module):
     def _attend(
         self,
         x: torch.Tensor,
-        backend: str,
+        attend: AttentionTable,
         cache: Optional[KVCache],
         index: int,
         update_cache: bool,
@@ -171,18 +171,19 @@ class Block(nn.Module):
                 k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
             if update_cache:
                 cache.put(index, k.detach(), v.detach())
-        out = attention(q, k, v, causal=self.causal, backend=backend, axis=self.axis)
+        out = attend(q, k, v, causal=self.causal, axis=self.axis)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], length, dim)
         if self.axis == "time":
             out = out.transpose(1, 2)
         return self.proj(out)
 
-    def forward(self, x, cond, backend="auto", cache=None, index=0, update_cache=False):
-        """``x`` [B, T, N, D], ``cond`` [B, T, D] (one conditioning vector per frame)."""
+    def forward(self, x, cond, attend, cache=None, index=0, update_cache=False):
+        """``x`` [B, T, N, D], ``cond`` [B, T, D] (one conditioning vector per frame); ``attend``:
+        the generator's :class:`~cdt_fast.generation.attention.AttentionTable`."""
         mods = self.modulation(cond).unsqueeze(2).chunk(6, dim=-1)  # each [B, T, 1, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         h = self._attend(
-            _modulate(self.norm1(x), shift1, scale1), backend, cache, index, update_cache
+            _modulate(self.norm1(x), shift1, scale1), attend, cache, index, update_cache
         )
         x = x + gate1 * h
         return x + gate2 * self.mlp(_modulate(self.norm2(x), shift2, scale2))
@@ -277,7 +278,7 @@ class VideoDiT(nn.Module):
         t: torch.Tensor,
         y: Optional[torch.Tensor] = None,
         *,
-        backend: str = "auto",
+        backend: Union[str, AttentionTable] = "auto",
         cache: Optional[KVCache] = None,
         update_cache: bool = False,
     ) -> torch.Tensor:
@@ -286,9 +287,11 @@ class VideoDiT(nn.Module):
         ``cache`` (causal models only): attend to the frames it holds as the past of ``x``, whose
         first frame then sits at time position ``cache.frames``; ``update_cache=True`` appends
         ``x``'s keys and values (call it once per chunk, with the chunk's final, clean frames).
+        ``backend``: the attention backend's name, or an
+        :class:`~cdt_fast.generation.attention.AttentionTable` to reuse across calls (the sampler
+        and the trainer keep one; a name builds a table for this call).
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        attend = backend if isinstance(backend, AttentionTable) else AttentionTable(backend)
         if cache is not None and not self.config.causal:
             raise ValueError("cache: only a causal generator (GenConfig.causal) can use one")
         t = self._check(x, t, y)
@@ -309,7 +312,7 @@ class VideoDiT(nn.Module):
         )
         cond = self.condition(t.to(x.dtype), y, frames)
         for i, block in enumerate(self.blocks):
-            tokens = block(tokens, cond, backend, cache, i // 2, update_cache)
+            tokens = block(tokens, cond, attend, cache, i // 2, update_cache)
         shift, scale = self.modulation_out(cond).unsqueeze(2).chunk(2, dim=-1)
         out = self.head(_modulate(self.norm_out(tokens), shift, scale))
         if cache is not None and update_cache:
