@@ -19,7 +19,6 @@ EXCEPTIONS: Dict[str, Tuple[str, ...]] = {
     "kernels/causal_conv3d.py": ("module", "causal_conv3d_frames"),
     "kernels/linear_attention.py": ("module",),
     "cdt_fast/_cpp_lib.py": ("module",),
-    "cdt_fast/engine/dispatch.py": ("module",),
     "tests/test_cpp_ops.py": ("module",),
 }
 
