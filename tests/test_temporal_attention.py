@@ -295,3 +295,20 @@ def test_gpu_triton_parity(dtype, frames):
     else:
         ref = spec(q, k, v)
         torch.testing.assert_close(out.float(), ref.float(), atol=5e-3, rtol=5e-3)
+
+
+def test_a_generator_called_with_a_backend_name_keeps_its_table():
+    """A loop of forward calls naming a backend builds that backend's table once per model (a
+    copy of the model builds its own)."""
+    from cdt_fast.generation.model import GenConfig, VideoDiT
+
+    model = VideoDiT(GenConfig.preset("tiny", in_channels=4)).eval()
+    x, t = torch.randn(1, 4, 2, 4, 4), torch.rand(1)
+    with torch.no_grad():
+        model(x, t, backend="torch")
+        first = model._attention("torch")
+        model(x, t, backend="torch")
+    assert model._attention("torch") is first and len(first.tables) == 1
+    (table,) = first.tables.values()
+    assert sum(table.record.ops()[OP].values()) > 2  # both calls went through the kept table
+    assert copy.deepcopy(model)._attention("torch").tables == {}

@@ -272,6 +272,15 @@ class VideoDiT(nn.Module):
             cond = cond + self.class_embed(y)[:, None]
         return cond
 
+    def _attention(self, backend: str) -> AttentionTable:
+        # One table per backend name, so that a loop of forward calls does not rebuild (and
+        # re-resolve) the dispatch table every time. Not module state: a copy or a pickle of the
+        # model starts without tables (AttentionTable drops its built ones).
+        tables = self.__dict__.setdefault("_attention_tables", {})
+        if backend not in tables:
+            tables[backend] = AttentionTable(backend)
+        return tables[backend]
+
     def forward(
         self,
         x: torch.Tensor,
@@ -288,10 +297,10 @@ class VideoDiT(nn.Module):
         first frame then sits at time position ``cache.frames``; ``update_cache=True`` appends
         ``x``'s keys and values (call it once per chunk, with the chunk's final, clean frames).
         ``backend``: the attention backend's name, or an
-        :class:`~cdt_fast.generation.attention.AttentionTable` to reuse across calls (the sampler
-        and the trainer keep one; a name builds a table for this call).
+        :class:`~cdt_fast.generation.attention.AttentionTable` (the sampler and the trainer keep
+        one); a name's table is built on its first use and kept by the model.
         """
-        attend = backend if isinstance(backend, AttentionTable) else AttentionTable(backend)
+        attend = backend if isinstance(backend, AttentionTable) else self._attention(backend)
         if cache is not None and not self.config.causal:
             raise ValueError("cache: only a causal generator (GenConfig.causal) can use one")
         t = self._check(x, t, y)
