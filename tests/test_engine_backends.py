@@ -265,7 +265,11 @@ def test_committed_table_ranks_cuda_only_for_capture_safe_deterministic_ops():
 def test_composed_candidate_only_where_a_part_has_a_kernel(monkeypatch):
     """tune offers "composed" for a block op when one of its parts has a non-torch backend; with
     torch alone there is nothing to compose (and the CPU engine keeps NCDHW)."""
-    monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", None)  # no C++ extension here
+    from cdt_fast import _cpp_lib
+
+    # no C++ extension here (patched on the loader: whether or not it was imported before)
+    monkeypatch.setattr(_cpp_lib, "is_available", lambda: False)
+    monkeypatch.setattr(_cpp_lib, "unavailable_reason", lambda: "cdt_fast._C is not built")
     interp = {"TRITON_INTERPRET": "1"}
     table = OpTable("tune,causal_conv3d=triton", env=interp)
     names = [c.backend for c in table.candidates["causal_conv3d_norm"]]
