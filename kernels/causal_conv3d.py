@@ -173,10 +173,34 @@ _AUTOTUNE_KEY = [
 ]
 
 
-def conv_tile(arch: str, *, cin: int, cout: int, full_row: bool, ieee: bool) -> Tile:
+def conv_tile(
+    arch: str,
+    *,
+    cin: int,
+    cout: int,
+    full_row: bool,
+    ieee: bool,
+    size: int = 4,
+    limit: Optional[int] = None,
+) -> Tile:
     """The one tile of a conv shape class (``full_row``: the fused norm's BLOCK_N =
-    next_pow2(Cout); ``ieee``: exact fp32 products). Read off the sm_90 code of every conv of a
-    CDT encode and decode (``tools/sass_audit.py``):
+    next_pow2(Cout); ``ieee``: exact fp32 products) on ``size``-byte elements, fitted to
+    ``limit`` bytes of shared memory per block (default: the family's; see
+    :func:`~._tiles.fit_tile`: stages, then K, N (not the fused norm's full row) and M tiles).
+    The table's tiles fit every family's limit."""
+    tile = _table_tile(arch, cin=cin, cout=cout, full_row=full_row, ieee=ieee)
+    return _tiles.fit_tile(
+        tile,
+        lambda t: conv_shared_memory(t, arch=arch, size=size),
+        _tiles.SHARED_MEMORY_LIMIT[arch] if limit is None else limit,
+        name="causal_conv3d",
+        shrink=("BLOCK_K", "BLOCK_M") if full_row else ("BLOCK_K", "BLOCK_N", "BLOCK_M"),
+    )
+
+
+def _table_tile(arch: str, *, cin: int, cout: int, full_row: bool, ieee: bool) -> Tile:
+    """The table's tile of a conv shape class, read off the sm_90 code of every conv of a CDT
+    encode and decode (``tools/sass_audit.py``):
 
     * 128 x 128 accumulators with 8 warps (two warpgroups, 64 fp32 registers each) and 32-wide
       K tiles in 3 stages compile to ``wgmma`` with 16-byte ``cp.async`` loads and no spills;
@@ -787,6 +811,7 @@ def causal_conv3d_frames(
 
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         arch = arch_family(x)
+        dtype = launch_dtype(x)
         shape_class = dict(
             CIN=cin,
             COUT=cout,
@@ -798,10 +823,18 @@ def causal_conv3d_frames(
             SW=stride[2],
             UPSAMPLE=bool(upsample2x),
             NORM=g is not None,
-            DTYPE=launch_dtype(x),
+            DTYPE=dtype,
             PRECISION=precision,
         )
-        tile = conv_tile(arch, cin=cin, cout=cout, full_row=g is not None, ieee=precision == "ieee")
+        tile = conv_tile(
+            arch,
+            cin=cin,
+            cout=cout,
+            full_row=g is not None,
+            ieee=precision == "ieee",
+            size=dtype.itemsize,
+            limit=_tiles.shared_memory_limit(x, arch),
+        )
         # Tuning: channels rounded to 16, and only the candidates whose BLOCK_K divides that
         # (see _prune_configs); the fixed tile rounds to its own BLOCK_K.
         meta = dict(flags, **k_loop(16))

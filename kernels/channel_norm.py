@@ -44,12 +44,18 @@ _CONFIGS = [
 _DEFAULT_TILE = 4096
 
 
-def norm_tile(arch: str, *, block_c: int) -> Tile:
+def norm_tile(arch: str, *, block_c: int, limit: Optional[int] = None) -> Tile:
     """The one tile of a channel-norm shape class: rows of ``block_c`` (next_pow2(C)) channels,
     4096 elements per program (32 fp32 values per thread of 4 warps: no spills on sm_90 at
     C = 16..512, ``tools/sass_audit.py``). A memory-bound row reduction: nothing in it depends on
-    the arch family, which stays in the shape class for tables to come."""
-    return Tile.of(4, 3, BLOCK_M=max(1, min(128, _DEFAULT_TILE // block_c)))
+    the arch family, which stays in the shape class for tables to come. Checked against ``limit``
+    bytes of shared memory per block (default: the family's; :func:`~._tiles.fit_tile`)."""
+    return _tiles.fit_tile(
+        Tile.of(4, 3, BLOCK_M=max(1, min(128, _DEFAULT_TILE // block_c))),
+        lambda t: norm_shared_memory(t, arch=arch, block_c=block_c),
+        _tiles.SHARED_MEMORY_LIMIT[arch] if limit is None else limit,
+        name="channel_norm",
+    )
 
 
 def norm_shared_memory(tile: Tile, *, arch: str, block_c: int) -> int:
@@ -284,7 +290,7 @@ def channel_norm(
         name="channel_norm",
         arch=arch,
         shape_class=dict(flags, C=c, DTYPE=launch_dtype(x), OUT_DTYPE=dtype),
-        tile=norm_tile(arch, block_c=block_c),
+        tile=norm_tile(arch, block_c=block_c, limit=_tiles.shared_memory_limit(x, arch)),
         autotune=autotune_enabled(),
     )
     if out_rows is not out:  # out had a layout the kernel cannot address: copy the result back

@@ -369,32 +369,30 @@ def _prune_project_configs(configs, named_args, **kwargs):
     ]
 
 
-def project_tile(arch: str, *, block_k: int, n_out: int, size: int) -> Tile:
+def project_tile(
+    arch: str, *, block_k: int, n_out: int, size: int, limit: Optional[int] = None
+) -> Tile:
     """The qkv projection's tile: each program holds its rows' whole channel vector (BLOCK_K =
     next_pow2(C)) in registers for the norm, so the row count shrinks as C grows (4096 elements:
     no spills at C = 512 on sm_90, ``tools/sass_audit.py``); from 64 rows, with 4 warps, the
     product runs on ``wgmma``. Output columns in tiles of 64 while the weight tile stays within
     its shared-memory budget, else 32; rows wider than 512 fp32 or 1024 16-bit channels take
-    narrower column tiles until the block fits the family's shared memory
-    (:func:`project_shared_memory`), and raise where even 16 columns do not fit."""
+    narrower column tiles, then fewer rows, until the block fits ``limit`` bytes of shared memory
+    (default: the family's; :func:`project_shared_memory`, :func:`~._tiles.fit_tile`), and raise
+    where even 16 x 16 does not fit."""
     block_m = max(16, min(64, 4096 // block_k))
     widest = max(32, triton.next_power_of_2(n_out))
     block_n = 64 if 64 * block_k * size <= _W_TILE_BYTES // 2 and widest >= 64 else 32
     while block_m > 16 and block_m * block_k * size > _X_TILE_BYTES:
         block_m //= 2
-    limit = _tiles.SHARED_MEMORY_LIMIT[arch]
-    while True:
-        tile = Tile.of(4, 1, BLOCK_M=block_m, BLOCK_N=block_n)
-        needed = project_shared_memory(tile, arch=arch, block_k=block_k, size=size)
-        if needed <= limit:
-            return tile
-        if block_n == 16:
-            raise ValueError(
-                f"linear attention: rows of {block_k} channels ({size}-byte) need {needed} bytes "
-                f"of shared memory per block, beyond the {limit} of {arch}; the kernel holds a "
-                "whole channel vector per row"
-            )
-        block_n //= 2
+    return _tiles.fit_tile(
+        Tile.of(4, 1, BLOCK_M=block_m, BLOCK_N=block_n),
+        lambda t: project_shared_memory(t, arch=arch, block_k=block_k, size=size),
+        _tiles.SHARED_MEMORY_LIMIT[arch] if limit is None else limit,
+        name="norm_project",
+        shrink=("BLOCK_N", "BLOCK_M"),
+        why=f"the kernel holds a whole channel vector per row ({block_k} channels of {size} bytes)",
+    )
 
 
 def project_shared_memory(tile: Tile, *, arch: str, block_k: int, size: int) -> int:
@@ -405,10 +403,19 @@ def project_shared_memory(tile: Tile, *, arch: str, block_k: int, size: int) -> 
     return _tiles.shared_memory(arch, tile.num_stages, (block_k * n,), size, once=m * block_k)
 
 
-def partial_tile(arch: str, *, block_d: int, block_e: int) -> Tile:
+def partial_tile(
+    arch: str, *, block_d: int, block_e: int, size: int = 4, limit: Optional[int] = None
+) -> Tile:
     """The context pass's tile: 64 positions per step, 4 warps, 2 stages (``wgmma``, no spills
-    at d = 32..128 on sm_90)."""
-    return Tile.of(4, 2, BLOCK_N=64)
+    at d = 32..128 on sm_90), fitted to ``limit`` bytes of shared memory per block on
+    ``size``-byte elements (default: the family's; :func:`~._tiles.fit_tile`)."""
+    return _tiles.fit_tile(
+        Tile.of(4, 2, BLOCK_N=64),
+        lambda t: partial_shared_memory(t, arch=arch, block_d=block_d, block_e=block_e, size=size),
+        _tiles.SHARED_MEMORY_LIMIT[arch] if limit is None else limit,
+        name="context_partial",
+        shrink=("BLOCK_N",),
+    )
 
 
 def partial_shared_memory(tile: Tile, *, arch: str, block_d: int, block_e: int, size: int) -> int:
@@ -425,10 +432,25 @@ def combine_shared_memory(*, arch: str, block_d: int, block_e: int) -> int:
     return _tiles.shared_memory(arch, 0, (), 4, scratch=block_d * block_e * 4)
 
 
-def apply_tile(arch: str, *, dh: int) -> Tile:
+def apply_tile(
+    arch: str,
+    *,
+    dh: int,
+    block_c: int = _MAX_BLOCK_C,
+    size: int = 4,
+    limit: Optional[int] = None,
+) -> Tile:
     """The apply pass's tile: 64 positions (from 64 rows the product runs on ``wgmma``; 32 fell
-    back to ``mma.sync``), head dims in tiles of up to 64, 4 warps, 2 stages."""
-    return Tile.of(4, 2, BLOCK_N=64, BLOCK_D=_block_width(dh, 64))
+    back to ``mma.sync``), head dims in tiles of up to 64, 4 warps, 2 stages; fitted to ``limit``
+    bytes of shared memory per block for ``block_c`` output channels of ``size``-byte elements
+    (default: the family's; :func:`~._tiles.fit_tile`)."""
+    return _tiles.fit_tile(
+        Tile.of(4, 2, BLOCK_N=64, BLOCK_D=_block_width(dh, 64)),
+        lambda t: apply_shared_memory(t, arch=arch, block_c=block_c, size=size),
+        _tiles.SHARED_MEMORY_LIMIT[arch] if limit is None else limit,
+        name="attention_apply",
+        shrink=("BLOCK_D", "BLOCK_N"),
+    )
 
 
 def apply_block_c(c_out: int) -> int:
@@ -528,7 +550,13 @@ def project_qkv(
         name="norm_project",
         arch=arch,
         shape_class=dict(meta, C=c, N_OUT=n_out, DTYPE=dtype),
-        tile=project_tile(arch, block_k=block_k, n_out=n_out, size=dtype.itemsize),
+        tile=project_tile(
+            arch,
+            block_k=block_k,
+            n_out=n_out,
+            size=dtype.itemsize,
+            limit=_tiles.shared_memory_limit(x, arch),
+        ),
         autotune=autotune_enabled(),
     )
     return out
@@ -558,9 +586,9 @@ def attention_context(
     meta = dict(BLOCK_D=block_d, BLOCK_E=block_e, DOT_PRECISION=_dot_precision(dtype))
     shape_class = dict(meta, DH=dh, HIDDEN=hidden, DTYPE=dtype)
     # The tile file's override, if any, before the slicing that depends on its BLOCK_N.
-    tile = _tiles.lookup(
-        "context_partial", arch, shape_class, partial_tile(arch, block_d=block_d, block_e=block_e)
-    )
+    limit = _tiles.shared_memory_limit(qkv, arch)
+    table = partial_tile(arch, block_d=block_d, block_e=block_e, size=dtype.itemsize, limit=limit)
+    tile = _tiles.lookup("context_partial", arch, shape_class, table)
     # Slices hold whole blocks: the tile's BLOCK_N, or the largest tuned one when tuning.
     partial_block_n = 128 if tuned else tile.kwargs["BLOCK_N"]
     num_splits, split_len = _slices(positions, fh * blocks, partial_block_n, splits)
@@ -681,7 +709,13 @@ def apply_attention(
         name="attention_apply",
         arch=arch,
         shape_class=dict(meta, DH=dh, HEADS=heads, C_OUT=c_out, DTYPE=dtype),
-        tile=apply_tile(arch, dh=dh),
+        tile=apply_tile(
+            arch,
+            dh=dh,
+            block_c=block_c,
+            size=dtype.itemsize,
+            limit=_tiles.shared_memory_limit(qkv, arch),
+        ),
         autotune=autotune_enabled(),
     )
 
