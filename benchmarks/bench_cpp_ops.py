@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from cdt_fast import _cpp_lib as L
+from cdt_fast import cpp_ops
 from cdt_fast import functional as CF
 from cdt_fast.checkpoint import atomic_write
 
@@ -151,7 +152,7 @@ def run(size: str, device: str, dtype: torch.dtype, repeat: int) -> List[Dict]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
     for case in cases(size, device, dtype):
-        impls = {"torch": CF, "cpp" if device == "cpu" else "cuda": L}
+        impls = {"torch": CF, "cpp" if device == "cpu" else "cuda": cpp_ops}
         twin = triton_twin(case["op"]) if device == "cuda" else None
         if twin is not None:
             impls["triton"] = _Only(case["op"], twin)

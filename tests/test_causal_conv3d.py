@@ -1,8 +1,10 @@
-"""Causal conv3d: the Triton kernel (interpreter on CPU), alone and over a stream of chunks.
+"""Causal conv3d: the Triton kernel (interpreter on CPU), alone and over a stream of chunks; the
+C++ backend's Block (torch's conv, the extension's norm).
 
 Oracle: :func:`cdt_fast.functional.causal_conv3d` (+ ``causal_conv3d_history`` for streams).
 """
 
+import dataclasses
 import os
 
 import pytest
@@ -10,9 +12,11 @@ import torch
 
 from cdt_fast import functional as CF
 from cdt_fast.cache import FeatureCache
-from cdt_fast.reference.layers import CausalConv3d
+from cdt_fast.reference.layers import CausalConv3d, ResnetBlock
 
+from . import cpp_backend as cpp
 from .bf16_emulation import emulated_op
+from .cpp_backend import cpp_test
 from .helpers import DEVICE, EPS, ON_GPU, assert_bf16_close
 
 kernels = pytest.importorskip("cdt_fast.kernels.causal_conv3d")
@@ -492,3 +496,52 @@ def test_gpu_configs_cover_a_three_channel_output():
     kept = kernels._prune_configs(configs, {"M": 1 << 16, "N": 3}, CIN=64, KT=3)
     assert kept and all(c.kwargs["BLOCK_N"] == 16 for c in kept)
     assert len(kernels._prune_configs(configs, {"M": 1 << 16, "N": 256}, CIN=256)) >= 8
+
+
+# -- the C++ backend: its Block is torch's conv then the extension's norm ----------------------
+
+
+@cpp_test
+@pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
+def test_cpp_conv_norm_block_matches_resnet_block(pad_mode):
+    """The engine's Block op with backend="cpp" (no fused kernel there: torch's conv, then the
+    extension's norm, composed by the table) reproduces a ResnetBlock's two Blocks with the time
+    bias and the residual, over a stream of a 1-frame then a 2-frame chunk."""
+    from cdt_fast.engine.dispatch import COMPOSED, OpTable
+
+    table = OpTable("cpp", env={})
+    assert table.report()["causal_conv3d_norm"][0] == COMPOSED
+    norms = []
+    real_norm = table.table["channel_norm"]
+    table.table["channel_norm"] = dataclasses.replace(
+        real_norm, fn=lambda *a, **k: norms.append(1) or real_norm.fn(*a, **k)
+    )
+    res = ResnetBlock(5, 7, time_emb_dim=4, pad_mode=pad_mode).eval()
+    with torch.no_grad():
+        for p in res.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        emb = torch.randn(2, 4)
+        conv1, norm1, _ = res.block1.block
+        conv2, norm2, _ = res.block2.block
+        tb = res.time_bias(emb)
+        past1 = past2 = None
+        for frames in (1, 2):
+            x = cpp.rand(2, 5, frames, 7, 9)
+            conv = dict(history=2, space_padding=(1, 1), pad_mode=pad_mode)
+            block1 = (conv1.weight, conv1.bias, norm1.g, norm1.b, norm1.eps)
+            h = table("causal_conv3d_norm", x, *block1, past=past1, relu=True, time_bias=tb, **conv)
+            block2 = (conv2.weight, conv2.bias, norm2.g, norm2.b, norm2.eps)
+            skip = res.res_conv(x)
+            y = table(
+                "causal_conv3d_norm", h, *block2, past=past2, relu=True, residual=skip, **conv
+            )
+            h_ref = CF.causal_conv3d(x, conv1.weight, conv1.bias, past=past1, **conv)
+            h_ref = CF.channel_norm(h_ref, norm1.g, norm1.b, relu=True) + tb
+            y_ref = CF.causal_conv3d(h_ref, conv2.weight, conv2.bias, past=past2, **conv)
+            y_ref = CF.channel_norm(y_ref, norm2.g, norm2.b, relu=True) + skip
+            cpp.check(y, y_ref, torch.float32)
+            if past1 is None:  # the stream's first chunk is the layer's own forward
+                cpp.check(y, res(x, emb), torch.float32)
+            past1 = CF.causal_conv3d_history(x, past1, 2)
+            past2 = CF.causal_conv3d_history(h, past2, 2)
+    assert table.table["channel_norm"].backend == "cpp" and len(norms) == 4

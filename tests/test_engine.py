@@ -461,10 +461,10 @@ def test_accelerate_argument_beats_env_var(engines, monkeypatch):
 
 @pytest.fixture
 def fake_cpp(monkeypatch):
-    """A stand-in ``cdt_fast._cpp_lib`` with every op the extension declares (torch's functions):
+    """A stand-in ``cdt_fast.cpp_ops`` with every op the extension declares (torch's functions):
     its channel_norm notes its calls, its ddim_update is wrong on purpose."""
     calls = []
-    lib = types.ModuleType("cdt_fast._cpp_lib")
+    lib = types.ModuleType("cdt_fast.cpp_ops")
     for op in implementations("cpp"):
         setattr(lib, op, getattr(CF, op))
 
@@ -476,7 +476,7 @@ def fake_cpp(monkeypatch):
         return CF.ddim_update(x_t, x0, coefficients, clamp=clamp) + 1.0
 
     lib.channel_norm, lib.ddim_update = channel_norm, ddim_update
-    monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", lib)
+    monkeypatch.setitem(sys.modules, "cdt_fast.cpp_ops", lib)
     return calls
 
 
@@ -645,7 +645,7 @@ def test_committed_table_ranks_cuda_only_for_capture_safe_deterministic_ops():
 def test_composed_candidate_only_where_a_part_has_a_kernel(monkeypatch):
     """tune offers "composed" for a block op when one of its parts has a non-torch backend; with
     torch alone there is nothing to compose (and the CPU engine keeps NCDHW)."""
-    monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", None)  # no C++ extension here
+    monkeypatch.setitem(sys.modules, "cdt_fast.cpp_ops", None)  # no C++ extension here
     interp = {"TRITON_INTERPRET": "1"}
     table = OpTable("tune,causal_conv3d=triton", env=interp)
     names = [c.backend for c in table.candidates["causal_conv3d_norm"]]
@@ -665,8 +665,8 @@ def test_named_backend_without_a_block_op_composes_its_parts(fake_cpp, monkeypat
     for op in ("causal_conv3d_norm", "linear_attention_block"):
         assert report[op][0] == ("composed" if op == "causal_conv3d_norm" else "cpp"), report[op]
     assert "the cpp backend has no causal_conv3d_norm" in report["causal_conv3d_norm"][1]
-    monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", None)
-    with pytest.raises(BackendUnavailableError, match="cdt_fast._cpp_lib is not importable"):
+    monkeypatch.setitem(sys.modules, "cdt_fast.cpp_ops", None)
+    with pytest.raises(BackendUnavailableError, match="cdt_fast.cpp_ops is not importable"):
         OpTable("cpp", env={})
 
 

@@ -93,7 +93,7 @@ COMPOSED = "composed"
 TUNE = "tune"
 
 _FUNCTIONAL = "cdt_fast.functional"
-_CPP_MODULE = "cdt_fast._cpp_lib"
+_CPP_MODULE = "cdt_fast.cpp_ops"
 # Which ops each backend implements, and where. Triton: one module per op family.
 _TRITON_MODULES = MappingProxyType(
     {
