@@ -203,6 +203,29 @@ def _time_bias_matrix(time_bias: torch.Tensor, b: int, c: int) -> torch.Tensor:
     return time_bias.reshape(b, c)
 
 
+def _result_dtype(x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.dtype:
+    """x's dtype, promoted with the residual's (checked to have x's shape)."""
+    if residual is None:
+        return x.dtype
+    if tuple(residual.shape) != tuple(x.shape):
+        raise ValueError(
+            f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}"
+        )
+    return torch.promote_types(x.dtype, residual.dtype)
+
+
+def _output(x: torch.Tensor, dtype: torch.dtype, out: Optional[torch.Tensor]) -> torch.Tensor:
+    """The caller's ``out`` (checked), else a new result like ``x``."""
+    if out is None:
+        return torch.empty_like(x, dtype=dtype)
+    if tuple(out.shape) != tuple(x.shape) or out.dtype != dtype or out.device != x.device:
+        raise ValueError(
+            f"out must be a {dtype} tensor of shape {tuple(x.shape)} on {x.device}, "
+            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    return out
+
+
 def channel_norm(
     x: torch.Tensor,
     g: torch.Tensor,
@@ -224,22 +247,10 @@ def channel_norm(
     check_launchable(x, "channel_norm")
     bsz, c = x.shape[:2]
     g, b = param_vector(g, c, "g"), param_vector(b, c, "b")
-    dtype = x.dtype
-    if residual is not None:
-        if tuple(residual.shape) != tuple(x.shape):
-            raise ValueError(
-                f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}"
-            )
-        dtype = torch.promote_types(dtype, residual.dtype)
+    dtype = _result_dtype(x, residual)
     if time_bias is not None:
         time_bias = _time_bias_matrix(time_bias, bsz, c)
-    if out is None:
-        out = torch.empty_like(x, dtype=dtype)
-    elif tuple(out.shape) != tuple(x.shape) or out.dtype != dtype or out.device != x.device:
-        raise ValueError(
-            f"out must be a {dtype} tensor of shape {tuple(x.shape)} on {x.device}, "
-            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
-        )
+    out = _output(x, dtype, out)
     if x.numel() == 0:
         return out
 

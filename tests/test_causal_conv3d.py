@@ -20,6 +20,7 @@ from .cpp_backend import cpp_test
 from .helpers import DEVICE, EPS, ON_GPU, assert_bf16_close
 
 kernels = pytest.importorskip("cdt_fast.kernels.causal_conv3d")
+conv_tiles = pytest.importorskip("cdt_fast.kernels.causal_conv3d_tiles")
 Epilogue = kernels.Epilogue
 
 
@@ -248,10 +249,10 @@ def test_conv_norm_block_rejects_aliased_or_mistyped_residual(cout):
 def test_full_row_tiles_keep_the_accumulator_in_registers():
     """The fused norm forces BLOCK_N = next_pow2(Cout); the pruning must then bound BLOCK_M so
     the fp32 accumulator stays <= 128x128 (a 256x128 or x512 tile spills on sm_90)."""
-    configs = kernels._autotune_configs(with_block_n=False)
+    configs = conv_tiles.autotune_configs(with_block_n=False)
     for cout, biggest_m in ((64, 256), (128, 128)):
         bn = max(16, 1 << (cout - 1).bit_length())
-        kept = kernels._prune_configs(configs, {"M": 1 << 16, "N": cout}, CIN=64, BLOCK_N=bn)
+        kept = conv_tiles.prune_configs(configs, {"M": 1 << 16, "N": cout}, CIN=64, BLOCK_N=bn)
         assert kept and max(c.kwargs["BLOCK_M"] for c in kept) == biggest_m
         assert all(c.kwargs["BLOCK_M"] * bn <= 128 * 128 for c in kept)
 
@@ -384,7 +385,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import cdt_fast.kernels.causal_conv3d as K
+import cdt_fast.kernels.causal_conv3d_kernel as K
 
 fn = K._causal_conv3d_kernel
 pointers = {"x_ptr", "p_ptr", "w_ptr", "bias_ptr", "out_ptr", "g_ptr", "beta_ptr", "cbias_ptr",
@@ -465,9 +466,9 @@ def test_autotune_prune_reads_constexpr_kwargs():
         for bn in (16, 128)
         for bk in (16, 64)
     ]
-    kept = kernels._prune_configs(configs, {"M": 1000, "N": 3}, CIN=3, KT=3)
+    kept = conv_tiles.prune_configs(configs, {"M": 1000, "N": 3}, CIN=3, KT=3)
     assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept] == [(16, 16)]
-    assert len(kernels._prune_configs(configs, {"M": 1000, "N": 128}, CIN=64)) == 4
+    assert len(conv_tiles.prune_configs(configs, {"M": 1000, "N": 128}, CIN=64)) == 4
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "packed"])
@@ -492,10 +493,10 @@ def test_weight_layouts_agree_and_only_strided_ones_are_repacked(layout, monkeyp
 def test_gpu_configs_cover_a_three_channel_output():
     """The final conv has Cout=3: the GPU tile list must keep a narrow-N tile after pruning rather
     than fall back to a 128-wide one (which also spilled registers on sm_90)."""
-    configs = kernels._autotune_configs(with_block_n=True)
-    kept = kernels._prune_configs(configs, {"M": 1 << 16, "N": 3}, CIN=64, KT=3)
+    configs = conv_tiles.autotune_configs(with_block_n=True)
+    kept = conv_tiles.prune_configs(configs, {"M": 1 << 16, "N": 3}, CIN=64, KT=3)
     assert kept and all(c.kwargs["BLOCK_N"] == 16 for c in kept)
-    assert len(kernels._prune_configs(configs, {"M": 1 << 16, "N": 256}, CIN=256)) >= 8
+    assert len(conv_tiles.prune_configs(configs, {"M": 1 << 16, "N": 256}, CIN=256)) >= 8
 
 
 # -- the C++ backend: its Block is torch's conv then the extension's norm ----------------------

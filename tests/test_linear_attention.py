@@ -214,9 +214,9 @@ def test_gpu_block_dtypes(dtype, shape):
     ],
 )
 def test_position_slices_cover_every_position_once(positions, programs, block, wanted):
-    from cdt_fast.kernels.linear_attention import _slices
+    from cdt_fast.kernels.linear_attention_passes import slices
 
-    count, length = _slices(positions, programs, block, wanted)
+    count, length = slices(positions, programs, block, wanted)
     assert length % block == 0 and count >= 1
     assert (count - 1) * length < positions <= count * length  # no empty slice, none missing
 
@@ -224,17 +224,17 @@ def test_position_slices_cover_every_position_once(positions, programs, block, w
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("c", [3, 64, 384])
 def test_projection_autotune_pruning_fits_shared_memory(dtype, c):
-    from cdt_fast.kernels import linear_attention as op
+    from cdt_fast.kernels import linear_attention_tiles as op
 
     w = torch.empty(c, 3 * c, dtype=dtype)
-    block_k = op._block_width(c, 1 << 30)
-    kept = op._prune_project_configs(
-        op._PROJECT_CONFIGS, {"w_ptr": w, "N_OUT": 3 * c}, BLOCK_K=block_k
+    block_k = op.block_width(c, 1 << 30)
+    kept = op.prune_project_configs(
+        op.PROJECT_CONFIGS, {"w_ptr": w, "N_OUT": 3 * c}, BLOCK_K=block_k
     )
     size = w.element_size()
     assert kept and all(
-        cfg.kwargs["BLOCK_M"] * block_k * size <= op._X_TILE_BYTES
-        and cfg.kwargs["BLOCK_N"] * block_k * size * cfg.num_stages <= op._W_TILE_BYTES
+        cfg.kwargs["BLOCK_M"] * block_k * size <= op.X_TILE_BYTES
+        and cfg.kwargs["BLOCK_N"] * block_k * size * cfg.num_stages <= op.W_TILE_BYTES
         for cfg in kept
     )
 
@@ -242,12 +242,12 @@ def test_projection_autotune_pruning_fits_shared_memory(dtype, c):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter stand-in for GPU autotuning")
 def test_autotuned_path_in_place(monkeypatch, tmp_path):
     from cdt_fast.kernels import _tiles
-    from cdt_fast.kernels import linear_attention as op
+    from cdt_fast.kernels import linear_attention_kernel as op
 
     from .fused_autotune_on_cpu import tune_on_cpu
 
     tiles = tmp_path / "tiles.json"
-    for tuned in (op._norm_project_tuned, op._context_partial_tuned, op._attention_apply_tuned):
+    for tuned in (op.norm_project_tuned, op.context_partial_tuned, op.attention_apply_tuned):
         tune_on_cpu(monkeypatch, tuned, tiles, configs=2)
     x = _activation((1, 20, 2, 5, 7))
     w_qkv, w_out, b_out = _weights(20)
@@ -255,7 +255,7 @@ def test_autotuned_path_in_place(monkeypatch, tmp_path):
     expected = x + CF.linear_attention(CF.channel_norm(x, g, b), w_qkv, w_out, b_out)
     assert linear_attention_block(x, g, b, w_qkv, w_out, b_out, out=x) is x
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=2e-5)
-    assert op._attention_apply_tuned.cache and op._norm_project_tuned.cache
+    assert op.attention_apply_tuned.cache and op.norm_project_tuned.cache
     # every tuned kernel's winner went to the tile file, keyed by its shape class
     kernels = {kernel for _, kernel, _ in _tiles.load_tiles(tiles)}
     assert kernels == {"norm_project", "context_partial", "attention_apply"}

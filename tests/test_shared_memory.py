@@ -29,8 +29,10 @@ from cdt_fast.generation.model import GenConfig
 from cdt_fast.kernels import _temporal_attention_kernel as temporal
 from cdt_fast.kernels import _tiles
 from cdt_fast.kernels import causal_conv3d as conv
+from cdt_fast.kernels import causal_conv3d_tiles as conv_tiles
 from cdt_fast.kernels import channel_norm as norm
 from cdt_fast.kernels import linear_attention as attention
+from cdt_fast.kernels import linear_attention_tiles as attention_tiles
 from cdt_fast.kernels import time_resample as resample
 from cdt_fast.kernels._tiles import SHARED_MEMORY_LIMIT, Tile
 from cdt_fast.reference.layers import LinearAttention
@@ -119,8 +121,8 @@ def test_linear_attention_tiles_fit(limit):
     for arch, size in itertools.product(ARCHS, (2, 4)):
         widest = 512 if limit == CONSUMER and size == 4 else 1024
         for c, hidden in itertools.product([c for c in CHANNELS if c <= widest], CHANNELS):
-            block_k = attention._block_width(c, 1 << 30)
-            tile = attention.project_tile(
+            block_k = attention_tiles.block_width(c, 1 << 30)
+            tile = attention_tiles.project_tile(
                 arch, block_k=block_k, n_out=3 * hidden, size=size, limit=limit
             )
             what = f"norm_project C={c} {tile.label()} ({size}-byte)"
@@ -128,8 +130,11 @@ def test_linear_attention_tiles_fit(limit):
                 tile, arch=arch, block_k=block_k, size=size
             )
         for dh in CHANNELS:
-            block_d, block_e = attention._block_width(dh, 64), attention._block_width(dh, 128)
-            tile = attention.partial_tile(
+            block_d, block_e = (
+                attention_tiles.block_width(dh, 64),
+                attention_tiles.block_width(dh, 128),
+            )
+            tile = attention_tiles.partial_tile(
                 arch, block_d=block_d, block_e=block_e, size=size, limit=limit
             )
             found[(f"context_partial d={dh} ({size}-byte)", arch)] = (
@@ -141,8 +146,10 @@ def test_linear_attention_tiles_fit(limit):
                 arch=arch, block_d=block_d, block_e=block_e
             )
             for c_out in CHANNELS:
-                block_c = attention.apply_block_c(c_out)
-                tile = attention.apply_tile(arch, dh=dh, block_c=block_c, size=size, limit=limit)
+                block_c = attention_tiles.apply_block_c(c_out)
+                tile = attention_tiles.apply_tile(
+                    arch, dh=dh, block_c=block_c, size=size, limit=limit
+                )
                 what = f"attention_apply d={dh} C_out={c_out} ({size}-byte)"
                 found[(what, arch)] = attention.apply_shared_memory(
                     tile, arch=arch, block_c=block_c, size=size
@@ -150,7 +157,7 @@ def test_linear_attention_tiles_fit(limit):
     assert not _fits(found, limit), _fits(found, limit)
     # rows too wide for any column tile: refused, saying why
     with pytest.raises(ValueError, match="shared memory.*whole channel vector"):
-        attention.project_tile("sm_90", block_k=4096, n_out=3 * 4096, size=4, limit=limit)
+        attention_tiles.project_tile("sm_90", block_k=4096, n_out=3 * 4096, size=4, limit=limit)
 
 
 @pytest.mark.parametrize("limit", LIMITS.values(), ids=LIMITS)
@@ -216,7 +223,9 @@ def test_the_family_limits_keep_the_tables_tiles():
     """On an A100 or H100 nothing changes: every table tile fits, so it runs as it is."""
     for arch, (size, ieee), cin, cout in itertools.product(ARCHS, DTYPES, CHANNELS, CHANNELS):
         geometry = dict(cin=cin, cout=cout, full_row=False, ieee=ieee)
-        assert conv.conv_tile(arch, **geometry, size=size) == conv._table_tile(arch, **geometry)
+        assert conv.conv_tile(arch, **geometry, size=size) == conv_tiles._table_tile(
+            arch, **geometry
+        )
         for upsample in (False, True):
             geometry = dict(c_in=cin, c_out=cout, ieee=ieee, size=size, upsample=upsample)
             table = resample._table_tile(arch, **geometry)

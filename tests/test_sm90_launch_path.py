@@ -24,6 +24,7 @@ from cdt_fast.kernels import _tiles, denoise
 from cdt_fast.kernels import causal_conv3d as conv
 from cdt_fast.kernels import channel_norm as norm
 from cdt_fast.kernels import linear_attention as attention
+from cdt_fast.kernels import linear_attention_tiles as attention_tiles
 from cdt_fast.kernels import time_resample as resample
 from cdt_fast.kernels._tiles import Tile
 from cdt_fast.kernels.temporal_attention import (
@@ -222,17 +223,17 @@ def test_linear_attention_block_on_sm90_tiles(plan, ran):
     frames, positions = 4, 99
 
     project = _one(ran, "norm_project")
-    assert project.tile == attention.project_tile("sm_90", block_k=256, n_out=432, size=size)
+    assert project.tile == attention_tiles.project_tile("sm_90", block_k=256, n_out=432, size=size)
     _cuts(frames * positions, project.kwargs["BLOCK_M"])
     _cuts(3 * heads * dh, project.kwargs["BLOCK_N"])
 
     partial = _one(ran, "context_partial")
-    assert partial.tile == attention.partial_tile("sm_90", block_d=64, block_e=128)
+    assert partial.tile == attention_tiles.partial_tile("sm_90", block_d=64, block_e=128)
     _cuts(dh, partial.kwargs["BLOCK_D"])
     assert partial.grid == (frames * heads, 2, 2)  # 2 slices of positions, 2 d blocks
 
     apply = _one(ran, "attention_apply")
-    assert apply.tile == attention.apply_tile("sm_90", dh=dh)
+    assert apply.tile == attention_tiles.apply_tile("sm_90", dh=dh)
     _cuts(positions, apply.kwargs["BLOCK_N"])
     _cuts(dh, apply.kwargs["BLOCK_D"])
     _cuts(c, apply.kwargs["BLOCK_C"])
