@@ -55,7 +55,8 @@ def cpp_test(test):
 
 def cuda_test(test):
     """Marks a test of the extension's CUDA stages: ``cpp`` and ``gpu``, skipped without a GPU and
-    a CUDA build."""
+    a CUDA build. ``tools/gpu_check.sh`` finds GPU tests by their ``pytest.mark.gpu`` text, so it
+    names the modules that use this mark in its kernel phase."""
     skip = pytest.mark.skipif(
         not _cpp_lib.cuda_available(), reason="needs a CUDA GPU and a CUDA build of cdt_fast._C"
     )
