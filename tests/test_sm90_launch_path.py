@@ -351,7 +351,7 @@ def test_time_resampling_on_a_99kb_block(arch, ran):
     tests above cutting every mask."""
     plan = "bf16"
     options = dict(_plan(plan)[1], arch=arch, shared_memory=CONSUMER)
-    x = _rand(1, 130, 4, 9, 15, plan=plan)
+    x = _rand(1, 130, 2, 9, 15, plan=plan)
     wd, bd = _rand(130, 130, 3, plan=plan, scale=(3 * 130) ** -0.5), _rand(130, plan=plan)
     wu, bu = _rand(260, 130, 1, plan=plan, scale=130**-0.5), _rand(260, plan=plan)
     past = _rand(1, 130, 1, 9, 15, plan=plan)
