@@ -64,6 +64,20 @@ def _family(column: str, cell: str) -> str:
     return match.group(1)
 
 
+def _resolve(dotted: str):
+    """The object a dotted name names: its longest importable module, then attributes."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attr in parts[split:]:
+            owner = getattr(owner, attr)
+        return owner
+    raise ImportError(f"{dotted!r} names no module")
+
+
 def _row(op: str) -> dict:
     assert op in INDEX, f"{op} is an op of the dispatch table without a row in {DOC.name}"
     return INDEX[op]
@@ -81,12 +95,7 @@ def test_spec_dispatch_and_reference(op):
     assert row["dispatch"] == op
     if row["reference"] == "-":
         return
-    module_name, _, path = row["reference"].partition(".reference.")
-    module, attrs = path.split(".", 1)
-    owner = importlib.import_module(f"{module_name}.reference.{module}")
-    for attr in attrs.split("."):
-        owner = getattr(owner, attr)
-    source = inspect.getsource(owner)
+    source = inspect.getsource(_resolve(row["reference"]))
     # The reference computes the op: it calls it, or (a block op) its parts or the layers that do.
     assert re.search(rf"\b{op}\(", source) or op in dispatch._COMPOSITES, (op, row["reference"])
 
