@@ -9,6 +9,8 @@ case along time) are packed several per tile; long ones get ``G = 1`` and a flas
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -169,6 +171,20 @@ def temporal_shared_memory(
     )
 
 
+def temporal_tile(
+    arch: str, *, block_m: int, block_n: int, block_d: int, size: int, limit: Optional[int] = None
+) -> Tile:
+    """The table's tile (:data:`_TILE`) fitted to ``limit`` bytes of shared memory per block for
+    the blocks of :func:`tile_shape` (default: the family's; fewer stages only, the blocks follow
+    from the sequences; :func:`~._tiles.fit_tile`)."""
+    return _tiles.fit_tile(
+        _TILE,
+        lambda t: temporal_shared_memory(t, block_m, block_n, block_d, arch=arch, size=size),
+        _tiles.SHARED_MEMORY_LIMIT[arch] if limit is None else limit,
+        name="temporal_attention",
+    )
+
+
 def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
     check_launchable(q, "temporal_attention", "the sdpa backend or cdt_fast.functional")
     g, block_m, block_n, block_d = tile_shape(tq, tk, d)
@@ -198,6 +214,14 @@ def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
         BLOCK_D=block_d,
     )
     arch = tile_family(q)
+    tile = temporal_tile(
+        arch,
+        block_m=block_m,
+        block_n=block_n,
+        block_d=block_d,
+        size=launch_dtype(q).itemsize,
+        limit=_tiles.shared_memory_limit(q, arch),
+    )
     _tiles.launch(
         _temporal_attention_kernel,
         _temporal_attention_tuned,
@@ -207,6 +231,6 @@ def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
         name="temporal_attention",
         arch=arch,
         shape_class=dict(meta, DTYPE=launch_dtype(q)),
-        tile=_TILE,
+        tile=tile,
         autotune=autotune_enabled(),
     )

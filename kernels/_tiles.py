@@ -21,7 +21,9 @@ that GPU, CPU tensors under the Triton interpreter included, so CI runs the tile
 a GPU runs (``tile_options(dtype=...)`` adds the storage dtype the plan is for: the interpreter has
 no bf16 arithmetic). Beside the tables: what a tile costs in shared memory
 (:func:`shared_memory`, one formula per kernel beside its table) against the per-block limit of
-each family (:data:`SHARED_MEMORY_LIMIT`).
+each family (:data:`SHARED_MEMORY_LIMIT`), and the fitting of a table's tile to the block of the
+device at hand (:func:`shared_memory_limit`, :func:`fit_tile`): compute capability 8.6/8.9 and
+consumer Blackwell give a block 99 KB, less than the family they share tables with.
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ __all__ = [
     "autotune_enabled",
     "tiles_path",
     "tile_family",
-    "arch_family",
     "launch_dtype",
     "emulates_gpu",
     "SHARED_MEMORY_LIMIT",
     "shared_memory",
+    "shared_memory_limit",
+    "fit_tile",
     "shape_key",
     "lookup",
     "record",
@@ -74,7 +77,8 @@ PLAN_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # The shared memory one block may use, per table family: the opt-in maximum per block of the
 # CUDA C++ Programming Guide's "Technical Specifications per Compute Capability" table, 227 KB on
 # compute capability 9.0 (H100, H200) and 163 KB on 8.0 (A100). A block asking for more does not
-# launch. (The sm_80 family also covers 8.6 and 8.9, whose blocks get at most 99 KB.)
+# launch. Devices of a family with less (8.6 and 8.9: 99 KB under sm_80; 12.x likewise under
+# sm_90) get their tiles fitted to their own limit (:func:`shared_memory_limit`).
 SHARED_MEMORY_LIMIT = MappingProxyType({"sm_80": 163 * 1024, "sm_90": 227 * 1024})
 # Static shared memory beside Triton's own allocation: cuobjdump reads 1 KiB of it in the sm_90
 # kernels of the audit (benchmarks/results/sass-sm90-*.json: Triton's figure + 1024 bytes).
@@ -128,6 +132,7 @@ class _Options:
     tiles: Optional[str] = None
     arch: Optional[str] = None
     dtype: Optional[torch.dtype] = None
+    shared_memory: Optional[int] = None
 
 
 _OPTIONS: contextvars.ContextVar[Optional[_Options]] = contextvars.ContextVar(
@@ -147,6 +152,7 @@ def tile_options(
     *,
     arch: Optional[str] = None,
     dtype: Optional[torch.dtype] = None,
+    shared_memory: Optional[int] = None,
 ) -> Iterator[None]:
     """Within the block, launchers autotune (``autotune=True``) or never do (``False``) whatever
     ``CDT_FAST_AUTOTUNE`` says, and read/write the tile file ``tiles`` instead of
@@ -162,6 +168,10 @@ def tile_options(
     (it stores bf16 as 16-bit integers; its ``tl.dot`` of those is garbage), so a bf16 launch's
     tiles run on fp32 tensors holding bf16 values. A launch it does not apply to raises.
 
+    ``shared_memory`` (bytes): the shared memory per block the tiles are fitted to
+    (:func:`shared_memory_limit`), e.g. 99 KB to plan CPU tensors as on an RTX 4090 or an L4.
+    On a CUDA device it may be at most the device's own.
+
     ``None`` leaves a setting as the enclosing block has it (outside any block: the environment,
     the device, the tensors' dtype)."""
     if autotune is not None and not isinstance(autotune, bool):
@@ -172,6 +182,12 @@ def tile_options(
         raise ValueError(f"arch must be one of {ARCH_FAMILIES} or None, got {arch!r}")
     if dtype is not None and dtype not in PLAN_DTYPES:
         raise ValueError(f"dtype must be one of {PLAN_DTYPES} or None, got {dtype!r}")
+    if shared_memory is not None and (
+        isinstance(shared_memory, bool) or not isinstance(shared_memory, int) or shared_memory < 1
+    ):
+        raise ValueError(
+            f"shared_memory must be a positive int (bytes) or None, got {shared_memory!r}"
+        )
     outer = _options()
     token = _OPTIONS.set(
         _Options(
@@ -179,6 +195,7 @@ def tile_options(
             outer.tiles if tiles is None else os.fspath(tiles),
             outer.arch if arch is None else arch,
             outer.dtype if dtype is None else dtype,
+            outer.shared_memory if shared_memory is None else shared_memory,
         )
     )
     try:
@@ -233,10 +250,6 @@ def tile_family(x: torch.Tensor) -> str:
     return asked
 
 
-# The name the launchers import tile_family by.
-arch_family = tile_family
-
-
 def emulates_gpu(x: torch.Tensor) -> bool:
     """Whether a launch on ``x`` is planned as on a GPU: a CUDA tensor, or any tensor inside
     ``tile_options(arch=...)``."""
@@ -285,6 +298,80 @@ def shared_memory(
     plus the static reserve."""
     buffers = pipeline_buffers(arch, stages)
     return max((buffers * sum(operands) + once) * size, scratch) + SHARED_MEMORY_RESERVE
+
+
+def device_shared_memory(device: torch.device) -> int:
+    """The opt-in maximum of shared memory per block of a CUDA device, in bytes (what Triton
+    checks a kernel against before launching it)."""
+    optin = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", None)
+    if optin is None:  # a torch without the property: Triton's driver reads the same attribute
+        from triton.runtime import driver
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        optin = driver.active.utils.get_device_properties(index)["max_shared_mem"]
+    return int(optin)
+
+
+def shared_memory_limit(x: torch.Tensor, arch: str) -> int:
+    """The shared memory a block of a launch on ``x`` planned for ``arch`` may use: the family's
+    :data:`SHARED_MEMORY_LIMIT`, lowered to a CUDA device's own opt-in maximum (99 KB on compute
+    capability 8.6, 8.9 and 12.x) or to :func:`tile_options`'s ``shared_memory``. Asking a CUDA
+    device for more than it has raises."""
+    if arch not in ARCH_FAMILIES:
+        raise ValueError(f"arch must be one of {ARCH_FAMILIES}, got {arch!r}")
+    limit = SHARED_MEMORY_LIMIT[arch]
+    asked = _options().shared_memory
+    if x.device.type == "cuda":
+        device = device_shared_memory(x.device)
+        if asked is not None and asked > device:
+            raise ValueError(
+                f"tile_options(shared_memory={asked}) on {x.device}, whose blocks get at most "
+                f"{device} bytes; ask for {device} or less"
+            )
+        limit = min(limit, device)
+    return limit if asked is None else min(limit, asked)
+
+
+def _smaller(tile: Tile, shrink: Sequence[str]) -> Optional[Tile]:
+    """The next tile :func:`fit_tile` tries after ``tile``, or None when there is none."""
+    if tile.num_stages > 2:
+        return Tile(tile.meta, tile.num_warps, tile.num_stages - 1)
+    meta = tile.kwargs
+    for key in shrink:
+        if meta[key] > 16:
+            return Tile.of(tile.num_warps, tile.num_stages, **{**meta, key: meta[key] // 2})
+    if tile.num_stages > 1:
+        return Tile(tile.meta, tile.num_warps, 1)
+    return None
+
+
+def fit_tile(
+    tile: Tile,
+    footprint: Callable[[Tile], int],
+    limit: int,
+    *,
+    name: str,
+    shrink: Sequence[str] = (),
+    why: str = "",
+) -> Tile:
+    """``tile`` if its ``footprint`` (bytes of shared memory) is within ``limit``, else the first
+    tile that is, each smaller than the one before: pipeline stages down to 2 (the loads of one
+    step still overlap the dots of the previous one), then the block sizes named in ``shrink``
+    halved in that order, each down to 16 (the smallest side of a ``tl.dot`` operand), then a
+    single stage. A tile within the limit is returned as it is, so the tables' own tiles run
+    wherever they fit. Raises ValueError naming ``name`` (and ``why``) when nothing fits."""
+    candidate = tile
+    while True:
+        needed = footprint(candidate)
+        if needed <= limit:
+            return candidate
+        smaller = _smaller(candidate, shrink)
+        if smaller is None:
+            raise ValueError(
+                f"{name}: no tile fits the {limit} bytes of shared memory per block: the smallest, "
+                f"{candidate.label()}, needs {needed}{'; ' + why if why else ''}"
+            )
+        candidate = smaller
 
 
 def _short_dtype(value) -> str:

@@ -31,7 +31,7 @@ import triton.language as tl
 
 from . import _tiles
 from ._common import check_launchable, param_vector, voxel_rows
-from ._tiles import Tile, arch_family, autotune_enabled, launch_dtype
+from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
 __all__ = ["channel_norm", "channel_norm_tile", "norm_shared_memory"]
 
@@ -44,12 +44,18 @@ _CONFIGS = [
 _DEFAULT_TILE = 4096
 
 
-def norm_tile(arch: str, *, block_c: int) -> Tile:
+def norm_tile(arch: str, *, block_c: int, limit: Optional[int] = None) -> Tile:
     """The one tile of a channel-norm shape class: rows of ``block_c`` (next_pow2(C)) channels,
     4096 elements per program (32 fp32 values per thread of 4 warps: no spills on sm_90 at
     C = 16..512, ``tools/sass_audit.py``). A memory-bound row reduction: nothing in it depends on
-    the arch family, which stays in the shape class for tables to come."""
-    return Tile.of(4, 3, BLOCK_M=max(1, min(128, _DEFAULT_TILE // block_c)))
+    the arch family, which stays in the shape class for tables to come. Checked against ``limit``
+    bytes of shared memory per block (default: the family's; :func:`~._tiles.fit_tile`)."""
+    return _tiles.fit_tile(
+        Tile.of(4, 3, BLOCK_M=max(1, min(128, _DEFAULT_TILE // block_c))),
+        lambda t: norm_shared_memory(t, arch=arch, block_c=block_c),
+        _tiles.SHARED_MEMORY_LIMIT[arch] if limit is None else limit,
+        name="channel_norm",
+    )
 
 
 def norm_shared_memory(tile: Tile, *, arch: str, block_c: int) -> int:
@@ -197,6 +203,29 @@ def _time_bias_matrix(time_bias: torch.Tensor, b: int, c: int) -> torch.Tensor:
     return time_bias.reshape(b, c)
 
 
+def _result_dtype(x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.dtype:
+    """x's dtype, promoted with the residual's (checked to have x's shape)."""
+    if residual is None:
+        return x.dtype
+    if tuple(residual.shape) != tuple(x.shape):
+        raise ValueError(
+            f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}"
+        )
+    return torch.promote_types(x.dtype, residual.dtype)
+
+
+def _output(x: torch.Tensor, dtype: torch.dtype, out: Optional[torch.Tensor]) -> torch.Tensor:
+    """The caller's ``out`` (checked), else a new result like ``x``."""
+    if out is None:
+        return torch.empty_like(x, dtype=dtype)
+    if tuple(out.shape) != tuple(x.shape) or out.dtype != dtype or out.device != x.device:
+        raise ValueError(
+            f"out must be a {dtype} tensor of shape {tuple(x.shape)} on {x.device}, "
+            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    return out
+
+
 def channel_norm(
     x: torch.Tensor,
     g: torch.Tensor,
@@ -218,22 +247,10 @@ def channel_norm(
     check_launchable(x, "channel_norm")
     bsz, c = x.shape[:2]
     g, b = param_vector(g, c, "g"), param_vector(b, c, "b")
-    dtype = x.dtype
-    if residual is not None:
-        if tuple(residual.shape) != tuple(x.shape):
-            raise ValueError(
-                f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}"
-            )
-        dtype = torch.promote_types(dtype, residual.dtype)
+    dtype = _result_dtype(x, residual)
     if time_bias is not None:
         time_bias = _time_bias_matrix(time_bias, bsz, c)
-    if out is None:
-        out = torch.empty_like(x, dtype=dtype)
-    elif tuple(out.shape) != tuple(x.shape) or out.dtype != dtype or out.device != x.device:
-        raise ValueError(
-            f"out must be a {dtype} tensor of shape {tuple(x.shape)} on {x.device}, "
-            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
-        )
+    out = _output(x, dtype, out)
     if x.numel() == 0:
         return out
 
@@ -274,7 +291,7 @@ def channel_norm(
         HAS_RESIDUAL=residual is not None,
         BLOCK_C=block_c,
     )
-    arch = arch_family(x)
+    arch = tile_family(x)
     _tiles.launch(
         _channel_norm_kernel,
         _channel_norm_tuned,
@@ -284,7 +301,7 @@ def channel_norm(
         name="channel_norm",
         arch=arch,
         shape_class=dict(flags, C=c, DTYPE=launch_dtype(x), OUT_DTYPE=dtype),
-        tile=norm_tile(arch, block_c=block_c),
+        tile=norm_tile(arch, block_c=block_c, limit=_tiles.shared_memory_limit(x, arch)),
         autotune=autotune_enabled(),
     )
     if out_rows is not out:  # out had a layout the kernel cannot address: copy the result back

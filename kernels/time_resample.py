@@ -25,7 +25,7 @@ from cdt_fast.functional import PAD_MODES, cast_like
 from . import _tiles
 from ._common import check_launchable, check_out, empty_like_layout, exact_fp32
 from ._gemm_rows import accumulate_rows
-from ._tiles import Tile, arch_family, autotune_enabled, launch_dtype
+from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
 __all__ = ["time_downsample", "time_upsample", "resample_tile", "resample_shared_memory"]
 
@@ -244,8 +244,29 @@ _IEEE_CONFIGS = [
 
 
 def resample_tile(
-    arch: str, *, c_in: int, c_out: int, ieee: bool, size: int, upsample: bool
+    arch: str,
+    *,
+    c_in: int,
+    c_out: int,
+    ieee: bool,
+    size: int,
+    upsample: bool,
+    limit: Optional[int] = None,
 ) -> Tile:
+    """The table's tile (:func:`_table_tile`) fitted to ``limit`` bytes of shared memory per
+    block (default: the family's, which the table's tiles fit; :func:`~._tiles.fit_tile`:
+    stages, then K, N and M tiles)."""
+    tile = _table_tile(arch, c_in=c_in, c_out=c_out, ieee=ieee, size=size, upsample=upsample)
+    return _tiles.fit_tile(
+        tile,
+        lambda t: resample_shared_memory(t, arch=arch, upsample=upsample, size=size),
+        _tiles.SHARED_MEMORY_LIMIT[arch] if limit is None else limit,
+        name="time_upsample" if upsample else "time_downsample",
+        shrink=("BLOCK_K", "BLOCK_N", "BLOCK_M"),
+    )
+
+
+def _table_tile(arch: str, *, c_in: int, c_out: int, ieee: bool, size: int, upsample: bool) -> Tile:
     """The one tile of a temporal down/upsample shape class (``c_out``: the GEMM's N, the output
     channels of one phase; ``size``: bytes per element). 128 x 128 x 64 in 3 stages with 8 warps
     compiles to ``wgmma`` with 16-byte ``cp.async`` loads and no spills on sm_90
@@ -325,7 +346,7 @@ def _launch(kernel, tuned, x, grid_frames, hw, args, meta, name, c_in):
     def grid(m):
         return (triton.cdiv(hw, m["BLOCK_M"]), grid_frames, triton.cdiv(args["n"], m["BLOCK_N"]))
 
-    arch = arch_family(x)
+    arch = tile_family(x)
     dtype = launch_dtype(x)
     _tiles.launch(
         kernel,
@@ -343,6 +364,7 @@ def _launch(kernel, tuned, x, grid_frames, hw, args, meta, name, c_in):
             ieee=meta["IEEE"],
             size=dtype.itemsize,
             upsample=name == "time_upsample",
+            limit=_tiles.shared_memory_limit(x, arch),
         ),
         autotune=autotune_enabled(),
     )

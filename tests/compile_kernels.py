@@ -61,7 +61,7 @@ def channel_norm(arch):
 
 
 def linear_attention(arch):
-    from cdt_fast.kernels import linear_attention as op
+    from cdt_fast.kernels import linear_attention_kernel as op
 
     for dt in DTYPES:
         precision = "ieee" if dt == "fp32" else "tf32"

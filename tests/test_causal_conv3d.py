@@ -1,8 +1,10 @@
-"""Causal conv3d: the Triton kernel (interpreter on CPU), alone and over a stream of chunks.
+"""Causal conv3d: the Triton kernel (interpreter on CPU), alone and over a stream of chunks; the
+C++ backend's Block (torch's conv, the extension's norm).
 
 Oracle: :func:`cdt_fast.functional.causal_conv3d` (+ ``causal_conv3d_history`` for streams).
 """
 
+import dataclasses
 import os
 
 import pytest
@@ -10,12 +12,15 @@ import torch
 
 from cdt_fast import functional as CF
 from cdt_fast.cache import FeatureCache
-from cdt_fast.reference.layers import CausalConv3d
+from cdt_fast.reference.layers import CausalConv3d, ResnetBlock
 
+from . import cpp_backend as cpp
 from .bf16_emulation import emulated_op
+from .cpp_backend import cpp_test
 from .helpers import DEVICE, EPS, ON_GPU, assert_bf16_close
 
 kernels = pytest.importorskip("cdt_fast.kernels.causal_conv3d")
+conv_tiles = pytest.importorskip("cdt_fast.kernels.causal_conv3d_tiles")
 Epilogue = kernels.Epilogue
 
 
@@ -244,10 +249,10 @@ def test_conv_norm_block_rejects_aliased_or_mistyped_residual(cout):
 def test_full_row_tiles_keep_the_accumulator_in_registers():
     """The fused norm forces BLOCK_N = next_pow2(Cout); the pruning must then bound BLOCK_M so
     the fp32 accumulator stays <= 128x128 (a 256x128 or x512 tile spills on sm_90)."""
-    configs = kernels._autotune_configs(with_block_n=False)
+    configs = conv_tiles.autotune_configs(with_block_n=False)
     for cout, biggest_m in ((64, 256), (128, 128)):
         bn = max(16, 1 << (cout - 1).bit_length())
-        kept = kernels._prune_configs(configs, {"M": 1 << 16, "N": cout}, CIN=64, BLOCK_N=bn)
+        kept = conv_tiles.prune_configs(configs, {"M": 1 << 16, "N": cout}, CIN=64, BLOCK_N=bn)
         assert kept and max(c.kwargs["BLOCK_M"] for c in kept) == biggest_m
         assert all(c.kwargs["BLOCK_M"] * bn <= 128 * 128 for c in kept)
 
@@ -380,7 +385,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import cdt_fast.kernels.causal_conv3d as K
+import cdt_fast.kernels.causal_conv3d_kernel as K
 
 fn = K._causal_conv3d_kernel
 pointers = {"x_ptr", "p_ptr", "w_ptr", "bias_ptr", "out_ptr", "g_ptr", "beta_ptr", "cbias_ptr",
@@ -428,9 +433,9 @@ def test_autotune_prune_reads_constexpr_kwargs():
         for bn in (16, 128)
         for bk in (16, 64)
     ]
-    kept = kernels._prune_configs(configs, {"M": 1000, "N": 3}, CIN=3, KT=3)
+    kept = conv_tiles.prune_configs(configs, {"M": 1000, "N": 3}, CIN=3, KT=3)
     assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept] == [(16, 16)]
-    assert len(kernels._prune_configs(configs, {"M": 1000, "N": 128}, CIN=64)) == 4
+    assert len(conv_tiles.prune_configs(configs, {"M": 1000, "N": 128}, CIN=64)) == 4
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "packed"])
@@ -455,7 +460,56 @@ def test_weight_layouts_agree_and_only_strided_ones_are_repacked(layout, monkeyp
 def test_gpu_configs_cover_a_three_channel_output():
     """The final conv has Cout=3: the GPU tile list must keep a narrow-N tile after pruning rather
     than fall back to a 128-wide one (which also spilled registers on sm_90)."""
-    configs = kernels._autotune_configs(with_block_n=True)
-    kept = kernels._prune_configs(configs, {"M": 1 << 16, "N": 3}, CIN=64, KT=3)
+    configs = conv_tiles.autotune_configs(with_block_n=True)
+    kept = conv_tiles.prune_configs(configs, {"M": 1 << 16, "N": 3}, CIN=64, KT=3)
     assert kept and all(c.kwargs["BLOCK_N"] == 16 for c in kept)
-    assert len(kernels._prune_configs(configs, {"M": 1 << 16, "N": 256}, CIN=256)) >= 8
+    assert len(conv_tiles.prune_configs(configs, {"M": 1 << 16, "N": 256}, CIN=256)) >= 8
+
+
+# -- the C++ backend: its Block is torch's conv then the extension's norm ----------------------
+
+
+@cpp_test
+@pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
+def test_cpp_conv_norm_block_matches_resnet_block(pad_mode):
+    """The engine's Block op with backend="cpp" (no fused kernel there: torch's conv, then the
+    extension's norm, composed by the table) reproduces a ResnetBlock's two Blocks with the time
+    bias and the residual, over a stream of a 1-frame then a 2-frame chunk."""
+    from cdt_fast.engine.dispatch import COMPOSED, OpTable
+
+    table = OpTable("cpp", env={})
+    assert table.report()["causal_conv3d_norm"][0] == COMPOSED
+    norms = []
+    real_norm = table.table["channel_norm"]
+    table.table["channel_norm"] = dataclasses.replace(
+        real_norm, fn=lambda *a, **k: norms.append(1) or real_norm.fn(*a, **k)
+    )
+    res = ResnetBlock(5, 7, time_emb_dim=4, pad_mode=pad_mode).eval()
+    with torch.no_grad():
+        for p in res.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        emb = torch.randn(2, 4)
+        conv1, norm1, _ = res.block1.block
+        conv2, norm2, _ = res.block2.block
+        tb = res.time_bias(emb)
+        past1 = past2 = None
+        for frames in (1, 2):
+            x = cpp.rand(2, 5, frames, 7, 9)
+            conv = dict(history=2, space_padding=(1, 1), pad_mode=pad_mode)
+            block1 = (conv1.weight, conv1.bias, norm1.g, norm1.b, norm1.eps)
+            h = table("causal_conv3d_norm", x, *block1, past=past1, relu=True, time_bias=tb, **conv)
+            block2 = (conv2.weight, conv2.bias, norm2.g, norm2.b, norm2.eps)
+            skip = res.res_conv(x)
+            y = table(
+                "causal_conv3d_norm", h, *block2, past=past2, relu=True, residual=skip, **conv
+            )
+            h_ref = CF.causal_conv3d(x, conv1.weight, conv1.bias, past=past1, **conv)
+            h_ref = CF.channel_norm(h_ref, norm1.g, norm1.b, relu=True) + tb
+            y_ref = CF.causal_conv3d(h_ref, conv2.weight, conv2.bias, past=past2, **conv)
+            y_ref = CF.channel_norm(y_ref, norm2.g, norm2.b, relu=True) + skip
+            cpp.check(y, y_ref, torch.float32)
+            if past1 is None:  # the stream's first chunk is the layer's own forward
+                cpp.check(y, res(x, emb), torch.float32)
+            past1 = CF.causal_conv3d_history(x, past1, 2)
+            past2 = CF.causal_conv3d_history(h, past2, 2)
+    assert table.table["channel_norm"].backend == "cpp" and len(norms) == 4

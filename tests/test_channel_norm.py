@@ -1,5 +1,6 @@
-"""Parity of the Triton norm block (kernels/channel_norm.py) with cdt_fast.functional.channel_norm
-and the reference layers, under the Triton interpreter on CPU (real kernels on CUDA)."""
+"""Parity of the norm block's backends with cdt_fast.functional.channel_norm and the reference
+layers: the Triton kernel (kernels/channel_norm.py) under the Triton interpreter on CPU (real
+kernels on CUDA), and the C++ extension (cdt_fast.cpp_ops; its CUDA build on a GPU)."""
 
 import pytest
 import torch
@@ -7,11 +8,14 @@ import torch
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
+from cdt_fast import cpp_ops
 from cdt_fast import functional as CF
 from cdt_fast.kernels.channel_norm import channel_norm, channel_norm_tile
 from cdt_fast.reference.layers import Block, ChannelLayerNorm, ResnetBlock
 
+from . import cpp_backend as cpp
 from .bf16_emulation import emulated_op
+from .cpp_backend import cpp_test, cuda_test
 from .helpers import DEVICE, INTERPRETED, assert_bf16_close
 
 
@@ -259,3 +263,97 @@ def test_autotuned_path_in_place(monkeypatch, tmp_path):
     assert channel_norm(x, g, b, relu=True, residual=res, out=x) is x
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
     assert op._channel_norm_tuned.cache  # the tuned branch ran and chose a config
+
+
+# -- the C++ extension (cdt_fast.cpp_ops; its CUDA build on a GPU) ------------------------------
+
+
+@cpp_test
+@pytest.mark.parametrize("dtype", cpp.DTYPES)
+@pytest.mark.parametrize("shape", cpp.SHAPES)
+@pytest.mark.parametrize(
+    "relu,bias_kind,with_residual",
+    [(False, None, False), (True, "bc", True), (True, "bc111_b1", False)],
+)
+def test_cpp_channel_norm(dtype, shape, relu, bias_kind, with_residual):
+    b, c = shape[:2]
+    x = cpp.rand(*shape, dtype=dtype, scale=2.0) + 0.5
+    g, beta = cpp.rand(1, c, 1, 1, 1, dtype=dtype), cpp.rand(c, dtype=dtype)
+    tb = {
+        None: None,
+        "bc": cpp.rand(b, c, dtype=dtype),
+        "bc111_b1": cpp.rand(1, c, 1, 1, 1, dtype=dtype),
+    }[bias_kind]
+    res = cpp.rand(*shape, dtype=dtype) if with_residual else None
+    out = cpp_ops.channel_norm(x, g, beta, relu=relu, time_bias=tb, residual=res)
+    up = cpp.up
+    ref = CF.channel_norm(*up(x, g, beta), relu=relu, time_bias=up(tb)[0], residual=up(res)[0])
+    assert out.dtype == dtype and out.is_contiguous(memory_format=cpp.CL)
+    cpp.check(out, ref, dtype)
+
+
+@cpp_test
+def test_cpp_channel_norm_any_input_layout_and_eps():
+    x = cpp.rand(2, 6, 3, 5, 4)
+    g, b = cpp.rand(6), cpp.rand(6)
+    for inp in (
+        x,
+        x.contiguous(memory_format=cpp.CL),
+        x.transpose(3, 4).contiguous().transpose(3, 4),
+    ):
+        out = cpp_ops.channel_norm(inp, g, b, 1e-3)
+        cpp.check(out, CF.channel_norm(x, g, b, 1e-3), torch.float32)
+
+
+@cpp_test
+def test_cpp_resnet_block_adds_match_layer():
+    """Block 1 + time bias, block 2 + residual: the ResnetBlock's norm epilogues."""
+    block = ResnetBlock(4, 6, time_emb_dim=8).eval()
+    x, temb = cpp.rand(2, 4, 3, 5, 7), cpp.rand(2, 8)
+    with torch.no_grad():
+        ref = block(x, temb)
+        n1, n2 = block.block1.block[1], block.block2.block[1]
+        h = cpp_ops.channel_norm(
+            block.block1.block[0](x), n1.g, n1.b, n1.eps, relu=True, time_bias=block.time_bias(temb)
+        )
+        h = block.block2.block[0](h)
+        out = cpp_ops.channel_norm(h, n2.g, n2.b, n2.eps, relu=True, residual=block.res_conv(x))
+    cpp.check(out, ref, torch.float32)
+
+
+@cpp_test
+def test_cpp_channel_norm_bad_input_is_named():
+    x = cpp.rand(1, 4, 2, 3, 3)
+    g = b = torch.ones(4)
+    with pytest.raises(TypeError, match="x must be float32"):
+        cpp_ops.channel_norm(x.double(), g, b)
+    with pytest.raises(ValueError, match="rank 5"):
+        cpp_ops.channel_norm(x[0], g, b)
+    with pytest.raises(ValueError, match="g must have 4 elements"):
+        cpp_ops.channel_norm(x, torch.ones(3), b)
+    with pytest.raises(ValueError, match="residual"):
+        cpp_ops.channel_norm(x, g, b, residual=x[:, :, :1])
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", cpp.DTYPES)
+def test_cuda_channel_norm(dtype):
+    """Both vector-width paths (C = 16 and C = 5), with ReLU, time bias and residual; a second
+    run gives the same bits."""
+    cases = []
+    for c in (16, 5):
+        x = cpp.rand(2, c, 3, 17, 23, dtype=dtype, scale=2.0, device="cuda")
+        res = cpp.rand(2, c, 3, 17, 23, dtype=dtype, device="cuda")
+        g, b, tb = (cpp.rand(*s, dtype=dtype, device="cuda") for s in ((c,), (c,), (2, c)))
+        cases.append(
+            (
+                f"channel_norm C={c}",
+                lambda x=x, g=g, b=b, tb=tb, res=res: cpp_ops.channel_norm(
+                    x, g, b, relu=True, time_bias=tb, residual=res
+                ),
+                lambda x=x, g=g, b=b, tb=tb, res=res: CF.channel_norm(
+                    *cpp.up(x, g, b), relu=True, time_bias=tb.float(), residual=res.float()
+                ),
+            )
+        )
+    cpp.check_on_cuda(cases, dtype)

@@ -81,10 +81,10 @@ def test_accelerate_argument_beats_env_var(engines, monkeypatch):
 
 @pytest.fixture
 def fake_cpp(monkeypatch):
-    """A stand-in ``cdt_fast._cpp_lib`` with every op the extension declares (torch's functions):
+    """A stand-in ``cdt_fast.cpp_ops`` with every op the extension declares (torch's functions):
     its channel_norm notes its calls, its ddim_update is wrong on purpose."""
     calls = []
-    lib = types.ModuleType("cdt_fast._cpp_lib")
+    lib = types.ModuleType("cdt_fast.cpp_ops")
     for op in implementations("cpp"):
         setattr(lib, op, getattr(CF, op))
 
@@ -96,7 +96,7 @@ def fake_cpp(monkeypatch):
         return CF.ddim_update(x_t, x0, coefficients, clamp=clamp) + 1.0
 
     lib.channel_norm, lib.ddim_update = channel_norm, ddim_update
-    monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", lib)
+    monkeypatch.setitem(sys.modules, "cdt_fast.cpp_ops", lib)
     return calls
 
 
@@ -289,8 +289,8 @@ def test_named_backend_without_a_block_op_composes_its_parts(fake_cpp, monkeypat
     for op in ("causal_conv3d_norm", "linear_attention_block"):
         assert report[op][0] == ("composed" if op == "causal_conv3d_norm" else "cpp"), report[op]
     assert "the cpp backend has no causal_conv3d_norm" in report["causal_conv3d_norm"][1]
-    monkeypatch.setitem(sys.modules, "cdt_fast._cpp_lib", None)
-    with pytest.raises(BackendUnavailableError, match="cdt_fast._cpp_lib is not importable"):
+    monkeypatch.setitem(sys.modules, "cdt_fast.cpp_ops", None)
+    with pytest.raises(BackendUnavailableError, match="cdt_fast.cpp_ops is not importable"):
         OpTable("cpp", env={})
 
 

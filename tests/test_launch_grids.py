@@ -118,10 +118,10 @@ LINEAR_ATTENTION_GRIDS = {
 # grids above, all are grid_for grids (common.cuh): a grid-stride loop's 1-D grid, capped at
 # 65,535 blocks whatever the size; channel_norm.cu names its one `grid`.
 CUDA_LAUNCHES = {
-    "cache_assembly.cu": [],  # its frame copies go through common.cuh's copy_rows
+    "causal_conv3d_history.cu": [],  # its frame copies go through common.cuh's copy_rows
     "channel_norm.cu": ["grid", "grid"],
     "common.cuh": ["grid_for(rows * units, kBlock)"] * 3,
-    "denoise_epilogue.cu": [
+    "denoise.cu": [
         "detail::grid_for(a.numel / kVec, kBlock)",
         "detail::grid_for(a.numel, kBlock)",
         "detail::grid_for(numel / kVec, kBlock)",

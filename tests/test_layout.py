@@ -7,20 +7,12 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Iterator, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("cdt_fast", "kernels", "benchmarks", "tools", "tests")
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 100
-
-# Being split elsewhere; each entry names what it may exceed.
-EXCEPTIONS: Dict[str, Tuple[str, ...]] = {
-    "kernels/causal_conv3d.py": ("module", "causal_conv3d_frames"),
-    "kernels/linear_attention.py": ("module",),
-    "cdt_fast/_cpp_lib.py": ("module",),
-    "tests/test_cpp_ops.py": ("module",),
-}
 
 
 def _modules() -> Iterator[Path]:
@@ -54,17 +46,12 @@ def oversized(path: Path, text: str) -> Iterator[Tuple[str, str]]:
 
 
 def test_no_module_or_function_is_too_long():
-    found, used = [], set()
-    for path in _modules():
-        rel = path.relative_to(ROOT).as_posix()
-        for what, description in oversized(path, path.read_text()):
-            if what in EXCEPTIONS.get(rel, ()):
-                used.add((rel, what))
-            else:
-                found.append(f"{rel}: {description}")
+    found = [
+        f"{path.relative_to(ROOT).as_posix()}: {description}"
+        for path in _modules()
+        for _, description in oversized(path, path.read_text())
+    ]
     assert not found, "over the limits:\n" + "\n".join(found)
-    stale = {(rel, what) for rel, whats in EXCEPTIONS.items() for what in whats} - used
-    assert not stale, f"exceptions no longer needed (remove them): {sorted(stale)}"
 
 
 def test_the_size_check_sees_long_modules_and_functions_but_not_kernel_bodies():

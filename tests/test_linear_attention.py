@@ -1,12 +1,14 @@
-"""Parity of the fused linear-attention block (kernels/linear_attention.py) with
-cdt_fast.functional.linear_attention and the reference ``attention_block``, under the Triton
-interpreter on CPU (real kernels on CUDA)."""
+"""Parity of the linear attention's backends with cdt_fast.functional.linear_attention and the
+reference ``attention_block``: the fused Triton block (kernels/linear_attention.py) under the
+Triton interpreter on CPU (real kernels on CUDA), and the C++ extension (cdt_fast.cpp_ops; its
+CUDA build on a GPU)."""
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from cdt_fast import _cpp_lib, cpp_ops
 from cdt_fast import functional as CF
 from cdt_fast.kernels.linear_attention import (
     LinearAttentionWeights,
@@ -15,7 +17,9 @@ from cdt_fast.kernels.linear_attention import (
 )
 from cdt_fast.reference.layers import LinearAttention, attention_block
 
+from . import cpp_backend as cpp
 from .bf16_emulation import emulated_op
+from .cpp_backend import cpp_test, cuda_test
 from .helpers import DEVICE, assert_bf16_close
 
 
@@ -210,9 +214,9 @@ def test_gpu_block_dtypes(dtype, shape):
     ],
 )
 def test_position_slices_cover_every_position_once(positions, programs, block, wanted):
-    from cdt_fast.kernels.linear_attention import _slices
+    from cdt_fast.kernels.linear_attention_passes import slices
 
-    count, length = _slices(positions, programs, block, wanted)
+    count, length = slices(positions, programs, block, wanted)
     assert length % block == 0 and count >= 1
     assert (count - 1) * length < positions <= count * length  # no empty slice, none missing
 
@@ -220,17 +224,17 @@ def test_position_slices_cover_every_position_once(positions, programs, block, w
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("c", [3, 64, 384])
 def test_projection_autotune_pruning_fits_shared_memory(dtype, c):
-    from cdt_fast.kernels import linear_attention as op
+    from cdt_fast.kernels import linear_attention_tiles as op
 
     w = torch.empty(c, 3 * c, dtype=dtype)
-    block_k = op._block_width(c, 1 << 30)
-    kept = op._prune_project_configs(
-        op._PROJECT_CONFIGS, {"w_ptr": w, "N_OUT": 3 * c}, BLOCK_K=block_k
+    block_k = op.block_width(c, 1 << 30)
+    kept = op.prune_project_configs(
+        op.PROJECT_CONFIGS, {"w_ptr": w, "N_OUT": 3 * c}, BLOCK_K=block_k
     )
     size = w.element_size()
     assert kept and all(
-        cfg.kwargs["BLOCK_M"] * block_k * size <= op._X_TILE_BYTES
-        and cfg.kwargs["BLOCK_N"] * block_k * size * cfg.num_stages <= op._W_TILE_BYTES
+        cfg.kwargs["BLOCK_M"] * block_k * size <= op.X_TILE_BYTES
+        and cfg.kwargs["BLOCK_N"] * block_k * size * cfg.num_stages <= op.W_TILE_BYTES
         for cfg in kept
     )
 
@@ -238,12 +242,12 @@ def test_projection_autotune_pruning_fits_shared_memory(dtype, c):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter stand-in for GPU autotuning")
 def test_autotuned_path_in_place(monkeypatch, tmp_path):
     from cdt_fast.kernels import _tiles
-    from cdt_fast.kernels import linear_attention as op
+    from cdt_fast.kernels import linear_attention_kernel as op
 
     from .fused_autotune_on_cpu import tune_on_cpu
 
     tiles = tmp_path / "tiles.json"
-    for tuned in (op._norm_project_tuned, op._context_partial_tuned, op._attention_apply_tuned):
+    for tuned in (op.norm_project_tuned, op.context_partial_tuned, op.attention_apply_tuned):
         tune_on_cpu(monkeypatch, tuned, tiles, configs=2)
     x = _activation((1, 20, 2, 5, 7))
     w_qkv, w_out, b_out = _weights(20)
@@ -251,7 +255,92 @@ def test_autotuned_path_in_place(monkeypatch, tmp_path):
     expected = x + CF.linear_attention(CF.channel_norm(x, g, b), w_qkv, w_out, b_out)
     assert linear_attention_block(x, g, b, w_qkv, w_out, b_out, out=x) is x
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=2e-5)
-    assert op._attention_apply_tuned.cache and op._norm_project_tuned.cache
+    assert op.attention_apply_tuned.cache and op.norm_project_tuned.cache
     # every tuned kernel's winner went to the tile file, keyed by its shape class
     kernels = {kernel for _, kernel, _ in _tiles.load_tiles(tiles)}
     assert kernels == {"norm_project", "context_partial", "attention_apply"}
+
+
+# -- the C++ extension (cdt_fast.cpp_ops; its CUDA build on a GPU) ------------------------------
+
+
+@cpp_test
+@pytest.mark.parametrize("dtype", cpp.DTYPES)
+@pytest.mark.parametrize("shape", cpp.SHAPES)
+@pytest.mark.parametrize("heads,dim_head", [(1, 5), (2, 3)])
+def test_cpp_linear_attention(dtype, shape, heads, dim_head):
+    c = shape[1]
+    hidden = heads * dim_head
+    x = cpp.rand(*shape, dtype=dtype)
+    w_qkv = cpp.rand(3 * hidden, c, 1, 1, 1, dtype=dtype)
+    w_out, b_out = cpp.rand(c, hidden, 1, 1, 1, dtype=dtype), cpp.rand(c, dtype=dtype)
+    out = cpp_ops.linear_attention(x, w_qkv, w_out, b_out, heads=heads)
+    ref = CF.linear_attention(*cpp.up(x, w_qkv, w_out, b_out), heads=heads)
+    cpp.check(out, ref, dtype)
+    out = cpp_ops.linear_attention(x, w_qkv, w_out, None, heads=heads, scale=0.3)
+    ref = CF.linear_attention(*cpp.up(x, w_qkv, w_out), None, heads=heads, scale=0.3)
+    cpp.check(out, ref, dtype)
+
+
+@cpp_test
+def test_cpp_linear_attention_cuda_scratch_holds_a_partial_context_per_split():
+    """The CUDA attention sums per-split partial contexts in a fixed order (no atomics): the
+    scratch the caller allocates holds k statistics, one d x d context per (split, frame, head)
+    and q statistics; splits = min(ceil(1024 / (frames * heads * ceil(d / 32)^2)),
+    ceil(positions / 256))."""
+    floats = _cpp_lib.library().linear_attention_workspace_floats
+    assert floats(1, 100, 1, 8) == 2 * 8 + 1 * 8 * 8 + 100 * 2  # one split
+    assert floats(4, 600, 1, 40) == 4 * 40 * 2 + 3 * 4 * 40 * 40 + 4 * 600 * 2  # 3 splits
+    assert floats(1, 4096, 1, 8) == 2 * 8 + 16 * 8 * 8 + 4096 * 2  # 16 splits
+
+
+@cpp_test
+@pytest.mark.parametrize("shape", cpp.SHAPES)
+def test_cpp_linear_attention_block_matches_layer(shape):
+    block = attention_block(shape[1]).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        x = cpp.rand(*shape)
+        attn, norm = block.fn.fn, block.fn.norm
+        out = cpp_ops.linear_attention_block(
+            x,
+            norm.g,
+            norm.b,
+            attn.to_qkv.weight,
+            attn.to_out.weight,
+            attn.to_out.bias,
+            heads=attn.heads,
+            scale=attn.scale,
+            eps=norm.eps,
+        )
+        cpp.check(out, block(x), torch.float32)
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", cpp.DTYPES)
+def test_cuda_linear_attention(dtype):
+    """A head wide enough for several tiles and 3 position splits (d = 40, N = 600), and a narrow
+    one with 16 splits of 4096 positions summed in order (d = 8); a second run gives the same
+    bits."""
+
+    def r(*shape, scale=1.0):
+        return cpp.rand(*shape, dtype=dtype, scale=scale, device="cuda")
+
+    xa = r(2, 24, 2, 20, 30)
+    wq, wo, bo = r(3 * 40, 24, 1, 1, 1, scale=0.3), r(24, 40, 1, 1, 1), r(24)
+    xn = r(1, 8, 1, 64, 64)
+    wqn, won = r(3 * 8, 8, 1, 1, 1, scale=0.5), r(8, 8, 1, 1, 1)
+    cases = [
+        (
+            "linear_attention d=40 N=600",
+            lambda: cpp_ops.linear_attention(xa, wq, wo, bo, heads=1),
+            lambda: CF.linear_attention(*cpp.up(xa, wq, wo, bo), heads=1),
+        ),
+        (
+            "linear_attention d=8 N=4096",
+            lambda: cpp_ops.linear_attention(xn, wqn, won, None, heads=1),
+            lambda: CF.linear_attention(*cpp.up(xn, wqn, won), None, heads=1),
+        ),
+    ]
+    cpp.check_on_cuda(cases, dtype)

@@ -7,6 +7,10 @@ per block (:data:`cdt_fast.kernels._tiles.SHARED_MEMORY_LIMIT`). The tables are 
 presets' channel widths and every width around their branch points, for each dtype class (16-bit,
 fp32 on TF32 dots, exact fp32) and arch family. The formulas are checked against what Triton
 compiled for sm_90 (``benchmarks/results/sass-sm90-*.json``, written by ``tools/sass_audit.py``).
+Every sweep runs twice: at each family's limit (the tables' own tiles) and at the 99 KB of a
+block on compute capability 8.6/8.9 and consumer Blackwell, which each table meets by fitting its
+tile (``_tiles.fit_tile``), as a launch does with the device's own limit
+(``_tiles.shared_memory_limit``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,8 +29,10 @@ from cdt_fast.generation.model import GenConfig
 from cdt_fast.kernels import _temporal_attention_kernel as temporal
 from cdt_fast.kernels import _tiles
 from cdt_fast.kernels import causal_conv3d as conv
+from cdt_fast.kernels import causal_conv3d_tiles as conv_tiles
 from cdt_fast.kernels import channel_norm as norm
 from cdt_fast.kernels import linear_attention as attention
+from cdt_fast.kernels import linear_attention_tiles as attention_tiles
 from cdt_fast.kernels import time_resample as resample
 from cdt_fast.kernels._tiles import SHARED_MEMORY_LIMIT, Tile
 from cdt_fast.reference.layers import LinearAttention
@@ -38,6 +45,11 @@ DTYPES = ((2, False), (4, False), (4, True))
 # powers of two), beside the presets' own.
 AROUND = (1, 3, 8, 15, 16, 17, 19, 31, 32, 33, 48, 63, 64, 65, 96, 127, 128, 129, 192, 255, 256)
 AROUND += (257, 320, 384, 511, 512, 513, 640, 768, 1024)
+# The shared memory per block the tables are swept at: each family's own (None), and the 99 KB of
+# compute capability 8.6, 8.9 and 12.x (RTX 30/40/50, A10, L4, L40), whose blocks get less than
+# the family they share tables with.
+CONSUMER = 99 * 1024
+LIMITS = {"family": None, "99KB": CONSUMER}
 
 
 def _presets():
@@ -59,13 +71,14 @@ PAIRS, WIDTHS, HEADS = _presets()
 CHANNELS = sorted(set(AROUND) | set(WIDTHS))
 
 
-def _fits(footprints):
-    """The entries above their family's limit, as readable lines."""
-    return [
-        f"{what}: {nbytes / 1024:.1f} KiB > {SHARED_MEMORY_LIMIT[arch] / 1024:.0f} KiB on {arch}"
-        for (what, arch), nbytes in footprints.items()
-        if nbytes > SHARED_MEMORY_LIMIT[arch]
-    ]
+def _fits(footprints, limit=None):
+    """The entries above ``limit`` (None: their family's), as readable lines."""
+    found = []
+    for (what, arch), nbytes in footprints.items():
+        bound = SHARED_MEMORY_LIMIT[arch] if limit is None else limit
+        if nbytes > bound:
+            found.append(f"{what}: {nbytes / 1024:.1f} KiB > {bound / 1024:.0f} KiB on {arch}")
+    return found
 
 
 def test_the_presets_are_swept():
@@ -74,42 +87,56 @@ def test_the_presets_are_swept():
     assert all(cin in CHANNELS and cout in CHANNELS for cin, cout in PAIRS)
 
 
-def test_conv_tiles_fit():
+@pytest.mark.parametrize("limit", LIMITS.values(), ids=LIMITS)
+def test_conv_tiles_fit(limit):
     found = {}
     for arch, (size, ieee), cin, cout in itertools.product(ARCHS, DTYPES, CHANNELS, CHANNELS):
         for full_row in (False, True) if cout <= conv.FUSED_NORM_MAX_CHANNELS else (False,):
-            tile = conv.conv_tile(arch, cin=cin, cout=cout, full_row=full_row, ieee=ieee)
+            tile = conv.conv_tile(
+                arch, cin=cin, cout=cout, full_row=full_row, ieee=ieee, size=size, limit=limit
+            )
             what = f"conv {tile.label()} ({size}-byte)"
             found[(what, arch)] = conv.conv_shared_memory(tile, arch=arch, size=size)
-    assert not _fits(found), _fits(found)
+    assert not _fits(found, limit), _fits(found, limit)
 
 
-def test_norm_tiles_fit():
+@pytest.mark.parametrize("limit", LIMITS.values(), ids=LIMITS)
+def test_norm_tiles_fit(limit):
     found = {}
     for arch, c in itertools.product(ARCHS, CHANNELS):
         block_c = triton.next_power_of_2(c)
-        tile = norm.norm_tile(arch, block_c=block_c)
+        tile = norm.norm_tile(arch, block_c=block_c, limit=limit)
         what = f"norm C={c} {tile.label()}"
         found[(what, arch)] = norm.norm_shared_memory(tile, arch=arch, block_c=block_c)
-    assert not _fits(found), _fits(found)
+    assert not _fits(found, limit), _fits(found, limit)
 
 
-def test_linear_attention_tiles_fit():
-    """The projection over every input width up to 1024 (CDT's attention sees at most 384) and
+@pytest.mark.parametrize("limit", LIMITS.values(), ids=LIMITS)
+def test_linear_attention_tiles_fit(limit):
+    """The projection over every input width up to 1024 (CDT's attention sees at most 384; on a
+    99 KB block, 512 fp32 channels: wider rows do not fit beside a 16-column weight tile) and
     qkv width, the context, merge and apply passes over every head width (CDT's heads span the
     whole channel vector) and output width."""
     found = {}
     for arch, size in itertools.product(ARCHS, (2, 4)):
-        for c, hidden in itertools.product([c for c in CHANNELS if c <= 1024], CHANNELS):
-            block_k = attention._block_width(c, 1 << 30)
-            tile = attention.project_tile(arch, block_k=block_k, n_out=3 * hidden, size=size)
+        widest = 512 if limit == CONSUMER and size == 4 else 1024
+        for c, hidden in itertools.product([c for c in CHANNELS if c <= widest], CHANNELS):
+            block_k = attention_tiles.block_width(c, 1 << 30)
+            tile = attention_tiles.project_tile(
+                arch, block_k=block_k, n_out=3 * hidden, size=size, limit=limit
+            )
             what = f"norm_project C={c} {tile.label()} ({size}-byte)"
             found[(what, arch)] = attention.project_shared_memory(
                 tile, arch=arch, block_k=block_k, size=size
             )
         for dh in CHANNELS:
-            block_d, block_e = attention._block_width(dh, 64), attention._block_width(dh, 128)
-            tile = attention.partial_tile(arch, block_d=block_d, block_e=block_e)
+            block_d, block_e = (
+                attention_tiles.block_width(dh, 64),
+                attention_tiles.block_width(dh, 128),
+            )
+            tile = attention_tiles.partial_tile(
+                arch, block_d=block_d, block_e=block_e, size=size, limit=limit
+            )
             found[(f"context_partial d={dh} ({size}-byte)", arch)] = (
                 attention.partial_shared_memory(
                     tile, arch=arch, block_d=block_d, block_e=block_e, size=size
@@ -119,30 +146,39 @@ def test_linear_attention_tiles_fit():
                 arch=arch, block_d=block_d, block_e=block_e
             )
             for c_out in CHANNELS:
-                tile = attention.apply_tile(arch, dh=dh)
-                block_c = attention.apply_block_c(c_out)
+                block_c = attention_tiles.apply_block_c(c_out)
+                tile = attention_tiles.apply_tile(
+                    arch, dh=dh, block_c=block_c, size=size, limit=limit
+                )
                 what = f"attention_apply d={dh} C_out={c_out} ({size}-byte)"
                 found[(what, arch)] = attention.apply_shared_memory(
                     tile, arch=arch, block_c=block_c, size=size
                 )
-    assert not _fits(found), _fits(found)
+    assert not _fits(found, limit), _fits(found, limit)
     # rows too wide for any column tile: refused, saying why
-    with pytest.raises(ValueError, match="shared memory"):
-        attention.project_tile("sm_90", block_k=4096, n_out=3 * 4096, size=4)
+    with pytest.raises(ValueError, match="shared memory.*whole channel vector"):
+        attention_tiles.project_tile("sm_90", block_k=4096, n_out=3 * 4096, size=4, limit=limit)
 
 
-def test_time_resampling_tiles_fit():
+@pytest.mark.parametrize("limit", LIMITS.values(), ids=LIMITS)
+def test_time_resampling_tiles_fit(limit):
     found = {}
     for arch, (size, ieee), c_in, c_out in itertools.product(ARCHS, DTYPES, CHANNELS, CHANNELS):
         for upsample in (False, True):
             tile = resample.resample_tile(
-                arch, c_in=c_in, c_out=c_out, ieee=ieee, size=size, upsample=upsample
+                arch,
+                c_in=c_in,
+                c_out=c_out,
+                ieee=ieee,
+                size=size,
+                upsample=upsample,
+                limit=limit,
             )
             what = f"time_{'up' if upsample else 'down'}sample {tile.label()} ({size}-byte)"
             found[(what, arch)] = resample.resample_shared_memory(
                 tile, arch=arch, upsample=upsample, size=size
             )
-    assert not _fits(found), _fits(found)
+    assert not _fits(found, limit), _fits(found, limit)
 
 
 def test_fp32_resampling_keeps_three_stages_within_the_limit():
@@ -162,7 +198,8 @@ def test_fp32_resampling_keeps_three_stages_within_the_limit():
             assert footprint(tile, arch=arch, upsample=upsample, size=4) == expected * 1024
 
 
-def test_temporal_attention_tiles_fit():
+@pytest.mark.parametrize("limit", LIMITS.values(), ids=LIMITS)
+def test_temporal_attention_tiles_fit(limit):
     """Query and key lengths around the packing threshold (64 frames), head widths of the
     generation presets and around them."""
     head_dims = {c.hidden // c.heads for c in map(GenConfig.preset, ("tiny", "S", "B"))}
@@ -170,11 +207,110 @@ def test_temporal_attention_tiles_fit():
     for arch, size, d in itertools.product(ARCHS, (2, 4), sorted(head_dims | {16, 32, 128})):
         for tq, tk in itertools.product((1, 5, 17, 32, 63, 64, 65, 200), repeat=2):
             _, block_m, block_n, block_d = temporal.tile_shape(tq, tk, d)
-            what = f"temporal_attention Tq={tq} Tk={tk} d={d} ({size}-byte)"
+            blocks = dict(block_m=block_m, block_n=block_n, block_d=block_d)
+            tile = temporal.temporal_tile(arch, **blocks, size=size, limit=limit)
+            what = f"temporal_attention Tq={tq} Tk={tk} d={d} {tile.label()} ({size}-byte)"
             found[(what, arch)] = temporal.temporal_shared_memory(
-                temporal._TILE, block_m, block_n, block_d, arch=arch, size=size
+                tile, block_m, block_n, block_d, arch=arch, size=size
             )
-    assert not _fits(found), _fits(found)
+    assert not _fits(found, limit), _fits(found, limit)
+
+
+# -- fitting the tables' tiles to the device's block ---------------------------------------------
+
+
+def test_the_family_limits_keep_the_tables_tiles():
+    """On an A100 or H100 nothing changes: every table tile fits, so it runs as it is."""
+    for arch, (size, ieee), cin, cout in itertools.product(ARCHS, DTYPES, CHANNELS, CHANNELS):
+        geometry = dict(cin=cin, cout=cout, full_row=False, ieee=ieee)
+        assert conv.conv_tile(arch, **geometry, size=size) == conv_tiles._table_tile(
+            arch, **geometry
+        )
+        for upsample in (False, True):
+            geometry = dict(c_in=cin, c_out=cout, ieee=ieee, size=size, upsample=upsample)
+            table = resample._table_tile(arch, **geometry)
+            assert resample.resample_tile(arch, **geometry) == table
+
+
+def test_a_99kb_block_fits_the_bf16_time_downsample():
+    """The case that made the fitting necessary: the bf16 downsample's 128 x 128 x 64 tile in 3
+    stages needs 129 KiB on sm_80 (RTX 4090: 99 KB); 2 stages hold 65. On the sm_90 family
+    (consumer Blackwell: 99 KB) 2 stages still need 129 KiB, so K halves: 65 KiB."""
+    geometry = dict(c_in=256, c_out=256, ieee=False, size=2, upsample=False)
+    footprint = resample.resample_shared_memory
+    for arch, k in (("sm_80", 64), ("sm_90", 32)):
+        table = resample.resample_tile(arch, **geometry)
+        assert footprint(table, arch=arch, upsample=False, size=2) > CONSUMER
+        tile = resample.resample_tile(arch, **geometry, limit=CONSUMER)
+        assert (tile.num_stages, tile.kwargs["BLOCK_K"], tile.num_warps) == (2, k, 8)
+        assert footprint(tile, arch=arch, upsample=False, size=2) == 65 * 1024
+
+
+def test_fit_tile_order_and_refusal():
+    """Stages down to 2, then the named blocks halved in order down to 16, then one stage."""
+    tile = Tile.of(8, 4, BLOCK_M=64, BLOCK_K=32)
+
+    def elements(t):  # a footprint: the product of the blocks times the stages
+        return t.kwargs["BLOCK_M"] * t.kwargs["BLOCK_K"] * t.num_stages
+
+    fit = _tiles.fit_tile
+    assert fit(tile, elements, 64 * 32 * 4, name="k") is tile
+    assert fit(tile, elements, 64 * 32 * 3, name="k") == Tile.of(8, 3, BLOCK_M=64, BLOCK_K=32)
+    shrink = ("BLOCK_K", "BLOCK_M")
+    assert fit(tile, elements, 64 * 16 * 2, name="k", shrink=shrink) == Tile.of(
+        8, 2, BLOCK_M=64, BLOCK_K=16
+    )
+    assert fit(tile, elements, 16 * 16 * 2, name="k", shrink=shrink) == Tile.of(
+        8, 2, BLOCK_M=16, BLOCK_K=16
+    )
+    assert fit(tile, elements, 16 * 16, name="k", shrink=shrink) == Tile.of(
+        8, 1, BLOCK_M=16, BLOCK_K=16
+    )
+    with pytest.raises(ValueError, match=r"kern: .*255 bytes of shared memory.*needs 256; why"):
+        fit(tile, elements, 255, name="kern", shrink=shrink, why="why")
+
+
+class _OnDevice:
+    """Stands in for a tensor on ``device``: all :func:`_tiles.shared_memory_limit` reads."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+
+
+def test_shared_memory_limit_reads_the_device(monkeypatch):
+    """A CUDA device's opt-in maximum per block lowers its family's limit; a CPU tensor has the
+    family's, or what tile_options asks for (at most a CUDA device's own)."""
+    cpu = _OnDevice("cpu")
+    for arch in ARCHS:
+        assert _tiles.shared_memory_limit(cpu, arch) == SHARED_MEMORY_LIMIT[arch]
+        with _tiles.tile_options(shared_memory=CONSUMER):
+            assert _tiles.shared_memory_limit(cpu, arch) == CONSUMER
+    with pytest.raises(ValueError, match="shared_memory must be a positive int"):
+        with _tiles.tile_options(shared_memory=0):
+            pass
+    gpu = _OnDevice("cuda:0")
+    for optin, arch, expected in [
+        (101376, "sm_80", CONSUMER),  # compute capability 8.6 / 8.9
+        (166912, "sm_80", 163 * 1024),  # 8.0
+        (101376, "sm_90", CONSUMER),  # 12.0
+        (232448, "sm_90", 227 * 1024),  # 9.0
+        (232448, "sm_80", 163 * 1024),  # an H100 planned as sm_80 keeps sm_80's tables' limit
+    ]:
+        props = SimpleNamespace(shared_memory_per_block_optin=optin)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, p=props: p)
+        assert _tiles.shared_memory_limit(gpu, arch) == expected, (optin, arch)
+    with _tiles.tile_options(shared_memory=64 * 1024):
+        assert _tiles.shared_memory_limit(gpu, "sm_90") == 64 * 1024
+    with pytest.raises(ValueError, match="blocks get at most 232448 bytes"):
+        with _tiles.tile_options(shared_memory=300 * 1024):
+            _tiles.shared_memory_limit(gpu, "sm_90")
+    # a torch without the property: Triton's driver reads the same attribute
+    from triton.runtime import driver
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace())
+    utils = SimpleNamespace(get_device_properties=lambda index: {"max_shared_mem": 101376})
+    monkeypatch.setattr(driver, "_active", SimpleNamespace(utils=utils))
+    assert _tiles.shared_memory_limit(gpu, "sm_90") == CONSUMER
 
 
 # -- the formulas against the compiled code --------------------------------------------------------

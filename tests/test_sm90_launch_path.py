@@ -24,7 +24,9 @@ from cdt_fast.kernels import _tiles, denoise
 from cdt_fast.kernels import causal_conv3d as conv
 from cdt_fast.kernels import channel_norm as norm
 from cdt_fast.kernels import linear_attention as attention
+from cdt_fast.kernels import linear_attention_tiles as attention_tiles
 from cdt_fast.kernels import time_resample as resample
+from cdt_fast.kernels._tiles import Tile
 from cdt_fast.kernels.temporal_attention import temporal_attention
 
 from .helpers import DEVICE, INTERPRETED, tolerance
@@ -218,17 +220,17 @@ def test_linear_attention_block_on_sm90_tiles(plan, ran):
     frames, positions = 4, 99
 
     project = _one(ran, "norm_project")
-    assert project.tile == attention.project_tile("sm_90", block_k=256, n_out=432, size=size)
+    assert project.tile == attention_tiles.project_tile("sm_90", block_k=256, n_out=432, size=size)
     _cuts(frames * positions, project.kwargs["BLOCK_M"])
     _cuts(3 * heads * dh, project.kwargs["BLOCK_N"])
 
     partial = _one(ran, "context_partial")
-    assert partial.tile == attention.partial_tile("sm_90", block_d=64, block_e=128)
+    assert partial.tile == attention_tiles.partial_tile("sm_90", block_d=64, block_e=128)
     _cuts(dh, partial.kwargs["BLOCK_D"])
     assert partial.grid == (frames * heads, 2, 2)  # 2 slices of positions, 2 d blocks
 
     apply = _one(ran, "attention_apply")
-    assert apply.tile == attention.apply_tile("sm_90", dh=dh)
+    assert apply.tile == attention_tiles.apply_tile("sm_90", dh=dh)
     _cuts(positions, apply.kwargs["BLOCK_N"])
     _cuts(dh, apply.kwargs["BLOCK_D"])
     _cuts(c, apply.kwargs["BLOCK_C"])
@@ -332,3 +334,47 @@ def test_sampler_steps_on_the_gpu_launch_path():
         frames = denoise.to_uint8_frames(x0)
     _close(y, CF.ddim_update(x_t, x0, coefficients, clamp=True), "fp32", 4)
     assert torch.equal(frames.cpu(), CF.to_uint8_frames(x0).cpu())
+
+
+# -- a 99 KB block: compute capability 8.6/8.9 (sm_80 tables) and 12.x (sm_90 tables) ----------
+
+CONSUMER = 99 * 1024
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_time_resampling_on_a_99kb_block(arch, ran):
+    """The bf16 tiles that outgrow a 99 KB block (the downsample's 129 KiB on sm_80, both
+    resamplings on sm_90) run fitted: fewer stages, then half the K tile, the shapes of the sm_90
+    tests above cutting every mask."""
+    plan = "bf16"
+    options = dict(_plan(plan)[1], arch=arch, shared_memory=CONSUMER)
+    x = _rand(1, 130, 2, 9, 15, plan=plan)
+    wd, bd = _rand(130, 130, 3, plan=plan, scale=(3 * 130) ** -0.5), _rand(130, plan=plan)
+    wu, bu = _rand(260, 130, 1, plan=plan, scale=130**-0.5), _rand(260, plan=plan)
+    past = _rand(1, 130, 1, 9, 15, plan=plan)
+    with _tiles.tile_options(**options):
+        down = resample.time_downsample(x, wd, bd, past=past)
+        up = resample.time_upsample(x, wu, bu, drop_first=True)
+    _close(down, CF.time_downsample(x, wd, bd, past=past), plan, 3 * 130)
+    _close(up, CF.time_upsample(x, wu, bu, drop_first=True), plan, 130)
+    geometry = dict(c_in=130, c_out=130, ieee=False, size=2)
+    for r, upsample in zip(ran, (False, True)):
+        table = resample.resample_tile(arch, **geometry, upsample=upsample)
+        fitted = resample.resample_tile(arch, **geometry, upsample=upsample, limit=CONSUMER)
+        assert r.tile == fitted and (fitted != table or (arch, upsample) == ("sm_80", True))
+        footprint = resample.resample_shared_memory(r.tile, arch=arch, upsample=upsample, size=2)
+        assert footprint <= CONSUMER
+        for extent, block in ((135, "BLOCK_M"), (130, "BLOCK_N"), (130, "BLOCK_K")):
+            _cuts(extent, r.kwargs[block])
+
+
+def test_temporal_attention_on_a_99kb_block(ran):
+    """fp32 heads of 100 (128-wide d blocks) in 64-frame blocks need 161 KiB in 2 stages on the
+    sm_90 family: a 99 KB block runs them in one."""
+    q, k, v = (_rand(1, 1, 70, 100, plan="fp32") for _ in range(3))
+    with _tiles.tile_options(arch="sm_90", shared_memory=CONSUMER):
+        y = temporal_attention(q, k, v, causal=True)
+    _close(y, CF.temporal_attention(q, k, v, causal=True), "fp32", 70 + 100)
+    r = _one(ran, "temporal_attention")
+    assert r.tile == Tile.of(4, 1) and temporal._TILE == Tile.of(4, 2)
+    _cuts(70, r.kwargs["BLOCK_M"])

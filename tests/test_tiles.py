@@ -15,18 +15,20 @@ from cdt_fast import devices
 from cdt_fast.kernels import _temporal_attention_kernel as temporal
 from cdt_fast.kernels import _tiles
 from cdt_fast.kernels import causal_conv3d as conv
+from cdt_fast.kernels import causal_conv3d_kernel as conv_kernel
 from cdt_fast.kernels import channel_norm as norm
-from cdt_fast.kernels import linear_attention as attention
+from cdt_fast.kernels import linear_attention_kernel as attention_kernel
+from cdt_fast.kernels import linear_attention_tiles as attention_tiles
 from cdt_fast.kernels import time_resample as resample
 from cdt_fast.kernels._tiles import Tile
 
 TUNED = {
-    "causal_conv3d": conv._conv_tuned,
-    "causal_conv3d full row": conv._conv_tuned_full_n,
+    "causal_conv3d": conv_kernel.conv_tuned,
+    "causal_conv3d full row": conv_kernel.conv_tuned_full_n,
     "channel_norm": norm._channel_norm_tuned,
-    "norm_project": attention._norm_project_tuned,
-    "context_partial": attention._context_partial_tuned,
-    "attention_apply": attention._attention_apply_tuned,
+    "norm_project": attention_kernel.norm_project_tuned,
+    "context_partial": attention_kernel.context_partial_tuned,
+    "attention_apply": attention_kernel.attention_apply_tuned,
     "time_downsample": resample._time_downsample_tuned,
     "time_upsample": resample._time_upsample_tuned,
     "temporal_attention": temporal._temporal_attention_tuned,
@@ -185,9 +187,9 @@ def test_other_tables_stay_in_their_budgets():
         assert t.num_warps * 32 <= max(t.kwargs["BLOCK_M"] * block_c, 128)
     for c in (64, 128, 256, 512):
         for size in (2, 4):
-            t = attention.project_tile("sm_90", block_k=c, n_out=3 * c, size=size)
-            assert t.kwargs["BLOCK_M"] * c * size <= attention._X_TILE_BYTES, (c, size, t)
-            assert t.kwargs["BLOCK_N"] * c * size * t.num_stages <= attention._W_TILE_BYTES
+            t = attention_tiles.project_tile("sm_90", block_k=c, n_out=3 * c, size=size)
+            assert t.kwargs["BLOCK_M"] * c * size <= attention_tiles.X_TILE_BYTES, (c, size, t)
+            assert t.kwargs["BLOCK_N"] * c * size * t.num_stages <= attention_tiles.W_TILE_BYTES
     for c_in, c_out in ((64, 128), (256, 256), (192, 384)):
         for size, upsample in itertools.product((2, 4), (False, True)):
             t = resample.resample_tile(

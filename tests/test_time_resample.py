@@ -1,16 +1,19 @@
-"""Parity of the Triton temporal down/upsampling with cdt_fast.functional and the reference layers."""
+"""Parity of the temporal down/upsampling's backends with cdt_fast.functional and the reference
+layers: the Triton kernels, and the C++ extension (cdt_fast.cpp_ops; its CUDA build on a GPU)."""
 
 import pytest
 import torch
 
-from cdt_fast import FeatureCache
+from cdt_fast import FeatureCache, cpp_ops
 from cdt_fast import functional as CF
 from cdt_fast.reference.layers import TimeDownsample, TimeUpsample
 
 triton = pytest.importorskip("triton")
 from cdt_fast.kernels.time_resample import time_downsample, time_upsample
 
+from . import cpp_backend as cpp
 from .bf16_emulation import emulated_op
+from .cpp_backend import cpp_test, cuda_test
 from .helpers import DEVICE, assert_bf16_close, exact_fp32
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
@@ -159,3 +162,98 @@ def test_compiled_kernels_refuse_cpu_tensors_clearly(monkeypatch):
         _common.check_launchable(
             torch.zeros(1), "time_upsample", "cdt_fast.functional.time_upsample"
         )
+
+
+# -- the C++ extension (cdt_fast.cpp_ops; its CUDA build on a GPU) ------------------------------
+
+
+@cpp_test
+@pytest.mark.parametrize("dtype", cpp.DTYPES)
+@pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
+@pytest.mark.parametrize("frames,with_past", [(1, False), (5, False), (2, True), (4, True)])
+def test_cpp_time_downsample(dtype, pad_mode, frames, with_past):
+    b, c, h, w = 2, 5, 7, 9
+    x = cpp.rand(b, c, frames, h, w, dtype=dtype)
+    past = cpp.rand(b, c, 1, h, w, dtype=dtype) if with_past else None
+    weight, bias = cpp.rand(7, c, 3, dtype=dtype), cpp.rand(7, dtype=dtype)
+    out = cpp_ops.time_downsample(x, weight, bias, past=past, pad_mode=pad_mode)
+    ref = CF.time_downsample(*cpp.up(x, weight, bias), past=cpp.up(past)[0], pad_mode=pad_mode)
+    cpp.check(out, ref, dtype)
+
+
+@cpp_test
+@pytest.mark.parametrize("pad_mode", ["zeros", "replicate"])
+def test_cpp_time_downsample_streams_like_layer(pad_mode):
+    """Chunks of 1, 2, 2 frames, each with the previous chunk's last frame, equal the clip."""
+    layer = TimeDownsample(6, pad_mode=pad_mode)
+    with torch.no_grad():
+        layer.conv.weight.copy_(torch.randn_like(layer.conv.weight))
+        x = cpp.rand(2, 6, 5, 3, 5)
+        ref = layer(x)
+        past, outs = None, []
+        for lo, hi in ((0, 1), (1, 3), (3, 5)):
+            chunk = x[:, :, lo:hi]
+            weight, bias = layer.conv.weight, layer.conv.bias
+            outs.append(cpp_ops.time_downsample(chunk, weight, bias, past=past, pad_mode=pad_mode))
+            past = chunk[:, :, -1:]
+    cpp.check(torch.cat(outs, dim=2), ref, torch.float32)
+
+
+@cpp_test
+@pytest.mark.parametrize("dtype", cpp.DTYPES)
+@pytest.mark.parametrize("shape", cpp.SHAPES)
+@pytest.mark.parametrize("drop_first", [True, False])
+def test_cpp_time_upsample(dtype, shape, drop_first):
+    c = shape[1]
+    x = cpp.rand(*shape, dtype=dtype)
+    weight, bias = cpp.rand(2 * c, c, 1, dtype=dtype), cpp.rand(2 * c, dtype=dtype)
+    out = cpp_ops.time_upsample(x, weight, bias, drop_first=drop_first)
+    cpp.check(out, CF.time_upsample(*cpp.up(x, weight, bias), drop_first=drop_first), dtype)
+    out = cpp_ops.time_upsample(x, weight, None, drop_first=drop_first)
+    cpp.check(out, CF.time_upsample(*cpp.up(x, weight), None, drop_first=drop_first), dtype)
+
+
+@cpp_test
+def test_cpp_time_downsample_bad_input_is_named():
+    x = cpp.rand(1, 4, 2, 3, 3)
+    with pytest.raises(ValueError, match="pad_mode"):
+        cpp_ops.time_downsample(x, cpp.rand(4, 4, 3), None, pad_mode="reflect")
+    with pytest.raises(ValueError, match="past must be one frame"):
+        cpp_ops.time_downsample(x, cpp.rand(4, 4, 3), None, past=cpp.rand(1, 4, 2, 3, 3))
+    with pytest.raises(ValueError, match="too few frames"):
+        cpp_ops.time_downsample(x[:, :, :1], cpp.rand(4, 4, 3), None, past=cpp.rand(1, 4, 1, 3, 3))
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", cpp.DTYPES)
+def test_cuda_time_resampling(dtype):
+    """Both vector-width paths (C = 16 and C = 5): the downsample after a cached frame, the
+    upsample dropping its first frame; a second run gives the same bits."""
+
+    def r(*shape, scale=1.0):
+        return cpp.rand(*shape, dtype=dtype, scale=scale, device="cuda")
+
+    cases = []
+    for c in (16, 5):
+        x = r(2, c, 3, 17, 23, scale=2.0)
+        wd, bd, past = r(c, c, 3), r(c), r(2, c, 1, 17, 23)
+        cases.append(
+            (
+                f"time_downsample C={c}",
+                lambda x=x, wd=wd, bd=bd, past=past: cpp_ops.time_downsample(
+                    x[:, :, :2], wd, bd, past=past
+                ),
+                lambda x=x, wd=wd, bd=bd, past=past: CF.time_downsample(
+                    *cpp.up(x[:, :, :2], wd, bd), past=past.float()
+                ),
+            )
+        )
+        wu, bu = r(2 * c, c, 1), r(2 * c)
+        cases.append(
+            (
+                f"time_upsample C={c}",
+                lambda x=x, wu=wu, bu=bu: cpp_ops.time_upsample(x, wu, bu, drop_first=True),
+                lambda x=x, wu=wu, bu=bu: CF.time_upsample(*cpp.up(x, wu, bu), drop_first=True),
+            )
+        )
+    cpp.check_on_cuda(cases, dtype)

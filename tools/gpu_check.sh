@@ -101,7 +101,8 @@ RESERVE=15     # kept back at the end for the summary
 KILL_AFTER=30  # after a phase's SIGTERM: time for the call in flight to end and results to land
 MIN_PHASE=10   # a phase is not started with less than this left of the total
 KERNEL_TESTS=(tests/test_causal_conv3d.py tests/test_channel_norm.py tests/test_linear_attention.py
-  tests/test_time_resample.py tests/test_temporal_attention.py tests/test_cpp_ops.py)
+  tests/test_time_resample.py tests/test_temporal_attention.py tests/test_causal_conv3d_history.py
+  tests/test_denoise.py tests/test_cpp_extension.py)
 # the other modules with GPU tests (engine, CUDA graphs, generation): named, so that pytest does not
 # import every test module of the suite to find them
 mapfile -t MODEL_TESTS < <(cd "$ROOT" && grep -l "pytest.mark.gpu" tests/test_*.py \

@@ -94,12 +94,12 @@ def _frozen(table) -> Mapping:
 #   Block. Replace these with a measured table (backend="tune", then save) once a GPU has run.
 #   The CUDA extension is ranked per op, only for CUDA_GRAPH_SAFE_OPS, never through "*".
 
-# The CUDA extension's ops whose whole call (the _cpp_lib wrapper and its kernels) is safe inside a
+# The CUDA extension's ops whose whole call (the cpp_ops wrapper and its kernels) is safe inside a
 # captured CUDA graph -- no host sync or host read of a device value (the DDIM coefficients are
 # read by the kernel), no allocation but torch's allocator (the attention's scratch), launches on
 # torch's current stream -- and deterministic: no atomics (the attention sums its per-split
 # partial contexts in a fixed order), so the same inputs give the same bits in every run and
-# process. Audited from csrc/cuda and cdt_fast/_cpp_lib.py; that is every op the extension has.
+# process. Audited from csrc/cuda and cdt_fast/cpp_ops.py; that is every op the extension has.
 CUDA_GRAPH_SAFE_OPS = (
     "causal_conv3d_history",
     "channel_norm",

@@ -49,7 +49,7 @@ BACKENDS = ("torch", "triton", "cuda", "cpp") + LIBRARY_BACKENDS
 assert set(BACKENDS) == set(BACKEND_NAMES + LIBRARY_BACKENDS)
 
 _FUNCTIONAL = "cdt_fast.functional"
-_CPP_MODULE = "cdt_fast._cpp_lib"
+_CPP_MODULE = "cdt_fast.cpp_ops"
 # Which ops each backend implements, and where. Triton: one module per op family.
 _TRITON_MODULES = MappingProxyType(
     {

@@ -56,6 +56,7 @@ __all__ = [
 KERNEL_MODULES = (
     "_common",
     "causal_conv3d",
+    "causal_conv3d_args",
     "channel_norm",
     "linear_attention",
     "time_resample",

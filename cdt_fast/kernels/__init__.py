@@ -1,4 +1,4 @@
-"""Triton kernels, one op per module (``cdt_fast.kernels.causal_conv3d``, ...).
+"""Triton kernels, one module per op family (``cdt_fast.kernels.causal_conv3d``, ...).
 
 The sources live in the repository's top-level ``kernels/`` folder, which has no ``__init__.py``
 of its own: it is never importable as a top-level ``kernels`` package, so it cannot shadow

@@ -219,80 +219,51 @@ void time_upsample_shuffle(py::object y_, py::object bias_, py::object out_, boo
                                            device, as_stream(stream)));
 }
 
-struct SeqArgs {
-  Arg x, past, out;
-  std::int64_t B, T, Tp, E;
-  int device;
-};
-
-SeqArgs parse_seq(py::object x_, py::object past_, py::object out_, std::int64_t history) {
-  SeqArgs s{parse(x_, "x", 3), parse(past_, "past", 3, true), parse(out_, "out", 3), 0, 0, 0, 0, -1};
-  s.B = s.x.shape[0]; s.T = s.x.shape[1]; s.E = s.x.shape[2];
-  s.Tp = s.past ? s.past.shape[1] : 0;
+void causal_conv3d_history(py::object x_, py::object past_, py::object out_, std::int64_t history,
+                           std::uintptr_t stream, int threads) {
+  Arg x = parse(x_, "x", 3), past = parse(past_, "past", 3, true), out = parse(out_, "out", 3);
+  const std::int64_t B = x.shape[0], T = x.shape[1], E = x.shape[2];
+  const std::int64_t Tp = past ? past.shape[1] : 0;
   if (history < 0) fail("history must be >= 0");
-  if (s.past && (s.past.shape[0] != s.B || s.past.shape[2] != s.E))
-    fail("past: expected [B, frames, frame_elems] matching x " + shape_str(s.x.shape) + ", got " +
-         shape_str(s.past.shape));
-  same_dtype(s.x, s.past, "x", "past");
-  same_dtype(s.x, s.out, "x", "out");
-  s.device = common_device({&s.x, &s.past, &s.out});
-  return s;
-}
-
-void causal_history(py::object x_, py::object past_, py::object out_, std::int64_t history,
-                    std::uintptr_t stream, int threads) {
-  SeqArgs s = parse_seq(x_, past_, out_, history);
-  const std::int64_t n = s.T + s.Tp < history ? s.T + s.Tp : history;
-  want_shape(s.out, {s.B, n, s.E}, "out");
+  if (past && (past.shape[0] != B || past.shape[2] != E))
+    fail("past: expected [B, frames, frame_elems] matching x " + shape_str(x.shape) + ", got " +
+         shape_str(past.shape));
+  same_dtype(x, past, "x", "past");
+  same_dtype(x, out, "x", "out");
+  const int device = common_device({&x, &past, &out});
+  const std::int64_t n = T + Tp < history ? T + Tp : history;
+  want_shape(out, {B, n, E}, "out");
   py::gil_scoped_release release;
-  CDT_DISPATCH(s.device,
-               cpu::causal_history(s.x.ptr, s.past.ptr, s.out.ptr, s.x.dtype, s.B, s.T, s.Tp, s.E,
-                                   history, threads),
-               cuda::causal_history(s.x.ptr, s.past.ptr, s.out.ptr, s.x.dtype, s.B, s.T, s.Tp, s.E,
-                                    history, s.device, as_stream(stream)));
-}
-
-void causal_padded_input(py::object x_, py::object past_, py::object out_, std::int64_t history,
-                         int pad_mode, std::uintptr_t stream, int threads) {
-  SeqArgs s = parse_seq(x_, past_, out_, history);
-  if (s.Tp > history) fail("past: holds more than `history` frames");
-  want_shape(s.out, {s.B, history + s.T, s.E}, "out");
-  const auto mode = static_cast<PadMode>(pad_mode);
-  py::gil_scoped_release release;
-  CDT_DISPATCH(s.device,
-               cpu::causal_padded_input(s.x.ptr, s.past.ptr, s.out.ptr, s.x.dtype, s.B, s.T, s.Tp,
-                                        s.E, history, mode, threads),
-               cuda::causal_padded_input(s.x.ptr, s.past.ptr, s.out.ptr, s.x.dtype, s.B, s.T, s.Tp,
-                                         s.E, history, mode, s.device, as_stream(stream)));
+  CDT_DISPATCH(device,
+               cpu::causal_conv3d_history(x.ptr, past.ptr, out.ptr, x.dtype, B, T, Tp, E, history,
+                                          threads),
+               cuda::causal_conv3d_history(x.ptr, past.ptr, out.ptr, x.dtype, B, T, Tp, E, history,
+                                           device, as_stream(stream)));
 }
 
 // coefficients: (a, b, c, d) as a 4-element fp32 tensor on the device of x_t (read by the kernel).
 void ddim_update(py::object xt_, py::object x0_, py::object coef_, bool clamp, py::object next_,
-                 py::object frames_, std::uintptr_t stream, int threads) {
+                 std::uintptr_t stream, int threads) {
   Arg xt = parse(xt_, "x_t", 1), x0 = parse(x0_, "x0", 1), coef = parse(coef_, "coefficients", 1),
-      next = parse(next_, "x_next", 1, true), frames = parse(frames_, "frames", 1, true);
-  if (!next && !frames) fail("give x_next and/or frames");
+      next = parse(next_, "x_next", 1);
   want_shape(x0, xt.shape, "x0");
   want_shape(coef, {4}, "coefficients");
   want_shape(next, xt.shape, "x_next");
-  want_shape(frames, xt.shape, "frames");
   same_dtype(xt, x0, "x_t", "x0");
   want_dtype(coef, DType::kFloat32, "coefficients");
   want_dtype(next, DType::kFloat32, "x_next");
-  want_dtype(frames, DType::kUInt8, "frames");
-  const int device = common_device({&xt, &x0, &coef, &next, &frames});
+  const int device = common_device({&xt, &x0, &coef, &next});
   DdimArgs args;
   args.x_t = xt.ptr; args.x0 = x0.ptr; args.dtype = xt.dtype; args.numel = xt.numel();
   args.coefficients = static_cast<const float*>(coef.ptr); args.clamp = clamp;
   args.x_next = static_cast<float*>(next.ptr);
-  args.frames = static_cast<std::uint8_t*>(frames.ptr);
   if (args.numel == 0) return;
   py::gil_scoped_release release;
   CDT_DISPATCH(device, cpu::ddim_update(args, threads),
                cuda::ddim_update(args, device, as_stream(stream)));
 }
 
-void to_uint8(py::object x_, py::object frames_, std::uintptr_t stream, int threads) {
+void to_uint8_frames(py::object x_, py::object frames_, std::uintptr_t stream, int threads) {
   Arg x = parse(x_, "x", 1), frames = parse(frames_, "frames", 1);
   want_shape(frames, x.shape, "frames");
   want_dtype(frames, DType::kUInt8, "frames");
@@ -300,8 +271,8 @@ void to_uint8(py::object x_, py::object frames_, std::uintptr_t stream, int thre
   auto* out = static_cast<std::uint8_t*>(frames.ptr);
   if (x.numel() == 0) return;
   py::gil_scoped_release release;
-  CDT_DISPATCH(device, cpu::to_uint8(x.ptr, x.dtype, x.numel(), out, threads),
-               cuda::to_uint8(x.ptr, x.dtype, x.numel(), out, device, as_stream(stream)));
+  CDT_DISPATCH(device, cpu::to_uint8_frames(x.ptr, x.dtype, x.numel(), out, threads),
+               cuda::to_uint8_frames(x.ptr, x.dtype, x.numel(), out, device, as_stream(stream)));
 }
 
 // "" when this module's (static) CUDA runtime sees a device, else why not (an old driver, say).
@@ -346,14 +317,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("threads") = 0);
   m.def("time_upsample_shuffle", &time_upsample_shuffle, py::arg("y"), py::arg("bias").none(true),
         py::arg("out"), py::arg("drop_first"), py::arg("stream") = 0, py::arg("threads") = 0);
-  m.def("causal_history", &causal_history, py::arg("x"), py::arg("past").none(true),
-        py::arg("out"), py::arg("history"), py::arg("stream") = 0, py::arg("threads") = 0);
-  m.def("causal_padded_input", &causal_padded_input, py::arg("x"), py::arg("past").none(true),
-        py::arg("out"), py::arg("history"), py::arg("pad_mode"), py::arg("stream") = 0,
+  m.def("causal_conv3d_history", &causal_conv3d_history, py::arg("x"),
+        py::arg("past").none(true), py::arg("out"), py::arg("history"), py::arg("stream") = 0,
         py::arg("threads") = 0);
   m.def("ddim_update", &ddim_update, py::arg("x_t"), py::arg("x0"), py::arg("coefficients"),
-        py::arg("clamp"), py::arg("x_next").none(true),
-        py::arg("frames").none(true), py::arg("stream") = 0, py::arg("threads") = 0);
-  m.def("to_uint8", &to_uint8, py::arg("x"), py::arg("frames"), py::arg("stream") = 0,
-        py::arg("threads") = 0);
+        py::arg("clamp"), py::arg("x_next"), py::arg("stream") = 0, py::arg("threads") = 0);
+  m.def("to_uint8_frames", &to_uint8_frames, py::arg("x"), py::arg("frames"),
+        py::arg("stream") = 0, py::arg("threads") = 0);
 }

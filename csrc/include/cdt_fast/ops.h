@@ -17,7 +17,7 @@ namespace cdt_fast {
 
 // Bumped whenever a signature or semantic of this header or of the Python module changes; the
 // Python loader refuses a module built with another number.
-constexpr int kAbiVersion = 3;
+constexpr int kAbiVersion = 4;
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kUInt8 = 3 };
 enum class PadMode : int { kZeros = 0, kReplicate = 1 };
@@ -71,13 +71,11 @@ std::int64_t time_downsample_frames(std::int64_t frames, bool has_past);
 // bias), out: [B, 2T - drop_first, P, C] with out frame 2t+p, channel c = y[t, 2c+p] + bias[2c+p].
 // bias: [2C] fp32 or null.
 
-// Causal conv input assembly: seq = [past (past_frames) | x (frames)] per sample.
-//  history: out = the last `out_frames` frames of seq, out_frames = min(history, past_frames+frames).
-//  padded:  out = [pad (history - past_frames) | past | x], pad = zeros or seq's first frame.
+// The causal conv's history: per sample, out = the last `out_frames` frames of
+// seq = [past (past_frames) | x (frames)], out_frames = min(history, past_frames + frames).
 
 // DDIM x-prediction update in fp32: x_next = c*x0 + d*(a*x_t - x0)/b, x0 clamped to [-1, 1] first
-// if `clamp`; x_t and x0 share `dtype` and layout. Either output may be null: x_next (fp32, [n])
-// and/or frames (uint8, round((clamp(x_next, -1, 1) + 1) / 2 * 255), same element order).
+// if `clamp`; x_t and x0 share `dtype` and layout; x_next: fp32 [n] in the same element order.
 // coefficients: (a, b, c, d) as 4 fp32 in the memory of the device the call runs on (host memory
 // for cpu::, device memory for cuda::), read by the kernel itself: a schedule kept on the GPU
 // never crosses to the host, so a step is one launch with no sync and can be graph-captured.
@@ -89,7 +87,6 @@ struct DdimArgs {
   const float* coefficients = nullptr;
   bool clamp = false;
   float* x_next = nullptr;
-  std::uint8_t* frames = nullptr;
 };
 
 namespace cpu {
@@ -101,17 +98,13 @@ void time_downsample_gather(const void* x, const void* past, void* cols, DType d
 void time_upsample_shuffle(const void* y, const float* bias, void* out, DType dtype,
                            std::int64_t batch, std::int64_t frames, std::int64_t positions,
                            std::int64_t channels, bool drop_first, int threads = 0);
-void causal_history(const void* x, const void* past, void* out, DType dtype, std::int64_t batch,
-                    std::int64_t frames, std::int64_t past_frames, std::int64_t frame_elems,
-                    std::int64_t history, int threads = 0);
-void causal_padded_input(const void* x, const void* past, void* out, DType dtype,
-                         std::int64_t batch, std::int64_t frames, std::int64_t past_frames,
-                         std::int64_t frame_elems, std::int64_t history, PadMode pad_mode,
-                         int threads = 0);
+void causal_conv3d_history(const void* x, const void* past, void* out, DType dtype,
+                           std::int64_t batch, std::int64_t frames, std::int64_t past_frames,
+                           std::int64_t frame_elems, std::int64_t history, int threads = 0);
 void ddim_update(const DdimArgs& args, int threads = 0);
 // frames = round((clamp(x, -1, 1) + 1) / 2 * 255) elementwise.
-void to_uint8(const void* x, DType dtype, std::int64_t numel, std::uint8_t* frames,
-              int threads = 0);
+void to_uint8_frames(const void* x, DType dtype, std::int64_t numel, std::uint8_t* frames,
+                     int threads = 0);
 }  // namespace cpu
 
 }  // namespace cdt_fast

@@ -20,15 +20,12 @@ void time_downsample_gather(const void* x, const void* past, void* cols, DType d
 void time_upsample_shuffle(const void* y, const float* bias, void* out, DType dtype,
                            std::int64_t batch, std::int64_t frames, std::int64_t positions,
                            std::int64_t channels, bool drop_first, int device, cudaStream_t stream);
-void causal_history(const void* x, const void* past, void* out, DType dtype, std::int64_t batch,
-                    std::int64_t frames, std::int64_t past_frames, std::int64_t frame_elems,
-                    std::int64_t history, int device, cudaStream_t stream);
-void causal_padded_input(const void* x, const void* past, void* out, DType dtype,
-                         std::int64_t batch, std::int64_t frames, std::int64_t past_frames,
-                         std::int64_t frame_elems, std::int64_t history, PadMode pad_mode,
-                         int device, cudaStream_t stream);
+void causal_conv3d_history(const void* x, const void* past, void* out, DType dtype,
+                           std::int64_t batch, std::int64_t frames, std::int64_t past_frames,
+                           std::int64_t frame_elems, std::int64_t history, int device,
+                           cudaStream_t stream);
 void ddim_update(const DdimArgs& args, int device, cudaStream_t stream);
-void to_uint8(const void* x, DType dtype, std::int64_t numel, std::uint8_t* frames, int device,
-              cudaStream_t stream);
+void to_uint8_frames(const void* x, DType dtype, std::int64_t numel, std::uint8_t* frames,
+                     int device, cudaStream_t stream);
 }  // namespace cuda
 }  // namespace cdt_fast

@@ -41,16 +41,6 @@ CDT_HD FrameSource history_source(std::int64_t f, std::int64_t frames, std::int6
   return seq_frame(total - history_frames(frames, past_frames, history) + f, past_frames);
 }
 
-// Frame f of [pad (history - past_frames) | past | x]; replicate pads with seq's first frame.
-CDT_HD FrameSource padded_source(std::int64_t f, std::int64_t past_frames, std::int64_t history,
-                                 PadMode pad_mode) {
-  const std::int64_t front = history - past_frames;
-  if (f < front) {
-    return pad_mode == PadMode::kZeros ? FrameSource{Source::kZero, 0} : seq_frame(0, past_frames);
-  }
-  return seq_frame(f - front, past_frames);
-}
-
 // Tap k of output frame j of the stride-2 temporal downsample over [front | x], front = past
 // (1 frame) or 2 pad frames.
 CDT_HD FrameSource downsample_source(std::int64_t j, int k, bool has_past, PadMode pad_mode) {

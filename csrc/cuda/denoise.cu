@@ -1,6 +1,6 @@
-// The single-step denoise epilogue on CUDA: DDIM update (+ clamp of x0) and/or uint8 frames, four
-// elements per thread with vector loads; the DDIM arithmetic is the shared, contraction-free one.
-// The coefficients are read from device memory by the kernel, so a launch needs no host value.
+// The sampler's elementwise steps on CUDA: the DDIM update (+ clamp of x0) and the uint8 frames,
+// several elements per thread with vector loads; the DDIM arithmetic is contraction-free, as on the
+// CPU. The coefficients are read from device memory by the kernel, so a launch needs no host value.
 #include "cdt_fast/detail/frames.h"
 #include "cdt_fast/ops_cuda.h"
 #include "common.cuh"
@@ -39,14 +39,10 @@ __global__ void ddim_kernel(DdimArgs a) {
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const Vec<T, VEC> u = xt[i], w = x0[i];
     Vec<float, VEC> next;
-    Vec<std::uint8_t, VEC> frames;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
+    for (int j = 0; j < VEC; ++j)
       next.v[j] = ddim(detail::to_float(u.v[j]), detail::to_float(w.v[j]), k, a.clamp);
-      frames.v[j] = frame_value(next.v[j]);
-    }
-    if (a.x_next) reinterpret_cast<Vec<float, VEC>*>(a.x_next)[i] = next;
-    if (a.frames) reinterpret_cast<Vec<std::uint8_t, VEC>*>(a.frames)[i] = frames;
+    reinterpret_cast<Vec<float, VEC>*>(a.x_next)[i] = next;
   }
 }
 
@@ -67,9 +63,7 @@ template <typename T>
 void launch_ddim(const DdimArgs& a, cudaStream_t stream) {
   constexpr int kVec = 4;  // 16-byte fp32 stores; 8/16-byte input loads
   const bool vec = a.numel % kVec == 0 && detail::aligned(a.x_t, kVec * sizeof(T)) &&
-                   detail::aligned(a.x0, kVec * sizeof(T)) &&
-                   (!a.x_next || detail::aligned(a.x_next, 16)) &&
-                   (!a.frames || detail::aligned(a.frames, kVec));
+                   detail::aligned(a.x0, kVec * sizeof(T)) && detail::aligned(a.x_next, 16);
   if (vec) {
     ddim_kernel<T, kVec><<<detail::grid_for(a.numel / kVec, kBlock), kBlock, 0, stream>>>(a);
   } else {
@@ -87,15 +81,14 @@ void launch_uint8(const void* x, std::int64_t numel, std::uint8_t* out, cudaStre
   } else {
     uint8_kernel<T, 1><<<detail::grid_for(numel, kBlock), kBlock, 0, stream>>>(xt, numel, out);
   }
-  detail::check_launch("to_uint8");
+  detail::check_launch("to_uint8_frames");
 }
 
 }  // namespace
 
 void ddim_update(const DdimArgs& args, int device, cudaStream_t stream) {
-  if (!args.x_t || !args.x0 || !args.coefficients || (!args.x_next && !args.frames))
-    throw std::invalid_argument(
-        "ddim_update: x_t, x0, coefficients and at least one output must be non-null");
+  if (!args.x_t || !args.x0 || !args.coefficients || !args.x_next)
+    throw std::invalid_argument("ddim_update: x_t, x0, coefficients and x_next must be non-null");
   if (args.numel == 0) return;
   detail::DeviceGuard guard(device);
   detail::dispatch_float(args.dtype, "ddim_update", [&](auto tag) {
@@ -103,12 +96,12 @@ void ddim_update(const DdimArgs& args, int device, cudaStream_t stream) {
   });
 }
 
-void to_uint8(const void* x, DType dtype, std::int64_t numel, std::uint8_t* frames, int device,
-              cudaStream_t stream) {
-  if (!x || !frames) throw std::invalid_argument("to_uint8: x and frames must be non-null");
+void to_uint8_frames(const void* x, DType dtype, std::int64_t numel, std::uint8_t* frames,
+                     int device, cudaStream_t stream) {
+  if (!x || !frames) throw std::invalid_argument("to_uint8_frames: x and frames must be non-null");
   if (numel == 0) return;
   detail::DeviceGuard guard(device);
-  detail::dispatch_float(dtype, "to_uint8", [&](auto tag) {
+  detail::dispatch_float(dtype, "to_uint8_frames", [&](auto tag) {
     launch_uint8<decltype(tag)>(x, numel, frames, stream);
   });
 }
