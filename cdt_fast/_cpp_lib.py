@@ -15,6 +15,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .deprecation import warn_deprecated
+
 __all__ = ["ABI_VERSION", "is_available", "unavailable_reason", "cuda_available", "library"]
 
 # Must equal cdt_fast::kAbiVersion (csrc/include/cdt_fast/ops.h) of the loaded build.
@@ -65,31 +67,12 @@ def library() -> ModuleType:
     return lib
 
 
-# Deprecated aliases of the ops (cdt_fast.cpp_ops's): importing one from here warns; they go in
-# the next release.
-_MOVED_OPS = frozenset(
-    (
-        "channel_norm",
-        "linear_attention",
-        "linear_attention_block",
-        "time_downsample",
-        "time_upsample",
-        "causal_conv3d_history",
-        "ddim_update",
-        "to_uint8_frames",
-    )
-)
-
-
 def __getattr__(name: str):
-    if name in _MOVED_OPS:
-        warnings.warn(
-            f"cdt_fast._cpp_lib.{name} is deprecated and will be removed in the next release; "
-            f"use cdt_fast.cpp_ops.{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from . import cpp_ops
+    # The ops' old home: each of cdt_fast.cpp_ops's names still resolves here, with a
+    # DeprecationWarning, for one release.
+    from . import cpp_ops
 
+    if name in cpp_ops.__all__:
+        warn_deprecated(f"{__name__}.{name}", f"cdt_fast.cpp_ops.{name}", stacklevel=3)
         return getattr(cpp_ops, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
