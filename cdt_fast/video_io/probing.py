@@ -10,7 +10,7 @@ from typing import List, Optional
 from .containers import structure_cut
 from .errors import VideoError, one_line
 from .formats import DEFAULT_FPS, PathLike
-from .pyav import ffmpeg_errors, open_video
+from .pyav import ffmpeg_errors, holds_frame, open_video
 from .read import count_decodable, decode_image
 from .sources import check_exists, image_files
 from .timing import (
@@ -107,7 +107,8 @@ def _probe_file(source: str, fps: Optional[Fraction], allow_truncated: bool) -> 
     why = _truncation(source, scan)
     present = scan["frames"]
     if scan["slots"] is not None:  # an AVI: its repeat entries are frames
-        periods = ((slot, None) for slot in scan["slots"])
+        # in the order shown, as read.avi_frame_periods gives them to the decoded frames
+        periods = ((slot, None) for slot in sorted(scan["slots"]))
         present = sum(1 for _ in restore_repeats(periods, start, None if why else slots))
     if why is None:
         count, repeats = present, present - scan["frames"]
@@ -147,7 +148,7 @@ def _scan_packets(source: str, container, stream) -> dict:
             if packet.stream_index != stream.index:
                 continue
             packets += 1
-            if not packet.size or packet.is_discard:
+            if not holds_frame(packet):
                 continue
             frames += 1
             if slots is not None:

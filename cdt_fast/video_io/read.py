@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from .errors import VideoError, one_line
 from .formats import PathLike
-from .pyav import ffmpeg_errors, load_av, open_video
+from .pyav import ffmpeg_errors, holds_frame, load_av, open_video
 from .sources import check_exists, image_files
 from .timing import counts_slots, listed_slots, restore_repeats
 
@@ -39,6 +39,26 @@ def decode_rgb(source: str, size: Optional[Tuple[int, int]], lenient: bool) -> I
         yield image
 
 
+def avi_frame_periods(source: str) -> List[int]:
+    """The frame periods of an AVI's video frames, in the order they are shown: the periods of its
+    data chunks (their decode timestamps), sorted. An AVI stores no presentation times: FFmpeg
+    guesses a decoded frame's, and with B-frames (H.264, MPEG-4 ASP) the guess is late by the
+    decoder's delay and out of order, which would read as skipped periods. The periods left out
+    are the zero-length repeat entries. Reading stops quietly at an error (a truncated file)."""
+    errors = ffmpeg_errors()
+    container, stream = open_video(source)
+    periods: List[int] = []
+    try:
+        for packet in container.demux(stream):
+            if holds_frame(packet) and packet.dts is not None:
+                periods.append(int(packet.dts))
+    except errors:
+        pass
+    finally:
+        container.close()
+    return sorted(periods)
+
+
 def count_decodable(source: str) -> Tuple[int, int]:
     """(frames, of which repeats restored) of a truncated file, by decoding it leniently."""
     frames = repeats = 0
@@ -60,12 +80,15 @@ def _decoded(
     try:
         if not lenient:
             stream.thread_type = "AUTO"
-        decoded = ((frame.pts, _to_rgb(frame, size)) for frame in container.decode(stream))
+        images = (_to_rgb(frame, size) for frame in container.decode(stream))
         if counts_slots(container.format.name):
             slots = None if lenient else listed_slots(source, stream)
+            # The n-th frame shown takes the n-th period (no period: the next one)
+            periods = iter(avi_frame_periods(source))
+            decoded = ((next(periods, None), image) for image in images)
             frames = restore_repeats(decoded, int(stream.start_time or 0), slots)
         else:
-            frames = ((image, False) for _, image in decoded)
+            frames = ((image, False) for image in images)
         for image, repeated in frames:
             count += 1
             yield image, repeated
