@@ -346,6 +346,27 @@ def test_model_cpu_offload_moves_the_vae(vae):
     assert counter.calls >= 1
 
 
+def test_sequential_cpu_offload_runs_the_vae(vae):
+    """Sequential offload (``enable_sequential_cpu_offload`` calls accelerate's ``cpu_offload`` on
+    each model) keeps every weight on 'meta' between calls, each layer's hook loading its own on
+    forward; CDT's fused layers read weights of layers they do not call, so encode and decode
+    bring the VAE's weights in for the call and drop them after. ``cpu_offload`` is applied to the
+    VAE alone, with the execution device "cpu" (the pipeline method names it "cpu:0", where
+    accelerate leaves plain tensors in place of the parameters it loads, a CPU-only quirk)."""
+    pytest.importorskip("accelerate")
+    from accelerate import cpu_offload
+
+    pipe, inputs = _wan_pipeline("text", vae)
+    expect = _generate(pipe, inputs)
+    pipe, inputs = _wan_pipeline("text", copy.deepcopy(vae))
+    cpu_offload(pipe.vae, torch.device("cpu"))
+    assert {p.device.type for p in pipe.vae.parameters()} == {"meta"}
+    assert torch.equal(_generate(pipe, inputs), expect)
+    x = _video()
+    assert torch.equal(pipe.vae.encode(x).latent_dist.mode(), vae.encode(x).latent_dist.mode())
+    assert {p.device.type for p in pipe.vae.parameters()} == {"meta"}  # offloaded again
+
+
 def test_tiling_with_wan_keywords_equals_ours(cdt):
     vae = AutoencoderCDT.from_cdt(cdt)
     x = _video(h=40, w=56)

@@ -17,6 +17,7 @@ global RNG. The saved weights keep upstream's names (``model.context_fn.…``), 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -97,16 +98,50 @@ def _runs_offload_hook(method):
     ``cpu_offload`` attach) before ``method``. Such a hook wraps ``forward`` only, while pipelines
     call ``encode`` and ``decode``; its ``pre_forward`` moves the weights to the execution device.
     (diffusers' ``apply_forward_hook`` does the same, but only where accelerate was importable when
-    diffusers was imported; a hook exists only then, so looking for the hook is equivalent.)"""
+    diffusers was imported; a hook exists only then, so looking for the hook is equivalent.) The
+    weights that sequential offload keeps off the device are brought in for the call
+    (:func:`_offloaded_weights_on_device`)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         hook = getattr(self, "_hf_hook", None)
         if hook is not None and hasattr(hook, "pre_forward"):
             hook.pre_forward(self)
-        return method(self, *args, **kwargs)
+        with _offloaded_weights_on_device(self):
+            return method(self, *args, **kwargs)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _offloaded_weights_on_device(module: torch.nn.Module):
+    """For the length of one encode or decode, the weights that accelerate's sequential offload
+    (``enable_sequential_cpu_offload``, ``cpu_offload``, a ``device_map`` with offload) keeps on
+    the 'meta' device are on their execution device, and the layers' hooks leave them there.
+
+    Those hooks load a layer's weights when its ``forward`` runs and drop them after, but CDT's
+    fused layers read the weights of the layers they hold (a conv's norm, an attention's
+    projections) without calling them, and its chunk loops move each chunk to the weights'
+    device. So the VAE's weights are on the device for the call, then offloaded again: peak
+    memory holds the VAE's weights (CDT-base: 193M parameters), as model offload does; the
+    pipeline's other models stay offloaded layer by layer."""
+    try:
+        from accelerate.utils import has_offloaded_params
+    except ImportError:  # no accelerate, no offload hooks
+        yield
+        return
+    offloaded = [m for m in module.modules() if has_offloaded_params(m)]
+    loaded = []
+    try:
+        for m in offloaded:
+            m._hf_hook.pre_forward(m)  # the weights to the execution device
+            m._hf_hook.offload = False  # kept there when the layer itself runs
+            loaded.append(m)
+        yield
+    finally:
+        for m in loaded:
+            m._hf_hook.offload = True
+            m._hf_hook.post_forward(m, None)  # back to 'meta'
 
 
 def _check_seed(seed) -> None:
