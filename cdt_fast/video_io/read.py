@@ -25,10 +25,37 @@ def decode_image(path: str, size: Optional[Tuple[int, int]] = None) -> np.ndarra
     raise VideoError(f"{path} holds no image")
 
 
+def quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show ``frame`` upright, from its display matrix:
+    phones store portrait video as landscape frames marked to be turned by 90 or 270 degrees,
+    and players (and FFmpeg's command line) turn them. Read where PyAV exposes the matrix
+    (``VideoFrame.rotation``, PyAV 15 and newer); 0 where it does not."""
+    return round(getattr(frame, "rotation", 0) / 90) % 4
+
+
+def display_turns(source: str) -> int:
+    """:func:`quarter_turns` of the first frame of a video file (0 where none decodes)."""
+    errors = ffmpeg_errors()
+    container, stream = open_video(source)
+    try:
+        for frame in container.decode(stream):
+            return quarter_turns(frame)
+    except errors:
+        pass
+    finally:
+        container.close()
+    return 0
+
+
 def _to_rgb(frame, size: Optional[Tuple[int, int]]) -> np.ndarray:
-    if size is not None and (frame.height, frame.width) != tuple(size):
-        frame = frame.reformat(width=size[1], height=size[0], format="rgb24", interpolation="AREA")
-    return frame.to_ndarray(format="rgb24")
+    """``frame`` as uint8 RGB, turned upright, at ``size`` = (H, W) as shown if given."""
+    turns = quarter_turns(frame)
+    if size is not None:
+        height, width = size if turns % 2 == 0 else size[::-1]  # the stored frame's sides
+        if (frame.height, frame.width) != (height, width):
+            frame = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+    image = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def decode_rgb(source: str, size: Optional[Tuple[int, int]], lenient: bool) -> Iterator[np.ndarray]:
