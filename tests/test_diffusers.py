@@ -61,6 +61,22 @@ def test_config_and_numbers_equal_cdt(cdt, vae):
     assert torch.equal(recon, out)
 
 
+def test_a_generator_per_sample(vae):
+    """``decode(z, generator=[g0, g1])`` (diffusers' list form): sample i's noise is drawn from
+    its own generator, so it equals decoding that sample alone with it."""
+    z = torch.randn(2, 16, 2, 4, 6, generator=torch.Generator().manual_seed(9))
+    out = vae.decode(z, generator=[torch.Generator().manual_seed(s) for s in (3, 4)]).sample
+    for i, seed in enumerate((3, 4)):
+        alone = vae.decode(z[i : i + 1], generator=torch.Generator().manual_seed(seed)).sample
+        torch.testing.assert_close(out[i : i + 1], alone, atol=1e-4, rtol=1e-4)  # batch order
+    recon = vae(_video(b=2), generator=[torch.Generator().manual_seed(s) for s in (3, 4)])
+    assert recon.sample.shape == (2, 3, 5, 32, 48)
+    with pytest.raises(ValueError, match="one torch.Generator per sample"):
+        vae.decode(z, generator=[torch.Generator()])
+    with pytest.raises(ValueError, match="noise or generator"):
+        vae.decode(z, generator=[torch.Generator()] * 2, noise=torch.zeros(2, 3, 5, 32, 48))
+
+
 def test_slicing_and_tiling(cdt, vae):
     x = _video(b=2)
     z = vae.encode(x).latent_dist.mode()

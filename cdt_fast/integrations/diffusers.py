@@ -467,21 +467,24 @@ class AutoencoderCDT(ModelMixin, AutoencoderMixin, ConfigMixin):
         self,
         z: torch.Tensor,
         return_dict: bool = True,
-        generator: Optional[torch.Generator] = None,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
         steps: Optional[int] = None,
         noise: Optional[torch.Tensor] = None,
         slice_batch: Optional[bool] = None,
     ):
         """Latents [B, z_dim, T, h, w] -> ``DecoderOutput(sample=video)``, video
         [B, 3, 1+4(T-1), 8h, 8w] clamped to [-1, 1]. The decoder's starting noise is given as
-        ``noise``, or drawn from ``generator``, or without one from a fresh generator on ``z``'s
-        device seeded with the config's ``decode_seed`` (the same latents give the same video), or
-        with ``decode_seed=None`` from the global RNG. ``steps`` defaults to the config's
-        ``decode_steps``. ``slice_batch``: one sample at a time (same noise draw, same result;
-        default: :meth:`enable_slicing`'s setting)."""
+        ``noise``, or drawn from ``generator`` (a list: one generator per sample, each sample's
+        noise drawn from its own, as diffusers' pipelines take them), or without one from a fresh
+        generator on ``z``'s device seeded with the config's ``decode_seed`` (the same latents
+        give the same video), or with ``decode_seed=None`` from the global RNG. ``steps``
+        defaults to the config's ``decode_steps``. ``slice_batch``: one sample at a time (same
+        noise draw, same result; default: :meth:`enable_slicing`'s setting)."""
         steps = self.config.decode_steps if steps is None else steps
         slice_batch = self.use_slicing if slice_batch is None else slice_batch
         run, kwargs = self._runner_for(z)
+        if isinstance(generator, (list, tuple)):
+            noise, generator = self._noise_per_sample(z, generator, noise), None
         if noise is None and generator is None and self.config.decode_seed is not None:
             generator = torch.Generator(device=z.device).manual_seed(self.config.decode_seed)
         if slice_batch and z.shape[0] > 1:
@@ -503,12 +506,25 @@ class AutoencoderCDT(ModelMixin, AutoencoderMixin, ConfigMixin):
             return (video,)
         return DecoderOutput(sample=video)
 
+    def _noise_per_sample(self, z: torch.Tensor, generators, noise) -> torch.Tensor:
+        """The decoder's starting noise for ``z``, sample ``i`` drawn from ``generators[i]``."""
+        if noise is not None:
+            raise ValueError("pass noise or generator, not both")
+        if len(generators) != z.shape[0] or not all(
+            isinstance(g, torch.Generator) for g in generators
+        ):
+            raise ValueError(
+                f"generator: a list must hold one torch.Generator per sample ({z.shape[0]}), got "
+                f"{len(generators)} items"
+            )
+        return torch.cat([self._cdt.initial_noise(zi, g) for zi, g in zip(z.split(1), generators)])
+
     def forward(
         self,
         sample: torch.Tensor,
         sample_posterior: bool = False,
         return_dict: bool = True,
-        generator: Optional[torch.Generator] = None,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
     ):
         """Reconstruct ``sample``: decode the posterior's mode (or a sample of it)."""
         dist = self.encode(sample).latent_dist
