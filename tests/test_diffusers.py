@@ -157,6 +157,13 @@ def test_from_upstream_and_manifest(tmp_path, cdt):
         read_latent_stats(folder)
 
 
+def test_a_video_of_other_length_says_what_to_pass(vae):
+    """The Wan VAE encodes a 7-frame video as its first 5 frames without saying so (as a
+    video-to-video pipeline hands it any clip); AutoencoderCDT refuses and says which to pass."""
+    with pytest.raises(ValueError, match="x has 7 frames; .* 1\\+4k frames: pass the first 5"):
+        vae.encode(_video(t=7))
+
+
 def test_bad_config():
     cfg = CDTConfig.preset("small", context_dim=4, unet_dim=4).to_dict()
     with pytest.raises(ValueError, match="latents_std"):

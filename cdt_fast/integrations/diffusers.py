@@ -448,6 +448,14 @@ class AutoencoderCDT(ModelMixin, AutoencoderMixin, ConfigMixin):
         latents [B, z_dim, 1+k, H/8, W/8] (not scaled nor normalised, as diffusers' VAEs).
         ``slice_batch``: one sample at a time (default: :meth:`enable_slicing`'s setting)."""
         slice_batch = self.use_slicing if slice_batch is None else slice_batch
+        tf = self.config.scale_factor_temporal
+        if isinstance(x, torch.Tensor) and x.dim() == 5 and (x.shape[2] - 1) % tf:
+            # Wan's VAE drops the frames past the last whole group unasked; a video pipeline
+            # given any clip (video-to-video, VACE) then meets this message, not a shape error
+            raise ValueError(
+                f"x has {x.shape[2]} frames; AutoencoderCDT encodes 1+{tf}k frames: pass the "
+                f"first {1 + tf * ((x.shape[2] - 1) // tf)} (the Wan VAE drops the rest unasked)"
+            )
         run, kwargs = self._runner_for(x)
         samples = x.split(1) if slice_batch and x.shape[0] > 1 else (x,)
         params = torch.cat(
