@@ -115,8 +115,7 @@ def _probe_file(source: str, fps: Optional[Fraction], allow_truncated: bool) -> 
     why = _truncation(source, scan)
     present = scan["frames"]
     if scan["slots"] is not None:  # an AVI: its repeat entries are frames
-        # in the order shown, as read.avi_frame_periods gives them to the decoded frames
-        periods = ((slot, None) for slot in sorted(scan["slots"]))
+        periods = ((slot, None) for slot in scan["slots"])
         present = sum(1 for _ in restore_repeats(periods, start, None if why else slots))
     if why is None:
         count, repeats = present, present - scan["frames"]

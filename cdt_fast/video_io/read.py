@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+import collections
+from typing import Deque, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -66,24 +67,19 @@ def decode_rgb(source: str, size: Optional[Tuple[int, int]], lenient: bool) -> I
         yield image
 
 
-def avi_frame_periods(source: str) -> List[int]:
-    """The frame periods of an AVI's video frames, in the order they are shown: the periods of its
-    data chunks (their decode timestamps), sorted. An AVI stores no presentation times: FFmpeg
-    guesses a decoded frame's, and with B-frames (H.264, MPEG-4 ASP) the guess is late by the
-    decoder's delay and out of order, which would read as skipped periods. The periods left out
-    are the zero-length repeat entries. Reading stops quietly at an error (a truncated file)."""
-    errors = ffmpeg_errors()
-    container, stream = open_video(source)
-    periods: List[int] = []
-    try:
-        for packet in container.demux(stream):
-            if holds_frame(packet) and packet.dts is not None:
-                periods.append(int(packet.dts))
-    except errors:
-        pass
-    finally:
-        container.close()
-    return sorted(periods)
+def _avi_frames(container, stream, size) -> Iterator[Tuple[Optional[int], np.ndarray]]:
+    """(period, frame) of an AVI's frames in the order shown. An AVI stores no presentation
+    times, only a period per index entry: the n-th frame shown takes the n-th data chunk's
+    period (decode timestamps rise with the index, and a decoder never shows more frames than it
+    was given chunks), so the periods left out are the zero-length repeat entries. FFmpeg's own
+    guess of a decoded frame's time is late by the decoder's delay with B-frames (H.264, MPEG-4
+    ASP in AVI) and out of order, which would read as skipped periods."""
+    periods: Deque[int] = collections.deque()
+    for packet in container.demux(stream):
+        if holds_frame(packet) and packet.dts is not None:
+            periods.append(int(packet.dts))
+        for frame in packet.decode():
+            yield (periods.popleft() if periods else None), _to_rgb(frame, size)
 
 
 def count_decodable(source: str) -> Tuple[int, int]:
@@ -107,15 +103,12 @@ def _decoded(
     try:
         if not lenient:
             stream.thread_type = "AUTO"
-        images = (_to_rgb(frame, size) for frame in container.decode(stream))
         if counts_slots(container.format.name):
             slots = None if lenient else listed_slots(source, stream)
-            # The n-th frame shown takes the n-th period (no period: the next one)
-            periods = iter(avi_frame_periods(source))
-            decoded = ((next(periods, None), image) for image in images)
+            decoded = _avi_frames(container, stream, size)
             frames = restore_repeats(decoded, int(stream.start_time or 0), slots)
         else:
-            frames = ((image, False) for image in images)
+            frames = ((_to_rgb(frame, size), False) for frame in container.decode(stream))
         for image, repeated in frames:
             count += 1
             yield image, repeated
