@@ -390,6 +390,19 @@ def test_sequential_cpu_offload_runs_the_vae(vae):
     assert {p.device.type for p in pipe.vae.parameters()} == {"meta"}  # offloaded again
 
 
+def test_group_offload_is_refused_saying_what_to_do(vae):
+    """diffusers' group offloading would leave the weights that fused layers read on the offload
+    device: refused with the alternatives; a pipeline that leaves the VAE out runs."""
+    pipe, inputs = _wan_pipeline("text", copy.deepcopy(vae))
+    with pytest.raises(ValueError, match=r"group offloading .*exclude_modules=\['vae'\]"):
+        pipe.enable_group_offload(torch.device("cpu"), offload_type="leaf_level")
+    pipe, inputs = _wan_pipeline("text", copy.deepcopy(vae))
+    pipe.enable_group_offload(
+        torch.device("cpu"), offload_type="leaf_level", exclude_modules=["vae"]
+    )
+    assert _generate(pipe, inputs).shape == (1, 5, 3, 32, 48)
+
+
 def test_tiling_with_wan_keywords_equals_ours(cdt):
     vae = AutoencoderCDT.from_cdt(cdt)
     x = _video(h=40, w=56)

@@ -369,6 +369,19 @@ class AutoencoderCDT(ModelMixin, AutoencoderMixin, ConfigMixin):
             )
         super().enable_layerwise_casting(*args, **kwargs)
 
+    def enable_group_offload(self, *args, **kwargs) -> None:
+        """Not supported: diffusers' group offloading loads a group's weights when the group's
+        ``forward`` runs, and CDT's fused layers read the weights of layers they hold without
+        calling them (and pipelines call ``encode``/``decode``, never ``forward``), so the
+        weights would be on the offload device when they are used. Raises ValueError saying what
+        to do instead."""
+        raise ValueError(
+            "AutoencoderCDT does not support group offloading (its fused layers read weights of "
+            "layers they do not call): leave the VAE out, pipe.enable_group_offload(..., "
+            "exclude_modules=['vae']), which puts it on the onload device, or use "
+            "enable_model_cpu_offload() / enable_sequential_cpu_offload()"
+        )
+
     def _runner_for(self, tensor: torch.Tensor) -> Tuple[Any, Dict[str, Any]]:
         """What runs a call on ``tensor``, with its keywords. The reference follows the caller's
         grad mode and computes in ``self.dtype`` (diffusers' model dtype: under layerwise casting
