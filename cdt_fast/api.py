@@ -33,11 +33,20 @@ def _resolve_config(preset_or_config) -> tuple:
     if isinstance(preset_or_config, str) and preset_or_config in ("base", "small"):
         return CDTConfig.preset(preset_or_config), None
     if isinstance(preset_or_config, (str, os.PathLike)):
-        config = config_from_file(preset_or_config)
+        path = Path(preset_or_config)
+        if not path.is_file():
+            if isinstance(preset_or_config, str) and not path.suffix and len(path.parts) == 1:
+                raise ValueError(
+                    f"preset_or_config must be 'base', 'small', a CDTConfig, or a .safetensors "
+                    f"file saved by cdt_fast.save; got {preset_or_config!r}, neither a preset nor "
+                    "a file"
+                )
+            raise FileNotFoundError(f"preset_or_config: no such file: {path}")
+        config = config_from_file(path)
         if config is None:
             raise ValueError(
-                f"preset_or_config must be 'base', 'small', a CDTConfig, or a .safetensors file "
-                f"saved by cdt_fast.save (with its config); got {str(preset_or_config)!r}"
+                f"{path} holds no CDT config (only a file saved by cdt_fast.save does): pass the "
+                f"architecture with it, cdt_fast.load('base' or 'small', ckpt={str(path)!r})"
             )
         return config, preset_or_config
     raise TypeError(

@@ -84,7 +84,14 @@ def read_state_dict(path: PathLike, weights_only: bool = True) -> Dict[str, torc
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return _unwrap(load_file(str(path)), str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # safetensors' own error type: a cut or corrupt file
+            raise ValueError(
+                f"{path} is not a readable .safetensors file ({str(err).splitlines()[0]}); "
+                "an interrupted download or copy leaves such a file: fetch it again"
+            ) from None
+        return _unwrap(state, str(path))
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:

@@ -215,14 +215,21 @@ class CDTConfig:
 
 
 def config_from_file(path: Union[str, os.PathLike]) -> Optional[CDTConfig]:
-    """The CDTConfig stored in a ``.safetensors`` file written by :func:`cdt_fast.save`, or None."""
+    """The CDTConfig stored in a ``.safetensors`` file written by :func:`cdt_fast.save`, or None
+    (no such file, another suffix, no config in it). ValueError for an unreadable file."""
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors' own error type: a cut or corrupt header
+        raise ValueError(
+            f"{path} is not a readable .safetensors file ({str(err).splitlines()[0]}); "
+            "an interrupted download or copy leaves such a file: fetch it again"
+        ) from None
     if CONFIG_METADATA_KEY not in meta:
         return None
     return CDTConfig.from_dict(json.loads(meta[CONFIG_METADATA_KEY]))

@@ -114,6 +114,36 @@ def test_unreadable_and_missing_files(tmp_path):
         read_state_dict(junk)
 
 
+def test_cut_files_and_missing_paths_are_named(tmp_path, capsys):
+    """A .safetensors cut short (an interrupted download or copy) is refused with a ValueError
+    naming it, wherever it is read (the CLI: one line, exit 2); a path that does not exist is
+    "no such file", a name that is neither a preset nor a file says so, and an upstream
+    checkpoint given as the preset says how to pass it."""
+    from cdt_fast.cli import main
+
+    model = randomize_(CDT(tiny_config("small")))
+    whole = cdt_fast.save(model, tmp_path / "m.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    unreadable = r"cut.safetensors is not a readable .safetensors file .*fetch it again"
+    for read in (cdt_fast.load, lambda p: cdt_fast.load(model.config, p), read_state_dict):
+        with pytest.raises(ValueError, match=unreadable):
+            read(cut)
+    assert main(["info", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a readable .safetensors file" in err and err.count("\n") == 1, err
+    with pytest.raises(FileNotFoundError, match="no such file: .*missing.safetensors"):
+        cdt_fast.load(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="no such file: weights/cdt_base.ckpt"):
+        cdt_fast.load("weights/cdt_base.ckpt")
+    with pytest.raises(ValueError, match="'Base', neither a preset nor a file"):
+        cdt_fast.load("Base")
+    upstream = tmp_path / "up.ckpt"
+    torch.save({"state_dict": model.state_dict()}, upstream)
+    with pytest.raises(ValueError, match=r"holds no CDT config.*cdt_fast.load\('base' or 'small'"):
+        cdt_fast.load(upstream)
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.bin"
 

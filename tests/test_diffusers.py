@@ -61,6 +61,22 @@ def test_config_and_numbers_equal_cdt(cdt, vae):
     assert torch.equal(recon, out)
 
 
+def test_a_generator_per_sample(vae):
+    """``decode(z, generator=[g0, g1])`` (diffusers' list form): sample i's noise is drawn from
+    its own generator, so it equals decoding that sample alone with it."""
+    z = torch.randn(2, 16, 2, 4, 6, generator=torch.Generator().manual_seed(9))
+    out = vae.decode(z, generator=[torch.Generator().manual_seed(s) for s in (3, 4)]).sample
+    for i, seed in enumerate((3, 4)):
+        alone = vae.decode(z[i : i + 1], generator=torch.Generator().manual_seed(seed)).sample
+        torch.testing.assert_close(out[i : i + 1], alone, atol=1e-4, rtol=1e-4)  # batch order
+    recon = vae(_video(b=2), generator=[torch.Generator().manual_seed(s) for s in (3, 4)])
+    assert recon.sample.shape == (2, 3, 5, 32, 48)
+    with pytest.raises(ValueError, match="one torch.Generator per sample"):
+        vae.decode(z, generator=[torch.Generator()])
+    with pytest.raises(ValueError, match="noise or generator"):
+        vae.decode(z, generator=[torch.Generator()] * 2, noise=torch.zeros(2, 3, 5, 32, 48))
+
+
 def test_slicing_and_tiling(cdt, vae):
     x = _video(b=2)
     z = vae.encode(x).latent_dist.mode()
@@ -139,6 +155,13 @@ def test_from_upstream_and_manifest(tmp_path, cdt):
     (folder / "manifest.json").write_text(json.dumps({"videos": []}))
     with pytest.raises(ValueError, match="latent-stats"):
         read_latent_stats(folder)
+
+
+def test_a_video_of_other_length_says_what_to_pass(vae):
+    """The Wan VAE encodes a 7-frame video as its first 5 frames without saying so (as a
+    video-to-video pipeline hands it any clip); AutoencoderCDT refuses and says which to pass."""
+    with pytest.raises(ValueError, match="x has 7 frames; .* 1\\+4k frames: pass the first 5"):
+        vae.encode(_video(t=7))
 
 
 def test_bad_config():
@@ -344,6 +367,40 @@ def test_model_cpu_offload_moves_the_vae(vae):
     hook.pre_forward = lambda module, *a, **k: (counter.pre_forward(module), original(module))[1]
     _generate(pipe, inputs)
     assert counter.calls >= 1
+
+
+def test_sequential_cpu_offload_runs_the_vae(vae):
+    """Sequential offload (``enable_sequential_cpu_offload`` calls accelerate's ``cpu_offload`` on
+    each model) keeps every weight on 'meta' between calls, each layer's hook loading its own on
+    forward; CDT's fused layers read weights of layers they do not call, so encode and decode
+    bring the VAE's weights in for the call and drop them after. ``cpu_offload`` is applied to the
+    VAE alone, with the execution device "cpu" (the pipeline method names it "cpu:0", where
+    accelerate leaves plain tensors in place of the parameters it loads, a CPU-only quirk)."""
+    pytest.importorskip("accelerate")
+    from accelerate import cpu_offload
+
+    pipe, inputs = _wan_pipeline("text", vae)
+    expect = _generate(pipe, inputs)
+    pipe, inputs = _wan_pipeline("text", copy.deepcopy(vae))
+    cpu_offload(pipe.vae, torch.device("cpu"))
+    assert {p.device.type for p in pipe.vae.parameters()} == {"meta"}
+    assert torch.equal(_generate(pipe, inputs), expect)
+    x = _video()
+    assert torch.equal(pipe.vae.encode(x).latent_dist.mode(), vae.encode(x).latent_dist.mode())
+    assert {p.device.type for p in pipe.vae.parameters()} == {"meta"}  # offloaded again
+
+
+def test_group_offload_is_refused_saying_what_to_do(vae):
+    """diffusers' group offloading would leave the weights that fused layers read on the offload
+    device: refused with the alternatives; a pipeline that leaves the VAE out runs."""
+    pipe, inputs = _wan_pipeline("text", copy.deepcopy(vae))
+    with pytest.raises(ValueError, match=r"group offloading .*exclude_modules=\['vae'\]"):
+        pipe.enable_group_offload(torch.device("cpu"), offload_type="leaf_level")
+    pipe, inputs = _wan_pipeline("text", copy.deepcopy(vae))
+    pipe.enable_group_offload(
+        torch.device("cpu"), offload_type="leaf_level", exclude_modules=["vae"]
+    )
+    assert _generate(pipe, inputs).shape == (1, 5, 3, 32, 48)
 
 
 def test_tiling_with_wan_keywords_equals_ours(cdt):

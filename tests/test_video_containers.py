@@ -105,6 +105,24 @@ def test_ffmpeg_avi_with_duplicated_frames_is_whole(tmp_path, codec):
     assert _nearest_source(decoded, pattern(len(slots), 32, 48)) == shown
 
 
+@pytest.mark.parametrize("slots", [list(range(10)), [0, 1, 2, 5, 6, 7, 8, 12, 13, 14]])
+def test_avi_with_b_frames_is_whole(tmp_path, slots):
+    """H.264 in AVI (x264's B-frames, as in Xvid/H.264 AVI collections): FFmpeg's guess of a
+    decoded frame's time is late by the decoder's delay and out of order, which must not read as
+    skipped periods (repeats) that make the whole file "decode more frames than it lists". Each
+    frame shown takes the next period of the index, so the count and the duration are the
+    index's, and the frames come in order."""
+    path = _encode_slots(tmp_path / "b.avi", "avi", "libx264", slots)
+    info = video_io.probe(path)
+    periods = slots[-1] + 1
+    assert (info.frames, info.repeats, info.truncated) == (periods, periods - len(slots), False)
+    decoded = np.stack(list(video_io.iter_frames(path, expected=info.frames)))
+    shown = _nearest_source(decoded, pattern(len(slots), 32, 48))
+    assert sorted(set(shown)) == list(range(len(slots))) and shown == sorted(shown)
+    if periods == len(slots):
+        assert shown == list(range(len(slots)))
+
+
 def _idx1_sizes(data: bytes) -> list:
     """The chunk sizes an AVI's idx1 index lists (16-byte entries: id, flags, offset, size)."""
     at = data.rfind(b"idx1")

@@ -57,6 +57,38 @@ def test_resize_on_read(tmp_path):
     assert len(out) == 3 and out[0].shape == (20, 30, 3)
 
 
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_display_rotation_is_applied(tmp_path, degrees):
+    """A phone's portrait video: landscape frames and a display matrix that turns them. Frames
+    are read as shown (as players and FFmpeg's command line show them), and probe gives the
+    shown size, so a clip is never encoded, trained on or reconstructed on its side."""
+    import av
+
+    stored = pattern(5, 32, 48)
+    path = tmp_path / "phone.mov"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24, options={"crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        if not hasattr(stream, "set_display_rotation"):
+            pytest.skip("this PyAV neither writes nor reads display matrices")
+        stream.set_display_rotation(degrees)
+        for image in stored:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    turns = (degrees // 90) % 4
+    shown = np.rot90(stored, turns, axes=(1, 2))  # counter-clockwise, as the matrix says
+    info = video_io.probe(path)
+    assert (info.height, info.width, info.rotation) == shown.shape[1:3] + (90 * turns,)
+    assert f"turned {90 * turns} degrees upright" in info.describe()
+    decoded = np.stack(list(video_io.iter_frames(path, expected=info.frames)))
+    assert decoded.shape == shown.shape
+    assert np.abs(decoded.astype(float) - shown).mean() < 6
+    smaller = np.stack(list(video_io.iter_frames(path, size=(shown.shape[1] // 2, 8))))
+    assert smaller.shape == (5, shown.shape[1] // 2, 8, 3)  # the size asked for, as shown
+
+
 def test_parse_size():
     assert video_io.parse_size(None, 50, 70) == (50, 70)
     assert video_io.parse_size("26", 50, 70) == (26, 36)  # both sides even, aspect kept

@@ -98,6 +98,8 @@ def describe(path: str, allow_truncated: bool = False) -> dict:
         "codec": v.codec,
         "timing": v.timing_text,
     }
+    if v.rotation:
+        out["rotation"] = v.rotation  # degrees counter-clockwise the frames are turned upright
     if v.truncated:
         out["truncated"] = True
     return out

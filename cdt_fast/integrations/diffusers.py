@@ -17,6 +17,7 @@ global RNG. The saved weights keep upstream's names (``model.context_fn.…``), 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -97,16 +98,50 @@ def _runs_offload_hook(method):
     ``cpu_offload`` attach) before ``method``. Such a hook wraps ``forward`` only, while pipelines
     call ``encode`` and ``decode``; its ``pre_forward`` moves the weights to the execution device.
     (diffusers' ``apply_forward_hook`` does the same, but only where accelerate was importable when
-    diffusers was imported; a hook exists only then, so looking for the hook is equivalent.)"""
+    diffusers was imported; a hook exists only then, so looking for the hook is equivalent.) The
+    weights that sequential offload keeps off the device are brought in for the call
+    (:func:`_offloaded_weights_on_device`)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         hook = getattr(self, "_hf_hook", None)
         if hook is not None and hasattr(hook, "pre_forward"):
             hook.pre_forward(self)
-        return method(self, *args, **kwargs)
+        with _offloaded_weights_on_device(self):
+            return method(self, *args, **kwargs)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _offloaded_weights_on_device(module: torch.nn.Module):
+    """For the length of one encode or decode, the weights that accelerate's sequential offload
+    (``enable_sequential_cpu_offload``, ``cpu_offload``, a ``device_map`` with offload) keeps on
+    the 'meta' device are on their execution device, and the layers' hooks leave them there.
+
+    Those hooks load a layer's weights when its ``forward`` runs and drop them after, but CDT's
+    fused layers read the weights of the layers they hold (a conv's norm, an attention's
+    projections) without calling them, and its chunk loops move each chunk to the weights'
+    device. So the VAE's weights are on the device for the call, then offloaded again: peak
+    memory holds the VAE's weights (CDT-base: 193M parameters), as model offload does; the
+    pipeline's other models stay offloaded layer by layer."""
+    try:
+        from accelerate.utils import has_offloaded_params
+    except ImportError:  # no accelerate, no offload hooks
+        yield
+        return
+    offloaded = [m for m in module.modules() if has_offloaded_params(m)]
+    loaded = []
+    try:
+        for m in offloaded:
+            m._hf_hook.pre_forward(m)  # the weights to the execution device
+            m._hf_hook.offload = False  # kept there when the layer itself runs
+            loaded.append(m)
+        yield
+    finally:
+        for m in loaded:
+            m._hf_hook.offload = True
+            m._hf_hook.post_forward(m, None)  # back to 'meta'
 
 
 def _check_seed(seed) -> None:
@@ -334,6 +369,19 @@ class AutoencoderCDT(ModelMixin, AutoencoderMixin, ConfigMixin):
             )
         super().enable_layerwise_casting(*args, **kwargs)
 
+    def enable_group_offload(self, *args, **kwargs) -> None:
+        """Not supported: diffusers' group offloading loads a group's weights when the group's
+        ``forward`` runs, and CDT's fused layers read the weights of layers they hold without
+        calling them (and pipelines call ``encode``/``decode``, never ``forward``), so the
+        weights would be on the offload device when they are used. Raises ValueError saying what
+        to do instead."""
+        raise ValueError(
+            "AutoencoderCDT does not support group offloading (its fused layers read weights of "
+            "layers they do not call): leave the VAE out, pipe.enable_group_offload(..., "
+            "exclude_modules=['vae']), which puts it on the onload device, or use "
+            "enable_model_cpu_offload() / enable_sequential_cpu_offload()"
+        )
+
     def _runner_for(self, tensor: torch.Tensor) -> Tuple[Any, Dict[str, Any]]:
         """What runs a call on ``tensor``, with its keywords. The reference follows the caller's
         grad mode and computes in ``self.dtype`` (diffusers' model dtype: under layerwise casting
@@ -413,6 +461,14 @@ class AutoencoderCDT(ModelMixin, AutoencoderMixin, ConfigMixin):
         latents [B, z_dim, 1+k, H/8, W/8] (not scaled nor normalised, as diffusers' VAEs).
         ``slice_batch``: one sample at a time (default: :meth:`enable_slicing`'s setting)."""
         slice_batch = self.use_slicing if slice_batch is None else slice_batch
+        tf = self.config.scale_factor_temporal
+        if isinstance(x, torch.Tensor) and x.dim() == 5 and (x.shape[2] - 1) % tf:
+            # Wan's VAE drops the frames past the last whole group unasked; a video pipeline
+            # given any clip (video-to-video, VACE) then meets this message, not a shape error
+            raise ValueError(
+                f"x has {x.shape[2]} frames; AutoencoderCDT encodes 1+{tf}k frames: pass the "
+                f"first {1 + tf * ((x.shape[2] - 1) // tf)} (the Wan VAE drops the rest unasked)"
+            )
         run, kwargs = self._runner_for(x)
         samples = x.split(1) if slice_batch and x.shape[0] > 1 else (x,)
         params = torch.cat(
@@ -432,21 +488,24 @@ class AutoencoderCDT(ModelMixin, AutoencoderMixin, ConfigMixin):
         self,
         z: torch.Tensor,
         return_dict: bool = True,
-        generator: Optional[torch.Generator] = None,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
         steps: Optional[int] = None,
         noise: Optional[torch.Tensor] = None,
         slice_batch: Optional[bool] = None,
     ):
         """Latents [B, z_dim, T, h, w] -> ``DecoderOutput(sample=video)``, video
         [B, 3, 1+4(T-1), 8h, 8w] clamped to [-1, 1]. The decoder's starting noise is given as
-        ``noise``, or drawn from ``generator``, or without one from a fresh generator on ``z``'s
-        device seeded with the config's ``decode_seed`` (the same latents give the same video), or
-        with ``decode_seed=None`` from the global RNG. ``steps`` defaults to the config's
-        ``decode_steps``. ``slice_batch``: one sample at a time (same noise draw, same result;
-        default: :meth:`enable_slicing`'s setting)."""
+        ``noise``, or drawn from ``generator`` (a list: one generator per sample, each sample's
+        noise drawn from its own, as diffusers' pipelines take them), or without one from a fresh
+        generator on ``z``'s device seeded with the config's ``decode_seed`` (the same latents
+        give the same video), or with ``decode_seed=None`` from the global RNG. ``steps``
+        defaults to the config's ``decode_steps``. ``slice_batch``: one sample at a time (same
+        noise draw, same result; default: :meth:`enable_slicing`'s setting)."""
         steps = self.config.decode_steps if steps is None else steps
         slice_batch = self.use_slicing if slice_batch is None else slice_batch
         run, kwargs = self._runner_for(z)
+        if isinstance(generator, (list, tuple)):
+            noise, generator = self._noise_per_sample(z, generator, noise), None
         if noise is None and generator is None and self.config.decode_seed is not None:
             generator = torch.Generator(device=z.device).manual_seed(self.config.decode_seed)
         if slice_batch and z.shape[0] > 1:
@@ -468,12 +527,25 @@ class AutoencoderCDT(ModelMixin, AutoencoderMixin, ConfigMixin):
             return (video,)
         return DecoderOutput(sample=video)
 
+    def _noise_per_sample(self, z: torch.Tensor, generators, noise) -> torch.Tensor:
+        """The decoder's starting noise for ``z``, sample ``i`` drawn from ``generators[i]``."""
+        if noise is not None:
+            raise ValueError("pass noise or generator, not both")
+        if len(generators) != z.shape[0] or not all(
+            isinstance(g, torch.Generator) for g in generators
+        ):
+            raise ValueError(
+                f"generator: a list must hold one torch.Generator per sample ({z.shape[0]}), got "
+                f"{len(generators)} items"
+            )
+        return torch.cat([self._cdt.initial_noise(zi, g) for zi, g in zip(z.split(1), generators)])
+
     def forward(
         self,
         sample: torch.Tensor,
         sample_posterior: bool = False,
         return_dict: bool = True,
-        generator: Optional[torch.Generator] = None,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
     ):
         """Reconstruct ``sample``: decode the posterior's mode (or a sample of it)."""
         dist = self.encode(sample).latent_dist

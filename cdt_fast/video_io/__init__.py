@@ -17,7 +17,8 @@ entries are restored as frames, so a clip keeps its duration (:mod:`.timing`). A
 recognised from its container's own structure (:mod:`.containers`: AVI chunk sizes and indexes, MP4
 box sizes and sample index, the Matroska Segment, MPEG-PS/TS packets, GIF blocks), never from a
 frame count, and refused unless the caller accepts it (``allow_truncated``), when the frames that
-do decode are used.
+do decode are used. Frames are read as shown: a display matrix that turns them (a phone's
+portrait video) is applied, and the size :func:`probe` reports is the turned frame's.
 
 Modules, one job each: :mod:`.formats` (suffixes read and written), :mod:`.sources` (files,
 directories and globs), :mod:`.probing` (:func:`probe`), :mod:`.containers` (each container's

@@ -10,8 +10,8 @@ from typing import List, Optional
 from .containers import structure_cut
 from .errors import VideoError, one_line
 from .formats import DEFAULT_FPS, PathLike
-from .pyav import ffmpeg_errors, open_video
-from .read import count_decodable, decode_image
+from .pyav import ffmpeg_errors, holds_frame, open_video
+from .read import count_decodable, decode_image, display_turns
 from .sources import check_exists, image_files
 from .timing import (
     GIVEN_RATE,
@@ -32,7 +32,10 @@ class VideoInfo:
     frame" entries, restored so that the clip keeps its duration. ``timing`` says how the
     duration is kept (see :mod:`cdt_fast.video_io.timing`): ``"repeated frames"``,
     ``"timestamps"`` (the rate the timestamps give: the stream's, or a variable-rate stream's
-    average) or ``"given rate"`` (an image sequence, or ``fps`` given)."""
+    average) or ``"given rate"`` (an image sequence, or ``fps`` given). ``height`` and ``width``
+    are the frames' as shown: ``rotation`` (0, 90, 180 or 270 degrees counter-clockwise) is the
+    turn the file's display matrix asks for, which every frame read is given (a phone's portrait
+    video is stored as landscape frames)."""
 
     path: str
     frames: int
@@ -43,6 +46,7 @@ class VideoInfo:
     truncated: bool = False
     repeats: int = 0
     timing: str = TIMESTAMPS
+    rotation: int = 0
 
     @property
     def timing_text(self) -> str:
@@ -50,9 +54,10 @@ class VideoInfo:
         return f"{self.repeats} repeated frames restored" if self.timing == REPEATS else self.timing
 
     def describe(self) -> str:
+        turned = f"; turned {self.rotation} degrees upright" if self.rotation else ""
         return (
             f"{self.frames} frames of {self.width}x{self.height} at {_fps_text(self.fps)} fps "
-            f"({self.codec}; timing: {self.timing_text})"
+            f"({self.codec}; timing: {self.timing_text}{turned})"
         )
 
 
@@ -104,6 +109,9 @@ def _probe_file(source: str, fps: Optional[Fraction], allow_truncated: bool) -> 
         container.close()
     if not height or not width:
         raise VideoError(f"{source}: its video stream has no frame size (corrupt header?)")
+    turns = display_turns(source)
+    if turns % 2:
+        height, width = width, height
     why = _truncation(source, scan)
     present = scan["frames"]
     if scan["slots"] is not None:  # an AVI: its repeat entries are frames
@@ -127,7 +135,9 @@ def _probe_file(source: str, fps: Optional[Fraction], allow_truncated: bool) -> 
         timing = REPEATS
     elif not (fps or why or counts_slots(scan["format"])):
         rate = timestamp_rate(count, scan["span"], nominal)
-    return VideoInfo(source, count, height, width, rate, codec, why is not None, repeats, timing)
+    return VideoInfo(
+        source, count, height, width, rate, codec, why is not None, repeats, timing, 90 * turns
+    )
 
 
 def _scan_packets(source: str, container, stream) -> dict:
@@ -147,7 +157,7 @@ def _scan_packets(source: str, container, stream) -> dict:
             if packet.stream_index != stream.index:
                 continue
             packets += 1
-            if not packet.size or packet.is_discard:
+            if not holds_frame(packet):
                 continue
             frames += 1
             if slots is not None:

@@ -20,6 +20,13 @@ def ffmpeg_errors() -> tuple:
     return (av.error.FFmpegError, OSError, EOFError)
 
 
+def holds_frame(packet) -> bool:
+    """Whether a demuxed packet gives a frame: it holds data (an AVI's zero-length repeat entries
+    and the flush packets at the end hold none) and the container does not mark it to be
+    discarded (an MP4 edit list trimming a B-frame stream)."""
+    return bool(packet.size) and not packet.is_discard
+
+
 def open_video(path: str):
     """(container, its first video stream), or a :class:`VideoError` naming what is missing."""
     av = load_av()

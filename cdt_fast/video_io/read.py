@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+import collections
+from typing import Deque, Iterator, Optional, Tuple
 
 import numpy as np
 
 from .errors import VideoError, one_line
 from .formats import PathLike
-from .pyav import ffmpeg_errors, load_av, open_video
+from .pyav import ffmpeg_errors, holds_frame, load_av, open_video
 from .sources import check_exists, image_files
 from .timing import counts_slots, listed_slots, restore_repeats
 
@@ -25,10 +26,37 @@ def decode_image(path: str, size: Optional[Tuple[int, int]] = None) -> np.ndarra
     raise VideoError(f"{path} holds no image")
 
 
+def quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show ``frame`` upright, from its display matrix:
+    phones store portrait video as landscape frames marked to be turned by 90 or 270 degrees,
+    and players (and FFmpeg's command line) turn them. Read where PyAV exposes the matrix
+    (``VideoFrame.rotation``, PyAV 15 and newer); 0 where it does not."""
+    return round(getattr(frame, "rotation", 0) / 90) % 4
+
+
+def display_turns(source: str) -> int:
+    """:func:`quarter_turns` of the first frame of a video file (0 where none decodes)."""
+    errors = ffmpeg_errors()
+    container, stream = open_video(source)
+    try:
+        for frame in container.decode(stream):
+            return quarter_turns(frame)
+    except errors:
+        pass
+    finally:
+        container.close()
+    return 0
+
+
 def _to_rgb(frame, size: Optional[Tuple[int, int]]) -> np.ndarray:
-    if size is not None and (frame.height, frame.width) != tuple(size):
-        frame = frame.reformat(width=size[1], height=size[0], format="rgb24", interpolation="AREA")
-    return frame.to_ndarray(format="rgb24")
+    """``frame`` as uint8 RGB, turned upright, at ``size`` = (H, W) as shown if given."""
+    turns = quarter_turns(frame)
+    if size is not None:
+        height, width = size if turns % 2 == 0 else size[::-1]  # the stored frame's sides
+        if (frame.height, frame.width) != (height, width):
+            frame = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+    image = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def decode_rgb(source: str, size: Optional[Tuple[int, int]], lenient: bool) -> Iterator[np.ndarray]:
@@ -37,6 +65,21 @@ def decode_rgb(source: str, size: Optional[Tuple[int, int]], lenient: bool) -> I
     that the count is the same on every pass, and restores no repeats after the last frame."""
     for image, _ in _decoded(source, size, lenient):
         yield image
+
+
+def _avi_frames(container, stream, size) -> Iterator[Tuple[Optional[int], np.ndarray]]:
+    """(period, frame) of an AVI's frames in the order shown. An AVI stores no presentation
+    times, only a period per index entry: the n-th frame shown takes the n-th data chunk's
+    period (decode timestamps rise with the index, and a decoder never shows more frames than it
+    was given chunks), so the periods left out are the zero-length repeat entries. FFmpeg's own
+    guess of a decoded frame's time is late by the decoder's delay with B-frames (H.264, MPEG-4
+    ASP in AVI) and out of order, which would read as skipped periods."""
+    periods: Deque[int] = collections.deque()
+    for packet in container.demux(stream):
+        if holds_frame(packet) and packet.dts is not None:
+            periods.append(int(packet.dts))
+        for frame in packet.decode():
+            yield (periods.popleft() if periods else None), _to_rgb(frame, size)
 
 
 def count_decodable(source: str) -> Tuple[int, int]:
@@ -60,12 +103,12 @@ def _decoded(
     try:
         if not lenient:
             stream.thread_type = "AUTO"
-        decoded = ((frame.pts, _to_rgb(frame, size)) for frame in container.decode(stream))
         if counts_slots(container.format.name):
             slots = None if lenient else listed_slots(source, stream)
+            decoded = _avi_frames(container, stream, size)
             frames = restore_repeats(decoded, int(stream.start_time or 0), slots)
         else:
-            frames = ((image, False) for _, image in decoded)
+            frames = ((_to_rgb(frame, size), False) for frame in container.decode(stream))
         for image, repeated in frames:
             count += 1
             yield image, repeated
