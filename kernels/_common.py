@@ -29,6 +29,7 @@ __all__ = [
     "param_vector",
     "empty_like_layout",
     "check_out",
+    "cudnn_conv_tf32",
     "exact_fp32",
     "same_data",
 ]
@@ -149,16 +150,30 @@ def check_out(
     return out
 
 
+def cudnn_conv_tf32() -> bool:
+    """Whether torch's cuDNN convolutions may use TF32 for fp32 tensors (what the reference conv
+    does on a GPU). torch >= 2.9 sets this per op (``torch.backends.cudnn.conv.fp32_precision``);
+    ``"none"`` there defers to ``torch.backends.cudnn.fp32_precision``, then to
+    ``torch.backends.fp32_precision``, and nothing but ``"tf32"`` allows TF32. The legacy
+    ``torch.backends.cudnn.allow_tf32`` raises once conv and RNN precisions differ, so it is read
+    only on a torch without the per-op flags."""
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    if conv is None:
+        return bool(torch.backends.cudnn.allow_tf32)
+    for precision in (conv, torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision):
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
 def exact_fp32(x: torch.Tensor) -> bool:
     """Whether a conv-like kernel on fp32 ``x`` must use IEEE fp32 products: yes unless the launch
     is planned as on a GPU (:func:`~._tiles.emulates_gpu`) where torch lets its own cuDNN convs use
-    TF32 (``torch.backends.cudnn.allow_tf32``, on by default), in which case the kernel does as
-    the reference does there. Planned for another dtype (``tile_options(dtype=...)``): no."""
+    TF32 (:func:`cudnn_conv_tf32`, on by default), in which case the kernel does as the reference
+    does there. Planned for another dtype (``tile_options(dtype=...)``): no."""
     from ._tiles import emulates_gpu, launch_dtype
 
-    return launch_dtype(x) == torch.float32 and not (
-        emulates_gpu(x) and torch.backends.cudnn.allow_tf32
-    )
+    return launch_dtype(x) == torch.float32 and not (emulates_gpu(x) and cudnn_conv_tf32())
 
 
 def same_data(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -159,8 +159,8 @@ def tile_options(
     ``CDT_FAST_TILES``.
 
     ``arch`` ("sm_80"/"sm_90"): every launch reads that family's tables, whatever its device. A
-    CPU tensor is then planned as on such a GPU (its tables, and TF32 for fp32 where
-    ``torch.backends.cudnn.allow_tf32`` allows it): under the Triton interpreter this runs the
+    CPU tensor is then planned as on such a GPU (its tables, and TF32 for fp32 where torch's
+    cuDNN convs may use it, :func:`~._common.cudnn_conv_tf32`): under the Triton interpreter this runs the
     tiles and launch code of that GPU. A CUDA device must be of that family or newer.
 
     ``dtype`` (bf16/fp16/fp32): fp32 CPU tensors under the interpreter are planned as tensors of

@@ -9,7 +9,7 @@ layout) give coalesced loads along channels; any strides are accepted.
 Semantics are exactly :func:`cdt_fast.functional.time_downsample` /
 :func:`cdt_fast.functional.time_upsample`; accumulation is fp32, results are rounded once to the
 input dtype. fp32 inputs use IEEE fp32 products unless torch allows TF32 for its cuDNN convs
-(``torch.backends.cudnn.allow_tf32``), as the reference conv then does.
+(:func:`~._common.cudnn_conv_tf32`), as the reference conv then does.
 """
 
 from __future__ import annotations
