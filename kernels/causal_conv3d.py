@@ -50,7 +50,7 @@ import torch
 import triton
 
 from . import _tiles
-from ._common import exact_fp32, loop_arg, same_data
+from ._common import exact_fp32, loop_arg, param_vector, same_data
 from ._tiles import autotune_enabled, launch_dtype, tile_family
 from .causal_conv3d_args import (
     ConvGeometry,
@@ -173,7 +173,8 @@ def causal_conv3d_frames(
     out = _output(out, conv.out_shape, x)
     if not _loads_coalesced(weight) or weight.dtype != x.dtype:
         weight = pack_weight(weight, x.dtype)
-    bias = bias.to(x.dtype) if bias is not None else None
+    # The kernel reads the bias as a dense vector: a strided view is copied.
+    bias = param_vector(bias, conv.cout, "bias").to(x.dtype) if bias is not None else None
     ep = check_epilogue(epilogue or Epilogue(), x, out, conv.out_shape)
     if conv.rows == 0 or conv.cout == 0:
         return out

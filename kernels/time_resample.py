@@ -23,7 +23,7 @@ import triton.language as tl
 from cdt_fast.functional import PAD_MODES, cast_like
 
 from . import _tiles
-from ._common import check_launchable, check_out, empty_like_layout, exact_fp32
+from ._common import check_launchable, check_out, empty_like_layout, exact_fp32, param_vector
 from ._gemm_rows import accumulate_rows
 from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
@@ -342,6 +342,11 @@ def _check_bias(bias, channels: int) -> None:
         )
 
 
+def _bias_vector(bias: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The bias in x's dtype as the dense vector the kernels index (a strided view is copied)."""
+    return None if bias is None else param_vector(cast_like(bias, x), bias.numel(), "bias")
+
+
 def _launch(kernel, tuned, x, grid_frames, hw, args, meta, name, c_in):
     def grid(m):
         return (triton.cdiv(hw, m["BLOCK_M"]), grid_frames, triton.cdiv(args["n"], m["BLOCK_N"]))
@@ -407,7 +412,7 @@ def time_downsample(
             f"x has too few frames ({t_in}) for a stride-2 kernel-3 step after "
             f"{front} {'past' if past is not None else 'padding'} frames"
         )
-    weight, bias = cast_like(weight, x), cast_like(bias, x)
+    weight, bias = cast_like(weight, x), _bias_vector(bias, x)
     shape = (bsz, c_out, t_out, h, w)
     out = empty_like_layout(x, shape) if out is None else check_out(out, shape, x.dtype, x.device)
     p = past if past is not None else x
@@ -464,7 +469,7 @@ def time_upsample(
     _check_bias(bias, 2 * c)
     drop_first = bool(drop_first)
     check_launchable(x, "time_upsample", "cdt_fast.functional.time_upsample")
-    weight, bias = cast_like(weight, x), cast_like(bias, x)
+    weight, bias = cast_like(weight, x), _bias_vector(bias, x)
     shape = (bsz, c, 2 * t_in - int(drop_first), h, w)
     out = empty_like_layout(x, shape) if out is None else check_out(out, shape, x.dtype, x.device)
     if out.numel() == 0:

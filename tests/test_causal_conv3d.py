@@ -137,8 +137,11 @@ def test_triton_fp16_inputs_against_fp32_reference(name):
 
 
 def test_triton_any_strides_and_out_view():
-    """NCDHW input, a sliced (non-contiguous) past, and ``out=`` a view into a bigger buffer."""
+    """NCDHW input, a sliced (non-contiguous) past, a strided bias view, and ``out=`` a view
+    into a bigger buffer."""
     x, weight, bias, kw, k_len = _case("333-replicate-past2", torch.float32)
+    bias = torch.stack([bias, -bias], dim=1)[:, 0]  # the same values, every other element
+    assert bias.stride() == (2,)
     big_past = rand(1, 5, 4, 5, 7, channels_last=False)
     kw["past"] = big_past[:, :, 1:3]
     x = x.contiguous()
