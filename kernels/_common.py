@@ -24,6 +24,8 @@ __all__ = [
     "MAX_GRID",
     "check_grid",
     "check_launchable",
+    "KERNEL_DTYPES",
+    "check_kernel_dtype",
     "interpreting",
     "loop_arg",
     "param_vector",
@@ -95,6 +97,18 @@ def check_launchable(x: torch.Tensor, op: str, instead: str = "cdt_fast.function
             f"on CPU use {instead}, or set TRITON_INTERPRET=1 before importing "
             "triton to run the kernel in the interpreter"
         )
+
+
+# The storage dtypes the kernels read and write (they compute in fp32).
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_kernel_dtype(t: torch.Tensor, name: str, op: str) -> None:
+    """``t`` is stored in one of :data:`KERNEL_DTYPES`, else a TypeError naming it: a float64
+    tensor would be computed in fp32 (less than the caller asked for), and ``tl.dot`` of float64
+    operands beside an fp32 accumulator does not compile for a GPU."""
+    if t.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{op}: {name} must be float16, bfloat16 or float32, got {t.dtype}")
 
 
 def loop_arg(value: int):

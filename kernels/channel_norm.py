@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._common import check_launchable, param_vector, voxel_rows
+from ._common import check_kernel_dtype, check_launchable, param_vector, voxel_rows
 from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
 __all__ = ["channel_norm", "channel_norm_tile", "norm_shared_memory"]
@@ -190,8 +190,7 @@ def _check_input(x: torch.Tensor) -> None:
         raise TypeError(f"x must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
     if x.dim() != 5:
         raise ValueError(f"x must have rank 5 [B, C, T, H, W], got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be float32/float16/bfloat16, got {x.dtype}")
+    check_kernel_dtype(x, "x", "channel_norm")
 
 
 def _time_bias_matrix(time_bias: torch.Tensor, b: int, c: int) -> torch.Tensor:

@@ -23,7 +23,14 @@ import triton.language as tl
 from cdt_fast.functional import PAD_MODES, cast_like
 
 from . import _tiles
-from ._common import check_launchable, check_out, empty_like_layout, exact_fp32, param_vector
+from ._common import (
+    check_kernel_dtype,
+    check_launchable,
+    check_out,
+    empty_like_layout,
+    exact_fp32,
+    param_vector,
+)
 from ._gemm_rows import accumulate_rows
 from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
@@ -323,8 +330,7 @@ def _check_video(x, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
     if x.dim() != 5:
         raise ValueError(f"{name} must have rank 5 [B, C, T, H, W], got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+    check_kernel_dtype(x, name, "temporal resampling")
     return x
 
 
