@@ -12,6 +12,8 @@ whose T, H, W dims collapse into one stride; anything else is copied to channels
 
 from __future__ import annotations
 
+import contextlib
+from types import MappingProxyType
 from typing import Sequence, Tuple
 
 import torch
@@ -24,6 +26,7 @@ __all__ = [
     "MAX_GRID",
     "check_grid",
     "check_launchable",
+    "on_device",
     "KERNEL_DTYPES",
     "check_kernel_dtype",
     "interpreting",
@@ -97,6 +100,19 @@ def check_launchable(x: torch.Tensor, op: str, instead: str = "cdt_fast.function
             f"on CPU use {instead}, or set TRITON_INTERPRET=1 before importing "
             "triton to run the kernel in the interpreter"
         )
+
+
+# The context that makes a tensor's device current, per device type (none needed elsewhere).
+_DEVICE_GUARDS = MappingProxyType({"cuda": torch.cuda.device})
+
+
+def on_device(x: torch.Tensor):
+    """The context a launch on ``x`` runs in: Triton launches on the *current* CUDA device and
+    its current stream (not on its arguments' device), so ``x``'s GPU is made current for the
+    launch, as torch's own ops do; a launch on a tensor of another GPU would otherwise run on the
+    wrong device with foreign pointers."""
+    guard = _DEVICE_GUARDS.get(x.device.type)
+    return guard(x.device) if guard is not None else contextlib.nullcontext()
 
 
 # The storage dtypes the kernels read and write (they compute in fp32).

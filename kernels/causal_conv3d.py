@@ -43,7 +43,6 @@ tile (the ``sm_80`` family's, or another one's inside ``tile_options(arch=...)``
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -189,8 +188,7 @@ def causal_conv3d_frames(
         HAS_BIAS=bias is not None,
         DOT_PRECISION="ieee" if exact_fp32(x) else "tf32",
     )
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _launch(_kernel_args(x, weight, bias, out, conv, ep), x, conv, ep, flags)
+    _launch(_kernel_args(x, weight, bias, out, conv, ep), x, conv, ep, flags)
     return out
 
 
