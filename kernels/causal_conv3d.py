@@ -72,9 +72,16 @@ __all__ = [
     "pack_weight",
     "output_shape",
     "FUSED_NORM_MAX_CHANNELS",
+    "MAX_ROWS",
     "conv_tile",
     "conv_shared_memory",
 ]
+
+
+# Output voxels a call may have: the kernel indexes rows in 32 bits, and its last row tile
+# reaches up to BLOCK_M - 1 rows past the last voxel (256-row tiles at most, autotuning's
+# largest), which must stay below 2**31 (else they wrap negative and pass the row mask).
+MAX_ROWS = 2**31 - 256
 
 
 def pack_weight(weight: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -177,10 +184,10 @@ def causal_conv3d_frames(
     ep = check_epilogue(epilogue or Epilogue(), x, out, conv.out_shape)
     if conv.rows == 0 or conv.cout == 0:
         return out
-    if conv.rows >= 2**31:
+    if conv.rows > MAX_ROWS:
         raise ValueError(
-            f"causal_conv3d: {conv.rows} output voxels exceed the kernel's 32-bit row index; "
-            "split the batch or the chunk"
+            f"causal_conv3d: {conv.rows} output voxels exceed the kernel's 32-bit row index "
+            f"(at most {MAX_ROWS}); split the batch or the chunk"
         )
     flags = dict(
         ZERO_PAD=pad_mode == "zeros",

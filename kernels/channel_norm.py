@@ -137,9 +137,10 @@ def _channel_norm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Rows in 64 bits from the program id on: offsets of 720p chunks pass 2**31, and so may a
+    # tile's last rows before the mask cuts them.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = rows < M
-    rows = rows.to(tl.int64)  # offsets of 720p chunks pass 2**31
     sample = rows // S
     voxel = rows % S
     cols = tl.arange(0, BLOCK_C)

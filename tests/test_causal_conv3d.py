@@ -348,6 +348,23 @@ def test_bad_input_raises_clear_errors(monkeypatch):
             conv(x, weight, bias, **kw)
 
 
+def test_row_count_keeps_the_last_row_tile_below_2_31(monkeypatch):
+    """The kernel indexes output voxels in 32 bits and its last row tile runs up to BLOCK_M - 1
+    rows past them: a call whose rows would wrap there (negative indices pass the row mask)
+    raises before launching; one row fewer than the bound launches. Shapes only (meta tensors)."""
+    launched = []
+    monkeypatch.setattr(kernels, "_launch", lambda *args: launched.append(args))
+    weight = torch.empty(1, 1, 1, 1, 1, device="meta")
+    for width, ok in ((kernels.MAX_ROWS, True), (2**31 - 100, False), (2**31, False)):
+        x = torch.empty(1, 1, 1, 1, width, device="meta")
+        if ok:
+            assert kernels.causal_conv3d(x, weight).shape == (1, 1, 1, 1, width)
+        else:
+            with pytest.raises(ValueError, match="32-bit row index"):
+                kernels.causal_conv3d(x, weight)
+    assert len(launched) == 1
+
+
 # -- CUDA ---------------------------------------------------------------------------------------
 
 
