@@ -12,6 +12,8 @@ whose T, H, W dims collapse into one stride; anything else is copied to channels
 
 from __future__ import annotations
 
+import contextlib
+from types import MappingProxyType
 from typing import Sequence, Tuple
 
 import torch
@@ -24,11 +26,15 @@ __all__ = [
     "MAX_GRID",
     "check_grid",
     "check_launchable",
+    "on_device",
+    "KERNEL_DTYPES",
+    "check_kernel_dtype",
     "interpreting",
     "loop_arg",
     "param_vector",
     "empty_like_layout",
     "check_out",
+    "cudnn_conv_tf32",
     "exact_fp32",
     "same_data",
 ]
@@ -96,6 +102,31 @@ def check_launchable(x: torch.Tensor, op: str, instead: str = "cdt_fast.function
         )
 
 
+# The context that makes a tensor's device current, per device type (none needed elsewhere).
+_DEVICE_GUARDS = MappingProxyType({"cuda": torch.cuda.device})
+
+
+def on_device(x: torch.Tensor):
+    """The context a launch on ``x`` runs in: Triton launches on the *current* CUDA device and
+    its current stream (not on its arguments' device), so ``x``'s GPU is made current for the
+    launch, as torch's own ops do; a launch on a tensor of another GPU would otherwise run on the
+    wrong device with foreign pointers."""
+    guard = _DEVICE_GUARDS.get(x.device.type)
+    return guard(x.device) if guard is not None else contextlib.nullcontext()
+
+
+# The storage dtypes the kernels read and write (they compute in fp32).
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_kernel_dtype(t: torch.Tensor, name: str, op: str) -> None:
+    """``t`` is stored in one of :data:`KERNEL_DTYPES`, else a TypeError naming it: a float64
+    tensor would be computed in fp32 (less than the caller asked for), and ``tl.dot`` of float64
+    operands beside an fp32 accumulator does not compile for a GPU."""
+    if t.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{op}: {name} must be float16, bfloat16 or float32, got {t.dtype}")
+
+
 def loop_arg(value: int):
     """A kernel argument that bounds a ``range`` loop. The interpreter hands int arguments to the
     kernel as one-element arrays, which NumPy >= 2.4 refuses to turn into the Python int ``range``
@@ -149,16 +180,30 @@ def check_out(
     return out
 
 
+def cudnn_conv_tf32() -> bool:
+    """Whether torch's cuDNN convolutions may use TF32 for fp32 tensors (what the reference conv
+    does on a GPU). torch >= 2.9 sets this per op (``torch.backends.cudnn.conv.fp32_precision``);
+    ``"none"`` there defers to ``torch.backends.cudnn.fp32_precision``, then to
+    ``torch.backends.fp32_precision``, and nothing but ``"tf32"`` allows TF32. The legacy
+    ``torch.backends.cudnn.allow_tf32`` raises once conv and RNN precisions differ, so it is read
+    only on a torch without the per-op flags."""
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    if conv is None:
+        return bool(torch.backends.cudnn.allow_tf32)
+    for precision in (conv, torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision):
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
 def exact_fp32(x: torch.Tensor) -> bool:
     """Whether a conv-like kernel on fp32 ``x`` must use IEEE fp32 products: yes unless the launch
     is planned as on a GPU (:func:`~._tiles.emulates_gpu`) where torch lets its own cuDNN convs use
-    TF32 (``torch.backends.cudnn.allow_tf32``, on by default), in which case the kernel does as
-    the reference does there. Planned for another dtype (``tile_options(dtype=...)``): no."""
+    TF32 (:func:`cudnn_conv_tf32`, on by default), in which case the kernel does as the reference
+    does there. Planned for another dtype (``tile_options(dtype=...)``): no."""
     from ._tiles import emulates_gpu, launch_dtype
 
-    return launch_dtype(x) == torch.float32 and not (
-        emulates_gpu(x) and torch.backends.cudnn.allow_tf32
-    )
+    return launch_dtype(x) == torch.float32 and not (emulates_gpu(x) and cudnn_conv_tf32())
 
 
 def same_data(a: torch.Tensor, b: torch.Tensor) -> bool:

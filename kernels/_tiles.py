@@ -44,7 +44,7 @@ import triton
 import cdt_fast.devices as devices
 from cdt_fast.dtypes import dtype_name
 
-from ._common import check_grid, interpreting
+from ._common import check_grid, interpreting, on_device
 
 __all__ = [
     "AUTOTUNE_ENV",
@@ -159,8 +159,8 @@ def tile_options(
     ``CDT_FAST_TILES``.
 
     ``arch`` ("sm_80"/"sm_90"): every launch reads that family's tables, whatever its device. A
-    CPU tensor is then planned as on such a GPU (its tables, and TF32 for fp32 where
-    ``torch.backends.cudnn.allow_tf32`` allows it): under the Triton interpreter this runs the
+    CPU tensor is then planned as on such a GPU (its tables, and TF32 for fp32 where torch's
+    cuDNN convs may use it, :func:`~._common.cudnn_conv_tf32`): under the Triton interpreter this runs the
     tiles and launch code of that GPU. A CUDA device must be of that family or newer.
 
     ``dtype`` (bf16/fp16/fp32): fp32 CPU tensors under the interpreter are planned as tensors of
@@ -456,7 +456,16 @@ def launch(
     through ``tuned`` (a ``triton.autotune`` wrapper of ``kernel``), recording a new winner.
     ``derived(kwargs)``: launch arguments that follow from the tile (e.g. a loop bound rounded to
     its BLOCK_K), for the fixed tile. Returns the tile that ran (the tuned one when tuning).
-    Every grid is checked against CUDA's limits first (:func:`~._common.check_grid`)."""
+    Every grid is checked against CUDA's limits first (:func:`~._common.check_grid`); the
+    kernel runs on the device of its first tensor argument (:func:`~._common.on_device`)."""
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    with on_device(first) if first is not None else contextlib.nullcontext():
+        return _launch(
+            kernel, tuned, grid, args, meta, name, arch, shape_class, tile, autotune, derived
+        )
+
+
+def _launch(kernel, tuned, grid, args, meta, name, arch, shape_class, tile, autotune, derived):
     if autotune:
         if interpreting():
             # Tuning times each candidate with Triton's GPU benchmarker, which the interpreter

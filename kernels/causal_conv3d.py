@@ -43,14 +43,13 @@ tile (the ``sm_80`` family's, or another one's inside ``tile_options(arch=...)``
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Sequence, Tuple
 
 import torch
 import triton
 
 from . import _tiles
-from ._common import exact_fp32, loop_arg, same_data
+from ._common import exact_fp32, loop_arg, param_vector, same_data
 from ._tiles import autotune_enabled, launch_dtype, tile_family
 from .causal_conv3d_args import (
     ConvGeometry,
@@ -73,9 +72,16 @@ __all__ = [
     "pack_weight",
     "output_shape",
     "FUSED_NORM_MAX_CHANNELS",
+    "MAX_ROWS",
     "conv_tile",
     "conv_shared_memory",
 ]
+
+
+# Output voxels a call may have: the kernel indexes rows in 32 bits, and its last row tile
+# reaches up to BLOCK_M - 1 rows past the last voxel (256-row tiles at most, autotuning's
+# largest), which must stay below 2**31 (else they wrap negative and pass the row mask).
+MAX_ROWS = 2**31 - 256
 
 
 def pack_weight(weight: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -173,14 +179,15 @@ def causal_conv3d_frames(
     out = _output(out, conv.out_shape, x)
     if not _loads_coalesced(weight) or weight.dtype != x.dtype:
         weight = pack_weight(weight, x.dtype)
-    bias = bias.to(x.dtype) if bias is not None else None
+    # The kernel reads the bias as a dense vector: a strided view is copied.
+    bias = param_vector(bias, conv.cout, "bias").to(x.dtype) if bias is not None else None
     ep = check_epilogue(epilogue or Epilogue(), x, out, conv.out_shape)
     if conv.rows == 0 or conv.cout == 0:
         return out
-    if conv.rows >= 2**31:
+    if conv.rows > MAX_ROWS:
         raise ValueError(
-            f"causal_conv3d: {conv.rows} output voxels exceed the kernel's 32-bit row index; "
-            "split the batch or the chunk"
+            f"causal_conv3d: {conv.rows} output voxels exceed the kernel's 32-bit row index "
+            f"(at most {MAX_ROWS}); split the batch or the chunk"
         )
     flags = dict(
         ZERO_PAD=pad_mode == "zeros",
@@ -188,8 +195,7 @@ def causal_conv3d_frames(
         HAS_BIAS=bias is not None,
         DOT_PRECISION="ieee" if exact_fp32(x) else "tf32",
     )
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _launch(_kernel_args(x, weight, bias, out, conv, ep), x, conv, ep, flags)
+    _launch(_kernel_args(x, weight, bias, out, conv, ep), x, conv, ep, flags)
     return out
 
 

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._common import check_launchable, param_vector, voxel_rows
+from ._common import check_kernel_dtype, check_launchable, param_vector, voxel_rows
 from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
 __all__ = ["channel_norm", "channel_norm_tile", "norm_shared_memory"]
@@ -137,9 +137,10 @@ def _channel_norm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Rows in 64 bits from the program id on: offsets of 720p chunks pass 2**31, and so may a
+    # tile's last rows before the mask cuts them.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = rows < M
-    rows = rows.to(tl.int64)  # offsets of 720p chunks pass 2**31
     sample = rows // S
     voxel = rows % S
     cols = tl.arange(0, BLOCK_C)
@@ -190,8 +191,7 @@ def _check_input(x: torch.Tensor) -> None:
         raise TypeError(f"x must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
     if x.dim() != 5:
         raise ValueError(f"x must have rank 5 [B, C, T, H, W], got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be float32/float16/bfloat16, got {x.dtype}")
+    check_kernel_dtype(x, "x", "channel_norm")
 
 
 def _time_bias_matrix(time_bias: torch.Tensor, b: int, c: int) -> torch.Tensor:

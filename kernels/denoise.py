@@ -16,7 +16,7 @@ import triton.language as tl
 
 from cdt_fast.functional import ddim_coefficients
 
-from ._common import check_grid, check_launchable, check_out, empty_like_layout
+from ._common import check_grid, check_launchable, check_out, empty_like_layout, on_device
 
 __all__ = ["ddim_update", "to_uint8_frames"]
 
@@ -141,22 +141,23 @@ def ddim_update(
     )
     b, c, t, h, w = x_t.shape
     grid = check_grid((triton.cdiv(out.numel(), _BLOCK),), "ddim_update")
-    _ddim_update_kernel[grid](
-        x_t,
-        x0,
-        out,
-        coef,
-        out.numel(),
-        c,
-        t,
-        h,
-        w,
-        *x_t.stride(),
-        *x0.stride(),
-        *out.stride(),
-        CLAMP=bool(clamp),
-        BLOCK=_BLOCK,
-    )
+    with on_device(x_t):
+        _ddim_update_kernel[grid](
+            x_t,
+            x0,
+            out,
+            coef,
+            out.numel(),
+            c,
+            t,
+            h,
+            w,
+            *x_t.stride(),
+            *x0.stride(),
+            *out.stride(),
+            CLAMP=bool(clamp),
+            BLOCK=_BLOCK,
+        )
     return out
 
 
@@ -175,5 +176,6 @@ def to_uint8_frames(x: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> t
     else:
         check_out(out, shape, torch.uint8, x.device)
     grid = check_grid((triton.cdiv(out.numel(), _BLOCK),), "to_uint8_frames")
-    _to_uint8_frames_kernel[grid](x, out, out.numel(), c, t, h, w, *x.stride(), BLOCK=_BLOCK)
+    with on_device(x):
+        _to_uint8_frames_kernel[grid](x, out, out.numel(), c, t, h, w, *x.stride(), BLOCK=_BLOCK)
     return out

@@ -39,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from ._common import check_launchable
+from ._common import check_kernel_dtype, check_launchable
 from .linear_attention_passes import (
     apply_attention,
     apply_grid,
@@ -189,8 +189,7 @@ def _check_activation(x: torch.Tensor, c: int) -> None:
         raise TypeError(f"x must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
     if x.dim() != 5 or x.shape[1] != c:
         raise ValueError(f"x must be [B, C={c}, T, H, W], got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be float32/float16/bfloat16, got {x.dtype}")
+    check_kernel_dtype(x, "x", "linear_attention")
 
 
 def linear_attention(

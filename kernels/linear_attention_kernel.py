@@ -45,9 +45,9 @@ def _norm_project_kernel(
 ):
     """qkv rows = LayerNorm(x rows) @ w ([C, N_OUT]); each program reads its voxels once and
     loops over the output columns, so the normalised activation never goes to memory."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # 64-bit from the program id on, as the norm kernel's rows.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = rows < M
-    rows = rows.to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
     mask_k = cols < C
     x = tl.load(

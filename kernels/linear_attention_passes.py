@@ -10,7 +10,7 @@ import torch
 import triton
 
 from . import _tiles
-from ._common import check_grid, loop_arg, param_vector, voxel_rows
+from ._common import check_grid, loop_arg, on_device, param_vector, voxel_rows
 from ._tiles import autotune_enabled, launch_dtype, tile_family
 from .linear_attention_kernel import (
     _attention_apply_kernel,
@@ -178,17 +178,18 @@ def attention_context(
         tile=tile,
         autotune=tuned,
     )
-    _context_combine_kernel[check_grid((fh, triton.cdiv(dh, block_d)), "context_combine")](
-        m,
-        l,
-        acc,
-        ctx,
-        loop_arg(dh),
-        loop_arg(num_splits),
-        float(scale),
-        BLOCK_D=block_d,
-        BLOCK_E=block_e,
-    )
+    with on_device(qkv):
+        _context_combine_kernel[check_grid((fh, triton.cdiv(dh, block_d)), "context_combine")](
+            m,
+            l,
+            acc,
+            ctx,
+            loop_arg(dh),
+            loop_arg(num_splits),
+            float(scale),
+            BLOCK_D=block_d,
+            BLOCK_E=block_e,
+        )
     return ctx
 
 

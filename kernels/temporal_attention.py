@@ -25,6 +25,7 @@ from cdt_fast.functional import temporal_attention as _spec
 from cdt_fast.validation import check_attention
 
 from . import _temporal_attention_kernel as _kernel
+from ._common import check_kernel_dtype
 
 __all__ = ["temporal_attention"]
 
@@ -47,6 +48,7 @@ def temporal_attention(
     if backend is not None:
         return _through_the_op_table(q, k, v, causal, scale, backend)
     scale = check_attention(q, k, v, causal=causal, scale=scale)
+    check_kernel_dtype(q, "q", "temporal_attention")  # k and v share its dtype
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise RuntimeError(
             "temporal_attention: the Triton kernel has no backward pass (it serves sampling); "

@@ -9,7 +9,7 @@ layout) give coalesced loads along channels; any strides are accepted.
 Semantics are exactly :func:`cdt_fast.functional.time_downsample` /
 :func:`cdt_fast.functional.time_upsample`; accumulation is fp32, results are rounded once to the
 input dtype. fp32 inputs use IEEE fp32 products unless torch allows TF32 for its cuDNN convs
-(``torch.backends.cudnn.allow_tf32``), as the reference conv then does.
+(:func:`~._common.cudnn_conv_tf32`), as the reference conv then does.
 """
 
 from __future__ import annotations
@@ -23,7 +23,14 @@ import triton.language as tl
 from cdt_fast.functional import PAD_MODES, cast_like
 
 from . import _tiles
-from ._common import check_launchable, check_out, empty_like_layout, exact_fp32
+from ._common import (
+    check_kernel_dtype,
+    check_launchable,
+    check_out,
+    empty_like_layout,
+    exact_fp32,
+    param_vector,
+)
 from ._gemm_rows import accumulate_rows
 from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
@@ -323,8 +330,7 @@ def _check_video(x, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
     if x.dim() != 5:
         raise ValueError(f"{name} must have rank 5 [B, C, T, H, W], got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+    check_kernel_dtype(x, name, "temporal resampling")
     return x
 
 
@@ -340,6 +346,11 @@ def _check_bias(bias, channels: int) -> None:
             f"bias must be None or a tensor of {channels} elements, got "
             f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else bias!r}"
         )
+
+
+def _bias_vector(bias: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The bias in x's dtype as the dense vector the kernels index (a strided view is copied)."""
+    return None if bias is None else param_vector(cast_like(bias, x), bias.numel(), "bias")
 
 
 def _launch(kernel, tuned, x, grid_frames, hw, args, meta, name, c_in):
@@ -407,7 +418,7 @@ def time_downsample(
             f"x has too few frames ({t_in}) for a stride-2 kernel-3 step after "
             f"{front} {'past' if past is not None else 'padding'} frames"
         )
-    weight, bias = cast_like(weight, x), cast_like(bias, x)
+    weight, bias = cast_like(weight, x), _bias_vector(bias, x)
     shape = (bsz, c_out, t_out, h, w)
     out = empty_like_layout(x, shape) if out is None else check_out(out, shape, x.dtype, x.device)
     p = past if past is not None else x
@@ -464,7 +475,7 @@ def time_upsample(
     _check_bias(bias, 2 * c)
     drop_first = bool(drop_first)
     check_launchable(x, "time_upsample", "cdt_fast.functional.time_upsample")
-    weight, bias = cast_like(weight, x), cast_like(bias, x)
+    weight, bias = cast_like(weight, x), _bias_vector(bias, x)
     shape = (bsz, c, 2 * t_in - int(drop_first), h, w)
     out = empty_like_layout(x, shape) if out is None else check_out(out, shape, x.dtype, x.device)
     if out.numel() == 0:

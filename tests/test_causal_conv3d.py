@@ -137,8 +137,11 @@ def test_triton_fp16_inputs_against_fp32_reference(name):
 
 
 def test_triton_any_strides_and_out_view():
-    """NCDHW input, a sliced (non-contiguous) past, and ``out=`` a view into a bigger buffer."""
+    """NCDHW input, a sliced (non-contiguous) past, a strided bias view, and ``out=`` a view
+    into a bigger buffer."""
     x, weight, bias, kw, k_len = _case("333-replicate-past2", torch.float32)
+    bias = torch.stack([bias, -bias], dim=1)[:, 0]  # the same values, every other element
+    assert bias.stride() == (2,)
     big_past = rand(1, 5, 4, 5, 7, channels_last=False)
     kw["past"] = big_past[:, :, 1:3]
     x = x.contiguous()
@@ -343,6 +346,23 @@ def test_bad_input_raises_clear_errors(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(RuntimeError, match="CUDA"):
             conv(x, weight, bias, **kw)
+
+
+def test_row_count_keeps_the_last_row_tile_below_2_31(monkeypatch):
+    """The kernel indexes output voxels in 32 bits and its last row tile runs up to BLOCK_M - 1
+    rows past them: a call whose rows would wrap there (negative indices pass the row mask)
+    raises before launching; one row fewer than the bound launches. Shapes only (meta tensors)."""
+    launched = []
+    monkeypatch.setattr(kernels, "_launch", lambda *args: launched.append(args))
+    weight = torch.empty(1, 1, 1, 1, 1, device="meta")
+    for width, ok in ((kernels.MAX_ROWS, True), (2**31 - 100, False), (2**31, False)):
+        x = torch.empty(1, 1, 1, 1, width, device="meta")
+        if ok:
+            assert kernels.causal_conv3d(x, weight).shape == (1, 1, 1, 1, width)
+        else:
+            with pytest.raises(ValueError, match="32-bit row index"):
+                kernels.causal_conv3d(x, weight)
+    assert len(launched) == 1
 
 
 # -- CUDA ---------------------------------------------------------------------------------------

@@ -262,6 +262,29 @@ def test_committed_table_ranks_cuda_only_for_capture_safe_deterministic_ops():
     assert "cuda" not in committed.order("sm_90", "causal_conv3d", "bf16/cin64/cout64/k3x3x3")
 
 
+def test_auto_sends_float64_calls_to_torch(upstream_model):
+    """The extension and the Triton kernels store fp16, bf16 and fp32 only (they raise on float64
+    rather than compute it in fp32): auto gives every float64 call to torch (SDPA the attention),
+    on every arch and ahead of every other row, so a float64 engine runs where they are built."""
+    committed = DispatchTable.default()
+    suffixes = ("", "/c64", "/c512", "/cin64/cout64/k3x3x3", "/cin16/cout16/k1x1x1", "/time")
+    for arch in DECISIONS:
+        for op in OPS:
+            want = ("sdpa",) if op == "temporal_attention" else ("torch",)
+            for suffix in suffixes:
+                assert committed.order(arch, op, "float64" + suffix) == want, (arch, op, suffix)
+        assert committed.order(arch, "channel_norm", "fp32/c64")[0] != "torch"
+    x = torch.rand(1, 3, 5, 32, 32, dtype=torch.float64) * 2 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BackendFallbackWarning)
+        engine = accelerate(upstream_model, dtype=torch.float64)
+    reference = accelerate(upstream_model, backend="torch", dtype=torch.float64)
+    with torch.no_grad():
+        got = torch.cat(list(engine.encode_params(x)), dim=2)
+        want = torch.cat(list(reference.encode_params(x)), dim=2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_composed_candidate_only_where_a_part_has_a_kernel(monkeypatch):
     """tune offers "composed" for a block op when one of its parts has a non-torch backend; with
     torch alone there is nothing to compose (and the CPU engine keeps NCDHW)."""

@@ -248,14 +248,16 @@ def test_auto_keeps_the_forward_only_kernel_to_time_without_autograd():
 
 def test_committed_gpu_decisions_keep_the_order_of_backends():
     """On GPUs auto tries flash-attn (fp16/bf16 only), xformers, the Triton kernel (time axis,
-    no autograd), SDPA; on CPU, SDPA."""
+    no autograd), SDPA, and float64 goes to SDPA alone (no other backend computes in it); on
+    CPU, SDPA."""
     committed = DispatchTable.default()
     for arch in ("sm_80", "sm_90"):
         order = lambda cls, arch=arch: committed.order(arch, OP, cls)  # noqa: E731
         assert order("bf16/time") == order("fp16/time") == ("flash", "xformers", "triton", "sdpa")
         assert order("bf16/time/grad") == order("bf16/space") == ("flash", "xformers", "sdpa")
-        assert order("fp32/time") == order("float64/time") == ("xformers", "triton", "sdpa")
+        assert order("fp32/time") == ("xformers", "triton", "sdpa")
         assert order("fp32/time/grad") == order("fp32/space") == ("xformers", "sdpa")
+        assert order("float64/time") == order("float64/space/grad") == ("sdpa",)
     assert committed.order("cpu", OP, "bf16/time") == ("sdpa",)
 
 

@@ -243,6 +243,46 @@ def test_tile_options_plan_launches_as_on_another_gpu(monkeypatch):
             _tiles.launch_dtype(gpu)
 
 
+@pytest.mark.skipif(
+    not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"),
+    reason="this torch has no per-op fp32 precision flags",
+)
+def test_tf32_rule_reads_torchs_per_op_conv_precision():
+    """The conv-like kernels use TF32 exactly where torch's cuDNN convs do, read from the per-op
+    flags: a leaf of "none" defers to its parents, only "tf32" allows TF32. Setting the conv's
+    precision alone (PyTorch's recommended API) makes the legacy allow_tf32 getter raise; the
+    rule must not."""
+    from cdt_fast.kernels import _common
+
+    flags = torch.backends
+    names = ((flags, "fp32_precision"), (flags.cudnn, "fp32_precision"))
+    names += ((flags.cudnn.conv, "fp32_precision"), (flags.cudnn.rnn, "fp32_precision"))
+    saved = [getattr(obj, name) for obj, name in names]
+    x = torch.zeros(2)
+    try:
+        with _tiles.tile_options(arch="sm_90"):
+            assert _common.cudnn_conv_tf32() and not _common.exact_fp32(x)
+            flags.cudnn.conv.fp32_precision = "ieee"
+            with pytest.raises(RuntimeError):
+                torch.backends.cudnn.allow_tf32  # noqa: B018 - the getter is what raises
+            assert not _common.cudnn_conv_tf32() and _common.exact_fp32(x)
+            flags.cudnn.conv.fp32_precision = "none"
+            assert not _common.cudnn_conv_tf32()  # none all the way up: IEEE
+            flags.cudnn.fp32_precision = "tf32"
+            assert _common.cudnn_conv_tf32() and not _common.exact_fp32(x)
+            flags.cudnn.fp32_precision, flags.fp32_precision = "none", "tf32"
+            assert _common.cudnn_conv_tf32()
+            flags.cudnn.conv.fp32_precision = "ieee"
+            assert not _common.cudnn_conv_tf32()  # the leaf wins over its parents
+            w = torch.randn(4, 3, 1, 3, 3)
+            got = conv.causal_conv3d(torch.randn(1, 3, 2, 5, 5), w, space_padding=(1, 1))
+            assert got.shape == (1, 4, 2, 5, 5)
+    finally:
+        for (obj, name), value in zip(names, saved):
+            setattr(obj, name, value)
+    assert torch.backends.cudnn.allow_tf32 == (saved[2] == "tf32")
+
+
 def test_check_grid_names_the_kernel_and_the_axis():
     from cdt_fast.kernels._common import MAX_GRID, check_grid, same_data
 

@@ -114,6 +114,19 @@ def test_out_buffers_are_written_in_place():
     _check(out, CF.time_downsample(x, wd, None), torch.float32)
 
 
+def test_strided_bias_views():
+    """A bias that is every other element of a buffer (stride 2) is read by its strides."""
+    x = _video(2, 3, 3, 2, 3)
+    wd, wu = torch.randn(4, 3, 3, device=DEVICE), torch.randn(6, 3, 1, device=DEVICE)
+    for w, kw, op, ref in (
+        (wd, {}, time_downsample, CF.time_downsample),
+        (wu, dict(drop_first=True), time_upsample, CF.time_upsample),
+    ):
+        bias = torch.randn(w.shape[0], 2, device=DEVICE)[:, 0]
+        assert bias.stride() == (2,)
+        _check(op(x, w, bias, **kw), ref(x, w, bias.contiguous(), **kw), torch.float32)
+
+
 def test_bad_arguments_are_named():
     x = _video(1, 3, 2, 2, 3)
     w = torch.randn(4, 3, 3, device=DEVICE)

@@ -93,6 +93,9 @@ def _frozen(table) -> Mapping:
 #   "composed" does with the table's own parts), and the CUDA extension has no conv or fused
 #   Block. Replace these with a measured table (backend="tune", then save) once a GPU has run.
 #   The CUDA extension is ranked per op, only for CUDA_GRAPH_SAFE_OPS, never through "*".
+# - float64 calls, on every arch: the extension and the Triton kernels store fp16, bf16 and fp32
+#   only (they raise on float64, whose products they would compute in fp32), so torch serves
+#   them (SDPA the attention: flash-attn and xformers have no float64 kernels either).
 
 # The CUDA extension's ops whose whole call (the cpp_ops wrapper and its kernels) is safe inside a
 # captured CUDA graph -- no host sync or host read of a device value (the DDIM coefficients are
@@ -110,6 +113,18 @@ CUDA_GRAPH_SAFE_OPS = (
     "to_uint8_frames",
     "linear_attention_block",
 )
+FLOAT64 = "float64*"
+
+
+def _float64_first(table):
+    """``table`` (op -> class pattern -> order) with float64 classes sent to torch (SDPA for the
+    attention), ahead of every other pattern of each op."""
+    return {
+        op: {FLOAT64: ("sdpa",) if op == "temporal_attention" else ("torch",), **classes}
+        for op, classes in table.items()
+    }
+
+
 _GPU = {
     "*": {"*": ("triton", "torch")},
     **{
@@ -138,12 +153,14 @@ _GPU = {
 }
 DECISIONS: Mapping[str, Mapping[str, Mapping[str, Tuple[str, ...]]]] = _frozen(
     {
-        "cpu": {
-            "*": {"*": ("cpp", "composed", "torch")},
-            # torch's fused kernel; the Triton interpreter is for tests, not for speed
-            "temporal_attention": {"*": ("sdpa",)},
-        },
-        "sm_80": _GPU,
-        "sm_90": _GPU,
+        "cpu": _float64_first(
+            {
+                "*": {"*": ("cpp", "composed", "torch")},
+                # torch's fused kernel; the Triton interpreter is for tests, not for speed
+                "temporal_attention": {"*": ("sdpa",)},
+            }
+        ),
+        "sm_80": _float64_first(_GPU),
+        "sm_90": _float64_first(_GPU),
     }
 )
