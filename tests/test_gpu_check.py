@@ -119,6 +119,30 @@ def test_dry_run_plan_fits_540_s_in_the_required_order():
 
 
 @needs_bash
+def test_setup_budgets_leave_room_for_a_cold_first_import():
+    # preflight is the machine's first import of torch, Triton and CUDA, and a preflight cut by
+    # its limit stops the whole check; env writes the results key that ingest needs
+    phases = _plan()["phases"]
+    assert phases["preflight"][0] >= 40 and phases["env"][0] >= 25
+
+
+@needs_bash
+@pytest.mark.parametrize(
+    "args", [(), ("--phase-budget", "tests-kernels=30", "--phase-budget", "tests-model=12")]
+)
+def test_test_phases_stop_a_hung_test_and_name_each_test(args):
+    phases = _plan(*args)["phases"]
+    for name in ("tests-kernels", "tests-model"):
+        limit, command = phases[name]
+        # a hung test ends well before its phase's limit, leaving the other tests time to run
+        per_test = int(re.search(r"--timeout (\d+)", command).group(1))
+        assert 0 < per_test <= limit // 2, (name, per_test, limit)
+        # verbose: each test's id is printed before it runs (a crash that loses the junit XML
+        # still names its test in the log)
+        assert " -v " in command and " -q " not in command
+
+
+@needs_bash
 def test_dry_run_options():
     plan = _plan("--cpu", "--phases", "bench-engine", "--phase-budget", "bench-engine=33")
     # the setup phases always run: a rerun needs them

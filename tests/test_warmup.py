@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cdt_fast.cli import main
 from cdt_fast.engine import dispatch
+from cdt_fast.engine import memory as memory_mod
 from cdt_fast.engine import warmup as W
 
 from .compile_kernels import has_cuda_toolchain
@@ -248,3 +250,44 @@ def test_bad_arguments_raise_clear_errors(capsys):
 def test_without_gpu_an_arch_is_required():
     with pytest.raises(ValueError, match="arch"):
         W.warmup("small")
+
+
+def _time_extents(launches) -> set:
+    """The frame counts of the 5-D activations the captured launches read first."""
+    firsts = [launch.args[0] for launch in launches]
+    return {x.shape[2] for x in firsts if isinstance(x, torch.Tensor) and x.dim() == 5}
+
+
+def test_capture_follows_the_chunk_plan_it_is_given():
+    # 720x720: the engine's CPU plan cuts a 17-frame clip into three chunks (encode 1 + 8 + 8
+    # frames, decode 2 + 2 + 1 latent frames); an 80 GB GPU takes it whole. Meta tensors: the
+    # shapes the launches see, at no memory cost.
+    size, frames = (720, 720), 17
+    cpu_plan = W.chunk_plan("small", size, torch.float32, "cpu")
+    assert cpu_plan == (8, 2)
+    whole = W.capture_model("small", size, frames, torch.float32, device="meta", chunks=(64, 16))
+    cut = W.capture_model("small", size, frames, torch.float32, device="meta")
+    assert _time_extents(whole) == {5, 9, 17}  # encoder 17 -> 9 -> 5, decoder 5 -> 9 -> 17
+    assert _time_extents(cut) == {1, 2, 3, 4, 5, 8}
+
+
+def test_warmup_on_this_machines_gpu_captures_its_chunk_plan(monkeypatch):
+    captured = {}
+
+    def capture(preset, size, frames, dtype, **kwargs):
+        captured[preset, size] = kwargs.get("chunks")
+        return []
+
+    free = 70 * 2**30  # an 80 GB GPU with the CUDA context and nothing else on it
+    monkeypatch.setattr(W, "capture_model", capture)
+    monkeypatch.setattr(W, "_current_arch", lambda: 90)
+    monkeypatch.setattr(memory_mod, "free_memory", lambda d: free if d.type == "cuda" else None)
+    for preset in ("small", "base"):
+        W.warmup(preset, (720, 720), 17, "bf16", compile=False)
+        encode, decode = captured[preset, (720, 720)]
+        # the engine's own default on that GPU (graphs on): the whole 17-frame clip in one chunk
+        assert (encode, decode) == W.chunk_plan(preset, (720, 720), torch.bfloat16, "cuda")
+        assert encode >= 16 and decode >= 5
+        # compiling for another machine's GPU: the engine's plan here
+        W.warmup(preset, (720, 720), 17, "bf16", arch="sm_90a", compile=False)
+        assert captured[preset, (720, 720)] is None

@@ -17,6 +17,11 @@ sm_90 GPU, provided Triton itself (the same wheel: its key hashes Triton's compi
 (``triton.runtime.cache.get_cache_key``) holds no driver, device or host detail beyond the
 target's compute capability and warp size. Copy ``~/.triton/cache`` (or ``TRITON_CACHE_DIR``)
 across. ``tools/sass_audit.py`` reads the compiled code of the same launches.
+
+Which kernels a clip launches also depends on how the engine cuts it into chunks (each chunk's
+frame count, and whether a step carries history), which on a GPU follows its free memory: at
+720x720 an 80 GB GPU takes a 17-frame clip in one chunk where the CPU plan takes three. So a
+warm-up on the GPU machine captures with that GPU's plan (:func:`chunk_plan`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ __all__ = [
     "parse_arch",
     "capture_launches",
     "capture_model",
+    "chunk_plan",
     "specialise",
     "distinct_launches",
     "compile_launch",
@@ -265,6 +271,7 @@ def capture_model(
     batch: int = 1,
     device: str = "cpu",
     calls: Optional[List[OpCall]] = None,
+    chunks: Optional[Tuple[int, int]] = None,
     **overrides,
 ) -> List[Launch]:
     """The Triton launches of one engine encode and/or decode of ``batch`` clips of ``frames``
@@ -274,7 +281,10 @@ def capture_model(
     inputs on the meta device, shapes only (any resolution, no memory; the launches' grids and
     specialisations are those of real tensors, but nothing can be compiled from data).
     ``calls``: a list that receives an :class:`OpCall` for every op the engine ran on the Triton
-    backend."""
+    backend. ``chunks``: the (encode video frames, decode latent frames) per chunk, as
+    :func:`chunk_plan` gives them for the GPU that will run the model; None runs the engine's own
+    default on ``device``, which on a CPU is upstream's plan (at large sizes, shorter chunks than
+    a GPU takes, hence other launches)."""
     from cdt_fast.chunking import latent_frames
     from cdt_fast.config import CDTConfig
     from cdt_fast.engine.accelerated import AcceleratedCDT
@@ -292,6 +302,7 @@ def capture_model(
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     if device not in ("cpu", "meta"):
         raise ValueError(f"device must be 'cpu' or 'meta', got {device!r}")
+    encode_chunk, decode_chunk = (None, None) if chunks is None else chunks
     model = CDT(cfg).eval().to(device)
     # The tables' tiles unless asked: warm-up compiles what a default run launches.
     with contextlib.ExitStack() as stack:
@@ -304,7 +315,8 @@ def capture_model(
         # (told here through its env); the kernels were decorated before, so they stay compiled.
         engine = AcceleratedCDT(model, backend="triton", dtype=dtype, env={"TRITON_INTERPRET": "1"})
         if encode:
-            engine.encode(torch.zeros(batch, 3, frames, height, width, device=device))
+            x = torch.zeros(batch, 3, frames, height, width, device=device)
+            engine.encode(x, chunk_frames=encode_chunk)
         if decode:
             z = torch.zeros(
                 batch,
@@ -314,8 +326,35 @@ def capture_model(
                 width // factor,
                 device=device,
             )
-            engine.decode(z, noise=torch.zeros(engine.output_shape(z.shape), device=device))
+            noise = torch.zeros(engine.output_shape(z.shape), device=device)
+            engine.decode(z, noise=noise, chunk_frames=decode_chunk)
     return launches
+
+
+def chunk_plan(
+    preset: str,
+    size: Tuple[int, int],
+    dtype: torch.dtype,
+    device,
+    batch: int = 1,
+    **overrides,
+) -> Tuple[int, int]:
+    """(encode video frames, decode latent frames) per chunk that an engine picks by default on
+    ``device`` for clips of ``size`` = (H, W) (CUDA: from the device's free memory, CUDA graphs
+    on, as :class:`~cdt_fast.engine.memory.MemoryModel` decides). The chunk plan fixes the
+    launches' time extents and which steps carry history, so a warm-up compiles a GPU's kernels
+    only when it captures that GPU's plan."""
+    from cdt_fast.config import CDTConfig
+
+    from .memory import MemoryModel
+
+    device = torch.device(device)
+    memory, (height, width) = MemoryModel(CDTConfig.preset(preset, **overrides)), size
+    graphs = device.type == "cuda"
+    return (
+        memory.encode_chunk(batch, height, width, dtype, device, graphs=graphs),
+        memory.decode_chunk(batch, height, width, dtype, device, graphs=graphs),
+    )
 
 
 def specialise(fn, args, kwargs, arch: int):
@@ -497,8 +536,11 @@ def warmup(
 ) -> WarmupResult:
     """Compile every Triton kernel that an encode and a decode of ``frames`` frames of ``size``
     (H, W) in ``dtype`` ("bf16", "fp16", "fp32" or a torch dtype) will launch into Triton's
-    cache. ``arch``: the target ("sm_90a", 90, ...; default: this machine's GPU); with it no GPU
-    is needed. ``compile=False`` only counts. ``jobs``: worker processes that compile
+    cache. ``arch``: the target ("sm_90a", 90, ...; default: this machine's GPU, whose chunk plan
+    (:func:`chunk_plan`) the capture then follows); with it no GPU is needed, and the capture
+    follows the engine's CPU chunk plan, an 80 GB GPU's too at 256x256 (at 720x720 such a GPU
+    takes longer chunks, and the kernels of its plan are compiled when they first run).
+    ``compile=False`` only counts. ``jobs``: worker processes that compile
     (:func:`compile_launches`). ``progress(done, total, name)`` after each kernel. A kernel that
     fails to compile is listed in the result's ``failed``; the others are compiled."""
     import triton
@@ -514,6 +556,11 @@ def warmup(
     except (TypeError, ValueError):
         raise TypeError(f"size must be (height, width), got {size!r}") from None
     target = _current_arch() if arch is None else parse_arch(arch)
+    # On this machine's GPU, the chunks its engine will take (they depend on its free memory);
+    # for another machine's (arch given), the engine's CPU plan.
+    chunks = None
+    if arch is None:
+        chunks = chunk_plan(preset, (height, width), dtype, "cuda", **overrides)
     started = time.perf_counter()
     launches = capture_model(
         preset,
@@ -523,6 +570,7 @@ def warmup(
         arch=target,
         encode=encode,
         decode=decode,
+        chunks=chunks,
         **overrides,
     )
     captured = time.perf_counter()
