@@ -179,7 +179,7 @@ def test_overlapping_spreads_make_a_ratio_not_significant():
     assert "~2.2x (n.s.)" in line["engine-torch"] and "2.00x" in line["engine-cpp"]
     assert "100.0 ms (90-220, 5 rounds)" in line["reference"]
     assert "~2.2x (n.s.)" in report.render_markdown(results)
-    # results written before spreads existed keep their table (the README's committed one)
+    # rows without spreads keep their table (the README's committed results have none)
     old = [
         {k: v for k, v in r.items() if k not in ("latency_ms_min", "latency_ms_max")}
         for r in (ref, noisy)
