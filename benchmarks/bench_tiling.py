@@ -17,10 +17,14 @@ import math
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import torch
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks import timing  # noqa: E402
 
 RESOLUTIONS = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
 
@@ -89,9 +93,16 @@ def _child(args) -> None:
     z = torch.randn(1, model.config.latent_dim, 1, math.ceil(h / s), math.ceil(w / s))
     noise = model.initial_noise(z, torch.Generator().manual_seed(0))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    out = model.decode(z, noise=noise, tile=args.tile or None, tile_overlap=args.overlap)
-    seconds = time.perf_counter() - start
+    # One timed call, no warm-up: the process's peak resident memory is the decode's own.
+    timed = timing.measure(
+        lambda: model.decode(z, noise=noise, tile=args.tile or None, tile_overlap=args.overlap),
+        torch.device("cpu"),
+        warmup=0,
+        repeats=1,
+        keep_output=True,
+        memory=False,
+    )
+    out, seconds = timed.output, timed.p50 / 1e3
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         json.dumps(

@@ -1,41 +1,25 @@
 """dtype names of the benchmarks: what their command lines accept and what their results write.
 
-Every benchmark parses and names dtypes here, so results files agree (``fp32``, ``fp16``,
-``bf16``) and one table says which spellings a command line takes.
+The names are the package's one map (:mod:`cdt_fast.dtypes`): ``fp32``, ``fp16``, ``bf16`` in
+results files, and on a command line those or torch's spellings (``bfloat16``, ...), in any case.
 """
 
 from __future__ import annotations
 
 import argparse
-from types import MappingProxyType
-from typing import Mapping
 
 import torch
 
-__all__ = ["DTYPES", "parse_dtype", "dtype_argument", "dtype_name"]
+from cdt_fast.dtypes import DTYPE_NAMES, dtype_from_name
+from cdt_fast.dtypes import dtype_name as _short_name
 
-DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
-    {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "half": torch.float16,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-    }
-)
-_NAMES: Mapping[torch.dtype, str] = MappingProxyType(
-    {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-)
+__all__ = ["parse_dtype", "dtype_argument", "dtype_name"]
 
 
 def parse_dtype(text: str) -> torch.dtype:
-    """``"bf16"``, ``"bfloat16"``, ``"fp32"``, ... (any case) -> the torch dtype."""
-    key = str(text).lower()
-    if key not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {text!r}")
-    return DTYPES[key]
+    """``"bf16"``, ``"BFloat16"``, ``"fp32"``, ... -> the torch dtype; ValueError naming the
+    names there are for any other text."""
+    return dtype_from_name(str(text).lower())
 
 
 def dtype_argument(text: str) -> torch.dtype:
@@ -48,7 +32,9 @@ def dtype_argument(text: str) -> torch.dtype:
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    """The short name results files use: ``fp32``, ``fp16`` or ``bf16``."""
-    if dtype not in _NAMES:
-        raise ValueError(f"dtype must be one of {sorted(_NAMES.values())}, got {dtype!r}")
-    return _NAMES[dtype]
+    """The short name results files use: ``fp32``, ``fp16`` or ``bf16`` (ValueError for a dtype
+    the benchmarks do not run)."""
+    name = _short_name(dtype)
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+    return name

@@ -26,7 +26,7 @@ happens to execute.
 
 ``aten_macs`` counts the same pass with ``torch.utils.flop_counter.FlopCounterMode`` (at the
 level of aten ops: convolution, mm/addmm, bmm) as an independent check of the hooks
-(tests/test_benchmarks.py).
+(tests/test_bench_flops.py).
 """
 
 from __future__ import annotations

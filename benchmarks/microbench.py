@@ -246,7 +246,7 @@ def _parser(description: str, default_results: Path, cpu: bool) -> argparse.Argu
         type=Path,
         metavar="PATH",
         help=f"write the JSON here instead of {default_results}/<name>-<device>.json "
-        "(--json: the old name)",
+        "(--json: the same option)",
     )
     parser.add_argument("--no-save", action="store_true", help="do not write the results file")
     return parser

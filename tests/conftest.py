@@ -50,6 +50,13 @@ def upstream_state_dict(preset: str):
     return load_file(str(FIXTURES / f"{preset}_state_dict.safetensors"))
 
 
+def upstream_cdt(preset: str) -> CDT:
+    """A fresh tiny CDT, in eval mode, holding the fixture's upstream weights."""
+    model = CDT(tiny_config(preset))
+    model.load_state_dict(upstream_state_dict(preset), strict=True)
+    return model.eval()
+
+
 @pytest.fixture(scope="session", params=PRESETS)
 def preset(request) -> str:
     return request.param
@@ -58,9 +65,7 @@ def preset(request) -> str:
 @pytest.fixture(scope="session")
 def upstream_model(preset) -> CDT:
     """A tiny CDT holding the fixture's upstream weights (read-only: do not mutate in tests)."""
-    model = CDT(tiny_config(preset))
-    model.load_state_dict(upstream_state_dict(preset), strict=True)
-    return model.eval()
+    return upstream_cdt(preset)
 
 
 def pytest_addoption(parser):
@@ -131,10 +136,9 @@ def engines():
     from cdt_fast.engine import accelerate
 
     out = {}
-    for preset in ("base", "small"):
-        ref = CDT(tiny_config(preset))
-        ref.load_state_dict(upstream_state_dict(preset))
-        out[preset] = (ref.eval(), accelerate(ref, backend="torch"))
+    for preset in PRESETS:
+        ref = upstream_cdt(preset)
+        out[preset] = (ref, accelerate(ref, backend="torch"))
     return out
 
 

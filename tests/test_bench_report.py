@@ -14,28 +14,30 @@ from benchmarks.rows import psnr_against
 from .bench_helpers import timed_row
 
 
-def test_ratios_from_synthetic_rows():
-    def row(model, impl, ms, mem, frames=17, suite="main", op="decode"):
-        return dict(
-            model=model,
-            impl=impl,
-            op=op,
-            frames=frames,
-            height=256,
-            width=256,
-            dtype="bf16",
-            suite=suite,
-            latency_ms_p50=ms,
-            peak_mem_bytes=mem,
-            peak_mem_delta_bytes=mem // 2,
-        )
+def _row(model, impl, ms, mem, frames=17, suite="main", op="decode"):
+    """A bf16 256x256 row without spreads: median ``ms``, peak ``mem`` bytes (half its own)."""
+    return dict(
+        model=model,
+        impl=impl,
+        op=op,
+        frames=frames,
+        height=256,
+        width=256,
+        dtype="bf16",
+        suite=suite,
+        latency_ms_p50=ms,
+        peak_mem_bytes=mem,
+        peak_mem_delta_bytes=mem // 2,
+    )
 
+
+def test_ratios_from_synthetic_rows():
     rows = [
-        row("base", "reference", 300.0, 1000),
-        row("base", "engine-triton", 60.0, 400),
-        row("base", "reference-compiled", 120.0, 800),
-        row("small", "reference", 100.0, 500),
-        row("base", "reference", 1200.0, 1000, frames=65, suite="length"),
+        _row("base", "reference", 300.0, 1000),
+        _row("base", "engine-triton", 60.0, 400),
+        _row("base", "reference-compiled", 120.0, 800),
+        _row("small", "reference", 100.0, 500),
+        _row("base", "reference", 1200.0, 1000, frames=65, suite="length"),
     ]
     r = report.compute_ratios(rows)
     (ev,) = r["engine_vs_reference"]
@@ -107,19 +109,7 @@ def test_psnr_against():
 
 def test_merge_results_combines_runs_per_model():
     def part(model):
-        row = dict(
-            model=model,
-            impl="reference",
-            op="decode",
-            frames=17,
-            height=256,
-            width=256,
-            dtype="bf16",
-            suite="main",
-            latency_ms_p50=300.0 if model == "base" else 100.0,
-            peak_mem_bytes=1,
-            peak_mem_delta_bytes=1,
-        )
+        row = _row(model, "reference", 300.0 if model == "base" else 100.0, 2)
         return {
             "header": {"torch": "2.13"},
             "rows": [row],
@@ -179,7 +169,7 @@ def test_overlapping_spreads_make_a_ratio_not_significant():
     assert "~2.2x (n.s.)" in line["engine-torch"] and "2.00x" in line["engine-cpp"]
     assert "100.0 ms (90-220, 5 rounds)" in line["reference"]
     assert "~2.2x (n.s.)" in report.render_markdown(results)
-    # results written before spreads existed keep their table (the README's committed one)
+    # rows without spreads keep their table (the README's committed results have none)
     old = [
         {k: v for k, v in r.items() if k not in ("latency_ms_min", "latency_ms_max")}
         for r in (ref, noisy)

@@ -16,7 +16,7 @@ from .bf16_emulation import (
     round_nearest,
     round_toward_zero,
 )
-from .conftest import tiny_config, upstream_state_dict
+from .conftest import tiny_config, upstream_cdt
 from .helpers import assert_bf16_close, errors
 
 BF16 = torch.bfloat16
@@ -129,9 +129,7 @@ def test_derived_tolerance_admits_faithful_bf16_and_rejects_truncation(preset, u
     against the fp32 oracle, every faithful bf16 computation is within the multiples of the
     emulation's error and one that truncates instead of rounding is not. Encode and a 3-step
     decode of the fixture clips (the 3-step decode's sampling amplifies single elements most)."""
-    model = CDT(tiny_config(preset))
-    model.load_state_dict(upstream_state_dict(preset))
-    model.eval()
+    model = upstream_cdt(preset)
 
     def bf16_engine(**emulation):
         engine = accelerate(model, backend="torch", dtype=BF16)

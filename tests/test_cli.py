@@ -510,6 +510,25 @@ def test_generate_refuses_an_attention_backend_that_cannot_run(capsys, tmp_path,
     assert not out.exists()
 
 
+def test_backend_choices_are_the_generators_backends():
+    """The commands list the attention backends without importing torch; the lists must stay
+    the generator's (training without the forward-only Triton kernel), plus the deprecated
+    'math'."""
+    import argparse
+
+    from cdt_fast.cli import build_parser
+    from cdt_fast.generation.attention import BACKENDS
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+
+    def choices(command):
+        (backend,) = [a for a in commands.choices[command]._actions if a.dest == "backend"]
+        return list(backend.choices)
+
+    assert choices("generate") == [*BACKENDS, "math"]
+    assert choices("gen-train") == [b for b in BACKENDS if b != "triton"] + ["math"]
+
+
 def test_train_and_gen_train_share_their_run_options():
     from cdt_fast.cli import build_parser
     from cdt_fast.cli._training import run_overrides

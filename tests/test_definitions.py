@@ -1,7 +1,7 @@
-"""One definition each, read off the sources of the package and the kernels: the device's arch
-family (``cdt_fast.devices``), the map between dtype names and torch dtypes (``cdt_fast.dtypes``)
-and every backend's status (``cdt_fast.availability``). A second copy, however small, fails here
-with the line that holds it."""
+"""One definition each, read off the sources of the package, the kernels, the benchmarks and the
+tools: the device's arch family (``cdt_fast.devices``), the map between dtype names and torch
+dtypes (``cdt_fast.dtypes``) and every backend's status (``cdt_fast.availability``). A second
+copy, however small, fails here with the line that holds it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from cdt_fast.devices import arch_family
 from cdt_fast.dtypes import DTYPE_NAMES, dtype_from_name, dtype_name
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("cdt_fast", "kernels")
+SOURCES = ("cdt_fast", "kernels", "benchmarks", "tools")
 DTYPE_SPELLINGS = set(DTYPE_NAMES) | set(DTYPE_NAMES.values())
 
 

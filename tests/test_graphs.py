@@ -23,19 +23,14 @@ from cdt_fast.engine.state import StreamState
 from cdt_fast.functional import ddim_coefficients
 from cdt_fast.reference import DDIMSchedule, randomize_
 
+from .conftest import PRESETS, tiny_config, upstream_cdt
 from .conftest import random_latent as _latent
-from .conftest import tiny_config, upstream_state_dict
 from .graph_stand_in import RecordingCapture
 
 
 @pytest.fixture(scope="module")
 def reference():
-    out = {}
-    for preset in ("base", "small"):
-        ref = CDT(tiny_config(preset))
-        ref.load_state_dict(upstream_state_dict(preset))
-        out[preset] = ref.eval()
-    return out
+    return {preset: upstream_cdt(preset) for preset in PRESETS}
 
 
 def _video(t=9, seed=1):

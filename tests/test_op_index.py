@@ -1,8 +1,8 @@
 """The op index (docs/kernels.md, "Op index") against the code: one row per op of the dispatch
 table, each backend's column naming exactly the module the table imports for that op and a
 function of the op's name in it, every named file present (an op without its test or benchmark
-fails here), one family stem across a row's files, and no compiled source, binding or C++
-function outside the index's names."""
+fails here) and its test and benchmark naming the op, one family stem across a row's files, and
+no compiled source, binding or C++ function outside the index's names."""
 
 from __future__ import annotations
 
@@ -131,6 +131,9 @@ def test_every_named_file_exists_and_shares_the_family_stem(op):
         families.add(_family(column, cell))
         path = ROOT / cell.split(":", 1)[0]
         assert path.is_file(), f"{op}: {path.relative_to(ROOT)} is missing"
+        if column in ("test", "benchmark"):
+            # a family's file that never names one of its ops neither tests nor times it
+            assert re.search(rf"\b{op}\b", path.read_text()), f"{cell} never names {op}"
     assert len(families) == 1, f"{op}: one family stem across its files, got {sorted(families)}"
 
 

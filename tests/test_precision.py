@@ -10,7 +10,7 @@ import torch
 from cdt_fast import CDT, accelerate, randomize_
 
 from .bf16_emulation import emulate
-from .conftest import tiny_config, upstream_state_dict
+from .conftest import tiny_config, upstream_cdt
 from .helpers import assert_bf16_close
 
 
@@ -19,9 +19,7 @@ def test_half_precision_close_to_fp32(preset, upstream_io, dtype):
     """bf16: as close to upstream's fp32 tensors as the bf16 emulation (tests/bf16_emulation.py)
     of the same runs, within the derived multiples (tests/helpers.py); fp16: within 5 % of the
     largest output."""
-    model = CDT(tiny_config(preset))
-    model.load_state_dict(upstream_state_dict(preset))
-    model.eval()
+    model = upstream_cdt(preset)
     if dtype == torch.bfloat16:
         emulated = emulate(accelerate(model, backend="torch", dtype=dtype))
     model = model.to(dtype)

@@ -18,7 +18,7 @@ from cdt_fast.engine.decision_table import DispatchTable
 from cdt_fast.engine.dispatch import OPS, OpTable, implementations
 from cdt_fast.engine.registry import CDT_OPS, GENERATOR_OPS
 from cdt_fast.functional import temporal_attention as spec
-from cdt_fast.generation.attention import AttentionTable, attention
+from cdt_fast.generation.attention import BACKENDS, AttentionTable, attention, attention_backends
 from cdt_fast.kernels import temporal_attention as ta
 from cdt_fast.kernels.temporal_attention import temporal_attention
 
@@ -280,6 +280,12 @@ def test_deprecated_names_still_work():
     with pytest.deprecated_call():
         math = attention(q, k, v, causal=True, backend="math")
     torch.testing.assert_close(math, spec(q, k, v), rtol=0, atol=0)
+    statuses = attention_backends()
+    assert "math" not in statuses and list(statuses) == list(BACKENDS[1:])
+    with pytest.deprecated_call():
+        assert statuses["math"] is statuses["torch"]
+    with pytest.raises(KeyError):
+        statuses["cudnn"]  # noqa: B018
     with pytest.raises(AttributeError):
         ta.no_such_name  # noqa: B018
 

@@ -23,7 +23,6 @@ from cdt_fast.engine import warmup as W
 from .compile_kernels import has_cuda_toolchain
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(context_dim=32, unet_dim=32)
 
 
 def _python(code: str, timeout: int = 600, **env) -> dict:

@@ -53,7 +53,6 @@ import torch  # noqa: E402
 from gpu_smoke_calls import as_fp32, materialise, record_calls, record_in_child  # noqa: E402
 
 SCHEMA = "cdt_fast-gpu-smoke/1"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 EXIT_MISMATCH, EXIT_FAILED, EXIT_STOPPED, EXIT_STICKY = 1, 2, 3, 4
 
 __all__ = [
@@ -142,6 +141,7 @@ def precompile(
     replayed on empty CPU tensors under launch interception, the distinct launches compiled by
     ``jobs`` forked workers within ``timeout`` seconds
     (:func:`cdt_fast.engine.warmup.compile_launches`)."""
+    from cdt_fast.dtypes import dtype_from_name
     from cdt_fast.engine.dispatch import resolve
     from cdt_fast.engine.warmup import capture_launches, compile_launches, distinct_launches
 
@@ -155,7 +155,7 @@ def precompile(
                 if fn is None:
                     failed.append(f"{preset} {dtype_name} #{i} {call['op']}: {reason}")
                     continue
-                args, kwargs = materialise(call, DTYPES[dtype_name], cpu)
+                args, kwargs = materialise(call, dtype_from_name(dtype_name), cpu)
                 try:
                     fn(*args, **kwargs)
                 except Exception as err:  # noqa: BLE001 - recorded; the run step reports it too
@@ -233,6 +233,7 @@ def run_calls(
     """Step 3 over every group, appending one result per call to ``report["results"]`` and
     calling ``write()`` after each. Returns the exit status."""
     from cdt_fast import functional
+    from cdt_fast.dtypes import dtype_from_name
     from cdt_fast.engine.dispatch import resolve
 
     env = {"TRITON_INTERPRET": "1"} if device.type == "cpu" else None
@@ -254,7 +255,7 @@ def run_calls(
                 fn, reason = resolve("triton", op, device, env)
                 if fn is None:
                     raise RuntimeError(f"no Triton function for {op}: {reason}")
-                args, kwargs = materialise(call, DTYPES[dtype_name], device, seed + i)
+                args, kwargs = materialise(call, dtype_from_name(dtype_name), device, seed + i)
                 entry["shapes"] = _shapes(args, kwargs)
                 with torch.no_grad(), _synchronised_launches(device, current):
                     out = fn(*args, **kwargs)
@@ -307,12 +308,13 @@ def _csv(allowed: Sequence[str]):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cdt_fast.dtypes import DTYPE_NAMES
     from cdt_fast.engine.dispatch import implementations
 
     p = argparse.ArgumentParser(prog="tools/gpu_smoke.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, help="the JSON report, rewritten after every op")
     p.add_argument("--presets", type=_csv(("small", "base")), default=["small", "base"])
-    p.add_argument("--dtypes", type=_csv(tuple(DTYPES)), default=["bf16", "fp32"])
+    p.add_argument("--dtypes", type=_csv(tuple(DTYPE_NAMES)), default=["bf16", "fp32"])
     p.add_argument("--size", type=_size, default=(256, 256), metavar="HxW")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--device", default=None, help="cuda (default when present) or cpu")

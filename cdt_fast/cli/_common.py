@@ -207,7 +207,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if getattr(args, "size", None) is not None:
         video_io.check_size(args.size)
-    check_chunk_frames(getattr(args, "chunk_frames", None))
+    # validation imports torch, which --help does without
+    from ..validation import check_chunk_frames
+
+    check_chunk_frames(getattr(args, "chunk_frames", None), 4, "--chunk-frames")
     if getattr(args, "start", 0) < 0:
         raise ValueError(f"--start must be >= 0, got {args.start}")
     frames = getattr(args, "frames", None)
@@ -344,12 +347,6 @@ def load_model(args: argparse.Namespace) -> Loaded:
         model, engine = cdt_fast.accelerate(model), "engine"
     dtype_label = str(dtype).replace("torch.", "")
     return Loaded(model, config, device, f"CDT {config.name} ({engine}, {device} {dtype_label})")
-
-
-def check_chunk_frames(chunk_frames: Optional[int]) -> Optional[int]:
-    if chunk_frames is not None and (chunk_frames < 4 or chunk_frames % 4):
-        raise ValueError(f"--chunk-frames must be a positive multiple of 4, got {chunk_frames}")
-    return chunk_frames
 
 
 # -- the input video -------------------------------------------------------------------------------

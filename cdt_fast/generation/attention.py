@@ -136,7 +136,17 @@ def attention_backends(
     device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
 ) -> Dict[str, BackendStatus]:
     """name -> :class:`~cdt_fast.availability.BackendStatus` (available, and why or why not) for
-    tensors on ``device`` (default CPU) of ``dtype`` (default float32)."""
+    tensors on ``device`` (default CPU) of ``dtype`` (default float32). A deprecated name looks up
+    its backend's entry, with a warning."""
     device = torch.device("cpu" if device is None else device)
     dtype = torch.float32 if dtype is None else dtype
-    return {name: backend_status(name, device, dtype=dtype) for name in BACKENDS[1:]}
+    return _Statuses((name, backend_status(name, device, dtype=dtype)) for name in BACKENDS[1:])
+
+
+class _Statuses(dict):
+    """The backends' statuses under their names; ``[old name]`` warns and gives the new name's."""
+
+    def __missing__(self, name):
+        if name in _RENAMED:
+            return self[_backend_name(name)]
+        raise KeyError(name)
