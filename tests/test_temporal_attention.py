@@ -284,6 +284,9 @@ def test_deprecated_names_still_work():
     assert "math" not in statuses and list(statuses) == list(BACKENDS[1:])
     with pytest.deprecated_call():
         assert statuses["math"] is statuses["torch"]
+    with pytest.deprecated_call():
+        assert statuses.get("math") is statuses["torch"]
+    assert statuses.get("cudnn") is None and statuses.get("cudnn", 1) == 1
     with pytest.raises(KeyError):
         statuses["cudnn"]  # noqa: B018
     with pytest.raises(AttributeError):

@@ -150,3 +150,7 @@ class _Statuses(dict):
         if name in _RENAMED:
             return self[_backend_name(name)]
         raise KeyError(name)
+
+    def get(self, name, default=None):
+        # dict.get skips __missing__: without this, get("math") would answer None
+        return self[name] if name in self or name in _RENAMED else default
