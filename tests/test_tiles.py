@@ -243,9 +243,44 @@ def test_tile_options_plan_launches_as_on_another_gpu(monkeypatch):
             _tiles.launch_dtype(gpu)
 
 
+@pytest.mark.parametrize(
+    "generic, cudnn, leaf, tf32",
+    [
+        ("ieee", "none", "tf32", True),
+        ("tf32", "none", "ieee", False),
+        ("ieee", "tf32", "none", True),
+        ("tf32", "ieee", "none", False),
+        ("tf32", "none", "none", True),
+        ("none", "none", "none", False),
+        (None, None, None, False),  # a torch before the per-op flags: the legacy flag...
+        (None, None, None, True),  # ...either way
+    ],
+)
+def test_tf32_rule_defers_a_none_to_its_parents(monkeypatch, generic, cudnn, leaf, tf32):
+    """The rule's own reading of the per-op flags, on stand-ins of torch.backends whose getters
+    return what was set (this torch's getters resolve "none" themselves, which would hide a rule
+    that reads the leaf alone): the first of conv, cuDNN, generic that is not "none" decides, and
+    a torch without them is read through allow_tf32."""
+    from types import SimpleNamespace
+
+    from cdt_fast.kernels import _common
+
+    if leaf is None:
+        cudnn_flags = SimpleNamespace(allow_tf32=tf32)
+        backends = SimpleNamespace(cudnn=cudnn_flags)
+    else:
+        conv_flags = SimpleNamespace(fp32_precision=leaf)
+        cudnn_flags = SimpleNamespace(conv=conv_flags, fp32_precision=cudnn)
+        backends = SimpleNamespace(cudnn=cudnn_flags, fp32_precision=generic)
+    monkeypatch.setattr(_common, "torch", SimpleNamespace(backends=backends))
+    assert _common.cudnn_conv_tf32() is tf32
+
+
 @pytest.mark.skipif(
-    not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"),
-    reason="this torch has no per-op fp32 precision flags",
+    not all(
+        hasattr(getattr(torch.backends.cudnn, op, None), "fp32_precision") for op in ("conv", "rnn")
+    ),
+    reason="this torch has no per-op fp32 precision flags for cuDNN convs and RNNs",
 )
 def test_tf32_rule_reads_torchs_per_op_conv_precision():
     """The conv-like kernels use TF32 exactly where torch's cuDNN convs do, read from the per-op
