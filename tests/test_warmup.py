@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from cdt_fast.cli import main
+from cdt_fast.config import CDTConfig
 from cdt_fast.engine import dispatch
 from cdt_fast.engine import memory as memory_mod
 from cdt_fast.engine import warmup as W
+from cdt_fast.engine.memory import MemoryModel
 
 from .compile_kernels import has_cuda_toolchain
 
@@ -285,7 +287,9 @@ def test_warmup_on_this_machines_gpu_captures_its_chunk_plan(monkeypatch):
         W.warmup(preset, (720, 720), 17, "bf16", compile=False)
         encode, decode = captured[preset, (720, 720)]
         # the engine's own default on that GPU (graphs on): the whole 17-frame clip in one chunk
-        assert (encode, decode) == W.chunk_plan(preset, (720, 720), torch.bfloat16, "cuda")
+        memory, cuda = MemoryModel(CDTConfig.preset(preset)), torch.device("cuda")
+        assert encode == memory.encode_chunk(1, 720, 720, torch.bfloat16, cuda, graphs=True)
+        assert decode == memory.decode_chunk(1, 720, 720, torch.bfloat16, cuda, graphs=True)
         assert encode >= 16 and decode >= 5
         # compiling for another machine's GPU: the engine's plan here
         W.warmup(preset, (720, 720), 17, "bf16", arch="sm_90a", compile=False)
