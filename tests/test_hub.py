@@ -130,3 +130,53 @@ def test_random_weights_are_an_explicit_choice():
         hub.Release("large")
     with pytest.raises(TypeError, match="revision"):
         hub.Release("base", revision="")
+
+
+def _hub_error(name: str) -> BaseException:
+    """huggingface_hub's exception ``name`` (skipped where this version has none), made without
+    the HTTP response its constructor takes: the client's HTTP library differs between its
+    versions, and fetch reads only the type."""
+    from huggingface_hub import errors
+
+    if not hasattr(errors, name):
+        pytest.skip(f"this huggingface_hub has no {name}")
+    cls = getattr(errors, name)
+    err = cls.__new__(cls)
+    err.args = (f"{name} from the Hub",)
+    return err
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        ("EntryNotFoundError", "the repository holds no such file"),
+        ("RemoteEntryNotFoundError", "the repository holds no such file"),
+        ("RevisionNotFoundError", "the repository has no such revision"),
+        ("GatedRepoError", "the repository is gated"),
+        ("RepositoryNotFoundError", "no such repository on the Hub"),
+        (None, "the download failed (connection reset)"),
+    ],
+)
+def test_online_failures_name_the_file_and_the_way_round(monkeypatch, error, reason):
+    """What the Hub answers online (a missing file, revision or repository, a gated repository,
+    a dropped connection) becomes the one error naming the file and how to get it by hand."""
+    import huggingface_hub
+
+    raised = OSError("connection reset") if error is None else _hub_error(error)
+
+    def download(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(hub.ReleaseUnavailableError) as err:
+        hub.fetch(hub.Release("small", revision="v2"))
+    message = str(err.value)
+    assert "\n" not in message
+    for part in (
+        "cdt_small.ckpt",
+        "yangnianzu/CDT",
+        reason,
+        "https://huggingface.co/yangnianzu/CDT/resolve/v2/cdt_small.ckpt",
+        "ckpt=PATH",
+    ):
+        assert part in message, message
