@@ -1,4 +1,5 @@
-"""What the test modules share: where they run, tolerances, a tiny benchmark run, a Hub cache.
+"""What the test modules share: where they run, tolerances, a tiny benchmark run, a Hub cache,
+a CLI run and a free local port.
 
 Where Triton runs is decided once, in ``conftest.py`` (which calls :func:`use_triton_interpreter`
 before any test module imports triton); the modules read the outcome from here.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -25,7 +27,9 @@ __all__ = [
     "assert_bf16_close",
     "errors",
     "exact_fp32",
+    "free_port",
     "put_in_hub_cache",
+    "run_cli",
     "tolerance",
     "use_triton_interpreter",
 ]
@@ -158,3 +162,21 @@ def put_in_hub_cache(
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / revision).write_text(commit)
     return snapshot
+
+
+def run_cli(capsys, *argv) -> tuple:
+    """``cdt_fast.cli.main`` on ``argv`` (each passed through ``str``), in this process: (exit
+    status, stdout, stderr) as pytest's ``capsys`` captured them."""
+    # Imported here: conftest.py imports this module before triton may be imported.
+    from cdt_fast.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a torchrun rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from fractions import Fraction
@@ -22,7 +21,7 @@ from cdt_fast.cli import COMMANDS, main
 from cdt_fast.cli._common import default_model_path
 
 from . import test_video_io as bad
-from .helpers import put_in_hub_cache
+from .helpers import free_port, put_in_hub_cache, run_cli
 from .video_clips import pattern, read_pngs, tiny_model_file, write_clip, write_pngs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,12 +37,6 @@ def work(tmp_path_factory):
         "clip": write_clip(root / "clip.mp4", pattern(10, 50, 70), Fraction(24)),
         "pngs": write_pngs(root / "pngs", pattern(6, 21, 27, seed=1)),
     }
-
-
-def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def assert_clean_failure(rc, err, match):
@@ -68,7 +61,9 @@ def test_help_lists_every_command(capsys):
 @pytest.mark.parametrize("suffix", [".mp4", ".webm", ".gif"])
 def test_reconstruct_keeps_frames_size_fps(capsys, work, tmp_path, suffix):
     out = tmp_path / f"recon{suffix}"
-    rc, stdout, _ = run(capsys, "reconstruct", work["clip"], "-o", out, "--model", work["small"])
+    rc, stdout, _ = run_cli(
+        capsys, "reconstruct", work["clip"], "-o", out, "--model", work["small"]
+    )
     assert rc == 0
     info = video_io.probe(out)
     assert (info.frames, info.height, info.width) == (10, 50, 70)
@@ -103,15 +98,17 @@ def test_encode_decode_equals_reconstruct_and_the_model(capsys, work, tmp_path, 
     """The CLI's padded, lazily read pipeline gives exactly the model's encode/decode."""
     model_file, src = work[preset], work["pngs"]
     latent = tmp_path / "z.safetensors"
-    assert run(capsys, "encode", src, "-o", latent, "--model", model_file, "--fps", "12")[0] == 0
     assert (
-        run(capsys, "decode", latent, "-o", tmp_path / "dec", "--model", model_file, "--seed", "3")[
-            0
-        ]
+        run_cli(capsys, "encode", src, "-o", latent, "--model", model_file, "--fps", "12")[0] == 0
+    )
+    assert (
+        run_cli(
+            capsys, "decode", latent, "-o", tmp_path / "dec", "--model", model_file, "--seed", "3"
+        )[0]
         == 0
     )
     assert (
-        run(
+        run_cli(
             capsys, "reconstruct", src, "-o", tmp_path / "rec", "--model", model_file, "--seed", "3"
         )[0]
         == 0
@@ -137,7 +134,7 @@ def test_encode_decode_equals_reconstruct_and_the_model(capsys, work, tmp_path, 
 
     # another seed gives another decode (the comparison above can fail)
     assert (
-        run(
+        run_cli(
             capsys, "decode", latent, "-o", tmp_path / "dec7", "--model", model_file, "--seed", "7"
         )[0]
         == 0
@@ -147,7 +144,7 @@ def test_encode_decode_equals_reconstruct_and_the_model(capsys, work, tmp_path, 
 
 def test_latent_metadata(capsys, work, tmp_path):
     latent = tmp_path / "z.safetensors"
-    assert run(capsys, "encode", work["clip"], "-o", latent, "--model", work["small"])[0] == 0
+    assert run_cli(capsys, "encode", work["clip"], "-o", latent, "--model", work["small"])[0] == 0
     info = latents.read_latent(latent)
     config = cdt_fast.load(work["small"]).config
     assert info.config == config and info.architecture_hash == config.architecture_hash()
@@ -161,21 +158,21 @@ def test_latent_metadata(capsys, work, tmp_path):
 def test_size_and_chunk_frames(capsys, work, tmp_path):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     common = ["--model", work["small"], "--size", "24x40"]
-    assert run(capsys, "encode", work["clip"], "-o", a, *common)[0] == 0
-    assert run(capsys, "encode", work["clip"], "-o", b, *common, "--chunk-frames", "4")[0] == 0
+    assert run_cli(capsys, "encode", work["clip"], "-o", a, *common)[0] == 0
+    assert run_cli(capsys, "encode", work["clip"], "-o", b, *common, "--chunk-frames", "4")[0] == 0
     za, zb = latents.read_latent(a), latents.read_latent(b)
     assert za.shape == (1, 4, 4, 3, 5)
     assert (za.video["height"], za.video["width"], za.video["source_height"]) == (24, 40, 50)
     torch.testing.assert_close(za.latent, zb.latent, rtol=1e-5, atol=1e-5)  # chunk invariance
-    rc, _, err = run(capsys, "encode", work["clip"], "-o", a, *common, "--chunk-frames", "6")
+    rc, _, err = run_cli(capsys, "encode", work["clip"], "-o", a, *common, "--chunk-frames", "6")
     assert_clean_failure(rc, err, "multiple of 4")
 
 
 def test_decode_refuses_another_models_latent(capsys, work, tmp_path):
     latent = tmp_path / "z.safetensors"
-    assert run(capsys, "encode", work["clip"], "-o", latent, "--model", work["small"])[0] == 0
+    assert run_cli(capsys, "encode", work["clip"], "-o", latent, "--model", work["small"])[0] == 0
     out = tmp_path / "out.mp4"
-    rc, _, err = run(capsys, "decode", latent, "-o", out, "--model", work["base"])
+    rc, _, err = run_cli(capsys, "decode", latent, "-o", out, "--model", work["base"])
     assert_clean_failure(rc, err, "hash")
     assert "'small'" in err and "'base'" in err
     assert not out.exists()
@@ -187,14 +184,14 @@ def test_model_selection(capsys, work, tmp_path):
     ckpt = tmp_path / "upstream.ckpt"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     latent = tmp_path / "z.safetensors"
-    rc, _, err = run(capsys, "encode", work["clip"], "-o", latent, "--model", ckpt)
+    rc, _, err = run_cli(capsys, "encode", work["clip"], "-o", latent, "--model", ckpt)
     assert_clean_failure(rc, err, "--preset")
     # the tiny widths are not the preset's: a clear mismatch line
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "encode", work["clip"], "-o", latent, "--model", ckpt, "--preset", "small"
     )
     assert_clean_failure(rc, err, "does not fit")
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "encode", work["clip"], "-o", latent, "--model", tmp_path / "missing.safetensors"
     )
     assert_clean_failure(rc, err, "model not found")
@@ -207,10 +204,10 @@ def test_default_model_is_the_bundled_demo(capsys, work, tmp_path):
     try:
         default_model_path()
     except FileNotFoundError:
-        rc, _, err = run(capsys, "encode", work["clip"], "-o", tmp_path / "z.safetensors")
+        rc, _, err = run_cli(capsys, "encode", work["clip"], "-o", tmp_path / "z.safetensors")
         assert_clean_failure(rc, err, "demo model")
     else:  # the demo model is installed: it is what runs without --model
-        assert run(capsys, "encode", work["clip"], "-o", tmp_path / "z.safetensors")[0] == 0
+        assert run_cli(capsys, "encode", work["clip"], "-o", tmp_path / "z.safetensors")[0] == 0
 
 
 @pytest.mark.parametrize("kind", sorted(bad.BAD_INPUTS))
@@ -220,7 +217,7 @@ def test_bad_video_input_fails_cleanly(capsys, work, tmp_path, kind, command):
     src = make(tmp_path)
     out = tmp_path / ("out.mp4" if command == "reconstruct" else "z.safetensors")
     before = set(tmp_path.rglob("*"))
-    rc, _, err = run(capsys, command, src, "-o", out, "--model", work["small"])
+    rc, _, err = run_cli(capsys, command, src, "-o", out, "--model", work["small"])
     assert_clean_failure(rc, err, match)
     assert set(tmp_path.rglob("*")) == before  # no output, no temporary left
 
@@ -236,13 +233,13 @@ def test_bad_latent_and_output_fail_cleanly(capsys, work, tmp_path):
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     cases.append((junk, "not a readable"))
     for latent, match in cases:
-        rc, _, err = run(capsys, "decode", latent, "-o", out, "--model", work["small"])
+        rc, _, err = run_cli(capsys, "decode", latent, "-o", out, "--model", work["small"])
         assert_clean_failure(rc, err, match)
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "reconstruct", work["clip"], "-o", tmp_path / "out.xyz", "--model", work["small"]
     )
     assert_clean_failure(rc, err, "unsupported output format")
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "encode", work["clip"], "-o", tmp_path / "z.pt", "--model", work["small"]
     )
     assert_clean_failure(rc, err, ".safetensors")
@@ -271,12 +268,12 @@ def test_no_traceback_from_the_console_script(work, tmp_path):
 
 def test_info(capsys, work, tmp_path):
     latent = tmp_path / "z.safetensors"
-    run(capsys, "encode", work["clip"], "-o", latent, "--model", work["small"])
-    rc, out, _ = run(capsys, "info", latent, "--json")
+    run_cli(capsys, "encode", work["clip"], "-o", latent, "--model", work["small"])
+    rc, out, _ = run_cli(capsys, "info", latent, "--json")
     d = json.loads(out)
     assert rc == 0 and d["kind"] == "latent" and d["latent_shape"] == [1, 4, 4, 7, 9]
     assert d["video"]["frames"] == 10 and d["architecture_hash"]
-    rc, out, _ = run(capsys, "info", work["base"], "--json")
+    rc, out, _ = run_cli(capsys, "info", work["base"], "--json")
     d = json.loads(out)
     model = cdt_fast.load(work["base"])
     assert d["kind"] == "model checkpoint" and d["config"] == model.config.to_dict()
@@ -284,11 +281,11 @@ def test_info(capsys, work, tmp_path):
     assert d["tensors"] == len(model.state_dict())
     ckpt = tmp_path / "m.ckpt"
     torch.save({"state_dict": model.state_dict()}, ckpt)
-    rc, out, _ = run(capsys, "info", ckpt)
+    rc, out, _ = run_cli(capsys, "info", ckpt)
     assert rc == 0 and "config: none stored" in out
-    rc, out, _ = run(capsys, "info", work["clip"])
+    rc, out, _ = run_cli(capsys, "info", work["clip"])
     assert rc == 0 and "frames: 10" in out and "fps: 24" in out
-    rc, _, err = run(capsys, "info", tmp_path / "nothing.bin")
+    rc, _, err = run_cli(capsys, "info", tmp_path / "nothing.bin")
     assert_clean_failure(rc, err, "not found")
 
 
@@ -306,15 +303,9 @@ def dataset(tmp_path_factory):
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(args, world: int):
     """Run encode-dataset as `world` processes with torchrun's environment (gloo barrier)."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(world):
         env = dict(
@@ -352,7 +343,7 @@ def _latents(out: Path):
 
 def test_encode_dataset_two_processes_equal_one_and_resume(capsys, work, dataset, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    rc, out, err = run(capsys, "encode-dataset", dataset, "-o", one, "--model", work["small"])
+    rc, out, err = run_cli(capsys, "encode-dataset", dataset, "-o", one, "--model", work["small"])
     assert rc == 1 and "1 failed" in out and "skipped corrupt.mp4" in err  # the corrupt clip
     manifest = json.loads((one / "manifest.json").read_text())
     assert manifest["counts"] == {"ok": 4, "error": 1, "pending": 0}
@@ -394,10 +385,12 @@ def test_encode_dataset_two_processes_equal_one_and_resume(capsys, work, dataset
 
 def test_encode_dataset_refuses_mixing_models(capsys, work, dataset, tmp_path):
     out = tmp_path / "out"
-    run(capsys, "encode-dataset", dataset, "-o", out, "--model", work["small"], "--max-items", "1")
-    rc, _, err = run(capsys, "encode-dataset", dataset, "-o", out, "--model", work["base"])
+    run_cli(
+        capsys, "encode-dataset", dataset, "-o", out, "--model", work["small"], "--max-items", "1"
+    )
+    rc, _, err = run_cli(capsys, "encode-dataset", dataset, "-o", out, "--model", work["base"])
     assert_clean_failure(rc, err, "another model")
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "encode-dataset", tmp_path / "none", "-o", out, "--model", work["small"]
     )
     assert_clean_failure(rc, err, "not found")
@@ -429,11 +422,11 @@ def test_uses_the_engine_when_it_exists(capsys, work, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cdt_fast, "accelerate", accelerate, raising=False)
     args = ["--model", work["small"], "--seed", "5"]
-    rc, out, _ = run(capsys, "reconstruct", work["pngs"], "-o", tmp_path / "eng", *args)
+    rc, out, _ = run_cli(capsys, "reconstruct", work["pngs"], "-o", tmp_path / "eng", *args)
     assert rc == 0 and "(engine, cpu float32)" in out
     assert [c[0] for c in engines[0].calls] == ["encode", "decode_stream"]
     assert engines[0].calls[0][1] == (1, 3, 9, 24, 32)  # the padded clip, read whole
-    rc, out, _ = run(
+    rc, out, _ = run_cli(
         capsys, "reconstruct", work["pngs"], "-o", tmp_path / "ref", *args, "--reference"
     )
     assert rc == 0 and "(reference, cpu float32)" in out and len(engines) == 1
@@ -470,7 +463,7 @@ def test_encode_streams_the_clip_without_autograd(work):
 
 def test_preset_name_needs_the_release_checkpoint(capsys, work, tmp_path, monkeypatch, hub_cache):
     monkeypatch.chdir(tmp_path)
-    rc, _, err = run(capsys, "encode", work["clip"], "-o", "z.safetensors", "--model", "small")
+    rc, _, err = run_cli(capsys, "encode", work["clip"], "-o", "z.safetensors", "--model", "small")
     assert rc == 2
     assert_clean_failure(rc, err, "cdt_small.ckpt of the Hugging Face repository yangnianzu/CDT")
     assert "--ckpt PATH" in err
@@ -481,12 +474,12 @@ def test_preset_name_needs_the_release_checkpoint(capsys, work, tmp_path, monkey
     snapshot = put_in_hub_cache(hub_cache, "someone/cdt", "cdt_small.ckpt", ckpt.read_bytes())
     for extra in (["--ckpt", ckpt], ["--hub-repo", "someone/cdt"]):
         argv = ["encode", work["clip"], "-o", "z.safetensors", "--model", "small", *extra]
-        rc, _, err = run(capsys, *argv)
+        rc, _, err = run_cli(capsys, *argv)
         assert_clean_failure(rc, err, "does not fit the model")
         assert str(ckpt if extra[0] == "--ckpt" else snapshot) in err
-    rc, _, err = run(capsys, "encode", work["clip"], "-o", "z.safetensors", "--ckpt", ckpt)
+    rc, _, err = run_cli(capsys, "encode", work["clip"], "-o", "z.safetensors", "--ckpt", ckpt)
     assert_clean_failure(rc, err, "--ckpt and --hub-* go with --model base|small")
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys,
         "encode",
         work["clip"],
@@ -504,7 +497,9 @@ def test_preset_name_needs_the_release_checkpoint(capsys, work, tmp_path, monkey
 def test_generate_refuses_an_attention_backend_that_cannot_run(capsys, tmp_path, backend):
     # on CPU neither can run (each needs CUDA); the check comes before any sampling
     out = tmp_path / "g.mp4"
-    rc, _, err = run(capsys, "generate", "demo", "-o", out, "--backend", backend, "--device", "cpu")
+    rc, _, err = run_cli(
+        capsys, "generate", "demo", "-o", out, "--backend", backend, "--device", "cpu"
+    )
     assert rc == 2
     assert_clean_failure(rc, err, f"--backend {backend} cannot run here")
     assert not out.exists()

@@ -15,8 +15,9 @@ import pytest
 pytest.importorskip("av")
 
 from cdt_fast import pipelines, video_io
-from cdt_fast.cli import _common, _console, build_parser, main
+from cdt_fast.cli import _common, _console, build_parser
 
+from .helpers import run_cli
 from .video_clips import pattern, tiny_model_file, write_clip
 
 
@@ -28,12 +29,6 @@ def work(tmp_path_factory):
         "model": tiny_model_file(root / "small.safetensors", "small"),
         "clip": write_clip(root / "clip.mp4", pattern(12, 48, 64), Fraction(24)),
     }
-
-
-def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def assert_one_line_error(rc, err, *needles):
@@ -91,7 +86,7 @@ BAD_ARGS = [
 
 @pytest.mark.parametrize("extra,name", BAD_ARGS)
 def test_bad_arguments_fail_before_any_work(capsys, work, tmp_path, nothing_runs, extra, name):
-    rc, _, err = run(capsys, "reconstruct", work["clip"], "-o", tmp_path / "o.mp4", *extra)
+    rc, _, err = run_cli(capsys, "reconstruct", work["clip"], "-o", tmp_path / "o.mp4", *extra)
     assert_one_line_error(rc, err, name)
     assert list(tmp_path.iterdir()) == []
 
@@ -102,12 +97,14 @@ def test_unwritable_output_fails_before_any_work(capsys, work, tmp_path, nothing
     blocker.write_text("")
     name = {"encode": "z.safetensors", "encode-dataset": "out"}.get(command, "out.mp4")
     src = work["root"] if command == "encode-dataset" else work["clip"]
-    rc, _, err = run(capsys, command, src, "-o", blocker / name)
+    rc, _, err = run_cli(capsys, command, src, "-o", blocker / name)
     assert_one_line_error(rc, err, "-o", "not a directory")
 
 
 def test_decode_checks_the_output_before_reading_the_latent(capsys, work, tmp_path, nothing_runs):
-    rc, _, err = run(capsys, "decode", tmp_path / "missing.safetensors", "-o", tmp_path / "o.xyz")
+    rc, _, err = run_cli(
+        capsys, "decode", tmp_path / "missing.safetensors", "-o", tmp_path / "o.xyz"
+    )
     assert_one_line_error(rc, err, "unsupported output format")
 
 
@@ -126,10 +123,10 @@ def _cut_avi(root):
 def test_truncated_input_refused_then_accepted(capsys, work, tmp_path):
     cut = _cut_avi(tmp_path)
     out = tmp_path / "o.mp4"
-    rc, _, err = run(capsys, "reconstruct", cut, "-o", out, "--model", work["model"], "-q")
+    rc, _, err = run_cli(capsys, "reconstruct", cut, "-o", out, "--model", work["model"], "-q")
     assert_one_line_error(rc, err, str(cut), "truncated", "of the 12", "--allow-truncated")
     assert not out.exists()
-    rc, stdout, err = run(
+    rc, stdout, err = run_cli(
         capsys,
         "reconstruct",
         cut,
@@ -148,15 +145,15 @@ def test_truncated_input_refused_then_accepted(capsys, work, tmp_path):
 def test_start_and_frames_take_part_of_a_clip(capsys, work, tmp_path):
     z = tmp_path / "z.safetensors"
     argv = ["--model", work["model"], "-q", "--start", "3", "--frames", "5"]
-    assert run(capsys, "encode", work["clip"], "-o", z, *argv)[0] == 0
+    assert run_cli(capsys, "encode", work["clip"], "-o", z, *argv)[0] == 0
     meta = json.loads(
         __import__("safetensors").safe_open(str(z), "pt").metadata()["cdt_fast.video"]
     )
     assert (meta["frames"], meta["start"]) == (5, 3)
     out = tmp_path / "part"
-    assert run(capsys, "reconstruct", work["clip"], "-o", out, *argv)[0] == 0
+    assert run_cli(capsys, "reconstruct", work["clip"], "-o", out, *argv)[0] == 0
     assert video_io.probe(out).frames == 5
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "encode", work["clip"], "-o", z, "--model", work["model"], "--start", "12"
     )
     assert_one_line_error(rc, err, "--start 12", "12 frames")
@@ -171,7 +168,7 @@ def test_avi_output_at_a_container_rate_of_15_fps(capsys, work, tmp_path):
     assert video_io.probe(src).fps == Fraction(1000000, 66667)
     for suffix in (".avi", ".mpg"):
         out = tmp_path / f"out{suffix}"
-        rc, _, err = run(capsys, "reconstruct", src, "-o", out, "--model", work["model"], "-q")
+        rc, _, err = run_cli(capsys, "reconstruct", src, "-o", out, "--model", work["model"], "-q")
         assert rc == 0, err
         info = video_io.probe(out)
         assert (info.frames, info.fps) == (5, 15)
@@ -184,7 +181,7 @@ def test_size_gives_even_sides_and_yuv420p(capsys, work, tmp_path):
 
     src = write_clip(tmp_path / "43.mp4", pattern(3, 48, 64), Fraction(24))
     out = tmp_path / "o.mp4"
-    rc, stdout, err = run(
+    rc, stdout, err = run_cli(
         capsys, "reconstruct", src, "-o", out, "--model", work["model"], "-q", "--size", "34"
     )
     assert rc == 0, err
@@ -193,10 +190,10 @@ def test_size_gives_even_sides_and_yuv420p(capsys, work, tmp_path):
     with av.open(str(out)) as container:
         assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"
     odd = write_clip(tmp_path / "odd.mp4", pattern(3, 21, 27), Fraction(24))  # yuv444p source
-    rc, _, err = run(capsys, "reconstruct", odd, "-o", out, "--model", work["model"], "-q")
+    rc, _, err = run_cli(capsys, "reconstruct", odd, "-o", out, "--model", work["model"], "-q")
     assert rc == 0, err
     assert (video_io.probe(out).height, video_io.probe(out).width) == (20, 26)
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys,
         "reconstruct",
         odd,
@@ -221,7 +218,7 @@ def test_quality_report_names_what_it_measures_and_crf_changes_the_written_file(
 ):
     lines = {}
     for crf in ("0", "51"):
-        rc, stdout, err = run(
+        rc, stdout, err = run_cli(
             capsys,
             "reconstruct",
             work["clip"],
@@ -254,7 +251,7 @@ def test_edited_latent_metadata_is_refused(capsys, work, tmp_path, key, value):
     from cdt_fast import latents
 
     z = tmp_path / "z.safetensors"
-    assert run(capsys, "encode", work["clip"], "-o", z, "--model", work["model"], "-q")[0] == 0
+    assert run_cli(capsys, "encode", work["clip"], "-o", z, "--model", work["model"], "-q")[0] == 0
     latents.read_latent(z)  # as written, it is consistent
     with safe_open(str(z), "pt") as f:
         meta, tensor = dict(f.metadata()), f.get_tensor("latent")
@@ -265,7 +262,7 @@ def test_edited_latent_metadata_is_refused(capsys, work, tmp_path, key, value):
     with pytest.raises(ValueError, match="metadata does not match") as err:
         latents.read_latent(z)
     assert key in str(err.value) and "\n" not in str(err.value)
-    rc, _, err = run(capsys, "decode", z, "-o", tmp_path / "o.mp4", "--model", work["model"])
+    rc, _, err = run_cli(capsys, "decode", z, "-o", tmp_path / "o.mp4", "--model", work["model"])
     assert_one_line_error(rc, err, "metadata does not match")
 
 
@@ -299,7 +296,7 @@ def test_encode_dataset_reads_mpg_and_skips_through_tqdm_write(capsys, work, tmp
     (data / "c.avi").write_bytes(b"RIFF junk")
     written = []
     monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, **kw: written.append(s)))
-    rc, _, _ = run(
+    rc, _, _ = run_cli(
         capsys, "encode-dataset", data, "-o", tmp_path / "out", "--model", work["model"], "-q"
     )
     assert rc == 1  # c.avi failed
@@ -323,16 +320,18 @@ def test_repeat_entries_are_frames_in_every_command(capsys, work, tmp_path):
     )
     whole = still.read_bytes()
     (data / "cut.avi").write_bytes(whole[: len(whole) - 10])
-    rc, out, _ = run(capsys, "info", still, "--json")
+    rc, out, _ = run_cli(capsys, "info", still, "--json")
     summary = json.loads(out)
     assert rc == 0 and (summary["frames"], summary["timing"]) == (7, "3 repeated frames restored")
     recon = tmp_path / "recon.mp4"
-    rc, out, err = run(capsys, "reconstruct", still, "-o", recon, "--model", work["model"], "-q")
+    rc, out, err = run_cli(
+        capsys, "reconstruct", still, "-o", recon, "--model", work["model"], "-q"
+    )
     assert rc == 0, err
     assert "timing: 3 repeated frames restored" in out
     info = video_io.probe(recon)
     assert (info.frames, info.fps) == (7, 24)
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "encode-dataset", data, "-o", tmp_path / "out", "--model", work["model"], "-q"
     )
     assert rc == 1 and "skipped cut.avi" in err and "idx1 index" in err
@@ -416,7 +415,7 @@ def test_cli_streams_chunks_of_bounded_length(capsys, work, tmp_path, monkeypatc
     src = write_clip(tmp_path / "long.mp4", pattern(41, 16, 16), Fraction(24))
     config = cdt_fast.load(work["model"]).config
     assert config.encode_chunk_frames(16, 16) > 41  # upstream: one chunk for the whole clip
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "reconstruct", src, "-o", tmp_path / "o.mp4", "--model", work["model"], "-q"
     )
     assert rc == 0, err
@@ -427,8 +426,8 @@ def test_cli_streams_chunks_of_bounded_length(capsys, work, tmp_path, monkeypatc
 
 def test_info_reports_a_truncated_video_on_request(capsys, tmp_path):
     cut = _cut_avi(tmp_path)
-    rc, _, err = run(capsys, "info", cut)
+    rc, _, err = run_cli(capsys, "info", cut)
     assert_one_line_error(rc, err, "truncated")
-    rc, out, _ = run(capsys, "info", cut, "--json", "--allow-truncated")
+    rc, out, _ = run_cli(capsys, "info", cut, "--json", "--allow-truncated")
     summary = json.loads(out)
     assert rc == 0 and summary["truncated"] is True and 0 < summary["frames"] < 12

@@ -13,21 +13,16 @@ import torch
 pytest.importorskip("av")
 
 from cdt_fast import video_io
-from cdt_fast.cli import _common, main
+from cdt_fast.cli import _common
 from cdt_fast.data import ClipDataset, StepBatches
 from cdt_fast.data.transforms import nearest_aspect
 from cdt_fast.generation.buckets import LatentShapeError, latent_buckets
 from cdt_fast.generation.demo import write_latent_folder
 from cdt_fast.pipelines import open_clip
 
+from .helpers import run_cli
 from .test_generation_train import latent_config
 from .video_clips import pattern, write_clip
-
-
-def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # -- encode-dataset --crop ---------------------------------------------------------------------------
@@ -86,7 +81,7 @@ def test_crop_arguments_are_checked_before_any_work(capsys, tmp_path, monkeypatc
 
     monkeypatch.setattr(_common, "load_model", forbidden)
     monkeypatch.setattr(video_io, "probe", forbidden)
-    rc, _, err = run(capsys, "encode-dataset", tmp_path, "-o", tmp_path / "out", *argv)
+    rc, _, err = run_cli(capsys, "encode-dataset", tmp_path, "-o", tmp_path / "out", *argv)
     assert rc == 2 and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "out").exists()
 
@@ -193,7 +188,7 @@ def test_unusable_latents_are_named_with_what_to_rerun(capsys, tmp_path, monkeyp
 
     monkeypatch.setattr(train, "VideoDiT", no_model)
     run_dir = tmp_path / "run"
-    rc, _, err = run(capsys, "gen-train", folder, "--out", run_dir, "--frames", "3", "-q")
+    rc, _, err = run_cli(capsys, "gen-train", folder, "--out", run_dir, "--frames", "3", "-q")
     assert rc == 2 and err.count("\n") == 1, err
     assert "2 of the 4 latents" in err
     assert "odd.mp4 (latent 4x5)" in err and "short.mp4 (1 latent frame)" in err
@@ -249,7 +244,7 @@ def test_loop_on_clips_of_three_aspect_ratios(capsys, tmp_path):
     }.items():
         write_clip(videos / name, pattern(5, h, w, seed=h + w), Fraction(12))
     latents = tmp_path / "latents"
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "encode-dataset", videos, "-o", latents, "--crop", "32x48,48x32,32x32", "-q"
     )
     assert rc == 0, err
@@ -264,16 +259,16 @@ def test_loop_on_clips_of_three_aspect_ratios(capsys, tmp_path):
     }
     run_dir = tmp_path / "run"
     argv = ["--steps", "3", "--frames", "2", "--batch-size", "2", "--device", "cpu", "-q"]
-    rc, out, err = run(capsys, "gen-train", latents, "--out", run_dir, *argv)
+    rc, out, err = run_cli(capsys, "gen-train", latents, "--out", run_dir, *argv)
     assert rc == 0, err
     assert "3 latent size buckets: 4x6 (2 clips), 4x4 (1 clip), 6x4 (1 clip)" in out
-    rc, out, err = run(
+    rc, out, err = run_cli(
         capsys, "generate", run_dir, "-o", tmp_path / "g.mp4", "--frames", "5", "--steps", "2"
     )
     assert rc == 0, err
     info = video_io.probe(tmp_path / "g.mp4")
     assert (info.frames, info.height, info.width) == (5, 32, 48) and "commonest" in out
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "generate", run_dir, "--save-latents", tmp_path / "p.safetensors", "--size",
         "48x32", "--frames", "5", "--steps", "1",
     )  # fmt: skip
@@ -281,7 +276,7 @@ def test_loop_on_clips_of_three_aspect_ratios(capsys, tmp_path):
     from cdt_fast.latents import read_latent_metadata
 
     assert read_latent_metadata(tmp_path / "p.safetensors").shape[3:] == (6, 4)
-    rc, _, err = run(
+    rc, _, err = run_cli(
         capsys, "encode-dataset", videos, "-o", latents, "--crop", "32x32", "-q"
     )  # the folder holds other crops: refused before any work
     assert rc == 2 and "--crop 32x48,48x32,32x32" in err, err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ from cdt_fast import CDT, CDTConfig, load
 from cdt_fast.data import SyntheticVideos
 from cdt_fast.train import CDTLoss, LossWeights, TrainConfig, Trainer, lr_factor
 from cdt_fast.train.distributed import Dist, params_digest
+
+from .helpers import free_port
 
 TINY_MODEL = CDTConfig.small(context_dim=4, unet_dim=4, latent_dim=4)
 
@@ -190,12 +191,6 @@ def test_both_trainers_configs_share_one_run_config():
     assert defaults == [(1, (0.9, 0.99), 0.01, 0.999), (8, (0.9, 0.999), 0.0, 0.9999)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_gloo_processes_agree(tmp_path):
     """torchrun with 2 CPU processes runs the train command; rank 0 checks that both ranks hold
     bit-identical weights at the end (the command fails otherwise)."""
@@ -209,7 +204,7 @@ def test_ddp_two_gloo_processes_agree(tmp_path):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "cdt_fast",
         "train",
