@@ -7,7 +7,7 @@ import torch
 
 from cdt_fast import CDT, FeatureCache, chunking, randomize_
 
-from .conftest import tiny_config
+from .conftest import random_video, tiny_config
 
 ATOL = 2e-5
 
@@ -18,8 +18,7 @@ def model(request) -> CDT:
 
 
 def _video(b=2, t=17, h=16, w=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(b, 3, t, h, w, generator=g) * 2 - 1
+    return random_video(b=b, t=t, h=h, w=w, seed=seed)
 
 
 @pytest.mark.parametrize("chunk", [4, 8, 12])

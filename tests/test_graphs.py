@@ -25,17 +25,13 @@ from cdt_fast.reference import DDIMSchedule, randomize_
 
 from .conftest import PRESETS, tiny_config, upstream_cdt
 from .conftest import random_latent as _latent
+from .conftest import random_video as _video
 from .graph_stand_in import RecordingCapture
 
 
 @pytest.fixture(scope="module")
 def reference():
     return {preset: upstream_cdt(preset) for preset in PRESETS}
-
-
-def _video(t=9, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand((1, 3, t, 32, 32), generator=g) * 2 - 1
 
 
 def _counts(eng, key):
