@@ -21,6 +21,14 @@ from .bench_helpers import FakeWanVAE, capture, fake_backends
 from .helpers import BENCH_TINY_ARGS
 
 
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    """run.main sets torch's thread count (``--threads``): the tests after one keep theirs."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One run of run.py on a tiny setting with the engine's torch backend (stand-in backends():
@@ -185,19 +193,15 @@ def test_results_are_readable_by_others(tiny_run):
 @pytest.mark.slow
 def test_compiled_and_channels_last_references_match_eager(tmp_path):
     # torch.compile on CPU takes minutes even for tiny networks: slow, not in CI.
-    threads = torch.get_num_threads()
-    try:
-        capture(
-            lambda: run.main(
-                BENCH_TINY_ARGS
-                + ["--ops", "decode", "--impls", "reference,reference-cl,reference-compiled"]
-                + ["--long-frames", "none", "--warmup", "1", "--repeats", "1"]
-                + ["--no-plot", "--no-peer", "--results-dir", str(tmp_path)]
-                + ["--out", str(tmp_path / "r.json")]
-            )
+    capture(
+        lambda: run.main(
+            BENCH_TINY_ARGS
+            + ["--ops", "decode", "--impls", "reference,reference-cl,reference-compiled"]
+            + ["--long-frames", "none", "--warmup", "1", "--repeats", "1"]
+            + ["--no-plot", "--no-peer", "--results-dir", str(tmp_path)]
+            + ["--out", str(tmp_path / "r.json")]
         )
-    finally:
-        torch.set_num_threads(threads)
+    )
     rows = {r["impl"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
     assert set(rows) == {"reference", "reference-cl", "reference-compiled"}
     for impl in ("reference-cl", "reference-compiled"):
@@ -219,28 +223,24 @@ def test_a_failing_implementation_is_reported_not_fatal(tmp_path, monkeypatch):
         cdt_fast, "accelerate", lambda model, backend, dtype: Exploding(), raising=False
     )
     monkeypatch.delattr(cdt_fast, "backends", raising=False)  # then only engine-torch is tried
-    threads = torch.get_num_threads()
-    try:
-        capture(
-            lambda: run.main(
-                BENCH_TINY_ARGS
-                + [
-                    "--ops",
-                    "encode",
-                    "--impls",
-                    "engine",
-                    "--long-frames",
-                    "none",
-                    "--no-plot",
-                    "--results-dir",
-                    str(tmp_path),
-                    "--out",
-                    str(tmp_path / "r.json"),
-                ]
-            )
+    capture(
+        lambda: run.main(
+            BENCH_TINY_ARGS
+            + [
+                "--ops",
+                "encode",
+                "--impls",
+                "engine",
+                "--long-frames",
+                "none",
+                "--no-plot",
+                "--results-dir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
         )
-    finally:
-        torch.set_num_threads(threads)
+    )
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["rows"] == []
     (failure,) = [s for s in results["skipped"] if s.get("impl") == "engine-torch"]
@@ -258,18 +258,14 @@ def test_an_engine_row_whose_backend_ran_nothing_is_not_a_result(tmp_path, monke
     )
     backends = dict(fake_backends(), cpp=types.SimpleNamespace(available=True, reason=""))
     monkeypatch.setattr(cdt_fast, "backends", lambda: backends)
-    threads = torch.get_num_threads()
     argv = ["--ops", "encode", "--impls", "engine-cpp", "--long-frames", "none", "--no-plot"]
-    try:
-        stdout = capture(
-            lambda: run.main(
-                BENCH_TINY_ARGS
-                + argv
-                + ["--results-dir", str(tmp_path), "--out", str(tmp_path / "r.json")]
-            )
+    stdout = capture(
+        lambda: run.main(
+            BENCH_TINY_ARGS
+            + argv
+            + ["--results-dir", str(tmp_path), "--out", str(tmp_path / "r.json")]
         )
-    finally:
-        torch.set_num_threads(threads)
+    )
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["rows"] == []
     (skip,) = [s for s in results["skipped"] if s.get("impl") == "engine-cpp"]
@@ -281,28 +277,24 @@ def test_an_engine_row_whose_backend_ran_nothing_is_not_a_result(tmp_path, monke
 
 
 def test_time_budget_writes_the_rows_measured_so_far(tmp_path):
-    threads = torch.get_num_threads()
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cdt_fast, "backends", fake_backends, raising=False)
-            calls = []
-            # out of time from the third check on: the run's start and encode pass, then stop
-            mp.setattr(Plan, "out_of_time", lambda self: calls.append(1) or len(calls) >= 3)
-            rc = run.main(
-                BENCH_TINY_ARGS
-                + [
-                    "--no-peer",
-                    "--no-plot",
-                    "--time-budget",
-                    "1000",
-                    "--out",
-                    str(tmp_path / "r.json"),
-                    "--results-dir",
-                    str(tmp_path),
-                ]
-            )
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cdt_fast, "backends", fake_backends, raising=False)
+        calls = []
+        # out of time from the third check on: the run's start and encode pass, then stop
+        mp.setattr(Plan, "out_of_time", lambda self: calls.append(1) or len(calls) >= 3)
+        rc = run.main(
+            BENCH_TINY_ARGS
+            + [
+                "--no-peer",
+                "--no-plot",
+                "--time-budget",
+                "1000",
+                "--out",
+                str(tmp_path / "r.json"),
+                "--results-dir",
+                str(tmp_path),
+            ]
+        )
     assert rc == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert {r["op"] for r in results["rows"]} == {"encode"}
@@ -382,7 +374,6 @@ def checkout_copy(tmp_path, monkeypatch):
 
 
 def test_the_main_command_leaves_the_checkout_clean(checkout_copy):
-    threads = torch.get_num_threads()
     argv = BENCH_TINY_ARGS + [
         "--ops",
         "decode",
@@ -393,17 +384,14 @@ def test_the_main_command_leaves_the_checkout_clean(checkout_copy):
         "1",
     ]
     argv += ["--no-plot", "--min-rounds", "1"]
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cdt_fast, "backends", fake_backends, raising=False)
-            capture(lambda: run.main(argv))
-            assert _git(checkout_copy, "status", "--porcelain", "--untracked-files=all") == ""
-            written = list((checkout_copy / "benchmarks" / "results" / "local").glob("*.json"))
-            assert len(written) == 1
-            # --publish is what writes the committed results and the README table
-            capture(lambda: run.main(argv + ["--publish"]))
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cdt_fast, "backends", fake_backends, raising=False)
+        capture(lambda: run.main(argv))
+        assert _git(checkout_copy, "status", "--porcelain", "--untracked-files=all") == ""
+        written = list((checkout_copy / "benchmarks" / "results" / "local").glob("*.json"))
+        assert len(written) == 1
+        # --publish is what writes the committed results and the README table
+        capture(lambda: run.main(argv + ["--publish"]))
     changed = _git(checkout_copy, "status", "--porcelain", "--untracked-files=all")
     assert "README.md" in changed and "benchmarks/results/cpu-" in changed
     readme = (checkout_copy / "README.md").read_text()
