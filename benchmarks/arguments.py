@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from benchmarks.dtypes import dtype_argument
+from cdt_fast.cli.warmup import parse_size
 
 __all__ = ["build_parser", "TINY_WIDTH"]
 
@@ -35,8 +36,7 @@ def _frames_list(text: str) -> List[int]:
 def _sizes(text: str) -> List[Tuple[int, int]]:
     out = []
     for t in _csv(text):
-        h, _, w = t.lower().partition("x")
-        h, w = int(h), int(w or h)
+        h, w = parse_size(t)
         if h < 8 or w < 8 or h % 8 or w % 8:
             raise argparse.ArgumentTypeError(f"sizes must be multiples of 8 (S or HxW), got {t!r}")
         out.append((h, w))

@@ -56,20 +56,17 @@ def cases(levels, device, dtype: torch.dtype) -> Iterator[microbench.Case]:
             yield microbench.Case(OP, f"{name} C={c} {frames}f {side}x{side}", impls, nbytes)
 
 
-def _levels(device, size: str = "small") -> List[tuple]:
-    return CDT_BASE_720 if torch.device(device).type == "cuda" else CPU_LEVELS[size]
+def _make_cases(args) -> Iterator[microbench.Case]:
+    levels = microbench.cdt_levels(args.device, CPU_LEVELS, args.size)
+    return cases(levels, args.device, args.dtype)
 
 
 def run_summary() -> List[dict]:
-    device, dtype = microbench.defaults()
-    return microbench.run_cases(cases(_levels(device), device, dtype), device)
+    return microbench.summary_rows(_make_cases)
 
 
 def main(argv=None) -> int:
-    def make_cases(args):
-        return cases(_levels(args.device, args.size), args.device, args.dtype)
-
-    return microbench.bench_main(OP, __doc__.splitlines()[0], make_cases, argv)
+    return microbench.bench_main(OP, __doc__.splitlines()[0], _make_cases, argv)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -70,30 +70,20 @@ def cases(
             yield microbench.Case(OP, label, microbench.bind(impls, *args, **kwargs), nbytes)
 
 
-def _levels(device: torch.device, names: Sequence[str] = (), size: str = "small") -> List[tuple]:
-    if device.type != "cuda":
-        return CPU_LEVELS[size]
-    return [lv for lv in CDT_BASE_720 if not names or lv[0] in names]
+def _make_cases(args) -> Iterator[microbench.Case]:
+    levels = microbench.cdt_levels(args.device, CPU_LEVELS, args.size, args.levels)
+    return cases(levels, args.dtype, args.device, args.compile)
 
 
 def run_summary() -> List[dict]:
-    device, dtype = microbench.defaults()
-    return microbench.run_cases(
-        cases(_levels(device), dtype, device, device.type == "cuda"), device
-    )
-
-
-def _add_arguments(parser) -> None:
-    parser.add_argument("--levels", nargs="*", help="CUDA: level names to run (default: all)")
+    return microbench.summary_rows(_make_cases, microbench.add_levels_argument)
 
 
 def main(argv=None) -> int:
-    def make_cases(args):
-        levels = _levels(args.device, args.levels or (), args.size)
-        return cases(levels, args.dtype, args.device, args.compile)
-
     doc = __doc__.splitlines()[0]
-    return microbench.bench_main(OP, doc, make_cases, argv, add_arguments=_add_arguments)
+    return microbench.bench_main(
+        OP, doc, _make_cases, argv, add_arguments=microbench.add_levels_argument
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -66,16 +66,16 @@ def cases(
             yield microbench.Case(op, label, impls, nbytes)
 
 
+def _make_cases(args) -> Iterator[microbench.Case]:
+    return cases(args.device, args.dtype, args.compile, args.size)
+
+
 def run_summary() -> List[dict]:
-    device, dtype = microbench.defaults()
-    return microbench.run_cases(cases(device, dtype, device.type == "cuda"), device)
+    return microbench.summary_rows(_make_cases)
 
 
 def main(argv=None) -> int:
-    def make(args):
-        return cases(args.device, args.dtype, args.compile, args.size)
-
-    return microbench.bench_main("denoise", __doc__.splitlines()[0], make, argv)
+    return microbench.bench_main("denoise", __doc__.splitlines()[0], _make_cases, argv)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -83,16 +83,16 @@ def cases(
             yield microbench.Case(op, f"{where} C={c} T={t} {h}x{w}", impls, nbytes, flops)
 
 
+def _make_cases(args) -> Iterator[microbench.Case]:
+    return cases(args.device, args.dtype, args.compile, args.size)
+
+
 def run_summary() -> List[dict]:
-    device, dtype = microbench.defaults()
-    return microbench.run_cases(cases(device, dtype, device.type == "cuda"), device)
+    return microbench.summary_rows(_make_cases)
 
 
 def main(argv=None) -> int:
-    def make_cases(args):
-        return cases(args.device, args.dtype, args.compile, args.size)
-
-    return microbench.bench_main("time_resample", __doc__.splitlines()[0], make_cases, argv)
+    return microbench.bench_main("time_resample", __doc__.splitlines()[0], _make_cases, argv)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

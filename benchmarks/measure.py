@@ -246,19 +246,14 @@ class _ModelRun:
 
 
 def run_model(
-    plan: Plan,
-    header: Dict[str, Any],
-    model: str,
-    progress: Progress,
-    rows: Optional[List[Row]] = None,
-) -> List[Row]:
+    plan: Plan, header: Dict[str, Any], model: str, progress: Progress, rows: List[Row]
+) -> None:
     """Measures one model: every implementation is built, then each (setting, op) times them
     interleaved. Rows are appended to ``rows`` as they are measured (so that an interrupted run
-    keeps them) and returned."""
-    rows = [] if rows is None else rows
+    keeps them)."""
     if plan.out_of_time():
         plan.skip_for_time(model, "all")
-        return rows
+        return
     config = model_config(model, plan.tiny)
     run = _ModelRun(plan, header, model, progress, rows, config)
     try:
@@ -268,23 +263,17 @@ def run_model(
     finally:
         for runner in run.runners.values():
             impls.release(runner, plan.device)
-    return rows
 
 
-def run_peer(
-    plan: Plan,
-    header: Dict[str, Any],
-    progress: Progress,
-    rows: Optional[List[Row]] = None,
-) -> List[Row]:
-    """The peer's decode rows (:func:`benchmarks.impls.build_peer`), one per main setting."""
-    rows = [] if rows is None else rows
+def run_peer(plan: Plan, header: Dict[str, Any], progress: Progress, rows: List[Row]) -> None:
+    """The peer's decode rows (:func:`benchmarks.impls.build_peer`), one per main setting,
+    appended to ``rows``."""
     runner, reason = impls.build_peer(plan.device, plan.dtype, plan.seed)
     if runner is None:
         plan.skipped.append({"model": impls.PEER_MODEL, "reason": reason})
         for _ in plan.main_settings():
             progress.done()
-        return rows
+        return
     config = CDTConfig.base()  # only for the latent's shape: 16 channels, 4x time, 8x space
     try:
         for s in plan.main_settings():
@@ -296,7 +285,6 @@ def run_peer(
             progress.done()
     finally:
         impls.release(runner, plan.device)
-    return rows
 
 
 def _peer_row(plan: Plan, header, runner: impls.Runner, config, s: Setting, rows) -> None:

@@ -22,6 +22,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from benchmarks import hardware, timing
+from benchmarks.cdt_shapes import CDT_BASE_720
 from benchmarks.dtypes import dtype_argument, dtype_name
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "markdown",
     "save_rows",
     "bench_main",
+    "summary_rows",
+    "cdt_levels",
+    "add_levels_argument",
     "run_benchmark",
 ]
 
@@ -252,20 +256,15 @@ def _parser(description: str, default_results: Path, cpu: bool) -> argparse.Argu
     return parser
 
 
-def bench_main(
-    name: str,
+def _arguments(
     description: str,
-    make_cases: Callable[[argparse.Namespace], Sequence[Case]],
-    argv: Optional[Sequence[str]] = None,
-    *,
-    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
-    cpu: bool = True,
-    results_dir: Path = RESULTS_DIR,
-) -> int:
-    """The ``main(argv)`` of a ``bench_<family>.py``: its cases (``make_cases(args)``; ``args``
-    has ``device``, ``dtype``, ``compile``, ``size`` and what ``add_arguments`` adds) timed, the table on
-    stdout, the JSON under ``results_dir`` (or at ``--out``). ``cpu=False``: nothing to time on a
-    CPU (the family has no CPU backend but torch), so a CPU run says so and measures nothing."""
+    argv: Optional[Sequence[str]],
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]],
+    cpu: bool,
+    results_dir: Path,
+) -> argparse.Namespace:
+    """The parsed, checked command line of a ``bench_<family>.py``, its device, dtype and
+    ``compile`` resolved."""
     parser = _parser(description, results_dir, cpu)
     if add_arguments is not None:
         add_arguments(parser)
@@ -277,18 +276,66 @@ def bench_main(
     args.device, args.dtype = defaults(args.device, args.dtype)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    args.compile = args.device.type == "cuda" and not args.no_compile
+    return args
+
+
+def bench_main(
+    name: str,
+    description: str,
+    make_cases: Callable[[argparse.Namespace], Sequence[Case]],
+    argv: Optional[Sequence[str]] = None,
+    *,
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+    cpu: bool = True,
+    results_dir: Path = RESULTS_DIR,
+) -> int:
+    """The ``main(argv)`` of a ``bench_<family>.py``: its cases (``make_cases(args)``; ``args``
+    has ``device``, ``dtype``, ``compile``, ``size`` and what ``add_arguments`` adds) timed, the
+    table on stdout, the JSON under ``results_dir`` (or at ``--out``). ``cpu=False``: nothing to
+    time on a CPU (the family has no CPU backend but torch), so a CPU run says so and measures
+    nothing."""
+    args = _arguments(description, argv, add_arguments, cpu, results_dir)
     if args.device.type == "cpu" and not cpu:
         print(f"bench_{name}: needs CUDA, skipped")
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.compile = args.device.type == "cuda" and not args.no_compile
     rows = run_cases(make_cases(args), args.device, args.repeats)
     print(f"bench_{name} on {device_name(args.device)}, {dtype_name(args.dtype)}")
     print(markdown(rows))
     if not args.no_save:
         print("wrote", save_rows(rows, results_dir, name, args.out))
     return 0
+
+
+def summary_rows(
+    make_cases: Callable[[argparse.Namespace], Sequence[Case]],
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+) -> List[Dict[str, object]]:
+    """The ``run_summary()`` of a ``bench_<family>.py``: the rows its ``main`` measures with no
+    arguments (the default device and dtype, CPU ``--size small``), not saved."""
+    args = _arguments("", [], add_arguments, True, RESULTS_DIR)
+    return run_cases(make_cases(args), args.device, args.repeats)
+
+
+def cdt_levels(
+    device: torch.device,
+    cpu_levels: Dict[str, List[tuple]],
+    size: str = "small",
+    names: Optional[Sequence[str]] = None,
+) -> List[tuple]:
+    """The ``(name, channels, frames, side)`` levels a family times: on CUDA the CDT-base
+    U-Net's at 720x720 (:data:`benchmarks.cdt_shapes.CDT_BASE_720`, only those in ``names``
+    when given), on a CPU ``cpu_levels[size]``."""
+    if torch.device(device).type != "cuda":
+        return cpu_levels[size]
+    return [lv for lv in CDT_BASE_720 if not names or lv[0] in names]
+
+
+def add_levels_argument(parser: argparse.ArgumentParser) -> None:
+    """``--levels``: the :func:`cdt_levels` names a CUDA run keeps."""
+    parser.add_argument("--levels", nargs="*", help="CUDA: level names to run (default: all)")
 
 
 def run_benchmark(benchmark, fn: Callable[[], object], nbytes: Optional[int] = None) -> None:
