@@ -4,6 +4,8 @@
 the engine's decision table is keyed by it, and the Triton launchers derive the family of tile
 tables a launch reads from it (``cdt_fast.kernels._tiles.tile_family``, which adds the
 ``tile_options`` override and reads sm_80's tables for CPU tensors under the interpreter).
+Its rule for a compute capability, :func:`capability_family`, also names the family of a GPU
+that is not here (the warm-up compiling for ``sm_90`` on a machine without one).
 """
 
 from __future__ import annotations
