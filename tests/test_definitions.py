@@ -12,7 +12,7 @@ from typing import List, Tuple
 
 import torch
 
-from cdt_fast.devices import arch_family
+from cdt_fast.devices import arch_family, capability_family
 from cdt_fast.dtypes import DTYPE_NAMES, dtype_from_name, dtype_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,3 +110,5 @@ def test_the_one_map_and_the_one_family():
         else:
             raise AssertionError(f"dtype_from_name({bad!r}) did not raise")
     assert arch_family("cpu") == arch_family(torch.device("meta")) == "cpu"
+    # a compute capability's family (warm-up compiles for a GPU it does not have)
+    assert [capability_family(m) for m in (7, 8, 9, 10, 12)] == ["sm_80"] * 2 + ["sm_90"] * 3

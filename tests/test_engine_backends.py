@@ -211,6 +211,23 @@ def test_tune_measures_rejects_wrong_backends_and_saves_its_table(
     assert not again.ops.measurements.timings
 
 
+def test_tune_runs_each_later_call_of_a_class_on_its_winner():
+    """A class is measured on its first call; every later call of it runs the winner (here a
+    winner given in advance, as measurements shared with another engine would hold it)."""
+    if not backend_status("cpp", "cpu"):
+        pytest.skip("the C++ extension is not built here")
+    m = Measurements()
+    x, g, b = torch.randn(1, 64, 2, 3, 3), torch.ones(64), torch.zeros(64)
+    m.winner[("cpu", "channel_norm", "fp32/c64")] = "cpp"
+    table = OpTable("tune", env={}, measurements=m, ops=("channel_norm",))
+    for _ in range(3):
+        torch.testing.assert_close(
+            table("channel_norm", x, g, b), CF.channel_norm(x, g, b), rtol=1e-4, atol=1e-4
+        )
+    assert table.record.ops() == {"channel_norm": {"cpp": 3}}
+    assert table.decisions.order("cpu", "channel_norm", "fp32/c64") == ("cpp",)
+
+
 def test_dispatch_table_format_and_bad_tables(tmp_path):
     table = DispatchTable({"cpu": {"channel_norm": {"fp32/c64": ["cpp"], "*": ["torch"]}}})
     assert table.order("cpu", "channel_norm", "fp32/c64") == ("cpp",)

@@ -200,7 +200,7 @@ class OpTable:
         self.record = ExecutionRecord(self.ops)
         self._memo: Dict[str, tuple] = {}  # backend statuses and module imports, this build
         self._options: Dict[str, Dict[str, OpChoice]] = {}  # auto/tune: backend -> choice
-        self._decided: Dict[Tuple[str, str], OpChoice] = {}  # auto: (op, class) -> choice
+        self._decided: Dict[Tuple[str, str], OpChoice] = {}  # (op, class) -> choice
         self.table: Dict[str, OpChoice] = {}
         self.candidates: Dict[str, List[OpChoice]] = {}
         self.fallbacks: Dict[str, Tuple[str, str, str]] = {}
@@ -366,17 +366,20 @@ class OpTable:
             return self.table[op]
         if cls is None:
             cls = shape_class(op, args, kwargs or {})
+        # A class is decided once (auto: the table's order; tune: measured); later calls of it
+        # cost one lookup.
+        decided = self._decided.get((op, cls))
+        if decided is not None:
+            return decided
         if self.tuning:
             key = (self.arch, op, cls)
             if key not in self.measurements.winner and _capturing(self.device):
                 return self._first(op, self.committed.order(self.arch, op, cls) or ("torch",))
-            chosen = self.measurements.pick(key, candidates, args, kwargs or {})
-            if self.decisions.order(self.arch, op, cls) != (chosen.backend,):
-                self.decisions.record(self.arch, op, cls, chosen.backend)
-            return chosen
-        decided = self._decided.get((op, cls))
-        if decided is None:
-            decided = self._decided[(op, cls)] = self._first(op, self._order(op, cls))
+            decided = self.measurements.pick(key, candidates, args, kwargs or {})
+            self.decisions.record(self.arch, op, cls, decided.backend)
+        else:
+            decided = self._first(op, self._order(op, cls))
+        self._decided[(op, cls)] = decided
         return decided
 
     def report(self) -> Dict[str, Tuple[str, str]]:

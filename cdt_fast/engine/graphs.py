@@ -183,11 +183,8 @@ class ChunkGraphs:
         self.graphs.move_to_end(key)
         for static, value in zip(captured.inputs, args):
             static.copy_(value)
-        # A replay runs no Python: it counts as its capture's ops (and anything a capture object
-        # might run in it is not counted twice).
-        mark = self.record.mark()
+        # A replay runs no Python: it counts as its capture's ops.
         captured.graph.replay()
-        self.record.restore(mark)
         self.record.replayed(captured.counts)
         self.replays += 1
         for state, snap in zip(states, captured.after):

@@ -112,7 +112,6 @@ def run_or_none_on_oom(session: Session, *args):
 def graph_state(graphs: ChunkGraphs) -> tuple:
     """(state, captures, replays) of one session's graphs; the state names the keys that stay
     eager and why."""
-    state = graphs.reason or "enabled"
-    if graphs.eager:
-        state += "; " + "; ".join(sorted(set(graphs.eager.values())))
-    return state, graphs.captures, graphs.replays
+    report = graphs.report()
+    state = "; ".join([report["state"], *report["eager"]])
+    return state, report["captures"], report["replays"]

@@ -40,6 +40,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..devices import capability_family
 from ..dtypes import DTYPE_NAMES, dtype_from_name, dtype_name
 
 __all__ = [
@@ -164,10 +165,6 @@ def parse_arch(arch) -> int:
     return value
 
 
-def _family(arch: int) -> str:
-    return "sm_90" if arch >= 90 else "sm_80"
-
-
 @contextlib.contextmanager
 def capture_launches(arch: int = 90) -> Iterator[List[Launch]]:
     """Within the block, Triton launches are recorded (with their grids) instead of run, and the
@@ -228,7 +225,7 @@ def capture_launches(arch: int = 90) -> Iterator[List[Launch]]:
     try:
         for owner, attr, value in replacements:
             setattr(owner, attr, value)
-        with tile_options(arch=_family(arch)):
+        with tile_options(arch=capability_family(arch // 10)):
             yield launches
     finally:
         for owner, attr, value in saved:
