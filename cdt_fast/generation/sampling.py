@@ -179,14 +179,14 @@ def sample_latents(
     """Normalised latents [B, C, T, h, w] from ``model``. Noise is drawn on the CPU from ``seed``,
     so a seed gives the same sample on any device. ``chunk`` (causal models): latent frames
     generated at a time, with a key/value cache of the earlier ones. ``backend``: the attention
-    backend, whose op table is built once for the whole sampling."""
+    backend's name (the model keeps its op table, see :meth:`VideoDiT.forward`) or an
+    :class:`~cdt_fast.generation.attention.AttentionTable`."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    backend = backend if isinstance(backend, AttentionTable) else AttentionTable(backend)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     noise = noise.to(device, dtype)
     if labels is not None:
