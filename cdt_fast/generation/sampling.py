@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 
 from ..checkpoint import load_into, read_state_dict
-from ..config import CDTConfig
+from ..config import CDTConfig, safetensors_metadata
 from .attention import AttentionTable
 from .model import GenConfig, KVCache, VideoDiT
 from .stats import LatentNormalizer
@@ -88,13 +88,10 @@ def load_generator(
 ) -> Generator:
     """A generator from a ``gen-train`` run folder (its EMA weights by default; an unfinished run's
     latest checkpoint) or a weights file; ``None``: the bundled demo generator."""
-    from safetensors import safe_open
-
     from .train import GENERATOR_KEY
 
     file = _weights_file(Path(path) if path is not None else demo_generator_path(), ema)
-    with safe_open(str(file), framework="pt") as f:
-        meta = (f.metadata() or {}).get(GENERATOR_KEY)
+    meta = safetensors_metadata(file).get(GENERATOR_KEY)
     if meta is None:
         raise ValueError(f"{file} is not a generator written by gen-train (no {GENERATOR_KEY})")
     info = json.loads(meta)
