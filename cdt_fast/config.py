@@ -18,6 +18,7 @@ __all__ = [
     "check_positive_ints",
     "config_from_file",
     "dataclass_from_dict",
+    "safetensors_metadata",
 ]
 
 # The ``.safetensors`` metadata key holding a CDTConfig as JSON (cdt_fast.save, latent files).
@@ -214,22 +215,30 @@ class CDTConfig:
         return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def safetensors_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
+    """The metadata of the ``.safetensors`` file at ``path`` (models, latents), read from its
+    header alone; ValueError for a file whose header does not read (cut or corrupt)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # safetensors' own error type: a cut or corrupt header
+        first = str(err).strip().splitlines()
+        raise ValueError(
+            f"{path} is not a readable .safetensors file "
+            f"({first[0] if first else type(err).__name__}); "
+            "an interrupted download or copy leaves such a file: fetch it again"
+        ) from None
+
+
 def config_from_file(path: Union[str, os.PathLike]) -> Optional[CDTConfig]:
     """The CDTConfig stored in a ``.safetensors`` file written by :func:`cdt_fast.save`, or None
     (no such file, another suffix, no config in it). ValueError for an unreadable file."""
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return None
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:  # safetensors' own error type: a cut or corrupt header
-        raise ValueError(
-            f"{path} is not a readable .safetensors file ({str(err).splitlines()[0]}); "
-            "an interrupted download or copy leaves such a file: fetch it again"
-        ) from None
+    meta = safetensors_metadata(path)
     if CONFIG_METADATA_KEY not in meta:
         return None
     return CDTConfig.from_dict(json.loads(meta[CONFIG_METADATA_KEY]))

@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from .checkpoint import atomic_write
-from .config import CONFIG_METADATA_KEY, CDTConfig
+from .config import CONFIG_METADATA_KEY, CDTConfig, safetensors_metadata
 
 __all__ = [
     "LATENT_FORMAT_VERSION",
@@ -89,26 +89,13 @@ def save_latent(
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def _metadata(path: Path) -> Dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(
-            f"{path} is not a readable .safetensors file "
-            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-        ) from None
-
-
 def is_latent_file(path: PathLike) -> bool:
     """Whether ``path`` is a ``.safetensors`` file written by :func:`save_latent`."""
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return False
     try:
-        return _metadata(path).get(_FORMAT_KEY) == "latent"
+        return safetensors_metadata(path).get(_FORMAT_KEY) == "latent"
     except ValueError:
         return False
 
@@ -124,7 +111,7 @@ def read_latent_metadata(path: PathLike) -> LatentFile:
         raise ValueError(
             f"{path} is not a latent file (expected .safetensors written by cdt-fast encode)"
         )
-    meta = _metadata(path)
+    meta = safetensors_metadata(path)
     if meta.get(_FORMAT_KEY) != "latent":
         raise ValueError(
             f"{path} is not a latent file (no cdt_fast latent metadata; is it a model checkpoint?)"

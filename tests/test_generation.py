@@ -313,6 +313,25 @@ def test_gpu_attention_backends_agree_with_torch(dtype, causal, shape):
         torch.testing.assert_close(out, expected, atol=tol, rtol=tol, msg=name)
 
 
+def test_sampler_and_trainer_share_the_model_s_attention_table():
+    """A backend name passed to the sampler or the trainer's loss reaches the model, which builds
+    that name's op table once and keeps it across calls."""
+    from cdt_fast.generation.sampling import sample_latents
+    from cdt_fast.generation.train import FlowMatchingLoss
+
+    model = VideoDiT(GenConfig.preset("tiny", in_channels=4))
+    table = model._attention("torch")
+    with torch.no_grad():
+        for _ in range(2):
+            sample_latents(model, (1, 4, 2, 4, 4), steps=1, backend="torch")
+        FlowMatchingLoss(model, "torch")(torch.randn(1, 4, 2, 4, 4), None, torch.Generator())
+    assert model._attention("torch") is table
+    (built,) = table.tables.values()
+    # three forwards (two 1-step samples, one loss), one attention call per block each
+    calls = sum(built.record.ops()["temporal_attention"].values())
+    assert calls == 3 * model.config.depth
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_model_trains_under_bf16_autocast_and_samples():

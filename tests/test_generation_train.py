@@ -202,3 +202,15 @@ def test_bundled_demo_generator_generates(tmp_path):
     out = tmp_path / "demo.mp4"
     assert main(["generate", "demo", "-o", str(out), "--frames", "5", "--steps", "2"]) == 0
     assert video_io.probe(str(out)).frames == 5
+
+
+def test_a_cut_generator_file_is_refused_with_one_message(tmp_path):
+    """A generator's weights file whose header does not read (an interrupted copy) raises the
+    ValueError every .safetensors reader of the package gives, naming the file."""
+    from cdt_fast.generation.sampling import demo_generator_path
+
+    data = demo_generator_path().read_bytes()
+    cut = tmp_path / "model.safetensors"
+    cut.write_bytes(data[:40])
+    with pytest.raises(ValueError, match="model.safetensors is not a readable .safetensors file"):
+        load_generator(cut)

@@ -105,6 +105,24 @@ def test_ffmpeg_avi_with_duplicated_frames_is_whole(tmp_path, codec):
     assert _nearest_source(decoded, pattern(len(slots), 32, 48)) == shown
 
 
+def test_probe_reads_an_avi_s_chunks_once(tmp_path, monkeypatch):
+    """The periods an AVI lists and whether it is cut come from one reading of its chunks (its
+    idx1 index is walked entry by entry)."""
+    from cdt_fast.video_io import probing, read
+
+    path = _encode_slots(tmp_path / "once.avi", "avi", "mpeg4", [0, 1, 2, 5, 6])
+    reads, layout = [], containers.avi_layout
+
+    def counted(source):
+        reads.append(source)
+        return layout(source)
+
+    for module in (containers, timing, probing, read):  # wherever it is imported
+        monkeypatch.setattr(module, "avi_layout", counted, raising=False)
+    assert video_io.probe(path).frames == 7
+    assert len(reads) == 1
+
+
 @pytest.mark.parametrize("slots", [list(range(10)), [0, 1, 2, 5, 6, 7, 8, 12, 13, 14]])
 def test_avi_with_b_frames_is_whole(tmp_path, slots):
     """H.264 in AVI (x264's B-frames, as in Xvid/H.264 AVI collections): FFmpeg's guess of a

@@ -296,9 +296,9 @@ class VideoDiT(nn.Module):
         ``cache`` (causal models only): attend to the frames it holds as the past of ``x``, whose
         first frame then sits at time position ``cache.frames``; ``update_cache=True`` appends
         ``x``'s keys and values (call it once per chunk, with the chunk's final, clean frames).
-        ``backend``: the attention backend's name, or an
-        :class:`~cdt_fast.generation.attention.AttentionTable` (the sampler and the trainer keep
-        one); a name's table is built on its first use and kept by the model.
+        ``backend``: the attention backend's name, whose table is built on its first use and kept
+        by the model (the sampler and the trainer pass names), or an
+        :class:`~cdt_fast.generation.attention.AttentionTable`.
         """
         attend = backend if isinstance(backend, AttentionTable) else self._attention(backend)
         if cache is not None and not self.config.causal:

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 
 from ..checkpoint import load_into, read_state_dict
-from ..config import CDTConfig
+from ..config import CDTConfig, safetensors_metadata
 from .attention import AttentionTable
 from .model import GenConfig, KVCache, VideoDiT
 from .stats import LatentNormalizer
@@ -88,13 +88,10 @@ def load_generator(
 ) -> Generator:
     """A generator from a ``gen-train`` run folder (its EMA weights by default; an unfinished run's
     latest checkpoint) or a weights file; ``None``: the bundled demo generator."""
-    from safetensors import safe_open
-
     from .train import GENERATOR_KEY
 
     file = _weights_file(Path(path) if path is not None else demo_generator_path(), ema)
-    with safe_open(str(file), framework="pt") as f:
-        meta = (f.metadata() or {}).get(GENERATOR_KEY)
+    meta = safetensors_metadata(file).get(GENERATOR_KEY)
     if meta is None:
         raise ValueError(f"{file} is not a generator written by gen-train (no {GENERATOR_KEY})")
     info = json.loads(meta)
@@ -179,14 +176,14 @@ def sample_latents(
     """Normalised latents [B, C, T, h, w] from ``model``. Noise is drawn on the CPU from ``seed``,
     so a seed gives the same sample on any device. ``chunk`` (causal models): latent frames
     generated at a time, with a key/value cache of the earlier ones. ``backend``: the attention
-    backend, whose op table is built once for the whole sampling."""
+    backend's name (the model keeps its op table, see :meth:`VideoDiT.forward`) or an
+    :class:`~cdt_fast.generation.attention.AttentionTable`."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    backend = backend if isinstance(backend, AttentionTable) else AttentionTable(backend)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     noise = noise.to(device, dtype)
     if labels is not None:

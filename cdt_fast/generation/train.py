@@ -24,7 +24,6 @@ from ..data.base import ClipDataset
 from ..train.config import RunConfig
 from ..train.distributed import Dist, setup_distributed
 from ..train.trainer import Trainer
-from .attention import AttentionTable
 from .buckets import latent_buckets
 from .model import GenConfig, VideoDiT
 from .stats import LatentNormalizer, manifest_latents, read_manifest
@@ -182,7 +181,6 @@ class FlowMatchingLoss(nn.Module):
     def __init__(self, model: VideoDiT, backend: str = "auto"):
         super().__init__()
         self.model, self.backend = model, backend
-        self.attention = AttentionTable(backend)  # one op table per device, for every step
 
     def forward(self, x0: torch.Tensor, y: Optional[torch.Tensor], generator: torch.Generator):
         b, dev = x0.shape[0], x0.device
@@ -196,7 +194,7 @@ class FlowMatchingLoss(nn.Module):
             y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
         else:
             y = None
-        v = self.model(x_t, t, y, backend=self.attention)
+        v = self.model(x_t, t, y, backend=self.backend)
         return {"loss": F.mse_loss(v.float(), (noise - x0).float())}
 
 

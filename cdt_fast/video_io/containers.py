@@ -247,11 +247,13 @@ def _element(f: BinaryIO, at: int) -> Optional[Tuple[int, int, Optional[int]]]:
 
 
 def matroska_cut(path: str) -> Optional[str]:
-    """Why a Matroska/WebM file ends before its Segment (or, where the Segment's size is left
-    open, before one of its elements) does; None if it ends where they do."""
+    """Why a Matroska/WebM file ends before its Segment does; None if it ends where it should.
+    A Segment of unknown size (written while recording) is walked instead: each of its
+    elements, and each element of a Cluster of unknown size, must end within the file."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         at = 0
+        segment_open = in_cluster = False  # inside a Segment / a Cluster, both of unknown size
         while at < size:
             found = _element(f, at)
             if found is None:
@@ -259,40 +261,26 @@ def matroska_cut(path: str) -> Optional[str]:
             ident, header, length = found
             if at + header > size:
                 return _missing("element header", at + header, size)
-            if ident == _SEGMENT:
+            if ident == _SEGMENT and not segment_open:
                 if length is not None:
                     end = at + header + length
                     return _missing("Segment", end, size) if end > size else None
-                return _open_segment_cut(f, at + header, size)
+                segment_open = True
+                at += header
+                continue
+            if in_cluster and ident not in _CLUSTER_CHILDREN:
+                in_cluster = False
             if length is None:
-                return None
-            at += header + length
-    return None
-
-
-def _open_segment_cut(f: BinaryIO, at: int, size: int) -> Optional[str]:
-    """A Segment of unknown size (written while recording): each top-level element, and each
-    element of a Cluster of unknown size, must end within the file."""
-    in_cluster = False
-    while at < size:
-        found = _element(f, at)
-        if found is None:
-            return None
-        ident, header, length = found
-        if at + header > size:
-            return _missing("element header", at + header, size)
-        if in_cluster and ident not in _CLUSTER_CHILDREN:
-            in_cluster = False
-        if length is None:
-            if ident != _CLUSTER:
-                return None
-            in_cluster = True
-            at += header
-            continue
-        end = at + header + length
-        if end > size:
-            return _missing("Cluster" if ident == _CLUSTER or in_cluster else "element", end, size)
-        at = end
+                if not (segment_open and ident == _CLUSTER):
+                    return None
+                in_cluster = True
+                at += header
+                continue
+            end = at + header + length
+            if segment_open and end > size:
+                what = "Cluster" if ident == _CLUSTER or in_cluster else "element"
+                return _missing(what, end, size)
+            at = end
     return None
 
 

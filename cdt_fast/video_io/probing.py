@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import List, Optional
 
-from .containers import structure_cut
+from .containers import AviLayout, avi_layout, structure_cut
 from .errors import VideoError, one_line
 from .formats import DEFAULT_FPS, PathLike
 from .pyav import ffmpeg_errors, holds_frame, open_video
@@ -104,7 +104,9 @@ def _probe_file(source: str, fps: Optional[Fraction], allow_truncated: bool) -> 
         nominal = Fraction(fps) if fps else _stream_fps(stream)
         scan = _scan_packets(source, container, stream)
         start = int(stream.start_time or 0)
-        slots = listed_slots(source, stream) if scan["slots"] is not None else None
+        # an AVI's chunks are read once, for the periods it lists and for whether it is cut
+        layout = avi_layout(source) if scan["slots"] is not None else None
+        slots = None if layout is None else listed_slots(layout, stream)
     finally:
         container.close()
     if not height or not width:
@@ -112,7 +114,7 @@ def _probe_file(source: str, fps: Optional[Fraction], allow_truncated: bool) -> 
     turns = display_turns(source)
     if turns % 2:
         height, width = width, height
-    why = _truncation(source, scan)
+    why = _truncation(source, scan, layout)
     present = scan["frames"]
     if scan["slots"] is not None:  # an AVI: its repeat entries are frames
         periods = ((slot, None) for slot in scan["slots"])
@@ -186,11 +188,12 @@ def _scan_packets(source: str, container, stream) -> dict:
     }
 
 
-def _truncation(source: str, scan: dict) -> Optional[str]:
+def _truncation(source: str, scan: dict, layout: Optional[AviLayout]) -> Optional[str]:
     """Why the file is cut short, or None if it is whole: its container's structure first (see
-    :func:`~cdt_fast.video_io.containers.structure_cut`), then the demuxer's own signs (reading
-    stopped by an error, a last packet it marks incomplete)."""
-    why = structure_cut(source, scan["format"])
+    :func:`~cdt_fast.video_io.containers.structure_cut`; ``layout``: an AVI's, already read),
+    then the demuxer's own signs (reading stopped by an error, a last packet it marks
+    incomplete)."""
+    why = structure_cut(source, scan["format"]) if layout is None else layout.cut
     if why is not None:
         return why
     if scan["error"] is not None:

@@ -7,6 +7,7 @@ from typing import Deque, Iterator, Optional, Tuple
 
 import numpy as np
 
+from .containers import avi_layout
 from .errors import VideoError, one_line
 from .formats import PathLike
 from .pyav import ffmpeg_errors, holds_frame, load_av, open_video
@@ -104,7 +105,7 @@ def _decoded(
         if not lenient:
             stream.thread_type = "AUTO"
         if counts_slots(container.format.name):
-            slots = None if lenient else listed_slots(source, stream)
+            slots = None if lenient else listed_slots(avi_layout(source), stream)
             decoded = _avi_frames(container, stream, size)
             frames = restore_repeats(decoded, int(stream.start_time or 0), slots)
         else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Iterable, Iterator, Optional, Tuple, TypeVar
 
-from .containers import avi_layout
+from .containers import AviLayout
 
 T = TypeVar("T")
 
@@ -31,10 +31,11 @@ def counts_slots(format_name: str) -> bool:
     return format_name == "avi"
 
 
-def listed_slots(path: str, stream) -> Optional[int]:
-    """The frame periods an AVI lists for ``stream``: the video entries of its idx1 index, or
-    its header's count where the index does not cover the file (no idx1, OpenDML)."""
-    entries = avi_layout(path).index_entries.get(stream.index)
+def listed_slots(layout: AviLayout, stream) -> Optional[int]:
+    """The frame periods an AVI (its chunks' ``layout``) lists for ``stream``: the video entries
+    of its idx1 index, or its header's count where the index does not cover the file (no idx1,
+    OpenDML)."""
+    entries = layout.index_entries.get(stream.index)
     return entries if entries else (int(stream.frames or 0) or None)
 
 
