@@ -171,6 +171,7 @@ def temporal_shared_memory(
     )
 
 
+@_tiles.per_shape_class
 def temporal_tile(
     arch: str, *, block_m: int, block_n: int, block_d: int, size: int, limit: Optional[int] = None
 ) -> Tile:

@@ -44,6 +44,7 @@ _CONFIGS = [
 _DEFAULT_TILE = 4096
 
 
+@_tiles.per_shape_class
 def norm_tile(arch: str, *, block_c: int, limit: Optional[int] = None) -> Tile:
     """The one tile of a channel-norm shape class: rows of ``block_c`` (next_pow2(C)) channels,
     4096 elements per program (32 fp32 values per thread of 4 warps: no spills on sm_90 at

@@ -250,6 +250,7 @@ _IEEE_CONFIGS = [
 ]
 
 
+@_tiles.per_shape_class
 def resample_tile(
     arch: str,
     *,
