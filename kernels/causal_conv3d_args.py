@@ -12,7 +12,7 @@ import torch
 
 from cdt_fast.functional import PAD_MODES
 
-from ._common import check_kernel_dtype, check_launchable, same_data
+from ._common import check_activation, check_launchable, same_data
 
 __all__ = ["Epilogue", "ConvGeometry", "EpilogueTensors", "check_conv", "check_epilogue"]
 
@@ -115,11 +115,7 @@ def output_shape(
 
 
 def _check_input(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 5:
-        raise ValueError(f"x must be [B, C, T, H, W], got shape {tuple(x.shape)}")
-    check_kernel_dtype(x, "x", "causal_conv3d")
+    check_activation(x, "x", "causal_conv3d")
     check_launchable(x, "causal_conv3d")
 
 

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._common import check_kernel_dtype, check_launchable, param_vector, voxel_rows
+from ._common import check_activation, check_launchable, param_vector, voxel_rows
 from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
 __all__ = ["channel_norm", "channel_norm_tile", "norm_shared_memory"]
@@ -187,14 +187,6 @@ _channel_norm_tuned = triton.autotune(
 )(_channel_norm_kernel)
 
 
-def _check_input(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
-    if x.dim() != 5:
-        raise ValueError(f"x must have rank 5 [B, C, T, H, W], got shape {tuple(x.shape)}")
-    check_kernel_dtype(x, "x", "channel_norm")
-
-
 def _time_bias_matrix(time_bias: torch.Tensor, b: int, c: int) -> torch.Tensor:
     if tuple(time_bias.shape) not in ((b, c), (b, c, 1, 1, 1)):
         raise ValueError(
@@ -244,7 +236,7 @@ def channel_norm(
     ``residual`` itself: every voxel is read before it is written). Without it the result keeps
     x's memory format.
     """
-    _check_input(x)
+    check_activation(x, "x", "channel_norm")
     check_launchable(x, "channel_norm")
     bsz, c = x.shape[:2]
     g, b = param_vector(g, c, "g"), param_vector(b, c, "b")

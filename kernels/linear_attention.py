@@ -39,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from ._common import check_kernel_dtype, check_launchable
+from ._common import check_activation, check_launchable
 from .linear_attention_passes import (
     apply_attention,
     apply_grid,
@@ -185,11 +185,9 @@ class LinearAttentionWeights:
 
 
 def _check_activation(x: torch.Tensor, c: int) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
-    if x.dim() != 5 or x.shape[1] != c:
+    check_activation(x, "x", "linear_attention")
+    if x.shape[1] != c:
         raise ValueError(f"x must be [B, C={c}, T, H, W], got shape {tuple(x.shape)}")
-    check_kernel_dtype(x, "x", "linear_attention")
 
 
 def linear_attention(

@@ -306,7 +306,7 @@ def test_bad_input_raises_clear_errors(monkeypatch):
     conv = kernels.causal_conv3d
     with pytest.raises(ValueError, match="input channels"):
         conv(x, weight[:, :3], bias, **kw)
-    with pytest.raises(ValueError, match=r"x must be \[B, C, T, H, W\]"):
+    with pytest.raises(ValueError, match=r"x must have rank 5 \[B, C, T, H, W\]"):
         conv(x[0], weight, bias, **kw)
     with pytest.raises(TypeError, match="x must be float16"):
         conv(x.double(), weight, bias, **kw)
