@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._common import check_activation, check_launchable, param_vector, voxel_rows
+from ._common import check_activation, check_launchable, check_out, param_vector, voxel_rows
 from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
 __all__ = ["channel_norm", "channel_norm_tile", "norm_shared_memory"]
@@ -207,18 +207,6 @@ def _result_dtype(x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.dt
     return torch.promote_types(x.dtype, residual.dtype)
 
 
-def _output(x: torch.Tensor, dtype: torch.dtype, out: Optional[torch.Tensor]) -> torch.Tensor:
-    """The caller's ``out`` (checked), else a new result like ``x``."""
-    if out is None:
-        return torch.empty_like(x, dtype=dtype)
-    if tuple(out.shape) != tuple(x.shape) or out.dtype != dtype or out.device != x.device:
-        raise ValueError(
-            f"out must be a {dtype} tensor of shape {tuple(x.shape)} on {x.device}, "
-            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
-        )
-    return out
-
-
 def channel_norm(
     x: torch.Tensor,
     g: torch.Tensor,
@@ -243,7 +231,11 @@ def channel_norm(
     dtype = _result_dtype(x, residual)
     if time_bias is not None:
         time_bias = _time_bias_matrix(time_bias, bsz, c)
-    out = _output(x, dtype, out)
+    out = (
+        torch.empty_like(x, dtype=dtype)
+        if out is None
+        else check_out(out, x.shape, dtype, x.device)
+    )
     if x.numel() == 0:
         return out
 

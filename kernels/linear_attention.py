@@ -39,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from ._common import check_activation, check_launchable
+from ._common import check_activation, check_launchable, check_out
 from .linear_attention_passes import (
     apply_attention,
     apply_grid,
@@ -175,11 +175,8 @@ class LinearAttentionWeights:
             out = torch.empty(b, t, h, w, c_out, device=x.device, dtype=x.dtype).permute(
                 0, 4, 1, 2, 3
             )
-        elif tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
-            raise ValueError(
-                f"out must be a {x.dtype} tensor of shape {shape} on {x.device}, "
-                f"got {out.dtype} {tuple(out.shape)} on {out.device}"
-            )
+        else:
+            check_out(out, shape, x.dtype, x.device)
         apply_attention(qkv, mix, self.bias, x if residual else None, out, h * w)
         return out
 

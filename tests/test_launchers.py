@@ -84,6 +84,27 @@ def test_an_activation_that_is_not_a_5d_tensor_is_refused_naming_x(name):
         launch(x[0])
 
 
+def test_an_out_that_is_not_a_tensor_is_refused_naming_out():
+    """The launchers taking ``out`` check it with kernels._common.check_out: a non-tensor is a
+    TypeError naming out (not an AttributeError from inside the launcher), a wrong shape a
+    ValueError."""
+    x = torch.randn(1, 4, 2, 3, 5, device=DEVICE)
+    c = torch.ones(4, device=DEVICE)
+    q = torch.randn(3, 2, 4, 8, device=DEVICE)
+    launches = {
+        "channel_norm": lambda out: channel_norm(x, c, c, out=out),
+        "linear_attention": lambda out: linear_attention_block(
+            x, c, c, torch.randn(24, 4), torch.randn(4, 8), None, heads=2, out=out
+        ),
+        "temporal_attention": lambda out: temporal_attention(q, q, q, out=out),
+    }
+    for launch in launches.values():
+        with pytest.raises(TypeError, match="out must be a torch.Tensor or None, got list"):
+            launch([0.0])
+        with pytest.raises(ValueError, match="out must be a torch.float32 tensor of shape"):
+            launch(torch.empty(1, device=DEVICE))
+
+
 @pytest.mark.skipif(not INTERPRETED, reason="counts the Triton interpreter's launches")
 def test_every_launch_runs_with_its_tensors_device_current(monkeypatch):
     """Triton launches on the current CUDA device, whatever its arguments' device: every launch
