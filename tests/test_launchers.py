@@ -85,7 +85,7 @@ def test_an_activation_that_is_not_a_5d_tensor_is_refused_naming_x(name):
 
 
 def test_an_out_that_is_not_a_tensor_is_refused_naming_out():
-    """The launchers taking ``out`` check it with kernels._common.check_out: a non-tensor is a
+    """Every launcher taking ``out`` checks it with kernels._common.check_out: a non-tensor is a
     TypeError naming out (not an AttributeError from inside the launcher), a wrong shape a
     ValueError."""
     x = torch.randn(1, 4, 2, 3, 5, device=DEVICE)
@@ -97,11 +97,15 @@ def test_an_out_that_is_not_a_tensor_is_refused_naming_out():
             x, c, c, torch.randn(24, 4), torch.randn(4, 8), None, heads=2, out=out
         ),
         "temporal_attention": lambda out: temporal_attention(q, q, q, out=out),
+        "ddim_update": lambda out: ddim_update(x, x, (1.0, 1.0, 1.0, 0.0), out=out),
+        "to_uint8_frames": lambda out: to_uint8_frames(x, out=out),
     }
     for launch in launches.values():
         with pytest.raises(TypeError, match="out must be a torch.Tensor or None, got list"):
             launch([0.0])
-        with pytest.raises(ValueError, match="out must be a torch.float32 tensor of shape"):
+        with pytest.raises(
+            ValueError, match=r"out must be a torch\.(float32|uint8) tensor of shape"
+        ):
             launch(torch.empty(1, device=DEVICE))
 
 
