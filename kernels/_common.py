@@ -29,6 +29,7 @@ __all__ = [
     "on_device",
     "KERNEL_DTYPES",
     "check_kernel_dtype",
+    "check_activation",
     "interpreting",
     "loop_arg",
     "param_vector",
@@ -128,6 +129,17 @@ def check_kernel_dtype(t: torch.Tensor, name: str, op: str) -> None:
     operands beside an fp32 accumulator does not compile for a GPU."""
     if t.dtype not in KERNEL_DTYPES:
         raise TypeError(f"{op}: {name} must be float16, bfloat16 or float32, got {t.dtype}")
+
+
+def check_activation(x, name: str, op: str) -> torch.Tensor:
+    """``x`` is a [B, C, T, H, W] tensor in one of :data:`KERNEL_DTYPES`, else a TypeError or
+    ValueError naming ``name``: the check every launcher makes of its activations."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
+    if x.dim() != 5:
+        raise ValueError(f"{name} must have rank 5 [B, C, T, H, W], got shape {tuple(x.shape)}")
+    check_kernel_dtype(x, name, op)
+    return x
 
 
 def loop_arg(value: int):

@@ -171,6 +171,7 @@ def temporal_shared_memory(
     )
 
 
+@_tiles.per_shape_class
 def temporal_tile(
     arch: str, *, block_m: int, block_n: int, block_d: int, size: int, limit: Optional[int] = None
 ) -> Tile:
@@ -188,6 +189,7 @@ def temporal_tile(
 def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
     check_launchable(q, "temporal_attention", "the sdpa backend or cdt_fast.functional")
     g, block_m, block_n, block_d = tile_shape(tq, tk, d)
+    dtype = launch_dtype(q)
     grid = (triton.cdiv(nh, g), triton.cdiv(g * tq, block_m))
     args = (
         q,
@@ -208,7 +210,7 @@ def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
         D=d,
         G=g,
         CAUSAL=bool(causal),
-        IEEE=launch_dtype(q) == torch.float32,
+        IEEE=dtype == torch.float32,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_D=block_d,
@@ -219,7 +221,7 @@ def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
         block_m=block_m,
         block_n=block_n,
         block_d=block_d,
-        size=launch_dtype(q).itemsize,
+        size=dtype.itemsize,
         limit=_tiles.shared_memory_limit(q, arch),
     )
     _tiles.launch(
@@ -230,7 +232,7 @@ def launch(q, k, v, out, nh, heads, tq, tk, d, scale, causal) -> None:
         meta,
         name="temporal_attention",
         arch=arch,
-        shape_class=dict(meta, DTYPE=launch_dtype(q)),
+        shape_class=dict(meta, DTYPE=dtype),
         tile=tile,
         autotune=autotune_enabled(),
     )

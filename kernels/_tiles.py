@@ -60,6 +60,7 @@ __all__ = [
     "shared_memory",
     "shared_memory_limit",
     "fit_tile",
+    "per_shape_class",
     "shape_key",
     "lookup",
     "record",
@@ -372,6 +373,13 @@ def fit_tile(
                 f"{candidate.label()}, needs {needed}{'; ' + why if why else ''}"
             )
         candidate = smaller
+
+
+def per_shape_class(table: Callable[..., Tile]) -> Callable[..., Tile]:
+    """Memoises a kernel's tile table (``norm_tile``, ``conv_tile``, ...): its tile is a pure
+    function of the shape class and shared-memory limit it is given (ints, strs, bools), and
+    every launch asks for it, so the fitting (:func:`fit_tile`) runs once per shape class."""
+    return functools.lru_cache(maxsize=256)(table)
 
 
 def _short_dtype(value) -> str:

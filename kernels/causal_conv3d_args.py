@@ -12,7 +12,7 @@ import torch
 
 from cdt_fast.functional import PAD_MODES
 
-from ._common import check_kernel_dtype, check_launchable, same_data
+from ._common import check_activation, check_launchable, param_vector, same_data
 
 __all__ = ["Epilogue", "ConvGeometry", "EpilogueTensors", "check_conv", "check_epilogue"]
 
@@ -115,11 +115,7 @@ def output_shape(
 
 
 def _check_input(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 5:
-        raise ValueError(f"x must be [B, C, T, H, W], got shape {tuple(x.shape)}")
-    check_kernel_dtype(x, "x", "causal_conv3d")
+    check_activation(x, "x", "causal_conv3d")
     check_launchable(x, "causal_conv3d")
 
 
@@ -202,10 +198,8 @@ def check_epilogue(
     if epilogue.norm_weight is not None or epilogue.norm_bias is not None:
         if epilogue.norm_weight is None or epilogue.norm_bias is None:
             raise ValueError("epilogue: norm_weight and norm_bias go together")
-        g = epilogue.norm_weight.reshape(-1).contiguous()
-        beta = epilogue.norm_bias.reshape(-1).contiguous()
-        if g.numel() != cout or beta.numel() != cout:
-            raise ValueError(f"epilogue: norm_weight/norm_bias must have {cout} elements")
+        g = param_vector(epilogue.norm_weight, cout, "epilogue.norm_weight")
+        beta = param_vector(epilogue.norm_bias, cout, "epilogue.norm_bias")
     if epilogue.channel_bias is not None:
         cbias = epilogue.channel_bias.reshape(epilogue.channel_bias.shape[0], -1)
         if tuple(cbias.shape) != (bsz, cout):

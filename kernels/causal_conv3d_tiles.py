@@ -113,6 +113,7 @@ AUTOTUNE_KEY = [
 ]
 
 
+@_tiles.per_shape_class
 def conv_tile(
     arch: str,
     *,

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._common import check_kernel_dtype, check_launchable, param_vector, voxel_rows
+from ._common import check_activation, check_launchable, check_out, param_vector, voxel_rows
 from ._tiles import Tile, autotune_enabled, launch_dtype, tile_family
 
 __all__ = ["channel_norm", "channel_norm_tile", "norm_shared_memory"]
@@ -44,6 +44,7 @@ _CONFIGS = [
 _DEFAULT_TILE = 4096
 
 
+@_tiles.per_shape_class
 def norm_tile(arch: str, *, block_c: int, limit: Optional[int] = None) -> Tile:
     """The one tile of a channel-norm shape class: rows of ``block_c`` (next_pow2(C)) channels,
     4096 elements per program (32 fp32 values per thread of 4 warps: no spills on sm_90 at
@@ -186,14 +187,6 @@ _channel_norm_tuned = triton.autotune(
 )(_channel_norm_kernel)
 
 
-def _check_input(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
-    if x.dim() != 5:
-        raise ValueError(f"x must have rank 5 [B, C, T, H, W], got shape {tuple(x.shape)}")
-    check_kernel_dtype(x, "x", "channel_norm")
-
-
 def _time_bias_matrix(time_bias: torch.Tensor, b: int, c: int) -> torch.Tensor:
     if tuple(time_bias.shape) not in ((b, c), (b, c, 1, 1, 1)):
         raise ValueError(
@@ -214,18 +207,6 @@ def _result_dtype(x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.dt
     return torch.promote_types(x.dtype, residual.dtype)
 
 
-def _output(x: torch.Tensor, dtype: torch.dtype, out: Optional[torch.Tensor]) -> torch.Tensor:
-    """The caller's ``out`` (checked), else a new result like ``x``."""
-    if out is None:
-        return torch.empty_like(x, dtype=dtype)
-    if tuple(out.shape) != tuple(x.shape) or out.dtype != dtype or out.device != x.device:
-        raise ValueError(
-            f"out must be a {dtype} tensor of shape {tuple(x.shape)} on {x.device}, "
-            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
-        )
-    return out
-
-
 def channel_norm(
     x: torch.Tensor,
     g: torch.Tensor,
@@ -243,14 +224,18 @@ def channel_norm(
     ``residual`` itself: every voxel is read before it is written). Without it the result keeps
     x's memory format.
     """
-    _check_input(x)
+    check_activation(x, "x", "channel_norm")
     check_launchable(x, "channel_norm")
     bsz, c = x.shape[:2]
     g, b = param_vector(g, c, "g"), param_vector(b, c, "b")
     dtype = _result_dtype(x, residual)
     if time_bias is not None:
         time_bias = _time_bias_matrix(time_bias, bsz, c)
-    out = _output(x, dtype, out)
+    out = (
+        torch.empty_like(x, dtype=dtype)
+        if out is None
+        else check_out(out, x.shape, dtype, x.device)
+    )
     if x.numel() == 0:
         return out
 

@@ -171,10 +171,8 @@ def to_uint8_frames(x: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> t
     shape = (b, t, h, w, c)
     if out is None:
         out = torch.empty(shape, dtype=torch.uint8, device=x.device)
-    elif not out.is_contiguous():
+    elif not check_out(out, shape, torch.uint8, x.device).is_contiguous():
         raise ValueError("out must be a contiguous [B, T, H, W, C] uint8 tensor")
-    else:
-        check_out(out, shape, torch.uint8, x.device)
     grid = check_grid((triton.cdiv(out.numel(), _BLOCK),), "to_uint8_frames")
     with on_device(x):
         _to_uint8_frames_kernel[grid](x, out, out.numel(), c, t, h, w, *x.stride(), BLOCK=_BLOCK)

@@ -39,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from ._common import check_kernel_dtype, check_launchable
+from ._common import check_activation, check_launchable, check_out
 from .linear_attention_passes import (
     apply_attention,
     apply_grid,
@@ -175,21 +175,16 @@ class LinearAttentionWeights:
             out = torch.empty(b, t, h, w, c_out, device=x.device, dtype=x.dtype).permute(
                 0, 4, 1, 2, 3
             )
-        elif tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
-            raise ValueError(
-                f"out must be a {x.dtype} tensor of shape {shape} on {x.device}, "
-                f"got {out.dtype} {tuple(out.shape)} on {out.device}"
-            )
+        else:
+            check_out(out, shape, x.dtype, x.device)
         apply_attention(qkv, mix, self.bias, x if residual else None, out, h * w)
         return out
 
 
 def _check_activation(x: torch.Tensor, c: int) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
-    if x.dim() != 5 or x.shape[1] != c:
+    check_activation(x, "x", "linear_attention")
+    if x.shape[1] != c:
         raise ValueError(f"x must be [B, C={c}, T, H, W], got shape {tuple(x.shape)}")
-    check_kernel_dtype(x, "x", "linear_attention")
 
 
 def linear_attention(

@@ -76,6 +76,7 @@ def prune_project_configs(configs, named_args, **kwargs):
     ]
 
 
+@_tiles.per_shape_class
 def project_tile(
     arch: str, *, block_k: int, n_out: int, size: int, limit: Optional[int] = None
 ) -> Tile:
@@ -110,6 +111,7 @@ def project_shared_memory(tile: Tile, *, arch: str, block_k: int, size: int) -> 
     return _tiles.shared_memory(arch, tile.num_stages, (block_k * n,), size, once=m * block_k)
 
 
+@_tiles.per_shape_class
 def partial_tile(
     arch: str, *, block_d: int, block_e: int, size: int = 4, limit: Optional[int] = None
 ) -> Tile:
@@ -139,6 +141,7 @@ def combine_shared_memory(*, arch: str, block_d: int, block_e: int) -> int:
     return _tiles.shared_memory(arch, 0, (), 4, scratch=block_d * block_e * 4)
 
 
+@_tiles.per_shape_class
 def apply_tile(
     arch: str,
     *,

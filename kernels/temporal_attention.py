@@ -25,7 +25,7 @@ from cdt_fast.functional import temporal_attention as _spec
 from cdt_fast.validation import check_attention
 
 from . import _temporal_attention_kernel as _kernel
-from ._common import check_kernel_dtype
+from ._common import check_kernel_dtype, check_out
 
 __all__ = ["temporal_attention"]
 
@@ -57,8 +57,8 @@ def temporal_attention(
     s, heads, tq, d = q.shape
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
-        raise ValueError(f"out must be a {q.dtype} tensor of shape {list(q.shape)} on {q.device}")
+    else:
+        check_out(out, q.shape, q.dtype, q.device)
     _kernel.launch(q, k, v, out, s * heads, heads, tq, k.shape[2], d, scale, causal)
     return out
 

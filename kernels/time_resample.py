@@ -24,7 +24,7 @@ from cdt_fast.functional import PAD_MODES, cast_like
 
 from . import _tiles
 from ._common import (
-    check_kernel_dtype,
+    check_activation,
     check_launchable,
     check_out,
     empty_like_layout,
@@ -250,6 +250,7 @@ _IEEE_CONFIGS = [
 ]
 
 
+@_tiles.per_shape_class
 def resample_tile(
     arch: str,
     *,
@@ -325,15 +326,6 @@ _time_upsample_tuned = triton.autotune(
 )(_time_upsample_kernel)
 
 
-def _check_video(x, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [B, C, T, H, W], got {type(x).__name__}")
-    if x.dim() != 5:
-        raise ValueError(f"{name} must have rank 5 [B, C, T, H, W], got shape {tuple(x.shape)}")
-    check_kernel_dtype(x, name, "temporal resampling")
-    return x
-
-
 def _check_weight(weight, shape, name: str = "weight") -> None:
     if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != tuple(shape):
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
@@ -393,7 +385,7 @@ def time_downsample(
     """Triton :func:`cdt_fast.functional.time_downsample`: kernel 3, stride 2 along time over
     ``[past | x]`` (or ``[2 padding frames | x]`` on a stream's first chunk). ``weight`` is
     [C_out, C_in, 3]; ``out`` an optional [B, C_out, T_out, H, W] buffer of x's dtype."""
-    _check_video(x, "x")
+    check_activation(x, "x", "temporal resampling")
     check_launchable(x, "time_downsample", "cdt_fast.functional.time_downsample")
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
@@ -404,7 +396,7 @@ def time_downsample(
     _check_weight(weight, (c_out, c_in, 3))
     _check_bias(bias, c_out)
     if past is not None:
-        _check_video(past, "past")
+        check_activation(past, "past", "temporal resampling")
         if past.shape[:2] != x.shape[:2] or past.shape[3:] != x.shape[3:] or past.shape[2] < 1:
             raise ValueError(
                 f"past must be [B, C, P>=1, H, W] matching x {list(x.shape)}, "
@@ -469,7 +461,7 @@ def time_upsample(
     """Triton :func:`cdt_fast.functional.time_upsample`: pointwise conv to 2C channels, channel
     2c+p written as frame 2t+p of channel c, frame 0 dropped when ``drop_first``. ``weight`` is
     [2C, C, 1]; ``out`` an optional [B, C, 2T - drop_first, H, W] buffer of x's dtype."""
-    _check_video(x, "x")
+    check_activation(x, "x", "temporal resampling")
     bsz, c, t_in, h, w = x.shape
     _check_weight(weight, (2 * c, c, 1))
     _check_bias(bias, 2 * c)

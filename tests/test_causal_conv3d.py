@@ -306,7 +306,7 @@ def test_bad_input_raises_clear_errors(monkeypatch):
     conv = kernels.causal_conv3d
     with pytest.raises(ValueError, match="input channels"):
         conv(x, weight[:, :3], bias, **kw)
-    with pytest.raises(ValueError, match=r"x must be \[B, C, T, H, W\]"):
+    with pytest.raises(ValueError, match=r"x must have rank 5 \[B, C, T, H, W\]"):
         conv(x[0], weight, bias, **kw)
     with pytest.raises(TypeError, match="x must be float16"):
         conv(x.double(), weight, bias, **kw)
@@ -340,6 +340,10 @@ def test_bad_input_raises_clear_errors(monkeypatch):
         conv(x, weight, bias, out=y, epilogue=Epilogue(residual=y), **kw)
     with pytest.raises(ValueError, match="norm_weight and norm_bias"):
         conv(x, weight, bias, epilogue=Epilogue(norm_weight=bias), **kw)
+    with pytest.raises(ValueError, match=r"epilogue.norm_bias must hold C=\d+ elements"):
+        conv(x, weight, bias, epilogue=Epilogue(norm_weight=bias, norm_bias=bias[:2]), **kw)
+    with pytest.raises(TypeError, match="epilogue.norm_weight must be a torch.Tensor"):
+        conv(x, weight, bias, epilogue=Epilogue(norm_weight=[1.0], norm_bias=bias), **kw)
     with pytest.raises(ValueError, match="channel_bias"):
         conv(x, weight, bias, epilogue=Epilogue(channel_bias=bias), **kw)
     if not ON_GPU:

@@ -53,6 +53,62 @@ def test_float64_is_refused_naming_the_argument(name):
         _launches(torch.float64)[name]()
 
 
+def _activation_launches():
+    """name -> a call of each [B, C, T, H, W] launcher on a given x of 4 channels."""
+    c = torch.ones(4, device=DEVICE)
+
+    def rand(*shape):
+        return torch.randn(*shape, device=DEVICE)
+
+    return {
+        "causal_conv3d": lambda x: causal_conv3d(x, rand(4, 4, 1, 3, 3), space_padding=(1, 1)),
+        "channel_norm": lambda x: channel_norm(x, c, c),
+        "linear_attention": lambda x: linear_attention_block(
+            x, c, c, rand(24, 4), rand(4, 8), None, heads=2
+        ),
+        "time_downsample": lambda x: time_downsample(x, rand(4, 4, 3), None),
+        "time_upsample": lambda x: time_upsample(x, rand(8, 4, 1), None, drop_first=True),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_activation_launches()))
+def test_an_activation_that_is_not_a_5d_tensor_is_refused_naming_x(name):
+    """Every [B, C, T, H, W] launcher checks x alike (kernels._common.check_activation): a
+    non-tensor raises a TypeError, another rank a ValueError, each naming x and the layout."""
+    launch = _activation_launches()[name]
+    x = torch.randn(1, 4, 2, 3, 5, device=DEVICE)
+    assert launch(x).dim() == 5
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor \[B, C, T, H, W\], got list"):
+        launch(x.tolist())
+    with pytest.raises(ValueError, match=r"x must have rank 5 \[B, C, T, H, W\], got shape"):
+        launch(x[0])
+
+
+def test_an_out_that_is_not_a_tensor_is_refused_naming_out():
+    """Every launcher taking ``out`` checks it with kernels._common.check_out: a non-tensor is a
+    TypeError naming out (not an AttributeError from inside the launcher), a wrong shape a
+    ValueError."""
+    x = torch.randn(1, 4, 2, 3, 5, device=DEVICE)
+    c = torch.ones(4, device=DEVICE)
+    q = torch.randn(3, 2, 4, 8, device=DEVICE)
+    launches = {
+        "channel_norm": lambda out: channel_norm(x, c, c, out=out),
+        "linear_attention": lambda out: linear_attention_block(
+            x, c, c, torch.randn(24, 4), torch.randn(4, 8), None, heads=2, out=out
+        ),
+        "temporal_attention": lambda out: temporal_attention(q, q, q, out=out),
+        "ddim_update": lambda out: ddim_update(x, x, (1.0, 1.0, 1.0, 0.0), out=out),
+        "to_uint8_frames": lambda out: to_uint8_frames(x, out=out),
+    }
+    for launch in launches.values():
+        with pytest.raises(TypeError, match="out must be a torch.Tensor or None, got list"):
+            launch([0.0])
+        with pytest.raises(
+            ValueError, match=r"out must be a torch\.(float32|uint8) tensor of shape"
+        ):
+            launch(torch.empty(1, device=DEVICE))
+
+
 @pytest.mark.skipif(not INTERPRETED, reason="counts the Triton interpreter's launches")
 def test_every_launch_runs_with_its_tensors_device_current(monkeypatch):
     """Triton launches on the current CUDA device, whatever its arguments' device: every launch

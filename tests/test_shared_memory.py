@@ -270,6 +270,28 @@ def test_fit_tile_order_and_refusal():
         fit(tile, elements, 255, name="kern", shrink=shrink, why="why")
 
 
+def test_the_tables_fit_each_shape_class_once():
+    """Every launch asks its table for a tile: the fitting runs once per shape class and limit,
+    later launches get the same Tile back, and a refusal is raised again (never remembered)."""
+    asks = [
+        (norm.norm_tile, dict(block_c=64)),
+        (conv.conv_tile, dict(cin=64, cout=64, full_row=False, ieee=True, size=4)),
+        (resample.resample_tile, dict(c_in=64, c_out=64, ieee=False, size=2, upsample=True)),
+        (temporal.temporal_tile, dict(block_m=64, block_n=64, block_d=64, size=2)),
+        (attention_tiles.project_tile, dict(block_k=64, n_out=192, size=2)),
+        (attention_tiles.partial_tile, dict(block_d=32, block_e=32, size=2)),
+        (attention_tiles.apply_tile, dict(dh=32, block_c=64, size=2)),
+    ]
+    for table, shape_class in asks:
+        first = table("sm_90", **shape_class, limit=CONSUMER)
+        hits = table.cache_info().hits
+        assert table("sm_90", **shape_class, limit=CONSUMER) is first, table.__name__
+        assert table.cache_info().hits == hits + 1, table.__name__
+    for _ in range(2):
+        with pytest.raises(ValueError, match="norm_project: no tile fits"):
+            attention_tiles.project_tile("sm_90", block_k=1 << 16, n_out=192, size=4, limit=1024)
+
+
 class _OnDevice:
     """Stands in for a tensor on ``device``: all :func:`_tiles.shared_memory_limit` reads."""
 
