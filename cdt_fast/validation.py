@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import torch
 
 __all__ = [
+    "check_finite",
     "check_video",
     "check_latent",
     "check_noise",
@@ -32,7 +33,8 @@ def _check_tensor(value, name: str, shape_doc: str) -> torch.Tensor:
     return value
 
 
-def _check_finite(value: torch.Tensor, name: str) -> None:
+def check_finite(value: torch.Tensor, name: str) -> None:
+    """Refuses NaN or infinite values in ``value`` (one host read of a device tensor)."""
     if value.device.type == "meta":  # shapes only (e.g. capturing launches): no values to check
         return
     if not bool(torch.isfinite(value).all()):
@@ -54,7 +56,7 @@ def check_video(x, name: str = "x", space_factor: int = 8) -> torch.Tensor:
         raise ValueError(
             f"{name} height and width must be multiples of {space_factor}, got {h}x{w}"
         )
-    _check_finite(x, name)
+    check_finite(x, name)
     return x
 
 
@@ -66,7 +68,7 @@ def check_latent(z, latent_dim: int, name: str = "z") -> torch.Tensor:
             f"{name} must have latent_dim={latent_dim} channels on dim 1 {doc}, "
             f"got {z.shape[1]} (shape {tuple(z.shape)})"
         )
-    _check_finite(z, name)
+    check_finite(z, name)
     return z
 
 
@@ -81,7 +83,7 @@ def check_noise(
         raise ValueError(
             f"{name} must have the output's shape {list(expected)}, got {list(noise.shape)}"
         )
-    _check_finite(noise, name)
+    check_finite(noise, name)
     return noise
 
 

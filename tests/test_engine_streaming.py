@@ -146,6 +146,10 @@ def test_encode_iterator_bad_input(engines, upstream_io):
         eng.encode(iter([x[:, :, :1], x[:, :2, 1:5]]))
     with pytest.raises(ValueError, match="differs from earlier pieces"):
         eng.encode(iter([x[:, :, :1], x[:, :, 1:5, :16, :16]]))
+    bad = x[:, :, 1:5].clone()
+    bad[0, 0, -1, 0, 0] = float("nan")  # past the piece's first frame, which check_video reads
+    with pytest.raises(ValueError, match="piece 1.*NaN or infinite"):
+        eng.encode(iter([x[:, :, :1], bad]))
     with pytest.raises(TypeError, match="iterable"):
         eng.encode(42)
     with pytest.raises(ValueError, match="no frames"):

@@ -13,6 +13,7 @@ from ..config import CDTConfig
 from ..reference import CDT, DiagonalGaussian
 from ..validation import (
     check_chunk_frames,
+    check_finite,
     check_generator,
     check_latent,
     check_noise,
@@ -199,8 +200,7 @@ class AcceleratedCDT(nn.Module):
     def _check_piece(self, piece, name: str) -> None:
         if isinstance(piece, torch.Tensor) and piece.dim() == 5 and piece.shape[2] > 0:
             check_video(piece[:, :, :1], name, self.config.space_factor)
-            if not bool(torch.isfinite(piece).all()):
-                raise ValueError(f"{name} contains NaN or infinite values")
+            check_finite(piece, name)
         else:
             check_video(piece, name, self.config.space_factor)
 
