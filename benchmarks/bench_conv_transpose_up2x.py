@@ -68,16 +68,16 @@ def _shapes(device, size: str = "small") -> List[tuple]:
     return cuda_shapes() if torch.device(device).type == "cuda" else CPU_SHAPES[size]
 
 
+def _make_cases(args) -> Iterator[microbench.Case]:
+    return cases(_shapes(args.device, args.size), args.device, args.dtype, args.compile)
+
+
 def run_summary() -> List[dict]:
-    device, dtype = microbench.defaults()
-    return microbench.run_cases(cases(_shapes(device), device, dtype, False), device)
+    return microbench.summary_rows(_make_cases)
 
 
 def main(argv=None) -> int:
-    def make_cases(args):
-        return cases(_shapes(args.device, args.size), args.device, args.dtype, args.compile)
-
-    return microbench.bench_main(OP, __doc__.splitlines()[0], make_cases, argv)
+    return microbench.bench_main(OP, __doc__.splitlines()[0], _make_cases, argv)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -54,7 +54,7 @@ def attention_impls(
             impls[name] = lambda fn=fn: fn(q, k, v)
     impls["torch"] = lambda: spec(q, k, v)
     if with_compile:
-        ref = torch.compile(spec, dynamic=False)
+        ref = torch.compile(spec, dynamic=False, fullgraph=True)  # a graph break is an error row
         impls["torch.compile"] = lambda: ref(q, k, v)
     nbytes = 4 * q.numel() * q.element_size()
     flops = 2 * 2 * s * heads * t * (t + 1) // 2 * d  # causal: QK^T and PV over the lower triangle
